@@ -1,0 +1,44 @@
+"""nucdata: the seven public nucleus datasets as one verified, uniform corpus.
+
+>>> import nucdata
+>>> ds = nucdata.load("monuseg", split="test")          # doctest: +SKIP
+>>> ds[0]["centroids"].shape, ds.nuclei                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0.dev0"
+
+from .dataset import NucleusDataset, load  # noqa: E402
+from .errors import (  # noqa: E402
+    CorruptArchiveError,
+    CountMismatchError,
+    DatasetNotFoundError,
+    DownloadError,
+    HashMismatchError,
+    HTMLInsteadOfArchiveError,
+    InvalidArgumentError,
+    MalformedAnnotationError,
+    MissingFilesError,
+    NucdataError,
+    SizeMismatchError,
+    StoreError,
+    StoreLockedError,
+    UnknownClassError,
+    UnknownDatasetError,
+    UnknownLabelSetError,
+)
+from .fetch import fetch  # noqa: E402
+from .home import data_home  # noqa: E402
+from .prepare import prepare  # noqa: E402
+from .registry import get_card, list_datasets  # noqa: E402
+from .store import Store  # noqa: E402
+
+__all__ = [
+    "CorruptArchiveError", "CountMismatchError", "DatasetNotFoundError", "DownloadError",
+    "HTMLInsteadOfArchiveError", "HashMismatchError", "InvalidArgumentError",
+    "MalformedAnnotationError", "MissingFilesError", "NucdataError", "NucleusDataset",
+    "SizeMismatchError", "Store", "StoreError", "StoreLockedError", "UnknownClassError",
+    "UnknownDatasetError", "UnknownLabelSetError", "__version__", "data_home", "fetch",
+    "get_card", "list_datasets", "load", "prepare",
+]

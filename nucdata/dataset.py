@@ -1,0 +1,216 @@
+"""The PyTorch dataset over one store, with xarray views of its tables (DESIGN.md §7)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from .errors import DatasetNotFoundError, InvalidArgumentError
+from .registry import get_card
+from .store import Store
+
+Sample = dict[str, Any]
+Transform = Callable[[Sample], Sample]
+
+
+def _contiguous(indices: np.ndarray) -> slice | None:
+    if indices.size == 0:
+        return slice(0, 0)
+    if indices[-1] - indices[0] + 1 == indices.size:
+        return slice(int(indices[0]), int(indices[-1]) + 1)
+    return None
+
+
+class NucleusDataset(torch.utils.data.Dataset):
+    """Map-style dataset of images, each with its nuclei, from one store.
+
+    Each sample is a dict::
+
+        image         uint8 tensor (3, H, W)
+        instance_map  int32 tensor (H, W); 0 background, k the k-th nucleus
+        centroids     float32 (K, 2), x then y, pixel units
+        labels        int64 (K,); native code, or the class under ``label_set``
+                      (-1 missing, -2 outside the set)
+        candidates    int64 (K,); bitmask over the label set's classes (0 without one)
+        image_id      str
+        dataset       str
+
+    Use :func:`nucdata.load` rather than the constructor.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        split: str | None = None,
+        label_set: str | None = None,
+        transforms: Transform | None = None,
+    ):
+        self.store = store
+        self.name = store.dataset
+        self.split = split
+        self.label_set = label_set
+        self.transforms = transforms
+        splits = np.asarray(store.column("images", "split"))
+        if split is None:
+            self.indices = np.arange(splits.shape[0])
+        else:
+            known = list(dict.fromkeys(splits.tolist()))
+            if split not in known:
+                raise InvalidArgumentError(
+                    f"{self.name}: unknown split {split!r}; valid splits: {', '.join(known)} "
+                    "(or None for every image)"
+                )
+            self.indices = np.flatnonzero(splits == split)
+        native = np.asarray(store.column("nuclei", "label"))
+        if label_set is None:
+            self._labels = native.astype(np.int64)
+            self._candidates = np.zeros(native.shape[0], np.int64)
+        else:
+            from .labelsets import translate
+
+            self._labels, self._candidates = translate(self.name, native, label_set)
+
+    # -- torch Dataset ---------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.indices.size)
+
+    def __getitem__(self, i: int) -> Sample:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} images")
+        index = int(self.indices[i])
+        rows = self.store.nucleus_slice(index)
+        sample: Sample = {
+            "image": torch.from_numpy(np.ascontiguousarray(self.store.rgb(index).transpose(2, 0, 1))),
+            "instance_map": torch.from_numpy(np.array(self.store.instance_map(index))),
+            "centroids": torch.from_numpy(np.array(self.store.column("nuclei", "centroid")[rows])),
+            "labels": torch.from_numpy(self._labels[rows].copy()),
+            "candidates": torch.from_numpy(self._candidates[rows].copy()),
+            "image_id": str(self.store.column("images", "name")[index]),
+            "dataset": self.name,
+        }
+        return self.transforms(sample) if self.transforms is not None else sample
+
+    def __repr__(self) -> str:
+        return (
+            f"NucleusDataset({self.name!r}, split={self.split!r}, label_set={self.label_set!r}, "
+            f"images={len(self)}, nuclei={int(self.nuclei.sizes['nucleus'])})"
+        )
+
+    # -- tables ----------------------------------------------------------------------
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return self.store.manifest
+
+    @property
+    def card(self):
+        return get_card(self.name)
+
+    def _image_selector(self) -> slice | np.ndarray:
+        run = _contiguous(self.indices)
+        return run if run is not None else self.indices
+
+    def _nucleus_selector(self) -> slice | np.ndarray:
+        sel = self._image_selector()
+        start = np.asarray(self.store.column("images", "nucleus_start"))
+        count = np.asarray(self.store.column("images", "nucleus_count"))
+        if isinstance(sel, slice):
+            if sel.stop <= sel.start:
+                return slice(0, 0)
+            return slice(int(start[sel.start]), int(start[sel.stop - 1] + count[sel.stop - 1]))
+        return np.concatenate([np.arange(start[i], start[i] + count[i]) for i in sel]).astype(np.int64)
+
+    @property
+    def images(self) -> xr.Dataset:
+        """Per-image table (dim ``image``), memory-mapped views when the split is contiguous."""
+        sel = self._image_selector()
+        data = {key: ("image", self.store.column("images", key)[sel]) for key in self.store.image_columns()}
+        return xr.Dataset(
+            data,
+            coords={"image": np.arange(self.store.n_images)[sel]},
+            attrs={"dataset": self.name, "split": str(self.split)},
+        )
+
+    @property
+    def nuclei(self) -> xr.Dataset:
+        """Per-nucleus table (dim ``nucleus``), memory-mapped views when possible.
+
+        Under a label set, ``label`` and ``candidates`` are in that set and the
+        native code is kept as ``native_label``.
+        """
+        sel = self._nucleus_selector()
+        data: dict[str, Any] = {}
+        for key in self.store.nucleus_columns():
+            column = self.store.column("nuclei", key)[sel]
+            if key == "centroid":
+                data[key] = (("nucleus", "xy"), column)
+            elif key == "bbox":
+                data[key] = (("nucleus", "corner"), column)
+            elif column.ndim == 1:
+                data[key] = ("nucleus", column)
+            else:
+                data[key] = (("nucleus", *(f"{key}_dim{d}" for d in range(1, column.ndim))), column)
+        if self.label_set is not None:
+            data["native_label"] = data.pop("label")
+            data["label"] = ("nucleus", self._labels[sel])
+            data["candidates"] = ("nucleus", self._candidates[sel])
+        return xr.Dataset(
+            data,
+            coords={
+                "nucleus": np.arange(self.store.n_nuclei)[sel],
+                "xy": ["x", "y"],
+                "corner": ["x0", "y0", "x1", "y1"],
+            },
+            attrs={"dataset": self.name, "split": str(self.split), "label_set": str(self.label_set)},
+        )
+
+
+def load(
+    name: str,
+    split: str | None = None,
+    label_set: str | None = None,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    transforms: Transform | None = None,
+) -> NucleusDataset:
+    """Open a prepared dataset as a PyTorch map-style dataset.
+
+    Parameters
+    ----------
+    name
+        Dataset name (see ``nucdata.list_datasets()``).
+    split
+        One of the card's splits, or ``None`` for every image.
+    label_set
+        Express labels in this label set (``nucdata.list_label_sets()``); ``None``
+        keeps native codes.
+    root
+        Data home; defaults to ``$NUCDATA_HOME`` or the platform cache folder.
+    download
+        Fetch and prepare the dataset when it is not prepared yet. Without it,
+        ``load`` never touches the network and never re-hashes anything.
+    transforms
+        ``dict -> dict`` callable applied to every sample, last.
+
+    Raises
+    ------
+    DatasetNotFoundError
+        When the dataset is not prepared and ``download`` is false; says how to get it.
+    """
+    from .prepare import is_prepared, prepare, store_path
+
+    card = get_card(name, root)
+    if not is_prepared(card.name, root):
+        if not download:
+            raise DatasetNotFoundError(
+                f"{card.name} is not prepared in {store_path(card.name, root).parent}. Run "
+                f"`nucdata prepare {card.name}` (or load(..., download=True)). "
+                f"Manual route: {card.instructions(root)}"
+            )
+        prepare(card.name, root=root)
+    return NucleusDataset(Store(store_path(card.name, root)), split, label_set, transforms)

@@ -1,0 +1,120 @@
+"""Typed errors. Every message names the file or element at fault and the fix.
+
+All errors derive from :class:`NucdataError`, so ``except nucdata.NucdataError``
+catches everything the package raises on purpose.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class NucdataError(Exception):
+    """Base class of every error nucdata raises on purpose."""
+
+
+class UnknownDatasetError(NucdataError, KeyError):
+    """A dataset name that has no registry card."""
+
+    def __init__(self, name: str, known: list[str]):
+        self.name = name
+        self.known = sorted(known)
+        super().__init__(
+            f"unknown dataset {name!r}; known datasets: {', '.join(self.known)}"
+        )
+
+    def __str__(self) -> str:  # KeyError would otherwise repr() the message
+        return self.args[0]
+
+
+class UnknownLabelSetError(NucdataError, KeyError):
+    """A label-set name that is not packaged."""
+
+    def __init__(self, name: str, known: list[str]):
+        self.name = name
+        self.known = sorted(known)
+        super().__init__(
+            f"unknown label set {name!r}; valid label sets: {', '.join(self.known)}"
+        )
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class UnknownClassError(NucdataError, KeyError):
+    """A class name that is not part of a vocabulary."""
+
+    def __init__(self, name: str, vocabulary: str, known: list[str]):
+        self.name = name
+        self.vocabulary = vocabulary
+        self.known = list(known)
+        super().__init__(
+            f"unknown class {name!r} in {vocabulary!r}; valid classes: {', '.join(self.known)}"
+        )
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class DatasetNotFoundError(NucdataError, FileNotFoundError):
+    """A dataset that is neither prepared nor downloadable without the user's help."""
+
+
+class DownloadError(NucdataError):
+    """A file could not be fetched from any mirror or the manual folder."""
+
+
+class HashMismatchError(DownloadError):
+    """A downloaded or dropped-in file whose SHA-256 differs from the registry's."""
+
+    def __init__(self, path: Path | str, expected: str, got: str, fix: str):
+        self.path = Path(path)
+        self.expected = expected
+        self.got = got
+        super().__init__(
+            f"{self.path}: SHA-256 mismatch\n  expected {expected}\n  got      {got}\n{fix}"
+        )
+
+
+class SizeMismatchError(DownloadError):
+    """A file whose size differs from the registry's (usually a truncated download)."""
+
+    def __init__(self, path: Path | str, expected: int, got: int, fix: str):
+        self.path = Path(path)
+        self.expected = expected
+        self.got = got
+        super().__init__(
+            f"{self.path}: size mismatch: expected {expected:,} bytes, got {got:,}\n{fix}"
+        )
+
+
+class HTMLInsteadOfArchiveError(DownloadError):
+    """A web page (login, virus-scan or error page) served in place of an archive."""
+
+
+class CorruptArchiveError(NucdataError):
+    """An archive or array file that is truncated or not what its name says."""
+
+
+class MalformedAnnotationError(NucdataError, ValueError):
+    """An annotation file that cannot be parsed, or an element inside it that is invalid."""
+
+
+class MissingFilesError(NucdataError, FileNotFoundError):
+    """A native folder that lacks files or subfolders the dataset's layout requires."""
+
+
+class CountMismatchError(NucdataError):
+    """A conversion whose image or nucleus counts disagree with the registry card."""
+
+
+class StoreLockedError(NucdataError, TimeoutError):
+    """Another process held a dataset's preparation lock for longer than the timeout."""
+
+
+class StoreError(NucdataError):
+    """A store on disk that is missing columns or disagrees with its manifest."""
+
+
+class InvalidArgumentError(NucdataError, ValueError):
+    """An argument outside its valid values (an unknown split, for example)."""

@@ -1,0 +1,1 @@
+"""Readers of native file formats, shared between dataset sources."""

@@ -1,0 +1,518 @@
+"""The store: one converted dataset as memory-mappable ``.npy`` columns (DESIGN.md §5).
+
+Layout of ``stores/<dataset>/<converter-version>/``::
+
+    manifest.json              written last; a store without it does not exist
+    images/<column>.npy        one row per image (dim ``image``)
+    nuclei/<column>.npy        one row per nucleus, sorted by image (dim ``nucleus``)
+    pixels/rgb.npy             uint8: (N, H, W, 3) when all images share a size,
+                               else a flat heap indexed by images/pixel_offset
+    pixels/instances.npy       int32 instance maps, stacked or heaped the same way;
+                               0 is background, k the k-th nucleus of the image
+
+Every source writes through :class:`StoreWriter`, which computes each nucleus's
+centroid, bbox and area from the instance map itself, so that ``area`` is always
+the nucleus's pixel count and ``centroid`` the mean of its pixel coordinates
+(x, y; origin at the centre of the top-left pixel). ``bbox`` is ``(x0, y0, x1, y1)``
+in pixel indices with ``x1``/``y1`` exclusive.
+
+The writer builds into a hidden temporary folder beside the final one and
+publishes with a single ``rename`` after writing the manifest, so an interrupted
+conversion never leaves a half store; :func:`clean_stale` removes leftovers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import StoreError, StoreLockedError
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+_HEADER_BYTES = 256  # reserved .npy header; final shape is written once known
+
+
+class NpyStreamWriter:
+    """Append arrays to a ``.npy`` file whose final shape is known only at the end.
+
+    A fixed 256-byte header is reserved and rewritten on :meth:`close`, so data
+    never has to be copied: ``np.load(..., mmap_mode="r")`` reads the result.
+    """
+
+    def __init__(self, path: Path, dtype: np.dtype | str):
+        self.path = Path(path)
+        self.dtype = np.dtype(dtype)
+        self.count = 0  # elements written
+        self._fh = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+        self._fh.write(b"\0" * _HEADER_BYTES)
+
+    def append(self, array: np.ndarray) -> int:
+        """Append ``array`` (C order); return the element offset where it starts."""
+        start = self.count
+        data = np.ascontiguousarray(array, dtype=self.dtype)
+        self._fh.write(data.tobytes(order="C"))
+        self.count += data.size
+        return start
+
+    def close(self, shape: tuple[int, ...]) -> None:
+        if int(np.prod(shape, dtype=np.int64)) != self.count:
+            raise ValueError(f"{self.path}: shape {shape} does not hold {self.count} elements")
+        header = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (
+            np.lib.format.dtype_to_descr(self.dtype),
+            tuple(int(s) for s in shape),
+        )
+        body = header.encode("latin1")
+        pad = _HEADER_BYTES - 10 - len(body) - 1
+        if pad < 0:
+            raise ValueError("shape too long for the reserved .npy header")
+        blob = b"\x93NUMPY\x01\x00" + (_HEADER_BYTES - 10).to_bytes(2, "little")
+        blob += body + b" " * pad + b"\n"
+        self._fh.seek(0)
+        self._fh.write(blob)
+        self._fh.close()
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self._fh.close()
+
+
+def relabel_sequential(instance_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Relabel an instance map to 1..K in increasing order of the original ids.
+
+    Returns the new int32 map and the original id of each new label (length K).
+    Ids that own no pixel disappear.
+    """
+    flat = np.asarray(instance_map)
+    if flat.size == 0 or flat.max(initial=0) <= 0:
+        return np.zeros(flat.shape, np.int32), np.zeros(0, np.int64)
+    if flat.min() < 0:
+        raise ValueError("instance maps must be non-negative")
+    present = np.bincount(flat.ravel()) > 0
+    present[0] = False
+    original = np.flatnonzero(present).astype(np.int64)
+    lut = np.zeros(present.size, np.int32)
+    lut[original] = np.arange(1, original.size + 1, dtype=np.int32)
+    return lut[flat], original
+
+
+def nucleus_properties(instance_map: np.ndarray, count: int) -> dict[str, np.ndarray]:
+    """Area, centroid and bbox of labels 1..count of a sequential instance map."""
+    flat = instance_map.ravel()
+    h, w = instance_map.shape
+    area = np.bincount(flat, minlength=count + 1)[1 : count + 1]
+    if (area == 0).any():
+        raise ValueError("instance map is not sequential: a label 1..K owns no pixel")
+    rows, cols = np.divmod(np.arange(flat.size, dtype=np.int64), w)
+    sum_x = np.bincount(flat, weights=cols, minlength=count + 1)[1 : count + 1]
+    sum_y = np.bincount(flat, weights=rows, minlength=count + 1)[1 : count + 1]
+    centroid = np.stack([sum_x / area, sum_y / area], axis=1).astype(np.float32)
+    bbox = np.zeros((count, 4), np.int32)
+    for k, sl in enumerate(ndimage.find_objects(instance_map, max_label=count)):
+        bbox[k] = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
+    return {"area": area.astype(np.int32), "centroid": centroid, "bbox": bbox}
+
+
+def _string_column(values: list[str]) -> np.ndarray:
+    width = max([1, *(len(v) for v in values)])
+    return np.asarray(values, dtype=f"<U{width}")
+
+
+class StoreWriter:
+    """Build a store in a temporary folder and publish it atomically.
+
+    Use as a context manager; leaving the block with an exception removes the
+    temporary folder and publishes nothing.
+
+    Parameters
+    ----------
+    final_dir
+        Where the store is published (``stores/<dataset>/<version>``).
+    dataset
+        Dataset name, recorded in the manifest.
+    converter_version
+        The source module's version string.
+    """
+
+    def __init__(self, final_dir: Path, dataset: str, converter_version: str):
+        self.final_dir = Path(final_dir)
+        self.dataset = dataset
+        self.converter_version = converter_version
+        self.final_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir = self.final_dir.parent / f".tmp-{self.final_dir.name}-{uuid.uuid4().hex[:8]}"
+        for sub in ("images", "nuclei", "pixels"):
+            (self.tmp_dir / sub).mkdir(parents=True)
+        self._rgb = NpyStreamWriter(self.tmp_dir / "pixels" / "rgb.npy", np.uint8)
+        self._inst = NpyStreamWriter(self.tmp_dir / "pixels" / "instances.npy", np.int32)
+        self._images: dict[str, list[Any]] = {
+            k: []
+            for k in ("name", "split", "height", "width", "mpp", "tissue", "patient", "flag",
+                      "nucleus_start", "nucleus_count", "pixel_offset")
+        }
+        self._image_extra: dict[str, list[Any]] = {}
+        self._nuclei: dict[str, list[np.ndarray]] = {
+            k: [] for k in ("image", "centroid", "bbox", "area", "label", "has_mask", "source_id")
+        }
+        self._nucleus_extra: dict[str, list[np.ndarray]] = {}
+        self._n_nuclei = 0
+        self._shapes: set[tuple[int, int]] = set()
+        self._names: set[str] = set()
+        self.published = False
+
+    # -- writing -------------------------------------------------------------------
+    def add_image(
+        self,
+        name: str,
+        split: str,
+        rgb: np.ndarray,
+        instance_map: np.ndarray,
+        labels: np.ndarray | None = None,
+        source_ids: np.ndarray | None = None,
+        *,
+        mpp: float | None = None,
+        tissue: str = "",
+        patient: str = "",
+        flag: str = "",
+        boxes: np.ndarray | None = None,
+        box_labels: np.ndarray | None = None,
+        box_source_ids: np.ndarray | None = None,
+        nucleus_columns: Mapping[str, np.ndarray] | None = None,
+        image_columns: Mapping[str, Any] | None = None,
+    ) -> int:
+        """Add one image and its nuclei; return the number of nuclei written.
+
+        Parameters
+        ----------
+        rgb
+            ``(H, W, 3)`` uint8.
+        instance_map
+            ``(H, W)`` integer map, labels ``1..K`` consecutive (see
+            :func:`relabel_sequential`), background 0.
+        labels, source_ids
+            Per masked nucleus ``k`` (index ``k-1``): native class code (-1 none)
+            and the id the source gave it. Default -1 and ``k``.
+        boxes, box_labels, box_source_ids
+            Nuclei without a mask (bounding boxes ``(x0, y0, x1, y1)``, exclusive
+            ends); they follow the masked nuclei with ``has_mask`` false, ``area`` 0
+            and the box centre as centroid.
+        nucleus_columns
+            Extra per-nucleus columns (masked nuclei first, then boxes); every image
+            of a store must give the same keys.
+        image_columns
+            Extra per-image scalar columns.
+        """
+        if name in self._names:
+            raise StoreError(f"{self.dataset}: image name {name!r} occurs twice")
+        self._names.add(name)
+        rgb = np.asarray(rgb)
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise StoreError(f"{self.dataset}/{name}: rgb must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
+        inst = np.asarray(instance_map).astype(np.int32, copy=False)
+        if inst.shape != rgb.shape[:2]:
+            raise StoreError(f"{self.dataset}/{name}: instance map {inst.shape} != image {rgb.shape[:2]}")
+        k = int(inst.max(initial=0))
+        props = nucleus_properties(inst, k)
+        labels = np.full(k, -1, np.int32) if labels is None else np.asarray(labels, np.int32)
+        ids = np.arange(1, k + 1, dtype=np.int64) if source_ids is None else np.asarray(source_ids, np.int64)
+        if labels.shape != (k,) or ids.shape != (k,):
+            raise StoreError(f"{self.dataset}/{name}: {k} nuclei but {labels.shape[0]} labels / {ids.shape[0]} ids")
+        centroid, bbox, area = props["centroid"], props["bbox"], props["area"]
+        has_mask = np.ones(k, bool)
+        if boxes is not None and len(boxes):
+            boxes = np.asarray(boxes, np.int32).reshape(-1, 4)
+            m = boxes.shape[0]
+            box_labels = np.full(m, -1, np.int32) if box_labels is None else np.asarray(box_labels, np.int32)
+            box_ids = np.arange(k + 1, k + m + 1, dtype=np.int64) if box_source_ids is None else np.asarray(box_source_ids, np.int64)
+            box_centre = np.stack([(boxes[:, 0] + boxes[:, 2] - 1) / 2, (boxes[:, 1] + boxes[:, 3] - 1) / 2], 1)
+            centroid = np.concatenate([centroid, box_centre.astype(np.float32)])
+            bbox = np.concatenate([bbox, boxes])
+            area = np.concatenate([area, np.zeros(m, np.int32)])
+            labels = np.concatenate([labels, box_labels])
+            ids = np.concatenate([ids, box_ids])
+            has_mask = np.concatenate([has_mask, np.zeros(m, bool)])
+        n = centroid.shape[0]
+        index = len(self._images["name"])
+        h, w = inst.shape
+        offset = self._rgb.append(rgb) // 3
+        self._inst.append(inst)
+        self._shapes.add((h, w))
+        for key, value in (
+            ("name", name), ("split", split), ("height", h), ("width", w),
+            ("mpp", np.nan if mpp is None else float(mpp)), ("tissue", tissue),
+            ("patient", patient), ("flag", flag), ("nucleus_start", self._n_nuclei),
+            ("nucleus_count", n), ("pixel_offset", offset),
+        ):
+            self._images[key].append(value)
+        self._extend(self._image_extra, image_columns or {}, index, scalar=True)
+        for key, value in (
+            ("image", np.full(n, index, np.int32)), ("centroid", centroid), ("bbox", bbox),
+            ("area", area), ("label", labels), ("has_mask", has_mask), ("source_id", ids),
+        ):
+            self._nuclei[key].append(value)
+        extra = {key: np.asarray(v) for key, v in (nucleus_columns or {}).items()}
+        for key, v in extra.items():
+            if v.shape[0] != n:
+                raise StoreError(f"{self.dataset}/{name}: column {key!r} has {v.shape[0]} rows, expected {n}")
+        self._extend(self._nucleus_extra, extra, index, scalar=False)
+        self._n_nuclei += n
+        return n
+
+    def _extend(self, target: dict[str, list[Any]], values: Mapping[str, Any], index: int, scalar: bool) -> None:
+        if index > 0 and set(values) != set(target):
+            raise StoreError(
+                f"{self.dataset}: image {index} has extra columns {sorted(values)}, "
+                f"earlier images {sorted(target)}"
+            )
+        for key, value in values.items():
+            target.setdefault(key, []).append(value)
+
+    # -- publishing ----------------------------------------------------------------
+    def _save_column(self, folder: str, key: str, values: Any) -> None:
+        path = self.tmp_dir / folder / f"{key}.npy"
+        if isinstance(values, list) and values and isinstance(values[0], str):
+            array = _string_column(values)
+        elif isinstance(values, list) and values and isinstance(values[0], np.ndarray):
+            array = np.concatenate(values) if values else np.zeros(0)
+        else:
+            array = np.asarray(values)
+        np.save(path, array, allow_pickle=False)
+
+    def publish(self, manifest: dict[str, Any]) -> Path:
+        """Write columns and manifest, then rename the folder into place."""
+        n_images = len(self._images["name"])
+        if len(self._shapes) == 1:
+            (h, w), = self._shapes
+            layout = "stacked"
+            self._rgb.close((n_images, h, w, 3))
+            self._inst.close((n_images, h, w))
+        else:
+            layout = "heap"
+            self._rgb.close((self._rgb.count,))
+            self._inst.close((self._inst.count,))
+        typed = {"height": np.int32, "width": np.int32, "mpp": np.float32,
+                 "nucleus_start": np.int64, "nucleus_count": np.int32, "pixel_offset": np.int64}
+        for key, values in self._images.items():
+            if key in typed:
+                values = np.asarray(values, dtype=typed[key]).reshape(n_images)
+            self._save_column("images", key, values if values is not None else [])
+        for key, values in self._image_extra.items():
+            self._save_column("images", key, values)
+        empty = {"image": (np.int32, (0,)), "centroid": (np.float32, (0, 2)), "bbox": (np.int32, (0, 4)),
+                 "area": (np.int32, (0,)), "label": (np.int32, (0,)), "has_mask": (bool, (0,)),
+                 "source_id": (np.int64, (0,))}
+        for key, values in self._nuclei.items():
+            array = np.concatenate(values) if values else np.zeros(empty[key][1], empty[key][0])
+            np.save(self.tmp_dir / "nuclei" / f"{key}.npy", array.astype(empty[key][0], copy=False))
+        for key, values in self._nucleus_extra.items():
+            self._save_column("nuclei", key, values)
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "dataset": self.dataset,
+            "converter_version": self.converter_version,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "pixels": {"layout": layout, "shapes": sorted(self._shapes)},
+            "columns": {
+                "images": sorted([*self._images, *self._image_extra]),
+                "nuclei": sorted([*self._nuclei, *self._nucleus_extra]),
+            },
+            **manifest,
+        }
+        tmp_manifest = self.tmp_dir / (MANIFEST + ".tmp")
+        tmp_manifest.write_text(json.dumps(manifest, indent=2, default=_json_default), encoding="utf-8")
+        os.replace(tmp_manifest, self.tmp_dir / MANIFEST)
+        old = None
+        if self.final_dir.exists():  # a rebuild: swap, then remove the previous store
+            old = self.final_dir.parent / f".old-{self.final_dir.name}-{uuid.uuid4().hex[:8]}"
+            os.rename(self.final_dir, old)
+        os.rename(self.tmp_dir, self.final_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        self.published = True
+        return self.final_dir
+
+    # -- context manager -----------------------------------------------------------
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if not self.published:
+            self._rgb.abort()
+            self._inst.abort()
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+
+    @property
+    def images(self) -> dict[str, list[Any]]:
+        """Per-image values gathered so far (read-only use)."""
+        return self._images
+
+    @property
+    def nucleus_labels(self) -> np.ndarray:
+        return np.concatenate(self._nuclei["label"]) if self._nuclei["label"] else np.zeros(0, np.int32)
+
+    @property
+    def nucleus_images(self) -> np.ndarray:
+        return np.concatenate(self._nuclei["image"]) if self._nuclei["image"] else np.zeros(0, np.int32)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def clean_stale(dataset_dir: Path) -> list[Path]:
+    """Remove temporary folders left by interrupted conversions; return what was removed."""
+    removed = []
+    if dataset_dir.is_dir():
+        for child in dataset_dir.iterdir():
+            if child.is_dir() and child.name.startswith((".tmp-", ".old-")):
+                shutil.rmtree(child, ignore_errors=True)
+                removed.append(child)
+    return removed
+
+
+@contextlib.contextmanager
+def dataset_lock(dataset_dir: Path, timeout: float = 3600.0, poll: float = 0.2) -> Iterator[None]:
+    """Hold an exclusive lock on ``dataset_dir/.lock`` (waits for another preparer).
+
+    Raises
+    ------
+    StoreLockedError
+        When the lock is still held by another process after ``timeout`` seconds.
+    """
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    path = dataset_dir / ".lock"
+    fh = open(path, "a+")  # noqa: SIM115 - closed below
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                _try_lock(fh)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise StoreLockedError(
+                        f"{path}: another process has been preparing {dataset_dir.name!r} for "
+                        f"more than {timeout:.0f} s. Wait for it, or if no nucdata process is "
+                        "running, delete this lock file."
+                    ) from None
+                time.sleep(poll)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            _unlock(fh)
+        fh.close()
+
+
+if os.name == "nt":  # pragma: no cover - exercised on Windows only
+    import msvcrt
+
+    def _try_lock(fh: Any) -> None:
+        fh.seek(0)
+        msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+
+    def _unlock(fh: Any) -> None:
+        fh.seek(0)
+        msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
+else:
+    import fcntl
+
+    def _try_lock(fh: Any) -> None:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def _unlock(fh: Any) -> None:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+class Store:
+    """Read-only access to a published store; columns are memory-mapped on first use.
+
+    Holds only its path between uses, so it pickles cheaply into DataLoader workers.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.is_file():
+            raise StoreError(
+                f"{self.path}: no {MANIFEST}; this is not a finished store. "
+                "Run `nucdata prepare <dataset>` again."
+            )
+        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if self.manifest.get("schema_version") != SCHEMA_VERSION:
+            raise StoreError(
+                f"{manifest_path}: schema version {self.manifest.get('schema_version')} is not "
+                f"{SCHEMA_VERSION}; re-run `nucdata prepare {self.manifest.get('dataset')}`."
+            )
+        self._cache: dict[str, np.ndarray] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "manifest": self.manifest, "_cache": {}}
+
+    @property
+    def dataset(self) -> str:
+        return self.manifest["dataset"]
+
+    def column(self, table: str, key: str) -> np.ndarray:
+        """Memory-mapped column ``images/<key>`` or ``nuclei/<key>``."""
+        cache_key = f"{table}/{key}"
+        if cache_key not in self._cache:
+            path = self.path / table / f"{key}.npy"
+            if not path.is_file():
+                raise StoreError(f"{path}: column missing; re-run `nucdata prepare {self.dataset}`.")
+            self._cache[cache_key] = np.load(path, mmap_mode="r")
+        return self._cache[cache_key]
+
+    def image_columns(self) -> list[str]:
+        return list(self.manifest["columns"]["images"])
+
+    def nucleus_columns(self) -> list[str]:
+        return list(self.manifest["columns"]["nuclei"])
+
+    @property
+    def n_images(self) -> int:
+        return int(self.column("images", "name").shape[0])
+
+    @property
+    def n_nuclei(self) -> int:
+        return int(self.column("nuclei", "image").shape[0])
+
+    def _pixels(self, kind: str) -> np.ndarray:
+        return self.column("pixels", kind)
+
+    def rgb(self, index: int) -> np.ndarray:
+        """``(H, W, 3)`` uint8 view of image ``index`` (no copy)."""
+        return self._pixel_view("rgb", index, 3)
+
+    def instance_map(self, index: int) -> np.ndarray:
+        """``(H, W)`` int32 view of image ``index``'s instance map (no copy)."""
+        return self._pixel_view("instances", index, 1)
+
+    def _pixel_view(self, kind: str, index: int, channels: int) -> np.ndarray:
+        pixels = self._pixels(kind)
+        if self.manifest["pixels"]["layout"] == "stacked":
+            return pixels[index]
+        h = int(self.column("images", "height")[index])
+        w = int(self.column("images", "width")[index])
+        start = int(self.column("images", "pixel_offset")[index]) * channels
+        flat = pixels[start : start + h * w * channels]
+        return flat.reshape((h, w, 3) if channels == 3 else (h, w))
+
+    def nucleus_slice(self, index: int) -> slice:
+        start = int(self.column("images", "nucleus_start")[index])
+        return slice(start, start + int(self.column("images", "nucleus_count")[index]))
