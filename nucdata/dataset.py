@@ -26,6 +26,32 @@ def _contiguous(indices: np.ndarray) -> slice | None:
     return None
 
 
+def select_images(
+    store: Store, split: str | None, protocols: dict[str, dict[str, list[str]]] | None = None
+) -> np.ndarray:
+    """Indices of the images of ``split``.
+
+    ``split`` is a stored split name, ``None`` for every image, or
+    ``"<protocol>/<part>"`` for a protocol of the card (PanNuke's fold rotations:
+    ``"rotation1/train"`` is fold 1), which may join several stored splits.
+    """
+    splits = np.asarray(store.column("images", "split"))
+    if split is None:
+        return np.arange(splits.shape[0])
+    known = list(dict.fromkeys(splits.tolist()))
+    protocols = protocols or {}
+    choices = known + [f"{p}/{part}" for p, parts in protocols.items() for part in parts]
+    if split in known:
+        return np.flatnonzero(splits == split)
+    protocol, _, part = split.partition("/")
+    if part and part in protocols.get(protocol, {}):
+        return np.flatnonzero(np.isin(splits, protocols[protocol][part]))
+    raise InvalidArgumentError(
+        f"{store.dataset}: unknown split {split!r}; valid splits: {', '.join(choices)} "
+        "(or None for every image)"
+    )
+
+
 class NucleusDataset(torch.utils.data.Dataset):
     """Map-style dataset of images, each with its nuclei, from one store.
 
@@ -49,23 +75,14 @@ class NucleusDataset(torch.utils.data.Dataset):
         split: str | None = None,
         label_set: str | None = None,
         transforms: Transform | None = None,
+        protocols: dict[str, dict[str, list[str]]] | None = None,
     ):
         self.store = store
         self.name = store.dataset
         self.split = split
         self.label_set = label_set
         self.transforms = transforms
-        splits = np.asarray(store.column("images", "split"))
-        if split is None:
-            self.indices = np.arange(splits.shape[0])
-        else:
-            known = list(dict.fromkeys(splits.tolist()))
-            if split not in known:
-                raise InvalidArgumentError(
-                    f"{self.name}: unknown split {split!r}; valid splits: {', '.join(known)} "
-                    "(or None for every image)"
-                )
-            self.indices = np.flatnonzero(splits == split)
+        self.indices = select_images(store, split, protocols)
         native = np.asarray(store.column("nuclei", "label"))
         if label_set is None:
             self._labels = native.astype(np.int64)
@@ -213,4 +230,7 @@ def load(
                 f"Manual route: {card.instructions(root)}"
             )
         prepare(card.name, root=root)
-    return NucleusDataset(Store(store_path(card.name, root)), split, label_set, transforms)
+    return NucleusDataset(
+        Store(store_path(card.name, root)), split, label_set, transforms,
+        protocols=card.extra.get("protocols"),
+    )

@@ -157,7 +157,7 @@ def _counts(writer: StoreWriter) -> dict[str, Any]:
     return {
         "images": {**images, "total": int(len(splits))},
         "nuclei": {**nuclei, "total": int(per_image.sum())},
-        "classes": {str(int(c)): int(n) for c, n in zip(codes, freq)},
+        "classes": {str(int(c)): int(n) for c, n in zip(codes, freq, strict=False)},
     }
 
 

@@ -69,10 +69,7 @@ class NpyStreamWriter:
     def close(self, shape: tuple[int, ...]) -> None:
         if int(np.prod(shape, dtype=np.int64)) != self.count:
             raise ValueError(f"{self.path}: shape {shape} does not hold {self.count} elements")
-        header = "{'descr': %r, 'fortran_order': False, 'shape': %r, }" % (
-            np.lib.format.dtype_to_descr(self.dtype),
-            tuple(int(s) for s in shape),
-        )
+        header = f"{{'descr': {np.lib.format.dtype_to_descr(self.dtype)!r}, 'fortran_order': False, 'shape': {tuple(int(s) for s in shape)!r}, }}"
         body = header.encode("latin1")
         pad = _HEADER_BYTES - 10 - len(body) - 1
         if pad < 0:

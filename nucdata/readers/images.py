@@ -25,9 +25,7 @@ def read_rgb(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("RGBA", "LA", "P", "L", "I;16", "CMYK", "YCbCr", "I", "F"):
-                im = im.convert("RGB")
-            elif im.mode != "RGB":
+            if im.mode in ("RGBA", "LA", "P", "L", "I;16", "CMYK", "YCbCr", "I", "F") or im.mode != "RGB":
                 im = im.convert("RGB")
             return np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:

@@ -8,8 +8,16 @@ from pathlib import Path
 from ..errors import MissingFilesError
 from ..store import StoreWriter
 from .base import ConversionReport, Source
-from .imagescope_pairs import KUMAR_SPLIT, KUMAR_STEMS, RASTER_RULES, find_training_dirs, full_stem, run_pairs
-from .imagescope_pairs import IMAGE_SUFFIXES, list_files
+from .imagescope_pairs import (
+    IMAGE_SUFFIXES,
+    KUMAR_SPLIT,
+    KUMAR_STEMS,
+    RASTER_RULES,
+    find_training_dirs,
+    full_stem,
+    list_files,
+    run_pairs,
+)
 
 
 class Kumar(Source):

@@ -1,0 +1,31 @@
+"""Demo Kumar archive: Kumar's images come from the MoNuSeg training zip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..sources.imagescope_pairs import KUMAR_STEMS
+from . import DemoArchives
+from . import monuseg as _monuseg
+
+
+def generate(folder: Path, rng: np.random.Generator) -> DemoArchives:
+    monuseg = _monuseg.generate(folder, rng)
+    train_zip = next(p for p in monuseg.files if p.name == "MoNuSeg 2018 Training Data.zip")
+    (folder / "MoNuSegTestData.zip").unlink(missing_ok=True)
+    # Region counts of Kumar's 30 images alone: regenerate the count from the zip.
+    import zipfile
+
+    regions = 0
+    with zipfile.ZipFile(train_zip) as zf:
+        for info in zf.infolist():
+            stem = Path(info.filename).stem
+            if info.filename.endswith(".xml") and stem in KUMAR_STEMS and "__MACOSX" not in info.filename:
+                regions += zf.read(info).count(b"<Region ")
+    return DemoArchives(
+        "kumar", [train_zip], {train_zip.name: "train"},
+        {"images": {"train": 16, "test_same_organ": 8, "test_different_organ": 6},
+         "regions": {"all": regions}},
+    )

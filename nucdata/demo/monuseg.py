@@ -1,0 +1,96 @@
+"""Demo MoNuSeg archives: the training zip (30 classic + 7 bonus) and the test zip.
+
+Quirks reproduced: LZW TIFFs in training and PackBits in test, spaces in folder
+names, ``__MACOSX`` entries, no XML declaration, float and integer vertices,
+vertices past the border, a 2-vertex click, an overlapping pair, a second empty
+``Annotation`` block, a file without ``MicronsPerPixel``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..sources.imagescope_pairs import KUMAR_STEMS
+from . import DemoArchives, scratch_folder, zip_tree
+from .synth import draw_filled, ellipse_polygon, paint, place_nuclei
+
+BONUS = ["TCGA-BC-A217-01Z-00-DX1", "TCGA-F9-A8NY-01Z-00-DX1", "TCGA-FG-A87N-01Z-00-DX1",
+         "TCGA-MH-A561-01Z-00-DX1", "TCGA-UZ-A9PJ-01Z-00-DX1", "TCGA-UZ-A9PN-01Z-00-DX1",
+         "TCGA-XS-A8TJ-01Z-00-DX1"]
+TEST = ["TCGA-2Z-A9J9-01A-01-TS1", "TCGA-44-2665-01B-06-BS6", "TCGA-69-7764-01A-01-TS1",
+        "TCGA-A6-6782-01A-01-BS1", "TCGA-AC-A2FO-01A-01-TS1", "TCGA-AO-A0J2-01A-01-BSA",
+        "TCGA-CU-A0YN-01A-02-BSB", "TCGA-EJ-A46H-01A-03-TSC", "TCGA-FG-A4MU-01B-01-TS1",
+        "TCGA-GL-6846-01A-01-BS1", "TCGA-HC-7209-01A-01-TS1", "TCGA-HT-8564-01Z-00-DX1",
+        "TCGA-IZ-8196-01A-01-BS1", "TCGA-ZF-A9R5-01A-01-TS1"]
+NO_MPP = {"TCGA-AY-A8YK-01A-01-TS1", "TCGA-KB-A93J-01A-01-TS1", "TCGA-NH-A8F7-01A-01-TS1",
+          "TCGA-RD-A8N9-01A-01-TS1"}
+LOW_MAG = {"TCGA-HE-7128-01Z-00-DX1", "TCGA-HE-7129-01Z-00-DX1", "TCGA-HE-7130-01Z-00-DX1"}
+
+
+def imagescope_xml(polygons: list[np.ndarray], mpp: float | None, extra_block: bool,
+                   layer_class: str = "Description", ids: list[int] | None = None) -> str:
+    """ImageScope XML text (no declaration, tab-indented) for one layer of polygons."""
+    head = f'<Annotations MicronsPerPixel="{mpp:.6f}">' if mpp else "<Annotations>"
+    lines = [head, '\t<Annotation Id="1" Name="" Type="4" LineColor="65280">',
+             f'\t\t<Attributes>\n\t\t\t<Attribute Name="{layer_class}" Id="0" Value=""/>\n\t\t</Attributes>',
+             "\t\t<Regions>",
+             '\t\t\t<RegionAttributeHeaders>\n\t\t\t\t<AttributeHeader Id="9999" Name="Region" ColumnWidth="-1"/>\n\t\t\t</RegionAttributeHeaders>']
+    for i, poly in enumerate(polygons):
+        rid = ids[i] if ids else i + 2  # Ids start at 2: they are not contiguous from 1
+        area = 0.5 * abs(np.dot(poly[:, 0], np.roll(poly[:, 1], -1)) - np.dot(poly[:, 1], np.roll(poly[:, 0], -1))) if len(poly) > 2 else 0.0
+        lines.append(f'\t\t\t<Region Id="{rid}" Type="0" Area="{area:.1f}" NegativeROA="0">\n\t\t\t\t<Attributes/>\n\t\t\t\t<Vertices>')
+        for j, (x, y) in enumerate(poly):
+            # Mix integer and 6-decimal vertices, as the real files do.
+            text = (f'X="{x:.6f}" Y="{y:.6f}"' if (i + j) % 3 else f'X="{round(x)}" Y="{round(y)}"')
+            lines.append(f"\t\t\t\t\t<Vertex {text}/>")
+        lines.append("\t\t\t\t</Vertices>\n\t\t\t</Region>")
+    lines += ["\t\t</Regions>", "\t\t<Plots/>", "\t</Annotation>"]
+    if extra_block:
+        lines.append('\t<Annotation Id="2" Name="" Type="4" LineColor="65280">\n\t\t<Regions/>\n\t</Annotation>')
+    lines.append("</Annotations>")
+    return "\n".join(lines) + "\n"
+
+
+def image_pair(rng: np.random.Generator, stem: str, size: int = 96) -> tuple[np.ndarray, str, int]:
+    """An RGB image and its XML; returns (rgb, xml text, number of Region elements)."""
+    nuclei = place_nuclei(rng, size, size, int(rng.integers(6, 11)))
+    polygons = [ellipse_polygon(n, int(rng.integers(10, 20)), 0.08, rng) for n in nuclei]
+    # Quirks: a region overlapping the first one, and a stray 2-vertex click.
+    if polygons:
+        polygons.append(polygons[0] + np.array([3.0, 2.0]))
+    polygons.append(np.array([[10.0, 10.0], [11.0, 12.0]]))
+    inst = draw_filled((size, size), polygons)
+    rgb = paint(rng, inst, np.zeros(len(polygons), int))
+    mpp = None if stem in NO_MPP else (0.5005 if stem in LOW_MAG else 0.2520)
+    xml = imagescope_xml(polygons, mpp, extra_block=stem.startswith("TCGA-HE-7129"))
+    return rgb, xml, len(polygons)
+
+
+def generate(folder: Path, rng: np.random.Generator) -> DemoArchives:
+    regions = {"train": 0, "test": 0}
+    with scratch_folder() as tmp:
+        top = tmp / "train" / "MoNuSeg 2018 Training Data"
+        (top / "Tissue Images").mkdir(parents=True)
+        (top / "Annotations").mkdir()
+        for stem in sorted([*KUMAR_STEMS, *BONUS]):
+            rgb, xml, n = image_pair(rng, stem)
+            regions["train"] += n
+            Image.fromarray(rgb).save(top / "Tissue Images" / f"{stem}.tif", compression="tiff_lzw")
+            (top / "Annotations" / f"{stem}.xml").write_text(xml)
+        test = tmp / "test" / "MoNuSegTestData"
+        test.mkdir(parents=True)
+        for stem in TEST:
+            rgb, xml, n = image_pair(rng, stem)
+            regions["test"] += n
+            Image.fromarray(rgb).save(test / f"{stem}.tif", compression="packbits")
+            (test / f"{stem}.xml").write_text(xml)
+        train_zip = zip_tree(tmp / "train", folder / "MoNuSeg 2018 Training Data.zip")
+        test_zip = zip_tree(tmp / "test", folder / "MoNuSegTestData.zip", macos_junk=False)
+    return DemoArchives(
+        "monuseg", [train_zip, test_zip],
+        {train_zip.name: "train", test_zip.name: "test"},
+        {"images": {"train": 37, "test": 14}, "regions": regions},
+    )
