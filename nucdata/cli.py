@@ -1,0 +1,193 @@
+"""The ``nucdata`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import NucdataError
+from .registry import get_card, list_datasets
+
+
+def _fail(exc: NucdataError) -> None:
+    click.secho(f"error: {exc}", fg="red", err=True)
+    sys.exit(2)
+
+
+class _Group(click.Group):
+    """Turns nucdata's typed errors into one readable message and exit status 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except NucdataError as exc:
+            _fail(exc)
+
+
+root_option = click.option(
+    "--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Data home (default: $NUCDATA_HOME or the platform cache folder).",
+)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="nucdata")
+def main() -> None:
+    """Fetch, convert and load the public histopathology nucleus datasets."""
+
+
+@main.command("list")
+@root_option
+def list_cmd(root: Path | None) -> None:
+    """List the datasets and whether each is prepared."""
+    from .prepare import is_prepared
+
+    for name in list_datasets():
+        card = get_card(name, root)
+        state = "prepared" if is_prepared(name, root) else "-"
+        click.echo(f"{name:10s} {state:9s} {card.licence:18s} {card.title}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the card as JSON.")
+@root_option
+def info(name: str, as_json: bool, root: Path | None) -> None:
+    """Show a dataset's card: source, licence, citation, splits, counts, files."""
+    card = get_card(name, root)
+    if as_json:
+        from dataclasses import asdict
+
+        click.echo(json.dumps(asdict(card), indent=2))
+        return
+    click.secho(card.title, bold=True)
+    click.echo(f"  name       {card.name}")
+    click.echo(f"  homepage   {card.homepage}")
+    click.echo(f"  licence    {card.licence}")
+    mpp = "unknown" if card.mpp is None else f"{card.mpp} um/px"
+    click.echo(f"  mpp        {mpp}" + (f"  ({card.extra['mpp_note']})" if "mpp_note" in card.extra else ""))
+    classes = _native_classes(card.name)
+    click.echo("  classes    " + (", ".join(f"{c}={n}" for c, n in classes) if classes else "none (nuclei have masks but no class)"))
+    click.echo("  splits")
+    for split, text in card.splits.items():
+        click.echo(f"    {split:22s} {text}")
+    if card.extra.get("protocols"):
+        click.echo("  protocols  " + ", ".join(f"{p}/{part}" for p, parts in card.extra["protocols"].items() for part in parts))
+    click.echo(f"  expected   {json.dumps(card.expected.get('images'))} images")
+    if card.expected.get("regions"):
+        click.echo(f"             {json.dumps(card.expected['regions'])} annotations")
+    click.echo("  files")
+    for f in card.files:
+        size = "size unknown" if f.size is None else f"{f.size:,} bytes"
+        click.echo(f"    {f.name}  ({f.role}, {size})")
+        click.echo(f"      sha256 {f.sha256 or 'unknown'}  [{f.hash_source}]")
+        for url in f.mirrors:
+            click.echo(f"      mirror {url}")
+    click.echo("  manual download")
+    click.echo("    " + card.instructions(root))
+    for note in card.notes:
+        click.echo(f"  note: {note}")
+    if card.overridden_by:
+        click.echo(f"  local override: {card.overridden_by}")
+    click.echo("  citation")
+    click.echo("    " + card.citation.replace("\n", "\n    "))
+
+
+def _native_classes(name: str) -> list[tuple[int, str]]:
+    try:
+        from .labelsets import native_vocabulary
+    except ImportError:  # label sets not installed in this build
+        return []
+    return [(int(code), str(cls_name)) for code, cls_name, *_ in native_vocabulary(name)]
+
+
+@main.command()
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every dataset (prefetch for offline machines).")
+@click.option("--no-hash-check", is_flag=True, help="Accept files whose SHA-256 differs (recorded as unverified).")
+@root_option
+def download(names: tuple[str, ...], all_: bool, no_hash_check: bool, root: Path | None) -> None:
+    """Download and verify datasets' archives into the raw folder."""
+    from .fetch import fetch
+
+    for name in list_datasets() if all_ else names:
+        for f in fetch(name, root, check_hash=not no_hash_check, progress=click.echo):
+            state = "verified" if f.verified else "NOT verified (no hash to check)"
+            click.echo(f"{name}: {f.path} sha256 {f.sha256} {state}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--from", "source", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="An already-extracted folder in the official layout (recorded as unverified).")
+@click.option("--force", is_flag=True, help="Rebuild even if a store exists.")
+@click.option("--offline", is_flag=True, help="Never use the network (manual and raw folders only).")
+@click.option("--no-hash-check", is_flag=True, help="Accept archives whose SHA-256 differs.")
+@click.option("--no-count-check", is_flag=True, help="Publish even if counts differ from the card.")
+@click.option("--quiet", is_flag=True, help="Print only the result.")
+@root_option
+def prepare(name: str, source: Path | None, force: bool, offline: bool, no_hash_check: bool,
+            no_count_check: bool, quiet: bool, root: Path | None) -> None:
+    """Convert a dataset into the store (downloading it first if needed)."""
+    from .prepare import prepare as run
+
+    path = run(name, source, root, download=not offline, check_hash=not no_hash_check,
+               check_counts=not no_count_check, force=force,
+               progress=None if quiet else click.echo)
+    click.echo(str(path))
+
+
+@main.command()
+@click.argument("names", nargs=-1)
+@root_option
+def verify(names: tuple[str, ...], root: Path | None) -> None:
+    """Re-check downloaded archives (size, format, SHA-256) and stores' columns."""
+    from .fetch import verify as verify_file
+    from .home import manual_dir, raw_dir
+    from .prepare import is_prepared, store_path
+    from .store import Store
+
+    failed = False
+    for name in names or tuple(list_datasets()):
+        card = get_card(name, root)
+        for spec in card.files:
+            found = [p for p in (manual_dir(root) / spec.name, raw_dir(root) / spec.name) if p.is_file()]
+            if not found:
+                click.echo(f"{name}: {spec.name} not downloaded")
+                continue
+            try:
+                verify_file(found[0], spec, fix="Download it again.")
+                click.echo(f"{name}: {found[0]} OK")
+            except NucdataError as exc:
+                failed = True
+                click.secho(f"{name}: {exc}", fg="red")
+        if is_prepared(name, root):
+            store = Store(store_path(name, root))
+            for table in ("images", "nuclei"):
+                for column in store.manifest["columns"][table]:
+                    store.column(table, column)
+            click.echo(f"{name}: store complete ({store.n_images} images, {store.n_nuclei} nuclei)")
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Use this folder as the demo's data home (default: a temporary folder).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the generated archives.")
+def demo(root: Path | None, seed: int) -> None:
+    """Generate small archives in each native layout and run fetch, prepare and load on them.
+
+    No network is used: the archives go through the manual-download route.
+    """
+    from .demo.run import run_demo
+
+    run_demo(root, seed=seed, echo=click.echo)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
