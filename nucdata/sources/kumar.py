@@ -40,12 +40,17 @@ class Kumar(Source):
         image_dir, xml_dir = training
         images = {p.stem: p for p in list_files(image_dir, IMAGE_SUFFIXES)}
         xmls = {p.stem: p for p in list_files(xml_dir, (".xml",))}
-        missing = [f"  {image_dir / s}.tif" for s in sorted(KUMAR_STEMS) if s not in images]
-        missing += [f"  {xml_dir / s}.xml" for s in sorted(KUMAR_STEMS) if s not in xmls]
-        if missing:
+        absent = [s for s in sorted(KUMAR_STEMS) if s not in images or s not in xmls]
+        if absent:
+            lines = []
+            for s in absent:
+                if s not in images:
+                    lines.append(f"  {image_dir / s}.tif")
+                if s not in xmls:
+                    lines.append(f"  {xml_dir / s}.xml")
             raise MissingFilesError(
-                f"{folder}: {len(missing)} of Kumar's 30 image/XML files are missing:\n"
-                + "\n".join(missing)
+                f"{folder}: {len(absent)} of Kumar's 30 images are missing or lack their XML:\n"
+                + "\n".join(lines)
                 + "\nUse the current MoNuSeg 2018 training archive, which holds all 30."
             )
         jobs = [

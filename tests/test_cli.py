@@ -1,0 +1,49 @@
+"""The command line, through click's test runner."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from nucdata.cli import main
+from nucdata.demo import install
+
+
+def test_list_and_info(home):
+    runner = CliRunner()
+    result = runner.invoke(main, ["list"])
+    assert result.exit_code == 0, result.output
+    assert "monuseg" in result.output and "tnbc" in result.output
+    result = runner.invoke(main, ["info", "monuseg"])
+    assert result.exit_code == 0, result.output
+    for text in ("CC-BY-NC-SA-4.0", "25d3d3185bb2970b", "third-party", "MoNuSegTestData.zip",
+                 str(home / "manual"), "@article", "bonus", "0.25"):
+        assert text in result.output, text
+
+
+def test_unknown_dataset_is_a_clean_error(home):
+    result = CliRunner().invoke(main, ["info", "consepp"])
+    assert result.exit_code == 2
+    assert "unknown dataset 'consepp'" in result.output and "Traceback" not in result.output
+
+
+def test_download_prepare_verify(home, http_server):
+    url, served = http_server
+    install("tnbc", home, into=served, base_url=url)
+    runner = CliRunner()
+    result = runner.invoke(main, ["download", "tnbc"])
+    assert result.exit_code == 0, result.output
+    assert "verified" in result.output
+    result = runner.invoke(main, ["prepare", "tnbc", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().endswith("tnbc/1")
+    result = runner.invoke(main, ["verify", "tnbc"])
+    assert result.exit_code == 0, result.output
+    assert "store complete (50 images" in result.output
+
+
+def test_demo_runs_offline(tmp_path):
+    result = CliRunner().invoke(main, ["demo", "--root", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    assert "summary:" in result.output
+    for name in ("monuseg", "kumar", "tnbc"):
+        assert name in result.output
