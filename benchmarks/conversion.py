@@ -1,0 +1,125 @@
+"""Conversion benchmark: ``prepare`` against reading the native files once.
+
+Generates MoNuSeg-shaped input (1000x1000 LZW TIFFs with ImageScope XML, ~400
+nuclei per image, 37 training + 14 test images) at 1x and 10x the image count,
+then, each in a fresh subprocess and side by side in one run:
+
+* baseline: read every native file once (decode each TIFF, parse each XML);
+* prepare: ``nucdata.prepare("monuseg", source=folder)`` into a fresh home.
+
+Prints medians over ``--repeats`` runs, the prepare/baseline time ratio and the
+peak resident memory of each subprocess.
+
+    python benchmarks/conversion.py                 # 1x and 10x, 3 repeats
+    python benchmarks/conversion.py --scales 1 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CHILD = r"""
+import json, resource, sys, time, tempfile
+from pathlib import Path
+mode, folder = sys.argv[1], Path(sys.argv[2])
+start = time.perf_counter()
+if mode == "baseline":
+    from nucdata.readers.images import read_rgb
+    from nucdata.readers.imagescope import read_imagescope
+    n = 0
+    for xml in sorted(folder.rglob("*.xml")):
+        image = next(p for p in xml.parent.parent.rglob(xml.stem + ".tif"))
+        read_rgb(image)
+        n += len(read_imagescope(xml).regions)
+else:
+    import nucdata
+    home = tempfile.mkdtemp()
+    nucdata.prepare("monuseg", source=folder, root=home, check_counts=False)
+seconds = time.perf_counter() - start
+peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"seconds": seconds, "peak_mib": peak_kib / 1024}))
+"""
+
+
+def generate(folder: Path, scale: int, seed: int = 0) -> tuple[int, int]:
+    """Write a MoNuSeg-layout folder; return (images, regions)."""
+    from nucdata.demo.monuseg import BONUS, TEST, imagescope_xml
+    from nucdata.demo.synth import draw_filled, ellipse_polygon, paint, place_nuclei
+    from nucdata.sources.imagescope_pairs import KUMAR_STEMS
+
+    rng = np.random.default_rng(seed)
+    train_dir = folder / "MoNuSeg 2018 Training Data"
+    (train_dir / "Tissue Images").mkdir(parents=True)
+    (train_dir / "Annotations").mkdir()
+    test_dir = folder / "MoNuSegTestData"
+    test_dir.mkdir()
+    unique = []
+    for stem in sorted(KUMAR_STEMS) + BONUS + TEST:
+        nuclei = place_nuclei(rng, 1000, 1000, 400)
+        polygons = [ellipse_polygon(n, 24, 0.05, rng) for n in nuclei]
+        inst = draw_filled((1000, 1000), polygons)
+        unique.append((stem, paint(rng, inst, np.zeros(len(polygons), int)), imagescope_xml(polygons, 0.252, False)))
+    regions = 0
+    for copy in range(scale):
+        for stem, rgb, xml in unique:
+            name = stem if copy == 0 else f"{stem}-copy{copy}"
+            if stem in TEST:
+                image_path, xml_path = test_dir / f"{name}.tif", test_dir / f"{name}.xml"
+            else:
+                image_path = train_dir / "Tissue Images" / f"{name}.tif"
+                xml_path = train_dir / "Annotations" / f"{name}.xml"
+            Image.fromarray(rgb).save(image_path, compression="tiff_lzw")
+            xml_path.write_text(xml)
+            regions += xml.count("<Region ")
+    return len(unique) * scale, regions
+
+
+def run_child(mode: str, folder: Path) -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-c", CHILD, mode, str(folder)], check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scales", type=int, nargs="+", default=[1, 10])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    rows = []
+    for scale in args.scales:
+        folder = Path(tempfile.mkdtemp(prefix=f"nucdata-bench-{scale}x-"))
+        try:
+            t = time.perf_counter()
+            images, regions = generate(folder, scale)
+            print(f"[{scale}x] generated {images} images, {regions} regions in {time.perf_counter() - t:.0f} s", flush=True)
+            runs: dict[str, list[dict[str, float]]] = {"baseline": [], "prepare": []}
+            for _ in range(args.repeats):  # interleaved so drift hits both alike
+                for mode in runs:
+                    runs[mode].append(run_child(mode, folder))
+            med = {m: statistics.median(r["seconds"] for r in rs) for m, rs in runs.items()}
+            peak = {m: max(r["peak_mib"] for r in rs) for m, rs in runs.items()}
+            rows.append((scale, images, regions, med, peak))
+            print(f"[{scale}x] baseline read {med['baseline']:.2f} s, prepare {med['prepare']:.2f} s, "
+                  f"ratio {med['prepare'] / med['baseline']:.2f}; peak RSS baseline {peak['baseline']:.0f} MiB, "
+                  f"prepare {peak['prepare']:.0f} MiB", flush=True)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    print("\nscale  images  regions  read-once s  prepare s  ratio  peak MiB (read / prepare)")
+    for scale, images, regions, med, peak in rows:
+        print(f"{scale:>4}x  {images:6d}  {regions:7d}  {med['baseline']:11.2f}  {med['prepare']:9.2f}  "
+              f"{med['prepare'] / med['baseline']:5.2f}  {peak['baseline']:6.0f} / {peak['prepare']:.0f}")
+
+
+if __name__ == "__main__":
+    main()
