@@ -77,6 +77,7 @@ def install(
     *,
     into: str | os.PathLike[str] | None = None,
     base_url: str | None = None,
+    world: Any = None,
 ) -> DemoArchives:
     """Generate ``name``'s demo archives and register them in the data home ``root``.
 
@@ -87,11 +88,16 @@ def install(
         route). Pass another folder together with ``base_url`` to serve them over HTTP.
     base_url
         When given, the override lists ``base_url/<file name>`` as the only mirror.
+    world
+        A :class:`nucdata.demo.world.World`: nuclei are drawn as its latent cell types
+        (appearance, per-dataset stain) and labelled through the dataset's vocabulary;
+        the returned ``truth`` gives every drawn nucleus's position and latent type.
     """
     folder = Path(into) if into is not None else manual_dir(root)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    archives = generator(name)(folder, rng)
+    make = generator(name)
+    archives = make(folder, rng, world) if world is not None else make(folder, rng)
     archives.dataset = get_card(name).name
     mirrors = None
     if base_url is not None:

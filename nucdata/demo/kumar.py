@@ -9,10 +9,11 @@ import numpy as np
 from ..sources.imagescope_pairs import KUMAR_STEMS
 from . import DemoArchives
 from . import monuseg as _monuseg
+from .world import World
 
 
-def generate(folder: Path, rng: np.random.Generator) -> DemoArchives:
-    monuseg = _monuseg.generate(folder, rng)
+def generate(folder: Path, rng: np.random.Generator, world: World | None = None) -> DemoArchives:
+    monuseg = _monuseg.generate(folder, rng, world, dataset="kumar")
     train_zip = next(p for p in monuseg.files if p.name == "MoNuSeg 2018 Training Data.zip")
     (folder / "MoNuSegTestData.zip").unlink(missing_ok=True)
     # Region counts of Kumar's 30 images alone: regenerate the count from the zip.
@@ -28,4 +29,5 @@ def generate(folder: Path, rng: np.random.Generator) -> DemoArchives:
         "kumar", [train_zip], {train_zip.name: "train"},
         {"images": {"train": 16, "test_same_organ": 8, "test_different_organ": 6},
          "regions": {"all": regions}},
+        {stem: t for stem, t in monuseg.truth.items() if stem in KUMAR_STEMS},
     )

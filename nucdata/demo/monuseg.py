@@ -16,6 +16,7 @@ from PIL import Image
 from ..sources.imagescope_pairs import KUMAR_STEMS
 from . import DemoArchives, scratch_folder, zip_tree
 from .synth import draw_filled, ellipse_polygon, paint, place_nuclei
+from .world import STAIN_SHIFT, World
 
 BONUS = ["TCGA-BC-A217-01Z-00-DX1", "TCGA-F9-A8NY-01Z-00-DX1", "TCGA-FG-A87N-01Z-00-DX1",
          "TCGA-MH-A561-01Z-00-DX1", "TCGA-UZ-A9PJ-01Z-00-DX1", "TCGA-UZ-A9PN-01Z-00-DX1",
@@ -54,36 +55,53 @@ def imagescope_xml(polygons: list[np.ndarray], mpp: float | None, extra_block: b
     return "\n".join(lines) + "\n"
 
 
-def image_pair(rng: np.random.Generator, stem: str, size: int = 96) -> tuple[np.ndarray, str, int]:
-    """An RGB image and its XML; returns (rgb, xml text, number of Region elements)."""
-    nuclei = place_nuclei(rng, size, size, int(rng.integers(6, 11)))
+def image_pair(
+    rng: np.random.Generator, stem: str, size: int = 96, world: World | None = None,
+    dataset: str = "monuseg",
+) -> tuple[np.ndarray, str, int, list[tuple[float, float, int]]]:
+    """An RGB image and its XML.
+
+    Returns (rgb, xml text, number of Region elements, truth) where truth lists
+    ``(x, y, latent type)`` of every drawn nucleus (type 0 without a world).
+    """
+    count = int(rng.integers(6, 11))
+    kinds = world.kinds_for(dataset, rng, count) if world else None
+    appearances = world.appearances() if world else None
+    nuclei = place_nuclei(rng, size, size, count, kinds, appearances)
     polygons = [ellipse_polygon(n, int(rng.integers(10, 20)), 0.08, rng) for n in nuclei]
+    truth = [(n.cx, n.cy, n.kind) for n in nuclei]
+    kind_of = [n.kind for n in nuclei]
     # Quirks: a region overlapping the first one, and a stray 2-vertex click.
     if polygons:
         polygons.append(polygons[0] + np.array([3.0, 2.0]))
+        kind_of.append(kind_of[0])
     polygons.append(np.array([[10.0, 10.0], [11.0, 12.0]]))
+    kind_of.append(0)
     inst = draw_filled((size, size), polygons)
-    rgb = paint(rng, inst, np.zeros(len(polygons), int))
+    shift = STAIN_SHIFT.get(dataset, (0, 0, 0)) if world else (0, 0, 0)
+    rgb = paint(rng, inst, np.asarray(kind_of), appearances, shift)
     mpp = None if stem in NO_MPP else (0.5005 if stem in LOW_MAG else 0.2520)
     xml = imagescope_xml(polygons, mpp, extra_block=stem.startswith("TCGA-HE-7129"))
-    return rgb, xml, len(polygons)
+    return rgb, xml, len(polygons), truth
 
 
-def generate(folder: Path, rng: np.random.Generator) -> DemoArchives:
+def generate(folder: Path, rng: np.random.Generator, world: World | None = None,
+             dataset: str = "monuseg") -> DemoArchives:
     regions = {"train": 0, "test": 0}
+    truth: dict[str, list[tuple[float, float, int]]] = {}
     with scratch_folder() as tmp:
         top = tmp / "train" / "MoNuSeg 2018 Training Data"
         (top / "Tissue Images").mkdir(parents=True)
         (top / "Annotations").mkdir()
         for stem in sorted([*KUMAR_STEMS, *BONUS]):
-            rgb, xml, n = image_pair(rng, stem)
+            rgb, xml, n, truth[stem] = image_pair(rng, stem, world=world, dataset=dataset)
             regions["train"] += n
             Image.fromarray(rgb).save(top / "Tissue Images" / f"{stem}.tif", compression="tiff_lzw")
             (top / "Annotations" / f"{stem}.xml").write_text(xml)
         test = tmp / "test" / "MoNuSegTestData"
         test.mkdir(parents=True)
         for stem in TEST:
-            rgb, xml, n = image_pair(rng, stem)
+            rgb, xml, n, truth[stem] = image_pair(rng, stem, world=world, dataset=dataset)
             regions["test"] += n
             Image.fromarray(rgb).save(test / f"{stem}.tif", compression="packbits")
             (test / f"{stem}.xml").write_text(xml)
@@ -93,4 +111,5 @@ def generate(folder: Path, rng: np.random.Generator) -> DemoArchives:
         "monuseg", [train_zip, test_zip],
         {train_zip.name: "train", test_zip.name: "test"},
         {"images": {"train": 37, "test": 14}, "regions": regions},
+        truth,
     )

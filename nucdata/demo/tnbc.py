@@ -14,12 +14,17 @@ from PIL import Image
 
 from . import DemoArchives, scratch_folder, zip_tree
 from .synth import draw_filled, ellipse_polygon, paint, place_nuclei
+from .world import STAIN_SHIFT, World
 
 IMAGES_PER_PATIENT = [7, 3, 5, 8, 4, 3, 3, 4, 6, 4, 3]
 RGB_ONLY = {"09_2", "09_3", "09_4"}
 
 
-def generate(folder: Path, rng: np.random.Generator, size: int = 64) -> DemoArchives:
+def generate(folder: Path, rng: np.random.Generator, world: World | None = None,
+             size: int = 64) -> DemoArchives:
+    truth: dict[str, list[tuple[float, float, int]]] = {}
+    appearances = world.appearances() if world else None
+    shift = STAIN_SHIFT["tnbc"] if world else (0, 0, 0)
     with scratch_folder() as tmp:
         top = tmp / "TNBC_NucleiSegmentation"
         for p, count in enumerate(IMAGES_PER_PATIENT, 1):
@@ -28,9 +33,12 @@ def generate(folder: Path, rng: np.random.Generator, size: int = 64) -> DemoArch
             gt.mkdir()
             for k in range(1, count + 1):
                 name = f"{p:02d}_{k}"
-                nuclei = place_nuclei(rng, size, size, int(rng.integers(4, 8)), margin=4.0)
+                count = int(rng.integers(4, 8))
+                kinds = world.kinds_for("tnbc", rng, count) if world else None
+                nuclei = place_nuclei(rng, size, size, count, kinds, appearances, margin=4.0)
+                truth[name] = [(n.cx, n.cy, n.kind) for n in nuclei]
                 inst = draw_filled((size, size), [ellipse_polygon(n, 16) for n in nuclei])
-                rgb = paint(rng, inst, np.zeros(len(nuclei), int))
+                rgb = paint(rng, inst, np.array([n.kind for n in nuclei], int), appearances, shift)
                 mask = np.where(inst > 0, 255, 0).astype(np.uint8)
                 if k == 1 and len(nuclei):  # a 1-px hole inside the first nucleus
                     cy, cx = int(nuclei[0].cy), int(nuclei[0].cx)
@@ -48,7 +56,8 @@ def generate(folder: Path, rng: np.random.Generator, size: int = 64) -> DemoArch
                     Image.fromarray(rgba, "RGBA").save(slide / f"{name}.png")
                 Image.fromarray(mask, "L").save(gt / f"{name}.png")
         archive = zip_tree(tmp, folder / "TNBC_NucleiSegmentation.zip")
-    return DemoArchives("tnbc", [archive], {archive.name: "all"}, {"images": {"all": 50}, "regions": None})
+    return DemoArchives("tnbc", [archive], {archive.name: "all"}, {"images": {"all": 50}, "regions": None},
+                        truth)
 
 
 def ndi_free(mask: np.ndarray) -> np.ndarray:
