@@ -135,7 +135,8 @@ def polygon_area(vertices: np.ndarray) -> float:
     if len(vertices) < 3:
         return 0.0
     x, y = vertices[:, 0], vertices[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+    cross = float(np.dot(x[:-1], y[1:]) - np.dot(y[:-1], x[1:]))
+    return 0.5 * abs(cross + float(x[-1] * y[0] - y[-1] * x[0]))
 
 
 def rasterize_regions(
@@ -159,8 +160,8 @@ def rasterize_regions(
     dropped: Counter[str] = Counter()
     for i, region in enumerate(regions):
         v = region.vertices
-        distinct = np.unique(v, axis=0) if len(v) else v
-        if len(distinct) < 3 or polygon_area(v) == 0.0:
+        # Fewer than three distinct vertices, or collinear ones, give zero area.
+        if polygon_area(v) == 0.0:
             dropped["degenerate"] += 1
             continue
         # Corner convention: pixel centres sit at half-integers of the XML frame.
