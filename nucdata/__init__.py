@@ -30,6 +30,7 @@ from .errors import (  # noqa: E402
 )
 from .fetch import fetch  # noqa: E402
 from .home import data_home  # noqa: E402
+from .labelsets import label_set, list_label_sets, mapping, translate  # noqa: E402
 from .prepare import prepare  # noqa: E402
 from .registry import get_card, list_datasets  # noqa: E402
 from .store import Store  # noqa: E402
@@ -40,5 +41,6 @@ __all__ = [
     "MalformedAnnotationError", "MissingFilesError", "NucdataError", "NucleusDataset",
     "SizeMismatchError", "Store", "StoreError", "StoreLockedError", "UnknownClassError",
     "UnknownDatasetError", "UnknownLabelSetError", "__version__", "data_home", "fetch",
-    "get_card", "list_datasets", "load", "prepare",
+    "get_card", "label_set", "list_datasets", "list_label_sets", "load", "mapping", "prepare",
+    "translate",
 ]

@@ -105,6 +105,23 @@ def _native_classes(name: str) -> list[tuple[int, str]]:
     return [(int(code), str(cls_name)) for code, cls_name, *_ in native_vocabulary(name)]
 
 
+@main.command("label-sets")
+@click.argument("name", required=False)
+@click.option("--mapping", "source", default=None, metavar="DATASET",
+              help="Show the table from DATASET's native classes into NAME.")
+def label_sets_cmd(name: str | None, source: str | None) -> None:
+    """List the label sets, show one, or show a mapping table (--mapping DATASET)."""
+    from .labelsets import MERGED_LABEL_SETS, label_set, list_label_sets, mapping
+
+    if name is None:
+        for ls_name in list_label_sets():
+            ls = label_set(ls_name)
+            merged = " (merged)" if ls_name in MERGED_LABEL_SETS else ""
+            click.echo(f"{ls_name:12s} v{ls.version} {len(ls):2d} classes{merged}: {', '.join(ls.names)}")
+        return
+    click.echo(str(mapping(source, name) if source else label_set(name)))
+
+
 @main.command()
 @click.argument("names", nargs=-1)
 @click.option("--all", "all_", is_flag=True, help="Every dataset (prefetch for offline machines).")
