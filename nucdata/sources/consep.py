@@ -1,0 +1,131 @@
+"""CoNSeP: ``{Train,Test}/Images/*.png`` with ``Labels/*.mat`` (HoVer-Net ground truth).
+
+Each ``.mat`` holds ``inst_map`` (ids 1..N), ``type_map``, ``inst_type`` (N x 1, class
+of id k+1 in row k) and ``inst_centroid`` (N x 2, x then y). The native label of a
+nucleus is ``inst_type`` of its id; ids must be 1..N without gaps, as the files'
+README promises, otherwise the file is refused. The files' own centroids are compared
+with the ones the store computes (mean pixel coordinate, pixel centres at integers),
+and the largest difference is recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from scipy.io import loadmat
+
+from ..errors import MalformedAnnotationError, MissingFilesError
+from ..readers.images import read_rgb
+from ..store import StoreWriter, nucleus_properties, relabel_sequential
+from .base import ConversionReport, Source, list_files, walk_dirs
+
+REQUIRED_KEYS = ("inst_map", "inst_type", "inst_centroid")
+
+
+def read_label(path: Path) -> dict[str, np.ndarray]:
+    """Read one CoNSeP ``.mat``; check its keys and the id/type alignment."""
+    try:
+        data = loadmat(path)
+    except Exception as exc:  # scipy raises several types for damaged files
+        raise MalformedAnnotationError(
+            f"{path}: not a readable MATLAB file ({exc}); extract or download it again."
+        ) from exc
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise MalformedAnnotationError(
+            f"{path}: key {missing[0]!r} is missing (found {sorted(k for k in data if not k.startswith('__'))}). "
+            "This is not a CoNSeP ground-truth file (HoVer-Net prediction files and the tiled "
+            "Kaggle derivative use other keys); use the official archive."
+        )
+    inst = np.asarray(data["inst_map"]).astype(np.int64)
+    types = np.asarray(data["inst_type"]).reshape(-1).astype(np.int64)
+    centroids = np.asarray(data["inst_centroid"], np.float64).reshape(-1, 2)
+    n = types.size
+    ids = np.unique(inst)
+    ids = ids[ids > 0]
+    if ids.size and (ids.max() != n or ids.size != n):
+        raise MalformedAnnotationError(
+            f"{path}: inst_map has {ids.size} ids up to {int(ids.max())} but inst_type has {n} rows; "
+            "ids must be 1..N in the order of inst_type. The file is damaged or not ground truth."
+        )
+    if centroids.shape[0] != n:
+        raise MalformedAnnotationError(f"{path}: inst_centroid has {centroids.shape[0]} rows, inst_type {n}.")
+    return {"inst_map": inst, "inst_type": types, "inst_centroid": centroids}
+
+
+def find_split_dirs(folder: Path) -> dict[str, tuple[Path, Path]]:
+    """``{"train": (images, labels), "test": (...)}`` under ``folder``."""
+    found: dict[str, tuple[Path, Path]] = {}
+    for d in walk_dirs(folder):
+        split = d.name.lower()
+        if split in ("train", "test") and split not in found:
+            subs = {s.name.lower(): s for s in d.iterdir() if s.is_dir()}
+            if "images" in subs and "labels" in subs:
+                found[split] = (subs["images"], subs["labels"])
+    return found
+
+
+class CoNSeP(Source):
+    """CoNSeP from its Train/ and Test/ folders."""
+
+    name = "consep"
+    version = "1"
+
+    def convert(
+        self, folder: Path, writer: StoreWriter, progress: Callable[[str], None] | None = None
+    ) -> ConversionReport:
+        report = ConversionReport(rules={
+            "classes": "native code = inst_type of the nucleus id (1 other ... 7 endothelial)",
+            "ids": "inst_map ids must be 1..N matching inst_type rows; other files are refused",
+            "centroids": "recomputed from inst_map; the files' inst_centroid is compared, not used",
+        })
+        dirs = find_split_dirs(folder)
+        missing = [s for s in ("train", "test") if s not in dirs]
+        if missing:
+            raise MissingFilesError(
+                f"{folder}: no {' or '.join(m.capitalize() + '/Images + Labels' for m in missing)} folder found. "
+                "Extract consep.zip there (CoNSeP/Train, CoNSeP/Test)."
+            )
+        worst = 0.0
+        for split in ("train", "test"):
+            image_dir, label_dir = dirs[split]
+            labels = {p.stem: p for p in list_files(label_dir, (".mat",))}
+            images = list_files(image_dir, (".png",))
+            lonely = sorted({p.stem for p in images} ^ set(labels))
+            if lonely:
+                raise MissingFilesError(
+                    f"{image_dir.parent}: images and labels do not pair up: {', '.join(lonely)}. "
+                    "Re-extract the archive."
+                )
+            for i, image in enumerate(sorted(images, key=_tile_number), 1):
+                rgb = read_rgb(image)
+                label = read_label(labels[image.stem])
+                inst, original = relabel_sequential(label["inst_map"])
+                if inst.shape != rgb.shape[:2]:
+                    raise MalformedAnnotationError(
+                        f"{labels[image.stem]}: inst_map {inst.shape} does not match {image} {rgb.shape[:2]}"
+                    )
+                codes = label["inst_type"][original - 1]
+                ours = nucleus_properties(inst, original.size)["centroid"]
+                if original.size:
+                    diff = float(np.abs(ours - label["inst_centroid"][original - 1]).max())
+                    worst = max(worst, diff)
+                report.regions[split] += int(label["inst_type"].size)
+                unknown = ~np.isin(codes, np.arange(1, 8))
+                if unknown.any():
+                    report.dropped["unknown_type_codes_kept_unlabelled"] += int(unknown.sum())
+                    codes = np.where(unknown, -1, codes)
+                writer.add_image(image.stem, split, rgb, inst, codes, original, mpp=self.card.mpp,
+                                 tissue="colon")
+                if progress:
+                    progress(f"[{split} {i}/{len(images)}] {image.stem}: {original.size} nuclei")
+        report.extra["inst_centroid_max_difference_px"] = round(worst, 4)
+        report.notes.append(f"largest |inst_centroid - computed centroid| over all nuclei: {worst:.4f} px")
+        return report
+
+
+def _tile_number(path: Path) -> tuple[int, str]:
+    tail = path.stem.rsplit("_", 1)[-1]
+    return (int(tail) if tail.isdigit() else 0, path.stem)
