@@ -230,7 +230,7 @@ def load(
                 f"Manual route: {card.instructions(root)}"
             )
         prepare(card.name, root=root)
-    return NucleusDataset(
-        Store(store_path(card.name, root)), split, label_set, transforms,
-        protocols=card.extra.get("protocols"),
-    )
+    store = Store(store_path(card.name, root))
+    # Protocols come from the card, or from the native files themselves (NuCLS folds).
+    protocols = {**card.extra.get("protocols", {}), **store.manifest.get("extra", {}).get("protocols", {})}
+    return NucleusDataset(store, split, label_set, transforms, protocols=protocols)
