@@ -7,9 +7,9 @@ then, each in a fresh subprocess and side by side in one run:
 * baseline: read every native file once (decode each TIFF, parse each XML);
 * prepare: ``nucdata.prepare("monuseg", source=folder)`` into a fresh home.
 
-Prints medians over ``--repeats`` runs, the prepare/baseline time ratio and the
-peak resident memory each subprocess adds on top of its imports (torch alone is
-~500 MiB, identical in both).
+Prints medians over ``--repeats`` runs, the prepare/baseline time ratio, and the peak
+heap (tracemalloc, numpy buffers included) of one extra traced run of each: resident
+memory would count the memory-mapped file pages, which are page cache.
 
     python benchmarks/conversion.py                 # 1x and 10x, 3 repeats
     python benchmarks/conversion.py --scales 1 --repeats 1
@@ -31,18 +31,16 @@ import numpy as np
 from PIL import Image
 
 CHILD = r"""
-import json, resource, sys, time, tempfile
+import json, sys, time, tempfile
 from pathlib import Path
-mode, folder = sys.argv[1], Path(sys.argv[2])
+mode, folder, trace = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "trace"
 import nucdata
 from nucdata.readers.images import read_rgb
 from nucdata.readers.imagescope import read_imagescope
 
-def rss_mib():
-    with open("/proc/self/status") as fh:
-        return next(int(l.split()[1]) for l in fh if l.startswith("VmRSS")) / 1024
-
-base_mib = rss_mib()  # after imports (torch dominates): what the work adds is peak - base
+if trace:  # heap peak (numpy buffers included), not RSS: mapped file pages are cache, not memory use
+    import tracemalloc
+    tracemalloc.start()
 start = time.perf_counter()
 if mode == "baseline":
     n = 0
@@ -54,8 +52,8 @@ else:
     home = tempfile.mkdtemp()
     nucdata.prepare("monuseg", source=folder, root=home, check_counts=False)
 seconds = time.perf_counter() - start
-peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"seconds": seconds, "peak_mib": peak_kib / 1024, "added_mib": peak_kib / 1024 - base_mib}))
+print(json.dumps({"seconds": seconds,
+                  "heap_peak_mib": tracemalloc.get_traced_memory()[1] / 2**20 if trace else None}))
 """
 
 
@@ -92,8 +90,8 @@ def generate(folder: Path, scale: int, seed: int = 0) -> tuple[int, int]:
     return len(unique) * scale, regions
 
 
-def run_child(mode: str, folder: Path) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-c", CHILD, mode, str(folder)], check=True,
+def run_child(mode: str, folder: Path, trace: bool = False) -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-c", CHILD, mode, str(folder), "trace" if trace else "time"], check=True,
                          capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -115,14 +113,14 @@ def main() -> None:
                 for mode in runs:
                     runs[mode].append(run_child(mode, folder))
             med = {m: statistics.median(r["seconds"] for r in rs) for m, rs in runs.items()}
-            peak = {m: max(r["added_mib"] for r in rs) for m, rs in runs.items()}
+            peak = {m: run_child(m, folder, trace=True)["heap_peak_mib"] for m in runs}
             rows.append((scale, images, regions, med, peak))
             print(f"[{scale}x] baseline read {med['baseline']:.2f} s, prepare {med['prepare']:.2f} s, "
-                  f"ratio {med['prepare'] / med['baseline']:.2f}; memory added over imports: read-once "
+                  f"ratio {med['prepare'] / med['baseline']:.2f}; heap peak: read-once "
                   f"{peak['baseline']:.0f} MiB, prepare {peak['prepare']:.0f} MiB", flush=True)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-    print("\nscale  images  regions  read-once s  prepare s  ratio  peak MiB over imports (read / prepare)")
+    print("\nscale  images  regions  read-once s  prepare s  ratio  heap peak MiB (read / prepare)")
     for scale, images, regions, med, peak in rows:
         print(f"{scale:>4}x  {images:6d}  {regions:7d}  {med['baseline']:11.2f}  {med['prepare']:9.2f}  "
               f"{med['prepare'] / med['baseline']:5.2f}  {peak['baseline']:6.0f} / {peak['prepare']:.0f}")

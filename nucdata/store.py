@@ -24,6 +24,7 @@ conversion never leaves a half store; :func:`clean_stale` removes leftovers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -104,14 +105,21 @@ def relabel_sequential(instance_map: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return lut[flat], original
 
 
+@functools.lru_cache(maxsize=8)
+def _pixel_coordinates(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column of every pixel in raster order (cached: images repeat sizes)."""
+    rows, cols = np.divmod(np.arange(shape[0] * shape[1], dtype=np.int64), shape[1])
+    rows.flags.writeable = cols.flags.writeable = False
+    return rows, cols
+
+
 def nucleus_properties(instance_map: np.ndarray, count: int) -> dict[str, np.ndarray]:
     """Area, centroid and bbox of labels 1..count of a sequential instance map."""
     flat = instance_map.ravel()
-    h, w = instance_map.shape
     area = np.bincount(flat, minlength=count + 1)[1 : count + 1]
     if (area == 0).any():
         raise ValueError("instance map is not sequential: a label 1..K owns no pixel")
-    rows, cols = np.divmod(np.arange(flat.size, dtype=np.int64), w)
+    rows, cols = _pixel_coordinates(instance_map.shape)
     sum_x = np.bincount(flat, weights=cols, minlength=count + 1)[1 : count + 1]
     sum_y = np.bincount(flat, weights=rows, minlength=count + 1)[1 : count + 1]
     centroid = np.stack([sum_x / area, sum_y / area], axis=1).astype(np.float32)

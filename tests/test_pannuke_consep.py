@@ -55,8 +55,8 @@ def test_pannuke_ids_repeat_across_channels():
     masks[0:2, 0:2, 0] = 1
     masks[4:6, 4:6, 2] = 1  # same id, another channel: another nucleus
     masks[0, 0, 3] = 5  # claimed twice: channel 0 keeps it, channel 3's nucleus vanishes
-    inst, codes, ids, overlap = merge_channels(masks)
-    assert codes.tolist() == [0, 2] and ids.tolist() == [1, 1] and overlap == 1
+    inst, codes, ids, before, overlap = merge_channels(masks)
+    assert codes.tolist() == [0, 2] and ids.tolist() == [1, 1] and overlap == 1 and before == 3
     assert (inst == 1).sum() == 4 and (inst == 2).sum() == 4
 
 

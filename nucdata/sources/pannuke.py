@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CorruptArchiveError, MalformedAnnotationError, MissingFilesError
-from ..store import StoreWriter
+from ..store import StoreWriter, relabel_sequential
 from .base import ConversionReport, Source, walk_dirs
 
 CHANNELS = 5
@@ -52,33 +52,29 @@ def find_folds(folder: Path) -> dict[int, dict[str, Path]]:
     return folds
 
 
-def merge_channels(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Instance map, native codes, per-channel ids and overlap pixels for one patch.
+def merge_channels(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Instance map, native codes, per-channel ids and counts for one patch.
 
-    ``masks`` is ``(H, W, >=5)``; returns the sequential int32 map, the channel of each
-    nucleus, its id within the channel, and the number of pixels claimed twice.
+    ``masks`` is ``(H, W, >=5)`` with integral ids. Returns the sequential int32 map,
+    the channel and the in-channel id of each nucleus (numbered by channel, then id),
+    the number of (channel, id) pairs present before overlaps were resolved, and the
+    number of pixels claimed by more than one channel. Everything is counting with
+    ``bincount`` (no sorting): this runs once per patch on ~190,000 patches.
     """
-    channels = np.rint(masks[..., :CHANNELS]).astype(np.int64)
+    channels = masks[..., :CHANNELS].astype(np.int32)  # int32 halves memory traffic
+    top = int(channels.max(initial=0))
+    if channels.min(initial=0) < 0:
+        raise ValueError("negative instance id")
+    bits = max(16, top.bit_length())
+    before = sum(int(np.count_nonzero(np.bincount(channels[..., c].ravel())[1:])) for c in range(CHANNELS))
     present = channels > 0
     claimed = present.sum(axis=-1)
     overlap = int((claimed > 1).sum())
     first = np.argmax(present, axis=-1)  # lowest channel wins
     ids = np.take_along_axis(channels, first[..., None], axis=-1)[..., 0]
-    key = np.where(claimed > 0, first * (1 << 32) + ids, 0)
-    nonzero = key > 0
-    uniq, inverse = np.unique(key[nonzero], return_inverse=True)
-    inst = np.zeros(key.shape, np.int32)
-    inst[nonzero] = inverse.astype(np.int32) + 1  # 1..K in (channel, id) order
-    return inst, (uniq >> 32).astype(np.int32), (uniq & 0xFFFFFFFF).astype(np.int64), overlap
-
-
-def count_instances(masks: np.ndarray) -> int:
-    """(channel, id) pairs present in a patch, before any overlap resolution."""
-    total = 0
-    for c in range(CHANNELS):
-        ids = np.unique(masks[..., c])
-        total += int((ids > 0).sum())
-    return total
+    key = np.where(claimed > 0, (first.astype(np.int64) << bits) + ids, 0)
+    inst, original = relabel_sequential(key)
+    return inst, (original >> bits).astype(np.int32), original & ((1 << bits) - 1), before, overlap
 
 
 class PanNuke(Source):
@@ -132,15 +128,20 @@ class PanNuke(Source):
         split = f"fold{fold}"
         for start in range(0, n, CHUNK):
             stop = min(n, start + CHUNK)
-            image_chunk = np.asarray(images[start:stop])  # one small slice in memory at a time
+            image_chunk = np.array(images[start:stop])  # one small slice in memory at a time
             mask_chunk = np.asarray(masks[start:stop])
             if image_chunk.min(initial=0) < 0 or image_chunk.max(initial=0) > 255.5:
                 report.dropped["pixel_values_clipped_patches"] += 1
-            rgb_chunk = np.clip(np.rint(image_chunk), 0, 255).astype(np.uint8)
+            np.rint(image_chunk, out=image_chunk)
+            rgb_chunk = np.clip(image_chunk, 0, 255, out=image_chunk).astype(np.uint8)
             for j in range(stop - start):
                 i = start + j
-                inst, codes, ids, overlap = merge_channels(mask_chunk[j])
-                before = count_instances(mask_chunk[j])
+                try:
+                    inst, codes, ids, before, overlap = merge_channels(mask_chunk[j])
+                except ValueError:
+                    raise MalformedAnnotationError(
+                        f"{files['masks']}: patch {i} holds a negative instance id; the fold is damaged."
+                    ) from None
                 report.regions[split] += before
                 report.dropped["cross_channel_overlap_pixels"] += overlap
                 report.dropped["fully_overlapped"] += before - codes.size
