@@ -9,6 +9,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0.dev0"
 
+from .collate import collate  # noqa: E402
+from .crops import CropDataset, crop_loader  # noqa: E402
 from .dataset import NucleusDataset, load  # noqa: E402
 from .errors import (  # noqa: E402
     CorruptArchiveError,
@@ -31,12 +33,14 @@ from .errors import (  # noqa: E402
 from .fetch import fetch  # noqa: E402
 from .home import data_home  # noqa: E402
 from .labelsets import label_set, list_label_sets, mapping, translate  # noqa: E402
+from .multi import DatasetCollection, load_many  # noqa: E402
 from .prepare import prepare  # noqa: E402
 from .registry import get_card, list_datasets  # noqa: E402
 from .store import Store  # noqa: E402
 
 __all__ = [
-    "CorruptArchiveError", "CountMismatchError", "DatasetNotFoundError", "DownloadError",
+    "CorruptArchiveError", "CountMismatchError", "CropDataset", "DatasetCollection", "collate",
+    "crop_loader", "load_many", "DatasetNotFoundError", "DownloadError",
     "HTMLInsteadOfArchiveError", "HashMismatchError", "InvalidArgumentError",
     "MalformedAnnotationError", "MissingFilesError", "NucdataError", "NucleusDataset",
     "SizeMismatchError", "Store", "StoreError", "StoreLockedError", "UnknownClassError",

@@ -192,6 +192,56 @@ def verify(names: tuple[str, ...], root: Path | None) -> None:
         sys.exit(1)
 
 
+split_option = click.option("--split", default=None, help="A split or protocol part (default: every image).")
+label_set_option = click.option("--label-set", default=None, help="Express labels in this label set.")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--format", "fmt", type=click.Choice(["geojson", "coco", "hovernet-json"]), required=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@split_option
+@label_set_option
+@root_option
+def export(name: str, fmt: str, out: Path, split: str | None, label_set: str | None, root: Path | None) -> None:
+    """Export a prepared dataset as QuPath GeoJSON, COCO or HoVer-Net JSON."""
+    from .dataset import load
+    from .exports import export as run
+
+    written = run(load(name, split, label_set, root=root), fmt, out)
+    click.echo(f"{len(written)} file(s) written to {out}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@split_option
+@label_set_option
+@root_option
+def overlay(name: str, out: Path, split: str | None, label_set: str | None, root: Path | None) -> None:
+    """Write PNGs of each image with nucleus outlines coloured by class, and a legend."""
+    from .dataset import load
+    from .overlay import write_overlays
+
+    written = write_overlays(load(name, split, label_set, root=root), out)
+    click.echo(f"{len(written)} overlay(s) written to {out}")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@split_option
+@label_set_option
+@root_option
+def stats(name: str, as_json: bool, split: str | None, label_set: str | None, root: Path | None) -> None:
+    """Counts per split and class, nuclei per image and the area distribution."""
+    from .dataset import load
+    from .stats import format_summary, summarise
+
+    summary = summarise(load(name, split, label_set, root=root))
+    click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+
+
 @main.command()
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Use this folder as the demo's data home (default: a temporary folder).")

@@ -118,6 +118,29 @@ class NucleusDataset(torch.utils.data.Dataset):
             f"images={len(self)}, nuclei={int(self.nuclei.sizes['nucleus'])})"
         )
 
+    # -- crops and plots --------------------------------------------------------------
+    def crops(self, size: int = 64, context: float | None = None):
+        """Per-nucleus crops of this dataset's nuclei (see :mod:`nucdata.crops`).
+
+        Parameters
+        ----------
+        size
+            Crop side in pixels, at the image's native resolution.
+        context
+            ``None``: a fixed ``size`` window around each centroid (nuclei that do not
+            fit are cut as their enclosing square and resized). A number: every crop
+            covers ``context`` times the nucleus's bounding-box side, resized to ``size``.
+        """
+        from .multi import crops_of
+
+        return crops_of([self], size, context)
+
+    def plot(self, index: int, ax=None):
+        """Draw image ``index`` with nucleus outlines coloured by class (needs matplotlib)."""
+        from .overlay import plot_sample
+
+        return plot_sample(self, index, ax)
+
     # -- tables ----------------------------------------------------------------------
     @property
     def manifest(self) -> dict[str, Any]:
