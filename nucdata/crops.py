@@ -140,7 +140,7 @@ class CropBank:
 
     def tensor(self, device: str | torch.device = "cpu") -> torch.Tensor:
         """The whole bank as one uint8 tensor ``(N, 4, S, S)`` (for GPU-resident training)."""
-        return torch.from_numpy(np.ascontiguousarray(self.crops)).to(device)
+        return torch.from_numpy(np.array(self.crops)).to(device)
 
 
 def build_bank(store: Store, size: int = 64, context: float | None = None, force: bool = False) -> CropBank:
