@@ -33,6 +33,7 @@ from .errors import (  # noqa: E402
 from .fetch import fetch  # noqa: E402
 from .home import data_home  # noqa: E402
 from .labelsets import label_set, list_label_sets, mapping, translate  # noqa: E402
+from .merged import MergedData, open_merged  # noqa: E402
 from .multi import DatasetCollection, load_many  # noqa: E402
 from .prepare import prepare  # noqa: E402
 from .registry import get_card, list_datasets  # noqa: E402
@@ -40,7 +41,7 @@ from .store import Store  # noqa: E402
 
 __all__ = [
     "CorruptArchiveError", "CountMismatchError", "CropDataset", "DatasetCollection", "collate",
-    "crop_loader", "load_many", "DatasetNotFoundError", "DownloadError",
+    "crop_loader", "load_many", "MergedData", "open_merged", "DatasetNotFoundError", "DownloadError",
     "HTMLInsteadOfArchiveError", "HashMismatchError", "InvalidArgumentError",
     "MalformedAnnotationError", "MissingFilesError", "NucdataError", "NucleusDataset",
     "SizeMismatchError", "Store", "StoreError", "StoreLockedError", "UnknownClassError",

@@ -110,6 +110,10 @@ class NucleusDataset(torch.utils.data.Dataset):
             "image_id": str(self.store.column("images", "name")[index]),
             "dataset": self.name,
         }
+        merged = getattr(self, "merged_columns", None)
+        if merged is not None:  # a merged dataset: predicted or annotated, and how sure
+            sample["probabilities"] = torch.from_numpy(np.array(merged["probability"][rows]))
+            sample["annotated"] = torch.from_numpy(np.array(merged["annotated"][rows]))
         return self.transforms(sample) if self.transforms is not None else sample
 
     def __repr__(self) -> str:
@@ -198,6 +202,8 @@ class NucleusDataset(torch.utils.data.Dataset):
             data["native_label"] = data.pop("label")
             data["label"] = ("nucleus", self._labels[sel])
             data["candidates"] = ("nucleus", self._candidates[sel])
+        for key, column in (getattr(self, "merged_columns", None) or {}).items():
+            data[key] = ("nucleus", column[sel])
         return xr.Dataset(
             data,
             coords={
@@ -209,6 +215,31 @@ class NucleusDataset(torch.utils.data.Dataset):
         )
 
 
+def merged_view(ds: NucleusDataset, label_set: str, merged_dir: str | os.PathLike[str]) -> NucleusDataset:
+    """``ds`` with the merged labels of ``label_set`` from a build-merged output.
+
+    ``label`` is the annotated label where the nucleus had one in that set, else the
+    predicted one; the columns ``probability``, ``annotated`` and ``predicted`` are added
+    to ``nuclei`` and ``probabilities``/``annotated`` to each sample.
+    """
+    from pathlib import Path
+
+    from .labelsets import label_set as get_label_set
+
+    folder = Path(merged_dir)
+    path = folder / f"{get_label_set(label_set).name}__label.npy"
+    if not path.is_file():
+        raise DatasetNotFoundError(f"{path}: this merged output has no {label_set!r} labels for {ds.name}.")
+    view = NucleusDataset(ds.store, ds.split, None, ds.transforms)
+    view.indices = ds.indices
+    view.label_set = get_label_set(label_set).name
+    view._labels = np.load(path)
+    view._candidates = np.where(view._labels >= 0, np.left_shift(1, np.clip(view._labels, 0, 62)), 0).astype(np.int64)
+    view.merged_columns = {k: np.load(folder / f"{view.label_set}__{k}.npy", mmap_mode="r")
+                           for k in ("probability", "annotated", "predicted")}
+    return view
+
+
 def load(
     name: str,
     split: str | None = None,
@@ -217,6 +248,7 @@ def load(
     root: str | os.PathLike[str] | None = None,
     download: bool = False,
     transforms: Transform | None = None,
+    source: str | os.PathLike[str] | None = None,
 ) -> NucleusDataset:
     """Open a prepared dataset as a PyTorch map-style dataset.
 
@@ -236,6 +268,10 @@ def load(
         ``load`` never touches the network and never re-hashes anything.
     transforms
         ``dict -> dict`` callable applied to every sample, last.
+    source
+        A ``nucdata build-merged`` output folder: labels under ``label_set`` are then the
+        merged ones (annotated where known, predicted elsewhere), with their probability
+        and whether they were annotated.
 
     Raises
     ------
@@ -244,6 +280,8 @@ def load(
     """
     from .prepare import is_prepared, prepare, store_path
 
+    if source is not None:
+        return _load_merged(name, split, label_set, root, transforms, source)
     card = get_card(name, root)
     if not is_prepared(card.name, root):
         if not download:
@@ -257,3 +295,30 @@ def load(
     # Protocols come from the card, or from the native files themselves (NuCLS folds).
     protocols = {**card.extra.get("protocols", {}), **store.manifest.get("extra", {}).get("protocols", {})}
     return NucleusDataset(store, split, label_set, transforms, protocols=protocols)
+
+
+def _load_merged(name, split, label_set, root, transforms, source) -> NucleusDataset:
+    import json
+    from pathlib import Path
+
+    from .prepare import store_path
+
+    if label_set is None:
+        raise InvalidArgumentError("a merged dataset is read under a label set: pass label_set=")
+    folder = Path(source) / "stores" / get_card(name, root).name
+    info_path = folder / "merged.json"
+    if not info_path.is_file():
+        raise DatasetNotFoundError(f"{info_path}: {name} is not part of the merged output {source}.")
+    info = json.loads(info_path.read_text())
+    path = Path(info["store"])
+    if not (path / "manifest.json").is_file():
+        path = store_path(name, root)  # the data home moved: use the local store
+    store = Store(path)
+    if store.manifest["created"] != info["store_created"] or store.n_nuclei != info["nuclei"]:
+        raise DatasetNotFoundError(
+            f"{path}: the store was rebuilt after {source} was made; rerun nucdata build-merged."
+        )
+    card = get_card(name, root)
+    protocols = {**card.extra.get("protocols", {}), **store.manifest.get("extra", {}).get("protocols", {})}
+    base = NucleusDataset(store, split, None, transforms, protocols=protocols)
+    return merged_view(base, label_set, folder)
