@@ -218,90 +218,78 @@ class CrossTrainer:
             torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
         optimiser.step()
 
-    def _stage_a(self, crops, labels, cands, train_idx, generator, say) -> list[dict[str, Any]]:
-        base = self._wrap(self.base)
-        params = list(self.base.parameters())
-        optimiser = self._optimiser(params, "A")
+    def _epochs(self, stage: str, modules: list[nn.Module], params: list, train_idx: torch.Tensor,
+                generator: torch.Generator, say: Callable[[str], None],
+                batch_loss: Callable[[torch.Tensor], torch.Tensor | None],
+                pseudo: dict[str, int] | None = None) -> list[dict[str, Any]]:
+        """The loop every stage shares: batches, loss, clipped Adam step, one log row per epoch."""
+        optimiser = self._optimiser(params, stage)
         history = []
-        for epoch in range(self.config.epochs["A"]):
-            base.train()
+        for epoch in range(self.config.epochs[stage]):
+            for module in modules:
+                module.train()
+            if pseudo is not None:
+                pseudo.update(dict.fromkeys(pseudo, 0))
             total, steps, seen, t = 0.0, 0, 0, time.perf_counter()
             for idx in self._batches(train_idx, generator):
-                logits = self._forward_base(base, self._inputs(crops[idx], True, generator))
-                losses = [partial_label_loss(logits[s], cands[s][idx]) for s in self.base.names]
-                used = [loss for loss, count in losses if count]
-                if not used:
+                loss = batch_loss(idx)
+                if loss is None:
                     continue
-                loss = torch.stack(used).mean()
                 self._step(optimiser, loss, params)
                 total += float(loss.detach())
                 steps += 1
                 seen += idx.numel()
-            history.append(self._log("A", epoch, total, steps, seen, t, say))
+            history.append(self._log(stage, epoch, total, steps, seen, t, say,
+                                     pseudo=dict(pseudo) if pseudo is not None else None))
         return history
 
+    @staticmethod
+    def _mean(terms: list[tuple[torch.Tensor, int]]) -> torch.Tensor | None:
+        used = [loss for loss, count in terms if count]
+        return torch.stack(used).mean() if used else None
+
+    def _stage_a(self, crops, labels, cands, train_idx, generator, say) -> list[dict[str, Any]]:
+        base = self._wrap(self.base)
+
+        def batch_loss(idx: torch.Tensor) -> torch.Tensor | None:
+            logits = self._forward_base(base, self._inputs(crops[idx], True, generator))
+            return self._mean([partial_label_loss(logits[s], cands[s][idx]) for s in self.base.names])
+
+        return self._epochs("A", [base], list(self.base.parameters()), train_idx, generator, say, batch_loss)
+
     def _stage_b(self, crops, labels, cands, train_idx, generator, say) -> list[dict[str, Any]]:
-        self.base.eval()
+        self.base.eval()  # frozen: its probabilities feed the correlation modules
         heads = self._wrap(self.heads)
-        params = list(self.heads.parameters())
-        optimiser = self._optimiser(params, "B")
-        history = []
-        for epoch in range(self.config.epochs["B"]):
-            heads.train()
-            total, steps, seen, t = 0.0, 0, 0, time.perf_counter()
-            for idx in self._batches(train_idx, generator):
-                with torch.no_grad():
-                    probs = {k: v.softmax(1) for k, v in self._forward_base(self.base, self._inputs(crops[idx], True, generator)).items()}
-                out = heads(probs)
-                losses = [partial_label_loss(out[s], cands[s][idx]) for s in self.heads.names]
-                used = [loss for loss, count in losses if count]
-                if not used:
-                    continue
-                loss = torch.stack(used).mean()
-                self._step(optimiser, loss, params)
-                total += float(loss.detach())
-                steps += 1
-                seen += idx.numel()
-            history.append(self._log("B", epoch, total, steps, seen, t, say))
-        return history
+
+        def batch_loss(idx: torch.Tensor) -> torch.Tensor | None:
+            with torch.no_grad():
+                logits = self._forward_base(self.base, self._inputs(crops[idx], True, generator))
+            out = heads({k: v.softmax(1) for k, v in logits.items()})
+            return self._mean([partial_label_loss(out[s], cands[s][idx]) for s in self.heads.names])
+
+        return self._epochs("B", [heads], list(self.heads.parameters()), train_idx, generator, say, batch_loss)
 
     def _stage_c(self, crops, labels, cands, train_idx, generator, say) -> list[dict[str, Any]]:
         base, heads = self._wrap(self.base), self._wrap(self.heads)
-        params = list(self.base.parameters()) + list(self.heads.parameters())
-        optimiser = self._optimiser(params, "C")
         threshold = self.config.threshold
-        history = []
-        for epoch in range(self.config.epochs["C"]):
-            base.train()
-            heads.train()
-            total, steps, seen, t = 0.0, 0, 0, time.perf_counter()
-            passed = dict.fromkeys(self.base.names, 0)
-            for idx in self._batches(train_idx, generator):
-                logits = self._forward_base(base, self._inputs(crops[idx], True, generator))
-                probs = {k: v.softmax(1) for k, v in logits.items()}
-                out = heads({k: v.detach() for k, v in probs.items()})
-                terms = []
-                for s in self.base.names:
-                    c, lab = cands[s][idx], labels[s][idx]
-                    for loss, count in (partial_label_loss(logits[s], c), partial_label_loss(out[s], c)):
-                        if count:
-                            terms.append(loss)
-                    from_heads = pseudo_labels(out[s].softmax(1), c, lab, threshold)
-                    from_base = pseudo_labels(probs[s], c, lab, threshold)
-                    for loss, count in (partial_label_loss(logits[s], from_heads), partial_label_loss(out[s], from_base)):
-                        if count:
-                            terms.append(loss)
-                    passed[s] += int((from_heads != 0).sum()) + int((from_base != 0).sum())
-                if not terms:
-                    continue
-                loss = torch.stack(terms).mean()
-                self._step(optimiser, loss, params)
-                total += float(loss.detach())
-                steps += 1
-                seen += idx.numel()
-            row = self._log("C", epoch, total, steps, seen, t, say, pseudo=passed)
-            history.append(row)
-        return history
+        passed = dict.fromkeys(self.base.names, 0)
+
+        def batch_loss(idx: torch.Tensor) -> torch.Tensor | None:
+            logits = self._forward_base(base, self._inputs(crops[idx], True, generator))
+            probs = {k: v.softmax(1) for k, v in logits.items()}
+            out = heads({k: v.detach() for k, v in probs.items()})
+            terms = []
+            for s in self.base.names:
+                c, lab = cands[s][idx], labels[s][idx]
+                from_heads = pseudo_labels(out[s].softmax(1), c, lab, threshold)
+                from_base = pseudo_labels(probs[s], c, lab, threshold)
+                terms += [partial_label_loss(logits[s], c), partial_label_loss(out[s], c),
+                          partial_label_loss(logits[s], from_heads), partial_label_loss(out[s], from_base)]
+                passed[s] += int((from_heads != 0).sum()) + int((from_base != 0).sum())
+            return self._mean(terms)
+
+        params = list(self.base.parameters()) + list(self.heads.parameters())
+        return self._epochs("C", [base, heads], params, train_idx, generator, say, batch_loss, pseudo=passed)
 
     def _log(self, stage: str, epoch: int, total: float, steps: int, seen: int, t: float,
              say: Callable[[str], None], pseudo: dict[str, int] | None = None) -> dict[str, Any]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import zipfile
+from pathlib import Path
+
 import numpy as np
 
 from nucdata.store import Store
@@ -28,3 +31,11 @@ def assert_geometry_exact(store: Store) -> int:
             assert bbox[row].tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
             checked += 1
     return checked
+
+
+def extract_manual(home: Path, names: list[str], dest: Path) -> Path:
+    """Extract archives from the home's manual folder into ``dest`` (a user's ``--from``)."""
+    for name in names:
+        with zipfile.ZipFile(home / "manual" / name) as zf:
+            zf.extractall(dest)
+    return dest

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import csv
-import zipfile
 
 import numpy as np
 import pytest
-from helpers import assert_geometry_exact
+from helpers import assert_geometry_exact, extract_manual
 
 import nucdata
 from nucdata.demo import install
-from nucdata.home import manual_dir
 from nucdata.prepare import is_prepared
 from nucdata.readers.imagescope import read_imagescope
-
-
-def _extract(home, names, dest):
-    for name in names:
-        with zipfile.ZipFile(manual_dir(home) / name) as zf:
-            zf.extractall(dest)
-    return dest
-
 
 MONUSAC_ZIPS = ["MoNuSAC_images_and_annotations.zip", "MoNuSAC Testing Data and Annotations.zip"]
 
@@ -50,7 +40,7 @@ def test_monusac_end_to_end(home, http_server):
 
 def test_monusac_unknown_class_is_kept_and_reported(home, tmp_path):
     install("monusac", home)
-    folder = _extract(home, MONUSAC_ZIPS, tmp_path / "x")
+    folder = extract_manual(home, MONUSAC_ZIPS, tmp_path / "x")
     xml = next((folder / "MoNuSAC_images_and_annotations").rglob("*.xml"))
     text = xml.read_text()
     xml.write_text(text.replace('Attribute Name="Lymphocyte"', 'Attribute Name="Lymphocite"'))
@@ -64,7 +54,7 @@ def test_monusac_unknown_class_is_kept_and_reported(home, tmp_path):
 
 def test_monusac_missing_test_tree(home, tmp_path):
     install("monusac", home)
-    folder = _extract(home, MONUSAC_ZIPS[:1], tmp_path / "x")
+    folder = extract_manual(home, MONUSAC_ZIPS[:1], tmp_path / "x")
     with pytest.raises(nucdata.MissingFilesError, match="test tree"):
         nucdata.prepare("monusac", source=folder)
 
@@ -104,7 +94,7 @@ def test_nucls_end_to_end(home, http_server):
 
 def test_nucls_malformed_coordinates(home, tmp_path):
     install("nucls", home)
-    folder = _extract(home, ["NuCLS_dataset.zip"], tmp_path / "x")
+    folder = extract_manual(home, ["NuCLS_dataset.zip"], tmp_path / "x")
     table = next(p for p in (folder / "NuCLS_dataset" / "csv").glob("TCGA*.csv"))
     with open(table, newline="") as fh:
         rows = list(csv.reader(fh))

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import zipfile
-
 import numpy as np
 import pytest
-from helpers import assert_geometry_exact
+from helpers import assert_geometry_exact, extract_manual
 from scipy.io import loadmat, savemat
 
 import nucdata
 from nucdata.demo import install
-from nucdata.home import manual_dir
 from nucdata.prepare import is_prepared
 from nucdata.sources.pannuke import merge_channels
-
-
-def _extract_all(home, names, dest):
-    for name in names:
-        with zipfile.ZipFile(manual_dir(home) / name) as zf:
-            zf.extractall(dest)
-    return dest
 
 
 def test_pannuke_over_http(home, http_server):
@@ -62,7 +52,7 @@ def test_pannuke_ids_repeat_across_channels():
 
 def test_pannuke_bad_folds(home, tmp_path):
     install("pannuke", home)
-    folder = _extract_all(home, ["fold_1.zip"], tmp_path / "x")
+    folder = extract_manual(home, ["fold_1.zip"], tmp_path / "x")
     types = folder / "Fold 1" / "images" / "fold1" / "types.npy"
     np.save(types, np.load(types)[:-1])
     with pytest.raises(nucdata.MalformedAnnotationError, match="disagree in length"):
@@ -103,7 +93,7 @@ def test_consep_end_to_end(home, http_server):
 
 def test_consep_bad_label_files(home, tmp_path):
     install("consep", home)
-    folder = _extract_all(home, ["consep.zip"], tmp_path / "x")
+    folder = extract_manual(home, ["consep.zip"], tmp_path / "x")
     label = folder / "CoNSeP" / "Train" / "Labels" / "train_2.mat"
     data = {k: v for k, v in loadmat(label).items() if not k.startswith("__")}
     savemat(label, {k: v for k, v in data.items() if k != "inst_type"})
