@@ -18,10 +18,7 @@ memory would count the memory-mapped file pages, which are page cache.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,31 +27,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-CHILD = r"""
-import json, sys, time, tempfile
-from pathlib import Path
-mode, folder, trace = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "trace"
-import nucdata
+sys.path.insert(0, str(Path(__file__).parent))
+from _harness import child_code, measure  # noqa: E402
+
+CHILD = child_code("monuseg", """
 from nucdata.readers.images import read_rgb
 from nucdata.readers.imagescope import read_imagescope
-
-if trace:  # heap peak (numpy buffers included), not RSS: mapped file pages are cache, not memory use
-    import tracemalloc
-    tracemalloc.start()
-start = time.perf_counter()
-if mode == "baseline":
-    n = 0
-    for xml in sorted(folder.rglob("*.xml")):
-        image = next(p for p in xml.parent.parent.rglob(xml.stem + ".tif"))
-        read_rgb(image)
-        n += len(read_imagescope(xml).regions)
-else:
-    home = tempfile.mkdtemp()
-    nucdata.prepare("monuseg", source=folder, root=home, check_counts=False)
-seconds = time.perf_counter() - start
-print(json.dumps({"seconds": seconds,
-                  "heap_peak_mib": tracemalloc.get_traced_memory()[1] / 2**20 if trace else None}))
-"""
+for xml in sorted(folder.rglob("*.xml")):
+    read_rgb(next(xml.parent.parent.rglob(xml.stem + ".tif")))
+    read_imagescope(xml)
+""")
 
 
 def generate(folder: Path, scale: int, seed: int = 0) -> tuple[int, int]:
@@ -90,12 +72,6 @@ def generate(folder: Path, scale: int, seed: int = 0) -> tuple[int, int]:
     return len(unique) * scale, regions
 
 
-def run_child(mode: str, folder: Path, trace: bool = False) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-c", CHILD, mode, str(folder), "trace" if trace else "time"], check=True,
-                         capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 10])
@@ -108,12 +84,7 @@ def main() -> None:
             t = time.perf_counter()
             images, regions = generate(folder, scale)
             print(f"[{scale}x] generated {images} images, {regions} regions in {time.perf_counter() - t:.0f} s", flush=True)
-            runs: dict[str, list[dict[str, float]]] = {"baseline": [], "prepare": []}
-            for _ in range(args.repeats):  # interleaved so drift hits both alike
-                for mode in runs:
-                    runs[mode].append(run_child(mode, folder))
-            med = {m: statistics.median(r["seconds"] for r in rs) for m, rs in runs.items()}
-            peak = {m: run_child(m, folder, trace=True)["heap_peak_mib"] for m in runs}
+            med, peak = measure(CHILD, folder, args.repeats)
             rows.append((scale, images, regions, med, peak))
             print(f"[{scale}x] baseline read {med['baseline']:.2f} s, prepare {med['prepare']:.2f} s, "
                   f"ratio {med['prepare'] / med['baseline']:.2f}; heap peak: read-once "

@@ -17,10 +17,7 @@ subprocess adds over its imports. Flat memory from 1x to 3x is the goal.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,29 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-CHILD = r"""
-import json, sys, time, tempfile
-from pathlib import Path
-import numpy as np
-import nucdata
+sys.path.insert(0, str(Path(__file__).parent))
+from _harness import child_code, measure  # noqa: E402
 
-mode, folder, trace = sys.argv[1], Path(sys.argv[2]), sys.argv[3] == "trace"
-if trace:  # heap peak (numpy buffers included), not RSS: mapped file pages are cache, not memory use
-    import tracemalloc
-    tracemalloc.start()
-start = time.perf_counter()
-if mode == "baseline":
-    total = 0.0
-    for name in ("images/fold1/images.npy", "masks/fold1/masks.npy"):
-        array = np.load(folder / "Fold 1" / name, mmap_mode="r")
-        for i in range(0, array.shape[0], 16):
-            total += float(array[i:i + 16, 0, 0, 0].sum()) + float(np.asarray(array[i:i + 16]).max())
-else:
-    home = tempfile.mkdtemp()
-    nucdata.prepare("pannuke", source=folder, root=home, check_counts=False)
-print(json.dumps({"seconds": time.perf_counter() - start,
-                  "heap_peak_mib": tracemalloc.get_traced_memory()[1] / 2**20 if trace else None}))
-"""
+CHILD = child_code("pannuke", """
+for name in ("images/fold1/images.npy", "masks/fold1/masks.npy"):
+    array = np.load(folder / "Fold 1" / name, mmap_mode="r")
+    for i in range(0, array.shape[0], 16):
+        float(np.asarray(array[i:i + 16]).max())  # touches every byte once
+""")
 
 
 def generate(folder: Path, patches: int, seed: int = 0) -> int:
@@ -87,11 +70,6 @@ def generate(folder: Path, patches: int, seed: int = 0) -> int:
     return nuclei
 
 
-def run_child(mode: str, folder: Path, trace: bool = False) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-c", CHILD, mode, str(folder), "trace" if trace else "time"], check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patches", type=int, default=2000)
@@ -108,12 +86,7 @@ def main() -> None:
             nuclei = generate(folder, n)
             size_gb = sum(p.stat().st_size for p in folder.rglob("*.npy")) / 1e9
             print(f"[{n} patches] generated {size_gb:.1f} GB, {nuclei} nuclei in {time.perf_counter() - t:.0f} s", flush=True)
-            runs: dict[str, list[dict[str, float]]] = {"baseline": [], "prepare": []}
-            for _ in range(args.repeats):
-                for mode in runs:
-                    runs[mode].append(run_child(mode, folder))
-            med = {m: statistics.median(r["seconds"] for r in rs) for m, rs in runs.items()}
-            mem = {m: run_child(m, folder, trace=True)["heap_peak_mib"] for m in runs}
+            med, mem = measure(CHILD, folder, args.repeats)
             rows.append((n, size_gb, med, mem))
             print(f"[{n} patches] read-once {med['baseline']:.1f} s, prepare {med['prepare']:.1f} s, "
                   f"ratio {med['prepare'] / med['baseline']:.2f}; heap peak MiB: read {mem['baseline']:.0f}, "
