@@ -138,8 +138,8 @@ class CrossTrainer:
 
     def _batches(self, index: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
         order = index[torch.randperm(index.numel(), generator=generator, device=index.device)]
-        if self.world > 1:  # each rank takes its own stride of the shuffled order
-            order = order[self.rank :: self.world]
+        if self.world > 1:  # each rank takes its own stride; equal lengths keep DDP in step
+            order = order[: order.numel() // self.world * self.world][self.rank :: self.world]
         b = self.config.batch_size
         return [order[i : i + b] for i in range(0, order.numel(), b) if order[i : i + b].numel() > 1]
 
@@ -153,6 +153,8 @@ class CrossTrainer:
             module = torch.compile(module)
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
+            if self.device.type == "cuda":  # batch statistics over every rank's share
+                module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
             module = nn.parallel.DistributedDataParallel(module, device_ids=ids)
         return module
 
@@ -245,8 +247,15 @@ class CrossTrainer:
 
     @staticmethod
     def _mean(terms: list[tuple[torch.Tensor, int]]) -> torch.Tensor | None:
+        """Mean of the terms that had nuclei; the empty ones (zero, but connected to their
+        head) are added so that every parameter takes part in every step, which keeps
+        DistributedDataParallel ranks in step."""
         used = [loss for loss, count in terms if count]
-        return torch.stack(used).mean() if used else None
+        idle = [loss for loss, count in terms if not count]
+        if not terms:
+            return None
+        zero = torch.stack(idle).sum() if idle else 0.0
+        return (torch.stack(used).mean() if used else 0.0) + zero
 
     def _stage_a(self, crops, labels, cands, train_idx, generator, say) -> list[dict[str, Any]]:
         base = self._wrap(self.base)
