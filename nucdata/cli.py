@@ -265,12 +265,14 @@ def _epochs(text: str) -> dict[str, int]:
 @click.option("--batch-size", default=128, show_default=True)
 @click.option("--overlays", default="16", show_default=True, help="Overlay PNGs per label set and dataset, or 'all'.")
 @click.option("--demo", is_flag=True, help="Run on a generated world of all seven datasets whose truth is known.")
+@click.option("--demo-scale", default=1, show_default=True,
+              help="With --demo: multiply the world's size (about 300 is full scale, ~350,000 nuclei).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--quiet", is_flag=True, help="Only the result.")
 @root_option
 def build_merged(out: Path, datasets: str | None, label_sets: str, checkpoint: Path | None, device: str,
                  epochs: str | None, encoder: str, crop_size: int, batch_size: int, overlays: str, demo: bool,
-                 seed: int, quiet: bool, root: Path | None) -> None:
+                 demo_scale: int, seed: int, quiet: bool, root: Path | None) -> None:
     """Label every nucleus of every dataset under every label set, and write the merged dataset."""
     from nucdata_models.merged import BuildOptions
     from nucdata_models.merged import build_merged as run
@@ -280,7 +282,7 @@ def build_merged(out: Path, datasets: str | None, label_sets: str, checkpoint: P
         label_sets=[s.strip() for s in label_sets.split(",")], checkpoint=checkpoint, device=device,
         epochs=_epochs(epochs) if epochs else ({"A": 6, "B": 4, "C": 4} if demo else {"A": 10, "B": 10, "C": 10}),
         encoder=encoder, crop_size=crop_size, batch_size=batch_size,
-        overlays=None if overlays == "all" else int(overlays), root=root, demo=demo, seed=seed,
+        overlays=None if overlays == "all" else int(overlays), root=root, demo=demo, demo_scale=demo_scale, seed=seed,
     )
     start = time.perf_counter()
     report = run(options, say=(lambda _m: None) if quiet else click.echo)

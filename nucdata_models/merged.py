@@ -56,6 +56,7 @@ class BuildOptions:
     overlays: int | None = 16  # images per (label set, dataset); None = every image
     root: Path | None = None
     demo: bool = False
+    demo_scale: int = 1
     seed: int = 0
     val_fraction: float = 0.15
 
@@ -108,7 +109,7 @@ def build_merged(options: BuildOptions, say: Callable[[str], None] = print) -> d
     if options.demo:
         root = work / "demo-home"
         start = time.perf_counter()
-        truth_by_image = install_demo_world(root, options.seed, options.datasets, say)
+        truth_by_image = install_demo_world(root, options.seed, options.datasets, say, options.demo_scale)
         timings["generate demo archives"] = time.perf_counter() - start
     start = time.perf_counter()
     names = _available(options.datasets, root, say)
@@ -228,7 +229,7 @@ def write_dataset(folder: Path, ds, predictions: dict, labels: dict[str, torch.T
 
 # -- the demo world --------------------------------------------------------------------
 def install_demo_world(root: Path, seed: int, datasets: Sequence[str] | None,
-                       say: Callable[[str], None]) -> dict[str, dict[str, list]]:
+                       say: Callable[[str], None], scale: int = 1) -> dict[str, dict[str, list]]:
     """Generate the seven datasets' archives from one world; return the truth per image."""
     from nucdata.demo import install
     from nucdata.demo.world import World
@@ -236,7 +237,7 @@ def install_demo_world(root: Path, seed: int, datasets: Sequence[str] | None,
     world = World(seed)
     truth = {}
     for name in datasets or ALL_DATASETS:
-        archives = install(name, root, seed, world=world)
+        archives = install(name, root, seed, world=world, scale=scale)
         truth[name] = archives.truth
         say(f"demo: generated {name} ({', '.join(p.name for p in archives.files)})")
     return truth

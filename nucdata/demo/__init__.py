@@ -78,6 +78,7 @@ def install(
     into: str | os.PathLike[str] | None = None,
     base_url: str | None = None,
     world: Any = None,
+    scale: int = 1,
 ) -> DemoArchives:
     """Generate ``name``'s demo archives and register them in the data home ``root``.
 
@@ -92,12 +93,16 @@ def install(
         A :class:`nucdata.demo.world.World`: nuclei are drawn as its latent cell types
         (appearance, per-dataset stain) and labelled through the dataset's vocabulary;
         the returned ``truth`` gives every drawn nucleus's position and latent type.
+    scale
+        Multiplies the number of nuclei (more images, or larger ones where the real
+        dataset's image list is fixed); about 300 gives a world of full size.
     """
     folder = Path(into) if into is not None else manual_dir(root)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     make = generator(name)
-    archives = make(folder, rng, world) if world is not None else make(folder, rng)
+    kwargs = {"scale": scale} if scale != 1 else {}
+    archives = make(folder, rng, world, **kwargs) if (world is not None or kwargs) else make(folder, rng)
     archives.dataset = get_card(name).name
     mirrors = None
     if base_url is not None:

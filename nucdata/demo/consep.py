@@ -22,14 +22,15 @@ TILES = {"Train": 4, "Test": 2}
 SIZE = 96
 
 
-def generate(folder: Path, rng: np.random.Generator, world: World | None = None) -> DemoArchives:
+def generate(folder: Path, rng: np.random.Generator, world: World | None = None, scale: int = 1) -> DemoArchives:
+    tiles = {split: n * scale for split, n in TILES.items()}
     regions = {"train": 0, "test": 0}
     classes: dict[str, int] = {}
     truth: dict[str, list] = {}
     appearances = world.appearances() if world else None
     with scratch_folder() as tmp:
         top = tmp / "CoNSeP"
-        for split, n in TILES.items():
+        for split, n in tiles.items():
             for sub in ("Images", "Labels", "Overlay"):
                 (top / split / sub).mkdir(parents=True)
             for k in range(1, n + 1):
@@ -69,7 +70,7 @@ def generate(folder: Path, rng: np.random.Generator, world: World | None = None)
         archive = zip_tree(tmp, folder / "consep.zip", macos_junk=False)
     return DemoArchives(
         "consep", [archive], {archive.name: "all"},
-        {"images": {k.lower(): v for k, v in TILES.items()}, "regions": {"all": sum(regions.values())},
+        {"images": {k.lower(): v for k, v in tiles.items()}, "regions": {"all": sum(regions.values())},
          "classes": dict(sorted(classes.items(), key=lambda kv: int(kv[0])))},
         truth,
     )

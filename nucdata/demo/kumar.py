@@ -12,8 +12,8 @@ from . import monuseg as _monuseg
 from .world import World
 
 
-def generate(folder: Path, rng: np.random.Generator, world: World | None = None) -> DemoArchives:
-    monuseg = _monuseg.generate(folder, rng, world, dataset="kumar")
+def generate(folder: Path, rng: np.random.Generator, world: World | None = None, scale: int = 1) -> DemoArchives:
+    monuseg = _monuseg.generate(folder, rng, world, dataset="kumar", scale=scale)
     train_zip = next(p for p in monuseg.files if p.name == "MoNuSeg 2018 Training Data.zip")
     (folder / "MoNuSegTestData.zip").unlink(missing_ok=True)
     # Region counts of Kumar's 30 images alone: regenerate the count from the zip.

@@ -24,7 +24,7 @@ PATIENTS = {
     "train": ["TCGA-5P-A9K0-01Z-00-DX1", "TCGA-A2-A0ES-01Z-00-DX1", "TCGA-EJ-5495-01Z-00-DX1"],
     "test": ["TCGA-MP-A4T7-01Z-00-DX1", "TCGA-2Z-A9JG-01Z-00-DX1"],
 }
-SUFFIXES = ["_1", "_002", "-3"]
+SUFFIXES = ["_{}", "_{:03d}", "-{}"]  # all three spellings occur in the real files
 
 
 def layered_xml(layers: dict[str, list[np.ndarray]], mpp: float) -> str:
@@ -74,7 +74,7 @@ def sub_image(rng: np.random.Generator, world: World | None, with_ambiguous: boo
     return rgb, layers, len(order), classes, truth
 
 
-def generate(folder: Path, rng: np.random.Generator, world: World | None = None) -> DemoArchives:
+def generate(folder: Path, rng: np.random.Generator, world: World | None = None, scale: int = 1) -> DemoArchives:
     tops = {"train": "MoNuSAC_images_and_annotations", "test": "MoNuSAC Testing Data and Annotations"}
     names = {"train": "MoNuSAC_images_and_annotations.zip", "test": "MoNuSAC Testing Data and Annotations.zip"}
     files, roles, images, regions, classes, truth = [], {}, {}, {}, {}, {}
@@ -84,12 +84,12 @@ def generate(folder: Path, rng: np.random.Generator, world: World | None = None)
             for p, patient in enumerate(patients):
                 pdir = tmp / tops[split] / patient
                 pdir.mkdir(parents=True)
-                for k in range(2):
-                    stem = f"{patient}{SUFFIXES[(p + k) % 3]}"
+                for k in range(2 * scale):
+                    stem = patient + SUFFIXES[(p + k) % 3].format(k + 1)
                     rgb, layers, n, counts, truth[stem] = sub_image(rng, world, with_ambiguous=(split == "test" and k == 0))
                     mpp = 0.252 if (p + k) % 2 else 0.19448
                     (pdir / f"{stem}.xml").write_text(layered_xml(layers, mpp))
-                    if split == "test" and p == 1 and k == 1:
+                    if split == "test" and p == 1 and k == 1:  # only an .svs, as some test images
                         Image.fromarray(rgb).save(pdir / f"{stem}.svs", format="TIFF", compression="jpeg")
                     elif k == 0:
                         rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])

@@ -64,7 +64,7 @@ def image_pair(
     Returns (rgb, xml text, number of Region elements, truth) where truth lists
     ``(x, y, latent type)`` of every drawn nucleus (type 0 without a world).
     """
-    count = int(rng.integers(6, 11))
+    count = int(rng.integers(6, 11) * (size / 96) ** 2)
     kinds = world.kinds_for(dataset, rng, count) if world else None
     appearances = world.appearances() if world else None
     nuclei = place_nuclei(rng, size, size, count, kinds, appearances)
@@ -86,7 +86,8 @@ def image_pair(
 
 
 def generate(folder: Path, rng: np.random.Generator, world: World | None = None,
-             dataset: str = "monuseg") -> DemoArchives:
+             dataset: str = "monuseg", scale: int = 1) -> DemoArchives:
+    size = int(round(96 * scale ** 0.5))  # more nuclei per image, at the same density
     regions = {"train": 0, "test": 0}
     truth: dict[str, list[tuple[float, float, int]]] = {}
     with scratch_folder() as tmp:
@@ -94,14 +95,14 @@ def generate(folder: Path, rng: np.random.Generator, world: World | None = None,
         (top / "Tissue Images").mkdir(parents=True)
         (top / "Annotations").mkdir()
         for stem in sorted([*KUMAR_STEMS, *BONUS]):
-            rgb, xml, n, truth[stem] = image_pair(rng, stem, world=world, dataset=dataset)
+            rgb, xml, n, truth[stem] = image_pair(rng, stem, size, world=world, dataset=dataset)
             regions["train"] += n
             Image.fromarray(rgb).save(top / "Tissue Images" / f"{stem}.tif", compression="tiff_lzw")
             (top / "Annotations" / f"{stem}.xml").write_text(xml)
         test = tmp / "test" / "MoNuSegTestData"
         test.mkdir(parents=True)
         for stem in TEST:
-            rgb, xml, n, truth[stem] = image_pair(rng, stem, world=world, dataset=dataset)
+            rgb, xml, n, truth[stem] = image_pair(rng, stem, size, world=world, dataset=dataset)
             regions["test"] += n
             Image.fromarray(rgb).save(test / f"{stem}.tif", compression="packbits")
             (test / f"{stem}.xml").write_text(xml)

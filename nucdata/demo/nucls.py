@@ -31,7 +31,8 @@ def _hierarchy(code: int, target: str) -> str:
     return row.classes[0] if row.kind == "exact" else "AMBIGUOUS"
 
 
-def generate(folder: Path, rng: np.random.Generator, world: World | None = None) -> DemoArchives:
+def generate(folder: Path, rng: np.random.Generator, world: World | None = None, scale: int = 1) -> DemoArchives:
+    fovs = FOVS_PER_SLIDE * scale
     names = {code: name for code, name, _ in native_vocabulary("nucls")}
     raw_codes = [c for c in names if c != 99]
     classes: dict[str, int] = {}
@@ -44,7 +45,7 @@ def generate(folder: Path, rng: np.random.Generator, world: World | None = None)
             (top / sub).mkdir(parents=True)
         locations = [["", "fovname", "xmin", "ymin", "xmax", "ymax"]]
         for slide, (_, fold) in SLIDES.items():
-            for _ in range(FOVS_PER_SLIDE):
+            for _ in range(fovs):
                 h, w = int(rng.integers(70, 120)), int(rng.integers(70, 120))
                 left, top_y = int(rng.integers(1000, 90000)), int(rng.integers(1000, 90000))
                 stem = (f"{slide}_id-{rng.integers(0, 16**12):012x}{rng.integers(0, 16**12):012x}"
@@ -96,7 +97,7 @@ def generate(folder: Path, rng: np.random.Generator, world: World | None = None)
                     writer.writerow(["", "slide_name", "hospital", "type", "fold"])
                     writer.writerows([[i, s, SLIDES[s][0], "BRCA", k] for i, s in enumerate(chosen)])
         archive = zip_tree(tmp, folder / "NuCLS_dataset.zip")
-    n_images = {f"fold{k}": sum(1 for _, f in SLIDES.values() if f == k) * FOVS_PER_SLIDE for k in (1, 2)}
+    n_images = {f"fold{k}": sum(1 for _, f in SLIDES.values() if f == k) * fovs for k in (1, 2)}
     return DemoArchives(
         "nucls", [archive], {archive.name: "all"},
         {"images": n_images, "regions": regions, "classes": dict(sorted(classes.items(), key=lambda kv: int(kv[0])))},

@@ -47,13 +47,14 @@ def patch(rng: np.random.Generator, world: World | None, empty: bool):
     return rgb.astype(np.float64), masks, per_channel, truth
 
 
-def generate(folder: Path, rng: np.random.Generator, world: World | None = None) -> DemoArchives:
+def generate(folder: Path, rng: np.random.Generator, world: World | None = None, scale: int = 1) -> DemoArchives:
+    patches = {fold: n * scale for fold, n in PATCHES.items()}
     files, roles = [], {}
     regions: dict[str, int] = {}
     classes = np.zeros(5, int)
     truth: dict[str, list] = {}
     with scratch_folder() as tmp:
-        for fold, n in PATCHES.items():
+        for fold, n in patches.items():
             top = tmp / f"fold{fold}" / f"Fold {fold}"
             (top / "images" / f"fold{fold}").mkdir(parents=True)
             (top / "masks" / f"fold{fold}").mkdir(parents=True)
@@ -81,7 +82,7 @@ def generate(folder: Path, rng: np.random.Generator, world: World | None = None)
             roles[archive.name] = f"fold{fold}"
     return DemoArchives(
         "pannuke", files, roles,
-        {"images": {f"fold{k}": v for k, v in PATCHES.items()}, "regions": regions,
+        {"images": {f"fold{k}": v for k, v in patches.items()}, "regions": regions,
          "classes": {str(c): int(v) for c, v in enumerate(classes) if v}},
         truth,
     )

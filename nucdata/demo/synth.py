@@ -49,6 +49,8 @@ def place_nuclei(
     """Scatter ``count`` nuclei, mostly apart; a negative margin lets some touch the border."""
     nuclei: list[Nucleus] = []
     appearances = appearances or {}
+    cell = 24.0  # spatial hash: only nearby nuclei are checked for overlap
+    grid: dict[tuple[int, int], list[Nucleus]] = {}
     tries = 0
     while len(nuclei) < count and tries < count * 50:
         tries += 1
@@ -58,9 +60,13 @@ def place_nuclei(
         e = rng.uniform(*look.elongation)
         cx = rng.uniform(margin, width - margin)
         cy = rng.uniform(margin, height - margin)
-        if any((n.cx - cx) ** 2 + (n.cy - cy) ** 2 < (n.rx + r * e + 1.5) ** 2 for n in nuclei):
+        gx, gy = int(cx // cell), int(cy // cell)
+        near = (n for dx in (-1, 0, 1) for dy in (-1, 0, 1) for n in grid.get((gx + dx, gy + dy), ()))
+        if any((n.cx - cx) ** 2 + (n.cy - cy) ** 2 < (n.rx + r * e + 1.5) ** 2 for n in near):
             continue
-        nuclei.append(Nucleus(cx, cy, r * e, r, rng.uniform(0, np.pi), kind))
+        nucleus = Nucleus(cx, cy, r * e, r, rng.uniform(0, np.pi), kind)
+        nuclei.append(nucleus)
+        grid.setdefault((gx, gy), []).append(nucleus)
     return nuclei
 
 

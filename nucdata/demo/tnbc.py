@@ -21,7 +21,8 @@ RGB_ONLY = {"09_2", "09_3", "09_4"}
 
 
 def generate(folder: Path, rng: np.random.Generator, world: World | None = None,
-             size: int = 64) -> DemoArchives:
+             scale: int = 1) -> DemoArchives:
+    size = int(round(64 * scale ** 0.5))  # more nuclei per image, at the same density
     truth: dict[str, list[tuple[float, float, int]]] = {}
     appearances = world.appearances() if world else None
     shift = STAIN_SHIFT["tnbc"] if world else (0, 0, 0)
@@ -33,7 +34,7 @@ def generate(folder: Path, rng: np.random.Generator, world: World | None = None,
             gt.mkdir()
             for k in range(1, count + 1):
                 name = f"{p:02d}_{k}"
-                count = int(rng.integers(4, 8))
+                count = int(rng.integers(4, 8) * scale)
                 kinds = world.kinds_for("tnbc", rng, count) if world else None
                 nuclei = place_nuclei(rng, size, size, count, kinds, appearances, margin=4.0)
                 truth[name] = [(n.cx, n.cy, n.kind) for n in nuclei]
