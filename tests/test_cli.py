@@ -47,3 +47,16 @@ def test_demo_runs_offline(tmp_path):
     assert "summary:" in result.output
     for name in ("monuseg", "kumar", "tnbc"):
         assert name in result.output
+
+
+def test_demo_archives_are_reproducible(tmp_path):
+    """Same seed, same bytes: Kumar and MoNuSeg share one training archive in the demo."""
+    import hashlib
+
+    from nucdata.demo.world import World
+
+    install("kumar", tmp_path / "a", 0, world=World(0))
+    install("monuseg", tmp_path / "b", 0, world=World(0))
+    name = "MoNuSeg 2018 Training Data.zip"
+    digests = {hashlib.sha256((tmp_path / h / "manual" / name).read_bytes()).hexdigest() for h in "ab"}
+    assert len(digests) == 1

@@ -114,18 +114,26 @@ def install(
 def zip_tree(source: Path, archive: Path, macos_junk: bool = True) -> Path:
     """Zip ``source``'s contents (relative names), adding ``__MACOSX`` entries like the real zips."""
     tmp = archive.with_name(archive.name + ".tmp")
+    stamp = (2020, 1, 1, 0, 0, 0)  # fixed times: the same seed gives the same bytes (and hash)
+
+    def add(name: str, data: bytes) -> None:
+        info = zipfile.ZipInfo(name, date_time=stamp)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        info.external_attr = (0o40755 << 16 | 0x10) if name.endswith("/") else (0o644 << 16)
+        zf.writestr(info, data)
+
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for path in sorted(source.rglob("*")):
             rel = path.relative_to(source).as_posix()
             if path.is_dir():
-                zf.writestr(rel + "/", b"")
+                add(rel + "/", b"")
                 continue
-            zf.write(path, rel)
+            add(rel, path.read_bytes())
             if macos_junk:
                 parent, _, base = rel.rpartition("/")
-                zf.writestr(f"__MACOSX/{parent + '/' if parent else ''}._{base}", b"\x00\x05\x16\x07junk")
+                add(f"__MACOSX/{parent + '/' if parent else ''}._{base}", b"\x00\x05\x16\x07junk")
         if macos_junk:
-            zf.writestr(".DS_Store", b"\x00\x00\x00\x01Bud1")
+            add(".DS_Store", b"\x00\x00\x00\x01Bud1")
     os.replace(tmp, archive)
     return archive
 
