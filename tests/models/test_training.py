@@ -139,3 +139,18 @@ def test_metrics_on_a_hand_computed_case():
     assert m["macro_f1"] == pytest.approx(f1.mean())
     assert m["weighted_f1"] == pytest.approx((f1 * [4, 2, 1]).sum() / 7)  # true counts
     assert m["weighted_f1_swapped"] == pytest.approx((f1 * [3, 2, 2]).sum() / 7)  # predicted counts
+
+
+def test_encoder_weights_from_a_local_file(tmp_path):
+    from nucdata_models.encoders import build_encoder
+
+    source = build_encoder("resnet18", 3)
+    path = tmp_path / "weights.pt"
+    state = dict(source.state_dict())
+    state["fc.weight"] = torch.zeros(1000, 512)  # an ImageNet classifier: not ours, skipped
+    torch.save(state, path)
+    loaded = build_encoder("resnet18", 4, weights=path)  # 4 input channels: the stem is skipped too
+    assert "fc.weight" in loaded.skipped_weights and "stem.0.weight" in loaded.skipped_weights
+    assert torch.equal(loaded.stages[0][0].conv1.weight, source.stages[0][0].conv1.weight)
+    x = torch.randn(2, 4, 32, 32)
+    assert loaded(x).shape == (2, 512)
