@@ -1,11 +1,13 @@
 """Crop-serving benchmark: the crop bank against the naive per-nucleus approach.
 
 The naive approach is what the authors' training code does: for every nucleus, read the
-whole image and the whole instance mask from disk and cut the crop. The bank approach
-cuts every crop once into a memory-mapped uint8 bank and serves batches from it
-(``nucdata.crop_loader``), with 0 and 2 DataLoader workers. Both run side by side in one
-process on the same generated store (1000x1000 images, ~400 nuclei each); the figures
-are medians over ``--repeats``.
+whole image (PNG) and the whole instance mask (``.npy``) from disk and cut the crop. The
+bank approach cuts every crop once into a memory-mapped uint8 bank and serves batches
+from it (``nucdata.crop_loader``: one gather per batch), with 0 and 2 DataLoader
+workers, over independently shuffled nuclei and over shuffled contiguous runs
+(``contiguous=True``: each batch is one slice of the bank). All run side by side in one
+process on the same generated store (1000x1000 images, 400 nuclei each, 3,200 nuclei);
+the figures are medians over ``--repeats``.
 
     python benchmarks/loaders.py
     python benchmarks/loaders.py --images 4 --repeats 2
@@ -14,6 +16,7 @@ are medians over ``--repeats``.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -27,7 +30,7 @@ def build_store(home: Path, images: int, nuclei: int) -> None:
     """A store of ``images`` 1000x1000 images written through the real writer."""
     import nucdata
     from nucdata.demo.synth import draw_filled, ellipse_polygon, paint, place_nuclei
-    from nucdata.store import StoreWriter
+    from nucdata.store import StoreWriter, relabel_sequential
 
     rng = np.random.default_rng(0)
     final = home / "stores" / "bench" / "1"
@@ -35,8 +38,6 @@ def build_store(home: Path, images: int, nuclei: int) -> None:
         for i in range(images):
             cells = place_nuclei(rng, 1000, 1000, nuclei)
             inst = draw_filled((1000, 1000), [ellipse_polygon(c, 20) for c in cells])
-            from nucdata.store import relabel_sequential
-
             inst, _ = relabel_sequential(inst)
             writer.add_image(f"img{i}", "all", paint(rng, inst, np.zeros(len(cells), int)), inst)
         writer.publish({"nucdata_version": nucdata.__version__})
@@ -64,10 +65,12 @@ def naive_rate(store, folder: Path, size: int, count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def bank_rate(crops, workers: int, batch_size: int, epochs: int) -> float:
+def bank_rate(crops, workers: int, batch_size: int, epochs: int, contiguous: bool = False) -> float:
+    """Crops per second over ``epochs`` shuffled epochs of ``nucdata.crop_loader``."""
     import nucdata
 
-    loader = nucdata.crop_loader(crops, batch_size=batch_size, shuffle=True, num_workers=workers)
+    loader = nucdata.crop_loader(crops, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                 contiguous=contiguous)
     next(iter(loader))  # start the workers before timing
     start = time.perf_counter()
     seen = 0
@@ -85,6 +88,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--naive-count", type=int, default=200, help="nuclei timed for the naive approach")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=10, help="epochs per bank measurement")
     args = parser.parse_args()
 
     import torch
@@ -107,16 +111,22 @@ def main() -> None:
         n = len(crops)
         print(f"{store.n_images} images, {n} nuclei; bank of {args.size}px crops cut once in {cut:.1f} s "
               f"({n / cut:,.0f} crops/s)", flush=True)
-        rates: dict[str, list[float]] = {"naive": [], "bank, 0 workers": [], "bank, 2 workers": []}
+        rates: dict[str, list[float]] = {"naive (PNG + npy per nucleus)": [],
+                                         "bank, 0 workers": [], "bank, 2 workers": [],
+                                         "bank contiguous, 0 workers": [], "bank contiguous, 2 workers": []}
         (home / "naive").mkdir()
-        for _ in range(args.repeats):
-            rates["naive"].append(naive_rate(store, home / "naive", args.size, min(args.naive_count, n)))
-            rates["bank, 0 workers"].append(bank_rate(crops, 0, args.batch_size, 3))
-            rates["bank, 2 workers"].append(bank_rate(crops, 2, args.batch_size, 3))
+        for _ in range(args.repeats):  # interleaved, so drift hits every approach alike
+            rates["naive (PNG + npy per nucleus)"].append(naive_rate(store, home / "naive", args.size, min(args.naive_count, n)))
+            for workers in (0, 2):
+                rates[f"bank, {workers} workers"].append(bank_rate(crops, workers, args.batch_size, args.epochs))
+                rates[f"bank contiguous, {workers} workers"].append(
+                    bank_rate(crops, workers, args.batch_size, args.epochs, contiguous=True))
         med = {k: statistics.median(v) for k, v in rates.items()}
-        print(f"\n{'approach':18s} {'crops/s (median)':>18s} {'x naive':>9s}")
+        naive = med["naive (PNG + npy per nucleus)"]
+        print(f"\n{os.cpu_count()} CPU cores; batch size {args.batch_size}; medians of {args.repeats} runs")
+        print(f"{'approach':32s} {'crops/s':>12s} {'x naive':>9s}")
         for name, rate in med.items():
-            print(f"{name:18s} {rate:18,.0f} {rate / med['naive']:9.0f}")
+            print(f"{name:32s} {rate:12,.0f} {rate / naive:9.0f}")
 
 
 if __name__ == "__main__":

@@ -1,23 +1,36 @@
-"""PanNuke conversion benchmark: time and peak memory against reading the fold once.
+"""PanNuke conversion benchmark: time and peak RSS against reading the native bytes once.
 
-Generates a PanNuke-shaped fold (float64 ``images.npy`` (N, 256, 256, 3), ``masks.npy``
-(N, 256, 256, 6), ``types.npy``) at 1x and 3x ``--patches`` (default 2,000: 9.4 GB and
-28 GB of native bytes), then, each in a fresh subprocess and interleaved:
+Writes a PanNuke-shaped fold straight through memory maps (float64 ``images.npy``
+(N, 256, 256, 3), ``masks.npy`` (N, 256, 256, 6), ``types.npy``; N = ``--patches``,
+default 2,000, i.e. 9.4 GB, tiling 64 distinct synthetic patches). The 3x case adds
+``Fold 2`` and ``Fold 3`` as hard links to the same files (3 x N patches, three folds as
+in the real dataset) so that it needs no more disk; ``--single-fold`` instead writes one
+fold of 3 x N patches (28 GB at the default).
 
-* baseline: stream every byte of images.npy and masks.npy once (memory-mapped slices);
-* prepare: ``nucdata.prepare("pannuke", source=fold)`` into a fresh home.
+Each measurement runs in a fresh process started by a small wrapper that reports the
+worker's own time (after its imports) and ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` (the worker's peak resident
+set, which includes the pages of any memory map it touched). Both workers import
+nucdata first, so the import footprint is the same on both sides:
 
-Prints median seconds, the prepare/baseline ratio and the peak resident memory each
-subprocess adds over its imports. Flat memory from 1x to 3x is the goal.
+* read-once: read every byte of every ``images.npy`` and ``masks.npy`` once, in 16 MB
+  positioned reads;
+* prepare: ``nucdata.prepare("pannuke", source=folder, check_counts=False)`` into a
+  fresh data home.
 
-    python benchmarks/pannuke_conversion.py                       # 2,000 and 6,000 patches
+Runs are interleaved; medians over ``--repeats`` are printed with the ratios.
+
+    python benchmarks/pannuke_conversion.py                  # 2,000 and 6,000 patches
     python benchmarks/pannuke_conversion.py --patches 300 --repeats 1
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,25 +38,49 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _harness import child_code, measure  # noqa: E402
+WORKER = r"""
+import json, os, shutil, sys, tempfile, time
+from pathlib import Path
+import numpy as np
+import nucdata
+mode, folder = sys.argv[1], Path(sys.argv[2])
+start = time.perf_counter()  # after the imports: they cost the same on both sides
+if mode == "read":
+    buf = bytearray(16 << 20)
+    view = memoryview(buf)
+    for path in sorted(folder.rglob("*.npy")):
+        if path.name == "types.npy":
+            continue
+        with open(path, "rb", buffering=0) as fh:
+            while fh.readinto(view):
+                pass
+else:
+    home = tempfile.mkdtemp(prefix="nucdata-bench-home-", dir=sys.argv[3])
+    try:
+        nucdata.prepare("pannuke", source=folder, root=home, check_counts=False)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+print(json.dumps({"seconds": time.perf_counter() - start}))
+"""
 
-CHILD = child_code("pannuke", """
-for name in ("images/fold1/images.npy", "masks/fold1/masks.npy"):
-    array = np.load(folder / "Fold 1" / name, mmap_mode="r")
-    for i in range(0, array.shape[0], 16):
-        float(np.asarray(array[i:i + 16]).max())  # touches every byte once
-""")
+WRAPPER = r"""
+import json, resource, subprocess, sys
+out = subprocess.run([sys.executable, "-c", sys.argv[1], *sys.argv[2:]], check=True,
+                     capture_output=True, text=True)
+seconds = json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
+print(json.dumps({"seconds": seconds,
+                  "rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+"""
 
 
-def generate(folder: Path, patches: int, seed: int = 0) -> int:
-    """Write fold 1 with ``patches`` patches (tiling 64 distinct ones); return nuclei."""
+def write_fold(top: Path, fold: int, patches: int, seed: int = 0) -> int:
+    """Write ``top/Fold <fold>/...`` with ``patches`` patches; return the number of nuclei."""
     from nucdata.demo.synth import draw_filled, ellipse_polygon, paint, place_nuclei
 
     rng = np.random.default_rng(seed)
-    top = folder / "Fold 1"
-    (top / "images" / "fold1").mkdir(parents=True)
-    (top / "masks" / "fold1").mkdir(parents=True)
+    root = top / f"Fold {fold}"
+    (root / "images" / f"fold{fold}").mkdir(parents=True)
+    (root / "masks" / f"fold{fold}").mkdir(parents=True)
     distinct = []
     for _ in range(64):
         nuclei = place_nuclei(rng, 256, 256, int(rng.integers(10, 40)))
@@ -52,51 +89,90 @@ def generate(folder: Path, patches: int, seed: int = 0) -> int:
         channel = rng.integers(0, 5, len(nuclei) + 1)
         ids = np.zeros(5, int)
         for k in range(1, len(nuclei) + 1):
-            ids[channel[k]] += 1
+            ids[channel[k]] += 1  # ids restart per channel, as in PanNuke
             masks[..., channel[k]][inst == k] = ids[channel[k]]
         masks[..., 5] = inst == 0
-        distinct.append((paint(rng, inst, np.zeros(len(nuclei), int)).astype(np.float64), masks, len(nuclei)))
-    images = np.lib.format.open_memmap(top / "images" / "fold1" / "images.npy", "w+", np.float64, (patches, 256, 256, 3))
-    masks = np.lib.format.open_memmap(top / "masks" / "fold1" / "masks.npy", "w+", np.float64, (patches, 256, 256, 6))
+        rgb = paint(rng, inst, np.zeros(len(nuclei), int)).astype(np.float64)
+        distinct.append((rgb, masks, len(nuclei)))
+    images = np.lib.format.open_memmap(root / "images" / f"fold{fold}" / "images.npy", "w+", np.float64,
+                                       (patches, 256, 256, 3))
+    masks = np.lib.format.open_memmap(root / "masks" / f"fold{fold}" / "masks.npy", "w+", np.float64,
+                                      (patches, 256, 256, 6))
     nuclei = 0
-    for i in range(patches):
-        rgb, mask, n = distinct[i % len(distinct)]
-        images[i], masks[i] = rgb, mask
-        nuclei += n
+    block = 64
+    tile_rgb = np.stack([d[0] for d in distinct])
+    tile_masks = np.stack([d[1] for d in distinct])
+    for start in range(0, patches, block):  # whole blocks of 64 patches per assignment
+        stop = min(patches, start + block)
+        images[start:stop] = tile_rgb[: stop - start]
+        masks[start:stop] = tile_masks[: stop - start]
+        nuclei += sum(d[2] for d in distinct[: stop - start])
     images.flush()
     masks.flush()
     del images, masks
-    np.save(top / "images" / "fold1" / "types.npy", np.array(["Breast"] * patches, dtype="<U13"))
+    np.save(root / "images" / f"fold{fold}" / "types.npy", np.array(["Breast"] * patches, dtype="<U13"))
     return nuclei
+
+
+def link_fold(top: Path, source: int, fold: int) -> None:
+    """``Fold <fold>`` as hard links to ``Fold <source>``'s files."""
+    for path in (top / f"Fold {source}").rglob("*.npy"):
+        rel = path.relative_to(top / f"Fold {source}").as_posix().replace(f"fold{source}", f"fold{fold}")
+        target = top / f"Fold {fold}" / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(path, target)
+
+
+def run(mode: str, folder: Path, scratch: Path) -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-c", WRAPPER, WORKER, mode, str(folder), str(scratch)],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--patches", type=int, default=2000)
-    parser.add_argument("--scales", type=int, nargs="+", default=[1, 3])
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--workdir", type=Path, default=None, help="where to write the fold (needs ~14 GB per 3,000 patches)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--single-fold", action="store_true", help="3x as one fold of 3N patches (needs 3x disk)")
+    parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     rows = []
-    for scale in args.scales:
-        n = args.patches * scale
-        folder = Path(tempfile.mkdtemp(prefix=f"nucdata-pannuke-{n}-", dir=args.workdir))
-        try:
+    work = Path(tempfile.mkdtemp(prefix="nucdata-pannuke-bench-", dir=args.workdir))
+    try:
+        for scale in (1, 3):
+            folder = work / f"x{scale}"
             t = time.perf_counter()
-            nuclei = generate(folder, n)
-            size_gb = sum(p.stat().st_size for p in folder.rglob("*.npy")) / 1e9
-            print(f"[{n} patches] generated {size_gb:.1f} GB, {nuclei} nuclei in {time.perf_counter() - t:.0f} s", flush=True)
-            med, mem = measure(CHILD, folder, args.repeats)
-            rows.append((n, size_gb, med, mem))
-            print(f"[{n} patches] read-once {med['baseline']:.1f} s, prepare {med['prepare']:.1f} s, "
-                  f"ratio {med['prepare'] / med['baseline']:.2f}; heap peak MiB: read {mem['baseline']:.0f}, "
-                  f"prepare {mem['prepare']:.0f}", flush=True)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-    print("\npatches  native GB  read-once s  prepare s  ratio  heap peak MiB (read / prepare)")
-    for n, size_gb, med, mem in rows:
-        print(f"{n:7d}  {size_gb:9.1f}  {med['baseline']:11.1f}  {med['prepare']:9.1f}  "
-              f"{med['prepare'] / med['baseline']:5.2f}  {mem['baseline']:6.0f} / {mem['prepare']:.0f}")
+            if scale == 1 or args.single_fold:
+                shutil.rmtree(work / "x1", ignore_errors=True)
+                write_fold(folder, 1, args.patches * scale)
+            else:
+                (work / "x1").rename(folder)
+                link_fold(folder, 1, 2)
+                link_fold(folder, 1, 3)
+            native = float(sum(p.stat().st_size for p in folder.rglob("*.npy")))  # links count thrice
+            print(f"[{scale}x] {args.patches * scale} patches, {native / 1e9:.1f} GB native "
+                  f"(ready in {time.perf_counter() - t:.0f} s)", flush=True)
+            runs: dict[str, list[dict[str, float]]] = {"read": [], "prepare": []}
+            run("read", folder, work)  # warm the page cache alike for both sides
+            for _ in range(args.repeats):
+                for mode in runs:
+                    runs[mode].append(run(mode, folder, work))
+            med = {m: {k: statistics.median(r[k] for r in v) for k in ("seconds", "rss_mib")} for m, v in runs.items()}
+            rows.append((scale, args.patches * scale, native, med))
+            print(f"[{scale}x] read-once {med['read']['seconds']:.1f} s, prepare {med['prepare']['seconds']:.1f} s "
+                  f"(ratio {med['prepare']['seconds'] / med['read']['seconds']:.2f}); peak RSS MiB: read "
+                  f"{med['read']['rss_mib']:.0f}, prepare {med['prepare']['rss_mib']:.0f}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\nmedians over {args.repeats} runs; {os.cpu_count()} CPUs")
+    print("scale  patches  native GB  read-once s  prepare s  prepare/read  peak RSS MiB read  peak RSS MiB prepare")
+    for scale, n, native, med in rows:
+        print(f"{scale:4d}x  {n:7d}  {native / 1e9:9.1f}  {med['read']['seconds']:11.1f}  {med['prepare']['seconds']:9.1f}"
+              f"  {med['prepare']['seconds'] / med['read']['seconds']:12.2f}  {med['read']['rss_mib']:17.0f}"
+              f"  {med['prepare']['rss_mib']:20.0f}")
+    if len(rows) == 2:
+        t1, t3 = rows[0][3]["prepare"], rows[1][3]["prepare"]
+        print(f"3x / 1x: prepare time {t3['seconds'] / t1['seconds']:.2f}, prepare peak RSS {t3['rss_mib'] / t1['rss_mib']:.2f}")
 
 
 if __name__ == "__main__":

@@ -126,6 +126,9 @@ class NucleusDataset(torch.utils.data.Dataset):
     def crops(self, size: int = 64, context: float | None = None):
         """Per-nucleus crops of this dataset's nuclei (see :mod:`nucdata.crops`).
 
+        The crops are cut once into a memory-mapped bank beside the store and served
+        from it; the bank is cut again only when the store is rebuilt.
+
         Parameters
         ----------
         size
@@ -134,13 +137,21 @@ class NucleusDataset(torch.utils.data.Dataset):
             ``None``: a fixed ``size`` window around each centroid (nuclei that do not
             fit are cut as their enclosing square and resized). A number: every crop
             covers ``context`` times the nucleus's bounding-box side, resized to ``size``.
+
+        Returns
+        -------
+        nucdata.CropDataset
+            A map-style dataset over this split's nuclei, labels under this label set.
         """
         from .multi import crops_of
 
         return crops_of([self], size, context)
 
-    def plot(self, index: int, ax=None):
-        """Draw image ``index`` with nucleus outlines coloured by class (needs matplotlib)."""
+    def plot(self, index: int, ax: Any = None) -> Any:
+        """Draw image ``index`` with nucleus outlines coloured by class (needs matplotlib).
+
+        Raises :class:`nucdata.overlay.MissingDependencyError` without matplotlib.
+        """
         from .overlay import plot_sample
 
         return plot_sample(self, index, ax)

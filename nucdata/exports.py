@@ -96,6 +96,7 @@ def export_coco(ds: NucleusDataset, out: Path) -> list[Path]:
     classes, vocabulary = _class_info(ds)
     categories = [{"id": cid, "name": name, "supercategory": vocabulary} for cid, (name, _) in sorted(classes.items())]
     images, annotations = [], []
+    unnamed: set[int] = set()  # labels outside the vocabulary (-1 missing, -2 outside the set)
     for i in ds.indices:
         i = int(i)
         images.append({"id": i, "file_name": f"{ds.store.column('images', 'name')[i]}.png",
@@ -108,10 +109,15 @@ def export_coco(ds: NucleusDataset, out: Path) -> list[Path]:
             outline = _outline(ds, inst, k, row) + 0.5
             segmentation = [outline.round(2).ravel().tolist()] if has_mask and len(outline) >= 3 else []
             annotations.append({
-                "id": len(annotations) + 1, "image_id": i, "category_id": label if label in classes else -1,
+                "id": len(annotations) + 1, "image_id": i, "category_id": label,
                 "segmentation": segmentation, "area": int(ds.store.column("nuclei", "area")[row]) if has_mask else (x1 - x0) * (y1 - y0),
                 "bbox": [x0, y0, x1 - x0, y1 - y0], "iscrowd": 0,
             })
+            if label not in classes:
+                unnamed.add(label)
+    # Every category_id resolves to a category, so COCO readers never meet a dangling id.
+    special = {-1: "unlabelled", -2: "outside the label set"}
+    categories += [{"id": c, "name": special.get(c, f"code {c}"), "supercategory": vocabulary} for c in sorted(unnamed)]
     split = ds.split or "all"
     path = out / f"{ds.name}_{split.replace('/', '-')}.json"
     _write_json(path, {
@@ -148,7 +154,30 @@ def export_hovernet(ds: NucleusDataset, out: Path) -> list[Path]:
 
 
 def export(ds: NucleusDataset, fmt: str, out: str | os.PathLike[str]) -> list[Path]:
-    """Export ``ds`` (its split and label set) as ``fmt`` into folder ``out``."""
+    """Export ``ds`` (its split and label set) as ``fmt`` into folder ``out``.
+
+    Parameters
+    ----------
+    ds
+        The dataset; its split chooses the images and its label set the classes
+        (native codes and names without one).
+    fmt
+        ``"geojson"`` (QuPath: one FeatureCollection per image, a ``detection`` per
+        nucleus), ``"coco"`` (one file per dataset and split) or ``"hovernet-json"``
+        (one file per image), as in reference/conventions.md §7.
+    out
+        Folder to write into (created if needed); each file is written atomically.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+
+    Raises
+    ------
+    InvalidArgumentError
+        For an unknown format.
+    """
     from .errors import InvalidArgumentError
 
     writers = {"geojson": export_geojson, "coco": export_coco, "hovernet-json": export_hovernet}

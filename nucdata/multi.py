@@ -30,7 +30,21 @@ class DatasetCollection(torch.utils.data.ConcatDataset):
 
 
 def crops_of(datasets: Sequence[NucleusDataset], size: int = 64, context: float | None = None) -> CropDataset:
-    """One :class:`CropDataset` over the selected nuclei of ``datasets``."""
+    """One :class:`CropDataset` over the selected nuclei of ``datasets``.
+
+    Parameters
+    ----------
+    datasets
+        Image datasets; their splits choose the nuclei and their label sets the labels
+        (``label_set`` of the result is set only when they all agree).
+    size, context
+        See :meth:`NucleusDataset.crops`; one bank per store is cut if needed.
+
+    Returns
+    -------
+    CropDataset
+        Items in dataset order, then store order; ``dataset_index`` says which.
+    """
     banks, rows, labels, candidates, images = [], [], [], [], []
     for ds in datasets:
         banks.append(build_bank(ds.store, size, context))
@@ -58,9 +72,26 @@ def load_many(
 
     Parameters
     ----------
+    names
+        Dataset names.
     split
         One split name for every dataset, ``None`` for every image, or a mapping from
         dataset name to split (datasets name their splits differently).
+    label_set
+        Express every dataset's labels in this set; ``None`` keeps native codes.
+    root, download, transforms
+        As for :func:`nucdata.load`.
+
+    Returns
+    -------
+    DatasetCollection
+        A ``ConcatDataset`` of the image datasets; ``.crops(size)`` gives one
+        :class:`CropDataset` over all their nuclei with ``dataset_index`` per item.
+
+    Examples
+    --------
+    >>> many = nucdata.load_many(["consep", "monusac"], label_set="pannuke")  # doctest: +SKIP
+    >>> bank = many.crops(size=64).tensor("cuda")  # uint8 (N, 4, 64, 64)  # doctest: +SKIP
     """
     members = []
     for name in names:

@@ -4,13 +4,31 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from .dataset import NucleusDataset
+from .errors import NucdataError
 from .exports import _class_info
+
+
+class MissingDependencyError(NucdataError, ImportError):
+    """An optional package that a feature needs is not installed.
+
+    Parameters
+    ----------
+    package
+        The package's install name.
+    feature
+        What needs it, and the alternative without it.
+    """
+
+    def __init__(self, package: str, feature: str):
+        self.package = package
+        super().__init__(f"{feature} needs {package}: pip install {package}")
 
 UNLABELLED = (255, 255, 255)
 OUTSIDE = (120, 120, 120)
@@ -74,15 +92,33 @@ def write_overlays(ds: NucleusDataset, out: str | os.PathLike[str]) -> list[Path
     return written
 
 
-def plot_sample(ds: NucleusDataset, index: int, ax=None):
-    """Draw the overlay of image ``index`` on a matplotlib axis; returns the figure."""
+def plot_sample(ds: NucleusDataset, index: int, ax: Any = None) -> Any:
+    """Draw the overlay of image ``index`` on a matplotlib axis.
+
+    Parameters
+    ----------
+    ds
+        The dataset (its split and label set decide image and colours).
+    index
+        Position of the image in ``ds``.
+    ax
+        A matplotlib axis; a new figure when ``None``.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    MissingDependencyError
+        When matplotlib is not installed.
+    """
     try:
         import matplotlib.pyplot as plt
     except ImportError:
-        from .errors import NucdataError
-
-        raise NucdataError("ds.plot() needs matplotlib: pip install matplotlib "
-                           "(or use `nucdata overlay`, which needs only Pillow)") from None
+        raise MissingDependencyError(
+            "matplotlib", "ds.plot() (`nucdata overlay` draws the same with Pillow only)"
+        ) from None
     if ax is None:
         _, ax = plt.subplots()
     ax.imshow(np.asarray(render(ds, index)))

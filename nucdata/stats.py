@@ -10,7 +10,20 @@ from .dataset import NucleusDataset
 
 
 def summarise(ds: NucleusDataset) -> dict[str, Any]:
-    """Counts per split and class, nuclei per image, and the area distribution."""
+    """Counts per split and class, nuclei per image, and the area distribution.
+
+    Parameters
+    ----------
+    ds
+        The dataset (its split and label set).
+
+    Returns
+    -------
+    dict
+        Plain JSON-ready values: ``images`` and ``nuclei`` per split, ``classes``
+        (``"<id> <name>"`` -> count), ``nuclei_per_image`` (min, median, max),
+        ``area_px_quantiles`` (masked nuclei only) and ``nuclei_without_mask``.
+    """
     images = ds.images
     nuclei = ds.nuclei
     splits = images["split"].values
@@ -42,6 +55,7 @@ def summarise(ds: NucleusDataset) -> dict[str, Any]:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
+    """The summary of :func:`summarise` as aligned text for the terminal."""
     lines = [f"{summary['dataset']}" + (f" under {summary['label_set']}" if summary["label_set"] else " (native labels)")]
     lines.append("  images per split   " + ", ".join(f"{k} {v}" for k, v in summary["images"].items()))
     lines.append("  nuclei per split   " + ", ".join(f"{k} {v}" for k, v in summary["nuclei"].items()))

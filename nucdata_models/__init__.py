@@ -1,20 +1,26 @@
 """nucdata_models: the correlation-based cross-training models that fill in missing labels.
 
+A library on plain tensors: :class:`TrainingData` in, :class:`TrainResult` and
+:class:`Prediction` per label set out. It never imports ``nucdata`` at import time;
+:func:`from_crop_dataset` (in :mod:`.bridge`) is the one bridge to nucdata's crop banks.
+
 >>> from nucdata_models import CrossTrainer, TrainConfig
->>> from nucdata_models.synthetic import make_world_data
->>> data = make_world_data(per_dataset=100)                        # doctest: +SKIP
->>> trainer = CrossTrainer(TrainConfig(epochs={"A": 2, "B": 2, "C": 2}))  # doctest: +SKIP
->>> result = trainer.fit(data)                                     # doctest: +SKIP
->>> predictions = trainer.predict(data.crops)                      # doctest: +SKIP
+>>> from nucdata_models.synthetic import make_synthetic_data
+>>> data = make_synthetic_data(per_dataset=100)                             # doctest: +SKIP
+>>> trainer = CrossTrainer(TrainConfig(epochs={"A": 2, "B": 2, "C": 2}))    # doctest: +SKIP
+>>> result = trainer.fit(data, workdir="run", progress=print)               # doctest: +SKIP
+>>> predictions = trainer.predict(data.crops, data.candidates)              # doctest: +SKIP
 """
 
-from .checkpoint import CheckpointMismatchError, load_checkpoint, save_checkpoint
-from .data import LabelSetSpec, TrainingData, from_crop_dataset
+from .bridge import from_crop_dataset
+from .checkpoint import CheckpointError, CheckpointMismatchError, load_checkpoint, save_checkpoint
+from .data import LabelSetSpec, TrainingData, target_bits
+from .encoders import build_encoder
 from .metrics import classification_metrics
-from .train import CrossTrainer, Prediction, TrainConfig, TrainResult
+from .train import CrossTrainer, Prediction, Predictions, TrainConfig, TrainResult
 
 __all__ = [
-    "CheckpointMismatchError", "CrossTrainer", "LabelSetSpec", "Prediction", "TrainConfig",
-    "TrainResult", "TrainingData", "classification_metrics", "from_crop_dataset", "load_checkpoint",
-    "save_checkpoint",
+    "CheckpointError", "CheckpointMismatchError", "CrossTrainer", "LabelSetSpec", "Prediction", "Predictions",
+    "TrainConfig", "TrainResult", "TrainingData", "build_encoder", "classification_metrics", "from_crop_dataset",
+    "load_checkpoint", "save_checkpoint", "target_bits",
 ]

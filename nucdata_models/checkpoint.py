@@ -1,10 +1,17 @@
-"""Checkpoints: weights plus a JSON description that is checked on loading."""
+"""Checkpoints: weights plus a JSON description that is checked on loading.
+
+``save_checkpoint(path, state, meta)`` writes ``path`` (a ``torch.save`` of the state
+dicts and the metadata as a JSON string, so loading needs no pickle of arbitrary
+objects: ``weights_only=True``) and ``path.with_suffix(".json")`` beside it for people
+and tools. Both are written to a temporary name and published with ``os.replace``.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,61 +19,136 @@ import torch
 
 from .data import LabelSetSpec
 
-FORMAT_VERSION = 1
+__all__ = ["CheckpointError", "CheckpointMismatchError", "check_label_sets", "label_set_meta",
+           "load_checkpoint", "meta_path", "save_checkpoint"]
+
+FORMAT_VERSION = 2
 
 
-class CheckpointMismatchError(ValueError):
-    """A checkpoint trained for other label sets (names, versions or classes)."""
+class CheckpointError(Exception):
+    """A checkpoint file that cannot be used (missing, truncated, not ours)."""
 
 
-def _meta_path(path: Path) -> Path:
-    return path.with_suffix(".json")
+class CheckpointMismatchError(CheckpointError, ValueError):
+    """A checkpoint trained for other label sets (names, order, versions or classes)."""
+
+
+def meta_path(path: str | os.PathLike[str]) -> Path:
+    """The JSON written beside checkpoint ``path``."""
+    return Path(path).with_suffix(".json")
+
+
+def label_set_meta(label_sets: Sequence[LabelSetSpec]) -> list[dict[str, Any]]:
+    """Label sets as JSON-ready dicts (name, version, class names)."""
+    return [s.to_dict() for s in label_sets]
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any], meta: dict[str, Any]) -> Path:
-    """Write ``state`` (state dicts) to ``path`` and ``meta`` beside it, atomically."""
+    """Write weights and metadata atomically.
+
+    Parameters
+    ----------
+    path
+        The weights file (``.pt``); the JSON goes to ``path.with_suffix(".json")``.
+    state
+        Name -> state dict (tensors only).
+    meta
+        JSON-serialisable description: ``label_sets`` (see :func:`label_set_meta`),
+        encoder, crop size, channels, mpp, training configuration, metrics...
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format_version": FORMAT_VERSION, **meta}
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}")
-    torch.save({"state": state, "meta": meta}, tmp)
-    os.replace(tmp, path)
-    tmp_meta = _meta_path(path).with_name(f".{_meta_path(path).name}.{uuid.uuid4().hex[:6]}")
-    tmp_meta.write_text(json.dumps(meta, indent=2, default=str))
-    os.replace(tmp_meta, _meta_path(path))
+    text = json.dumps(meta, indent=2, default=_jsonable)
+    _write_atomic(path, lambda tmp: torch.save({"state": state, "meta_json": text}, tmp))
+    _write_atomic(meta_path(path), lambda tmp: tmp.write_text(text))
     return path
 
 
-def load_checkpoint(path: str | os.PathLike[str], label_sets: list[LabelSetSpec] | None = None,
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def load_checkpoint(path: str | os.PathLike[str], label_sets: Sequence[LabelSetSpec] | None = None,
                     map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
-    """Read a checkpoint; refuse it when its label sets differ from ``label_sets``.
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Parameters
+    ----------
+    path
+        The weights file.
+    label_sets
+        When given, the checkpoint must have been trained for exactly these sets, in
+        this order, with the same versions and class names.
+    map_location
+        Where the tensors go.
+
+    Returns
+    -------
+    state, meta
 
     Raises
     ------
+    CheckpointError
+        The file is missing or not a checkpoint of this package.
     CheckpointMismatchError
-        Naming the file, the label set, what the checkpoint has and what is installed.
+        Naming the file, the label set, what the checkpoint has and what was asked.
     """
     path = Path(path)
-    blob = torch.load(path, map_location=map_location, weights_only=False)
-    meta = blob["meta"]
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file; train one (CrossTrainer.fit) or correct the path")
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+        meta = json.loads(blob["meta_json"]) if "meta_json" in blob else blob["meta"]
+        state = blob["state"]
+    except Exception as exc:  # truncated file, another program's pickle, ...
+        raise CheckpointError(f"{path}: not a readable nucdata_models checkpoint ({type(exc).__name__}: {exc}); "
+                              "re-save it with save_checkpoint or retrain") from exc
     if label_sets is not None:
-        saved = {s["name"]: s for s in meta.get("label_sets", [])}
-        wanted = {s.name: s for s in label_sets}
-        if list(saved) != list(wanted):
+        check_label_sets(path, meta.get("label_sets", []), label_sets)
+    return state, meta
+
+
+def check_label_sets(path: str | os.PathLike[str], saved: list[dict[str, Any]],
+                     wanted: Sequence[LabelSetSpec]) -> None:
+    """Raise :class:`CheckpointMismatchError` unless ``saved`` describes ``wanted``."""
+    found = [s["name"] for s in saved]
+    expected = [s.name for s in wanted]
+    fix = ("Retrain for these label sets (CrossTrainer.fit, or nucdata build-merged without --checkpoint), "
+           "or use the nucdata version and label sets the checkpoint was trained with.")
+    if found != expected:
+        missing = [n for n in expected if n not in found]
+        extra = [n for n in found if n not in expected]
+        detail = (f"label set(s) {missing} missing" if missing else "") + \
+                 ("; " if missing and extra else "") + (f"label set(s) {extra} not asked for" if extra else "")
+        raise CheckpointMismatchError(
+            f"{path}: trained for label sets {found}, but {expected} were asked for "
+            f"({detail or 'same sets in another order'}). {fix}")
+    for spec, got in zip(wanted, saved, strict=True):
+        if str(got["version"]) != spec.version:
             raise CheckpointMismatchError(
-                f"{path}: trained for label sets {list(saved)}, but {list(wanted)} were asked for. "
-                "Train a new checkpoint (nucdata build-merged without --checkpoint) or ask for the same sets."
-            )
-        for name, spec in wanted.items():
-            got = saved[name]
-            if got["version"] != spec.version or tuple(got["class_names"]) != spec.class_names:
-                raise CheckpointMismatchError(
-                    f"{path}: label set {name!r} is version {got['version']} with classes {got['class_names']} "
-                    f"in the checkpoint, but version {spec.version} with {list(spec.class_names)} is installed. "
-                    "Retrain, or install the nucdata version the checkpoint was made with."
-                )
-    return blob["state"], meta
-
-
-def label_set_meta(label_sets: list[LabelSetSpec]) -> list[dict[str, Any]]:
-    return [{"name": s.name, "version": s.version, "class_names": list(s.class_names)} for s in label_sets]
+                f"{path}: label set {spec.name!r}: expected version {spec.version}, found version {got['version']} "
+                f"in the checkpoint. {fix}")
+        if tuple(got["class_names"]) != spec.class_names:
+            raise CheckpointMismatchError(
+                f"{path}: label set {spec.name!r} (version {spec.version}): expected classes "
+                f"{list(spec.class_names)}, found {list(got['class_names'])} in the checkpoint. {fix}")

@@ -1,24 +1,53 @@
-"""The training data contract: crops plus, per label set, labels and candidate bitmasks."""
+"""The training data contract: crops plus, per label set, labels and candidate bitmasks.
+
+Plain tensors only; nothing here knows about nucdata's store (see :mod:`.bridge`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+__all__ = ["LabelSetSpec", "TrainingData", "candidate_mask", "target_bits"]
+
+MISSING = -1
+OUTSIDE = -2
+
 
 @dataclass(frozen=True)
 class LabelSetSpec:
-    """A label set as the models see it: name, version and class names in id order."""
+    """A label set as the models see it.
+
+    Attributes
+    ----------
+    name
+        Label-set name, e.g. ``"pannuke"``.
+    version
+        Version of the vocabulary; a checkpoint is refused under another version.
+    class_names
+        Class names in class-id order.
+    """
 
     name: str
     version: str
     class_names: tuple[str, ...]
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        if not self.class_names:
+            raise ValueError(f"label set {self.name!r} has no classes")
+        if len(self.class_names) > 62:
+            raise ValueError(f"label set {self.name!r}: at most 62 classes fit an int64 candidate bitmask")
+
     @property
     def size(self) -> int:
+        """Number of classes."""
         return len(self.class_names)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (as written into checkpoints)."""
+        return {"name": self.name, "version": self.version, "class_names": list(self.class_names)}
 
 
 @dataclass
@@ -28,18 +57,22 @@ class TrainingData:
     Attributes
     ----------
     crops
-        uint8 ``(N, C, S, S)``; C = 3 (RGB) or 4 (RGB + nucleus mask).
+        uint8 ``(N, C, S, S)``; C = 3 (RGB) or 4 (RGB + nucleus mask, 0/255).
     label_sets
         The label sets, in head order.
     labels
-        Per set, int64 ``(N,)``: class id, -1 missing, -2 outside the set.
+        Per set, int64 ``(N,)``: class id >= 0, -1 missing, -2 outside the set.
     candidates
         Per set, int64 ``(N,)`` bitmask over the set's classes; 0 = no information,
         one bit = exact, several = ambiguous (a partial label).
     dataset_index, dataset_names
-        Source dataset of each nucleus.
+        Source dataset of each nucleus (index into ``dataset_names``).
     split
-        int ``(N,)``: 0 train, 1 validation, 2 neither (e.g. test, only predicted).
+        ``(N,)``: 0 train, 1 validation, anything else neither (only predicted).
+    truth
+        Optional known truth per set (generated data only), same coding as ``labels``.
+    mpp
+        Optional microns per pixel of the crops, recorded in checkpoints.
     """
 
     crops: torch.Tensor
@@ -49,70 +82,59 @@ class TrainingData:
     dataset_index: torch.Tensor
     dataset_names: list[str]
     split: torch.Tensor
-    truth: dict[str, torch.Tensor] = field(default_factory=dict)  # known truth (demo worlds only)
+    truth: dict[str, torch.Tensor] = field(default_factory=dict)
+    mpp: float | None = None
 
     def __post_init__(self) -> None:
-        n = self.crops.shape[0]
-        if self.crops.dtype != torch.uint8 or self.crops.ndim != 4:
-            raise ValueError(f"crops must be uint8 (N, C, S, S), got {tuple(self.crops.shape)} {self.crops.dtype}")
+        n = int(self.crops.shape[0]) if self.crops.ndim else 0
+        if self.crops.dtype != torch.uint8 or self.crops.ndim != 4 or self.crops.shape[1] not in (3, 4):
+            raise ValueError(f"crops must be uint8 (N, 3 or 4, S, S), got {tuple(self.crops.shape)} {self.crops.dtype}")
+        if self.crops.shape[2] != self.crops.shape[3]:
+            raise ValueError(f"crops must be square, got {tuple(self.crops.shape[2:])}")
+        names = [s.name for s in self.label_sets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"label set names repeat: {names}")
         for spec in self.label_sets:
-            for table in (self.labels, self.candidates):
-                if spec.name not in table or table[spec.name].shape != (n,):
-                    raise ValueError(f"labels and candidates for {spec.name!r} must be ({n},) tensors")
-        if self.dataset_index.shape != (n,) or self.split.shape != (n,):
+            for what, table in (("labels", self.labels), ("candidates", self.candidates)):
+                t = table.get(spec.name)
+                if t is None or tuple(t.shape) != (n,) or t.dtype != torch.int64:
+                    raise ValueError(f"{what}[{spec.name!r}] must be an int64 ({n},) tensor")
+            lab, cand = self.labels[spec.name], self.candidates[spec.name]
+            if n and (int(lab.min()) < OUTSIDE or int(lab.max()) >= spec.size):
+                raise ValueError(f"labels[{spec.name!r}] must lie in [-2, {spec.size - 1}]")
+            if n and (int(cand.min()) < 0 or int(cand.max()) >= (1 << spec.size)):
+                raise ValueError(f"candidates[{spec.name!r}] has bits beyond the set's {spec.size} classes")
+        if tuple(self.dataset_index.shape) != (n,) or tuple(self.split.shape) != (n,):
             raise ValueError("dataset_index and split must have one entry per crop")
+        if n and (int(self.dataset_index.min()) < 0 or int(self.dataset_index.max()) >= len(self.dataset_names)):
+            raise ValueError("dataset_index must index dataset_names")
 
     def __len__(self) -> int:
         return int(self.crops.shape[0])
 
     @property
     def names(self) -> list[str]:
+        """Label-set names in head order."""
         return [s.name for s in self.label_sets]
+
+    def targets(self, name: str) -> torch.Tensor:
+        """The training target bitmask of set ``name`` (see :func:`target_bits`)."""
+        return target_bits(self.labels[name], self.candidates[name])
+
+
+def target_bits(labels: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """What a nucleus is trained towards under one set, as a bitmask (0 = nothing).
+
+    A known label (>= 0) gives its own bit whatever ``candidates`` says; an outside
+    nucleus (-2) gives 0, so the set is never trained on it; a missing label (-1)
+    gives its candidates (0 = no information, several bits = a partial label).
+    """
+    known = labels >= 0
+    own = torch.ones_like(labels) << labels.clamp_min(0)
+    return torch.where(known, own, torch.where(labels == OUTSIDE, torch.zeros_like(candidates), candidates))
 
 
 def candidate_mask(bits: torch.Tensor, size: int) -> torch.Tensor:
     """Bitmasks ``(N,)`` to a boolean ``(N, size)`` table of candidate classes."""
     shifts = torch.arange(size, device=bits.device)
     return ((bits.unsqueeze(1) >> shifts) & 1).bool()
-
-
-def from_crop_dataset(crops, label_sets: Sequence[str], splits: torch.Tensor | None = None) -> TrainingData:
-    """Build :class:`TrainingData` from a ``nucdata`` crop dataset (all its label sets).
-
-    ``crops`` is a :class:`nucdata.CropDataset` over several datasets (``load_many(...)
-    .crops()``); labels and candidates are computed under every set in ``label_sets``
-    from each nucleus's native label.
-    """
-    import numpy as np
-
-    from nucdata.labelsets import label_set, translate
-
-    bank = crops.tensor()
-    specs = [LabelSetSpec(ls.name, ls.version, tuple(ls.names)) for ls in map(label_set, label_sets)]
-    labels: dict[str, torch.Tensor] = {}
-    cands: dict[str, torch.Tensor] = {}
-    natives = []
-    for d, bank_ in enumerate(crops.banks):
-        rows = crops.rows[d]
-        store_labels = np.asarray(_store_of(bank_).column("nuclei", "label"))[rows]
-        natives.append((crops.datasets[d], store_labels))
-    for spec in specs:
-        per_l, per_c = [], []
-        for name, native in natives:
-            lab, cand = translate(name, native, spec.name)
-            per_l.append(lab)
-            per_c.append(cand)
-        labels[spec.name] = torch.from_numpy(np.concatenate(per_l))
-        cands[spec.name] = torch.from_numpy(np.concatenate(per_c))
-    n = len(crops)
-    return TrainingData(
-        crops=bank, label_sets=specs, labels=labels, candidates=cands,
-        dataset_index=torch.from_numpy(crops.dataset_index.copy()), dataset_names=list(crops.datasets),
-        split=splits if splits is not None else torch.zeros(n, dtype=torch.int64),
-    )
-
-
-def _store_of(bank):
-    from nucdata.store import Store
-
-    return Store(bank.path.parent.parent)

@@ -9,6 +9,7 @@ ImageNet weights are loaded only from a local file the user names (no hub access
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -34,6 +35,8 @@ class SmallCNN(nn.Module):
 
 
 class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a residual connection (ResNet-18/34)."""
+
     expansion = 1
 
     def __init__(self, cin: int, cout: int, stride: int = 1):
@@ -50,6 +53,8 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
+    """1x1-3x3-1x1 convolutions with a residual connection (ResNet-50/101)."""
+
     expansion = 4
 
     def __init__(self, cin: int, cout: int, stride: int = 1):
@@ -98,27 +103,67 @@ class ResNet(nn.Module):
         return self.pool(self.stages(self.stem(x)))
 
 
-ENCODERS = {
+ENCODERS: dict[str, Callable[[int], nn.Module]] = {
     "small": lambda c: SmallCNN(c),
     "resnet18": lambda c: ResNet(BasicBlock, (2, 2, 2, 2), c),
     "resnet50": lambda c: ResNet(Bottleneck, (3, 4, 6, 3), c),
 }
 
 
+def torchvision_key(key: str) -> str:
+    """Map a torchvision ResNet state-dict key to this module's naming.
+
+    ``conv1``/``bn1`` -> ``stem.0``/``stem.1``, ``layerN.i`` -> ``stages.(N-1).i``,
+    ``downsample`` -> ``shortcut``; a ``module.`` prefix (DataParallel) is dropped.
+    Keys already in this naming pass through unchanged.
+    """
+    key = key.removeprefix("module.")
+    if key.startswith("conv1."):
+        return "stem.0." + key[len("conv1."):]
+    if key.startswith("bn1."):
+        return "stem.1." + key[len("bn1."):]
+    if key.startswith("layer") and key[5:6].isdigit():
+        stage = int(key[5]) - 1
+        key = f"stages.{stage}" + key[6:]
+        return key.replace(".downsample.", ".shortcut.")
+    return key
+
+
 def build_encoder(name: str, in_channels: int = 3, weights: str | os.PathLike[str] | None = None) -> nn.Module:
     """An encoder by name (``small``, ``resnet18``, ``resnet50``).
 
-    ``weights`` is a local ``.pt`` state dict (e.g. converted ImageNet weights); keys
-    that do not fit (the stem of a 7x7 ImageNet model, a 4-channel input) are skipped
-    and reported.
+    Parameters
+    ----------
+    name
+        Encoder name, a key of :data:`ENCODERS`.
+    in_channels
+        3 (RGB) or 4 (RGB + nucleus mask).
+    weights
+        Optional local file with a state dict (e.g. ImageNet weights saved from
+        torchvision: its key names are translated by :func:`torchvision_key`; a
+        ``{"state_dict": ...}`` wrapper is unwrapped). Nothing is downloaded. Keys that
+        do not fit (the 7x7 ImageNet stem, a 4-channel input, the 1000-class ``fc``) are
+        skipped and listed in ``encoder.skipped_weights``.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name, or a weights file of which no tensor fits.
     """
     if name not in ENCODERS:
         raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
     model = ENCODERS[name](in_channels)
+    model.skipped_weights = []  # type: ignore[attr-defined]
     if weights is not None:
         state = torch.load(weights, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
         own = model.state_dict()
-        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        renamed = {torchvision_key(k): (k, v) for k, v in state.items()}
+        usable = {k: v for k, (_, v) in renamed.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
+        if not usable:
+            raise ValueError(f"{weights}: no tensor fits encoder {name!r} ({len(state)} keys, none matching); "
+                             f"pass a state dict of a {name} network")
         model.load_state_dict(usable, strict=False)
-        model.skipped_weights = sorted(set(state) - set(usable))  # type: ignore[attr-defined]
+        model.skipped_weights = sorted(orig for k, (orig, _) in renamed.items() if k not in usable)  # type: ignore[attr-defined]
     return model

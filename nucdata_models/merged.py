@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import from_crop_dataset
+from .bridge import from_crop_dataset
 from .metrics import classification_metrics
 from .train import CrossTrainer, TrainConfig
 

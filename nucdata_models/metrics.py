@@ -1,40 +1,68 @@
-"""Classification metrics per label set: accuracy, macro F1, weighted F1.
+"""Classification metrics per label set: accuracy, macro F1, weighted F1 (numpy only).
 
-Weighted F1 weighs each class by its **true** count (support). The reference code calls
-``f1_score(y_pred, y_true)``, which weighs by predicted counts; that variant is
-available as ``weighted_f1_swapped`` for comparison with the published numbers.
+Weighted F1 weighs each class's F1 by its **true** count (support), as
+``sklearn.metrics.f1_score(y_true, y_pred, average="weighted")`` does. The reference
+code calls ``f1_score(y_pred, y_true, ...)``, which weighs by the **predicted** counts;
+that variant is reported as ``weighted_f1_swapped`` to compare with published numbers.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["classification_metrics", "confusion_matrix", "per_class_f1"]
 
-def per_class_f1(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> np.ndarray:
-    f1 = np.zeros(n)
-    for c in range(n):
-        tp = np.sum((y_pred == c) & (y_true == c))
-        fp = np.sum((y_pred == c) & (y_true != c))
-        fn = np.sum((y_pred != c) & (y_true == c))
-        f1[c] = 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else 0.0
-    return f1
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """``(n_classes, n_classes)`` counts, rows = truth, columns = prediction."""
+    y_true = np.asarray(y_true, np.int64)
+    y_pred = np.asarray(y_pred, np.int64)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true and y_pred differ in shape: {y_true.shape} vs {y_pred.shape}")
+    if y_true.size and (min(y_true.min(), y_pred.min()) < 0 or max(y_true.max(), y_pred.max()) >= n_classes):
+        raise ValueError(f"class ids must lie in [0, {n_classes})")
+    return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def per_class_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """F1 of each class, 2 TP / (2 TP + FP + FN); 0 for a class never seen nor predicted."""
+    cm = confusion_matrix(y_true, y_pred, n_classes)
+    tp = np.diag(cm).astype(np.float64)
+    denominator = cm.sum(0) + cm.sum(1)  # (TP + FP) + (TP + FN)
+    return np.divide(2 * tp, denominator, out=np.zeros(n_classes), where=denominator > 0)
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, float]:
-    """Accuracy, macro F1 (over classes present in truth or prediction), weighted F1."""
+    """Accuracy, macro F1, weighted F1 (true counts) and the swapped variant.
+
+    Parameters
+    ----------
+    y_true, y_pred
+        Class ids in ``[0, n_classes)``, one per nucleus.
+    n_classes
+        Size of the label set.
+
+    Returns
+    -------
+    dict
+        ``count``; ``accuracy``; ``macro_f1`` (mean over the classes present in truth
+        or prediction); ``weighted_f1`` (weights = true counts); ``weighted_f1_swapped``
+        (weights = predicted counts, the reference code's variant). NaN when empty.
+    """
     y_true = np.asarray(y_true, np.int64)
     y_pred = np.asarray(y_pred, np.int64)
     if y_true.size == 0:
-        return {"count": 0, "accuracy": float("nan"), "macro_f1": float("nan"), "weighted_f1": float("nan"),
-                "weighted_f1_swapped": float("nan")}
+        nan = float("nan")
+        return {"count": 0, "accuracy": nan, "macro_f1": nan, "weighted_f1": nan, "weighted_f1_swapped": nan}
+    cm = confusion_matrix(y_true, y_pred, n_classes)
     f1 = per_class_f1(y_true, y_pred, n_classes)
-    support = np.bincount(y_true, minlength=n_classes)[:n_classes]
-    predicted = np.bincount(y_pred, minlength=n_classes)[:n_classes]
+    support = cm.sum(1)
+    predicted = cm.sum(0)
     present = (support + predicted) > 0
     return {
         "count": int(y_true.size),
-        "accuracy": float(np.mean(y_true == y_pred)),
+        "accuracy": float(np.trace(cm) / y_true.size),
         "macro_f1": float(f1[present].mean()),
         "weighted_f1": float((f1 * support).sum() / support.sum()),
-        "weighted_f1_swapped": float((f1 * predicted).sum() / max(predicted.sum(), 1)),
+        "weighted_f1_swapped": float((f1 * predicted).sum() / predicted.sum()),
     }

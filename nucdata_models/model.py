@@ -2,18 +2,39 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
 from .data import LabelSetSpec
 from .encoders import build_encoder
 
+__all__ = ["BaseModel", "CorrelationHeads", "LOGIT_CLAMP"]
+
+LOGIT_CLAMP = 10.0  # the reference clamps logits to +-10
+
 
 class BaseModel(nn.Module):
-    """Shared encoder with one linear head per label set (stage A)."""
+    """Shared encoder with one linear head per label set (stage A).
+
+    Parameters
+    ----------
+    label_sets
+        The sets, in head order.
+    encoder
+        Encoder name (see :func:`.encoders.build_encoder`).
+    in_channels
+        3 or 4.
+    weights
+        Optional local file with encoder weights.
+
+    The forward pass returns per set the logits, clamped to +-10 like the reference so
+    one confident set cannot dominate the sum of losses.
+    """
 
     def __init__(self, label_sets: list[LabelSetSpec], encoder: str = "small", in_channels: int = 3,
-                 weights: str | None = None):
+                 weights: str | os.PathLike[str] | None = None):
         super().__init__()
         self.names = [s.name for s in label_sets]
         self.encoder = build_encoder(encoder, in_channels, weights)
@@ -21,16 +42,23 @@ class BaseModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.encoder(x)
-        # Clamped like the reference code, so confident sets cannot dominate the loss.
-        return {name: self.heads[name](features).clamp(-10, 10) for name in self.names}
+        return {name: self.heads[name](features).clamp(-LOGIT_CLAMP, LOGIT_CLAMP) for name in self.names}
 
 
 class CorrelationHeads(nn.Module):
-    """Per label set k, an MLP predicting k from the other sets' probabilities (stage B)."""
+    """Per label set k, an MLP predicting k from the other sets' outputs (stage B).
+
+    ``Linear(sum of the other sets' sizes, hidden) -> BatchNorm -> ReLU -> Linear(hidden,
+    n_k)``, as in the reference. What feeds it is the caller's choice (the trainer's
+    ``correlation_input``): the base module's per-set probabilities (default; bounded
+    and comparable across sets) or its raw logits (the reference's choice).
+    """
 
     def __init__(self, label_sets: list[LabelSetSpec], hidden: int = 128):
         super().__init__()
         self.names = [s.name for s in label_sets]
+        if len(self.names) < 2:
+            raise ValueError("correlation heads need at least two label sets")
         sizes = {s.name: s.size for s in label_sets}
         total = sum(sizes.values())
         self.heads = nn.ModuleDict({
@@ -39,9 +67,9 @@ class CorrelationHeads(nn.Module):
             for name in self.names
         })
 
-    def forward(self, probabilities: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = {}
         for name in self.names:
-            others = torch.cat([probabilities[o] for o in self.names if o != name], dim=1)
-            out[name] = self.heads[name](others).clamp(-10, 10)
+            others = torch.cat([inputs[o] for o in self.names if o != name], dim=1)
+            out[name] = self.heads[name](others).clamp(-LOGIT_CLAMP, LOGIT_CLAMP)
         return out

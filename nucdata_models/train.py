@@ -3,25 +3,34 @@
 * **A, base module** — shared encoder, one head per label set, per-set softmax. The loss
   is the partial-label loss on every set where the nucleus has information: exact
   labels (one candidate) and, going beyond the paper, ambiguous mappings (several
-  candidates). A set is never trained on nuclei outside it.
-* **B, correlation modules** — per set, an MLP predicting it from the other sets'
-  (detached) probabilities of the frozen base module.
+  candidates, ``-log`` of their probability mass). A set is never trained on nuclei
+  outside it (-2).
+* **B, correlation modules** — per set k, an MLP predicting k from the other sets'
+  outputs of the frozen base module: detached probabilities by default
+  (``correlation_input="logits"`` gives the reference's raw logits).
 * **C, cross-training** — both modules train jointly: supervised as in A and B, and each
   learns from the other's confident predictions (> ``threshold``) on the sets where a
-  nucleus's label is missing, unlabelled datasets included; pseudo labels respect the
-  candidate sets and never touch nuclei outside a set. Pseudo-label counts are logged
-  per set and epoch.
+  nucleus's label is missing, unlabelled datasets included. Pseudo labels are drawn
+  among a nucleus's candidates when it has some, never for nuclei outside a set, and
+  counted per set and epoch. The loss is the mean of the supervised terms plus the mean
+  of the pseudo-label terms, each over the terms that had nuclei (the reference also
+  averages in zeros for sets absent from the batch).
 * **Inference** — the mean of the two modules' probabilities; per nucleus and set the
   class, its probability and the full vector.
 
-Runs on the GPU with the crop bank resident on the device, augmentation on the device,
-bf16 autocast and channels-last; ``torch.compile`` on request; DistributedDataParallel
-when launched by ``torchrun``; everything also runs on the CPU.
+On CUDA the whole uint8 crop bank is moved to the device once; batches are index
+gathers into it, augmented on the device (:mod:`.augment`), under bf16 autocast and
+channels-last; the step has no host synchronisation (losses and pseudo-label counts
+accumulate on the device and are read once per epoch). ``torch.compile`` on request;
+DistributedDataParallel when launched by ``torchrun`` (``WORLD_SIZE`` > 1), each rank
+taking an equal share of every epoch's permutation. Everything also runs on the CPU,
+where a fixed ``seed`` gives bit-identical runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -33,19 +42,54 @@ import numpy as np
 import torch
 from torch import nn
 
-from .augment import augment, prepare
-from .checkpoint import label_set_meta, load_checkpoint, save_checkpoint
-from .data import TrainingData, candidate_mask
+from .augment import augmented_inputs, prepare
+from .checkpoint import CheckpointError, label_set_meta, load_checkpoint, save_checkpoint
+from .data import MISSING, LabelSetSpec, TrainingData, candidate_mask, target_bits
 from .losses import partial_label_loss, pseudo_labels
 from .metrics import classification_metrics
 from .model import BaseModel, CorrelationHeads
 
+__all__ = ["STAGES", "CrossTrainer", "Prediction", "Predictions", "Stage", "TrainConfig", "TrainResult",
+           "resolve_device"]
+
 STAGES = ("A", "B", "C")
+MODULES_OF_STAGE = {"A": "base", "B": "heads", "C": "both"}
+# Settings that change what is computed only on the machine, not the result.
+_RUNTIME_KEYS = ("device", "compile", "eval_batch_size", "score_truth")
 
 
 @dataclass
 class TrainConfig:
-    """Hyperparameters; defaults follow the reference (Adam, lr 1e-3 / 1e-3 / 1e-4, wd 1e-4)."""
+    """Hyperparameters and run settings.
+
+    Defaults follow the reference where it states them: Adam, lr 1e-3 (A, B) and 1e-4
+    (C), weight decay 1e-4, batch 128, gradient-norm clip 10, threshold 0.99. Epochs
+    default to 10 per stage (the reference runs 50).
+
+    Attributes
+    ----------
+    encoder
+        ``small``, ``resnet18`` or ``resnet50``.
+    weights
+        Optional local file with encoder weights (e.g. ImageNet); never downloaded.
+    epochs, lr
+        Per stage ``"A"``, ``"B"``, ``"C"``; 0 epochs skips a stage's training.
+    threshold
+        Pseudo labels need a probability strictly above it.
+    correlation_input
+        ``"probs"`` (detached probabilities) or ``"logits"`` (raw logits, the reference).
+    correlation_grad
+        In stage C, let the correlation heads' loss flow back into the base module
+        through their input (the reference does; off by default).
+    device
+        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``/``"cuda:N"``.
+    bf16, channels_last, compile
+        CUDA speed settings (bf16 autocast and channels-last apply on CUDA only).
+    drop_last
+        Drop each epoch's incomplete last batch (static shapes for ``compile``).
+    score_truth
+        When the data carry ``truth``, score the filled labels after every stage.
+    """
 
     encoder: str = "small"
     weights: str | None = None
@@ -53,17 +97,36 @@ class TrainConfig:
     batch_size: int = 128
     lr: dict[str, float] = field(default_factory=lambda: {"A": 1e-3, "B": 1e-3, "C": 1e-4})
     weight_decay: float = 1e-4
-    threshold: float = 0.99
     grad_clip: float = 10.0
+    threshold: float = 0.99
+    correlation_input: str = "probs"
+    correlation_grad: bool = False
+    hidden: int = 128
     augment: bool = True
+    jitter: float = 0.2
+    blur_p: float = 0.1
+    drop_last: bool = True
     device: str = "auto"
     seed: int = 0
-    bf16: bool = True  # on CUDA only
+    bf16: bool = True
     channels_last: bool = True
     compile: bool = False
     eval_batch_size: int = 1024
+    score_truth: bool = True
+
+    def __post_init__(self) -> None:
+        for stage in STAGES:
+            self.epochs.setdefault(stage, 0)
+            self.lr.setdefault(stage, 1e-4 if stage == "C" else 1e-3)
+        if self.correlation_input not in ("probs", "logits"):
+            raise ValueError(f"correlation_input must be 'probs' or 'logits', got {self.correlation_input!r}")
+        if not 0.0 <= self.threshold < 1.0:
+            raise ValueError(f"threshold must lie in [0, 1), got {self.threshold}")
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be at least 2 (batch normalisation)")
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready copy."""
         return dataclasses.asdict(self)
 
 
@@ -71,23 +134,58 @@ class TrainConfig:
 class Prediction:
     """Per nucleus under one label set: class, its probability and the full vector."""
 
-    label: torch.Tensor
-    probability: torch.Tensor
-    probs: torch.Tensor
+    label: torch.Tensor        # int64 (N,)
+    probability: torch.Tensor  # float32 (N,)
+    probs: torch.Tensor        # float32 (N, K)
+
+
+Predictions = dict[str, Prediction]
 
 
 @dataclass
 class TrainResult:
+    """What :meth:`CrossTrainer.fit` returns.
+
+    Attributes
+    ----------
+    history
+        One row per stage and epoch: ``stage``, ``epoch``, ``loss``, ``nuclei``,
+        ``seconds``, ``nuclei_per_s`` and, in stage C, ``pseudo_labels`` (per set, how
+        many passed the threshold in that epoch, both directions summed).
+    metrics
+        Stage -> set -> validation metrics (nuclei with a known label, ``split == 1``):
+        count, accuracy, macro F1, weighted F1 (true counts) and the swapped variant.
+    seconds
+        Stage -> training seconds (a reused stage reports its original time).
+    device
+        Where it ran.
+    filled
+        Stage -> set -> metrics of the filled labels against ``data.truth`` (nuclei
+        whose label is missing but whose truth is known); empty without truth.
+    reused
+        Stages taken from the checkpoint directory instead of trained.
+    """
+
     history: list[dict[str, Any]]
-    metrics: dict[str, dict[str, dict[str, float]]]  # stage -> set -> metric -> value
+    metrics: dict[str, dict[str, dict[str, float]]]
     seconds: dict[str, float]
     device: str
+    filled: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready copy."""
+        return dataclasses.asdict(self)
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else as given."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' asked for, but torch sees no CUDA device; use device='auto' or 'cpu'")
+    return device
 
 
 def _distributed() -> tuple[int, int]:
@@ -100,8 +198,62 @@ def _distributed() -> tuple[int, int]:
     return rank, world
 
 
+@dataclass
+class _Bank:
+    """The training data, resident on the device."""
+
+    crops: torch.Tensor
+    labels: dict[str, torch.Tensor]
+    candidates: dict[str, torch.Tensor]
+    targets: dict[str, torch.Tensor]
+    train_index: torch.Tensor
+
+
+@dataclass
+class Stage:
+    """One stage's trainable modules, optimiser and batch loss (see :meth:`CrossTrainer.stage`).
+
+    ``step(idx)`` runs one optimisation step on the nuclei ``idx`` (a device tensor of
+    bank rows) and returns the loss as a device tensor, without synchronising.
+    """
+
+    name: str
+    modules: list[nn.Module]
+    params: list[nn.Parameter]
+    optimiser: torch.optim.Optimizer
+    loss: Callable[[torch.Tensor], torch.Tensor]
+    grad_clip: float
+    pseudo: dict[str, torch.Tensor] | None = None
+
+    def train(self) -> None:
+        for module in self.modules:
+            module.train()
+
+    def step(self, idx: torch.Tensor) -> torch.Tensor:
+        loss = self.loss(idx)
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        self.optimiser.step()
+        return loss.detach()
+
+
 class CrossTrainer:
-    """Trains the base and correlation modules on :class:`TrainingData` and predicts."""
+    """Trains the base and correlation modules on :class:`TrainingData` and predicts.
+
+    Parameters
+    ----------
+    config
+        Hyperparameters and run settings; defaults when ``None``.
+
+    Examples
+    --------
+    >>> trainer = CrossTrainer(TrainConfig(epochs={"A": 5, "B": 5, "C": 5}))  # doctest: +SKIP
+    >>> result = trainer.fit(data, workdir="runs/x", progress=print)          # doctest: +SKIP
+    >>> predictions = trainer.predict(data.crops, data.candidates)           # doctest: +SKIP
+    >>> predictions["pannuke"].label, predictions["pannuke"].probability     # doctest: +SKIP
+    """
 
     def __init__(self, config: TrainConfig | None = None):
         self.config = config or TrainConfig()
@@ -109,249 +261,336 @@ class CrossTrainer:
         self.rank, self.world = _distributed()
         if self.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
         self.base: BaseModel | None = None
         self.heads: CorrelationHeads | None = None
-        self.label_sets: list = []
+        self.label_sets: list[LabelSetSpec] = []
         self.in_channels = 3
         self.crop_size = 0
+        self.mpp: float | None = None
+        self.metrics: dict[str, dict[str, dict[str, float]]] = {}
+        self.meta: dict[str, Any] = {}
+        self._bank: _Bank | None = None
+        self.generator: torch.Generator | None = None
 
     # -- set-up ------------------------------------------------------------------------
-    def _build(self, data: TrainingData) -> None:
+    def build(self, label_sets: list[LabelSetSpec], in_channels: int, crop_size: int,
+              weights: str | os.PathLike[str] | None = None) -> None:
+        """Create fresh modules (seeded) for these label sets and crops."""
         torch.manual_seed(self.config.seed)
-        self.label_sets = list(data.label_sets)
-        self.in_channels = int(data.crops.shape[1])
-        self.crop_size = int(data.crops.shape[-1])
-        self.base = BaseModel(self.label_sets, self.config.encoder, self.in_channels, self.config.weights).to(self.device)
-        self.heads = CorrelationHeads(self.label_sets).to(self.device)
-        if self.config.channels_last and self.device.type == "cuda":
+        self.label_sets = list(label_sets)
+        self.in_channels = int(in_channels)
+        self.crop_size = int(crop_size)
+        self.base = BaseModel(self.label_sets, self.config.encoder, self.in_channels, weights).to(self.device)
+        self.heads = CorrelationHeads(self.label_sets, self.config.hidden).to(self.device)
+        if self._channels_last:
             self.base = self.base.to(memory_format=torch.channels_last)
+
+    def setup(self, data: TrainingData) -> None:
+        """Build the modules and move the data to the device (once, as one uint8 bank)."""
+        self.build(data.label_sets, data.crops.shape[1], data.crops.shape[-1], self.config.weights)
+        self.mpp = data.mpp
+        dev = self.device
+        crops = data.crops.to(dev, non_blocking=True)
+        labels = {k: data.labels[k].to(dev) for k in data.names}
+        cands = {k: data.candidates[k].to(dev) for k in data.names}
+        targets = {k: target_bits(labels[k], cands[k]) for k in data.names}
+        train_index = torch.nonzero(data.split.to(dev) == 0).flatten()
+        self._bank = _Bank(crops, labels, cands, targets, train_index)
+        self.generator = torch.Generator(device=dev)
+        self.generator.manual_seed(self.config.seed)
+
+    @property
+    def _channels_last(self) -> bool:
+        return self.config.channels_last and self.device.type == "cuda"
 
     def _autocast(self):
         enabled = self.config.bf16 and self.device.type == "cuda"
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
-    def _inputs(self, crops: torch.Tensor, train: bool, generator: torch.Generator | None) -> torch.Tensor:
-        x = augment(crops, generator) if (train and self.config.augment) else prepare(crops)
-        if self.config.channels_last and self.device.type == "cuda":
+    def inputs(self, crops: torch.Tensor, train: bool) -> torch.Tensor:
+        """uint8 crops (on the device) to network input, augmented when ``train``."""
+        if train and self.config.augment:
+            x = augmented_inputs(crops, self.generator, self.config.jitter, self.config.blur_p)
+        else:
+            x = prepare(crops)
+        if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
-
-    def _batches(self, index: torch.Tensor, generator: torch.Generator) -> list[torch.Tensor]:
-        order = index[torch.randperm(index.numel(), generator=generator, device=index.device)]
-        if self.world > 1:  # each rank takes its own stride; equal lengths keep DDP in step
-            order = order[: order.numel() // self.world * self.world][self.rank :: self.world]
-        b = self.config.batch_size
-        return [order[i : i + b] for i in range(0, order.numel(), b) if order[i : i + b].numel() > 1]
 
     def _forward_base(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
         with self._autocast():
             out = model(x)
         return {k: v.float() for k, v in out.items()}
 
+    def _head_inputs(self, logits: dict[str, torch.Tensor], detach: bool) -> dict[str, torch.Tensor]:
+        if self.config.correlation_input == "logits":
+            feed = logits
+        else:
+            feed = {k: v.softmax(1) for k, v in logits.items()}
+        return {k: v.detach() for k, v in feed.items()} if detach else feed
+
     def _wrap(self, module: nn.Module) -> nn.Module:
+        if (self.world > 1 and self.device.type == "cuda"  # batch statistics over every rank's share
+                and not any(isinstance(m, nn.SyncBatchNorm) for m in module.modules())):
+            module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
         if self.config.compile:
             module = torch.compile(module)
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            if self.device.type == "cuda":  # batch statistics over every rank's share
-                module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
             module = nn.parallel.DistributedDataParallel(module, device_ids=ids)
         return module
 
-    # -- training ----------------------------------------------------------------------
-    def fit(
-        self,
-        data: TrainingData,
-        workdir: str | os.PathLike[str] | None = None,
-        progress: Callable[[str], None] | None = None,
-    ) -> TrainResult:
-        """Run stages A, B and C; a finished stage's checkpoint in ``workdir`` is reused."""
-        say = progress or (lambda _m: None)
-        self._build(data)
-        crops = data.crops.to(self.device)  # the whole bank lives on the device
-        labels = {k: v.to(self.device) for k, v in data.labels.items()}
-        cands = {k: v.to(self.device) for k, v in data.candidates.items()}
-        train_idx = torch.nonzero(data.split.to(self.device) == 0).flatten()
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(self.config.seed)
-        history: list[dict[str, Any]] = []
-        metrics: dict[str, dict[str, dict[str, float]]] = {}
-        seconds: dict[str, float] = {}
-        folder = Path(workdir) if workdir is not None else None
-        for stage in STAGES:
-            ckpt = folder / f"stage_{stage}.pt" if folder else None
-            if ckpt is not None and ckpt.is_file() and self._resume(ckpt, stage):
-                say(f"stage {stage}: reusing {ckpt}")
-                meta = load_checkpoint(ckpt, self.label_sets)[1]
-                history += meta.get("history", [])
-                metrics[stage] = meta.get("metrics", {})
-                seconds[stage] = meta.get("seconds", 0.0)
-                continue
-            start = time.perf_counter()
-            run = {"A": self._stage_a, "B": self._stage_b, "C": self._stage_c}[stage]
-            stage_history = run(crops, labels, cands, train_idx, generator, say)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds[stage] = time.perf_counter() - start
-            metrics[stage] = self.evaluate(data, stage)
-            history += stage_history
-            say(f"stage {stage}: {seconds[stage]:.1f} s; validation " + ", ".join(
-                f"{k} acc {v['accuracy']:.3f}" for k, v in metrics[stage].items() if v["count"]))
-            if ckpt is not None and self.rank == 0:
-                self.save(ckpt, extra={"stage": stage, "history": stage_history, "metrics": metrics[stage],
-                                       "seconds": seconds[stage]})
-        return TrainResult(history, metrics, seconds, str(self.device))
+    def batches(self, index: torch.Tensor) -> list[torch.Tensor]:
+        """One epoch's batches of bank rows: a seeded permutation, this rank's share."""
+        order = index[torch.randperm(index.numel(), generator=self.generator, device=index.device)]
+        if self.world > 1:  # each rank takes its own stride; equal lengths keep DDP in step
+            order = order[: order.numel() // self.world * self.world][self.rank :: self.world]
+        b = self.config.batch_size
+        n = order.numel()
+        if self.config.drop_last and n >= b:
+            n = n // b * b
+        return [order[i : i + b] for i in range(0, n, b) if min(b, n - i) > 1]
 
-    def _resume(self, ckpt: Path, stage: str) -> bool:
-        state, meta = load_checkpoint(ckpt, self.label_sets, map_location=self.device)
-        if meta.get("config") != self.config.to_dict() or meta.get("stage") != stage:
+    # -- the three stages --------------------------------------------------------------
+    def stage(self, name: str) -> Stage:
+        """The trainable modules, optimiser and batch loss of stage ``name``.
+
+        Call :meth:`setup` first. Used by :meth:`fit` and by the throughput benchmark,
+        so both time the same code.
+        """
+        if self._bank is None or self.base is None or self.heads is None:
+            raise RuntimeError("call setup(data) before stage()")
+        bank, names = self._bank, self.base.names
+        lr = self.config.lr[name]
+
+        def optimiser(params: list[nn.Parameter]) -> torch.optim.Optimizer:
+            return torch.optim.Adam(params, lr=lr, weight_decay=self.config.weight_decay)
+
+        def mean(terms: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+            # Mean over the terms that had nuclei; empty terms are 0 but stay in the
+            # graph, so every parameter takes part in every step (DDP stays in step).
+            used = torch.stack([(c > 0).float() for _, c in terms]).sum()
+            return torch.stack([loss for loss, _ in terms]).sum() / used.clamp_min(1)
+
+        if name == "A":
+            base = self._wrap(self.base)
+
+            def loss_a(idx: torch.Tensor) -> torch.Tensor:
+                logits = self._forward_base(base, self.inputs(bank.crops[idx], True))
+                return mean([partial_label_loss(logits[s], bank.targets[s][idx]) for s in names])
+
+            params = list(self.base.parameters())
+            return Stage("A", [base], params, optimiser(params), loss_a, self.config.grad_clip)
+
+        if name == "B":
+            heads = self._wrap(self.heads)
+            base = self.base
+
+            def loss_b(idx: torch.Tensor) -> torch.Tensor:
+                base.eval()  # frozen: its outputs feed the correlation modules
+                with torch.no_grad():
+                    logits = self._forward_base(base, self.inputs(bank.crops[idx], True))
+                out = heads(self._head_inputs(logits, detach=True))
+                return mean([partial_label_loss(out[s], bank.targets[s][idx]) for s in names])
+
+            params = list(self.heads.parameters())
+            return Stage("B", [heads], params, optimiser(params), loss_b, self.config.grad_clip)
+
+        if name == "C":
+            base, heads = self._wrap(self.base), self._wrap(self.heads)
+            threshold = self.config.threshold
+            passed = {s: torch.zeros((), dtype=torch.int64, device=self.device) for s in names}
+
+            def loss_c(idx: torch.Tensor) -> torch.Tensor:
+                logits = self._forward_base(base, self.inputs(bank.crops[idx], True))
+                out = heads(self._head_inputs(logits, detach=not self.config.correlation_grad))
+                supervised, pseudo = [], []
+                for s in names:
+                    tgt, cand, lab = bank.targets[s][idx], bank.candidates[s][idx], bank.labels[s][idx]
+                    from_heads = pseudo_labels(out[s].softmax(1), cand, lab, threshold)
+                    from_base = pseudo_labels(logits[s].softmax(1), cand, lab, threshold)
+                    supervised += [partial_label_loss(logits[s], tgt), partial_label_loss(out[s], tgt)]
+                    pseudo += [partial_label_loss(logits[s], from_heads), partial_label_loss(out[s], from_base)]
+                    passed[s] += pseudo[-2][1] + pseudo[-1][1]
+                return mean(supervised) + mean(pseudo)
+
+            params = list(self.base.parameters()) + list(self.heads.parameters())
+            return Stage("C", [base, heads], params, optimiser(params), loss_c, self.config.grad_clip, passed)
+        raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
+
+    def _run_stage(self, name: str, say: Callable[[str], None]) -> list[dict[str, Any]]:
+        epochs = self.config.epochs[name]
+        if epochs <= 0:
+            return []
+        stage = self.stage(name)
+        history = []
+        for epoch in range(epochs):
+            stage.train()
+            if stage.pseudo is not None:
+                for v in stage.pseudo.values():
+                    v.zero_()
+            total = torch.zeros((), device=self.device)
+            steps = seen = 0
+            start = time.perf_counter()
+            for idx in self.batches(self._bank.train_index):
+                total += stage.step(idx)
+                steps += 1
+                seen += idx.numel()
+            loss = float(total) / max(steps, 1)  # the epoch's one synchronisation
+            seconds = time.perf_counter() - start
+            row: dict[str, Any] = {"stage": name, "epoch": epoch + 1, "loss": loss, "nuclei": seen * self.world,
+                                   "seconds": seconds, "nuclei_per_s": seen * self.world / max(seconds, 1e-9)}
+            text = f"stage {name} epoch {epoch + 1}/{epochs}: loss {loss:.4f}, {row['nuclei_per_s']:,.0f} nuclei/s"
+            if stage.pseudo is not None:
+                counts = {s: int(v) for s, v in stage.pseudo.items()}
+                if self.world > 1:
+                    t = torch.tensor(list(counts.values()), device=self.device)
+                    torch.distributed.all_reduce(t)
+                    counts = dict(zip(counts, t.tolist(), strict=True))
+                row["pseudo_labels"] = counts
+                text += "; pseudo labels " + ", ".join(f"{k} {v:,}" for k, v in counts.items())
+            say(text)
+            history.append(row)
+        return history
+
+    def fit(self, data: TrainingData, workdir: str | os.PathLike[str] | None = None,
+            progress: Callable[[str], None] | None = None) -> TrainResult:
+        """Run stages A, B and C.
+
+        Parameters
+        ----------
+        data
+            The training data (``split == 0`` trains, ``split == 1`` validates).
+        workdir
+            Optional folder: each finished stage's checkpoint is saved there
+            (``stage_A.pt`` ...) and reused on a rerun with the same data and the same
+            settings up to that stage; after a retrained stage, later ones retrain too.
+        progress
+            Optional callable receiving one line of text per epoch and stage.
+
+        Returns
+        -------
+        TrainResult
+        """
+        say = progress or (lambda _m: None)
+        self.setup(data)
+        result = TrainResult([], {}, {}, str(self.device))
+        folder = Path(workdir) if workdir is not None else None
+        fingerprint = _fingerprint(data)
+        trained_earlier = False
+        for name in STAGES:
+            ckpt = folder / f"stage_{name}.pt" if folder is not None else None
+            key = self._stage_key(name, fingerprint)
+            if ckpt is not None and not trained_earlier and ckpt.is_file() and self._resume(ckpt, key, say):
+                say(f"stage {name}: reusing {ckpt}")
+                meta = self.meta
+                result.history += meta.get("history", [])
+                result.metrics[name] = meta.get("metrics", {})
+                result.seconds[name] = meta.get("seconds", 0.0)
+                if meta.get("filled"):
+                    result.filled[name] = meta["filled"]
+                result.reused.append(name)
+                continue
+            trained_earlier = True
+            start = time.perf_counter()
+            history = self._run_stage(name, say)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            result.seconds[name] = time.perf_counter() - start
+            result.history += history
+            result.metrics[name] = self.evaluate(data, MODULES_OF_STAGE[name])
+            if self.config.score_truth and data.truth:
+                result.filled[name] = self.score_filled(data, MODULES_OF_STAGE[name])
+            self.metrics = result.metrics[name]
+            say(f"stage {name}: {result.seconds[name]:.1f} s; validation " + (", ".join(
+                f"{k} acc {v['accuracy']:.3f}" for k, v in result.metrics[name].items() if v["count"]) or "none"))
+            if ckpt is not None and self.rank == 0:
+                self.save(ckpt, extra={"stage": name, "stage_key": key, "history": history,
+                                       "metrics": result.metrics[name], "seconds": result.seconds[name],
+                                       "filled": result.filled.get(name, {})})
+        self.metrics = result.metrics.get("C", {})
+        return result
+
+    def _stage_key(self, name: str, fingerprint: str) -> dict[str, Any]:
+        """What a stage's result depends on: the data and the settings of stages <= it."""
+        upto = STAGES[: STAGES.index(name) + 1]
+        config = {k: v for k, v in self.config.to_dict().items() if k not in _RUNTIME_KEYS}
+        config["epochs"] = {s: self.config.epochs[s] for s in upto}
+        config["lr"] = {s: self.config.lr[s] for s in upto}
+        return {"stage": name, "data": fingerprint, "config": config, "world": self.world}
+
+    def _resume(self, ckpt: Path, key: dict[str, Any], say: Callable[[str], None]) -> bool:
+        try:
+            state, meta = load_checkpoint(ckpt, self.label_sets, map_location=self.device)
+        except CheckpointError as exc:
+            say(f"stage {key['stage']}: not reusing {ckpt} ({exc})")
+            return False
+        if meta.get("stage_key") != key:
+            say(f"stage {key['stage']}: {ckpt} was trained on other data or settings; retraining")
             return False
         self.base.load_state_dict(state["base"])
         self.heads.load_state_dict(state["heads"])
+        if "rng" in state:
+            self.generator.set_state(state["rng"].cpu())
+        self.meta = meta
         return True
-
-    def _optimiser(self, params, stage: str) -> torch.optim.Optimizer:
-        return torch.optim.Adam(params, lr=self.config.lr[stage], weight_decay=self.config.weight_decay)
-
-    def _step(self, optimiser: torch.optim.Optimizer, loss: torch.Tensor, params) -> None:
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-        optimiser.step()
-
-    def _epochs(self, stage: str, modules: list[nn.Module], params: list, train_idx: torch.Tensor,
-                generator: torch.Generator, say: Callable[[str], None],
-                batch_loss: Callable[[torch.Tensor], torch.Tensor | None],
-                pseudo: dict[str, int] | None = None) -> list[dict[str, Any]]:
-        """The loop every stage shares: batches, loss, clipped Adam step, one log row per epoch."""
-        optimiser = self._optimiser(params, stage)
-        history = []
-        for epoch in range(self.config.epochs[stage]):
-            for module in modules:
-                module.train()
-            if pseudo is not None:
-                pseudo.update(dict.fromkeys(pseudo, 0))
-            total, steps, seen, t = 0.0, 0, 0, time.perf_counter()
-            for idx in self._batches(train_idx, generator):
-                loss = batch_loss(idx)
-                if loss is None:
-                    continue
-                self._step(optimiser, loss, params)
-                total += float(loss.detach())
-                steps += 1
-                seen += idx.numel()
-            history.append(self._log(stage, epoch, total, steps, seen, t, say,
-                                     pseudo=dict(pseudo) if pseudo is not None else None))
-        return history
-
-    @staticmethod
-    def _mean(terms: list[tuple[torch.Tensor, int]]) -> torch.Tensor | None:
-        """Mean of the terms that had nuclei; the empty ones (zero, but connected to their
-        head) are added so that every parameter takes part in every step, which keeps
-        DistributedDataParallel ranks in step."""
-        used = [loss for loss, count in terms if count]
-        idle = [loss for loss, count in terms if not count]
-        if not terms:
-            return None
-        zero = torch.stack(idle).sum() if idle else 0.0
-        return (torch.stack(used).mean() if used else 0.0) + zero
-
-    def _stage_a(self, crops, labels, cands, train_idx, generator, say) -> list[dict[str, Any]]:
-        base = self._wrap(self.base)
-
-        def batch_loss(idx: torch.Tensor) -> torch.Tensor | None:
-            logits = self._forward_base(base, self._inputs(crops[idx], True, generator))
-            return self._mean([partial_label_loss(logits[s], cands[s][idx]) for s in self.base.names])
-
-        return self._epochs("A", [base], list(self.base.parameters()), train_idx, generator, say, batch_loss)
-
-    def _stage_b(self, crops, labels, cands, train_idx, generator, say) -> list[dict[str, Any]]:
-        self.base.eval()  # frozen: its probabilities feed the correlation modules
-        heads = self._wrap(self.heads)
-
-        def batch_loss(idx: torch.Tensor) -> torch.Tensor | None:
-            with torch.no_grad():
-                logits = self._forward_base(self.base, self._inputs(crops[idx], True, generator))
-            out = heads({k: v.softmax(1) for k, v in logits.items()})
-            return self._mean([partial_label_loss(out[s], cands[s][idx]) for s in self.heads.names])
-
-        return self._epochs("B", [heads], list(self.heads.parameters()), train_idx, generator, say, batch_loss)
-
-    def _stage_c(self, crops, labels, cands, train_idx, generator, say) -> list[dict[str, Any]]:
-        base, heads = self._wrap(self.base), self._wrap(self.heads)
-        threshold = self.config.threshold
-        passed = dict.fromkeys(self.base.names, 0)
-
-        def batch_loss(idx: torch.Tensor) -> torch.Tensor | None:
-            logits = self._forward_base(base, self._inputs(crops[idx], True, generator))
-            probs = {k: v.softmax(1) for k, v in logits.items()}
-            out = heads({k: v.detach() for k, v in probs.items()})
-            terms = []
-            for s in self.base.names:
-                c, lab = cands[s][idx], labels[s][idx]
-                from_heads = pseudo_labels(out[s].softmax(1), c, lab, threshold)
-                from_base = pseudo_labels(probs[s], c, lab, threshold)
-                terms += [partial_label_loss(logits[s], c), partial_label_loss(out[s], c),
-                          partial_label_loss(logits[s], from_heads), partial_label_loss(out[s], from_base)]
-                passed[s] += int((from_heads != 0).sum()) + int((from_base != 0).sum())
-            return self._mean(terms)
-
-        params = list(self.base.parameters()) + list(self.heads.parameters())
-        return self._epochs("C", [base, heads], params, train_idx, generator, say, batch_loss, pseudo=passed)
-
-    def _log(self, stage: str, epoch: int, total: float, steps: int, seen: int, t: float,
-             say: Callable[[str], None], pseudo: dict[str, int] | None = None) -> dict[str, Any]:
-        seconds = time.perf_counter() - t
-        row = {"stage": stage, "epoch": epoch + 1, "loss": total / max(steps, 1), "nuclei": seen,
-               "seconds": seconds, "nuclei_per_s": seen / max(seconds, 1e-9)}
-        text = f"stage {stage} epoch {epoch + 1}: loss {row['loss']:.4f}, {row['nuclei_per_s']:,.0f} nuclei/s"
-        if pseudo is not None:
-            row["pseudo_labels"] = pseudo
-            text += "; pseudo labels " + ", ".join(f"{k} {v}" for k, v in pseudo.items())
-        say(text)
-        return row
 
     # -- inference ---------------------------------------------------------------------
     @torch.inference_mode()
     def predict(self, crops: torch.Tensor, candidates: dict[str, torch.Tensor] | None = None,
-                modules: str = "both") -> dict[str, Prediction]:
+                modules: str = "both") -> Predictions:
         """Predict every nucleus under every label set, in batches.
 
-        ``modules`` is ``"both"`` (the method's rule: mean of the two modules),
-        ``"base"`` or ``"heads"``. With ``candidates``, nuclei whose mapping is ambiguous
-        get a class among their candidates.
+        Parameters
+        ----------
+        crops
+            uint8 ``(N, C, S, S)`` on any device (moved batch by batch).
+        candidates
+            Optional per-set bitmasks: nuclei with candidates get a class among them.
+        modules
+            ``"both"`` (the method's rule: mean of the two modules' probabilities),
+            ``"base"`` or ``"heads"``.
+
+        Returns
+        -------
+        Predictions
+            Per set a :class:`Prediction` on the CPU.
         """
+        if self.base is None or self.heads is None:
+            raise RuntimeError("no model: call fit() or CrossTrainer.load() first")
+        if modules not in ("both", "base", "heads"):
+            raise ValueError(f"modules must be 'both', 'base' or 'heads', got {modules!r}")
+        if crops.dtype != torch.uint8 or crops.ndim != 4 or crops.shape[1] != self.in_channels:
+            raise ValueError(f"crops must be uint8 (N, {self.in_channels}, S, S) for this model, "
+                             f"got {tuple(crops.shape)} {crops.dtype}")
         self.base.eval()
         self.heads.eval()
-        results: dict[str, list[torch.Tensor]] = {s: [] for s in self.base.names}
+        names = self.base.names
+        parts: dict[str, list[torch.Tensor]] = {s: [] for s in names}
         b = self.config.eval_batch_size
         for start in range(0, crops.shape[0], b):
-            x = self._inputs(crops[start : start + b].to(self.device), False, None)
-            base_p = {k: v.softmax(1) for k, v in self._forward_base(self.base, x).items()}
-            head_p = {k: v.float().softmax(1) for k, v in self.heads(base_p).items()}
-            for s in self.base.names:
-                p = {"both": (base_p[s] + head_p[s]) / 2, "base": base_p[s], "heads": head_p[s]}[modules]
-                results[s].append(p.float().cpu())
-        out = {}
-        for s, parts in results.items():
-            probs = torch.cat(parts) if parts else torch.zeros(0, 0)
+            x = self.inputs(crops[start : start + b].to(self.device, non_blocking=True), False)
+            logits = self._forward_base(self.base, x)
+            base_p = {k: v.softmax(1) for k, v in logits.items()}
+            head_p = {k: v.float().softmax(1) for k, v in self.heads(self._head_inputs(logits, True)).items()}
+            for s in names:
+                parts[s].append({"both": (base_p[s] + head_p[s]) / 2, "base": base_p[s], "heads": head_p[s]}[modules])
+        out: Predictions = {}
+        sizes = {s.name: s.size for s in self.label_sets}
+        for s in names:
+            probs = torch.cat(parts[s]).float().cpu() if parts[s] else torch.zeros(0, sizes[s])
             choose = probs
-            if candidates is not None and probs.numel():
+            if candidates is not None and probs.shape[0]:
                 c = candidates[s].cpu()
-                mask = candidate_mask(c, probs.shape[1])
-                choose = torch.where((c != 0)[:, None], probs * mask, probs)
-            label = choose.argmax(1) if probs.numel() else torch.zeros(0, dtype=torch.int64)
-            probability = probs.gather(1, label[:, None])[:, 0] if probs.numel() else torch.zeros(0)
-            out[s] = Prediction(label, probability, probs)
+                choose = torch.where((c != 0)[:, None], probs * candidate_mask(c, probs.shape[1]), probs)
+            label = choose.argmax(1)
+            out[s] = Prediction(label, probs.gather(1, label[:, None])[:, 0], probs)
         return out
 
-    def evaluate(self, data: TrainingData, stage: str) -> dict[str, dict[str, float]]:
-        """Metrics per label set on validation nuclei with an exact label in that set."""
-        modules = {"A": "base", "B": "heads", "C": "both"}[stage]
+    def evaluate(self, data: TrainingData, modules: str = "both") -> dict[str, dict[str, float]]:
+        """Metrics per label set on validation nuclei (``split == 1``) with a known label."""
         val = torch.nonzero(data.split == 1).flatten()
-        if val.numel() == 0:
-            return {s.name: classification_metrics(np.zeros(0), np.zeros(0), s.size) for s in data.label_sets}
         preds = self.predict(data.crops[val], {k: v[val] for k, v in data.candidates.items()}, modules)
         result = {}
         for spec in data.label_sets:
@@ -360,28 +599,74 @@ class CrossTrainer:
             result[spec.name] = classification_metrics(truth[known], preds[spec.name].label.numpy()[known], spec.size)
         return result
 
+    def score_filled(self, data: TrainingData, modules: str = "both") -> dict[str, dict[str, float]]:
+        """Metrics of the filled labels (label missing, truth known) against ``data.truth``."""
+        result = {}
+        preds = None
+        for spec in data.label_sets:
+            truth = data.truth.get(spec.name)
+            if truth is None:
+                continue
+            if preds is None:
+                preds = self.predict(data.crops, data.candidates, modules)
+            sel = ((data.labels[spec.name] == MISSING) & (truth >= 0)).numpy()
+            result[spec.name] = classification_metrics(truth.numpy()[sel], preds[spec.name].label.numpy()[sel],
+                                                        spec.size)
+        return result
+
     # -- checkpoints -------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
+        """Write weights and their description (see :mod:`.checkpoint`), atomically."""
+        if self.base is None or self.heads is None:
+            raise RuntimeError("nothing to save: call fit() first")
         meta = {
             "label_sets": label_set_meta(self.label_sets), "encoder": self.config.encoder,
-            "in_channels": self.in_channels, "crop_size": self.crop_size, "config": self.config.to_dict(),
+            "in_channels": self.in_channels, "crop_size": self.crop_size, "mpp": self.mpp,
+            "config": self.config.to_dict(), "metrics": self.metrics, "torch": torch.__version__,
             **(extra or {}),
         }
-        return save_checkpoint(path, {"base": self.base.state_dict(), "heads": self.heads.state_dict()}, meta)
+        state: dict[str, Any] = {"base": _plain_state(self.base), "heads": _plain_state(self.heads)}
+        if self.generator is not None:
+            state["rng"] = self.generator.get_state()
+        return save_checkpoint(path, state, meta)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], label_sets: list, device: str = "auto") -> CrossTrainer:
-        """A trainer ready to predict, from a checkpoint checked against ``label_sets``."""
+    def load(cls, path: str | os.PathLike[str], label_sets: list[LabelSetSpec], device: str = "auto") -> CrossTrainer:
+        """A trainer ready to predict, from a checkpoint checked against ``label_sets``.
+
+        Raises
+        ------
+        CheckpointMismatchError
+            When the checkpoint was trained for other label sets (see
+            :func:`.checkpoint.load_checkpoint`).
+        """
         state, meta = load_checkpoint(path, label_sets)
         config = TrainConfig(**{k: v for k, v in meta["config"].items() if k in TrainConfig.__dataclass_fields__})
         config.device = device
         trainer = cls(config)
-        trainer.label_sets = list(label_sets)
-        trainer.in_channels = meta["in_channels"]
-        trainer.crop_size = meta["crop_size"]
-        trainer.base = BaseModel(trainer.label_sets, meta["encoder"], trainer.in_channels).to(trainer.device)
-        trainer.heads = CorrelationHeads(trainer.label_sets).to(trainer.device)
+        trainer.build(list(label_sets), meta["in_channels"], meta["crop_size"])
         trainer.base.load_state_dict(state["base"])
         trainer.heads.load_state_dict(state["heads"])
+        trainer.mpp = meta.get("mpp")
+        trainer.metrics = meta.get("metrics", {})
         trainer.meta = meta
         return trainer
+
+
+def _plain_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict without ``torch.compile`` / DDP prefixes, on the CPU."""
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
+def _fingerprint(data: TrainingData) -> str:
+    """A cheap digest of the data: shapes, label sets, every label and candidate, sampled crops."""
+    h = hashlib.sha256()
+    h.update(repr((tuple(data.crops.shape), [s.to_dict() for s in data.label_sets], data.dataset_names)).encode())
+    for name in data.names:
+        h.update(data.labels[name].cpu().numpy().tobytes())
+        h.update(data.candidates[name].cpu().numpy().tobytes())
+    h.update(data.split.cpu().numpy().astype(np.int64).tobytes())
+    step = max(1, len(data) // 512)
+    h.update(data.crops[::step].cpu().numpy().tobytes())
+    return h.hexdigest()[:24]
+

@@ -21,7 +21,11 @@ from ..readers.images import read_rgb
 from ..store import StoreWriter, nucleus_properties, relabel_sequential
 from .base import ConversionReport, Source, list_files, walk_dirs
 
-REQUIRED_KEYS = ("inst_map", "inst_type", "inst_centroid")
+REQUIRED_KEYS = ("inst_map", "type_map", "inst_type", "inst_centroid")
+CLASS_NAMES = {
+    1: "other", 2: "inflammatory", 3: "healthy epithelial", 4: "dysplastic/malignant epithelial",
+    5: "fibroblast", 6: "muscle", 7: "endothelial",
+}
 
 
 def read_label(path: Path) -> dict[str, np.ndarray]:
@@ -52,7 +56,10 @@ def read_label(path: Path) -> dict[str, np.ndarray]:
         )
     if centroids.shape[0] != n:
         raise MalformedAnnotationError(f"{path}: inst_centroid has {centroids.shape[0]} rows, inst_type {n}.")
-    return {"inst_map": inst, "inst_type": types, "inst_centroid": centroids}
+    type_map = np.asarray(data["type_map"]).astype(np.int64)
+    if type_map.shape != inst.shape:
+        raise MalformedAnnotationError(f"{path}: type_map {type_map.shape} and inst_map {inst.shape} differ in shape.")
+    return {"inst_map": inst, "type_map": type_map, "inst_type": types, "inst_centroid": centroids}
 
 
 def find_split_dirs(folder: Path) -> dict[str, tuple[Path, Path]]:
@@ -79,8 +86,10 @@ class CoNSeP(Source):
         report = ConversionReport(rules={
             "classes": "native code = inst_type of the nucleus id (1 other ... 7 endothelial)",
             "ids": "inst_map ids must be 1..N matching inst_type rows; other files are refused",
-            "centroids": "recomputed from inst_map; the files' inst_centroid is compared, not used",
+            "centroids": "recomputed from inst_map (mean pixel x, y; 0-based pixel centres); the files' inst_centroid is compared, not used",
+            "type_map": "not used for labels (inst_type is); nuclei whose type_map pixels disagree with inst_type are counted in extra",
         })
+        report.extra["classes"] = {str(k): v for k, v in CLASS_NAMES.items()}
         dirs = find_split_dirs(folder)
         missing = [s for s in ("train", "test") if s not in dirs]
         if missing:
@@ -89,6 +98,7 @@ class CoNSeP(Source):
                 "Extract consep.zip there (CoNSeP/Train, CoNSeP/Test)."
             )
         worst = 0.0
+        type_disagree = 0
         for split in ("train", "test"):
             image_dir, label_dir = dirs[split]
             labels = {p.stem: p for p in list_files(label_dir, (".mat",))}
@@ -113,6 +123,9 @@ class CoNSeP(Source):
                     diff = float(np.abs(ours - label["inst_centroid"][original - 1]).max())
                     worst = max(worst, diff)
                 report.regions[split] += int(label["inst_type"].size)
+                # A nucleus some of whose type_map pixels say another class than inst_type.
+                wrong = label["type_map"] != np.concatenate([[0], codes])[inst]
+                type_disagree += int(np.count_nonzero(np.bincount(inst[wrong], minlength=codes.size + 1)[1:]))
                 unknown = ~np.isin(codes, np.arange(1, 8))
                 if unknown.any():
                     report.dropped["unknown_type_codes_kept_unlabelled"] += int(unknown.sum())
@@ -122,6 +135,7 @@ class CoNSeP(Source):
                 if progress:
                     progress(f"[{split} {i}/{len(images)}] {image.stem}: {original.size} nuclei")
         report.extra["inst_centroid_max_difference_px"] = round(worst, 4)
+        report.extra["type_map_disagreeing_nuclei"] = type_disagree
         report.notes.append(f"largest |inst_centroid - computed centroid| over all nuclei: {worst:.4f} px")
         return report
 

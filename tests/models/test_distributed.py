@@ -12,10 +12,10 @@ import pytest
 SCRIPT = textwrap.dedent("""
     import torch
     from nucdata_models import CrossTrainer, TrainConfig
-    from nucdata_models.synthetic import make_world_data
+    from nucdata_models.synthetic import make_synthetic_data
 
     torch.set_num_threads(1)
-    data = make_world_data(per_dataset=50, size=16)
+    data = make_synthetic_data(per_dataset=50, size=16)
     trainer = CrossTrainer(TrainConfig(epochs={"A": 1, "B": 1, "C": 1}, batch_size=16))
     result = trainer.fit(data)
     # Every rank ends with the same weights: DDP averaged the gradients.
