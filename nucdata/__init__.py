@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0.dev0"
 
+from .cite import cite  # noqa: E402
 from .collate import collate  # noqa: E402
 from .crops import CropDataset, crop_loader  # noqa: E402
 from .dataset import NucleusDataset, load  # noqa: E402
@@ -40,7 +41,7 @@ from .registry import get_card, list_datasets  # noqa: E402
 from .store import Store  # noqa: E402
 
 __all__ = [
-    "CorruptArchiveError", "CountMismatchError", "CropDataset", "DatasetCollection", "collate",
+    "CorruptArchiveError", "CountMismatchError", "CropDataset", "DatasetCollection", "cite", "collate",
     "crop_loader", "load_many", "MergedData", "open_merged", "DatasetNotFoundError", "DownloadError",
     "HTMLInsteadOfArchiveError", "HashMismatchError", "InvalidArgumentError",
     "MalformedAnnotationError", "MissingFilesError", "NucdataError", "NucleusDataset",

@@ -47,10 +47,25 @@ def list_cmd(root: Path | None) -> None:
     """List the datasets and whether each is prepared."""
     from .prepare import is_prepared
 
+    click.echo(f"{'dataset':10s} {'state':9s} {'licence':18s} title")
     for name in list_datasets():
         card = get_card(name, root)
         state = "prepared" if is_prepared(name, root) else "-"
         click.echo(f"{name:10s} {state:9s} {card.licence:18s} {card.title}")
+
+
+@main.command()
+@click.argument("names", nargs=-1)
+@root_option
+def cite(names: tuple[str, ...], root: Path | None) -> None:
+    """BibTeX for datasets and the merging method (no NAME: every dataset and the method).
+
+    NAME is a dataset or `method` (Zhang et al., "Merging nucleus datasets by
+    correlation-based cross-training", Medical Image Analysis 2023). See docs/citing.md.
+    """
+    from .cite import cite as run
+
+    click.echo(run(*names, root=root), nl=False)
 
 
 @main.command()
@@ -114,6 +129,11 @@ def label_sets_cmd(name: str | None, source: str | None) -> None:
     """List the label sets, show one, or show a mapping table (--mapping DATASET)."""
     from .labelsets import MERGED_LABEL_SETS, label_set, list_label_sets, mapping
 
+    if name is None and source is not None:
+        raise click.UsageError(
+            f"--mapping {source} needs the target label set: nucdata label-sets NAME --mapping {source} "
+            "(`nucdata label-sets` lists the names)."
+        )
     if name is None:
         for ls_name in list_label_sets():
             ls = label_set(ls_name)
@@ -295,12 +315,14 @@ def build_merged(out: Path, datasets: str | None, label_sets: str, checkpoint: P
 
 @main.command()
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Use this folder as the demo's data home (default: a temporary folder).")
+              help="Use this folder as the demo's data home and keep it (default: $NUCDATA_HOME if set, "
+                   "else a temporary folder removed at the end).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the generated archives.")
 def demo(root: Path | None, seed: int) -> None:
     """Generate small archives in each native layout and run fetch, prepare and load on them.
 
-    No network is used: the archives go through the manual-download route.
+    No network is used: the archives go through the manual-download route. The last
+    lines print the `nucdata.load(...)` call that opens what was made.
     """
     from .demo.run import run_demo
 
