@@ -23,7 +23,8 @@ the box's longer side, centred on the box, resized to ``S``. Nuclei known only b
 
 The bank is rebuilt when its store is rebuilt: the store manifest's ``created`` and
 converter version are recorded in the bank's manifest and compared on every open.
-It is written into a hidden temporary folder and published by rename, under a lock.
+It is written into a hidden staging folder and published with
+:func:`nucdata.atomic.swap_dir`, under a lock.
 """
 
 from __future__ import annotations
@@ -31,8 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import atomic
 from .errors import InvalidArgumentError
 from .store import NpyStreamWriter, Store, dataset_lock
 
@@ -268,8 +268,8 @@ def build_bank(store: Store, size: int = 64, context: float | None = None, force
                     return bank
             except (OSError, json.JSONDecodeError, KeyError):
                 pass  # unreadable: cut it again below
-        tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
+        atomic.recover(folder)
+        tmp = atomic.staging_dir(folder)
         writer = NpyStreamWriter(tmp / "crops.npy", np.uint8)
         try:
             scales, origins = [], []
@@ -294,14 +294,11 @@ def build_bank(store: Store, size: int = 64, context: float | None = None, force
             manifest = {"version": BANK_VERSION, "size": size, "context": context, "count": n,
                         "resized": int((scale_all != 1).sum()), "box_masks": int((~has_mask).sum()),
                         "store": identity}
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.rename(tmp, folder)
+            atomic.atomic_write_json(tmp / "manifest.json", manifest)
+            atomic.swap_dir(tmp, folder, label="crops")
         finally:
             writer.abort()
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+            atomic.discard(tmp)
     return CropBank(folder)
 
 

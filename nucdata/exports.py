@@ -9,7 +9,6 @@ conventions (centroid and contour (x, y) at pixel centres; ``bbox`` as
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_write_json
 from .dataset import NucleusDataset
 from .geometry import box_outline, nucleus_outline
 
@@ -43,10 +43,7 @@ def _palette(n: int) -> list[list[int]]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:6]}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    atomic_write_json(path, data, indent=None)
 
 
 def _outline(ds: NucleusDataset, inst: np.ndarray, k: int, row: int) -> np.ndarray:

@@ -9,15 +9,15 @@ the card, and the store is published with its manifest written last.
 from __future__ import annotations
 
 import os
+import re
 import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import __version__
+from . import __version__, atomic
 from .archive import extract
 from .errors import CountMismatchError, MissingFilesError
 from .fetch import fetch
@@ -82,8 +82,11 @@ def prepare(
     final = dataset_dir / src.version
     say = progress or (lambda _msg: None)
     with dataset_lock(dataset_dir):
-        for stale in clean_stale(dataset_dir):
-            say(f"{card.name}: removed the leftovers of an interrupted run: {stale.name}")
+        for line in clean_stale(dataset_dir):
+            say(f"{card.name}: {line}")
+        for line in atomic.recover(work_dir(root) / card.name).lines():
+            say(f"{card.name}: {line} (extraction scratch)")
+        _remove_legacy_scratch(work_dir(root), card.name, say)
         if (final / MANIFEST).is_file() and not force and source is None:
             say(f"{card.name}: already prepared at {final}")
             return final
@@ -99,7 +102,7 @@ def prepare(
                 provenance: dict[str, Any] = {"kind": "folder", "path": str(folder), "verified": False}
             else:
                 files = fetch(card.name, root, check_hash=check_hash, allow_network=download, progress=say)
-                scratch = work_dir(root) / f"{card.name}-{uuid.uuid4().hex[:8]}"
+                scratch = atomic.staging_dir(work_dir(root) / card.name)
                 for f in files:
                     say(f"{card.name}: extracting {f.path.name}")
                     extract(f.path, scratch / card.file(f.path.name).role)
@@ -144,7 +147,18 @@ def prepare(
             return path
         finally:
             if scratch is not None:
-                shutil.rmtree(scratch, ignore_errors=True)
+                atomic.discard(scratch)
+
+
+def _remove_legacy_scratch(work: Path, name: str, say: Callable[[str], None]) -> None:
+    """Remove ``work/<name>-<8 hex>`` scratch of earlier development versions (under the lock)."""
+    if not work.is_dir():
+        return
+    pattern = re.compile(rf"{re.escape(name)}-[0-9a-f]{{8}}")
+    for child in work.iterdir():
+        if child.is_dir() and not child.is_symlink() and pattern.fullmatch(child.name):
+            shutil.rmtree(child, ignore_errors=True)
+            say(f"{name}: removed the extraction scratch of an interrupted run: {child.name}")
 
 
 def _counts(writer: StoreWriter) -> dict[str, Any]:

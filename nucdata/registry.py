@@ -19,6 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write_json
 from .errors import UnknownDatasetError
 from .home import manual_dir, registry_dir
 
@@ -159,10 +160,4 @@ def get_card(name: str, root: str | os.PathLike[str] | None = None) -> Card:
 
 def write_override(name: str, data: dict[str, Any], root: str | os.PathLike[str] | None = None) -> Path:
     """Write a local card override (used by the demo and by tests)."""
-    folder = registry_dir(root)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(registry_dir(root) / f"{name}.json", data)

@@ -16,9 +16,10 @@ the nucleus's pixel count and ``centroid`` the mean of its pixel coordinates
 (x, y; origin at the centre of the top-left pixel). ``bbox`` is ``(x0, y0, x1, y1)``
 in pixel indices with ``x1``/``y1`` exclusive.
 
-The writer builds into a hidden temporary folder beside the final one and
-publishes with a single ``rename`` after writing the manifest, so an interrupted
-conversion never leaves a half store; :func:`clean_stale` removes leftovers.
+The writer builds into a hidden staging folder beside the final one and
+publishes it with :func:`nucdata.atomic.swap_dir` after writing the manifest, so an
+interrupted conversion never leaves a half store and a replaced store survives a kill
+at any point; :func:`clean_stale` restores or removes what an interrupted run left.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import json
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,7 +38,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from . import atomic
 from .errors import StoreError, StoreLockedError
+from .faults import fault_point
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -154,8 +156,7 @@ class StoreWriter:
         self.final_dir = Path(final_dir)
         self.dataset = dataset
         self.converter_version = converter_version
-        self.final_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir = self.final_dir.parent / f".tmp-{self.final_dir.name}-{uuid.uuid4().hex[:8]}"
+        self.tmp_dir = atomic.staging_dir(self.final_dir)
         for sub in ("images", "nuclei", "pixels"):
             (self.tmp_dir / sub).mkdir(parents=True)
         self._rgb = NpyStreamWriter(self.tmp_dir / "pixels" / "rgb.npy", np.uint8)
@@ -333,16 +334,11 @@ class StoreWriter:
             },
             **manifest,
         }
-        tmp_manifest = self.tmp_dir / (MANIFEST + ".tmp")
-        tmp_manifest.write_text(json.dumps(manifest, indent=2, default=_json_default), encoding="utf-8")
-        os.replace(tmp_manifest, self.tmp_dir / MANIFEST)
-        old = None
-        if self.final_dir.exists():  # a rebuild: swap, then remove the previous store
-            old = self.final_dir.parent / f".old-{self.final_dir.name}-{uuid.uuid4().hex[:8]}"
-            os.rename(self.final_dir, old)
-        os.rename(self.tmp_dir, self.final_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        fault_point("store:columns-written")
+        atomic.atomic_write_json(self.tmp_dir / MANIFEST, manifest, default=_json_default)
+        fault_point("store:manifest-written")
+        # a rebuild: the old store is moved aside, the new one renamed in, the old removed
+        atomic.swap_dir(self.tmp_dir, self.final_dir, label="store")
         self.published = True
         return self.final_dir
 
@@ -354,7 +350,7 @@ class StoreWriter:
         if not self.published:
             self._rgb.abort()
             self._inst.abort()
-            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            atomic.discard(self.tmp_dir)
 
     @property
     def images(self) -> dict[str, list[Any]]:
@@ -380,15 +376,32 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def clean_stale(dataset_dir: Path) -> list[Path]:
-    """Remove temporary folders left by interrupted conversions; return what was removed."""
-    removed = []
+def is_complete(folder: Path) -> bool:
+    """Whether ``folder`` holds a published store (its manifest is written last)."""
+    return (Path(folder) / MANIFEST).is_file()
+
+
+def clean_stale(dataset_dir: Path) -> list[str]:
+    """Repair what interrupted conversions left in ``dataset_dir``; return what was done.
+
+    Call under :func:`dataset_lock`. A store whose replacement was killed between
+    its two renames is restored from its complete old copy; staging and old
+    folders whose owner process is gone are removed (:func:`nucdata.atomic.recover`).
+    Folders named the way earlier development versions did (``.tmp-*``, ``.old-*``)
+    are removed too.
+
+    Returns
+    -------
+    list of str
+        One line per action, for the progress output.
+    """
+    lines = atomic.recover_all(dataset_dir, complete=is_complete).lines()
     if dataset_dir.is_dir():
         for child in dataset_dir.iterdir():
-            if child.is_dir() and child.name.startswith((".tmp-", ".old-")):
+            if child.is_dir() and child.name.startswith((".tmp-", ".old-")):  # earlier naming
                 shutil.rmtree(child, ignore_errors=True)
-                removed.append(child)
-    return removed
+                lines.append(f"removed the leftovers of an interrupted run: {child.name}")
+    return lines
 
 
 @contextlib.contextmanager

@@ -72,7 +72,7 @@ def test_missing_key_names_file_and_key(home, tmp_path, key):
         nucdata.prepare("consep", source=folder, root=home, check_counts=False)
     assert _digest(folder) == before
     assert not is_prepared("consep", root=home)
-    assert not any((home / "stores" / "consep").glob(".tmp-*"))
+    assert not any((home / "stores" / "consep").glob(".*tmp-*"))
 
 
 def test_misaligned_ids_and_missing_folders(home, tmp_path):

@@ -185,7 +185,7 @@ def test_bank_is_reused_and_invalidated(home):
     assert bank.manifest["store"] == {"dataset": "tnbc", "created": ds.store.manifest["created"],
                                       "converter_version": ds.store.manifest["converter_version"]}
     assert bank.path.parent == ds.store.path / "crops" and bank.store_path == ds.store.path
-    assert not list(bank.path.parent.glob(".tmp-*"))
+    assert not list(bank.path.parent.glob(".*tmp-*"))
     mtime = (bank.path / "crops.npy").stat().st_mtime_ns
     assert (build_bank(ds.store, 16).path / "crops.npy").stat().st_mtime_ns == mtime
     assert build_bank(ds.store, 24).path != bank.path  # other parameters, other bank

@@ -183,7 +183,7 @@ def test_bad_folds_raise_typed_errors_and_publish_nothing(home, tmp_path):
     assert _digest(folder) == before
     assert not is_prepared("pannuke", root=home)
     assert not any((home / "stores" / "pannuke").glob("*/manifest.json"))
-    assert not any((home / "stores" / "pannuke").glob(".tmp-*"))
+    assert not any((home / "stores" / "pannuke").glob(".*tmp-*"))
 
 
 def test_negative_ids_are_refused(home, tmp_path):
