@@ -213,3 +213,14 @@ def test_class_codes_agree_with_label_sets():
     from nucdata.labelsets import native_vocabulary
 
     assert {name.lower(): code for code, name, _ in native_vocabulary("monusac")} == source.CLASS_CODES
+
+
+def test_epithelial_is_ambiguous_under_pannuke(home):
+    """Moved from the former pair module: MoNuSAC 'Epithelial' is Neoplastic or Epithelial in PanNuke."""
+    install("monusac", home)
+    nucdata.prepare("monusac", root=home)
+    pannuke = nucdata.load("monusac", label_set="pannuke", root=home)
+    epithelial = pannuke.nuclei.native_label.values == 1
+    assert epithelial.any()
+    assert (pannuke.nuclei.label.values[epithelial] == -1).all()  # neoplastic or epithelial
+    assert (pannuke.nuclei.candidates.values[epithelial] == 0b10001).all()

@@ -215,3 +215,17 @@ def test_realdata_gt_codes(realdata):
     assert {g: c for g, c in codes.items() if g not in fov} == source.GT_CODES
     assert {name: code for code, name, _ in native_vocabulary("nucls")} == source.GT_CODES
     assert set(source.HIERARCHY) == set(source.GT_CODES)
+
+
+def test_label_set_and_slide_disjoint_folds(home):
+    """Moved from the former pair module: 'unlabeled' has no class in the nucls label set."""
+    install("nucls", home)
+    nucdata.prepare("nucls", root=home)
+    ds = nucdata.load("nucls", root=home)
+    assert "main_classification" in ds.nuclei and "super_classification" in ds.nuclei
+    train = nucdata.load("nucls", split="fold1/train", root=home)
+    test = nucdata.load("nucls", split="fold1/test", root=home)
+    assert not set(train.images.slide.values) & set(test.images.slide.values)
+    under = nucdata.load("nucls", label_set="nucls", root=home)
+    unlabeled = under.nuclei.native_label.values == 99
+    assert unlabeled.any() and (under.nuclei.label.values[unlabeled] == -1).all()

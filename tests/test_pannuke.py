@@ -51,6 +51,8 @@ def test_download_convert_and_geometry(prepared, home):
     ds = nucdata.load("pannuke", root=home)
     m = ds.manifest
     assert m["count_check"] == "passed"  # images, annotations per split and classes vs the demo card
+    assert m["pixels"]["layout"] == "stacked"
+    assert ds.images.tissue.values[0] == "Breast"
     assert m["counts"]["images"] == {**archives.expected["images"], "total": 18}
     assert m["counts"]["classes"] == archives.expected["classes"]
     assert m["annotations_read"] == archives.expected["regions"]
@@ -102,7 +104,7 @@ def test_rotations(prepared, home):
             ds = nucdata.load("pannuke", split=f"rotation{r}/{part}", root=home)
             assert len(ds) == sizes[fold]
             assert set(ds.images.split.values.tolist()) == {fold}
-    with pytest.raises(nucdata.InvalidArgumentError):
+    with pytest.raises(nucdata.InvalidArgumentError, match="rotation1/val"):  # lists the valid ones
         nucdata.load("pannuke", split="rotation4/train", root=home)
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..sources.imagescope_pairs import KUMAR_STEMS
 from . import DemoArchives
 from . import monuseg as _monuseg
+from .monuseg import KUMAR
 from .world import World
 
 
@@ -23,11 +23,12 @@ def generate(folder: Path, rng: np.random.Generator, world: World | None = None,
     with zipfile.ZipFile(train_zip) as zf:
         for info in zf.infolist():
             stem = Path(info.filename).stem
-            if info.filename.endswith(".xml") and stem in KUMAR_STEMS and "__MACOSX" not in info.filename:
+            if info.filename.endswith(".xml") and stem in KUMAR and "__MACOSX" not in info.filename:
                 regions += zf.read(info).count(b"<Region ")
     return DemoArchives(
         "kumar", [train_zip], {train_zip.name: "train"},
-        {"images": {"train": 16, "test_same_organ": 8, "test_different_organ": 6},
+        {"images": {part: sum(1 for v in KUMAR.values() if v == part)
+                    for part in ("train", "test_same_organ", "test_different_organ")},
          "regions": {"all": regions}},
-        {stem: t for stem, t in monuseg.truth.items() if stem in KUMAR_STEMS},
+        {stem: t for stem, t in monuseg.truth.items() if stem in KUMAR},
     )

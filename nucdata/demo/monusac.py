@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..readers.imagescope import polygon_area
 from . import DemoArchives, scratch_folder, zip_tree
-from .synth import draw_filled, ellipse_polygon, paint, place_nuclei
+from .synth import draw_filled, ellipse_polygon, paint, place_nuclei, shoelace_area
 from .world import STAIN_SHIFT, World
 
 CLASSES = ["Epithelial", "Lymphocyte", "Neutrophil", "Macrophage"]
@@ -55,7 +54,7 @@ def layered_xml(layers: dict[str, list[np.ndarray]], mpp: float, crlf: bool = Fa
         out.append("\t\t\t</RegionAttributeHeaders>")
         for region_id, poly in enumerate(polygons, 1):
             ring = np.round(poly).astype(int)
-            area = polygon_area(ring.astype(float))
+            area = shoelace_area(ring)
             out.append(
                 f'\t\t\t<Region Id="{region_id}" Type="0" Zoom="6.541201" Selected="0" ImageLocation="" '
                 f'ImageFocus="-1" Length="0.0" Area="{area:.1f}" LengthMicrons="0.0" '

@@ -13,11 +13,31 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..sources.imagescope_pairs import KUMAR_STEMS
 from . import DemoArchives, scratch_folder, zip_tree
 from .synth import draw_filled, ellipse_polygon, paint, place_nuclei
 from .world import STAIN_SHIFT, World
 
+#: Kumar 2017's 30 images (the classic MoNuSeg training set) by file stem, with the
+#: HoVer-Net 16 / 8 / 6 split they are used with (reference: datasets.md §6.4 for the
+#: full stems, §6.6 for the split). The generator keeps its own copy, transcribed
+#: from the published lists, so that a wrong list in the converter is caught.
+KUMAR: dict[str, str] = {
+    **dict.fromkeys([
+        "TCGA-18-5592-01Z-00-DX1", "TCGA-21-5784-01Z-00-DX1", "TCGA-38-6178-01Z-00-DX1",
+        "TCGA-50-5931-01Z-00-DX1", "TCGA-A7-A13E-01Z-00-DX1", "TCGA-AR-A1AK-01Z-00-DX1",
+        "TCGA-AR-A1AS-01Z-00-DX1", "TCGA-B0-5711-01Z-00-DX1", "TCGA-E2-A14V-01Z-00-DX1",
+        "TCGA-G9-6348-01Z-00-DX1", "TCGA-G9-6356-01Z-00-DX1", "TCGA-G9-6362-01Z-00-DX1",
+        "TCGA-G9-6363-01Z-00-DX1", "TCGA-HE-7128-01Z-00-DX1", "TCGA-HE-7129-01Z-00-DX1",
+        "TCGA-HE-7130-01Z-00-DX1"], "train"),
+    **dict.fromkeys([
+        "TCGA-21-5786-01Z-00-DX1", "TCGA-49-4488-01Z-00-DX1", "TCGA-A7-A13F-01Z-00-DX1",
+        "TCGA-CH-5767-01Z-00-DX1", "TCGA-E2-A1B5-01Z-00-DX1", "TCGA-G9-6336-01Z-00-DX1",
+        "TCGA-B0-5698-01Z-00-DX1", "TCGA-B0-5710-01Z-00-DX1"], "test_same_organ"),
+    **dict.fromkeys([
+        "TCGA-AY-A8YK-01A-01-TS1", "TCGA-DK-A2I6-01A-01-TS1", "TCGA-KB-A93J-01A-01-TS1",
+        "TCGA-NH-A8F7-01A-01-TS1", "TCGA-RD-A8N9-01A-01-TS1", "TCGA-G2-A2EK-01A-02-TSB"],
+        "test_different_organ"),
+}
 BONUS = ["TCGA-BC-A217-01Z-00-DX1", "TCGA-F9-A8NY-01Z-00-DX1", "TCGA-FG-A87N-01Z-00-DX1",
          "TCGA-MH-A561-01Z-00-DX1", "TCGA-UZ-A9PJ-01Z-00-DX1", "TCGA-UZ-A9PN-01Z-00-DX1",
          "TCGA-XS-A8TJ-01Z-00-DX1"]
@@ -94,7 +114,7 @@ def generate(folder: Path, rng: np.random.Generator, world: World | None = None,
         top = tmp / "train" / "MoNuSeg 2018 Training Data"
         (top / "Tissue Images").mkdir(parents=True)
         (top / "Annotations").mkdir()
-        for stem in sorted([*KUMAR_STEMS, *BONUS]):
+        for stem in sorted([*KUMAR, *BONUS]):
             rgb, xml, n, truth[stem] = image_pair(rng, stem, size, world=world, dataset=dataset)
             regions["train"] += n
             Image.fromarray(rgb).save(top / "Tissue Images" / f"{stem}.tif", compression="tiff_lzw")

@@ -19,11 +19,33 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..sources.nucls import GT_CODES, HIERARCHY
 from . import DemoArchives, scratch_folder, zip_tree
 from .synth import draw_filled, ellipse_polygon, paint, place_nuclei
 from .world import STAIN_SHIFT, World
 
+#: Mask channel-0 code of each raw class (``nucleus_GTcodes.csv``; datasets.md §5.5).
+#: The generator keeps its own copy, transcribed from the published table.
+CODES = {
+    "tumor": 1, "fibroblast": 2, "lymphocyte": 3, "plasma_cell": 4, "macrophage": 5,
+    "mitotic_figure": 6, "vascular_endothelium": 7, "myoepithelium": 8, "apoptotic_body": 9,
+    "neutrophil": 10, "ductal_epithelium": 11, "eosinophil": 12, "unlabeled": 99,
+}
+#: raw -> (main, super) classification (NuCLS ``NucleusCategories``; datasets.md §5.5).
+CLASSIFICATION = {
+    "tumor": ("tumor_nonMitotic", "tumor_any"),
+    "mitotic_figure": ("tumor_mitotic", "tumor_any"),
+    "fibroblast": ("nonTILnonMQ_stromal", "nonTIL_stromal"),
+    "vascular_endothelium": ("nonTILnonMQ_stromal", "nonTIL_stromal"),
+    "macrophage": ("macrophage", "nonTIL_stromal"),
+    "lymphocyte": ("lymphocyte", "sTIL"),
+    "plasma_cell": ("plasma_cell", "sTIL"),
+    "neutrophil": ("other_nucleus", "other_nucleus"),
+    "eosinophil": ("other_nucleus", "other_nucleus"),
+    "myoepithelium": ("other_nucleus", "other_nucleus"),
+    "ductal_epithelium": ("other_nucleus", "other_nucleus"),
+    "apoptotic_body": ("AMBIGUOUS", "AMBIGUOUS"),
+    "unlabeled": ("AMBIGUOUS", "AMBIGUOUS"),
+}
 #: slide -> (hospital, official fold whose test list holds it)
 SLIDES = {"TCGA-A2-A0SX-DX1": ("A2", 1), "TCGA-AR-A1AR-DX1": ("AR", 1),
           "TCGA-E2-A1B6-DX1": ("E2", 2), "TCGA-OL-A5D6-DX1": ("OL", 2)}
@@ -68,7 +90,7 @@ def fov(rng: np.random.Generator, slide: str, world: World | None, names: dict[i
         else:
             where = inst == i + 1
         raw = names[code]
-        main, sup = HIERARCHY[raw]
+        main, sup = CLASSIFICATION[raw]
         rows.append([str(i), raw, main, sup, kind, x0, y0, x1, y1,
                      ",".join(map(str, xs)), ",".join(map(str, ys))])
         mask[where] = (code, 1, i + 1)  # later annotations overwrite earlier ones
@@ -83,7 +105,7 @@ def generate(folder: Path, rng: np.random.Generator, world: World | None = None,
     Expected counts: ``images`` and ``regions`` (nucleus rows) per stored split
     ``fold<k>``, and ``classes`` ({"<GT code>": nuclei}).
     """
-    names = {code: name for name, code in GT_CODES.items()}
+    names = {code: name for name, code in CODES.items()}
     classes: dict[str, int] = {}
     regions: dict[str, int] = {}
     images: dict[str, int] = {}

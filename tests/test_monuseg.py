@@ -1,4 +1,4 @@
-"""MoNuSeg and Kumar, end to end from generated archives in the native layout."""
+"""MoNuSeg 2018, end to end from generated archives in the native layout."""
 
 from __future__ import annotations
 
@@ -123,42 +123,3 @@ def test_missing_test_folder(home, tmp_path):
         nucdata.prepare("monuseg", source=folder)
     with pytest.raises(nucdata.MissingFilesError, match="folder not found"):
         nucdata.prepare("monuseg", source=tmp_path / "nope")
-
-
-def test_kumar_split_and_missing_images(home, tmp_path):
-    install("kumar", home)
-    nucdata.prepare("kumar")
-    ds = nucdata.load("kumar")
-    counts = ds.manifest["counts"]["images"]
-    assert counts == {"train": 16, "test_same_organ": 8, "test_different_organ": 6, "total": 30}
-    assert "TCGA-BC-A217-01Z-00-DX1" not in ds.images.name.values  # bonus images are not Kumar's
-    assert set(nucdata.load("kumar", split="test_different_organ").images.tissue.values) == {
-        "bladder", "colon", "stomach"}
-    assert_geometry_exact(ds.store)
-
-    folder = tmp_path / "extracted"
-    _extract(manual_dir(home) / "MoNuSeg 2018 Training Data.zip", folder)
-    images = folder / "MoNuSeg 2018 Training Data" / "Tissue Images"
-    (images / "TCGA-AY-A8YK-01A-01-TS1.tif").unlink()
-    (images / "TCGA-18-5592-01Z-00-DX1.tif").unlink()
-    with pytest.raises(nucdata.MissingFilesError) as info:
-        nucdata.prepare("kumar", source=folder, force=True)
-    assert "2 of Kumar's 30" in str(info.value)
-    assert "TCGA-AY-A8YK-01A-01-TS1" in str(info.value) and "TCGA-18-5592-01Z-00-DX1" in str(info.value)
-    assert nucdata.load("kumar").store.n_images == 30  # the earlier store is intact
-
-
-def test_count_check_guards_against_other_releases(home):
-    install("kumar", home)
-    import json
-
-    from nucdata.home import registry_dir
-
-    path = registry_dir(home) / "kumar.json"
-    data = json.loads(path.read_text())
-    data["expected"]["regions"] = {"all": 16966}
-    path.write_text(json.dumps(data))
-    with pytest.raises(nucdata.CountMismatchError, match="annotations read"):
-        nucdata.prepare("kumar")
-    nucdata.prepare("kumar", check_counts=False)
-    assert nucdata.load("kumar").manifest["count_check"].startswith("failed")
