@@ -1,4 +1,4 @@
-"""The PyTorch dataset over one store, with xarray views of its tables (DESIGN.md §7)."""
+"""The PyTorch dataset over one store, with xarray views of its tables."""
 
 from __future__ import annotations
 
@@ -123,7 +123,8 @@ class NucleusDataset(torch.utils.data.Dataset):
         )
 
     # -- crops and plots --------------------------------------------------------------
-    def crops(self, size: int = 64, context: float | None = None):
+    def crops(self, size: int = 64, context: float | None = None, mpp: float | None = None,
+              assume_mpp: float | None = None):
         """Per-nucleus crops of this dataset's nuclei (see :mod:`nucdata.crops`).
 
         The crops are cut once into a memory-mapped bank beside the store and served
@@ -132,11 +133,18 @@ class NucleusDataset(torch.utils.data.Dataset):
         Parameters
         ----------
         size
-            Crop side in pixels, at the image's native resolution.
+            Crop side in pixels (at ``mpp`` when given, else at the native resolution).
         context
             ``None``: a fixed ``size`` window around each centroid (nuclei that do not
             fit are cut as their enclosing square and resized). A number: every crop
             covers ``context`` times the nucleus's bounding-box side, resized to ``size``.
+        mpp
+            Cut from the images resampled to this many microns per pixel (anti-aliased
+            pixels, nearest-neighbour masks; see :mod:`nucdata.tiles`). ``scale`` then
+            counts output pixels per native pixel.
+        assume_mpp
+            mpp for images that have none (else such images raise
+            :class:`nucdata.tiles.MissingMppError`).
 
         Returns
         -------
@@ -145,7 +153,36 @@ class NucleusDataset(torch.utils.data.Dataset):
         """
         from .multi import crops_of
 
-        return crops_of([self], size, context)
+        return crops_of([self], size, context, mpp=mpp, assume_mpp=assume_mpp)
+
+    def tiles(self, size: int = 256, stride: int | None = None, mpp: float | None = None,
+              sampler: str = "grid", min_nuclei: int = 0, **options: Any):
+        """Fixed-size tiles with instance and type maps, for segmenters (:mod:`nucdata.tiles`).
+
+        Parameters
+        ----------
+        size
+            Tile side in pixels (at ``mpp`` when given).
+        stride
+            Grid step; default ``size`` (every pixel exactly once, edge tiles padded).
+        mpp
+            Resample each image from its own mpp to this one (``None``: native).
+        sampler
+            ``"grid"`` or ``"random"``.
+        min_nuclei
+            Keep only tiles with at least this many nuclei centred in them.
+        **options
+            ``length``, ``seed``, ``edge``, ``assume_mpp``, ``transforms``: see
+            :class:`nucdata.tiles.TileDataset`.
+
+        Returns
+        -------
+        nucdata.tiles.TileDataset
+            Map-style dataset of tile dicts (``image``, ``instance_map``, ``type_map``, ...).
+        """
+        from .tiles import tiles_of
+
+        return tiles_of([self], size, stride, mpp, sampler, min_nuclei, **options)
 
     def plot(self, index: int, ax: Any = None) -> Any:
         """Draw image ``index`` with nucleus outlines coloured by class (needs matplotlib).
@@ -179,14 +216,34 @@ class NucleusDataset(torch.utils.data.Dataset):
             return slice(int(start[sel.start]), int(start[sel.stop - 1] + count[sel.stop - 1]))
         return np.concatenate([np.arange(start[i], start[i] + count[i]) for i in sel]).astype(np.int64)
 
+    def _image_rows(self) -> np.ndarray:
+        """Store rows of the selected images, in order."""
+        return np.asarray(self.indices, np.int64)
+
+    def _nucleus_rows(self) -> np.ndarray:
+        """Store rows of the selected nuclei, in order."""
+        return np.arange(self.store.n_nuclei, dtype=np.int64)[self._nucleus_selector()]
+
     @property
     def images(self) -> xr.Dataset:
-        """Per-image table (dim ``image``), memory-mapped views when the split is contiguous."""
+        """Per-image table (dim ``image``), memory-mapped views when the split is contiguous.
+
+        The coordinate ``image`` counts from 0 within this selection, so
+        ``ds.images.sel(image=i)`` describes ``ds[i]``; ``store_row`` is the image's row
+        in the store (what crops call ``image_index``). ``nucleus_start`` is the
+        position of the image's first nucleus in :attr:`nuclei` (the store's own
+        offset is kept as ``store_nucleus_start``).
+        """
         sel = self._image_selector()
-        data = {key: ("image", self.store.column("images", key)[sel]) for key in self.store.image_columns()}
+        data: dict[str, Any] = {key: ("image", self.store.column("images", key)[sel]) for key in self.store.image_columns()}
+        if "nucleus_start" in data and "nucleus_count" in data:
+            count = np.asarray(data["nucleus_count"][1], np.int64)
+            data["store_nucleus_start"] = data["nucleus_start"]
+            data["nucleus_start"] = ("image", np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)[:count.size])
+        data["store_row"] = ("image", self._image_rows())
         return xr.Dataset(
             data,
-            coords={"image": np.arange(self.store.n_images)[sel]},
+            coords={"image": np.arange(len(self))},
             attrs={"dataset": self.name, "split": str(self.split)},
         )
 
@@ -194,8 +251,18 @@ class NucleusDataset(torch.utils.data.Dataset):
     def nuclei(self) -> xr.Dataset:
         """Per-nucleus table (dim ``nucleus``), memory-mapped views when possible.
 
+        The coordinate ``nucleus`` counts from 0 within this selection; ``store_row`` is
+        the nucleus's row in the store (what crops call ``nucleus_index``). ``image`` is
+        the position of the nucleus's image in this selection — ``ds[image]`` holds the
+        nucleus and ``ds.images.sel(image=...)`` describes it — and ``image_store_row``
+        its row in the store.
+
         Under a label set, ``label`` and ``candidates`` are in that set and the
         native code is kept as ``native_label``.
+
+        ``centroid`` (dims ``nucleus, xy``) and ``bbox`` (dims ``nucleus, corner``) are
+        two-dimensional, so ``to_dataframe()`` of the whole table repeats every nucleus
+        once per coordinate pair; :meth:`nuclei_frame` gives one row per nucleus.
         """
         sel = self._nucleus_selector()
         data: dict[str, Any] = {}
@@ -209,6 +276,11 @@ class NucleusDataset(torch.utils.data.Dataset):
                 data[key] = ("nucleus", column)
             else:
                 data[key] = (("nucleus", *(f"{key}_dim{d}" for d in range(1, column.ndim))), column)
+        if "image" in data:
+            store_image = np.asarray(data["image"][1], np.int64)
+            data["image_store_row"] = ("nucleus", store_image)
+            data["image"] = ("nucleus", np.searchsorted(self._image_rows(), store_image).astype(np.int64))
+        data["store_row"] = ("nucleus", self._nucleus_rows())
         if self.label_set is not None:
             data["native_label"] = data.pop("label")
             data["label"] = ("nucleus", self._labels[sel])
@@ -218,12 +290,71 @@ class NucleusDataset(torch.utils.data.Dataset):
         return xr.Dataset(
             data,
             coords={
-                "nucleus": np.arange(self.store.n_nuclei)[sel],
+                "nucleus": np.arange(data["store_row"][1].size),
                 "xy": ["x", "y"],
                 "corner": ["x0", "y0", "x1", "y1"],
             },
             attrs={"dataset": self.name, "split": str(self.split), "label_set": str(self.label_set)},
         )
+
+    def nuclei_frame(self) -> Any:
+        """:attr:`nuclei` as a pandas DataFrame with one row per nucleus.
+
+        ``centroid`` becomes the columns ``x`` and ``y``, ``bbox`` the columns ``x0``,
+        ``y0``, ``x1``, ``y1``; every other per-nucleus variable keeps its name (other
+        multi-dimensional columns, if any, are left out). The index is the ``nucleus``
+        coordinate (0-based within this selection).
+
+        Returns
+        -------
+        pandas.DataFrame
+        """
+        import pandas as pd
+
+        table = self.nuclei
+        columns: dict[str, Any] = {}
+        for name, var in table.data_vars.items():
+            if var.dims == ("nucleus",):
+                columns[str(name)] = var.values
+            elif name == "centroid":
+                columns.update({axis: var.sel(xy=axis).values for axis in ("x", "y")})
+            elif name == "bbox":
+                columns.update({corner: var.sel(corner=corner).values for corner in ("x0", "y0", "x1", "y1")})
+        return pd.DataFrame(columns, index=pd.Index(table.nucleus.values, name="nucleus"))
+
+    def chunked(self, table: str = "nuclei", chunks: int | dict[str, int] | None = None) -> xr.Dataset:
+        """:attr:`nuclei` or :attr:`images` as dask-backed arrays, without copying the memory map.
+
+        The same as ``ds.nuclei.chunk(chunks)``, but says how to install dask when it
+        is missing (it is the optional extra ``nucdata[dask]``).
+
+        Parameters
+        ----------
+        table
+            ``"nuclei"`` or ``"images"``.
+        chunks
+            Passed to :meth:`xarray.Dataset.chunk`, e.g. ``{"nucleus": 100_000}``;
+            ``None`` chunks 100,000 rows at a time.
+
+        Raises
+        ------
+        MissingDependencyError
+            When dask is not installed.
+        InvalidArgumentError
+            For a table other than ``"nuclei"`` or ``"images"``.
+        """
+        from .overlay import MissingDependencyError
+
+        if table not in ("nuclei", "images"):
+            raise InvalidArgumentError(f"unknown table {table!r}; valid tables: nuclei, images")
+        try:
+            import dask.array  # noqa: F401
+        except ImportError:
+            raise MissingDependencyError(
+                '"nucdata[dask]"', f"ds.chunked({table!r}) (dask-backed xarray tables)"
+            ) from None
+        dim = "nucleus" if table == "nuclei" else "image"
+        return getattr(self, table).chunk(chunks if chunks is not None else {dim: 100_000})
 
 
 def merged_view(ds: NucleusDataset, label_set: str, merged_dir: str | os.PathLike[str]) -> NucleusDataset:

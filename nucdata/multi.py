@@ -10,6 +10,8 @@ import torch
 
 from .crops import CropDataset, build_bank
 from .dataset import NucleusDataset, Transform, load
+from .tiles import TileDataset, image_scales, store_scales
+from .errors import InvalidArgumentError
 
 
 class DatasetCollection(torch.utils.data.ConcatDataset):
@@ -20,16 +22,32 @@ class DatasetCollection(torch.utils.data.ConcatDataset):
         self.members: list[NucleusDataset] = list(datasets)
         self.names = [d.name for d in self.members]
 
-    def crops(self, size: int = 64, context: float | None = None) -> CropDataset:
-        """Crops of every nucleus of every member, with ``dataset_index`` per item."""
-        return crops_of(self.members, size, context)
+    def crops(self, size: int = 64, context: float | None = None, mpp: float | None = None,
+              assume_mpp: float | None = None) -> CropDataset:
+        """Crops of every nucleus of every member, with ``dataset_index`` per item.
+
+        ``mpp`` resamples every image from its own mpp first (see
+        :meth:`NucleusDataset.crops`).
+        """
+        return crops_of(self.members, size, context, mpp=mpp, assume_mpp=assume_mpp)
+
+    def tiles(self, size: int = 256, stride: int | None = None, mpp: float | None = None,
+              sampler: str = "grid", min_nuclei: int = 0,
+              weights: Sequence[float] | Mapping[str, float] | None = None, **options) -> TileDataset:
+        """Tiles of every member at one resolution (see :class:`nucdata.tiles.TileDataset`).
+
+        ``weights`` (random sampler only): relative sampling weight per dataset, as a
+        sequence in member order or a mapping from dataset name; default equal.
+        """
+        return TileDataset(self.members, size, stride, mpp, sampler, min_nuclei, weights=weights, **options)
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{d.name}: {len(d)} images" for d in self.members)
         return f"DatasetCollection({inner})"
 
 
-def crops_of(datasets: Sequence[NucleusDataset], size: int = 64, context: float | None = None) -> CropDataset:
+def crops_of(datasets: Sequence[NucleusDataset], size: int = 64, context: float | None = None,
+             mpp: float | None = None, assume_mpp: float | None = None) -> CropDataset:
     """One :class:`CropDataset` over the selected nuclei of ``datasets``.
 
     Parameters
@@ -37,7 +55,7 @@ def crops_of(datasets: Sequence[NucleusDataset], size: int = 64, context: float 
     datasets
         Image datasets; their splits choose the nuclei and their label sets the labels
         (``label_set`` of the result is set only when they all agree).
-    size, context
+    size, context, mpp, assume_mpp
         See :meth:`NucleusDataset.crops`; one bank per store is cut if needed.
 
     Returns
@@ -47,7 +65,11 @@ def crops_of(datasets: Sequence[NucleusDataset], size: int = 64, context: float 
     """
     banks, rows, labels, candidates, images = [], [], [], [], []
     for ds in datasets:
-        banks.append(build_bank(ds.store, size, context))
+        scales = None
+        if mpp is not None:  # per store image: native pixels per output pixel
+            image_scales(ds, mpp, assume_mpp)  # raises when an image of the split has no mpp
+            scales = store_scales(ds.store, mpp, assume_mpp)
+        banks.append(build_bank(ds.store, size, context, mpp=mpp, scales=scales))
         sel = ds._nucleus_selector()
         all_rows = np.arange(ds.store.n_nuclei)
         rows.append(all_rows[sel])
@@ -76,11 +98,19 @@ def load_many(
         Dataset names.
     split
         One split name for every dataset, ``None`` for every image, or a mapping from
-        dataset name to split (datasets name their splits differently).
+        dataset name to split (datasets name their splits differently). A mapping must
+        name every dataset of ``names``; map one to ``None`` to take all its images.
     label_set
         Express every dataset's labels in this set; ``None`` keeps native codes.
     root, download, transforms
         As for :func:`nucdata.load`.
+
+    Raises
+    ------
+    InvalidArgumentError
+        When ``split`` is a mapping that leaves out some of ``names`` (a silent default
+        to every image would put test images into a training set), or names a dataset
+        that is not in ``names``.
 
     Returns
     -------
@@ -93,8 +123,22 @@ def load_many(
     >>> many = nucdata.load_many(["consep", "monusac"], label_set="pannuke")  # doctest: +SKIP
     >>> bank = many.crops(size=64).tensor("cuda")  # uint8 (N, 4, 64, 64)  # doctest: +SKIP
     """
+    if isinstance(split, Mapping):
+        missing = [n for n in names if n not in split]
+        extra = [n for n in split if n not in names]
+        if missing or extra:
+            problems = []
+            if missing:
+                problems.append(f"no split for {', '.join(missing)}")
+            if extra:
+                problems.append(f"splits given for datasets not loaded: {', '.join(extra)}")
+            example = ", ".join(f"{n!r}: {split.get(n, 'train')!r}" for n in names)
+            raise InvalidArgumentError(
+                f"load_many: {'; '.join(problems)}. Give a split for every dataset, or None to take "
+                f"all its images: split={{{example}}}"
+            )
     members = []
     for name in names:
-        part = split.get(name) if isinstance(split, Mapping) else split
+        part = split[name] if isinstance(split, Mapping) else split
         members.append(load(name, part, label_set, root=root, download=download, transforms=transforms))
     return DatasetCollection(members)

@@ -89,7 +89,7 @@ def test_crop_sample_fields(prepared):
     assert sample["image"].shape == (3, 32, 32) and sample["image"].dtype == torch.uint8
     assert sample["mask"].shape == (1, 32, 32) and sample["mask"].dtype == torch.uint8
     row = int(sample["nucleus_index"])
-    assert row == int(ds.nuclei.nucleus.values[0])
+    assert row == int(ds.nuclei.store_row.values[0])
     assert int(sample["label"]) == int(ds.nuclei.label.values[0])
     assert int(sample["candidates"]) == int(ds.nuclei.candidates.values[0])
     assert int(sample["native_label"]) == int(ds.nuclei.native_label.values[0])
