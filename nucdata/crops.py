@@ -48,8 +48,11 @@ from .store import NpyStreamWriter, Store, dataset_lock
 BANK_VERSION = 2
 
 
-def _bank_key(size: int, context: float | None) -> str:
-    text = json.dumps({"size": size, "context": context, "version": BANK_VERSION}, sort_keys=True)
+def _bank_key(size: int, context: float | None, scales: np.ndarray | None = None) -> str:
+    params: dict[str, Any] = {"size": size, "context": context, "version": BANK_VERSION}
+    if scales is not None:  # resampled (mpp=): the per-image scales define the content
+        params["scales"] = hashlib.sha256(np.asarray(scales, np.float64).tobytes()).hexdigest()
+    text = json.dumps(params, sort_keys=True)
     return f"s{size}-" + hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
@@ -235,7 +238,8 @@ class CropBank:
         return f"CropBank({str(self.path)!r}, crops={len(self)}, size={self.size}, context={self.manifest['context']})"
 
 
-def build_bank(store: Store, size: int = 64, context: float | None = None, force: bool = False) -> CropBank:
+def build_bank(store: Store, size: int = 64, context: float | None = None, force: bool = False,
+               mpp: float | None = None, scales: np.ndarray | None = None) -> CropBank:
     """Return the crop bank of ``store`` for these parameters, cutting it if needed.
 
     Parameters
@@ -248,6 +252,11 @@ def build_bank(store: Store, size: int = 64, context: float | None = None, force
         See :func:`place_windows`.
     force
         Cut again even when a valid bank exists.
+    mpp, scales
+        Cut from images resampled to ``mpp`` microns per pixel; ``scales`` gives each
+        store image's native pixels per output pixel (:func:`nucdata.tiles.store_scales`).
+        The bank's ``scale`` then counts output pixels per *native* pixel and ``origin``
+        is in native pixels (rounded).
 
     Raises
     ------
@@ -258,7 +267,10 @@ def build_bank(store: Store, size: int = 64, context: float | None = None, force
         raise InvalidArgumentError(f"crop size must be at least 4 pixels, got {size}")
     if context is not None and not context > 0:
         raise InvalidArgumentError(f"context must be a positive multiple of the nucleus size, got {context}")
-    folder = store.path / "crops" / _bank_key(size, context)
+    if (mpp is None) != (scales is None):
+        raise InvalidArgumentError("build_bank needs both mpp and the per-image scales, or neither")
+    per_image = None if scales is None else np.asarray(scales, np.float64)
+    folder = store.path / "crops" / _bank_key(size, context, per_image)
     identity = _store_identity(store)
     with dataset_lock(store.path / "crops"):  # two processes asking at once cut it once
         if folder.is_dir() and not force:
@@ -278,10 +290,24 @@ def build_bank(store: Store, size: int = 64, context: float | None = None, force
             has_mask = np.asarray(store.column("nuclei", "has_mask"))
             for i in range(store.n_images):
                 rows = store.nucleus_slice(i)
+                rgb, inst, cen, box = store.rgb(i), store.instance_map(i), centroid[rows], bbox[rows]
+                image_scale = 1.0 if per_image is None else float(per_image[i])
+                if image_scale != 1.0:  # resample the image, map the nuclei into its frame
+                    from .tiles import resample_image
+
+                    rgb, inst = resample_image(rgb, inst, image_scale)
+                    cen = (cen + 0.5) / image_scale - 0.5
+                    h, w = inst.shape
+                    box = np.stack([np.floor(box[:, 0] / image_scale), np.floor(box[:, 1] / image_scale),
+                                    np.ceil(box[:, 2] / image_scale), np.ceil(box[:, 3] / image_scale)], 1)
+                    box = np.clip(box, 0, [w, h, w, h]).astype(np.int64)
+                    box[:, 2:] = np.maximum(box[:, 2:], box[:, :2] + 1)
                 crops, scale, origin = cut_image(
-                    np.asarray(store.rgb(i)), np.asarray(store.instance_map(i)),
-                    centroid[rows], bbox[rows], has_mask[rows], size, context,
+                    np.asarray(rgb), np.asarray(inst), cen, box, has_mask[rows], size, context,
                 )
+                if image_scale != 1.0:
+                    scale = (scale / image_scale).astype(np.float32)
+                    origin = np.rint(origin * image_scale).astype(np.int32)
                 writer.append(crops)
                 scales.append(scale)
                 origins.append(origin)
@@ -291,7 +317,7 @@ def build_bank(store: Store, size: int = 64, context: float | None = None, force
             np.save(tmp / "scale.npy", scale_all)
             np.save(tmp / "origin.npy", np.concatenate(origins) if origins else np.zeros((0, 2), np.int32))
             np.save(tmp / "has_mask.npy", has_mask.astype(bool))
-            manifest = {"version": BANK_VERSION, "size": size, "context": context, "count": n,
+            manifest = {"version": BANK_VERSION, "size": size, "context": context, "mpp": mpp, "count": n,
                         "resized": int((scale_all != 1).sum()), "box_masks": int((~has_mask).sum()),
                         "store": identity}
             atomic.atomic_write_json(tmp / "manifest.json", manifest)

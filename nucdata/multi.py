@@ -10,8 +10,8 @@ import torch
 
 from .crops import CropDataset, build_bank
 from .dataset import NucleusDataset, Transform, load
-from .tiles import TileDataset, image_scales, store_scales
 from .errors import InvalidArgumentError
+from .tiles import TileDataset, image_scales, store_scales
 
 
 class DatasetCollection(torch.utils.data.ConcatDataset):
