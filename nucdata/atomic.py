@@ -298,8 +298,8 @@ def swap_dir(tmp: str | os.PathLike[str], dest: str | os.PathLike[str], *, label
     tmp, dest = Path(tmp), Path(dest)
     fault_point(f"{label}:before-swap")
     old: Path | None = None
+    ident = uuid.uuid4().hex[:12]
     if dest.exists() or dest.is_symlink():
-        ident = uuid.uuid4().hex[:12]
         old = dest.parent / f".{dest.name}.old-{ident}"
         _active.add(ident)
         _write_owner(old, "old", dest, ident)
@@ -317,11 +317,15 @@ def swap_dir(tmp: str | os.PathLike[str], dest: str | os.PathLike[str], *, label
         os.rename(tmp, dest)
     _release(tmp)
     _fsync_dir(dest.parent)
-    fault_point(f"{label}:published")
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-        if not old.exists():
-            _release(old)
+    try:
+        fault_point(f"{label}:published")
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+            if not old.exists():
+                _release(old)
+    finally:
+        if old is not None and old.exists():  # left for recover(): no operation uses it now
+            _active.discard(ident)
     fault_point(f"{label}:old-removed")
     return dest
 

@@ -20,6 +20,7 @@ import numpy as np
 from . import __version__, atomic
 from .archive import extract
 from .errors import CountMismatchError, MissingFilesError
+from .faults import fault_point
 from .fetch import fetch
 from .home import stores_dir, work_dir
 from .registry import Card, get_card
@@ -106,6 +107,7 @@ def prepare(
                 for f in files:
                     say(f"{card.name}: extracting {f.path.name}")
                     extract(f.path, scratch / card.file(f.path.name).role)
+                fault_point("prepare:extracted")
                 folder = scratch
                 provenance = {
                     "kind": "archives",
@@ -142,6 +144,7 @@ def prepare(
                     "count_check": "passed" if not problems else ("failed: " + "; ".join(problems)),
                     **({"extra": report.extra} if report.extra else {}),
                 }
+                fault_point("prepare:converted")
                 path = writer.publish(manifest)
             say(f"{card.name}: {counts['images']['total']} images, {counts['nuclei']['total']} nuclei -> {path}")
             return path
