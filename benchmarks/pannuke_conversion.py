@@ -2,10 +2,13 @@
 
 Writes a PanNuke-shaped fold straight through memory maps (float64 ``images.npy``
 (N, 256, 256, 3), ``masks.npy`` (N, 256, 256, 6), ``types.npy``; N = ``--patches``,
-default 2,000, i.e. 9.4 GB, tiling 64 distinct synthetic patches). The 3x case adds
+default 500, i.e. 2.4 GB, tiling 64 distinct synthetic patches). The 3x case adds
 ``Fold 2`` and ``Fold 3`` as hard links to the same files (3 x N patches, three folds as
 in the real dataset) so that it needs no more disk; ``--single-fold`` instead writes one
-fold of 3 x N patches (28 GB at the default).
+fold of 3 x N patches. Before writing anything the script prints the disk space it will
+need at most (native files plus the largest store; about 3 GB at the default, 12 GB with
+``--patches 2000``, the size of a real fold) and stops if the work folder's disk has
+less free.
 
 Each measurement runs in a fresh process started by a small wrapper that reports the
 worker's own time (after its imports) and ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` (the worker's peak resident
@@ -19,7 +22,8 @@ nucdata first, so the import footprint is the same on both sides:
 
 Runs are interleaved; medians over ``--repeats`` are printed with the ratios.
 
-    python benchmarks/pannuke_conversion.py                  # 2,000 and 6,000 patches
+    python benchmarks/pannuke_conversion.py                  # 500 and 1,500 patches, ~3 GB of disk
+    python benchmarks/pannuke_conversion.py --patches 2000 --workdir /big/disk   # a real fold's size, ~12 GB
     python benchmarks/pannuke_conversion.py --patches 300 --repeats 1
 """
 
@@ -114,6 +118,19 @@ def write_fold(top: Path, fold: int, patches: int, seed: int = 0) -> int:
     return nuclei
 
 
+#: bytes per patch of the native float64 files (images 3 channels + masks 6 channels)
+NATIVE_PER_PATCH = 256 * 256 * (3 + 6) * 8
+#: bytes per patch in the store (uint8 RGB and int32 instance map), nucleus columns aside
+STORE_PER_PATCH = 256 * 256 * (3 + 4)
+
+
+def disk_needed(patches: int, single_fold: bool) -> int:
+    """Most bytes on disk at once: the native files and the store being prepared from them."""
+    at_1x = patches * (NATIVE_PER_PATCH + STORE_PER_PATCH)
+    native_3x = 3 * patches if single_fold else patches  # hard links take no space
+    return max(at_1x, native_3x * NATIVE_PER_PATCH + 3 * patches * STORE_PER_PATCH)
+
+
 def link_fold(top: Path, source: int, fold: int) -> None:
     """``Fold <fold>`` as hard links to ``Fold <source>``'s files."""
     for path in (top / f"Fold {source}").rglob("*.npy"):
@@ -131,11 +148,22 @@ def run(mode: str, folder: Path, scratch: Path) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--patches", type=int, default=2000)
+    parser.add_argument("--patches", type=int, default=500,
+                        help="patches in fold 1 (default 500, ~3 GB of disk; a real fold has ~2,600)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--single-fold", action="store_true", help="3x as one fold of 3N patches (needs 3x disk)")
-    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="folder for the generated files (created if missing; default: the system temp folder)")
     args = parser.parse_args()
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+    base = args.workdir if args.workdir is not None else Path(tempfile.gettempdir())
+    need = disk_needed(args.patches, args.single_fold)
+    free = shutil.disk_usage(base).free
+    print(f"will write up to {need / 1e9:.1f} GB under {base} ({free / 1e9:.1f} GB free); "
+          f"removed at the end", flush=True)
+    if need > free:
+        sys.exit(f"not enough free space in {base}: pass a smaller --patches or a --workdir on a larger disk")
     rows = []
     work = Path(tempfile.mkdtemp(prefix="nucdata-pannuke-bench-", dir=args.workdir))
     try:

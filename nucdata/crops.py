@@ -14,10 +14,10 @@ Row ``n`` of a bank is row ``n`` of the store's nucleus table.
 Placement (``context=None``): a ``S x S`` window centred on the pixel nearest the
 nucleus centroid. Pixels outside the image are filled by reflection; the mask channel
 is zero there (a mirrored nucleus is not the nucleus). When the nucleus's bounding box
-does not fit in that window, the method's rule (reference/method.md §6) applies: the
-window is centred on the box instead, and if the box's longer side exceeds ``S`` the
-enclosing square is cut and resized to ``S`` (bilinear for pixels, nearest for the
-mask); ``scale`` records it. With ``context=c`` every crop is the square of ``c`` times
+does not fit in that window, the rule of the merging method's reference code (Zhang et
+al. 2023, see docs/citing.md) applies: the window is centred on the box instead, and if
+the box's longer side exceeds ``S`` the enclosing square is cut and resized to ``S``
+(bilinear for pixels, nearest for the mask); ``scale`` records it. With ``context=c`` every crop is the square of ``c`` times
 the box's longer side, centred on the box, resized to ``S``. Nuclei known only by a box
 (``has_mask`` false) get the box as their mask channel.
 
@@ -367,6 +367,28 @@ class CropDataset(torch.utils.data.Dataset):
         Per dataset, the store nucleus rows to serve (default: all).
     label_set
         The label set of ``labels`` (``None``: native codes).
+
+    Attributes
+    ----------
+    labels, candidates : numpy.ndarray
+        int64 ``(N,)``, item order: every crop's label under ``label_set`` (-1 missing,
+        -2 outside the set; the native code without a label set) and its candidate
+        bitmask (bit ``k`` set: class ``k`` is possible; 0 when nothing is known). The
+        arrays a training loop needs without gathering any pixels, e.g.
+        ``nucdata_models.target_bits(torch.from_numpy(crops.labels),
+        torch.from_numpy(crops.candidates))`` for ``nucdata_models.partial_label_loss``.
+    native_labels : numpy.ndarray
+        int64 ``(N,)``: each crop's code in its own dataset's vocabulary (-1 none).
+    dataset_index, image_index, nucleus_index : numpy.ndarray
+        int64 ``(N,)``: position in ``datasets``, and the image's and the nucleus's row
+        in that dataset's store.
+    scale, has_mask : numpy.ndarray
+        float32 and bool ``(N,)``, as in each sample; ``resized`` is ``scale != 1``.
+    datasets : list of str
+        Dataset names, in ``dataset_index`` order; ``offsets[d]:offsets[d + 1]`` are
+        dataset ``d``'s items.
+    label_set : str or None
+        The label set of ``labels``; :meth:`labels_under` gives them under another.
     """
 
     def __init__(

@@ -161,7 +161,7 @@ def export(ds: NucleusDataset, fmt: str, out: str | os.PathLike[str]) -> list[Pa
     fmt
         ``"geojson"`` (QuPath: one FeatureCollection per image, a ``detection`` per
         nucleus), ``"coco"`` (one file per dataset and split) or ``"hovernet-json"``
-        (one file per image), as in reference/conventions.md §7.
+        (one file per image); the schemas are described in docs/tutorials/loading.md.
     out
         Folder to write into (created if needed); each file is written atomically.
 

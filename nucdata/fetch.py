@@ -1,7 +1,7 @@
 """Fetch a dataset's files: manual folder first, then each mirror in order.
 
-pooch performs the transfer (one URL per call); nucdata adds what pooch lacks
-(reference/conventions.md §3.4): an ordered mirror list, a size check before the
+pooch performs the transfer (one URL per call); nucdata adds what pooch lacks:
+an ordered mirror list, a size check before the
 hash, detection of an HTML page served in place of an archive, and a temporary
 name that is renamed only when every check passed. A failed attempt leaves
 nothing under the final name, and nothing already in ``raw/`` or ``manual/`` is

@@ -1,6 +1,6 @@
 """Where nucdata keeps its files: one home, movable with ``NUCDATA_HOME``.
 
-Layout (DESIGN.md §3)::
+Layout::
 
     $NUCDATA_HOME/raw/                     archives exactly as downloaded (never versioned)
     $NUCDATA_HOME/manual/                  archives dropped in by hand; checked first

@@ -1,4 +1,4 @@
-"""Label sets and the mapping tables between vocabularies (DESIGN.md §6).
+"""Label sets and the mapping tables between vocabularies (docs/label-sets.md).
 
 Packaged data, versioned:
 

@@ -1,4 +1,4 @@
-"""The store: one converted dataset as memory-mappable ``.npy`` columns (DESIGN.md §5).
+"""The store: one converted dataset as memory-mappable ``.npy`` columns (docs/store-format.md).
 
 Layout of ``stores/<dataset>/<converter-version>/``::
 
