@@ -17,9 +17,10 @@ is zero there (a mirrored nucleus is not the nucleus). When the nucleus's boundi
 does not fit in that window, the rule of the merging method's reference code (Zhang et
 al. 2023, see docs/citing.md) applies: the window is centred on the box instead, and if
 the box's longer side exceeds ``S`` the enclosing square is cut and resized to ``S``
-(bilinear for pixels, nearest for the mask); ``scale`` records it. With ``context=c`` every crop is the square of ``c`` times
-the box's longer side, centred on the box, resized to ``S``. Nuclei known only by a box
-(``has_mask`` false) get the box as their mask channel.
+(bilinear for pixels, nearest for the mask); ``scale`` records it. With ``context=c``
+every crop is the square of ``c`` times the box's longer side, centred on the box,
+resized to ``S``. Nuclei known only by a box (``has_mask`` false) get the box as their
+mask channel.
 
 The bank is rebuilt when its store is rebuilt: the store manifest's ``created`` and
 converter version are recorded in the bank's manifest and compared on every open.
