@@ -30,6 +30,7 @@ from .errors import (  # noqa: E402
     UnknownClassError,
     UnknownDatasetError,
     UnknownLabelSetError,
+    UnsafePickleError,
 )
 from .fetch import fetch  # noqa: E402
 from .home import data_home  # noqa: E402
@@ -46,7 +47,7 @@ __all__ = [
     "HTMLInsteadOfArchiveError", "HashMismatchError", "InvalidArgumentError",
     "MalformedAnnotationError", "MissingFilesError", "NucdataError", "NucleusDataset",
     "SizeMismatchError", "Store", "StoreError", "StoreLockedError", "UnknownClassError",
-    "UnknownDatasetError", "UnknownLabelSetError", "__version__", "data_home", "fetch",
+    "UnknownDatasetError", "UnknownLabelSetError", "UnsafePickleError", "__version__", "data_home", "fetch",
     "get_card", "label_set", "list_datasets", "list_label_sets", "load", "mapping", "prepare",
     "translate",
 ]

@@ -4,7 +4,8 @@ Files
     :func:`atomic_write_bytes`, :func:`atomic_write_text` and
     :func:`atomic_write_json` write to a temporary file in the destination's folder,
     ``fsync`` it and publish it with ``os.replace``: a reader sees the old file or
-    the new one, never a half-written one.
+    the new one, never a half-written one. :func:`atomic_path` does the same for
+    writers that need a file name (``torch.save``).
 
 Folders
     A folder is built under a hidden *staging* name beside its destination
@@ -34,7 +35,7 @@ import os
 import shutil
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -62,6 +63,34 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success publish it there atomically.
+
+    For writers that want a file name (``torch.save``, ``np.save``, streamed
+    writes): write the complete content to the yielded path inside the block. On
+    leaving the block normally the file is ``fsync``-ed and renamed over ``path``;
+    on an exception it is removed and ``path`` is left as it was.
+
+    Parameters
+    ----------
+    path
+        Destination file; its folder is created when missing.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically; return the path.
 
@@ -77,21 +106,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     data
         The complete new content.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-    return path
+    with atomic_path(path) as tmp, open(tmp, "xb") as fh:
+        fh.write(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:

@@ -118,3 +118,19 @@ class StoreError(NucdataError):
 
 class InvalidArgumentError(NucdataError, ValueError):
     """An argument outside its valid values (an unknown split, for example)."""
+
+
+class UnsafePickleError(NucdataError):
+    """A pickle that names a global outside the data allow-list (it could run code).
+
+    Nothing the pickle asked for was called.
+    """
+
+    def __init__(self, path: Path | str, name: str):
+        self.path = str(path)
+        self.name = name
+        super().__init__(
+            f"{self.path}: refused to unpickle: it asks for {name!r}, which is not a plain container, "
+            "number or numpy array (a pickle can run code while loading). Only open pickles from a "
+            "source you trust with plain pickle.load; nucdata reads data pickles only."
+        )

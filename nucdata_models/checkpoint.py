@@ -3,19 +3,25 @@
 ``save_checkpoint(path, state, meta)`` writes ``path`` (a ``torch.save`` of the state
 dicts and the metadata as a JSON string, so loading needs no pickle of arbitrary
 objects: ``weights_only=True``) and ``path.with_suffix(".json")`` beside it for people
-and tools. Both are written to a temporary name and published with ``os.replace``.
+and tools. Both are written to a temporary name and published with ``os.replace``
+(:mod:`nucdata.atomic`). Loading uses ``torch.load(weights_only=True)``: a checkpoint
+that pickles anything beyond tensors and plain containers is refused, never run.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import uuid
+import pickle
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from nucdata.atomic import atomic_path, atomic_write_text
+from nucdata.errors import NucdataError
 
 from .data import LabelSetSpec
 
@@ -25,8 +31,8 @@ __all__ = ["CheckpointError", "CheckpointMismatchError", "check_label_sets", "la
 FORMAT_VERSION = 2
 
 
-class CheckpointError(Exception):
-    """A checkpoint file that cannot be used (missing, truncated, not ours)."""
+class CheckpointError(NucdataError):
+    """A checkpoint file that cannot be used (missing, truncated, not ours, unsafe)."""
 
 
 class CheckpointMismatchError(CheckpointError, ValueError):
@@ -41,16 +47,6 @@ def meta_path(path: str | os.PathLike[str]) -> Path:
 def label_set_meta(label_sets: Sequence[LabelSetSpec]) -> list[dict[str, Any]]:
     """Label sets as JSON-ready dicts (name, version, class names)."""
     return [s.to_dict() for s in label_sets]
-
-
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any], meta: dict[str, Any]) -> Path:
@@ -75,8 +71,9 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any], meta: d
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format_version": FORMAT_VERSION, **meta}
     text = json.dumps(meta, indent=2, default=_jsonable)
-    _write_atomic(path, lambda tmp: torch.save({"state": state, "meta_json": text}, tmp))
-    _write_atomic(meta_path(path), lambda tmp: tmp.write_text(text))
+    with atomic_path(path) as tmp:
+        torch.save({"state": state, "meta_json": text}, tmp)
+    atomic_write_text(meta_path(path), text)
     return path
 
 
@@ -120,6 +117,13 @@ def load_checkpoint(path: str | os.PathLike[str], label_sets: Sequence[LabelSetS
         blob = torch.load(path, map_location=map_location, weights_only=True)
         meta = json.loads(blob["meta_json"]) if "meta_json" in blob else blob["meta"]
         state = blob["state"]
+    except pickle.UnpicklingError as exc:  # weights_only refused a global before calling it
+        found = re.search(r"GLOBAL\s+([\w.]+)", str(exc))
+        what = found.group(1) if found else "a global outside tensors and plain containers"
+        raise CheckpointError(
+            f"{path}: refused to load: the checkpoint asks for {what}, which weights-only loading does not "
+            "allow (a pickled checkpoint can run code). nucdata_models checkpoints hold only tensors and "
+            "JSON; use a checkpoint written by save_checkpoint, or retrain.") from None
     except Exception as exc:  # truncated file, another program's pickle, ...
         raise CheckpointError(f"{path}: not a readable nucdata_models checkpoint ({type(exc).__name__}: {exc}); "
                               "re-save it with save_checkpoint or retrain") from exc
