@@ -19,8 +19,28 @@ def _fail(exc: NucdataError) -> None:
     sys.exit(2)
 
 
+#: Entry-point group through which other packages add commands (nucdata_models adds
+#: ``build-merged``), so the core CLI never imports the packages built on it.
+PLUGIN_GROUP = "nucdata.commands"
+
+
+def _plugins() -> dict[str, object]:
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+
+
 class _Group(click.Group):
-    """Turns nucdata's typed errors into one readable message and exit status 2."""
+    """Turns nucdata's typed errors into one readable message and exit status 2; adds plugin commands."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(_plugins()))
+
+    def get_command(self, ctx: click.Context, name: str):
+        command = super().get_command(ctx, name)
+        if command is None and name in (plugins := _plugins()):
+            command = plugins[name].load()
+        return command
 
     def invoke(self, ctx: click.Context):
         try:
@@ -219,17 +239,33 @@ label_set_option = click.option("--label-set", default=None, help="Express label
 
 @main.command()
 @click.argument("name")
-@click.option("--format", "fmt", type=click.Choice(["geojson", "coco", "hovernet-json"]), required=True)
+@click.option("--format", "fmt", required=True,
+              type=click.Choice(["geojson", "coco", "hovernet-json", "pannuke", "hovernet-patches"]))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @split_option
 @label_set_option
+@click.option("--mpp", type=float, default=None,
+              help="pannuke / hovernet-patches: resample to this many microns per pixel.")
+@click.option("--assume-mpp", type=float, default=None,
+              help="mpp to use for images that carry none (else they are an error under --mpp).")
+@click.option("--size", type=int, default=256, show_default=True, help="pannuke: patch side.")
+@click.option("--win", type=int, default=540, show_default=True, help="hovernet-patches: window (HoVer-Net's default).")
+@click.option("--step", type=int, default=164, show_default=True, help="hovernet-patches: step (HoVer-Net's default).")
 @root_option
-def export(name: str, fmt: str, out: Path, split: str | None, label_set: str | None, root: Path | None) -> None:
-    """Export a prepared dataset as QuPath GeoJSON, COCO or HoVer-Net JSON."""
+def export(name: str, fmt: str, out: Path, split: str | None, label_set: str | None, mpp: float | None,
+           assume_mpp: float | None, size: int, win: int, step: int, root: Path | None) -> None:
+    """Export a prepared dataset: QuPath GeoJSON, COCO, HoVer-Net JSON, PanNuke folds or HoVer-Net patches."""
     from .dataset import load
     from .exports import export as run
 
-    written = run(load(name, split, label_set, root=root), fmt, out)
+    options: dict = {}
+    if fmt == "pannuke":
+        options = {"mpp": mpp, "size": size, "assume_mpp": assume_mpp}
+    elif fmt == "hovernet-patches":
+        options = {"mpp": mpp, "win": win, "step": step, "assume_mpp": assume_mpp}
+    elif mpp is not None:
+        raise click.UsageError("--mpp applies to --format pannuke and hovernet-patches")
+    written = run(load(name, split, label_set, root=root), fmt, out, **options)
     click.echo(f"{len(written)} file(s) written to {out}")
 
 
@@ -261,56 +297,6 @@ def stats(name: str, as_json: bool, split: str | None, label_set: str | None, ro
 
     summary = summarise(load(name, split, label_set, root=root))
     click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
-
-
-def _epochs(text: str) -> dict[str, int]:
-    parts = [int(p) for p in text.split(",")]
-    if len(parts) == 1:
-        parts *= 3
-    if len(parts) != 3 or min(parts) < 0:
-        raise click.BadParameter("give one number for every stage, or three: A,B,C")
-    return dict(zip("ABC", parts, strict=True))
-
-
-@main.command("build-merged")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Output folder.")
-@click.option("--datasets", default=None, help="Comma-separated datasets (default: every available one).")
-@click.option("--label-sets", default="pannuke,nucls,consep,monusac", show_default=True)
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Predict with this model instead of training.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--epochs", default=None, help="Epochs per stage: N or A,B,C (default 10, demo 6,4,4).")
-@click.option("--encoder", type=click.Choice(["small", "resnet18", "resnet50"]), default="small", show_default=True)
-@click.option("--crop-size", default=32, show_default=True)
-@click.option("--batch-size", default=128, show_default=True)
-@click.option("--overlays", default="16", show_default=True, help="Overlay PNGs per label set and dataset, or 'all'.")
-@click.option("--demo", is_flag=True, help="Run on a generated world of all seven datasets whose truth is known.")
-@click.option("--demo-scale", default=4, show_default=True,
-              help="With --demo: size of the world (4: ~4,800 nuclei, about 1.5 min on two cores; ~300: full scale, ~350,000 nuclei).")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--quiet", is_flag=True, help="Only the result.")
-@root_option
-def build_merged(out: Path, datasets: str | None, label_sets: str, checkpoint: Path | None, device: str,
-                 epochs: str | None, encoder: str, crop_size: int, batch_size: int, overlays: str, demo: bool,
-                 demo_scale: int, seed: int, quiet: bool, root: Path | None) -> None:
-    """Label every nucleus of every dataset under every label set, and write the merged dataset."""
-    from nucdata_models.merged import BuildOptions
-    from nucdata_models.merged import build_merged as run
-
-    options = BuildOptions(
-        out=out, datasets=[d.strip() for d in datasets.split(",")] if datasets else None,
-        label_sets=[s.strip() for s in label_sets.split(",")], checkpoint=checkpoint, device=device,
-        epochs=_epochs(epochs) if epochs else ({"A": 6, "B": 4, "C": 4} if demo else {"A": 10, "B": 10, "C": 10}),
-        encoder=encoder, crop_size=crop_size, batch_size=batch_size,
-        overlays=None if overlays == "all" else int(overlays), root=root, demo=demo, demo_scale=demo_scale, seed=seed,
-    )
-    start = time.perf_counter()
-    report = run(options, say=(lambda _m: None) if quiet else click.echo)
-    click.echo(f"done in {time.perf_counter() - start:.0f} s: {out} (report: {out / 'report.md'})")
-    if "demo_truth" in report:
-        for name, m in report["demo_truth"].items():
-            click.echo(f"  {name:8s} filled-label accuracy {m['merged_accuracy']:.3f} "
-                       f"(baseline, own dataset only: {m['baseline_accuracy']:.3f})")
 
 
 @main.command()

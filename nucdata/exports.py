@@ -20,7 +20,7 @@ from .atomic import atomic_write_json
 from .dataset import NucleusDataset
 from .geometry import box_outline, nucleus_outline
 
-FORMATS = ("geojson", "coco", "hovernet-json")
+FORMATS = ("geojson", "coco", "hovernet-json", "pannuke", "hovernet-patches")
 
 
 def _class_info(ds: NucleusDataset) -> tuple[dict[int, tuple[str, list[int]]], str]:
@@ -150,7 +150,7 @@ def export_hovernet(ds: NucleusDataset, out: Path) -> list[Path]:
     return written
 
 
-def export(ds: NucleusDataset, fmt: str, out: str | os.PathLike[str]) -> list[Path]:
+def export(ds: NucleusDataset, fmt: str, out: str | os.PathLike[str], **options: Any) -> list[Path]:
     """Export ``ds`` (its split and label set) as ``fmt`` into folder ``out``.
 
     Parameters
@@ -162,8 +162,14 @@ def export(ds: NucleusDataset, fmt: str, out: str | os.PathLike[str]) -> list[Pa
         ``"geojson"`` (QuPath: one FeatureCollection per image, a ``detection`` per
         nucleus), ``"coco"`` (one file per dataset and split) or ``"hovernet-json"``
         (one file per image); the schemas are described in docs/tutorials/loading.md.
+        For segmentation trainers: ``"pannuke"`` (PanNuke's fold layout) and
+        ``"hovernet-patches"`` (HoVer-Net's extracted patches), both under a label set;
+        see :mod:`nucdata.exports_seg`.
     out
         Folder to write into (created if needed); each file is written atomically.
+    **options
+        For ``pannuke``: ``mpp``, ``size``, ``assume_mpp``; for ``hovernet-patches``:
+        ``mpp``, ``win``, ``step``, ``assume_mpp``.
 
     Returns
     -------
@@ -176,8 +182,14 @@ def export(ds: NucleusDataset, fmt: str, out: str | os.PathLike[str]) -> list[Pa
         For an unknown format.
     """
     from .errors import InvalidArgumentError
+    from .exports_seg import export_hovernet_patches, export_pannuke
 
+    segmentation = {"pannuke": export_pannuke, "hovernet-patches": export_hovernet_patches}
+    if fmt in segmentation:
+        return segmentation[fmt](ds, Path(out), **options)
     writers = {"geojson": export_geojson, "coco": export_coco, "hovernet-json": export_hovernet}
     if fmt not in writers:
         raise InvalidArgumentError(f"unknown export format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    if options:
+        raise InvalidArgumentError(f"{fmt} export takes no options, got {sorted(options)}")
     return writers[fmt](ds, Path(out))
