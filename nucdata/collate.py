@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 #: fields with one row per nucleus: their lengths differ between images, so they stay lists
-NUCLEUS_FIELDS = frozenset({"centroids", "labels", "candidates", "probabilities", "annotated"})
+NUCLEUS_FIELDS = frozenset({"centroids", "labels", "candidates", "probabilities", "annotated", "cut", "nucleus_index"})
 
 
 def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
