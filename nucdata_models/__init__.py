@@ -10,17 +10,32 @@ A library on plain tensors: :class:`TrainingData` in, :class:`TrainResult` and
 >>> trainer = CrossTrainer(TrainConfig(epochs={"A": 2, "B": 2, "C": 2}))    # doctest: +SKIP
 >>> result = trainer.fit(data, workdir="run", progress=print)               # doctest: +SKIP
 >>> predictions = trainer.predict(data.crops, data.candidates)              # doctest: +SKIP
+
+For a classifier of your own, :func:`partial_label_loss` is the loss over candidate
+sets and :func:`target_bits` turns nucdata's ``(label, candidates)`` into its targets
+(docs/tutorials/training.md).
 """
 
-from .bridge import from_crop_dataset
+from .bridge import from_crop_dataset, training_data
 from .checkpoint import CheckpointError, CheckpointMismatchError, load_checkpoint, save_checkpoint
-from .data import LabelSetSpec, TrainingData, target_bits
+from .data import LabelSetSpec, TrainingData, target_bits, training_targets
 from .encoders import build_encoder
+from .fill import fill_labels
+from .losses import partial_label_loss
 from .metrics import classification_metrics
-from .train import CrossTrainer, Prediction, Predictions, TrainConfig, TrainResult
+from .train import (
+    RECIPE_DIFFERENCES,
+    RECIPES,
+    CrossTrainer,
+    Prediction,
+    Predictions,
+    TrainConfig,
+    TrainResult,
+)
 
 __all__ = [
     "CheckpointError", "CheckpointMismatchError", "CrossTrainer", "LabelSetSpec", "Prediction", "Predictions",
     "TrainConfig", "TrainResult", "TrainingData", "build_encoder", "classification_metrics", "from_crop_dataset",
-    "load_checkpoint", "save_checkpoint", "target_bits",
+    "load_checkpoint", "partial_label_loss", "save_checkpoint", "target_bits",
+    "RECIPES", "RECIPE_DIFFERENCES", "fill_labels", "training_data", "training_targets",
 ]
