@@ -1,7 +1,7 @@
 """Exports for segmentation trainers: PanNuke's fold layout and HoVer-Net's patches.
 
 PanNuke (``--format pannuke``)
-    The layout of the published folds (reference/datasets.md §2.3-2.4), so that
+    The layout of the published folds (docs/datasets/pannuke.md), so that
     PanNuke training code (CellViT, HoVer-Net's PanNuke configs, StarDist examples)
     reads any dataset under any label set unchanged::
 
