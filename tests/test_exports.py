@@ -148,3 +148,114 @@ def test_cli_export(prepared, tmp_path, fmt, pattern):
 def test_unknown_format_is_refused(prepared, tmp_path):
     with pytest.raises(nucdata.InvalidArgumentError, match="valid formats"):
         nucdata.exports.export(nucdata.load("tnbc"), "shapefile", tmp_path)
+
+
+# -- segmentation exports: PanNuke folds and HoVer-Net patches --------------------------------
+@pytest.fixture(scope="module")
+def pannuke_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("pannuke_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NUCDATA_HOME", str(home))
+        for name in ("pannuke", "consep", "monusac"):
+            install(name, home)
+            nucdata.prepare(name)
+        yield home
+
+
+def _nuclei_by_image(ds: nucdata.NucleusDataset) -> dict[str, list[tuple]]:
+    """Image name -> sorted (centroid x, y, area, label) of its nuclei."""
+    out = {}
+    centroid = np.asarray(ds.store.column("nuclei", "centroid"))
+    area = np.asarray(ds.store.column("nuclei", "area"))
+    for index in ds.indices:
+        rows = ds.store.nucleus_slice(int(index))
+        out[str(ds.store.column("images", "name")[index])] = sorted(
+            (round(float(x), 3), round(float(y), 3), int(a), int(lab))
+            for (x, y), a, lab in zip(centroid[rows], area[rows], ds._labels[rows], strict=True))
+    return out
+
+
+def test_pannuke_layout_and_round_trip(pannuke_home, tmp_path):
+    out = tmp_path / "folds"
+    result = CliRunner().invoke(main, ["export", "pannuke", "--format", "pannuke", "--label-set", "pannuke",
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    ds = nucdata.load("pannuke", label_set="pannuke")
+    total = 0
+    for k in (1, 2, 3):  # the published layout, read as PanNuke's users read it
+        images = np.load(out / f"Fold {k}" / "images" / f"fold{k}" / "images.npy")
+        masks = np.load(out / f"Fold {k}" / "masks" / f"fold{k}" / "masks.npy")
+        types = np.load(out / f"Fold {k}" / "images" / f"fold{k}" / "types.npy")
+        assert images.dtype == masks.dtype == np.float64 and types.dtype.kind == "U"
+        assert images.shape[1:] == (256, 256, 3) and masks.shape[1:] == (256, 256, 6)
+        assert images.shape[0] == masks.shape[0] == types.shape[0] == (ds.store.column("images", "split") == f"fold{k}").sum()
+        nucleus = masks[..., :5].sum(-1) > 0
+        assert ((masks[..., 5] == 1) == ~nucleus).all()  # channel 5: background
+        assert ((masks[..., :5] > 0).sum(-1) <= 1).all()  # one class per pixel
+        total += images.shape[0]
+    assert total == len(ds)
+    # Round trip: the folder converts back with the same nuclei and classes.
+    home2 = tmp_path / "home2"
+    result = CliRunner().invoke(main, ["prepare", "pannuke", "--from", str(out), "--root", str(home2),
+                                       "--no-count-check"])
+    assert result.exit_code == 0, result.output
+    back = nucdata.load("pannuke", label_set="pannuke", root=home2)
+    assert _nuclei_by_image(back) == _nuclei_by_image(ds)
+    assert list(back.store.column("images", "tissue")) == list(ds.store.column("images", "tissue"))
+
+
+def test_pannuke_export_of_other_datasets_at_one_mpp(pannuke_home, tmp_path):
+    ds = nucdata.load("monusac", split="train", label_set="pannuke")
+    written = nucdata.exports.export(ds, "pannuke", tmp_path, mpp=0.5, size=32)
+    masks = np.load(next(p for p in written if p.name == "masks.npy"))
+    info = json.loads((tmp_path / "Fold 1" / "export.json").read_text())
+    assert info["split"] == "train" and info["mpp"] == 0.5 and info["patches"] == masks.shape[0]
+    tiles = ds.tiles(size=32, mpp=0.5, edge="shift")
+    assert masks.shape == (len(tiles), 32, 32, 6)
+    for t in range(len(tiles)):
+        s = tiles[t]
+        types = s["type_map"].numpy()
+        labelled = types > 0
+        channel = np.argmax(masks[t, ..., :5] > 0, axis=-1)
+        assert (channel[labelled] == types[labelled] - 1).all()
+        assert (masks[t, ..., :5].max(-1)[labelled] == s["instance_map"].numpy()[labelled]).all()
+        assert (masks[t, ..., :5].sum(-1)[types == -1] == 0).all() and (masks[t, ..., 5][types == -1] == 0).all()
+    # A folder nucdata did not write is never replaced.
+    foreign = tmp_path / "other"
+    (foreign / "Fold 1").mkdir(parents=True)
+    with pytest.raises(nucdata.InvalidArgumentError, match="not written by nucdata"):
+        nucdata.exports.export(ds, "pannuke", foreign)
+    with pytest.raises(nucdata.InvalidArgumentError, match="label set"):
+        nucdata.exports.export(nucdata.load("monusac"), "pannuke", tmp_path / "x")
+
+
+def test_hovernet_patches_layout(pannuke_home, tmp_path):
+    from nucdata.exports_seg import mirror_patches
+
+    ds = nucdata.load("consep", split="train", label_set="pannuke")
+    result = CliRunner().invoke(main, ["export", "consep", "--format", "hovernet-patches", "--label-set",
+                                       "pannuke", "--split", "train", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "train" / "540x540_164x164"
+    type_info = json.loads((folder / "type_info.json").read_text())
+    assert type_info["0"][0] == "background" and type_info["1"][0] == "neoplastic"
+    names = ds.store.column("images", "name")
+    for index in ds.indices:
+        files = sorted(folder.glob(f"{names[index]}_*.npy"))
+        assert files
+        patch = np.load(files[0])
+        assert patch.shape == (540, 540, 5) and patch.dtype == np.int32
+        rgb = np.asarray(ds.store.rgb(int(index)))
+        h, w = rgb.shape[:2]
+        # Patch 0 starts (540 - 164) // 2 = 188 pixels before the image (mirror padding).
+        assert (patch[188 : 188 + h, 188 : 188 + w, :3] == rgb).all()
+        inst = np.asarray(ds.store.instance_map(int(index)))
+        assert (patch[188 : 188 + h, 188 : 188 + w, 3] == inst).all()
+        rows = ds.store.nucleus_slice(int(index))
+        labels = ds._labels[rows]
+        expected = np.concatenate([[0], np.where(labels >= 0, labels + 1, 0)])[inst]
+        assert (patch[188 : 188 + h, 188 : 188 + w, 4] == expected).all()
+    # HoVer-Net's window arithmetic on a 1000 x 1000 image (1376 after padding): windows at
+    # 0, 164, ..., 820 plus one flush with the edge at 836, in each direction.
+    corners = mirror_patches(np.arange(1376 * 1376).reshape(1000 + 376, 1376, 1)[188:-188, 188:-188], 540, 164)
+    assert len(corners) == 49
