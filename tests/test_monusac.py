@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import xml.etree.ElementTree as ET
@@ -40,6 +41,23 @@ def xml_facts(folder: Path) -> dict[str, tuple[float, int]]:
     return out
 
 
+def ambiguous_polygons(folder: Path) -> dict[str, list[np.ndarray]]:
+    """Vertices (x, y) of every Ambiguous region in the archives of ``folder``, by stem."""
+    out: dict[str, list[np.ndarray]] = {}
+    for name in ZIPS:
+        with zipfile.ZipFile(folder / name) as zf:
+            for entry in zf.namelist():
+                if entry.endswith(".xml") and "__MACOSX" not in entry:
+                    root = ET.fromstring(zf.read(entry))
+                    out[Path(entry).stem] = [
+                        np.array([[float(v.get("X")), float(v.get("Y"))] for v in r.iter("Vertex")])
+                        for a in root.iter("Annotation")
+                        if a.find("Attributes/Attribute").get("Name") == "Ambiguous"
+                        for r in a.findall("Regions/Region")
+                    ]
+    return out
+
+
 def test_end_to_end_over_http(home, http_server):
     url, served = http_server
     archives = install("monusac", home, into=served, base_url=url)
@@ -63,6 +81,25 @@ def test_end_to_end_over_http(home, http_server):
     facts = xml_facts(served)
     assert ds.images.ambiguous_regions.values.tolist() == [facts[n][1] for n in stored]
     assert ds.images.ambiguous_regions.values[ds.images.split.values == "train"].sum() == 0
+    # ... kept as polygons, loaded as masks: pixels whose centre is inside (corner convention).
+    regions = ambiguous_polygons(served)
+    for i, name in enumerate(stored):
+        mask = ds.ignore_mask(i)
+        h, w = int(ds.images.height.values[i]), int(ds.images.width.values[i])
+        assert mask.shape == (h, w) and mask.dtype == bool
+        stored_polygons = json.loads(str(ds.images.ignore_polygons.values[i]))
+        assert len(stored_polygons) == len(regions[name]) == facts[name][1]
+        expected = np.zeros((h, w), bool)
+        for vertices, kept in zip(regions[name], stored_polygons, strict=True):
+            np.testing.assert_allclose(np.array(kept), vertices)
+            xs, ys = np.unique(vertices[:, 0]), np.unique(vertices[:, 1])
+            assert xs.size == 2 and ys.size == 2  # the demo's Ambiguous areas are rectangles
+            cols = (np.arange(w) + 0.5 > xs[0]) & (np.arange(w) + 0.5 < xs[1])
+            rows = (np.arange(h) + 0.5 > ys[0]) & (np.arange(h) + 0.5 < ys[1])
+            expected |= rows[:, None] & cols[None, :]
+        np.testing.assert_array_equal(mask, expected)
+        assert mask.any() == (facts[name][1] > 0)
+    assert sum(ds.ignore_mask(i).any() for i in range(len(ds))) == 2
     # Every suffix spelling paired, the .svs-only image read, MPP per image from its XML.
     assert sorted(stored) == sorted(facts)
     assert any(n.endswith("_1") for n in stored) and any(n.endswith("_002") for n in stored)

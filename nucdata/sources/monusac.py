@@ -14,9 +14,13 @@ Rules (recorded in every manifest under ``rules``):
   per name (``dropped['unknown_class_kept_unlabelled:<name>']`` and
   ``extra['unknown_classes']``) and the per-nucleus ``class_name`` column keeps the name.
 * **Ambiguous.** ``Ambiguous`` layers (test set) outline areas to ignore. Their regions
-  are not nuclei: they are neither written nor rasterised (so they never block a
-  nucleus's pixels), they are not in ``regions``; they are counted in the manifest
-  (``dropped['ambiguous_regions']``) and per image (image column ``ambiguous_regions``).
+  are not nuclei: they are neither written nor rasterised as nuclei (so they never block
+  a nucleus's pixels), they are not in ``regions``; they are counted in the manifest
+  (``dropped['ambiguous_regions']``) and per image (image column ``ambiguous_regions``),
+  and kept as geometry: image column ``ignore_polygons`` holds each image's Ambiguous
+  polygons as JSON (``[[[x, y], ...], ...]``, ImageScope pixel-corner coordinates, ``[]``
+  for none); ``NucleusDataset.ignore_mask(i)`` rasterises them under the same rule as the
+  nuclei, so the official protocol (ignore predictions inside them) can be applied.
 * **Geometry.** The ImageScope rule shared with MoNuSeg and Kumar
   (:mod:`nucdata.readers.imagescope`): vertices are pixel corners, first region in file
   order wins overlaps, polygons are clipped at the border, degenerate / outside /
@@ -40,6 +44,7 @@ Rules (recorded in every manifest under ``rules``):
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -61,7 +66,7 @@ SPLITS = ("train", "test")
 
 RULES = {
     "classes": "layer class = Annotation/Attributes/Attribute@Name, matched case-insensitively: 1 Epithelial, 2 Lymphocyte, 3 Neutrophil, 4 Macrophage; any other name keeps its nuclei with label -1, counted per name",
-    "ambiguous": "Ambiguous layers are areas to ignore, not nuclei: not written, not rasterised, not in 'regions'; counted (dropped.ambiguous_regions) and per image (image column ambiguous_regions)",
+    "ambiguous": "Ambiguous layers are areas to ignore, not nuclei: not written or rasterised as nuclei, not in 'regions'; counted (dropped.ambiguous_regions), per image (image column ambiguous_regions) and kept as polygons (image column ignore_polygons, JSON, pixel-corner coordinates; NucleusDataset.ignore_mask rasterises them)",
     "regions": "annotations read = Region elements of every non-Ambiguous layer, before cleaning",
     "coordinates": "ImageScope vertices are pixel corners: a pixel belongs to a region when its centre is inside the polygon",
     "overlap": "first region in file order (layers in file order) keeps overlapping pixels",
@@ -178,6 +183,13 @@ def read_svs(path: Path) -> np.ndarray:
     return np.ascontiguousarray(array[..., :3])
 
 
+def ignore_polygons_json(regions: list[Region]) -> str:
+    """The vertices of ``regions`` as compact JSON ``[[[x, y], ...], ...]`` (the image column
+    ``ignore_polygons``); coordinates exactly as the XML gives them (pixel corners)."""
+    polygons = [[[float(x), float(y)] for x, y in np.asarray(r.vertices, np.float64).reshape(-1, 2)] for r in regions]
+    return json.dumps(polygons, separators=(",", ":"))
+
+
 def patient_barcode(folder_name: str) -> str:
     """``TCGA-5P-A9K0-01Z-00-DX1`` -> ``TCGA-5P-A9K0`` (the patient, not the slide)."""
     parts = folder_name.split("-")
@@ -188,7 +200,7 @@ class MoNuSAC(Source):
     """MoNuSAC 2020 from its training and test trees (archives or extracted folders)."""
 
     name = "monusac"
-    version = "2"
+    version = "3"  # 3: Ambiguous regions kept as polygons (image column ignore_polygons)
 
     def convert(
         self, folder: Path, writer: StoreWriter, progress: Callable[[str], None] | None = None
@@ -283,7 +295,8 @@ class MoNuSAC(Source):
                 "layer": np.asarray([nuclei[i].layer + 1 for i in kept], np.int32),
                 "class_name": np.asarray(class_names, dtype=str) if class_names else np.zeros(0, "<U1"),
             },
-            image_columns={"ambiguous_regions": len(ignore), "slide": slide},
+            image_columns={"ambiguous_regions": len(ignore), "slide": slide,
+                           "ignore_polygons": ignore_polygons_json(ignore)},
         )
         return n, annotation.mpp
 
