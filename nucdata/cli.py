@@ -143,22 +143,35 @@ def _native_classes(name: str) -> list[tuple[int, str]]:
 
 @main.command("label-sets")
 @click.argument("name", required=False)
-@click.option("--mapping", "source", default=None, metavar="DATASET",
-              help="Show the table from DATASET's native classes into NAME.")
-def label_sets_cmd(name: str | None, source: str | None) -> None:
-    """List the label sets, show one, or show a mapping table (--mapping DATASET)."""
-    from .labelsets import MERGED_LABEL_SETS, label_set, list_label_sets, mapping
+@click.option("--mapping", "source", default=None, metavar="SOURCE",
+              help="Show the table from SOURCE into NAME: a dataset (native codes), or a label set's "
+                   "class ids (consep4, nucls_main, nucls_super, or set:<label set>).")
+@click.option("--check", is_flag=True,
+              help="Check every table against paths through a third set and against its reverse; "
+                   "exit 1 on a finding not accepted in the data.")
+def label_sets_cmd(name: str | None, source: str | None, check: bool) -> None:
+    """List the label sets, show one, show a mapping table (--mapping SOURCE), or check them (--check)."""
+    from .labelsets import MERGED_LABEL_SETS, check_tables, label_set, list_label_sets, mapping
+    from .labelsets import table_version as tables_version
 
+    if check:
+        report = check_tables()
+        click.echo(report.format())
+        if not report.ok:
+            raise SystemExit(1)
+        return
     if name is None and source is not None:
         raise click.UsageError(
             f"--mapping {source} needs the target label set: nucdata label-sets NAME --mapping {source} "
             "(`nucdata label-sets` lists the names)."
         )
     if name is None:
+        click.echo(f"label-set tables v{tables_version()}")
         for ls_name in list_label_sets():
             ls = label_set(ls_name)
             merged = " (merged)" if ls_name in MERGED_LABEL_SETS else ""
-            click.echo(f"{ls_name:12s} v{ls.version} {len(ls):2d} classes{merged}: {', '.join(ls.names)}")
+            cover = "" if ls.exhaustive else " [not exhaustive: +outside]"
+            click.echo(f"{ls_name:12s} v{ls.version} {len(ls):2d} classes{merged}{cover}: {', '.join(ls.names)}")
         return
     click.echo(str(mapping(source, name) if source else label_set(name)))
 

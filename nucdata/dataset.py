@@ -62,7 +62,8 @@ class NucleusDataset(torch.utils.data.Dataset):
         centroids     float32 (K, 2), x then y, pixel units
         labels        int64 (K,); native code, or the class under ``label_set``
                       (-1 missing, -2 outside the set)
-        candidates    int64 (K,); bitmask over the label set's classes (0 without one)
+        candidates    int64 (K,); bitmask over the label set's classes, bit len(set)
+                      meaning "possibly outside the set" (0: no information)
         image_id      str
         dataset       str
 
@@ -90,7 +91,10 @@ class NucleusDataset(torch.utils.data.Dataset):
         else:
             from .labelsets import translate
 
-            self._labels, self._candidates = translate(self.name, native, label_set)
+            tissue = None  # per-nucleus tissue selects tissue-conditional rows (PanNuke)
+            if "tissue" in store.image_columns():
+                tissue = np.asarray(store.column("images", "tissue"))[np.asarray(store.column("nuclei", "image"))]
+            self._labels, self._candidates = translate(self.name, native, label_set, tissue=tissue)
 
     # -- torch Dataset ---------------------------------------------------------------
     def __len__(self) -> int:
@@ -121,6 +125,32 @@ class NucleusDataset(torch.utils.data.Dataset):
             f"NucleusDataset({self.name!r}, split={self.split!r}, label_set={self.label_set!r}, "
             f"images={len(self)}, nuclei={int(self.nuclei.sizes['nucleus'])})"
         )
+
+    def ignore_mask(self, i: int) -> np.ndarray:
+        """``(H, W)`` bool mask of the areas to ignore in sample ``i`` (all False if none).
+
+        Built from the image column ``ignore_polygons`` (docs/store-format.md; MoNuSAC's
+        Ambiguous regions): predictions inside these areas are not scored by the
+        official protocol, and tiles can mask them. A pixel is inside when its centre is
+        (the ImageScope corner convention).
+        """
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} images")
+        index = int(self.indices[i])
+        h = int(self.store.column("images", "height")[index])
+        w = int(self.store.column("images", "width")[index])
+        mask = np.zeros((h, w), bool)
+        if "ignore_polygons" not in self.store.image_columns():
+            return mask
+        import json
+
+        from skimage.draw import polygon as fill_polygon
+
+        for vertices in json.loads(str(self.store.column("images", "ignore_polygons")[index]) or "[]"):
+            v = np.asarray(vertices, np.float64).reshape(-1, 2)
+            rr, cc = fill_polygon(v[:, 1] - 0.5, v[:, 0] - 0.5, shape=(h, w))
+            mask[rr, cc] = True
+        return mask
 
     # -- crops and plots --------------------------------------------------------------
     def crops(self, size: int = 64, context: float | None = None, mpp: float | None = None,

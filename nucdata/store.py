@@ -332,6 +332,7 @@ class StoreWriter:
                 "images": sorted([*self._images, *self._image_extra]),
                 "nuclei": sorted([*self._nuclei, *self._nucleus_extra]),
             },
+            "label_tables": _label_tables_version(),  # the label-set tables load() translates with
             **manifest,
         }
         fault_point("store:columns-written")
@@ -364,6 +365,12 @@ class StoreWriter:
     @property
     def nucleus_images(self) -> np.ndarray:
         return np.concatenate(self._nuclei["image"]) if self._nuclei["image"] else np.zeros(0, np.int32)
+
+
+def _label_tables_version() -> str:
+    from .labelsets import table_version
+
+    return table_version()
 
 
 def _json_default(value: Any) -> Any:
