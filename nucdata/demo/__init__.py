@@ -32,13 +32,25 @@ DEMO_HASH_SOURCE = "generated demo archive (nucdata.demo); not the published fil
 
 @dataclass
 class DemoArchives:
-    """Archives written by a generator, with what the card override must say."""
+    """Archives written by a generator, with what the card override must say.
+
+    Attributes
+    ----------
+    truth
+        Image name -> ``[(x, y, latent type), ...]`` of every drawn nucleus.
+    annotated
+        Image name -> the native code written in the archive for each nucleus of
+        ``truth`` (same order; -1 in unlabelled datasets). Filled when a world drew
+        the nuclei; it differs from the world's right code where annotator noise or
+        a labelling habit changed it (:meth:`nucdata.demo.world.World.annotate`).
+    """
 
     dataset: str
     files: list[Path]
     roles: dict[str, str]  # file name -> role
     expected: dict[str, Any]
     truth: dict[str, Any] = field(default_factory=dict)
+    annotated: dict[str, list[int]] = field(default_factory=dict)
 
 
 def generator(name: str) -> Callable[[Path, np.random.Generator], DemoArchives]:
@@ -78,7 +90,7 @@ def install(
     into: str | os.PathLike[str] | None = None,
     base_url: str | None = None,
     world: Any = None,
-    scale: int = 1,
+    scale: float = 1,
 ) -> DemoArchives:
     """Generate ``name``'s demo archives and register them in the data home ``root``.
 
@@ -92,7 +104,10 @@ def install(
     world
         A :class:`nucdata.demo.world.World`: nuclei are drawn as its latent cell types
         (appearance, per-dataset stain) and labelled through the dataset's vocabulary;
-        the returned ``truth`` gives every drawn nucleus's position and latent type.
+        the returned ``truth`` gives every drawn nucleus's position and latent type,
+        ``annotated`` the code written for it. The world's knobs
+        (:class:`nucdata.demo.world.WorldConfig`) apply, including its per-dataset
+        size factor on ``scale``.
     scale
         Multiplies the number of nuclei (more images, or larger ones where the real
         dataset's image list is fixed); about 300 gives a world of full size.
@@ -101,6 +116,9 @@ def install(
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     make = generator(name)
+    if world is not None:
+        world.begin(get_card(name).name)
+        scale = world.scale_for(get_card(name).name, scale)
     kwargs = {"scale": scale} if scale != 1 else {}
     archives = make(folder, rng, world, **kwargs) if (world is not None or kwargs) else make(folder, rng)
     archives.dataset = get_card(name).name

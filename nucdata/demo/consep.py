@@ -15,19 +15,21 @@ from PIL import Image
 from scipy.io import savemat
 
 from . import DemoArchives, scratch_folder, zip_tree
-from .synth import draw_filled, ellipse_polygon, paint, place_nuclei
-from .world import STAIN_SHIFT, World
+from .synth import appearance_kinds, draw_filled, ellipse_polygon, paint, place_nuclei
+from .world import World
 
 TILES = {"Train": 4, "Test": 2}
 SIZE = 96
 
 
-def generate(folder: Path, rng: np.random.Generator, world: World | None = None, scale: int = 1) -> DemoArchives:
-    tiles = {split: n * scale for split, n in TILES.items()}
+def generate(folder: Path, rng: np.random.Generator, world: World | None = None, scale: float = 1) -> DemoArchives:
+    """Write ``consep.zip``; ``scale`` multiplies the tiles per split."""
+    tiles = {split: max(1, round(n * scale)) for split, n in TILES.items()}
     regions = {"train": 0, "test": 0}
     classes: dict[str, int] = {}
     truth: dict[str, list] = {}
-    appearances = world.appearances() if world else None
+    appearances = world.appearances("consep") if world else None
+    annotated: dict[str, list[int]] = {}
     with scratch_folder() as tmp:
         top = tmp / "CoNSeP"
         for split, n in tiles.items():
@@ -37,7 +39,8 @@ def generate(folder: Path, rng: np.random.Generator, world: World | None = None,
                 name = f"{split.lower()}_{k}"
                 count = int(rng.integers(8, 14))
                 kinds = world.kinds_for("consep", rng, count) if world else None
-                nuclei = place_nuclei(rng, SIZE, SIZE, count, kinds, appearances)
+                looks = world.looks_for("consep", kinds) if world else None
+                nuclei = place_nuclei(rng, SIZE, SIZE, count, kinds, appearances, looks=looks)
                 truth[name] = [(c.cx, c.cy, c.kind) for c in nuclei]
                 inst = draw_filled((SIZE, SIZE), [ellipse_polygon(c, 16) for c in nuclei])
                 present = [i for i in range(1, len(nuclei) + 1) if (inst == i).any()]
@@ -45,10 +48,14 @@ def generate(folder: Path, rng: np.random.Generator, world: World | None = None,
                 relabel[present] = np.arange(1, len(present) + 1)
                 inst = relabel[inst]
                 kept = [nuclei[i - 1] for i in present]
-                codes = np.array([world.native_code("consep", c.kind) if world else int(rng.integers(1, 8))
-                                  for c in kept], np.int64)
-                shift = STAIN_SHIFT["consep"] if world else (0, 0, 0)
-                rgb = paint(rng, inst, np.array([c.kind for c in kept], int), appearances, shift)
+                if world:
+                    annotated[name] = world.annotate("consep", [c.kind for c in nuclei])
+                    codes = np.array([annotated[name][i - 1] for i in present], np.int64)
+                else:
+                    codes = np.array([int(rng.integers(1, 8)) for _ in kept], np.int64)
+                shift = world.stain("consep") if world else (0, 0, 0)
+                blur = world.blur("consep") if world else 0.6
+                rgb = paint(rng, inst, appearance_kinds(kept), appearances, shift, blur=blur)
                 rows, cols = np.indices(inst.shape)
                 centroid = np.array([[cols[inst == i].mean(), rows[inst == i].mean()]
                                      for i in range(1, len(kept) + 1)]).reshape(-1, 2)
@@ -72,5 +79,5 @@ def generate(folder: Path, rng: np.random.Generator, world: World | None = None,
         "consep", [archive], {archive.name: "all"},
         {"images": {k.lower(): v for k, v in tiles.items()}, "regions": {"all": sum(regions.values())},
          "classes": dict(sorted(classes.items(), key=lambda kv: int(kv[0])))},
-        truth,
+        truth, annotated,
     )

@@ -12,7 +12,8 @@ from .monuseg import KUMAR
 from .world import World
 
 
-def generate(folder: Path, rng: np.random.Generator, world: World | None = None, scale: int = 1) -> DemoArchives:
+def generate(folder: Path, rng: np.random.Generator, world: World | None = None, scale: float = 1) -> DemoArchives:
+    """Write MoNuSeg's training zip (Kumar's 30 images are in it); ``scale`` as MoNuSeg's."""
     monuseg = _monuseg.generate(folder, rng, world, dataset="kumar", scale=scale)
     train_zip = next(p for p in monuseg.files if p.name == "MoNuSeg 2018 Training Data.zip")
     (folder / "MoNuSegTestData.zip").unlink(missing_ok=True)
@@ -31,4 +32,5 @@ def generate(folder: Path, rng: np.random.Generator, world: World | None = None,
                     for part in ("train", "test_same_organ", "test_different_organ")},
          "regions": {"all": regions}},
         {stem: t for stem, t in monuseg.truth.items() if stem in KUMAR},
+        {stem: t for stem, t in monuseg.annotated.items() if stem in KUMAR},
     )

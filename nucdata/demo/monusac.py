@@ -20,7 +20,7 @@ from PIL import Image
 
 from . import DemoArchives, scratch_folder, zip_tree
 from .synth import draw_filled, ellipse_polygon, paint, place_nuclei, shoelace_area
-from .world import STAIN_SHIFT, World
+from .world import World
 
 CLASSES = ["Epithelial", "Lymphocyte", "Neutrophil", "Macrophage"]
 LINE_COLOURS = {"Epithelial": "255", "Lymphocyte": "65535", "Neutrophil": "16711680",
@@ -70,23 +70,28 @@ def layered_xml(layers: dict[str, list[np.ndarray]], mpp: float, crlf: bool = Fa
 
 
 def sub_image(rng: np.random.Generator, world: World | None, with_ambiguous: bool):
-    """One sub-image: RGB, class layers, nuclei count, per-code counts and truth."""
+    """One sub-image: RGB, class layers, nuclei count, per-code counts, truth and written codes."""
     h, w = int(rng.integers(60, 110)), int(rng.integers(60, 110))
     count = int(rng.integers(4, 9))
     kinds = world.kinds_for("monusac", rng, count) if world else None
-    appearances = world.appearances() if world else None
-    nuclei = place_nuclei(rng, h, w, count, kinds, appearances, margin=3.0)
+    looks = world.looks_for("monusac", kinds) if world else None
+    appearances = world.appearances("monusac") if world else None
+    nuclei = place_nuclei(rng, h, w, count, kinds, appearances, margin=3.0, looks=looks)
     # Integer vertices, as in the real files (the drawn map uses the same rounded rings).
     polygons = [np.round(ellipse_polygon(n, 14)) for n in nuclei]
-    codes = [world.native_code("monusac", n.kind) if world else int(rng.integers(1, 4)) for n in nuclei]
+    if world:
+        codes = world.annotate("monusac", [n.kind for n in nuclei])
+    else:
+        codes = [int(rng.integers(1, 4)) for _ in nuclei]
     layers: dict[str, list[np.ndarray]] = {name: [] for name in CLASSES}
     for poly, code in zip(polygons, codes, strict=True):
         layers[CLASSES[code - 1]].append(poly)
     order = [(name, p) for name in CLASSES for p in layers[name]]  # file order = layer order
     inst = draw_filled((h, w), [p for _, p in order])
-    kind_of = {id(p): n.kind for p, n in zip(polygons, nuclei, strict=True)}
-    shift = STAIN_SHIFT["monusac"] if world else (0, 0, 0)
-    rgb = paint(rng, inst, np.array([kind_of[id(p)] for _, p in order], int), appearances, shift)
+    kind_of = {id(p): n.appearance_kind for p, n in zip(polygons, nuclei, strict=True)}
+    shift = world.stain("monusac") if world else (0, 0, 0)
+    blur = world.blur("monusac") if world else 0.6
+    rgb = paint(rng, inst, np.array([kind_of[id(p)] for _, p in order], int), appearances, shift, blur=blur)
     if with_ambiguous:  # an area to ignore; it may cover nuclei, as in the real test set
         layers["Ambiguous"] = [np.array([[2.0, 2.0], [30.0, 2.0], [30.0, 24.0], [2.0, 24.0]])]
     truth = [(n.cx, n.cy, n.kind) for n in nuclei]
@@ -94,10 +99,10 @@ def sub_image(rng: np.random.Generator, world: World | None, with_ambiguous: boo
     for name, _ in order:
         code = str(CLASSES.index(name) + 1)
         classes[code] = classes.get(code, 0) + 1
-    return rgb, layers, len(order), classes, truth
+    return rgb, layers, len(order), classes, truth, (list(codes) if world else [])
 
 
-def generate(folder: Path, rng: np.random.Generator, world: World | None = None, scale: int = 1) -> DemoArchives:
+def generate(folder: Path, rng: np.random.Generator, world: World | None = None, scale: float = 1) -> DemoArchives:
     """Write the two MoNuSAC archives into ``folder``.
 
     Expected counts: ``images`` and ``regions`` (non-Ambiguous ``Region`` elements)
@@ -108,6 +113,7 @@ def generate(folder: Path, rng: np.random.Generator, world: World | None = None,
     regions: dict[str, int] = {}
     classes: dict[str, int] = {}
     truth: dict[str, list] = {}
+    annotated: dict[str, list[int]] = {}
     for split, patients in PATIENTS.items():
         images[split] = regions[split] = 0
         with scratch_folder() as tmp:
@@ -115,10 +121,12 @@ def generate(folder: Path, rng: np.random.Generator, world: World | None = None,
                 pdir = tmp / TOPS[split] / patient
                 pdir.mkdir(parents=True)
                 first = 1 if split == "train" else 5  # a patient in both splits gets other numbers
-                for k in range(2 * scale):
+                for k in range(max(1, round(2 * scale))):
                     stem = patient + SUFFIXES[(p + k) % 3].format(first + k)
                     ambiguous = split == "test" and k == 0
-                    rgb, layers, n, counts, truth[stem] = sub_image(rng, world, ambiguous)
+                    rgb, layers, n, counts, truth[stem], codes = sub_image(rng, world, ambiguous)
+                    if world:
+                        annotated[stem] = codes
                     mpp = 0.252 if (p + k) % 2 else 0.19448
                     (pdir / f"{stem}.xml").write_bytes(layered_xml(layers, mpp, crlf=(p + k) % 2 == 1).encode())
                     if split == "test" and p == 1 and k == 1:
@@ -140,5 +148,5 @@ def generate(folder: Path, rng: np.random.Generator, world: World | None = None,
             roles[archive.name] = split
     return DemoArchives(
         "monusac", files, roles,
-        {"images": images, "regions": regions, "classes": dict(sorted(classes.items()))}, truth,
+        {"images": images, "regions": regions, "classes": dict(sorted(classes.items()))}, truth, annotated,
     )

@@ -15,7 +15,7 @@ from PIL import Image
 
 from . import DemoArchives, scratch_folder, zip_tree
 from .synth import draw_filled, ellipse_polygon, paint, place_nuclei
-from .world import STAIN_SHIFT, World
+from .world import World
 
 #: Kumar 2017's 30 images (the classic MoNuSeg training set) by file stem, with the
 #: HoVer-Net 16 / 8 / 6 split they are used with (reference: datasets.md §6.4 for the
@@ -86,11 +86,12 @@ def image_pair(
     """
     count = int(rng.integers(6, 11) * (size / 96) ** 2)
     kinds = world.kinds_for(dataset, rng, count) if world else None
-    appearances = world.appearances() if world else None
-    nuclei = place_nuclei(rng, size, size, count, kinds, appearances)
+    looks = world.looks_for(dataset, kinds) if world else None
+    appearances = world.appearances(dataset) if world else None
+    nuclei = place_nuclei(rng, size, size, count, kinds, appearances, looks=looks)
     polygons = [ellipse_polygon(n, int(rng.integers(10, 20)), 0.08, rng) for n in nuclei]
     truth = [(n.cx, n.cy, n.kind) for n in nuclei]
-    kind_of = [n.kind for n in nuclei]
+    kind_of = [n.appearance_kind for n in nuclei]
     # Quirks: a region overlapping the first one, and a stray 2-vertex click.
     if polygons:
         polygons.append(polygons[0] + np.array([3.0, 2.0]))
@@ -98,24 +99,28 @@ def image_pair(
     polygons.append(np.array([[10.0, 10.0], [11.0, 12.0]]))
     kind_of.append(0)
     inst = draw_filled((size, size), polygons)
-    shift = STAIN_SHIFT.get(dataset, (0, 0, 0)) if world else (0, 0, 0)
-    rgb = paint(rng, inst, np.asarray(kind_of), appearances, shift)
+    shift = world.stain(dataset) if world else (0, 0, 0)
+    blur = world.blur(dataset) if world else 0.6
+    rgb = paint(rng, inst, np.asarray(kind_of), appearances, shift, blur=blur)
     mpp = None if stem in NO_MPP else (0.5005 if stem in LOW_MAG else 0.2520)
     xml = imagescope_xml(polygons, mpp, extra_block=stem.startswith("TCGA-HE-7129"))
     return rgb, xml, len(polygons), truth
 
 
 def generate(folder: Path, rng: np.random.Generator, world: World | None = None,
-             dataset: str = "monuseg", scale: int = 1) -> DemoArchives:
+             dataset: str = "monuseg", scale: float = 1) -> DemoArchives:
+    """Write both MoNuSeg zips; ``scale`` multiplies the nuclei per image (larger images)."""
     size = int(round(96 * scale ** 0.5))  # more nuclei per image, at the same density
     regions = {"train": 0, "test": 0}
     truth: dict[str, list[tuple[float, float, int]]] = {}
+    annotated: dict[str, list[int]] = {}  # no classes: -1 for every nucleus
     with scratch_folder() as tmp:
         top = tmp / "train" / "MoNuSeg 2018 Training Data"
         (top / "Tissue Images").mkdir(parents=True)
         (top / "Annotations").mkdir()
         for stem in sorted([*KUMAR, *BONUS]):
             rgb, xml, n, truth[stem] = image_pair(rng, stem, size, world=world, dataset=dataset)
+            annotated[stem] = [-1] * len(truth[stem])
             regions["train"] += n
             Image.fromarray(rgb).save(top / "Tissue Images" / f"{stem}.tif", compression="tiff_lzw")
             (top / "Annotations" / f"{stem}.xml").write_text(xml)
@@ -123,6 +128,7 @@ def generate(folder: Path, rng: np.random.Generator, world: World | None = None,
         test.mkdir(parents=True)
         for stem in TEST:
             rgb, xml, n, truth[stem] = image_pair(rng, stem, size, world=world, dataset=dataset)
+            annotated[stem] = [-1] * len(truth[stem])
             regions["test"] += n
             Image.fromarray(rgb).save(test / f"{stem}.tif", compression="packbits")
             (test / f"{stem}.xml").write_text(xml)
@@ -132,5 +138,5 @@ def generate(folder: Path, rng: np.random.Generator, world: World | None = None,
         "monuseg", [train_zip, test_zip],
         {train_zip.name: "train", test_zip.name: "test"},
         {"images": {"train": 37, "test": 14}, "regions": regions},
-        truth,
+        truth, annotated if world else {},
     )

@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image
 
 from . import DemoArchives, scratch_folder, zip_tree
-from .synth import draw_filled, ellipse_polygon, paint, place_nuclei
-from .world import STAIN_SHIFT, World
+from .synth import appearance_kinds, draw_filled, ellipse_polygon, paint, place_nuclei
+from .world import World
 
 #: Mask channel-0 code of each raw class (``nucleus_GTcodes.csv``; datasets.md §5.5).
 #: The generator keeps its own copy, transcribed from the published table.
@@ -56,25 +56,30 @@ HEADER = ["", "raw_classification", "main_classification", "super_classification
 
 
 def fov(rng: np.random.Generator, slide: str, world: World | None, names: dict[int, str]):
-    """One field of view: stem, RGB, mask, CSV rows, per-code counts and truth."""
+    """One field of view: stem, RGB, mask, CSV rows, per-code counts, truth, size and written codes."""
     h, w = int(rng.integers(70, 120)), int(rng.integers(70, 120))
     left, top = int(rng.integers(1000, 90000)), int(rng.integers(1000, 90000))
     stem = (f"{slide}_id-{rng.integers(0, 16**12):012x}{rng.integers(0, 16**12):012x}"
             f"_left-{left}_top-{top}_bottom-{top + h}_right-{left + w}")
     count = int(rng.integers(5, 10))
     kinds = world.kinds_for("nucls", rng, count) if world else None
-    appearances = world.appearances() if world else None
+    looks = world.looks_for("nucls", kinds) if world else None
+    appearances = world.appearances("nucls") if world else None
     # margin 0: nuclei may cross the FOV edge, so coordinates can be negative or past it
-    nuclei = place_nuclei(rng, h, w, count, kinds, appearances, margin=0.0)
+    nuclei = place_nuclei(rng, h, w, count, kinds, appearances, margin=0.0, looks=looks)
     raw_codes = [c for c in names if c != 99]
-    codes = [world.native_code("nucls", n.kind) if world else int(rng.choice(raw_codes)) for n in nuclei]
+    if world:
+        codes = world.annotate("nucls", [n.kind for n in nuclei])
+    else:
+        codes = [int(rng.choice(raw_codes)) for _ in nuclei]
     if not world and nuclei:
         codes[-1] = 99  # one 'unlabeled' annotation
     # Contours as integer pixel indices (centres): the corner-frame ellipse minus 0.5.
     contours = [np.round(ellipse_polygon(n, 14) - 0.5).astype(int) for n in nuclei]
     inst = draw_filled((h, w), [c + 0.5 for c in contours])
-    shift = STAIN_SHIFT["nucls"] if world else (0, 0, 0)
-    rgb = paint(rng, inst, np.array([n.kind for n in nuclei], int), appearances, shift)
+    shift = world.stain("nucls") if world else (0, 0, 0)
+    blur = world.blur("nucls") if world else 0.6
+    rgb = paint(rng, inst, appearance_kinds(nuclei), appearances, shift, blur=blur)
     mask = np.zeros((h, w, 3), np.uint8)
     mask[..., 0] = 253  # the FOV area
     rows = [HEADER]
@@ -96,10 +101,10 @@ def fov(rng: np.random.Generator, slide: str, world: World | None, names: dict[i
         mask[where] = (code, 1, i + 1)  # later annotations overwrite earlier ones
         counts[str(code)] = counts.get(str(code), 0) + 1
     truth = [(n.cx, n.cy, n.kind) for n in nuclei]
-    return stem, rgb, mask, rows, counts, truth, (w, h)
+    return stem, rgb, mask, rows, counts, truth, (w, h), (list(codes) if world else [])
 
 
-def generate(folder: Path, rng: np.random.Generator, world: World | None = None, scale: int = 1) -> DemoArchives:
+def generate(folder: Path, rng: np.random.Generator, world: World | None = None, scale: float = 1) -> DemoArchives:
     """Write ``NuCLS_dataset.zip`` into ``folder``.
 
     Expected counts: ``images`` and ``regions`` (nucleus rows) per stored split
@@ -110,15 +115,18 @@ def generate(folder: Path, rng: np.random.Generator, world: World | None = None,
     regions: dict[str, int] = {}
     images: dict[str, int] = {}
     truth: dict[str, list] = {}
+    annotated: dict[str, list[int]] = {}
     with scratch_folder() as tmp:
         top = tmp / "NuCLS_dataset"
         for sub in ("rgb", "csv", "mask", "visualization", "train_test_splits"):
             (top / sub).mkdir(parents=True)
         locations = [["", "fovname", "xmin", "ymin", "xmax", "ymax"]]
         for slide, (_, fold) in SLIDES.items():
-            for _ in range(FOVS_PER_SLIDE * scale):
-                stem, rgb, mask, rows, counts, truth_fov, (w, h) = fov(rng, slide, world, names)
+            for _ in range(max(1, round(FOVS_PER_SLIDE * scale))):
+                stem, rgb, mask, rows, counts, truth_fov, (w, h), codes = fov(rng, slide, world, names)
                 truth[stem] = truth_fov
+                if world:
+                    annotated[stem] = codes
                 split = f"fold{fold}"
                 images[split] = images.get(split, 0) + 1
                 regions[split] = regions.get(split, 0) + len(rows) - 1
@@ -148,5 +156,5 @@ def generate(folder: Path, rng: np.random.Generator, world: World | None = None,
         "nucls", [archive], {archive.name: "all"},
         {"images": {s: images[s] for s in order}, "regions": {s: regions[s] for s in order},
          "classes": dict(sorted(classes.items(), key=lambda kv: int(kv[0])))},
-        truth,
+        truth, annotated,
     )

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from . import DemoArchives, scratch_folder, zip_tree
-from .synth import draw_filled, ellipse_polygon, paint, place_nuclei
-from .world import STAIN_SHIFT, World
+from .synth import appearance_kinds, draw_filled, ellipse_polygon, paint, place_nuclei
+from .world import World
 
 PATCHES = {1: 6, 2: 5, 3: 7}
 SIZE = 64
@@ -23,15 +23,20 @@ DEMO_CODES = [0, 1, 2, 3, 4]
 
 
 def patch(rng: np.random.Generator, world: World | None, empty: bool):
-    """One patch: (rgb float64, masks float64 (H, W, 6), nuclei per channel, truth)."""
+    """One patch: (rgb float64, masks float64 (H, W, 6), nuclei per channel, truth, written codes)."""
     count = 0 if empty else int(rng.integers(3, 7))
     kinds = world.kinds_for("pannuke", rng, count) if world else None
-    appearances = world.appearances() if world else None
-    nuclei = place_nuclei(rng, SIZE, SIZE, count, kinds, appearances, margin=3.0)
+    looks = world.looks_for("pannuke", kinds) if world else None
+    appearances = world.appearances("pannuke") if world else None
+    nuclei = place_nuclei(rng, SIZE, SIZE, count, kinds, appearances, margin=3.0, looks=looks)
     inst = draw_filled((SIZE, SIZE), [ellipse_polygon(n, 16) for n in nuclei])
-    codes = [world.native_code("pannuke", n.kind) if world else int(rng.choice(DEMO_CODES)) for n in nuclei]
-    shift = STAIN_SHIFT["pannuke"] if world else (0, 0, 0)
-    rgb = paint(rng, inst, np.array([n.kind for n in nuclei], int), appearances, shift)
+    if world:
+        codes = world.annotate("pannuke", [n.kind for n in nuclei])
+    else:
+        codes = [int(rng.choice(DEMO_CODES)) for _ in nuclei]
+    shift = world.stain("pannuke") if world else (0, 0, 0)
+    blur = world.blur("pannuke") if world else 0.6
+    rgb = paint(rng, inst, appearance_kinds(nuclei), appearances, shift, blur=blur)
     masks = np.zeros((SIZE, SIZE, 6), np.float64)
     next_id = dict.fromkeys(range(5), 1)
     per_channel = np.zeros(5, int)
@@ -44,15 +49,17 @@ def patch(rng: np.random.Generator, world: World | None, empty: bool):
         per_channel[code] += 1
     masks[..., 5] = (masks[..., :5].sum(-1) == 0).astype(np.float64)
     truth = [(n.cx, n.cy, n.kind) for n in nuclei]
-    return rgb.astype(np.float64), masks, per_channel, truth
+    return rgb.astype(np.float64), masks, per_channel, truth, list(codes)
 
 
-def generate(folder: Path, rng: np.random.Generator, world: World | None = None, scale: int = 1) -> DemoArchives:
-    patches = {fold: n * scale for fold, n in PATCHES.items()}
+def generate(folder: Path, rng: np.random.Generator, world: World | None = None, scale: float = 1) -> DemoArchives:
+    """Write ``fold_1.zip`` ... ``fold_3.zip``; ``scale`` multiplies the patches per fold."""
+    patches = {fold: max(1, round(n * scale)) for fold, n in PATCHES.items()}
     files, roles = [], {}
     regions: dict[str, int] = {}
     classes = np.zeros(5, int)
     truth: dict[str, list] = {}
+    annotated: dict[str, list[int]] = {}
     with scratch_folder() as tmp:
         for fold, n in patches.items():
             top = tmp / f"fold{fold}" / f"Fold {fold}"
@@ -61,7 +68,8 @@ def generate(folder: Path, rng: np.random.Generator, world: World | None = None,
             images = np.zeros((n, SIZE, SIZE, 3), np.float64)
             masks = np.zeros((n, SIZE, SIZE, 6), np.float64)
             for i in range(n):
-                images[i], masks[i], per_channel, truth[f"fold{fold}_{i:04d}"] = patch(rng, world, empty=(i == 1))
+                stem = f"fold{fold}_{i:04d}"
+                images[i], masks[i], per_channel, truth[stem], annotated[stem] = patch(rng, world, empty=(i == 1))
                 classes += per_channel
             if fold == 1:
                 # A pixel also claimed by a higher channel: the lower channel keeps it and
@@ -84,5 +92,5 @@ def generate(folder: Path, rng: np.random.Generator, world: World | None = None,
         "pannuke", files, roles,
         {"images": {f"fold{k}": v for k, v in patches.items()}, "regions": regions,
          "classes": {str(c): int(v) for c, v in enumerate(classes) if v}},
-        truth,
+        truth, annotated,
     )

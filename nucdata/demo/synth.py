@@ -13,7 +13,11 @@ from scipy import ndimage
 
 @dataclass(frozen=True)
 class Nucleus:
-    """An elliptical nucleus: centre (x, y), radii, angle, and the type it was drawn as."""
+    """An elliptical nucleus: centre (x, y), radii, angle, its type, and the type it looks like.
+
+    ``kind`` is the latent cell type (the truth); ``look`` is the type whose appearance
+    it was drawn with (``-1``: its own, see :attr:`appearance_kind`).
+    """
 
     cx: float
     cy: float
@@ -21,6 +25,17 @@ class Nucleus:
     ry: float
     angle: float
     kind: int = 0
+    look: int = -1
+
+    @property
+    def appearance_kind(self) -> int:
+        """The type whose appearance (size, colour, texture) this nucleus has."""
+        return self.kind if self.look < 0 else self.look
+
+
+def appearance_kinds(nuclei: list[Nucleus]) -> np.ndarray:
+    """:attr:`Nucleus.appearance_kind` of each nucleus (what :func:`paint` takes)."""
+    return np.array([n.appearance_kind for n in nuclei], int)
 
 
 @dataclass(frozen=True)
@@ -45,8 +60,13 @@ def place_nuclei(
     kinds: list[int] | None = None,
     appearances: dict[int, Appearance] | None = None,
     margin: float = -2.0,
+    looks: list[int] | None = None,
 ) -> list[Nucleus]:
-    """Scatter ``count`` nuclei, mostly apart; a negative margin lets some touch the border."""
+    """Scatter ``count`` nuclei, mostly apart; a negative margin lets some touch the border.
+
+    ``kinds[i]`` is the latent type of nucleus ``i``; ``looks[i]`` (default: the same)
+    the type whose size and elongation it is drawn with.
+    """
     nuclei: list[Nucleus] = []
     appearances = appearances or {}
     cell = 24.0  # spatial hash: only nearby nuclei are checked for overlap
@@ -55,7 +75,8 @@ def place_nuclei(
     while len(nuclei) < count and tries < count * 50:
         tries += 1
         kind = kinds[len(nuclei)] if kinds else 0
-        look = appearances.get(kind, DEFAULT_APPEARANCE)
+        look_kind = looks[len(nuclei)] if looks else kind
+        look = appearances.get(look_kind, DEFAULT_APPEARANCE)
         r = rng.uniform(*look.radius)
         e = rng.uniform(*look.elongation)
         cx = rng.uniform(margin, width - margin)
@@ -64,7 +85,7 @@ def place_nuclei(
         near = (n for dx in (-1, 0, 1) for dy in (-1, 0, 1) for n in grid.get((gx + dx, gy + dy), ()))
         if any((n.cx - cx) ** 2 + (n.cy - cy) ** 2 < (n.rx + r * e + 1.5) ** 2 for n in near):
             continue
-        nucleus = Nucleus(cx, cy, r * e, r, rng.uniform(0, np.pi), kind)
+        nucleus = Nucleus(cx, cy, r * e, r, rng.uniform(0, np.pi), kind, look_kind if looks else -1)
         nuclei.append(nucleus)
         grid.setdefault((gx, gy), []).append(nucleus)
     return nuclei
@@ -89,11 +110,13 @@ def paint(
     appearances: dict[int, Appearance] | None = None,
     stain_shift: tuple[float, float, float] = (0.0, 0.0, 0.0),
     background: tuple[int, int, int] = BACKGROUND,
+    blur: float = 0.6,
 ) -> np.ndarray:
     """Paint an H&E-like RGB image for an instance map.
 
-    ``kinds[k-1]`` is the type of nucleus ``k``; each type's appearance sets its colour
-    and texture; ``stain_shift`` is added to every pixel (a per-dataset stain).
+    ``kinds[k-1]`` is the appearance type of nucleus ``k``; each type's appearance sets
+    its colour and texture; ``stain_shift`` is added to every pixel (a per-dataset
+    stain) and the image is blurred with a Gaussian of ``blur`` px.
     """
     appearances = appearances or {}
     h, w = instance_map.shape
@@ -115,7 +138,7 @@ def paint(
         labels = instance_map[inside]
         img[inside] = tones[labels] + rng.normal(0, 1, (labels.size, 1)).astype(np.float32) * textures[labels, None]
     img += np.asarray(stain_shift, np.float32)
-    img = ndimage.gaussian_filter(img, (0.6, 0.6, 0))
+    img = ndimage.gaussian_filter(img, (blur, blur, 0))
     return np.clip(img, 0, 255).astype(np.uint8)
 
 

@@ -13,19 +13,22 @@ import numpy as np
 from PIL import Image
 
 from . import DemoArchives, scratch_folder, zip_tree
-from .synth import draw_filled, ellipse_polygon, paint, place_nuclei
-from .world import STAIN_SHIFT, World
+from .synth import appearance_kinds, draw_filled, ellipse_polygon, paint, place_nuclei
+from .world import World
 
 IMAGES_PER_PATIENT = [7, 3, 5, 8, 4, 3, 3, 4, 6, 4, 3]
 RGB_ONLY = {"09_2", "09_3", "09_4"}
 
 
 def generate(folder: Path, rng: np.random.Generator, world: World | None = None,
-             scale: int = 1) -> DemoArchives:
+             scale: float = 1) -> DemoArchives:
+    """Write ``TNBC_NucleiSegmentation.zip``; ``scale`` multiplies the nuclei per image."""
     size = int(round(64 * scale ** 0.5))  # more nuclei per image, at the same density
     truth: dict[str, list[tuple[float, float, int]]] = {}
-    appearances = world.appearances() if world else None
-    shift = STAIN_SHIFT["tnbc"] if world else (0, 0, 0)
+    annotated: dict[str, list[int]] = {}  # no classes: -1 for every nucleus
+    appearances = world.appearances("tnbc") if world else None
+    shift = world.stain("tnbc") if world else (0, 0, 0)
+    blur = world.blur("tnbc") if world else 0.6
     with scratch_folder() as tmp:
         top = tmp / "TNBC_NucleiSegmentation"
         for p, count in enumerate(IMAGES_PER_PATIENT, 1):
@@ -36,10 +39,12 @@ def generate(folder: Path, rng: np.random.Generator, world: World | None = None,
                 name = f"{p:02d}_{k}"
                 count = int(rng.integers(4, 8) * scale)
                 kinds = world.kinds_for("tnbc", rng, count) if world else None
-                nuclei = place_nuclei(rng, size, size, count, kinds, appearances, margin=4.0)
+                looks = world.looks_for("tnbc", kinds) if world else None
+                nuclei = place_nuclei(rng, size, size, count, kinds, appearances, margin=4.0, looks=looks)
                 truth[name] = [(n.cx, n.cy, n.kind) for n in nuclei]
+                annotated[name] = [-1] * len(nuclei)
                 inst = draw_filled((size, size), [ellipse_polygon(n, 16) for n in nuclei])
-                rgb = paint(rng, inst, np.array([n.kind for n in nuclei], int), appearances, shift)
+                rgb = paint(rng, inst, appearance_kinds(nuclei), appearances, shift, blur=blur)
                 mask = np.where(inst > 0, 255, 0).astype(np.uint8)
                 if k == 1 and len(nuclei):  # a 1-px hole inside the first nucleus
                     cy, cx = int(nuclei[0].cy), int(nuclei[0].cx)
@@ -58,7 +63,7 @@ def generate(folder: Path, rng: np.random.Generator, world: World | None = None,
                 Image.fromarray(mask, "L").save(gt / f"{name}.png")
         archive = zip_tree(tmp, folder / "TNBC_NucleiSegmentation.zip")
     return DemoArchives("tnbc", [archive], {archive.name: "all"}, {"images": {"all": 50}, "regions": None},
-                        truth)
+                        truth, annotated if world else {})
 
 
 def ndi_free(mask: np.ndarray) -> np.ndarray:
