@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -214,13 +213,21 @@ def prepare(name: str, source: Path | None, force: bool, offline: bool, no_hash_
 
 @main.command()
 @click.argument("names", nargs=-1)
+@click.option("--deep", is_flag=True,
+              help="Also hash every store file against its manifest and read every instance map.")
 @root_option
-def verify(names: tuple[str, ...], root: Path | None) -> None:
-    """Re-check downloaded archives (size, format, SHA-256) and stores' columns."""
+def verify(names: tuple[str, ...], deep: bool, root: Path | None) -> None:
+    """Re-check downloaded archives (size, format, SHA-256) and prepared stores.
+
+    For each store: every column and pixel file exists and is complete, with the
+    shape and dtype its manifest recorded; lengths agree with the counts; nucleus
+    ranges, centroids and boxes are consistent; with --deep, SHA-256 of every file.
+    Every problem is listed; the exit status is 1 when any was found.
+    """
     from .fetch import verify as verify_file
     from .home import manual_dir, raw_dir
-    from .prepare import is_prepared, store_path
-    from .store import Store
+    from .prepare import store_path
+    from .store import MANIFEST, verify_store
 
     failed = False
     for name in names or tuple(list_datasets()):
@@ -236,12 +243,30 @@ def verify(names: tuple[str, ...], root: Path | None) -> None:
             except NucdataError as exc:
                 failed = True
                 click.secho(f"{name}: {exc}", fg="red")
-        if is_prepared(name, root):
-            store = Store(store_path(name, root))
-            for table in ("images", "nuclei"):
-                for column in store.manifest["columns"][table]:
-                    store.column(table, column)
-            click.echo(f"{name}: store complete ({store.n_images} images, {store.n_nuclei} nuclei)")
+            except OSError as exc:
+                failed = True
+                click.secho(f"{name}: {found[0]}: cannot be read ({exc.strerror or exc})", fg="red")
+        folder = store_path(name, root)
+        if not folder.exists():
+            click.echo(f"{name}: not prepared")
+            continue
+        if not (folder / MANIFEST).is_file():
+            failed = True
+            click.secho(f"{name}: {folder} has no {MANIFEST}: not a finished store. "
+                        f"Rebuild it with `nucdata prepare {name} --force`.", fg="red")
+            continue
+        problems = verify_store(folder, deep=deep)
+        if problems:
+            failed = True
+            for problem in problems:
+                click.secho(f"{name}: {problem}", fg="red")
+        else:
+            import numpy as np
+
+            n_images = int(np.load(folder / "images" / "name.npy", mmap_mode="r").shape[0])
+            n_nuclei = int(np.load(folder / "nuclei" / "image.npy", mmap_mode="r").shape[0])
+            click.echo(f"{name}: store OK{' (hashes checked)' if deep else ''} "
+                       f"({n_images} images, {n_nuclei} nuclei)")
     if failed:
         sys.exit(1)
 

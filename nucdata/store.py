@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -58,6 +59,7 @@ class NpyStreamWriter:
         self.path = Path(path)
         self.dtype = np.dtype(dtype)
         self.count = 0  # elements written
+        self._hash = hashlib.sha256()  # of the data bytes (after the header), streamed
         self._fh = open(self.path, "wb")  # noqa: SIM115 - closed in close()
         self._fh.write(b"\0" * _HEADER_BYTES)
 
@@ -65,11 +67,14 @@ class NpyStreamWriter:
         """Append ``array`` (C order); return the element offset where it starts."""
         start = self.count
         data = np.ascontiguousarray(array, dtype=self.dtype)
-        self._fh.write(data.tobytes(order="C"))
+        raw = data.reshape(-1).view(np.uint8)
+        self._fh.write(raw)
+        self._hash.update(raw)
         self.count += data.size
         return start
 
-    def close(self, shape: tuple[int, ...]) -> None:
+    def close(self, shape: tuple[int, ...]) -> dict[str, Any]:
+        """Write the final header; return the file's record (see :func:`file_record`)."""
         if int(np.prod(shape, dtype=np.int64)) != self.count:
             raise ValueError(f"{self.path}: shape {shape} does not hold {self.count} elements")
         header = f"{{'descr': {np.lib.format.dtype_to_descr(self.dtype)!r}, 'fortran_order': False, 'shape': {tuple(int(s) for s in shape)!r}, }}"
@@ -82,6 +87,8 @@ class NpyStreamWriter:
         self._fh.seek(0)
         self._fh.write(blob)
         self._fh.close()
+        return {"shape": [int(x) for x in shape], "dtype": np.lib.format.dtype_to_descr(self.dtype),
+                "sha256": self._hash.hexdigest(), "bytes": self.path.stat().st_size}
 
     def abort(self) -> None:
         with contextlib.suppress(OSError):
@@ -131,6 +138,19 @@ def nucleus_properties(instance_map: np.ndarray, count: int) -> dict[str, np.nda
     return {"area": area.astype(np.int32), "centroid": centroid, "bbox": bbox}
 
 
+def file_record(array: np.ndarray, path: Path) -> dict[str, Any]:
+    """The manifest's record of one ``.npy`` file.
+
+    ``shape`` and ``dtype`` (numpy's descr string) of the array, ``sha256`` of its
+    data bytes (the file after the ``.npy`` header, so that streamed files can be
+    hashed while written) and ``bytes``, the file's size.
+    """
+    array = np.ascontiguousarray(array)
+    return {"shape": [int(x) for x in array.shape], "dtype": np.lib.format.dtype_to_descr(array.dtype),
+            "sha256": hashlib.sha256(array.reshape(-1).view(np.uint8)).hexdigest(),
+            "bytes": Path(path).stat().st_size}
+
+
 def _string_column(values: list[str]) -> np.ndarray:
     width = max([1, *(len(v) for v in values)])
     return np.asarray(values, dtype=f"<U{width}")
@@ -174,6 +194,7 @@ class StoreWriter:
         self._n_nuclei = 0
         self._shapes: set[tuple[int, int]] = set()
         self._names: set[str] = set()
+        self._files: dict[str, dict[str, Any]] = {}
         self.published = False
 
     # -- writing -------------------------------------------------------------------
@@ -284,15 +305,21 @@ class StoreWriter:
             target.setdefault(key, []).append(value)
 
     # -- publishing ----------------------------------------------------------------
+    def _save_array(self, relative: str, array: np.ndarray) -> None:
+        """Save one column and record its shape, dtype and data hash for the manifest."""
+        array = np.ascontiguousarray(array)
+        path = self.tmp_dir / relative
+        np.save(path, array, allow_pickle=False)
+        self._files[relative] = file_record(array, path)
+
     def _save_column(self, folder: str, key: str, values: Any) -> None:
-        path = self.tmp_dir / folder / f"{key}.npy"
         if isinstance(values, list) and values and isinstance(values[0], str):
             array = _string_column(values)
         elif isinstance(values, list) and values and isinstance(values[0], np.ndarray):
             array = np.concatenate(values) if values else np.zeros(0)
         else:
             array = np.asarray(values)
-        np.save(path, array, allow_pickle=False)
+        self._save_array(f"{folder}/{key}.npy", array)
 
     def publish(self, manifest: dict[str, Any]) -> Path:
         """Write columns and manifest, then rename the folder into place."""
@@ -300,12 +327,12 @@ class StoreWriter:
         if len(self._shapes) == 1:
             (h, w), = self._shapes
             layout = "stacked"
-            self._rgb.close((n_images, h, w, 3))
-            self._inst.close((n_images, h, w))
+            self._files["pixels/rgb.npy"] = self._rgb.close((n_images, h, w, 3))
+            self._files["pixels/instances.npy"] = self._inst.close((n_images, h, w))
         else:
             layout = "heap"
-            self._rgb.close((self._rgb.count,))
-            self._inst.close((self._inst.count,))
+            self._files["pixels/rgb.npy"] = self._rgb.close((self._rgb.count,))
+            self._files["pixels/instances.npy"] = self._inst.close((self._inst.count,))
         typed = {"height": np.int32, "width": np.int32, "mpp": np.float32,
                  "nucleus_start": np.int64, "nucleus_count": np.int32, "pixel_offset": np.int64}
         for key, values in self._images.items():
@@ -319,7 +346,7 @@ class StoreWriter:
                  "source_id": (np.int64, (0,))}
         for key, values in self._nuclei.items():
             array = np.concatenate(values) if values else np.zeros(empty[key][1], empty[key][0])
-            np.save(self.tmp_dir / "nuclei" / f"{key}.npy", array.astype(empty[key][0], copy=False))
+            self._save_array(f"nuclei/{key}.npy", array.astype(empty[key][0], copy=False))
         for key, values in self._nucleus_extra.items():
             self._save_column("nuclei", key, values)
         manifest = {
@@ -332,6 +359,7 @@ class StoreWriter:
                 "images": sorted([*self._images, *self._image_extra]),
                 "nuclei": sorted([*self._nuclei, *self._nucleus_extra]),
             },
+            "files": dict(sorted(self._files.items())),
             "label_tables": _label_tables_version(),  # the label-set tables load() translates with
             **manifest,
         }
@@ -464,44 +492,126 @@ else:
         fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-class Store:
-    """Read-only access to a published store; columns are memory-mapped on first use.
+def _rebuild_hint(dataset: Any) -> str:
+    name = dataset if isinstance(dataset, str) and dataset else "<dataset>"
+    return f"Rebuild it with `nucdata prepare {name} --force`."
 
-    Holds only its path between uses, so it pickles cheaply into DataLoader workers.
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and check the structure of a store's ``manifest.json``.
+
+    Parameters
+    ----------
+    path
+        The store folder.
+
+    Raises
+    ------
+    StoreError
+        When the manifest is missing, not JSON, not an object, of another schema
+        version, or lacks ``dataset``, ``columns`` or ``pixels``; the message says
+        how to rebuild.
+    """
+    folder = Path(path)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise StoreError(
+            f"{folder}: no {MANIFEST}; this is not a finished store. Run `nucdata prepare <dataset>` again."
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise StoreError(f"{manifest_path}: unreadable ({type(exc).__name__}: {exc}). "
+                         f"{_rebuild_hint(folder.parent.name)}") from None
+    if not isinstance(manifest, dict):
+        raise StoreError(f"{manifest_path}: expected a JSON object, found {type(manifest).__name__}. "
+                         f"{_rebuild_hint(folder.parent.name)}")
+    dataset = manifest.get("dataset") or folder.parent.name
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise StoreError(
+            f"{manifest_path}: schema version {manifest.get('schema_version')} is not {SCHEMA_VERSION}. "
+            f"{_rebuild_hint(dataset)}"
+        )
+    columns, pixels = manifest.get("columns"), manifest.get("pixels")
+    problems = []
+    if not isinstance(manifest.get("dataset"), str):
+        problems.append("'dataset' (a name)")
+    if not (isinstance(columns, dict) and all(isinstance(columns.get(t), list) for t in ("images", "nuclei"))):
+        problems.append("'columns' (lists 'images' and 'nuclei')")
+    if not (isinstance(pixels, dict) and pixels.get("layout") in ("stacked", "heap")
+            and isinstance(pixels.get("shapes"), list)):
+        problems.append("'pixels' (layout 'stacked' or 'heap', and 'shapes')")
+    if problems:
+        raise StoreError(f"{manifest_path}: lacks {' and '.join(problems)}. {_rebuild_hint(dataset)}")
+    return manifest
+
+
+class Store:
+    """Read-only access to a published store, every column memory-mapped at open.
+
+    Mapping every file when the store is opened gives a consistent snapshot: a
+    ``prepare --force`` that replaces the store meanwhile does not change what this
+    object reads (the old files stay mapped). Pickling keeps only the path and the
+    manifest, so a store travels cheaply into DataLoader workers; unpickling maps
+    the files again and refuses a store that was replaced in between.
+
+    Raises
+    ------
+    StoreError
+        When the manifest is unreadable or malformed, or a listed column is missing
+        or not a readable ``.npy`` file.
     """
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
-        manifest_path = self.path / MANIFEST
-        if not manifest_path.is_file():
-            raise StoreError(
-                f"{self.path}: no {MANIFEST}; this is not a finished store. "
-                "Run `nucdata prepare <dataset>` again."
-            )
-        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if self.manifest.get("schema_version") != SCHEMA_VERSION:
-            raise StoreError(
-                f"{manifest_path}: schema version {self.manifest.get('schema_version')} is not "
-                f"{SCHEMA_VERSION}; re-run `nucdata prepare {self.manifest.get('dataset')}`."
-            )
-        self._cache: dict[str, np.ndarray] = {}
+        self.manifest: dict[str, Any] = read_manifest(self.path)
+        self._cache: dict[str, np.ndarray] = self._map_all()
+
+    def _map_all(self) -> dict[str, np.ndarray]:
+        names = [f"{table}/{key}" for table in ("images", "nuclei") for key in self.manifest["columns"][table]]
+        mapped = {}
+        for name in [*names, "pixels/rgb", "pixels/instances"]:
+            path = self.path / f"{name}.npy"
+            try:
+                mapped[name] = np.load(path, mmap_mode="r", allow_pickle=False)
+            except FileNotFoundError:
+                raise StoreError(f"{path}: column missing. {_rebuild_hint(self.dataset)}") from None
+            except (OSError, ValueError) as exc:
+                raise StoreError(f"{path}: not a readable .npy column ({exc}); the file is truncated or "
+                                 f"damaged (`nucdata verify {self.dataset}` lists every problem). "
+                                 f"{_rebuild_hint(self.dataset)}") from None
+        return mapped
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "manifest": self.manifest, "_cache": {}}
+        return {"path": self.path, "manifest": self.manifest}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.path = Path(state["path"])
+        self.manifest = state["manifest"]
+        if read_manifest(self.path) != self.manifest:
+            raise StoreError(f"{self.path}: the store was rebuilt after this dataset was opened; open it "
+                             "again (nucdata.load) so that every process reads the same store.")
+        self._cache = self._map_all()
 
     @property
     def dataset(self) -> str:
         return self.manifest["dataset"]
 
     def column(self, table: str, key: str) -> np.ndarray:
-        """Memory-mapped column ``images/<key>`` or ``nuclei/<key>``."""
-        cache_key = f"{table}/{key}"
-        if cache_key not in self._cache:
-            path = self.path / table / f"{key}.npy"
-            if not path.is_file():
-                raise StoreError(f"{path}: column missing; re-run `nucdata prepare {self.dataset}`.")
-            self._cache[cache_key] = np.load(path, mmap_mode="r")
-        return self._cache[cache_key]
+        """Memory-mapped column ``images/<key>`` or ``nuclei/<key>`` (mapped at open).
+
+        Raises
+        ------
+        StoreError
+            When the store has no such column.
+        """
+        try:
+            return self._cache[f"{table}/{key}"]
+        except KeyError:
+            raise StoreError(
+                f"{self.path / table / (key + '.npy')}: no such column in this store "
+                f"(it has {', '.join(self.manifest['columns'].get(table, [])) or 'none'})."
+            ) from None
 
     def image_columns(self) -> list[str]:
         return list(self.manifest["columns"]["images"])
@@ -541,3 +651,226 @@ class Store:
     def nucleus_slice(self, index: int) -> slice:
         start = int(self.column("images", "nucleus_start")[index])
         return slice(start, start + int(self.column("images", "nucleus_count")[index]))
+
+
+# -- verification ------------------------------------------------------------------------
+def _data_sha256(path: Path, chunk: int = 1 << 24) -> str:
+    """SHA-256 of a ``.npy`` file's data bytes (everything after its header)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            np.lib.format.read_array_header_1_0(fh)
+        else:
+            np.lib.format.read_array_header_2_0(fh)
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Shape, dtype and header length of a ``.npy`` file, reading only its header."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        return tuple(shape), dtype, fh.tell()
+
+
+def verify_store(path: str | os.PathLike[str], deep: bool = False) -> list[str]:
+    """Check a store on disk; return every problem found (empty when it is sound).
+
+    Checked: the manifest's structure; every listed column and both pixel files
+    exist, have complete data and the shape and dtype the manifest recorded; column
+    lengths agree with the image and nucleus counts (and the manifest's counts);
+    ``nucleus_start``/``nucleus_count`` tile the nucleus table and agree with
+    ``nuclei/image``; centroids are finite and inside their image, boxes inside it;
+    pixel files hold exactly the pixels the image sizes call for. With ``deep``, each
+    file's SHA-256 is compared with the manifest's and each instance map's largest
+    label with its number of masked nuclei.
+
+    Never raises for a damaged store: every failure is one line of the result.
+
+    Parameters
+    ----------
+    path
+        The store folder (``stores/<dataset>/<version>``).
+    deep
+        Also hash every file and read every instance map (reads the whole store).
+    """
+    folder = Path(path)
+    try:
+        manifest = read_manifest(folder)
+    except StoreError as exc:
+        return [str(exc)]
+    dataset = manifest["dataset"]
+    hint = _rebuild_hint(dataset)
+    problems: list[str] = []
+    records = manifest.get("files")
+    if not isinstance(records, dict):
+        problems.append(f"{folder / MANIFEST}: written by an older nucdata, without file shapes and hashes; "
+                        f"only a structural check is possible. {hint}")
+        records = {}
+    arrays: dict[str, np.ndarray] = {}
+    names = [f"{t}/{k}.npy" for t in ("images", "nuclei") for k in manifest["columns"][t]]
+    for rel in [*names, "pixels/rgb.npy", "pixels/instances.npy"]:
+        file = folder / rel
+        if not file.is_file():
+            problems.append(f"{file}: missing. {hint}")
+            continue
+        try:
+            shape, dtype, header = _npy_header(file)
+            expected_bytes = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            size = file.stat().st_size
+            if size != expected_bytes:
+                problems.append(f"{file}: {size:,} bytes, but its header {shape} {dtype} needs "
+                                f"{expected_bytes:,} (truncated or damaged). {hint}")
+                continue
+            record = records.get(rel)
+            if records and not isinstance(record, dict):
+                problems.append(f"{file}: not listed in the manifest's files. {hint}")
+            elif record:
+                if [int(x) for x in shape] != list(record.get("shape", [])):
+                    problems.append(f"{file}: shape {list(shape)}, the manifest recorded {record.get('shape')}. {hint}")
+                if np.lib.format.dtype_to_descr(dtype) != record.get("dtype"):
+                    problems.append(f"{file}: dtype {np.lib.format.dtype_to_descr(dtype)}, the manifest recorded "
+                                    f"{record.get('dtype')}. {hint}")
+                if deep and _data_sha256(file) != record.get("sha256"):
+                    problems.append(f"{file}: SHA-256 of its data differs from the manifest's (the file was "
+                                    f"modified after it was written). {hint}")
+            arrays[rel] = np.load(file, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError, TypeError, SyntaxError) as exc:
+            problems.append(f"{file}: not a readable .npy file ({type(exc).__name__}: {exc}). {hint}")
+    for rel in records:
+        if rel not in arrays and not (folder / rel).is_file():
+            problems.append(f"{folder / rel}: listed in the manifest but missing. {hint}")
+    try:
+        problems += _check_values(folder, manifest, arrays, deep, hint)
+    except Exception as exc:  # noqa: BLE001 - a damaged store must be reported, never raise
+        problems.append(f"{folder}: the value checks stopped at an unexpected state "
+                        f"({type(exc).__name__}: {exc}). {hint}")
+    return problems
+
+
+def _check_values(folder: Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray], deep: bool,
+                  hint: str) -> list[str]:
+    """Cross-checks of lengths and values (see :func:`verify_store`)."""
+    problems: list[str] = []
+
+    def col(rel: str) -> np.ndarray | None:
+        return arrays.get(rel)
+
+    names = col("images/name.npy")
+    image_ = col("nuclei/image.npy")
+    if names is None or image_ is None:
+        return problems
+    n_images, n_nuclei = int(names.shape[0]), int(image_.shape[0])
+    for rel, array in arrays.items():
+        table = rel.split("/", 1)[0]
+        want = {"images": n_images, "nuclei": n_nuclei}.get(table)
+        if want is not None and (array.ndim == 0 or array.shape[0] != want):
+            problems.append(f"{folder / rel}: {array.shape[0] if array.ndim else 0} rows, but the store has "
+                            f"{want} {'images' if table == 'images' else 'nuclei'}. {hint}")
+    counts = manifest.get("counts", {})
+    for key, n in (("images", n_images), ("nuclei", n_nuclei)):
+        total = counts.get(key, {}).get("total") if isinstance(counts.get(key), dict) else None
+        if total is not None and total != n:
+            problems.append(f"{folder / MANIFEST}: counts.{key}.total is {total}, the columns hold {n}. {hint}")
+    if problems:
+        return problems  # lengths disagree: the value checks below would index out of range
+
+    start, count = col("images/nucleus_start.npy"), col("images/nucleus_count.npy")
+    if start is not None and count is not None:
+        start, count = np.asarray(start, np.int64), np.asarray(count, np.int64)
+        expected_start = np.concatenate([[0], np.cumsum(count)[:-1]]) if n_images else np.zeros(0, np.int64)
+        if (count < 0).any():
+            problems.append(f"{folder}/images/nucleus_count.npy: negative counts at images "
+                            f"{np.flatnonzero(count < 0)[:5].tolist()}. {hint}")
+        elif int(count.sum()) != n_nuclei:
+            problems.append(f"{folder}/images/nucleus_count.npy: sums to {int(count.sum())}, but the nucleus "
+                            f"table has {n_nuclei} rows. {hint}")
+        elif not np.array_equal(start, expected_start):
+            bad = np.flatnonzero(start != expected_start)[:5].tolist()
+            problems.append(f"{folder}/images/nucleus_start.npy: does not follow nucleus_count at images {bad}. {hint}")
+        elif not np.array_equal(np.asarray(image_), np.repeat(np.arange(n_images), count)):
+            problems.append(f"{folder}/nuclei/image.npy: disagrees with images/nucleus_count. {hint}")
+
+    height, width = col("images/height.npy"), col("images/width.npy")
+    if height is None or width is None:
+        return problems
+    height, width = np.asarray(height, np.int64), np.asarray(width, np.int64)
+    if (height <= 0).any() or (width <= 0).any():
+        problems.append(f"{folder}/images: non-positive height or width. {hint}")
+        return problems
+    image_idx = np.asarray(image_, np.int64)
+    if n_nuclei and (image_idx.min() < 0 or image_idx.max() >= n_images):
+        problems.append(f"{folder}/nuclei/image.npy: image indices outside 0..{n_images - 1}. {hint}")
+        return problems
+    w_of, h_of = width[image_idx], height[image_idx]
+    centroid = col("nuclei/centroid.npy")
+    if centroid is not None and n_nuclei:
+        c = np.asarray(centroid, np.float64).reshape(n_nuclei, -1)
+        bad = ~np.isfinite(c).all(1)
+        if c.shape[1] == 2:
+            bad |= (c[:, 0] < -0.5) | (c[:, 0] > w_of - 0.5) | (c[:, 1] < -0.5) | (c[:, 1] > h_of - 0.5)
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            problems.append(f"{folder}/nuclei/centroid.npy: {rows.size} centroid(s) not finite or outside their "
+                            f"image, first at rows {rows[:5].tolist()} (e.g. {c[rows[0]].tolist()}). {hint}")
+    bbox = col("nuclei/bbox.npy")
+    if bbox is not None and n_nuclei:
+        b = np.asarray(bbox, np.int64).reshape(n_nuclei, -1)
+        if b.shape[1] == 4:
+            bad = ((b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 2] > w_of) | (b[:, 3] > h_of)
+                   | (b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1]))
+            if bad.any():
+                rows = np.flatnonzero(bad)
+                problems.append(f"{folder}/nuclei/bbox.npy: {rows.size} box(es) outside their image or inverted, "
+                                f"first at rows {rows[:5].tolist()}. {hint}")
+    area, has_mask = col("nuclei/area.npy"), col("nuclei/has_mask.npy")
+    if area is not None and has_mask is not None and n_nuclei:
+        a, m = np.asarray(area, np.int64), np.asarray(has_mask, bool)
+        bad = (a < 0) | (m & (a == 0)) | (a > w_of * h_of)
+        if bad.any():
+            problems.append(f"{folder}/nuclei/area.npy: {int(bad.sum())} impossible area(s), first at rows "
+                            f"{np.flatnonzero(bad)[:5].tolist()}. {hint}")
+
+    pixels = (col("pixels/rgb.npy"), col("pixels/instances.npy"))
+    layout = manifest["pixels"]["layout"]
+    if layout == "stacked":
+        for rel, array, channels in (("pixels/rgb.npy", pixels[0], (3,)), ("pixels/instances.npy", pixels[1], ())):
+            if array is None:
+                continue
+            if n_images and (len(set(height.tolist())) > 1 or len(set(width.tolist())) > 1):
+                problems.append(f"{folder / rel}: stacked layout, but the images have different sizes. {hint}")
+            elif array.shape != (n_images, *((int(height[0]), int(width[0])) if n_images else array.shape[1:3]),
+                                 *channels):
+                problems.append(f"{folder / rel}: shape {array.shape} does not hold {n_images} images of "
+                                f"{int(height[0]) if n_images else '?'}x{int(width[0]) if n_images else '?'}. {hint}")
+    else:
+        offset = col("images/pixel_offset.npy")
+        area_px = height * width
+        if offset is not None:
+            expected = np.concatenate([[0], np.cumsum(area_px)[:-1]]) if n_images else np.zeros(0, np.int64)
+            if not np.array_equal(np.asarray(offset, np.int64), expected):
+                problems.append(f"{folder}/images/pixel_offset.npy: does not follow the image sizes. {hint}")
+        for rel, array, channels in (("pixels/rgb.npy", pixels[0], 3), ("pixels/instances.npy", pixels[1], 1)):
+            if array is not None and array.size != int(area_px.sum()) * channels:
+                problems.append(f"{folder / rel}: {array.size:,} values, the image sizes call for "
+                                f"{int(area_px.sum()) * channels:,}. {hint}")
+    if deep and not problems and pixels[1] is not None and has_mask is not None and count is not None:
+        running = np.concatenate([[0], np.cumsum(np.asarray(has_mask, np.int64))])
+        masked = running[start + count] - running[start]
+        store = Store.__new__(Store)
+        store.path, store.manifest = folder, manifest
+        store._cache = {k[:-4]: v for k, v in arrays.items()}
+        for i in range(n_images):
+            k = int(np.asarray(store.instance_map(i)).max(initial=0))
+            want = int(masked[i])
+            if k != want:
+                problems.append(f"{folder}/pixels/instances.npy: image {i} ({names[i]}) has {k} instance labels "
+                                f"but {want} masked nuclei. {hint}")
+                break
+    return problems
