@@ -444,11 +444,19 @@ class CropDataset(torch.utils.data.Dataset):
         if label_set is None:
             return self.native_labels.copy(), np.zeros(len(self), np.int64)
         from .labelsets import translate
+        from .store import MANIFEST, Store
 
         labels, candidates = [], []
         for d, name in enumerate(self.datasets):
-            part = self.native_labels[self.offsets[d] : self.offsets[d + 1]]
-            lab, cand = translate(name, part, label_set)
+            lo, hi = self.offsets[d], self.offsets[d + 1]
+            part = self.native_labels[lo:hi]
+            tissue = None  # the store's per-image tissue selects tissue-conditional rows
+            store_dir = self.banks[d].path.parent.parent  # banks live in <store>/crops/<key>
+            if (store_dir / MANIFEST).is_file():
+                store = Store(store_dir)
+                if "tissue" in store.image_columns():
+                    tissue = np.asarray(store.column("images", "tissue"))[self.image_index[lo:hi]]
+            lab, cand = translate(name, part, label_set, tissue=tissue)
             labels.append(lab)
             candidates.append(cand)
         return _concat(labels, np.int64), _concat(candidates, np.int64)
