@@ -265,8 +265,8 @@ def verify(names: tuple[str, ...], deep: bool, root: Path | None) -> None:
 
             n_images = int(np.load(folder / "images" / "name.npy", mmap_mode="r").shape[0])
             n_nuclei = int(np.load(folder / "nuclei" / "image.npy", mmap_mode="r").shape[0])
-            click.echo(f"{name}: store OK{' (hashes checked)' if deep else ''} "
-                       f"({n_images} images, {n_nuclei} nuclei)")
+            click.echo(f"{name}: store complete ({n_images} images, {n_nuclei} nuclei; "
+                       f"{'files, values and hashes' if deep else 'files and values'} checked)")
     if failed:
         sys.exit(1)
 
