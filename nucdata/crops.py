@@ -1,7 +1,8 @@
 """Per-nucleus crops, cut once into a memory-mapped crop bank and served from it.
 
 A crop bank lives beside its store, in ``<store>/crops/<key>/`` (the key hashes the
-parameters)::
+parameters; for a read-only store, in the user's cache instead, see
+:func:`nucdata.store.derived_dir`)::
 
     crops.npy       uint8 (N, 4, S, S): RGB and the nucleus's mask (0/255), channels first
     scale.npy       float32 (N,): output pixels per source pixel (1 unless resized)
@@ -43,7 +44,7 @@ from PIL import Image
 
 from . import atomic
 from .errors import InvalidArgumentError
-from .store import NpyStreamWriter, Store, dataset_lock
+from .store import NpyStreamWriter, Store, dataset_lock, derived_dir
 
 #: bumped whenever the content of a bank changes for the same parameters
 BANK_VERSION = 2
@@ -221,8 +222,11 @@ class CropBank:
 
     @property
     def store_path(self) -> Path:
-        """The store this bank was cut from."""
-        return self.path.parent.parent
+        """The store this bank was cut from (beside it, or recorded for a bank in the cache)."""
+        beside = self.path.parent.parent
+        if (beside / "manifest.json").is_file() or "store_path" not in self.manifest:
+            return beside
+        return Path(self.manifest["store_path"])
 
     @property
     def size(self) -> int:
@@ -271,9 +275,10 @@ def build_bank(store: Store, size: int = 64, context: float | None = None, force
     if (mpp is None) != (scales is None):
         raise InvalidArgumentError("build_bank needs both mpp and the per-image scales, or neither")
     per_image = None if scales is None else np.asarray(scales, np.float64)
-    folder = store.path / "crops" / _bank_key(size, context, per_image)
+    crops_dir = derived_dir(store.path) / "crops"  # a read-only store's banks go to the cache
+    folder = crops_dir / _bank_key(size, context, per_image)
     identity = _store_identity(store)
-    with dataset_lock(store.path / "crops"):  # two processes asking at once cut it once
+    with dataset_lock(crops_dir):  # two processes asking at once cut it once
         if folder.is_dir() and not force:
             try:
                 bank = CropBank(folder)
@@ -320,7 +325,7 @@ def build_bank(store: Store, size: int = 64, context: float | None = None, force
             np.save(tmp / "has_mask.npy", has_mask.astype(bool))
             manifest = {"version": BANK_VERSION, "size": size, "context": context, "mpp": mpp, "count": n,
                         "resized": int((scale_all != 1).sum()), "box_masks": int((~has_mask).sum()),
-                        "store": identity}
+                        "store": identity, "store_path": str(store.path)}
             atomic.atomic_write_json(tmp / "manifest.json", manifest)
             atomic.swap_dir(tmp, folder, label="crops")
         finally:

@@ -134,3 +134,7 @@ class UnsafePickleError(NucdataError):
             "number or numpy array (a pickle can run code while loading). Only open pickles from a "
             "source you trust with plain pickle.load; nucdata reads data pickles only."
         )
+
+
+class DataHomeError(NucdataError):
+    """A data home (``NUCDATA_HOME``) or cache (``NUCDATA_CACHE``) that is not a usable folder."""

@@ -27,7 +27,7 @@ from .errors import (
     HTMLInsteadOfArchiveError,
     SizeMismatchError,
 )
-from .home import manual_dir, raw_dir
+from .home import manual_dir, raw_dir, writable_folder
 from .registry import Card, RemoteFile, get_card
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def fetch_file(
             f"{card.name}: {spec.name!r} is neither in {manual} nor in {cached}, and the "
             f"network is not allowed here.\n{card.instructions(root)}"
         )
-    cached.parent.mkdir(parents=True, exist_ok=True)
+    writable_folder(cached.parent, "the raw downloads")
     failures: list[tuple[str, Exception]] = []
     for url in spec.mirrors:
         say(f"{card.name}: downloading {spec.name!r} from {url}")

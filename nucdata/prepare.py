@@ -82,6 +82,9 @@ def prepare(
     dataset_dir = stores_dir(root) / card.name
     final = dataset_dir / src.version
     say = progress or (lambda _msg: None)
+    if (final / MANIFEST).is_file() and not force and source is None:  # no lock: a read-only home works
+        say(f"{card.name}: already prepared at {final}")
+        return final
     with dataset_lock(dataset_dir):
         for line in clean_stale(dataset_dir):
             say(f"{card.name}: {line}")

@@ -40,8 +40,9 @@ import numpy as np
 from scipy import ndimage
 
 from . import atomic
-from .errors import StoreError, StoreLockedError
+from .errors import DataHomeError, StoreError, StoreLockedError
 from .faults import fault_point
+from .home import cache_dir, is_writable, writable_folder
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -439,6 +440,21 @@ def clean_stale(dataset_dir: Path) -> list[str]:
     return lines
 
 
+def derived_dir(store_path: str | os.PathLike[str]) -> Path:
+    """Where files derived from a store (crop banks, their lock) are written.
+
+    The store's own folder when it is writable; for a read-only store (a shared,
+    read-only data home) a folder in the user's cache,
+    ``<cache>/readonly-stores/<dataset>-<version>-<hash of the store's path>/``
+    (see :func:`nucdata.home.cache_dir`, ``$NUCDATA_CACHE``).
+    """
+    path = Path(store_path)
+    if is_writable(path):
+        return path
+    key = hashlib.sha256(str(path.resolve()).encode("utf-8")).hexdigest()[:16]
+    return cache_dir() / "readonly-stores" / f"{path.parent.name}-{path.name}-{key}"
+
+
 @contextlib.contextmanager
 def dataset_lock(dataset_dir: Path, timeout: float = 3600.0, poll: float = 0.2) -> Iterator[None]:
     """Hold an exclusive lock on ``dataset_dir/.lock`` (waits for another preparer).
@@ -448,9 +464,15 @@ def dataset_lock(dataset_dir: Path, timeout: float = 3600.0, poll: float = 0.2) 
     StoreLockedError
         When the lock is still held by another process after ``timeout`` seconds.
     """
-    dataset_dir.mkdir(parents=True, exist_ok=True)
+    writable_folder(dataset_dir, f"the lock of {dataset_dir.name!r}")
     path = dataset_dir / ".lock"
-    fh = open(path, "a+")  # noqa: SIM115 - closed below
+    try:
+        fh = open(path, "a+")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise DataHomeError(
+            f"{path}: cannot create the lock file ({exc.strerror or exc}); the folder is read-only. "
+            "Set NUCDATA_HOME (or --root) to a writable folder to prepare datasets there."
+        ) from None
     try:
         deadline = time.monotonic() + timeout
         while True:
