@@ -16,6 +16,7 @@ from .dataset import NucleusDataset, load  # noqa: E402
 from .errors import (  # noqa: E402
     CorruptArchiveError,
     CountMismatchError,
+    DataHomeError,
     DatasetNotFoundError,
     DownloadError,
     HashMismatchError,
@@ -42,7 +43,7 @@ from .registry import get_card, list_datasets  # noqa: E402
 from .store import Store  # noqa: E402
 
 __all__ = [
-    "CorruptArchiveError", "CountMismatchError", "CropDataset", "DatasetCollection", "cite", "collate",
+    "CorruptArchiveError", "CountMismatchError", "DataHomeError", "CropDataset", "DatasetCollection", "cite", "collate",
     "crop_loader", "load_many", "MergedData", "open_merged", "DatasetNotFoundError", "DownloadError",
     "HTMLInsteadOfArchiveError", "HashMismatchError", "InvalidArgumentError",
     "MalformedAnnotationError", "MissingFilesError", "NucdataError", "NucleusDataset",

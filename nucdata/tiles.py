@@ -468,7 +468,7 @@ class TileDataset(torch.utils.data.Dataset):
                 return m, j, ty, tx
             if count > best_count:
                 best, best_count = (m, j, ty, tx), count
-        assert best is not None
+        assert best is not None  # noqa: S101  invariant: the loop above always sets best
         return best
 
     def locate(self, i: int) -> tuple[int, int, int, int]:
