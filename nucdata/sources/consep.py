@@ -43,9 +43,20 @@ def read_label(path: Path) -> dict[str, np.ndarray]:
             "This is not a CoNSeP ground-truth file (HoVer-Net prediction files and the tiled "
             "Kaggle derivative use other keys); use the official archive."
         )
-    inst = np.asarray(data["inst_map"]).astype(np.int64)
-    types = np.asarray(data["inst_type"]).reshape(-1).astype(np.int64)
-    centroids = np.asarray(data["inst_centroid"], np.float64).reshape(-1, 2)
+    inst = _numbers(path, "inst_map", data["inst_map"], integer=True)
+    if inst.ndim != 2:
+        raise MalformedAnnotationError(f"{path}: inst_map has shape {inst.shape}; expected a 2-D map of ids.")
+    if inst.size and inst.min() < 0:
+        bad = np.argwhere(inst < 0)[0]
+        raise MalformedAnnotationError(
+            f"{path}: inst_map holds negative ids (e.g. {int(inst[tuple(bad)])} at row {bad[0]}, column {bad[1]}); "
+            "ids must be 0 (background) or 1..N. The file is damaged or not CoNSeP ground truth."
+        )
+    types = _numbers(path, "inst_type", data["inst_type"], integer=True).reshape(-1)
+    centroid_values = _numbers(path, "inst_centroid", data["inst_centroid"], integer=False)
+    if centroid_values.size % 2:
+        raise MalformedAnnotationError(f"{path}: inst_centroid has shape {centroid_values.shape}; expected N x 2.")
+    centroids = centroid_values.reshape(-1, 2)
     n = types.size
     ids = np.unique(inst)
     ids = ids[ids > 0]
@@ -56,10 +67,29 @@ def read_label(path: Path) -> dict[str, np.ndarray]:
         )
     if centroids.shape[0] != n:
         raise MalformedAnnotationError(f"{path}: inst_centroid has {centroids.shape[0]} rows, inst_type {n}.")
-    type_map = np.asarray(data["type_map"]).astype(np.int64)
+    type_map = _numbers(path, "type_map", data["type_map"], integer=True)
     if type_map.shape != inst.shape:
         raise MalformedAnnotationError(f"{path}: type_map {type_map.shape} and inst_map {inst.shape} differ in shape.")
     return {"inst_map": inst, "type_map": type_map, "inst_type": types, "inst_centroid": centroids}
+
+
+def _numbers(path: Path, key: str, value: object, integer: bool) -> np.ndarray:
+    """A numeric array from a ``.mat`` variable, or a typed error naming the key."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        kind = {"U": "text", "S": "text", "O": "a cell array or struct"}.get(array.dtype.kind, str(array.dtype))
+        raise MalformedAnnotationError(
+            f"{path}: {key} holds {kind}, not numbers. CoNSeP ground truth stores it as a numeric "
+            "matrix; the file was re-saved by another tool or is not ground truth."
+        )
+    if array.dtype.kind == "f" and array.size:
+        finite = np.isfinite(array)
+        if not finite.all():
+            raise MalformedAnnotationError(f"{path}: {key} holds NaN or infinite values "
+                                           f"({int((~finite).sum())} of {array.size}).")
+        if integer and not np.array_equal(array, np.round(array)):
+            raise MalformedAnnotationError(f"{path}: {key} holds fractional values; it must hold integer ids/codes.")
+    return array.astype(np.int64 if integer else np.float64)
 
 
 def find_split_dirs(folder: Path) -> dict[str, tuple[Path, Path]]:

@@ -81,6 +81,17 @@ class NpyFile:
 def open_npy(path: Path) -> NpyFile:
     """Check an ``.npy`` file's header and length; truncation becomes a typed error."""
     try:
+        with open(path, "rb") as fh:
+            magic = fh.read(6)
+    except OSError as exc:
+        raise CorruptArchiveError(f"{path}: cannot be read ({exc.strerror or exc}).") from None
+    if magic != b"\x93NUMPY":
+        kind = "a zip or .npz archive" if magic.startswith(b"PK") else "not an .npy array"
+        raise CorruptArchiveError(
+            f"{path}: the file is {kind} (starts with {magic!r}), though named .npy. PanNuke folds "
+            "hold plain .npy arrays; extract or download the fold again."
+        )
+    try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         # numpy raises ValueError ("mmap length is greater than file size") for a
@@ -89,6 +100,11 @@ def open_npy(path: Path) -> NpyFile:
             f"{path}: cannot be memory-mapped ({exc}); the file is truncated or not an .npy "
             "array. Extract or download the fold again."
         ) from exc
+    if array.ndim == 0:
+        raise MalformedAnnotationError(
+            f"{path}: holds a single value ({array.dtype}), not an array of patches. Extract or "
+            "download the fold again."
+        )
     if not isinstance(array, np.memmap):  # zero-size arrays come back as plain arrays
         return NpyFile(path, array.shape, array.dtype, 0)
     if array.ndim > 1 and not array.flags.c_contiguous:
@@ -261,6 +277,10 @@ class PanNuke(Source):
             types = np.load(files["types"], allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:
             raise CorruptArchiveError(f"{files['types']}: cannot be read ({exc}); extract the fold again.") from exc
+        if not isinstance(types, np.ndarray) or types.ndim != 1:
+            raise MalformedAnnotationError(
+                f"{files['types']}: expected one tissue name per patch (a 1-D array), found "
+                f"{getattr(types, 'shape', type(types).__name__)}. Extract the fold again.")
         return images, masks, types.astype(str)
 
     def _chunks(self, images: NpyFile, masks: NpyFile) -> Iterator[_Chunk]:
