@@ -454,13 +454,16 @@ class TileDataset(torch.utils.data.Dataset):
         weights = weights / weights.sum()
         best: tuple[int, int, int, int] | None = None
         best_count = -1
+        cumulative = np.cumsum(weights)
         for _ in range(100 if self.min_nuclei > 0 else 1):
-            m = int(candidates[rng.choice(candidates.size, p=weights)])
+            u = rng.random(4)  # one call: drawing is a visible share of a native tile's cost
+            m = int(candidates[min(int(np.searchsorted(cumulative, u[0] * cumulative[-1], "right")), candidates.size - 1)])
             images, p = self._eligible[m]
-            j = int(images[rng.choice(images.size, p=p)])
+            cum_images = self._cumulative(m)
+            j = int(images[min(int(np.searchsorted(cum_images, u[1] * cum_images[-1], "right")), images.size - 1)])
             ho, wo = (int(v) for v in self._out[m][j])
-            ty = int(rng.integers(0, max(ho - self.size, 0) + 1))
-            tx = int(rng.integers(0, max(wo - self.size, 0) + 1))
+            ty = int(u[2] * (max(ho - self.size, 0) + 1))
+            tx = int(u[3] * (max(wo - self.size, 0) + 1))
             if self.min_nuclei <= 0:
                 return m, j, ty, tx
             count = int(self._count_in(m, j, np.array([ty]), np.array([tx]))[0])
@@ -470,6 +473,12 @@ class TileDataset(torch.utils.data.Dataset):
                 best, best_count = (m, j, ty, tx), count
         assert best is not None  # noqa: S101  invariant: the loop above always sets best
         return best
+
+    def _cumulative(self, m: int) -> np.ndarray:
+        cache = self.__dict__.setdefault("_cum_cache", {})
+        if m not in cache:
+            cache[m] = np.cumsum(self._eligible[m][1])
+        return cache[m]
 
     def locate(self, i: int) -> tuple[int, int, int, int]:
         """``(member, image position in its split, ty, tx)`` of tile ``i`` (output frame)."""
@@ -511,12 +520,12 @@ class TileDataset(torch.utils.data.Dataset):
         original = np.flatnonzero(present)
         lut = np.zeros(present.size, np.int32)
         lut[original] = np.arange(1, original.size + 1, dtype=np.int32)
-        inst = lut[inst]
+        np.take(lut, inst, out=inst)  # in place: one gather, no temporary
         rows_k = start + original - 1
         labels = ds._labels[rows_k].astype(np.int64, copy=False)
         type_lut = np.zeros(original.size + 1, np.int64)
         type_lut[1:] = np.where(labels >= 0, labels + 1, -1)
-        type_map = type_lut[inst]
+        type_map = np.take(type_lut, inst)
         centroid = np.asarray(store.column("nuclei", "centroid")[rows_k], np.float64)
         centroids = (centroid + 0.5) / scale - 0.5 - np.array([tx, ty], np.float64)
         bbox = np.asarray(store.column("nuclei", "bbox")[rows_k], np.float64)
