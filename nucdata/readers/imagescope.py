@@ -24,7 +24,8 @@ Rasterisation rule (one rule, used by every source)
   only takes unclaimed pixels.
 * Dropped and counted: regions with fewer than three distinct vertices or zero
   polygon area (``degenerate``), regions with no pixel inside the image
-  (``outside_image``) and regions whose every pixel was claimed by earlier ones
+  (``outside_image``), regions with a NaN or infinite vertex (``non_finite_vertices``)
+  and regions whose every pixel was claimed by earlier ones
   (``fully_overlapped``).
 """
 
@@ -151,7 +152,8 @@ def rasterize_regions(
     kept
         Index into ``regions`` of each kept region, in label order.
     dropped
-        Counts per reason (``degenerate``, ``outside_image``, ``fully_overlapped``)
+        Counts per reason (``non_finite_vertices``, ``degenerate``, ``outside_image``,
+        ``fully_overlapped``)
         and the number of pixels claimed by more than one region (``overlap_pixels``).
     """
     h, w = shape
@@ -160,6 +162,9 @@ def rasterize_regions(
     dropped: Counter[str] = Counter()
     for i, region in enumerate(regions):
         v = region.vertices
+        if not np.isfinite(v).all():  # NaN or infinite coordinates: no polygon to fill
+            dropped["non_finite_vertices"] += 1
+            continue
         # Fewer than three distinct vertices, or collinear ones, give zero area.
         if polygon_area(v) == 0.0:
             dropped["degenerate"] += 1

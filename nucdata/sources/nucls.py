@@ -43,9 +43,10 @@ from __future__ import annotations
 import csv
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -159,6 +160,34 @@ def parse_coords(text: str, path: Path, row: int, index: str, column: str) -> np
         ) from None
 
 
+def _checked_lines(fh: Any, path: Path) -> Iterator[str]:
+    """The lines of a text file, with decoding errors as a typed error naming the line."""
+    number = 0
+    try:
+        for number, line in enumerate(fh, 1):  # noqa: B007 - number is used after the loop
+            yield line
+    except UnicodeDecodeError as exc:
+        raise MalformedAnnotationError(
+            f"{path}: line {number + 1}: bytes that are not UTF-8 ({exc.reason} at byte {exc.start} "
+            "of the chunk read). NuCLS CSVs are UTF-8; re-save the file as UTF-8 or download it again."
+        ) from None
+
+
+def _csv_rows(reader: csv.DictReader, path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(row number, record)`` pairs; csv errors and short rows become typed errors."""
+    try:
+        for number, record in enumerate(reader, 2):  # the header is row 1
+            if None in record.values():
+                short = [k for k, v in record.items() if v is None]
+                raise _malformed(path, number, "", f"the row is short: no value for {short}")
+            yield number, record
+    except csv.Error as exc:
+        hint = (" (a field longer than the csv module allows: the row is damaged)" if "field larger" in str(exc)
+                else " (an unterminated quote swallows the rest of the file)" if "EOF" in str(exc) or "end" in str(exc)
+                else "")
+        raise _malformed(path, reader.line_num, "", f"not valid CSV: {exc}{hint}") from None
+
+
 def read_fov_csv(path: Path) -> tuple[list[Annotation], int]:
     """Nucleus rows of one FOV CSV, and how many FOV-group rows were skipped.
 
@@ -170,7 +199,7 @@ def read_fov_csv(path: Path) -> tuple[list[Annotation], int]:
     rows: list[Annotation] = []
     fov_rows = 0
     with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
+        reader = csv.DictReader(_checked_lines(fh, path))
         missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
         if missing:
             raise MalformedAnnotationError(
@@ -178,7 +207,7 @@ def read_fov_csv(path: Path) -> tuple[list[Annotation], int]:
                 "a NuCLS annotation CSV. Download the dataset again."
             )
         index_column = (reader.fieldnames or [""])[0]
-        for number, record in enumerate(reader, 2):
+        for number, record in _csv_rows(reader, path):
             index = (record.get(index_column) or "").strip() if index_column not in REQUIRED else ""
             raw = (record["raw_classification"] or "").strip()
             if raw.lower() in FOV_GROUPS or raw.lower().startswith("fov"):
@@ -194,11 +223,19 @@ def read_fov_csv(path: Path) -> tuple[list[Annotation], int]:
             if kind == "polyline" and xs.size == 0:
                 raise _malformed(path, number, index, "a polyline row without coordinates")
             try:
-                box = tuple(int(round(float(record[k]))) for k in ("xmin", "ymin", "xmax", "ymax"))
+                values = [float(record[k]) for k in ("xmin", "ymin", "xmax", "ymax")]  # type: ignore[arg-type]
             except (TypeError, ValueError):
-                if xs.size == 0:
-                    raise _malformed(path, number, index, "xmin/ymin/xmax/ymax are not numbers and there are no coordinates") from None
+                values = [float("nan")]
+            finite = bool(xs.size) and bool(np.isfinite(xs).all() and np.isfinite(ys).all())
+            if all(np.isfinite(values)):
+                box = tuple(int(round(v)) for v in values)
+            elif finite:
                 box = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+            elif kind == "polyline":  # non-finite vertices: the rasteriser drops and counts it
+                box = (0, 0, 0, 0)
+            else:
+                raise _malformed(path, number, index, "xmin/ymin/xmax/ymax are not finite numbers and there "
+                                 "are no finite coordinates")
             rows.append(Annotation(
                 row=number,
                 source_id=int(index) if index.lstrip("-").isdigit() else number,
