@@ -282,13 +282,13 @@ label_set_option = click.option("--label-set", default=None, help="Express label
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @split_option
 @label_set_option
-@click.option("--mpp", type=float, default=None,
+@click.option("--mpp", type=click.FloatRange(min=0, min_open=True), default=None,
               help="pannuke / hovernet-patches: resample to this many microns per pixel.")
-@click.option("--assume-mpp", type=float, default=None,
+@click.option("--assume-mpp", type=click.FloatRange(min=0, min_open=True), default=None,
               help="mpp to use for images that carry none (else they are an error under --mpp).")
-@click.option("--size", type=int, default=256, show_default=True, help="pannuke: patch side.")
-@click.option("--win", type=int, default=540, show_default=True, help="hovernet-patches: window (HoVer-Net's default).")
-@click.option("--step", type=int, default=164, show_default=True, help="hovernet-patches: step (HoVer-Net's default).")
+@click.option("--size", type=click.IntRange(min=4), default=256, show_default=True, help="pannuke: patch side.")
+@click.option("--win", type=click.IntRange(min=4), default=540, show_default=True, help="hovernet-patches: window (HoVer-Net's default).")
+@click.option("--step", type=click.IntRange(min=1), default=164, show_default=True, help="hovernet-patches: step (HoVer-Net's default).")
 @root_option
 def export(name: str, fmt: str, out: Path, split: str | None, label_set: str | None, mpp: float | None,
            assume_mpp: float | None, size: int, win: int, step: int, root: Path | None) -> None:
@@ -341,7 +341,7 @@ def stats(name: str, as_json: bool, split: str | None, label_set: str | None, ro
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Use this folder as the demo's data home and keep it (default: $NUCDATA_HOME if set, "
                    "else a temporary folder removed at the end).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the generated archives.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the generated archives.")
 def demo(root: Path | None, seed: int) -> None:
     """Generate small archives in each native layout and run fetch, prepare and load on them.
 

@@ -138,3 +138,7 @@ class UnsafePickleError(NucdataError):
 
 class DataHomeError(NucdataError):
     """A data home (``NUCDATA_HOME``) or cache (``NUCDATA_CACHE``) that is not a usable folder."""
+
+
+class InvalidCardError(NucdataError, ValueError):
+    """A dataset card or local card override (``registry/<name>.json``) with invalid content."""

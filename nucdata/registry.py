@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from .atomic import atomic_write_json
-from .errors import UnknownDatasetError
+from .errors import InvalidCardError, UnknownDatasetError
 from .home import manual_dir, registry_dir
 
 
@@ -100,7 +101,7 @@ def list_datasets() -> list[str]:
 
 def _read_json(path: Any, what: str) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         from .errors import MalformedAnnotationError
 
@@ -108,6 +109,42 @@ def _read_json(path: Any, what: str) -> dict[str, Any]:
             f"{what}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}. "
             "Fix or delete the file."
         ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidCardError(f"{what}: cannot be read ({exc}). Fix or delete the file.") from None
+    if not isinstance(data, dict):
+        raise InvalidCardError(f"{what}: expected a JSON object, found {type(data).__name__}. Fix or delete the file.")
+    return data
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+\- ()]*")
+
+
+def _safe_name(value: Any, what: str, key: str) -> str:
+    """A file or folder name that stays inside its folder (no ``/``, ``\\``, ``..``)."""
+    if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value) or ".." in value:
+        raise InvalidCardError(
+            f"{what}: files[].{key} = {value!r} is not a plain file name (letters, digits, '._-+ ()', "
+            "no folders, no '..'); a card may not name files outside nucdata's folders."
+        )
+    return value
+
+
+def _check_files(files: Any, what: str) -> None:
+    """Validate the ``files`` list of a card (after any override was applied)."""
+    if not isinstance(files, list) or not all(isinstance(f, dict) for f in files):
+        raise InvalidCardError(f"{what}: 'files' must be a list of objects.")
+    for f in files:
+        _safe_name(f.get("name"), what, "name")
+        _safe_name(f.get("role", "all"), what, "role")
+        size, digest = f.get("size"), f.get("sha256")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            raise InvalidCardError(f"{what}: files[{f['name']!r}].size = {size!r} is not a byte count.")
+        if digest not in (None, "") and not (isinstance(digest, str) and re.fullmatch(r"[0-9a-fA-F]{64}", digest)):
+            raise InvalidCardError(f"{what}: files[{f['name']!r}].sha256 = {digest!r} is not 64 hex digits.")
+        mirrors = f.get("mirrors", [])
+        if not isinstance(mirrors, list) or not all(
+                isinstance(m, str) and m.lower().startswith(("https://", "http://")) for m in mirrors):
+            raise InvalidCardError(f"{what}: files[{f['name']!r}].mirrors must be a list of http(s) URLs.")
 
 
 def get_card(name: str, root: str | os.PathLike[str] | None = None) -> Card:
@@ -128,6 +165,7 @@ def get_card(name: str, root: str | os.PathLike[str] | None = None) -> Card:
     if override_path.is_file():
         data.update(_read_json(override_path, str(override_path)))
         overridden_by = str(override_path)
+    _check_files(data.get("files"), overridden_by or f"card {key}")
     files = tuple(
         RemoteFile(
             name=f["name"],
