@@ -199,7 +199,7 @@ def read_fov_csv(path: Path) -> tuple[list[Annotation], int]:
     rows: list[Annotation] = []
     fov_rows = 0
     with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(_checked_lines(fh, path))
+        reader = csv.DictReader(_checked_lines(fh, path), strict=True)  # an unterminated quote is an error
         missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
         if missing:
             raise MalformedAnnotationError(
