@@ -210,3 +210,15 @@ def test_kumar_and_monuseg_share_images_in_a_hard_world(tmp_path):
     install("monuseg", tmp_path / "b", 0, world=World(0, config=WorldConfig.hard()))
     digests = {hashlib.sha256((tmp_path / h / "manual" / name).read_bytes()).hexdigest() for h in "ab"}
     assert len(digests) == 1
+
+
+def test_same_seed_same_bytes_for_every_archive(tmp_path):
+    """Including CoNSeP's .mat files, whose savemat header would otherwise carry the time."""
+    import hashlib
+
+    for name in ("consep", "pannuke"):
+        digests = set()
+        for home in ("a", "b"):
+            archives = install(name, tmp_path / name / home, 4, world=World(4))
+            digests.add(tuple(hashlib.sha256(p.read_bytes()).hexdigest() for p in archives.files))
+        assert len(digests) == 1, name

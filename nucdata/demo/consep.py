@@ -20,6 +20,16 @@ from .world import World
 
 TILES = {"Train": 4, "Test": 2}
 SIZE = 96
+#: MAT 5 header text (116 bytes, free text in the format); savemat's own holds the
+#: creation time, which would make the archive's bytes differ from run to run.
+MAT_HEADER = b"MATLAB 5.0 MAT-file, written by nucdata.demo".ljust(116, b" ")
+
+
+def save_mat(path: Path, data: dict[str, np.ndarray]) -> None:
+    """``scipy.io.savemat`` with a fixed header text, so the same seed gives the same bytes."""
+    savemat(path, data)
+    with open(path, "r+b") as fh:
+        fh.write(MAT_HEADER)
 
 
 def generate(folder: Path, rng: np.random.Generator, world: World | None = None, scale: float = 1) -> DemoArchives:
@@ -65,7 +75,7 @@ def generate(folder: Path, rng: np.random.Generator, world: World | None = None,
                 rgba = np.dstack([rgb, np.full(inst.shape, 255, np.uint8)])
                 Image.fromarray(rgba, "RGBA").save(top / split / "Images" / f"{name}.png")
                 Image.fromarray(rgb).save(top / split / "Overlay" / f"{name}.png")
-                savemat(top / split / "Labels" / f"{name}.mat", {
+                save_mat(top / split / "Labels" / f"{name}.mat", {
                     "inst_map": inst.astype(np.float64), "type_map": type_map.astype(np.float64),
                     "inst_type": codes.reshape(-1, 1).astype(np.float64),
                     "inst_centroid": centroid.astype(np.float64),
