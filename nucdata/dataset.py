@@ -11,6 +11,7 @@ import torch
 import xarray as xr
 
 from .errors import DatasetNotFoundError, InvalidArgumentError
+from .merged import SOURCES, MergedLabels
 from .registry import get_card
 from .store import Store
 
@@ -77,6 +78,8 @@ class NucleusDataset(torch.utils.data.Dataset):
         label_set: str | None = None,
         transforms: Transform | None = None,
         protocols: dict[str, dict[str, list[str]]] | None = None,
+        *,
+        merged: MergedLabels | None = None,
     ):
         self.store = store
         self.name = store.dataset
@@ -84,8 +87,19 @@ class NucleusDataset(torch.utils.data.Dataset):
         self.label_set = label_set
         self.transforms = transforms
         self.indices = select_images(store, split, protocols)
+        self._merged: dict[str, np.ndarray] | None = None
         native = np.asarray(store.column("nuclei", "label"))
-        if label_set is None:
+        if merged is not None:  # labels from a build-merged output (nucdata.merged)
+            from .labelsets import label_set as get_label_set
+
+            vocabulary = get_label_set(merged.label_set)
+            self.label_set = vocabulary.name
+            self._merged = merged.columns
+            self._labels = np.asarray(merged.label, np.int64)
+            bits = np.left_shift(np.int64(1), np.clip(self._labels, 0, 62))
+            outside = np.int64(1) << np.int64(len(vocabulary))
+            self._candidates = np.where(self._labels >= 0, bits, np.where(self._labels == -2, outside, 0))
+        elif label_set is None:
             self._labels = native.astype(np.int64)
             self._candidates = np.zeros(native.shape[0], np.int64)
         else:
@@ -114,10 +128,11 @@ class NucleusDataset(torch.utils.data.Dataset):
             "image_id": str(self.store.column("images", "name")[index]),
             "dataset": self.name,
         }
-        merged = getattr(self, "merged_columns", None)
-        if merged is not None:  # a merged dataset: predicted or annotated, and how sure
-            sample["probabilities"] = torch.from_numpy(np.array(merged["probability"][rows]))
-            sample["annotated"] = torch.from_numpy(np.array(merged["annotated"][rows]))
+        if self._merged is not None:  # a merged dataset: where each label came from, and how sure
+            source = np.array(self._merged["source"][rows], np.int64)
+            sample["probabilities"] = torch.from_numpy(np.array(self._merged["probability"][rows]))
+            sample["sources"] = torch.from_numpy(source)
+            sample["annotated"] = torch.from_numpy(source == SOURCES.index("annotated"))
         return self.transforms(sample) if self.transforms is not None else sample
 
     def __repr__(self) -> str:
@@ -315,8 +330,9 @@ class NucleusDataset(torch.utils.data.Dataset):
             data["native_label"] = data.pop("label")
             data["label"] = ("nucleus", self._labels[sel])
             data["candidates"] = ("nucleus", self._candidates[sel])
-        for key, column in (getattr(self, "merged_columns", None) or {}).items():
-            data[key] = ("nucleus", column[sel])
+        for key, column in (self._merged or {}).items():
+            if key != "label":
+                data[key] = ("nucleus", column[sel])
         return xr.Dataset(
             data,
             coords={
@@ -387,31 +403,6 @@ class NucleusDataset(torch.utils.data.Dataset):
         return getattr(self, table).chunk(chunks if chunks is not None else {dim: 100_000})
 
 
-def merged_view(ds: NucleusDataset, label_set: str, merged_dir: str | os.PathLike[str]) -> NucleusDataset:
-    """``ds`` with the merged labels of ``label_set`` from a build-merged output.
-
-    ``label`` is the annotated label where the nucleus had one in that set, else the
-    predicted one; the columns ``probability``, ``annotated`` and ``predicted`` are added
-    to ``nuclei`` and ``probabilities``/``annotated`` to each sample.
-    """
-    from pathlib import Path
-
-    from .labelsets import label_set as get_label_set
-
-    folder = Path(merged_dir)
-    path = folder / f"{get_label_set(label_set).name}__label.npy"
-    if not path.is_file():
-        raise DatasetNotFoundError(f"{path}: this merged output has no {label_set!r} labels for {ds.name}.")
-    view = NucleusDataset(ds.store, ds.split, None, ds.transforms)
-    view.indices = ds.indices
-    view.label_set = get_label_set(label_set).name
-    view._labels = np.load(path)
-    view._candidates = np.where(view._labels >= 0, np.left_shift(1, np.clip(view._labels, 0, 62)), 0).astype(np.int64)
-    view.merged_columns = {k: np.load(folder / f"{view.label_set}__{k}.npy", mmap_mode="r")
-                           for k in ("probability", "annotated", "predicted")}
-    return view
-
-
 def load(
     name: str,
     split: str | None = None,
@@ -442,8 +433,10 @@ def load(
         ``dict -> dict`` callable applied to every sample, last.
     source
         A ``nucdata build-merged`` output folder: labels under ``label_set`` are then the
-        merged ones (annotated where known, predicted elsewhere), with their probability
-        and whether they were annotated.
+        merged ones (annotated, mapped, ambiguous-resolved, outside or predicted — see
+        :mod:`nucdata.merged`); each sample gains ``probabilities``, ``sources`` (indices
+        into ``nucdata.merged.SOURCES``) and ``annotated``. The output folder stands
+        alone: it carries its own copy of the store.
 
     Raises
     ------
@@ -470,27 +463,22 @@ def load(
 
 
 def _load_merged(name, split, label_set, root, transforms, source) -> NucleusDataset:
-    import json
-    from pathlib import Path
-
-    from .prepare import store_path
+    from .merged import read_merged_labels
 
     if label_set is None:
         raise InvalidArgumentError("a merged dataset is read under a label set: pass label_set=")
-    folder = Path(source) / "stores" / get_card(name, root).name
-    info_path = folder / "merged.json"
-    if not info_path.is_file():
-        raise DatasetNotFoundError(f"{info_path}: {name} is not part of the merged output {source}.")
-    info = json.loads(info_path.read_text())
-    path = Path(info["store"])
-    if not (path / "manifest.json").is_file():
-        path = store_path(name, root)  # the data home moved: use the local store
-    store = Store(path)
-    if store.manifest["created"] != info["store_created"] or store.n_nuclei != info["nuclei"]:
-        raise DatasetNotFoundError(
-            f"{path}: the store was rebuilt after {source} was made; rerun nucdata build-merged."
-        )
     card = get_card(name, root)
+    store_dir, merged = read_merged_labels(source, card.name, get_label_set_name(label_set))
+    store = Store(store_dir)
+    if merged.label.shape[0] != store.n_nuclei:
+        raise DatasetNotFoundError(f"{store_dir}: {store.n_nuclei} nuclei but {merged.label.shape[0]} merged "
+                                   f"labels; the output {source} is damaged — rerun nucdata build-merged.")
     protocols = {**card.extra.get("protocols", {}), **store.manifest.get("extra", {}).get("protocols", {})}
-    base = NucleusDataset(store, split, None, transforms, protocols=protocols)
-    return merged_view(base, label_set, folder)
+    return NucleusDataset(store, split, None, transforms, protocols=protocols, merged=merged)
+
+
+def get_label_set_name(name: str) -> str:
+    """The canonical name of a label set (raises a typed error for an unknown one)."""
+    from .labelsets import label_set
+
+    return label_set(name).name

@@ -79,12 +79,12 @@ def _with_legend(image: Image.Image, classes: dict[int, tuple[str, list[int]]], 
     return canvas
 
 
-def write_overlays(ds: NucleusDataset, out: str | os.PathLike[str]) -> list[Path]:
-    """One PNG per image of ``ds`` into folder ``out``."""
+def write_overlays(ds: NucleusDataset, out: str | os.PathLike[str], limit: int | None = None) -> list[Path]:
+    """One PNG per image of ``ds`` into folder ``out`` (the first ``limit`` images when given)."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for position in range(len(ds)):
+    for position in range(len(ds) if limit is None else min(limit, len(ds))):
         name = str(ds.store.column("images", "name")[int(ds.indices[position])])
         path = folder / f"{name}.png"
         render(ds, position).save(path)

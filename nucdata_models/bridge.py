@@ -1,57 +1,99 @@
-"""The one place where nucdata_models meets nucdata: crop banks to :class:`TrainingData`.
+"""The one place where nucdata_models meets nucdata's datasets: crop banks to :class:`TrainingData`.
 
-``nucdata`` is imported inside the functions only, so ``import nucdata_models`` never
-imports it; everything else in this package works on plain tensors.
+``nucdata`` is imported inside the functions only; everything else in this package
+works on plain tensors.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
-from .data import LabelSetSpec, TrainingData
+from .data import AMBIGUOUS, ANNOTATED, MAPPED, NO_LABEL, OUTSIDE_LABEL, LabelSetSpec, TrainingData
 
-__all__ = ["from_crop_dataset"]
+__all__ = ["from_crop_dataset", "label_columns", "training_data"]
 
 
-def from_crop_dataset(crops, label_sets: Sequence[str], splits: torch.Tensor | None = None) -> TrainingData:
-    """Build :class:`TrainingData` from a ``nucdata`` crop dataset (all its label sets).
+def label_columns(dataset: str, native: np.ndarray, label_set: str, tissue: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, candidates and provenance of one dataset's nuclei under one label set.
 
-    ``crops`` is a :class:`nucdata.CropDataset` over several datasets (``load_many(...)
-    .crops()``); labels and candidates are computed under every set in ``label_sets``
-    from each nucleus's native label.
+    A nucleus is *annotated* in a set when the set is its own dataset's vocabulary
+    (``nucdata.labelsets.OWN_LABEL_SET``) and it has a label; otherwise its label comes
+    from the mapping tables: *mapped* (an exact row), *ambiguous* (a candidate set),
+    *outside*, or none.
     """
-    import numpy as np
+    from nucdata.labelsets import OWN_LABEL_SET, translate
 
-    from nucdata.labelsets import label_set, translate
+    kwargs = {}
+    if tissue is not None and "tissue" in inspect.signature(translate).parameters:
+        kwargs["tissue"] = tissue  # tissue-conditional rows (PanNuke's per-patch tissue)
+    labels, candidates = translate(dataset, native, label_set, **kwargs)
+    own = OWN_LABEL_SET.get(dataset) == label_set
+    provenance = np.full(labels.shape, NO_LABEL, np.int8)
+    provenance[candidates != 0] = AMBIGUOUS
+    provenance[labels >= 0] = ANNOTATED if own else MAPPED
+    provenance[labels == -2] = OUTSIDE_LABEL
+    return labels.astype(np.int64), candidates.astype(np.int64), provenance
 
-    bank = crops.tensor()
+
+def training_data(members: Sequence, crops, label_sets: Sequence[str], split: torch.Tensor | None = None
+                  ) -> TrainingData:
+    """Build :class:`TrainingData` from whole-store datasets and their crop bank.
+
+    Parameters
+    ----------
+    members
+        ``nucdata.NucleusDataset`` objects loaded with ``split=None`` (every nucleus, in
+        store order), in the order of ``crops``.
+    crops
+        ``nucdata.multi.crops_of(members, size)``.
+    label_sets
+        Label-set names, in head order.
+    split
+        Per nucleus: 0 train, 1 validation, 2 test, 3 neither; default all 0.
+    """
+    from nucdata.labelsets import label_set
+
     specs = [LabelSetSpec(ls.name, ls.version, tuple(ls.names)) for ls in map(label_set, label_sets)]
-    labels: dict[str, torch.Tensor] = {}
-    cands: dict[str, torch.Tensor] = {}
-    natives = []
-    for d, bank_ in enumerate(crops.banks):
-        rows = crops.rows[d]
-        store_labels = np.asarray(_store_of(bank_).column("nuclei", "label"))[rows]
-        natives.append((crops.datasets[d], store_labels))
-    for spec in specs:
-        per_l, per_c = [], []
-        for name, native in natives:
-            lab, cand = translate(name, native, spec.name)
-            per_l.append(lab)
-            per_c.append(cand)
-        labels[spec.name] = torch.from_numpy(np.concatenate(per_l))
-        cands[spec.name] = torch.from_numpy(np.concatenate(per_c))
+    columns: dict[str, list[list[np.ndarray]]] = {s.name: [[], [], []] for s in specs}
+    for member in members:
+        store = member.store
+        native = np.asarray(store.column("nuclei", "label"))
+        tissue = None
+        if "tissue" in store.image_columns():
+            tissue = np.asarray(store.column("images", "tissue")).astype(str)[np.asarray(store.column("nuclei", "image"))]
+        for spec in specs:
+            for part, column in zip(columns[spec.name], label_columns(member.name, native, spec.name, tissue),
+                                    strict=True):
+                part.append(column)
     n = len(crops)
+    joined = {name: [torch.from_numpy(np.concatenate(part)) for part in parts] for name, parts in columns.items()}
+    mpps = {float(m) for member in members for m in np.asarray(member.store.column("images", "mpp"))
+            if np.isfinite(m) and m > 0}
     return TrainingData(
-        crops=bank, label_sets=specs, labels=labels, candidates=cands,
-        dataset_index=torch.from_numpy(crops.dataset_index.copy()), dataset_names=list(crops.datasets),
-        split=splits if splits is not None else torch.zeros(n, dtype=torch.int64),
+        crops=crops.tensor(), label_sets=specs,
+        labels={k: v[0] for k, v in joined.items()}, candidates={k: v[1] for k, v in joined.items()},
+        provenance={k: v[2] for k, v in joined.items()},
+        dataset_index=torch.from_numpy(np.asarray(crops.dataset_index, np.int64).copy()),
+        dataset_names=[m.name for m in members],
+        split=split if split is not None else torch.zeros(n, dtype=torch.int64),
+        mpp=mpps.pop() if len(mpps) == 1 else None,
     )
 
 
-def _store_of(bank):
-    from nucdata.store import Store
+def from_crop_dataset(crops, label_sets: Sequence[str], splits: torch.Tensor | None = None,
+                      members: Sequence | None = None) -> TrainingData:
+    """:func:`training_data` for a crop dataset of whole stores (``load_many(...).crops()``).
 
-    return Store(bank.path.parent.parent)
+    ``members`` are the image datasets the crops were cut from; without them, the
+    crop dataset's own ``members`` are used.
+    """
+    members = members if members is not None else getattr(crops, "members", None)
+    if members is None:
+        raise ValueError("from_crop_dataset needs the image datasets: pass members=[...] "
+                         "(the datasets given to crops_of)")
+    return training_data(members, crops, label_sets, splits)

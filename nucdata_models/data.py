@@ -9,10 +9,19 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["LabelSetSpec", "TrainingData", "candidate_mask", "target_bits"]
+__all__ = ["ANNOTATED", "AMBIGUOUS", "MAPPED", "NO_LABEL", "OUTSIDE_LABEL", "PROVENANCE_NAMES", "LabelSetSpec",
+           "TrainingData", "candidate_mask", "derive_provenance", "target_bits", "training_targets"]
 
 MISSING = -1
 OUTSIDE = -2
+
+# Where a nucleus's label under one set comes from (``TrainingData.provenance``).
+NO_LABEL = 0  # unlabelled, or the mapping gives no information
+ANNOTATED = 1  # its own dataset annotated it in this set's vocabulary
+MAPPED = 2  # one class of this set, through an exact mapping row
+AMBIGUOUS = 3  # a candidate set, through an ambiguous mapping row
+OUTSIDE_LABEL = 4  # the mapping says no class of this set describes it
+PROVENANCE_NAMES = ("none", "annotated", "mapped", "ambiguous", "outside")
 
 
 @dataclass(frozen=True)
@@ -64,7 +73,8 @@ class TrainingData:
         Per set, int64 ``(N,)``: class id >= 0, -1 missing, -2 outside the set.
     candidates
         Per set, int64 ``(N,)`` bitmask over the set's classes; 0 = no information,
-        one bit = exact, several = ambiguous (a partial label).
+        one bit = exact, several = ambiguous (a partial label). Bit ``K`` (one past the
+        last class) is the *outside* candidate: "possibly none of these classes".
     dataset_index, dataset_names
         Source dataset of each nucleus (index into ``dataset_names``).
     split
@@ -73,6 +83,10 @@ class TrainingData:
         Optional known truth per set (generated data only), same coding as ``labels``.
     mpp
         Optional microns per pixel of the crops, recorded in checkpoints.
+    provenance
+        Optional per set int8 ``(N,)``: :data:`ANNOTATED`, :data:`MAPPED`,
+        :data:`AMBIGUOUS`, :data:`OUTSIDE_LABEL` or :data:`NO_LABEL`. Without it, every
+        known label counts as annotated (see :func:`derive_provenance`).
     """
 
     crops: torch.Tensor
@@ -84,6 +98,7 @@ class TrainingData:
     split: torch.Tensor
     truth: dict[str, torch.Tensor] = field(default_factory=dict)
     mpp: float | None = None
+    provenance: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = int(self.crops.shape[0]) if self.crops.ndim else 0
@@ -102,8 +117,13 @@ class TrainingData:
             lab, cand = self.labels[spec.name], self.candidates[spec.name]
             if n and (int(lab.min()) < OUTSIDE or int(lab.max()) >= spec.size):
                 raise ValueError(f"labels[{spec.name!r}] must lie in [-2, {spec.size - 1}]")
-            if n and (int(cand.min()) < 0 or int(cand.max()) >= (1 << spec.size)):
-                raise ValueError(f"candidates[{spec.name!r}] has bits beyond the set's {spec.size} classes")
+            if n and (int(cand.min()) < 0 or int(cand.max()) >= (1 << (spec.size + 1))):
+                raise ValueError(f"candidates[{spec.name!r}] has bits beyond the set's {spec.size} classes "
+                                 "and its outside bit")
+            if spec.name not in self.provenance:
+                self.provenance[spec.name] = derive_provenance(lab, cand)
+            elif tuple(self.provenance[spec.name].shape) != (n,):
+                raise ValueError(f"provenance[{spec.name!r}] must have one entry per crop")
         if tuple(self.dataset_index.shape) != (n,) or tuple(self.split.shape) != (n,):
             raise ValueError("dataset_index and split must have one entry per crop")
         if n and (int(self.dataset_index.min()) < 0 or int(self.dataset_index.max()) >= len(self.dataset_names)):
@@ -132,6 +152,70 @@ def target_bits(labels: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     known = labels >= 0
     own = torch.ones_like(labels) << labels.clamp_min(0)
     return torch.where(known, own, torch.where(labels == OUTSIDE, torch.zeros_like(candidates), candidates))
+
+
+def derive_provenance(labels: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Provenance when the data do not say: known labels count as annotated."""
+    prov = torch.full_like(labels, NO_LABEL, dtype=torch.int8)
+    prov = torch.where(candidates != 0, torch.full_like(prov, AMBIGUOUS), prov)
+    prov = torch.where(labels >= 0, torch.full_like(prov, ANNOTATED), prov)
+    return torch.where(labels == OUTSIDE, torch.full_like(prov, OUTSIDE_LABEL), prov)
+
+
+def training_targets(labels: torch.Tensor, candidates: torch.Tensor, provenance: torch.Tensor, size: int,
+                     mapped_labels: str = "candidates", outside_head: bool = True
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """What one set trains on under a configuration: target bitmasks and pseudo-label eligibility.
+
+    Parameters
+    ----------
+    labels, candidates, provenance
+        One set's columns of :class:`TrainingData`.
+    size
+        The set's number of classes K; bit K of a target is the outside output.
+    mapped_labels
+        ``"none"``: annotations only (the paper); ``"exact"``: also exact mapping rows;
+        ``"candidates"`` and ``"soft"``: also ambiguous rows as candidate sets (how
+        the loss treats a set is the loss's business).
+    outside_head
+        Whether the set's head has an outside output: without one, nuclei outside the
+        set and candidate sets that include outside train nothing.
+
+    Returns
+    -------
+    targets
+        int64 bitmasks over ``size + 1`` outputs (0 = no target).
+    pseudo
+        int64 bitmasks of the classes a pseudo label may take, 0 where the nucleus may
+        not get one (it has a target, or is known to be outside without an outside
+        output). All in-set classes (and outside, with an outside head) for nuclei
+        without information.
+    """
+    if mapped_labels not in ("none", "exact", "candidates", "soft"):
+        raise ValueError(f"mapped_labels must be none, exact, candidates or soft, got {mapped_labels!r}")
+    outside_bit = 1 << size
+    in_set = outside_bit - 1
+    every = in_set | (outside_bit if outside_head else 0)
+    own = torch.ones_like(labels) << labels.clamp_min(0)
+    zero = torch.zeros_like(candidates)
+    use = provenance == ANNOTATED
+    targets = torch.where(use, own, zero)
+    if mapped_labels != "none":
+        targets = torch.where(provenance == MAPPED, own, targets)
+        if outside_head:
+            targets = torch.where(provenance == OUTSIDE_LABEL, torch.full_like(zero, outside_bit), targets)
+    if mapped_labels in ("candidates", "soft"):
+        cand = candidates if outside_head else torch.where((candidates & outside_bit) != 0, zero, candidates)
+        targets = torch.where(provenance == AMBIGUOUS, cand & every, targets)
+    # A pseudo label goes to a nucleus without a target, or resolves an ambiguous one
+    # within its candidates.
+    free = (targets == 0) | (provenance == AMBIGUOUS)
+    if not outside_head:
+        free &= provenance != OUTSIDE_LABEL
+    bound = torch.where((provenance == AMBIGUOUS) & (mapped_labels != "none"), candidates & every,
+                        torch.full_like(zero, every))
+    bound = torch.where(bound == 0, torch.full_like(zero, every), bound)
+    return targets, torch.where(free, bound, zero)
 
 
 def candidate_mask(bits: torch.Tensor, size: int) -> torch.Tensor:

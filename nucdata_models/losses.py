@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from .data import MISSING, candidate_mask
+from .data import candidate_mask
 
-__all__ = ["partial_label_loss", "pseudo_labels"]
+__all__ = ["PSEUDO_RULES", "partial_label_loss", "pseudo_labels", "soft_label_loss"]
 
 
 def partial_label_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,30 +44,60 @@ def partial_label_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[tor
     return nll.sum() / count.clamp_min(1), count
 
 
-def pseudo_labels(probabilities: torch.Tensor, candidates: torch.Tensor, labels: torch.Tensor,
-                  threshold: float) -> torch.Tensor:
-    """One-bit pseudo-label bitmasks (0 = none) from confident predictions.
+def soft_label_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean of ``-sum_c (1/|C|) log p_c`` over the nuclei with a target: ambiguous rows as uniform soft targets.
 
-    Only nuclei whose label is missing (-1) get one: never a nucleus outside the set
-    (-2) nor an annotated one. Where ``candidates != 0`` the prediction is restricted to
-    the candidates (renormalised over them, since the other classes are known to be
-    wrong) before the threshold is applied, so a pseudo label is always a candidate.
+    With one bit it is the usual cross-entropy (as :func:`partial_label_loss`); with
+    several it asks for equal mass on every candidate instead of leaving the split free
+    (the ``soft`` arm of the method study). Same arguments and returns as
+    :func:`partial_label_loss`.
+    """
+    known = targets != 0
+    count = known.sum()
+    log_p = torch.log_softmax(logits.float(), dim=1)
+    mask = candidate_mask(targets, logits.shape[1]).float()
+    nll = -(log_p * mask).sum(1) / mask.sum(1).clamp_min(1)
+    nll = torch.where(known, nll, torch.zeros_like(nll))
+    return nll.sum() / count.clamp_min(1), count
+
+
+PSEUDO_RULES = ("candidates", "unrestricted", "renormalised")
+
+
+def pseudo_labels(probabilities: torch.Tensor, allowed: torch.Tensor, threshold: float,
+                  rule: str = "candidates") -> torch.Tensor:
+    """One-bit pseudo-label bitmasks (0 = none) from a teacher's confident predictions.
 
     Parameters
     ----------
     probabilities
-        ``(N, K)`` class probabilities of the teacher module (detached here).
-    candidates, labels
-        ``(N,)`` bitmasks and labels of the set.
+        ``(N, K)`` softmax of the teacher module over every output (detached here).
+    allowed
+        ``(N,)`` bitmasks of the outputs a nucleus's pseudo label may take; 0 = the
+        nucleus gets none (annotated, or known to be outside without an outside output).
+        See :func:`.data.training_targets`.
     threshold
-        A pseudo label needs a (restricted) probability strictly above it.
+        The pseudo label's probability must be strictly above it.
+    rule
+        ``"unrestricted"`` (the paper): the argmax over every output, kept only when it is
+        allowed and its probability passes; ``"candidates"`` (nucdata): the most
+        probable allowed output, kept when its *unrestricted* probability passes — as
+        strict as the paper's test, never outside the candidates; ``"renormalised"``:
+        the most probable allowed output with its probability renormalised over the
+        allowed ones (looser: 0.6 vs 0.004 passes 0.99).
     """
+    if rule not in PSEUDO_RULES:
+        raise ValueError(f"rule must be one of {', '.join(PSEUDO_RULES)}, got {rule!r}")
     p = probabilities.detach().float()
-    restricted = candidates != 0
-    mask = candidate_mask(candidates, p.shape[1])
-    q = p * mask
-    q = q / q.sum(dim=1, keepdim=True).clamp_min(1e-12)
-    p = torch.where(restricted[:, None], q, p)
-    confidence, choice = p.max(dim=1)
-    take = (labels == MISSING) & (confidence > threshold)
+    mask = candidate_mask(allowed, p.shape[1])
+    if rule == "unrestricted":
+        confidence, choice = p.max(dim=1)
+        ok = ((allowed >> choice) & 1).bool()
+    else:
+        q = p * mask
+        confidence, choice = q.max(dim=1)
+        if rule == "renormalised":
+            confidence = confidence / q.sum(dim=1).clamp_min(1e-12)
+        ok = allowed != 0
+    take = ok & (confidence > threshold)
     return torch.where(take, torch.ones_like(choice) << choice, torch.zeros_like(choice))

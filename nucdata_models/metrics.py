@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["classification_metrics", "confusion_matrix", "per_class_f1"]
+__all__ = ["classification_metrics", "confusion_matrix", "expected_calibration_error", "per_class_f1"]
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -32,37 +32,71 @@ def per_class_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.n
     return np.divide(2 * tp, denominator, out=np.zeros(n_classes), where=denominator > 0)
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, float]:
-    """Accuracy, macro F1, weighted F1 (true counts) and the swapped variant.
+def expected_calibration_error(correct: np.ndarray, confidence: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error: the mean |accuracy - confidence| over equal-width bins, weighted by size.
+
+    Parameters
+    ----------
+    correct
+        Boolean ``(N,)``: was the prediction right.
+    confidence
+        ``(N,)`` the probability the model gave its prediction.
+    bins
+        Number of equal-width confidence bins on [0, 1].
+    """
+    correct = np.asarray(correct, bool)
+    confidence = np.clip(np.asarray(confidence, np.float64), 0.0, 1.0)
+    if correct.size == 0:
+        return float("nan")
+    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    hits = np.bincount(which, weights=correct.astype(np.float64), minlength=bins)
+    sure = np.bincount(which, weights=confidence, minlength=bins)
+    return float(np.abs(hits - sure).sum() / correct.size)
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int,
+                           confidence: np.ndarray | None = None) -> dict:
+    """Accuracy, macro and weighted F1, per-class recall, the confusion matrix and calibration.
 
     Parameters
     ----------
     y_true, y_pred
         Class ids in ``[0, n_classes)``, one per nucleus.
     n_classes
-        Size of the label set.
+        Size of the label set (plus one when an outside output is scored as a class).
+    confidence
+        Optional ``(N,)`` probability of each prediction, for the calibration error.
 
     Returns
     -------
     dict
         ``count``; ``accuracy``; ``macro_f1`` (mean over the classes present in truth
         or prediction); ``weighted_f1`` (weights = true counts); ``weighted_f1_swapped``
-        (weights = predicted counts, the reference code's variant). NaN when empty.
+        (weights = predicted counts, the reference code's variant); ``per_class_recall``
+        (list, NaN for a class absent from the truth); ``confusion`` (list of rows, rows
+        = truth); ``ece`` (NaN without ``confidence``). NaN when empty.
     """
     y_true = np.asarray(y_true, np.int64)
     y_pred = np.asarray(y_pred, np.int64)
     if y_true.size == 0:
         nan = float("nan")
-        return {"count": 0, "accuracy": nan, "macro_f1": nan, "weighted_f1": nan, "weighted_f1_swapped": nan}
+        return {"count": 0, "accuracy": nan, "macro_f1": nan, "weighted_f1": nan, "weighted_f1_swapped": nan,
+                "per_class_recall": [nan] * n_classes, "confusion": np.zeros((n_classes, n_classes), int).tolist(),
+                "ece": nan}
     cm = confusion_matrix(y_true, y_pred, n_classes)
     f1 = per_class_f1(y_true, y_pred, n_classes)
     support = cm.sum(1)
     predicted = cm.sum(0)
     present = (support + predicted) > 0
+    recall = np.divide(np.diag(cm), support, out=np.full(n_classes, np.nan), where=support > 0)
+    ece = (expected_calibration_error(y_true == y_pred, confidence) if confidence is not None else float("nan"))
     return {
         "count": int(y_true.size),
         "accuracy": float(np.trace(cm) / y_true.size),
         "macro_f1": float(f1[present].mean()),
         "weighted_f1": float((f1 * support).sum() / support.sum()),
         "weighted_f1_swapped": float((f1 * predicted).sum() / predicted.sum()),
+        "per_class_recall": [float(r) for r in recall],
+        "confusion": cm.tolist(),
+        "ece": ece,
     }

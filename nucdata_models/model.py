@@ -28,17 +28,22 @@ class BaseModel(nn.Module):
         3 or 4.
     weights
         Optional local file with encoder weights.
+    outside
+        Give every head one more output, "none of this set's classes" (an extension
+        of the method; see ``TrainConfig.outside_head``).
 
     The forward pass returns per set the logits, clamped to +-10 like the reference so
     one confident set cannot dominate the sum of losses.
     """
 
     def __init__(self, label_sets: list[LabelSetSpec], encoder: str = "small", in_channels: int = 3,
-                 weights: str | os.PathLike[str] | None = None):
+                 weights: str | os.PathLike[str] | None = None, outside: bool = False):
         super().__init__()
         self.names = [s.name for s in label_sets]
         self.encoder = build_encoder(encoder, in_channels, weights)
-        self.heads = nn.ModuleDict({s.name: nn.Linear(self.encoder.out_features, s.size) for s in label_sets})
+        extra = int(outside)
+        self.heads = nn.ModuleDict({s.name: nn.Linear(self.encoder.out_features, s.size + extra)
+                                    for s in label_sets})
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.encoder(x)
@@ -51,15 +56,16 @@ class CorrelationHeads(nn.Module):
     ``Linear(sum of the other sets' sizes, hidden) -> BatchNorm -> ReLU -> Linear(hidden,
     n_k)``, as in the reference. What feeds it is the caller's choice (the trainer's
     ``correlation_input``): the base module's per-set probabilities (default; bounded
-    and comparable across sets) or its raw logits (the reference's choice).
+    and comparable across sets) or its raw logits (the reference's choice). With
+    ``outside``, every set has one more output, in and out.
     """
 
-    def __init__(self, label_sets: list[LabelSetSpec], hidden: int = 128):
+    def __init__(self, label_sets: list[LabelSetSpec], hidden: int = 128, outside: bool = False):
         super().__init__()
         self.names = [s.name for s in label_sets]
         if len(self.names) < 2:
             raise ValueError("correlation heads need at least two label sets")
-        sizes = {s.name: s.size for s in label_sets}
+        sizes = {s.name: s.size + int(outside) for s in label_sets}
         total = sum(sizes.values())
         self.heads = nn.ModuleDict({
             name: nn.Sequential(nn.Linear(total - sizes[name], hidden), nn.BatchNorm1d(hidden),

@@ -44,13 +44,14 @@ from torch import nn
 
 from .augment import augmented_inputs, prepare
 from .checkpoint import CheckpointError, label_set_meta, load_checkpoint, save_checkpoint
-from .data import MISSING, LabelSetSpec, TrainingData, candidate_mask, target_bits
-from .losses import partial_label_loss, pseudo_labels
+from .data import ANNOTATED, OUTSIDE, LabelSetSpec, TrainingData, candidate_mask, training_targets
+from .fill import fill_labels, scored_class
+from .losses import PSEUDO_RULES, partial_label_loss, pseudo_labels, soft_label_loss
 from .metrics import classification_metrics
 from .model import BaseModel, CorrelationHeads
 
-__all__ = ["STAGES", "CrossTrainer", "Prediction", "Predictions", "Stage", "TrainConfig", "TrainResult",
-           "resolve_device"]
+__all__ = ["RECIPES", "RECIPE_DIFFERENCES", "STAGES", "CrossTrainer", "Prediction", "Predictions", "Stage",
+           "TrainConfig", "TrainResult", "resolve_device"]
 
 STAGES = ("A", "B", "C")
 MODULES_OF_STAGE = {"A": "base", "B": "heads", "C": "both"}
@@ -60,11 +61,12 @@ _RUNTIME_KEYS = ("device", "compile", "eval_batch_size", "score_truth")
 
 @dataclass
 class TrainConfig:
-    """Hyperparameters and run settings.
+    """Hyperparameters, the method's switches, and run settings.
 
-    Defaults follow the reference where it states them: Adam, lr 1e-3 (A, B) and 1e-4
-    (C), weight decay 1e-4, batch 128, gradient-norm clip 10, threshold 0.99. Epochs
-    default to 10 per stage (the reference runs 50).
+    Two recipes fill it (:meth:`recipe`): ``"paper"``, the authors' method as published,
+    and ``"nucdata"`` (the default values here), which adds our extensions. Every field
+    on which they differ is listed, with the authors' code and the reason, in
+    :data:`RECIPE_DIFFERENCES` and in ``docs/build-merged.md``.
 
     Attributes
     ----------
@@ -76,11 +78,31 @@ class TrainConfig:
         Per stage ``"A"``, ``"B"``, ``"C"``; 0 epochs skips a stage's training.
     threshold
         Pseudo labels need a probability strictly above it.
+    pseudo_rule
+        ``"candidates"``, ``"unrestricted"`` or ``"renormalised"`` (see
+        :func:`.losses.pseudo_labels`).
+    mapped_labels
+        Which labels from other datasets' annotations, through the mapping tables, train
+        a set: ``"none"`` (own annotations only, the paper), ``"exact"``, ``"candidates"``
+        (exact rows and ambiguous rows as partial labels) or ``"soft"`` (ambiguous rows
+        as uniform soft targets).
+    outside_head
+        Each set's head gets an output for "none of these classes", trained on nuclei
+        whose mapping says outside; such nuclei can then be predicted as outside (-2).
+    mask_channel
+        Feed the nucleus mask as a fourth input channel when the crops carry one.
+    input_size
+        Resize crops to this side before the encoder (the paper: 64 px crops to 224);
+        ``None`` keeps the crop size.
     correlation_input
-        ``"probs"`` (detached probabilities) or ``"logits"`` (raw logits, the reference).
+        ``"probs"`` (probabilities) or ``"logits"`` (raw logits, the reference).
     correlation_grad
         In stage C, let the correlation heads' loss flow back into the base module
-        through their input (the reference does; off by default).
+        through their input (the reference does).
+    loss_mean
+        Stage C's mean over (set, module) loss terms: ``"present"`` over the terms that
+        had nuclei in the batch, ``"all"`` over every term, absent ones as zeros (the
+        reference, which dilutes the loss when a set is absent).
     device
         ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``/``"cuda:N"``.
     bf16, channels_last, compile
@@ -99,8 +121,14 @@ class TrainConfig:
     weight_decay: float = 1e-4
     grad_clip: float = 10.0
     threshold: float = 0.99
+    pseudo_rule: str = "candidates"
+    mapped_labels: str = "candidates"
+    outside_head: bool = True
+    mask_channel: bool = True
+    input_size: int | None = None
     correlation_input: str = "probs"
     correlation_grad: bool = False
+    loss_mean: str = "present"
     hidden: int = 128
     augment: bool = True
     jitter: float = 0.2
@@ -118,16 +146,87 @@ class TrainConfig:
         for stage in STAGES:
             self.epochs.setdefault(stage, 0)
             self.lr.setdefault(stage, 1e-4 if stage == "C" else 1e-3)
-        if self.correlation_input not in ("probs", "logits"):
-            raise ValueError(f"correlation_input must be 'probs' or 'logits', got {self.correlation_input!r}")
+        choices = {"correlation_input": ("probs", "logits"), "pseudo_rule": PSEUDO_RULES,
+                   "mapped_labels": ("none", "exact", "candidates", "soft"), "loss_mean": ("present", "all")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if not 0.0 <= self.threshold < 1.0:
             raise ValueError(f"threshold must lie in [0, 1), got {self.threshold}")
         if self.batch_size < 2:
             raise ValueError("batch_size must be at least 2 (batch normalisation)")
+        if self.input_size is not None and self.input_size < 8:
+            raise ValueError(f"input_size must be at least 8 pixels, got {self.input_size}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy."""
         return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **{k: (dict(v) if isinstance(v, dict) else v) for k, v in changes.items()})
+
+    @classmethod
+    def recipe(cls, name: str, **overrides: Any) -> TrainConfig:
+        """The configuration of a named recipe, with ``overrides`` applied.
+
+        ``"nucdata"`` is this class's defaults; ``"paper"`` sets every field of
+        :data:`RECIPE_DIFFERENCES` to the published method's value.
+        """
+        if name not in RECIPES:
+            raise ValueError(f"unknown recipe {name!r}; recipes are {', '.join(RECIPES)}")
+        values = {field_name: row[name] for field_name, row in RECIPE_DIFFERENCES.items() if name in row}
+        values.update(overrides)
+        return cls(**{k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()})
+
+
+RECIPES = ("nucdata", "paper")
+
+#: Every field on which the two recipes differ: the paper's value, nucdata's, what the
+#: authors' code does, and why nucdata differs. ``docs/build-merged.md`` renders it.
+RECIPE_DIFFERENCES: dict[str, dict[str, Any]] = {
+    "mapped_labels": {
+        "paper": "none", "nucdata": "candidates",
+        "code": "own-dataset labels only",
+        "why": "the mapping tables give exact or candidate labels in other sets for free; "
+               "ambiguous rows train as partial labels, never as a guessed class"},
+    "outside_head": {
+        "paper": False, "nucdata": True,
+        "code": "no outside output: every nucleus gets a class of every set",
+        "why": "a fibroblast has no MoNuSAC class; forcing one is necessarily wrong"},
+    "mask_channel": {
+        "paper": False, "nucdata": True,
+        "code": "RGB only (the mask is not an input)",
+        "why": "tells the encoder which nucleus of a crowded crop is meant"},
+    "input_size": {
+        "paper": 224, "nucdata": None,
+        "code": "64 px crop resized to 224",
+        "why": "native-resolution crops are ~50x cheaper; the study measures the cost"},
+    "encoder": {
+        "paper": "resnet50", "nucdata": "small",
+        "code": "torchvision resnet50, random initialisation",
+        "why": "the small CNN trains on a CPU in minutes; ResNet-50 stays available"},
+    "epochs": {
+        "paper": {"A": 50, "B": 50, "C": 50}, "nucdata": {"A": 10, "B": 10, "C": 10},
+        "code": "50 per stage",
+        "why": "validation loss flattens well before 50 epochs on the small encoder"},
+    "correlation_input": {
+        "paper": "logits", "nucdata": "probs",
+        "code": "raw logits of the other sets",
+        "why": "probabilities are bounded and comparable across sets"},
+    "correlation_grad": {
+        "paper": True, "nucdata": False,
+        "code": "gradients flow from the correlation heads into the backbone in stage C",
+        "why": "keeps the correlation heads from reshaping the base features towards their own targets"},
+    "pseudo_rule": {
+        "paper": "unrestricted", "nucdata": "candidates",
+        "code": "argmax of the full softmax above 0.99",
+        "why": "same strictness, but a pseudo label never contradicts the nucleus's candidate set"},
+    "loss_mean": {
+        "paper": "all", "nucdata": "present",
+        "code": "mean over a (set x module) table with zeros for absent sets",
+        "why": "absent sets should not dilute the loss of the present ones"},
+}
 
 
 @dataclass
@@ -203,9 +302,8 @@ class _Bank:
     """The training data, resident on the device."""
 
     crops: torch.Tensor
-    labels: dict[str, torch.Tensor]
-    candidates: dict[str, torch.Tensor]
-    targets: dict[str, torch.Tensor]
+    targets: dict[str, torch.Tensor]  # training target bitmasks over K (+ outside) outputs
+    allowed: dict[str, torch.Tensor]  # outputs a pseudo label may take; 0 = none
     train_index: torch.Tensor
 
 
@@ -281,22 +379,26 @@ class CrossTrainer:
         self.label_sets = list(label_sets)
         self.in_channels = int(in_channels)
         self.crop_size = int(crop_size)
-        self.base = BaseModel(self.label_sets, self.config.encoder, self.in_channels, weights).to(self.device)
-        self.heads = CorrelationHeads(self.label_sets, self.config.hidden).to(self.device)
+        outside = self.config.outside_head
+        self.base = BaseModel(self.label_sets, self.config.encoder, self.in_channels, weights, outside).to(self.device)
+        self.heads = CorrelationHeads(self.label_sets, self.config.hidden, outside).to(self.device)
         if self._channels_last:
             self.base = self.base.to(memory_format=torch.channels_last)
 
     def setup(self, data: TrainingData) -> None:
         """Build the modules and move the data to the device (once, as one uint8 bank)."""
-        self.build(data.label_sets, data.crops.shape[1], data.crops.shape[-1], self.config.weights)
+        crops = self.channels_of(data.crops)
+        self.build(data.label_sets, crops.shape[1], crops.shape[-1], self.config.weights)
         self.mpp = data.mpp
         dev = self.device
-        crops = data.crops.to(dev, non_blocking=True)
-        labels = {k: data.labels[k].to(dev) for k in data.names}
-        cands = {k: data.candidates[k].to(dev) for k in data.names}
-        targets = {k: target_bits(labels[k], cands[k]) for k in data.names}
+        crops = crops.to(dev, non_blocking=True)
+        targets, allowed = {}, {}
+        for spec in data.label_sets:
+            t, a = training_targets(data.labels[spec.name], data.candidates[spec.name], data.provenance[spec.name],
+                                    spec.size, self.config.mapped_labels, self.config.outside_head)
+            targets[spec.name], allowed[spec.name] = t.to(dev), a.to(dev)
         train_index = torch.nonzero(data.split.to(dev) == 0).flatten()
-        self._bank = _Bank(crops, labels, cands, targets, train_index)
+        self._bank = _Bank(crops, targets, allowed, train_index)
         self.generator = torch.Generator(device=dev)
         self.generator.manual_seed(self.config.seed)
 
@@ -308,12 +410,19 @@ class CrossTrainer:
         enabled = self.config.bf16 and self.device.type == "cuda"
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
+    def channels_of(self, crops: torch.Tensor) -> torch.Tensor:
+        """The crop channels this configuration feeds: RGB, plus the mask if asked and present."""
+        return crops if self.config.mask_channel else crops[:, :3]
+
     def inputs(self, crops: torch.Tensor, train: bool) -> torch.Tensor:
         """uint8 crops (on the device) to network input, augmented when ``train``."""
         if train and self.config.augment:
             x = augmented_inputs(crops, self.generator, self.config.jitter, self.config.blur_p)
         else:
             x = prepare(crops)
+        size = self.config.input_size
+        if size is not None and size != x.shape[-1]:
+            x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -367,18 +476,25 @@ class CrossTrainer:
         def optimiser(params: list[nn.Parameter]) -> torch.optim.Optimizer:
             return torch.optim.Adam(params, lr=lr, weight_decay=self.config.weight_decay)
 
+        every_term = self.config.loss_mean == "all"
+
         def mean(terms: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-            # Mean over the terms that had nuclei; empty terms are 0 but stay in the
-            # graph, so every parameter takes part in every step (DDP stays in step).
+            # Mean over the terms that had nuclei ("present") or over all of them
+            # ("all", the reference). Empty terms are 0 but stay in the graph, so every
+            # parameter takes part in every step (DDP stays in step).
+            if every_term:
+                return torch.stack([loss for loss, _ in terms]).mean()
             used = torch.stack([(c > 0).float() for _, c in terms]).sum()
             return torch.stack([loss for loss, _ in terms]).sum() / used.clamp_min(1)
+
+        supervised_loss = soft_label_loss if self.config.mapped_labels == "soft" else partial_label_loss
 
         if name == "A":
             base = self._wrap(self.base)
 
             def loss_a(idx: torch.Tensor) -> torch.Tensor:
                 logits = self._forward_base(base, self.inputs(bank.crops[idx], True))
-                return mean([partial_label_loss(logits[s], bank.targets[s][idx]) for s in names])
+                return mean([supervised_loss(logits[s], bank.targets[s][idx]) for s in names])
 
             params = list(self.base.parameters())
             return Stage("A", [base], params, optimiser(params), loss_a, self.config.grad_clip)
@@ -392,14 +508,14 @@ class CrossTrainer:
                 with torch.no_grad():
                     logits = self._forward_base(base, self.inputs(bank.crops[idx], True))
                 out = heads(self._head_inputs(logits, detach=True))
-                return mean([partial_label_loss(out[s], bank.targets[s][idx]) for s in names])
+                return mean([supervised_loss(out[s], bank.targets[s][idx]) for s in names])
 
             params = list(self.heads.parameters())
             return Stage("B", [heads], params, optimiser(params), loss_b, self.config.grad_clip)
 
         if name == "C":
             base, heads = self._wrap(self.base), self._wrap(self.heads)
-            threshold = self.config.threshold
+            threshold, rule = self.config.threshold, self.config.pseudo_rule
             passed = {s: torch.zeros((), dtype=torch.int64, device=self.device) for s in names}
 
             def loss_c(idx: torch.Tensor) -> torch.Tensor:
@@ -407,10 +523,10 @@ class CrossTrainer:
                 out = heads(self._head_inputs(logits, detach=not self.config.correlation_grad))
                 supervised, pseudo = [], []
                 for s in names:
-                    tgt, cand, lab = bank.targets[s][idx], bank.candidates[s][idx], bank.labels[s][idx]
-                    from_heads = pseudo_labels(out[s].softmax(1), cand, lab, threshold)
-                    from_base = pseudo_labels(logits[s].softmax(1), cand, lab, threshold)
-                    supervised += [partial_label_loss(logits[s], tgt), partial_label_loss(out[s], tgt)]
+                    tgt, allowed = bank.targets[s][idx], bank.allowed[s][idx]
+                    from_heads = pseudo_labels(out[s].softmax(1), allowed, threshold, rule)
+                    from_base = pseudo_labels(logits[s].softmax(1), allowed, threshold, rule)
+                    supervised += [supervised_loss(logits[s], tgt), supervised_loss(out[s], tgt)]
                     pseudo += [partial_label_loss(logits[s], from_heads), partial_label_loss(out[s], from_base)]
                     passed[s] += pseudo[-2][1] + pseudo[-1][1]
                 return mean(supervised) + mean(pseudo)
@@ -545,9 +661,12 @@ class CrossTrainer:
         Parameters
         ----------
         crops
-            uint8 ``(N, C, S, S)`` on any device (moved batch by batch).
+            uint8 ``(N, C, S, S)`` on any device (moved batch by batch); a mask channel
+            the configuration does not use is dropped.
         candidates
-            Optional per-set bitmasks: nuclei with candidates get a class among them.
+            Optional per-set bitmasks: nuclei with candidates get the most probable one
+            (bit K is outside). Metrics never pass them: a restriction to a nucleus's
+            own label would score its annotation, not the model.
         modules
             ``"both"`` (the method's rule: mean of the two modules' probabilities),
             ``"base"`` or ``"heads"``.
@@ -555,12 +674,15 @@ class CrossTrainer:
         Returns
         -------
         Predictions
-            Per set a :class:`Prediction` on the CPU.
+            Per set a :class:`Prediction` on the CPU; ``label`` is -2 where the outside
+            output wins, ``probs`` has the outside column last when the heads have one.
         """
         if self.base is None or self.heads is None:
             raise RuntimeError("no model: call fit() or CrossTrainer.load() first")
         if modules not in ("both", "base", "heads"):
             raise ValueError(f"modules must be 'both', 'base' or 'heads', got {modules!r}")
+        if not self.config.mask_channel and crops.ndim == 4 and crops.shape[1] == 4 and self.in_channels == 3:
+            crops = crops[:, :3]  # a bank's mask channel, which this model does not use
         if crops.dtype != torch.uint8 or crops.ndim != 4 or crops.shape[1] != self.in_channels:
             raise ValueError(f"crops must be uint8 (N, {self.in_channels}, S, S) for this model, "
                              f"got {tuple(crops.shape)} {crops.dtype}")
@@ -577,30 +699,47 @@ class CrossTrainer:
             for s in names:
                 parts[s].append({"both": (base_p[s] + head_p[s]) / 2, "base": base_p[s], "heads": head_p[s]}[modules])
         out: Predictions = {}
-        sizes = {s.name: s.size for s in self.label_sets}
+        outputs = {s.name: s.size + int(self.config.outside_head) for s in self.label_sets}
         for s in names:
-            probs = torch.cat(parts[s]).float().cpu() if parts[s] else torch.zeros(0, sizes[s])
+            probs = torch.cat(parts[s]).float().cpu() if parts[s] else torch.zeros(0, outputs[s])
             choose = probs
             if candidates is not None and probs.shape[0]:
-                c = candidates[s].cpu()
-                choose = torch.where((c != 0)[:, None], probs * candidate_mask(c, probs.shape[1]), probs)
-            label = choose.argmax(1)
-            out[s] = Prediction(label, probs.gather(1, label[:, None])[:, 0], probs)
+                c = candidates[s].cpu() & ((1 << outputs[s]) - 1)
+                choose = torch.where((c != 0)[:, None], probs.masked_fill(~candidate_mask(c, outputs[s]), -1.0), probs)
+            index = choose.argmax(1)
+            size = outputs[s] - int(self.config.outside_head)
+            label = torch.where(index == size, torch.full_like(index, OUTSIDE), index)
+            out[s] = Prediction(label, probs.gather(1, index[:, None])[:, 0], probs)
         return out
 
-    def evaluate(self, data: TrainingData, modules: str = "both") -> dict[str, dict[str, float]]:
-        """Metrics per label set on validation nuclei (``split == 1``) with a known label."""
-        val = torch.nonzero(data.split == 1).flatten()
-        preds = self.predict(data.crops[val], {k: v[val] for k, v in data.candidates.items()}, modules)
+    def evaluate(self, data: TrainingData, modules: str = "both", split: int = 1) -> dict[str, dict[str, Any]]:
+        """Metrics per label set on the nuclei of ``split`` that their own dataset annotated.
+
+        The score is the model's own prediction over the whole set (plus its outside
+        output, scored as one more class): no candidate restriction, so an untrained
+        model scores near chance. Mapped labels are not scored (they are the tables'
+        claim, not an annotation).
+        """
+        rows = torch.nonzero(data.split == split).flatten()
+        preds = self.predict(data.crops[rows], None, modules)
         result = {}
         for spec in data.label_sets:
-            truth = data.labels[spec.name][val].numpy()
-            known = truth >= 0
-            result[spec.name] = classification_metrics(truth[known], preds[spec.name].label.numpy()[known], spec.size)
+            annotated = (data.provenance[spec.name][rows] == ANNOTATED).numpy()
+            truth = data.labels[spec.name][rows].numpy()[annotated]
+            pred = preds[spec.name]
+            guess = scored_class(pred.label, spec.size).numpy()[annotated]
+            result[spec.name] = classification_metrics(truth, guess, spec.size + int(self.config.outside_head),
+                                                        pred.probability.numpy()[annotated])
         return result
 
-    def score_filled(self, data: TrainingData, modules: str = "both") -> dict[str, dict[str, float]]:
-        """Metrics of the filled labels (label missing, truth known) against ``data.truth``."""
+    def score_filled(self, data: TrainingData, modules: str = "both", split: int | None = None
+                     ) -> dict[str, dict[str, Any]]:
+        """Metrics of the filled labels against ``data.truth``.
+
+        Filled labels are the merged labels (:func:`.fill.fill_labels`) of nuclei their
+        own dataset did not annotate in the set and whose true class lies in the set;
+        ``split`` limits them to one split (``None``: every nucleus).
+        """
         result = {}
         preds = None
         for spec in data.label_sets:
@@ -608,10 +747,16 @@ class CrossTrainer:
             if truth is None:
                 continue
             if preds is None:
-                preds = self.predict(data.crops, data.candidates, modules)
-            sel = ((data.labels[spec.name] == MISSING) & (truth >= 0)).numpy()
-            result[spec.name] = classification_metrics(truth.numpy()[sel], preds[spec.name].label.numpy()[sel],
-                                                        spec.size)
+                preds = self.predict(data.crops, None, modules)
+            filled = fill_labels(preds[spec.name].probs, data.labels[spec.name], data.candidates[spec.name],
+                                 data.provenance[spec.name], spec.size)
+            sel = (data.provenance[spec.name] != ANNOTATED) & (truth >= 0)
+            if split is not None:
+                sel &= data.split == split
+            sel = sel.numpy()
+            result[spec.name] = classification_metrics(
+                truth.numpy()[sel], scored_class(filled.label, spec.size).numpy()[sel],
+                spec.size + 1, filled.probability.nan_to_num(1.0).numpy()[sel])
         return result
 
     # -- checkpoints -------------------------------------------------------------------
@@ -641,7 +786,10 @@ class CrossTrainer:
             :func:`.checkpoint.load_checkpoint`).
         """
         state, meta = load_checkpoint(path, label_sets)
-        config = TrainConfig(**{k: v for k, v in meta["config"].items() if k in TrainConfig.__dataclass_fields__})
+        # Checkpoints written before these switches existed had no outside output and
+        # renormalised pseudo labels.
+        saved = {"outside_head": False, "pseudo_rule": "renormalised", **meta["config"]}
+        config = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
         config.device = device
         trainer = cls(config)
         trainer.build(list(label_sets), meta["in_channels"], meta["crop_size"])

@@ -14,9 +14,12 @@ from .world import World
 
 def generate(folder: Path, rng: np.random.Generator, world: World | None = None, scale: float = 1) -> DemoArchives:
     """Write MoNuSeg's training zip (Kumar's 30 images are in it); ``scale`` as MoNuSeg's."""
+    test_zip = folder / "MoNuSegTestData.zip"
+    had_test_zip = test_zip.exists()  # MoNuSeg's, when both are installed into one folder
     monuseg = _monuseg.generate(folder, rng, world, dataset="kumar", scale=scale)
     train_zip = next(p for p in monuseg.files if p.name == "MoNuSeg 2018 Training Data.zip")
-    (folder / "MoNuSegTestData.zip").unlink(missing_ok=True)
+    if not had_test_zip:
+        test_zip.unlink(missing_ok=True)
     # Region counts of Kumar's 30 images alone: regenerate the count from the zip.
     import zipfile
 

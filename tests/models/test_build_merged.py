@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-import pickle
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,15 +13,17 @@ from click.testing import CliRunner
 
 import nucdata
 from nucdata.cli import main
-from nucdata_models.merged import BuildOptions, build_merged, work_dir
+from nucdata.faults import InjectedFault, inject
+from nucdata.safe_pickle import load as safe_load
+from nucdata_models.build import BuildOptions, OutputFolderError, build_merged, demo_key, work_dir
 
-DATASETS = ["pannuke", "monusac", "tnbc"]
+DATASETS = ["pannuke", "monusac", "nucls", "monuseg", "kumar", "tnbc"]
 SETS = ["pannuke", "nucls", "consep", "monusac"]
 
 
 def _options(out, **kw):
-    return BuildOptions(out=out, datasets=DATASETS, demo=True, epochs={"A": 2, "B": 1, "C": 1},
-                        crop_size=24, batch_size=64, overlays=2, **kw)
+    return BuildOptions(out=out, datasets=DATASETS, demo=True, demo_scale=1, crop_size=24, overlays=2,
+                        config={"epochs": {"A": 2, "B": 1, "C": 1}, "batch_size": 64, "device": "cpu"}, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -30,24 +34,50 @@ def built(tmp_path_factory):
     return out, report, messages
 
 
+def _home(out):
+    return work_dir(out) / f"demo-{demo_key(_options(out))}"
+
+
 def test_outputs_for_every_set_and_dataset(built):
     out, report, _ = built
     for s in SETS:
         for d in DATASETS:
             assert (out / s / f"{d}.pkl").is_file()
             assert list((out / "overlays" / s / d).glob("*.png"))
-    assert (out / "model.pt").is_file() and (out / "model.json").is_file()
+    assert (out / "model.pt").is_file() and (out / "model.json").is_file() and (out / ".nucdata-merged").is_file()
     on_disk = json.loads((out / "report.json").read_text())
-    assert on_disk["datasets"] == DATASETS
+    assert on_disk["datasets"] == DATASETS and on_disk["recipe"] == "nucdata"
     assert set(on_disk["validation"]) == {"A", "B", "C"}
-    assert "Filled labels against" in (out / "report.md").read_text()
-    assert set(report["demo_truth"]) == set(SETS)
+    text = (out / "report.md").read_text()
+    assert "Filled labels against" in text and "held out" in text
+    assert set(report["demo_truth"]["held_out"]["merged"]) == set(SETS)
+
+
+def test_validation_is_below_one(built):
+    _, report, _ = built
+    scored = [m["accuracy"] for per_set in report["validation"].values() for m in per_set.values() if m["count"]]
+    assert scored and max(scored) < 1.0
+
+
+def test_pickle_fields_say_what_was_annotated(built):
+    out, _, _ = built
+    merged = nucdata.open_merged(out)
+    # NuCLS nuclei carry no PanNuke annotation: mapped labels are not ground truth
+    assert (merged.table("pannuke", "nucls").ground_truth.values == -1).all()
+    # PanNuke's own nuclei carry their annotation under PanNuke
+    own = merged.table("pannuke", "pannuke").ground_truth.values
+    assert (own >= 0).all()
+    # annotated nuclei whose class maps outside MoNuSAC (e.g. connective tissue) are -2
+    # in field 4 and in field 2, never forced into a MoNuSAC class
+    table = merged.table("monusac", "pannuke")
+    outside = table.ground_truth.values == -2
+    assert outside.any()
+    assert (table.predicted.values[outside] == -2).all()
 
 
 def test_pickles_hold_plain_types_in_the_published_structure(built):
     out, _, _ = built
-    with open(out / "pannuke" / "monusac.pkl", "rb") as fh:
-        data = pickle.load(fh)
+    data = safe_load(out / "pannuke" / "monusac.pkl")
     assert isinstance(data, dict) and all(isinstance(k, str) and k.endswith(".png") for k in data)
     nucleus = next(v for v in data.values() if v)[0]
     centroid, predicted, probability, truth = nucleus
@@ -56,62 +86,112 @@ def test_pickles_hold_plain_types_in_the_published_structure(built):
     assert 0 <= probability <= 1
 
 
-def test_annotated_nuclei_keep_their_annotation(built):
+def test_duplicates_are_found_and_trained_once(built):
+    _, report, messages = built
+    dups = report["splits"]["duplicates"]["kumar"]
+    assert dups.get("monuseg", 0) > 0  # the demo's Kumar images are MoNuSeg's, byte for byte
+    assert report["splits"]["nuclei"]["duplicate"] > 0
+    assert any("byte for byte" in m for m in messages)
+    assert report["splits"]["group_key"]["tnbc"] == "patient"
+
+
+def test_load_with_source_agrees_with_the_merged_columns(built):
     out, _, _ = built
-    merged = nucdata.open_merged(out)
-    assert merged.label_sets == sorted(SETS) and merged.datasets == sorted(DATASETS)
-    table = merged.table("monusac", "monusac")
+    ds = nucdata.load("monusac", label_set="monusac", root=_home(out), source=out)
+    table = nucdata.open_merged(out).table("monusac", "monusac")
     annotated = table.ground_truth.values >= 0
     assert annotated.all()  # MoNuSAC's own set is exact for every MoNuSAC nucleus
-    ds = nucdata.load("monusac", label_set="monusac", root=work_dir(out) / "demo-home", source=out)
-    assert (ds.nuclei.annotated.values == annotated).all()
+    assert (ds.nuclei.annotation.values == table.ground_truth.values).all()
     assert (ds.nuclei.label.values == table.ground_truth.values).all()
-    # TNBC has no annotation anywhere: every label is predicted.
-    tnbc = merged.table("pannuke", "tnbc")
-    assert (tnbc.ground_truth.values == -1).all() and (tnbc.predicted.values >= 0).all()
-
-
-def test_load_with_source_agrees_with_the_pickles(built):
-    out, _, _ = built
-    home = work_dir(out) / "demo-home"
-    ds = nucdata.load("tnbc", label_set="nucls", root=home, source=out)
-    table = nucdata.open_merged(out).table("nucls", "tnbc")
-    assert int(ds.nuclei.sizes["nucleus"]) == int(table.sizes["nucleus"])
-    np.testing.assert_array_equal(ds.nuclei.label.values, table.predicted.values)
-    np.testing.assert_allclose(ds.nuclei.probability.values, table.probability.values, rtol=1e-6)
-    np.testing.assert_allclose(ds.nuclei.centroid.values, table.centroid.values, rtol=1e-6)
-    sample = ds[0]
-    assert "probabilities" in sample and "annotated" in sample
+    tnbc = nucdata.load("tnbc", label_set="nucls", root=_home(out), source=out)
+    t = nucdata.open_merged(out).table("nucls", "tnbc")
+    np.testing.assert_array_equal(tnbc.nuclei.predicted.values, t.predicted.values)
+    np.testing.assert_allclose(tnbc.nuclei.centroid.values, t.centroid.values, rtol=1e-6)
+    sample = tnbc[0]
+    assert {"probabilities", "sources", "annotated"} <= set(sample)
     with pytest.raises(nucdata.InvalidArgumentError):
-        nucdata.load("tnbc", root=home, source=out)
+        nucdata.load("tnbc", root=_home(out), source=out)
 
 
-def test_rerun_resumes_from_finished_stages(built):
+def test_the_output_stands_alone(built, tmp_path):
+    out, _, _ = built
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(out, moved)
+    shutil.rmtree(moved / "stores" / "tnbc" / "crops", ignore_errors=True)
+    ds = nucdata.load("tnbc", label_set="pannuke", root=tmp_path / "no-home", source=moved)
+    assert len(ds) > 0 and ds[0]["image"].shape[0] == 3
+    assert nucdata.open_merged(moved).datasets == sorted(DATASETS)
+
+
+def test_rerun_resumes_and_a_new_seed_is_a_new_world(built):
     out, _, _ = built
     messages = []
     build_merged(_options(out), say=messages.append)
     assert sum("reusing" in m for m in messages) == 3
     assert not any(m.startswith("preparing") for m in messages)
+    assert demo_key(_options(out)) != demo_key(_options(out, seed=1))
 
 
-def test_a_crash_leaves_the_previous_output_readable(built, monkeypatch):
+def test_a_crash_leaves_the_previous_output_readable(built):
     out, _, _ = built
     before = (out / "report.json").read_text()
+    for point in ("build-merged:dataset-written", "build-merged:staged", "build-merged:old-moved"):
+        with inject(point), pytest.raises(InjectedFault):
+            build_merged(_options(out), say=lambda m: None)
+        assert (out / "report.json").read_text() == before
+        assert nucdata.open_merged(out).datasets == sorted(DATASETS)
 
-    def crash(*args, **kwargs):
-        raise RuntimeError("killed mid-stage")
 
-    monkeypatch.setattr("nucdata_models.merged.write_dataset", crash)
-    with pytest.raises(RuntimeError, match="killed"):
+def test_a_kill_between_the_renames_is_recovered(built):
+    out, _, _ = built
+    code = ("import sys; from pathlib import Path; sys.path.insert(0, 'tests/models');"
+            "from test_build_merged import _options; from nucdata_models.build import build_merged;"
+            f"build_merged(_options(Path({str(out)!r})), say=lambda m: None)")
+    run = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ,
+                                                             "NUCDATA_FAULT": "build-merged:old-moved=kill"},
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 137, run.stderr[-2000:]
+    assert not out.exists()  # killed with the old output renamed away
+    messages = []
+    build_merged(_options(out), say=messages.append)
+    assert any("restored the previous copy" in m for m in messages)
+    assert not [p for p in out.parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def test_a_folder_we_did_not_write_is_refused(tmp_path):
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    with pytest.raises(OutputFolderError, match="did not write"):
         build_merged(_options(out), say=lambda m: None)
-    assert (out / "report.json").read_text() == before
-    assert nucdata.open_merged(out).datasets == sorted(DATASETS)
-    assert not [p for p in out.parent.iterdir() if ".tmp-" in p.name]
+    assert (out / "thesis.tex").read_text() == "precious"
+    result = CliRunner().invoke(main, ["build-merged", "--out", str(out), "--demo", "--epochs", "1"])
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    assert (out / "thesis.tex").read_text() == "precious"
+
+
+def test_cli_values_are_validated_and_cuda_is_checked(tmp_path):
+    runner = CliRunner()
+    for args in (["--epochs", "abc"], ["--overlays", "abc"], ["--demo-scale", "0"], ["--batch-size", "0"]):
+        result = runner.invoke(main, ["build-merged", "--out", str(tmp_path / "o"), *args])
+        assert result.exit_code == 2 and "Traceback" not in result.output, args
+    import torch
+
+    if not torch.cuda.is_available():
+        result = runner.invoke(main, ["build-merged", "--out", str(tmp_path / "o"), "--device", "cuda"])
+        assert result.exit_code == 2 and "no CUDA device" in result.output
+        assert len([line for line in result.output.splitlines() if line.startswith("Error")]) == 1
+
+
+def test_help_shows_the_recipes():
+    result = CliRunner().invoke(main, ["build-merged", "--help"])
+    assert "--recipe [nucdata|paper]" in result.output
 
 
 def test_missing_dataset_asked_by_name_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setenv("NUCDATA_HOME", str(tmp_path / "home"))
-    result = CliRunner().invoke(main, ["build-merged", "--out", str(tmp_path / "o"), "--datasets", "consep", "--epochs", "1"])
+    result = CliRunner().invoke(main, ["build-merged", "--out", str(tmp_path / "o"), "--datasets", "consep",
+                                       "--epochs", "1"])
     assert result.exit_code == 2
     assert "consep is not available" in result.output and "How to get it" in result.output
 

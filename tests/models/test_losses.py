@@ -71,20 +71,26 @@ def test_known_labels_override_candidates():
     assert target_bits(labels, candidates).tolist() == [0b100, 0b110, 0, 0]
 
 
-def test_pseudo_labels_threshold_candidates_and_outside():
-    probs = torch.tensor([[0.995, 0.005, 0.0], [0.6, 0.4, 0.0], [0.999, 0.001, 0.0], [0.999, 0.001, 0.0],
+def test_pseudo_labels_threshold_and_rules():
+    probs = torch.tensor([[0.995, 0.005, 0.0], [0.6, 0.4, 0.0], [0.999, 0.001, 0.0],
                           [0.5, 0.499, 0.001], [0.99, 0.01, 0.0], [0.9905, 0.0095, 0.0]])
-    labels = torch.tensor([-1, -1, -2, 1, -1, -1, -1])
-    candidates = torch.tensor([0, 0, 0, 2, 0b110, 0, 0])
-    bits = pseudo_labels(probs, candidates, labels, 0.99)
-    # confident missing -> class 0; unsure -> none; outside -> never; annotated -> never;
-    # restricted to candidates {1, 2}: class 1 with 0.998 after renormalising;
-    # exactly at the threshold -> none (strictly above is needed); just above -> class 0.
-    assert bits.tolist() == [1, 0, 0, 0, 2, 0, 1]
-    # a pseudo label is always one of the candidates
+    every = 0b111
+    allowed = torch.tensor([every, every, 0, 0b110, every, every])
+    # confident -> class 0; unsure -> none; not allowed (annotated, or outside) -> never;
+    # candidates {1, 2}: class 1 has 0.499 unrestricted -> none under "candidates",
+    # 0.998 after renormalising -> class 1 under "renormalised"; exactly at the
+    # threshold -> none (strictly above is needed); just above -> class 0.
+    assert pseudo_labels(probs, allowed, 0.99, "candidates").tolist() == [1, 0, 0, 0, 0, 1]
+    assert pseudo_labels(probs, allowed, 0.99, "renormalised").tolist() == [1, 0, 0, 2, 0, 1]
+    # the paper's rule: the unrestricted argmax, dropped when it is not allowed
+    assert pseudo_labels(probs, torch.tensor([0b010] * 6), 0.99, "unrestricted").tolist() == [0] * 6
+    assert pseudo_labels(probs, allowed, 0.99, "unrestricted").tolist() == [1, 0, 0, 0, 0, 1]
+    # a pseudo label is always allowed
     torch.manual_seed(0)
     p = torch.randn(500, 5).softmax(1) ** 0.1
     p = p / p.sum(1, keepdim=True)
-    c = torch.randint(0, 32, (500,))
-    b = pseudo_labels(p, c, torch.full((500,), -1), 0.0)
-    assert bool(((c == 0) | ((b & c) == b)).all()) and bool((b != 0).all())
+    c = torch.randint(1, 32, (500,))
+    for rule in ("candidates", "renormalised", "unrestricted"):
+        b = pseudo_labels(p, c, 0.0, rule)
+        assert bool(((b & c) == b).all())
+    assert bool((pseudo_labels(p, c, 0.0, "renormalised") != 0).all())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from nucdata_models import CrossTrainer, TrainConfig
+from nucdata_models.fill import scored_class
 from nucdata_models.synthetic import make_synthetic_data
 
 
@@ -52,8 +53,9 @@ def test_inference_is_deterministic_and_respects_candidates(trained, data):
     for s in a:
         assert torch.equal(a[s].label, b[s].label) and torch.equal(a[s].probs, b[s].probs)
         assert torch.allclose(a[s].probs.sum(1), torch.ones(60), atol=1e-5)
-        assert torch.equal(a[s].probability, a[s].probs.gather(1, a[s].label[:, None])[:, 0])
-        chosen_bit = (cands[s] >> a[s].label) & 1
+        column = scored_class(a[s].label, a[s].probs.shape[1] - 1)  # -2: the outside output, last
+        assert torch.equal(a[s].probability, a[s].probs.gather(1, column[:, None])[:, 0])
+        chosen_bit = (cands[s] >> column) & 1
         assert bool(((cands[s] == 0) | (chosen_bit == 1)).all())
     # batch size does not change the answer
     trainer.config.eval_batch_size, saved = 7, trainer.config.eval_batch_size
@@ -102,4 +104,5 @@ def test_four_channel_crops_and_unlabelled_only_sets_train():
         assert bool((data.candidates[s][data.dataset_index != d] == 0).all())
     trainer = CrossTrainer(TrainConfig(epochs={"A": 1, "B": 1, "C": 1}, batch_size=32, device="cpu"))
     result = trainer.fit(data)
-    assert result.history and trainer.predict(data.crops[:5])["pannuke"].probs.shape == (5, 5)
+    # five PanNuke classes and the outside output
+    assert result.history and trainer.predict(data.crops[:5])["pannuke"].probs.shape == (5, 6)
