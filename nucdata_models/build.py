@@ -65,6 +65,7 @@ class BuildOptions:
     root: Path | None = None
     demo: bool = False
     demo_scale: int = DEMO_SCALE
+    world: str = "easy"  # --demo: WorldConfig preset (easy, hard, noisy)
     seed: int = 0
     validation: float = 0.15
     test: float = 0.15
@@ -133,7 +134,7 @@ def _available(names: Sequence[str] | None, root: Path | None, say: Callable[[st
 
 def demo_key(options: BuildOptions) -> str:
     """Identity of a demo world: a different seed or scale is a different world."""
-    return hashlib.sha256(json.dumps({"seed": options.seed, "scale": options.demo_scale,
+    return hashlib.sha256(json.dumps({"seed": options.seed, "scale": options.demo_scale, "world": options.world,
                                       "datasets": sorted(options.datasets or ALL_DATASETS)}).encode()).hexdigest()[:12]
 
 
@@ -155,12 +156,14 @@ def build_merged(options: BuildOptions, say: Callable[[str], None] = print) -> d
     timings: dict[str, float] = {}
     root = options.root
     truth_by_image: dict[str, dict[str, list]] = {}
+    world = None
     if options.demo:
-        from .demo_eval import install_demo_world
+        from .demo_eval import install_demo_world, make_world
 
         root = work / f"demo-{demo_key(options)}"
         start = time.perf_counter()
-        truth_by_image = install_demo_world(root, options.seed, options.datasets, say, options.demo_scale)
+        world = make_world(options.seed, options.world)
+        truth_by_image = install_demo_world(root, options.seed, options.datasets, say, options.demo_scale, world)
         timings["generate demo archives"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -179,7 +182,8 @@ def build_merged(options: BuildOptions, say: Callable[[str], None] = print) -> d
     if options.demo:
         from .demo_eval import truth_labels
 
-        data.truth = {s: torch.from_numpy(t) for s, t in truth_labels(members, truth_by_image, data.names).items()}
+        data.truth = {s: torch.from_numpy(t)
+                      for s, t in truth_labels(members, truth_by_image, data.names, world).items()}
     timings["crop banks and splits"] = time.perf_counter() - start
     say(f"{len(data):,} nuclei from {len(names)} datasets under {', '.join(options.label_sets)}; "
         f"{int((data.split == TRAIN).sum()):,} train, {int((data.split == 1).sum()):,} validation, "

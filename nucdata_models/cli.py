@@ -84,6 +84,9 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--demo", is_flag=True, help="Run on a generated world of all seven datasets whose truth is known.")
 @click.option("--demo-scale", type=click.IntRange(1, 1000), default=DEMO_SCALE, show_default=True,
               help="With --demo: size of the world (4: ~4,800 nuclei, ~2 min on two cores; ~300: full scale).")
+@click.option("--world", type=click.Choice(["easy", "hard", "noisy"]), default="easy", show_default=True,
+              help="With --demo: the world's knobs (docs/demo-world.md): look-alike cell types, real-shaped "
+                   "sizes, stain/scale/blur shifts, annotator noise, mapping-table errors.")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--quiet", is_flag=True, help="Only the result.")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -92,7 +95,7 @@ def build_merged(out: Path, overwrite: bool, recipe: str, datasets: str | None, 
                  checkpoint: Path | None, device: str, epochs: dict | None, encoder: str | None,
                  encoder_weights: Path | None, crop_size: int | None, batch_size: int | None,
                  threshold: float | None, mapped_as_truth: bool, overlays: int | None, demo: bool,
-                 demo_scale: int, seed: int, quiet: bool, root: Path | None) -> None:
+                 demo_scale: int, world: str, seed: int, quiet: bool, root: Path | None) -> None:
     """Label every nucleus of every dataset under every label set, and write the merged dataset."""
     import torch
 
@@ -109,7 +112,7 @@ def build_merged(out: Path, overwrite: bool, recipe: str, datasets: str | None, 
     options = BuildOptions(
         out=out, datasets=_names(datasets), label_sets=_names(label_sets) or list(MERGED_SETS),
         checkpoint=checkpoint, recipe=recipe, config=config, crop_size=crop_size, overlays=overlays, root=root,
-        demo=demo, demo_scale=demo_scale, seed=seed, mapped_as_truth=mapped_as_truth, overwrite=overwrite,
+        demo=demo, demo_scale=demo_scale, world=world, seed=seed, mapped_as_truth=mapped_as_truth, overwrite=overwrite,
     )
     resolved = options.train_config()
     on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())

@@ -30,13 +30,22 @@ __all__ = ["baseline_config", "install_demo_world", "score_demo", "score_filled"
 SCORED_SPLITS = {"held_out": TEST, "training_pool": TRAIN}
 
 
-def install_demo_world(root: Path, seed: int, datasets: Sequence[str] | None,
-                       say: Callable[[str], None], scale: int = 1) -> dict[str, dict[str, list]]:
-    """Generate the datasets' archives from one world into ``root``; return the truth per image."""
-    from nucdata.demo import install
-    from nucdata.demo.world import World
+def make_world(seed: int, preset: str = "easy"):
+    """The demo world of ``seed`` with the knobs of a :class:`nucdata.demo.world.WorldConfig` preset."""
+    from nucdata.demo.world import World, WorldConfig
 
-    world = World(seed)
+    return World(seed, config=WorldConfig.preset(preset))
+
+
+def install_demo_world(root: Path, seed: int, datasets: Sequence[str] | None,
+                       say: Callable[[str], None], scale: float = 1, world=None) -> dict[str, dict[str, list]]:
+    """Generate the datasets' archives from one world into ``root``; return the truth per image.
+
+    ``world`` defaults to the easy world of ``seed`` (see :func:`make_world`).
+    """
+    from nucdata.demo import install
+
+    world = world if world is not None else make_world(seed)
     truth = {}
     for name in datasets or ALL_DATASETS:
         archives = install(name, root, seed, world=world, scale=scale)
@@ -45,12 +54,17 @@ def install_demo_world(root: Path, seed: int, datasets: Sequence[str] | None,
     return truth
 
 
-def truth_labels(members, truth_by_image: dict[str, dict[str, list]], label_sets: Sequence[str]) -> dict[str, np.ndarray]:
-    """The true class of every stored nucleus under every set (-2 outside, -3 unmatched)."""
-    from nucdata.demo.world import NATIVE, TYPE_NAMES
-    from nucdata.labelsets import OWN_LABEL_SET, translate
+def truth_labels(members, truth_by_image: dict[str, dict[str, list]], label_sets: Sequence[str],
+                 world=None) -> dict[str, np.ndarray]:
+    """The true class of every stored nucleus under every set (-2 outside, -3 unmatched).
 
-    owner = {v: k for k, v in OWN_LABEL_SET.items()}
+    Each stored nucleus is matched to the nucleus it was drawn as (nearest drawn
+    centroid within 4 px); its latent type gives its class in every set through the
+    world's own vocabularies (which may differ from the mapping tables on purpose).
+    """
+    from nucdata.demo.world import World
+
+    world = world if world is not None else World()
     kinds = []
     for ds in members:
         store = ds.store
@@ -59,25 +73,20 @@ def truth_labels(members, truth_by_image: dict[str, dict[str, list]], label_sets
         image_of = np.asarray(store.column("nuclei", "image"))
         k = np.full(store.n_nuclei, -1, np.int64)
         table = truth_by_image.get(ds.name, {})
-        for row in range(store.n_nuclei):
-            drawn = table.get(names[image_of[row]])
+        for index in np.unique(image_of):
+            drawn = table.get(names[index])
             if not drawn:
                 continue
-            points = np.asarray([(x, y) for x, y, *_ in drawn])
-            dist = np.hypot(*(points - centroids[row]).T)
-            j = int(dist.argmin())
-            if dist[j] < 4.0:  # matched to the nucleus it was drawn as
-                k[row] = drawn[j][2]
+            rows = np.flatnonzero(image_of == index)
+            points = np.asarray([(x, y) for x, y, *_ in drawn], np.float64)
+            kind = np.asarray([d[2] for d in drawn], np.int64)
+            dist = np.hypot(*(points[None, :, :] - centroids[rows][:, None, :]).transpose(2, 0, 1))
+            nearest = dist.argmin(1)
+            matched = dist[np.arange(rows.size), nearest] < 4.0  # the nucleus it was drawn as
+            k[rows[matched]] = kind[nearest[matched]]
         kinds.append(k)
-    kinds = np.concatenate(kinds)
-    result = {}
-    for s in label_sets:
-        own = owner[s]
-        codes = np.array([-1 if k < 0 or NATIVE[own][TYPE_NAMES[k]] is None else NATIVE[own][TYPE_NAMES[k]] for k in kinds])
-        labels, _ = translate(own, codes, s)
-        labels = np.where(kinds < 0, -3, np.where(codes == -1, -2, labels))
-        result[s] = labels
-    return result
+    kinds = np.concatenate(kinds) if kinds else np.zeros(0, np.int64)
+    return {s: world.truth_labels(kinds, s) for s in label_sets}
 
 
 def baseline_config(trainer: CrossTrainer):

@@ -103,6 +103,11 @@ class TrainConfig:
         Stage C's mean over (set, module) loss terms: ``"present"`` over the terms that
         had nuclei in the batch, ``"all"`` over every term, absent ones as zeros (the
         reference, which dilutes the loss when a set is absent).
+    pseudo_teacher
+        Stage C: ``"cross"`` (the method: each module learns from the other's confident
+        predictions) or ``"self"`` (plain self-training: the base module learns from
+        its own, the correlation heads take no part; predict with ``modules="base"``).
+        A baseline for the method study, not a recipe.
     device
         ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``/``"cuda:N"``.
     bf16, channels_last, compile
@@ -129,6 +134,7 @@ class TrainConfig:
     correlation_input: str = "probs"
     correlation_grad: bool = False
     loss_mean: str = "present"
+    pseudo_teacher: str = "cross"
     hidden: int = 128
     augment: bool = True
     jitter: float = 0.2
@@ -147,7 +153,8 @@ class TrainConfig:
             self.epochs.setdefault(stage, 0)
             self.lr.setdefault(stage, 1e-4 if stage == "C" else 1e-3)
         choices = {"correlation_input": ("probs", "logits"), "pseudo_rule": PSEUDO_RULES,
-                   "mapped_labels": ("none", "exact", "candidates", "soft"), "loss_mean": ("present", "all")}
+                   "mapped_labels": ("none", "exact", "candidates", "soft"), "loss_mean": ("present", "all"),
+                   "pseudo_teacher": ("cross", "self")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -512,6 +519,24 @@ class CrossTrainer:
 
             params = list(self.heads.parameters())
             return Stage("B", [heads], params, optimiser(params), loss_b, self.config.grad_clip)
+
+        if name == "C" and self.config.pseudo_teacher == "self":
+            base = self._wrap(self.base)
+            threshold, rule = self.config.threshold, self.config.pseudo_rule
+            passed = {s: torch.zeros((), dtype=torch.int64, device=self.device) for s in names}
+
+            def loss_self(idx: torch.Tensor) -> torch.Tensor:
+                logits = self._forward_base(base, self.inputs(bank.crops[idx], True))
+                supervised, pseudo = [], []
+                for s in names:
+                    own = pseudo_labels(logits[s].softmax(1), bank.allowed[s][idx], threshold, rule)
+                    supervised.append(supervised_loss(logits[s], bank.targets[s][idx]))
+                    pseudo.append(partial_label_loss(logits[s], own))
+                    passed[s] += pseudo[-1][1]
+                return mean(supervised) + mean(pseudo)
+
+            params = list(self.base.parameters())
+            return Stage("C", [base], params, optimiser(params), loss_self, self.config.grad_clip, passed)
 
         if name == "C":
             base, heads = self._wrap(self.base), self._wrap(self.heads)

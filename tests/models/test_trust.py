@@ -146,6 +146,7 @@ def test_paper_recipe_runs_on_cpu_with_a_tiny_encoder():
     {"mapped_labels": "none"}, {"mapped_labels": "exact"}, {"mapped_labels": "soft"}, {"outside_head": False},
     {"mask_channel": False}, {"input_size": 20}, {"correlation_input": "logits"}, {"correlation_grad": True},
     {"pseudo_rule": "unrestricted"}, {"pseudo_rule": "renormalised"}, {"loss_mean": "all"},
+    {"pseudo_teacher": "self"},
 ])
 def test_every_switch_trains_on_cpu(change):
     data = make_synthetic_data(per_dataset=16, size=16, channels=4, seed=5)
