@@ -117,9 +117,12 @@ def load_checkpoint(path: str | os.PathLike[str], label_sets: Sequence[LabelSetS
         blob = torch.load(path, map_location=map_location, weights_only=True)
         meta = json.loads(blob["meta_json"]) if "meta_json" in blob else blob["meta"]
         state = blob["state"]
-    except pickle.UnpicklingError as exc:  # weights_only refused a global before calling it
+    except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL\s+([\w.]+)", str(exc))
-        what = found.group(1) if found else "a global outside tensors and plain containers"
+        if found is None:  # garbage bytes, not a refused global
+            raise CheckpointError(f"{path}: not a readable nucdata_models checkpoint ({exc}); "
+                                  "re-save it with save_checkpoint or retrain") from None
+        what = found.group(1)  # weights_only refused this global before calling it
         raise CheckpointError(
             f"{path}: refused to load: the checkpoint asks for {what}, which weights-only loading does not "
             "allow (a pickled checkpoint can run code). nucdata_models checkpoints hold only tensors and "
