@@ -10,11 +10,26 @@ import numpy as np
 from .data import PROVENANCE_NAMES
 from .train import RECIPE_DIFFERENCES
 
-__all__ = ["make_report", "render_report"]
+__all__ = ["make_report", "render_recipe_table", "render_report"]
 
 
 def _fmt(x: Any) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
+def render_recipe_table() -> str:
+    """The markdown table of every difference between the recipes (docs/build-merged.md holds it)."""
+
+    def show(value: Any) -> str:
+        if isinstance(value, dict):
+            return "/".join(str(v) for v in value.values())
+        return f"`{value}`"
+
+    lines = ["| `TrainConfig` field | `--recipe paper` | authors' code | `--recipe nucdata` | why |",
+             "|---|---|---|---|---|"]
+    for name, row in RECIPE_DIFFERENCES.items():
+        lines.append(f"| `{name}` | {show(row['paper'])} | {row['code']} | {show(row['nucdata'])} | {row['why']} |")
+    return "\n".join(lines)
 
 
 def make_report(options, names, data, result, trainer, timings, demo_scores, groups) -> dict[str, Any]:

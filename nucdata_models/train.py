@@ -204,11 +204,11 @@ RECIPE_DIFFERENCES: dict[str, dict[str, Any]] = {
     "mask_channel": {
         "paper": False, "nucdata": True,
         "code": "RGB only (the mask is not an input)",
-        "why": "tells the encoder which nucleus of a crowded crop is meant"},
+        "why": "tells the encoder which nucleus of a crowded crop is meant (not yet measured)"},
     "input_size": {
         "paper": 224, "nucdata": None,
         "code": "64 px crop resized to 224",
-        "why": "native-resolution crops are ~50x cheaper; the study measures the cost"},
+        "why": "native-resolution 32 px crops cost ~49x fewer pixels than 224 px inputs"},
     "encoder": {
         "paper": "resnet50", "nucdata": "small",
         "code": "torchvision resnet50, random initialisation",
@@ -216,7 +216,7 @@ RECIPE_DIFFERENCES: dict[str, dict[str, Any]] = {
     "epochs": {
         "paper": {"A": 50, "B": 50, "C": 50}, "nucdata": {"A": 10, "B": 10, "C": 10},
         "code": "50 per stage",
-        "why": "validation loss flattens well before 50 epochs on the small encoder"},
+        "why": "a CPU budget (50 epochs per stage is hours on a CPU); --epochs sets it"},
     "correlation_input": {
         "paper": "logits", "nucdata": "probs",
         "code": "raw logits of the other sets",
@@ -224,7 +224,7 @@ RECIPE_DIFFERENCES: dict[str, dict[str, Any]] = {
     "correlation_grad": {
         "paper": True, "nucdata": False,
         "code": "gradients flow from the correlation heads into the backbone in stage C",
-        "why": "keeps the correlation heads from reshaping the base features towards their own targets"},
+        "why": "the base features are trained by the base loss only; its effect is a measured switch, not a claim"},
     "pseudo_rule": {
         "paper": "unrestricted", "nucdata": "candidates",
         "code": "argmax of the full softmax above 0.99",

@@ -154,3 +154,12 @@ def test_every_switch_trains_on_cpu(change):
     result = CrossTrainer(config).fit(data)
     assert [r["stage"] for r in result.history] == ["A", "B", "C"]
     assert all(math.isfinite(r["loss"]) for r in result.history)
+
+
+def test_the_docs_list_every_recipe_difference():
+    from pathlib import Path
+
+    from nucdata_models.report import render_recipe_table
+
+    doc = (Path(__file__).parents[2] / "docs" / "build-merged.md").read_text(encoding="utf-8")
+    assert render_recipe_table() in doc, "regenerate the recipe table in docs/build-merged.md"
