@@ -139,19 +139,32 @@ def demo_key(options: BuildOptions) -> str:
 
 
 def build_merged(options: BuildOptions, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the whole chain and write the merged dataset into ``options.out``."""
-    import nucdata
+    """Run the whole chain and write the merged dataset into ``options.out``.
+
+    Two runs into the same output wait on a lock in its work folder. A run first repairs
+    what a killed run left (restores the previous output, removes stale staging
+    folders), then refuses an output folder that holds files nucdata did not write.
+    """
     from nucdata.atomic import recover
+    from nucdata.merged import is_merged_output
+    from nucdata.store import dataset_lock
+
+    out = Path(options.out).resolve()
+    work = work_dir(out)
+    work.mkdir(parents=True, exist_ok=True)
+    with dataset_lock(work):
+        for line in recover(out, complete=is_merged_output).lines():
+            say(f"{out.name}: {line}")
+        check_output_folder(out, options.overwrite)
+        return _build(options, out, work, say)
+
+
+def _build(options: BuildOptions, out: Path, work: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    import nucdata
     from nucdata.faults import fault_point
 
     from .bridge import training_data
 
-    out = Path(options.out).resolve()
-    for line in recover(out).lines():
-        say(f"{out.name}: {line}")
-    check_output_folder(out, options.overwrite)
-    work = work_dir(out)
-    work.mkdir(parents=True, exist_ok=True)
     config = options.train_config()
     timings: dict[str, float] = {}
     root = options.root
