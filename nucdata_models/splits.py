@@ -3,8 +3,10 @@
 A validation or test image must share no patient (or slide, or hospital) with a
 training image, and an image that two datasets ship (Kumar's 30 images are MoNuSeg's
 training images, byte for byte) is one image. Each dataset is grouped by the strongest
-key its store has; groups are assigned to splits by a seeded hash, so a split is
-reproducible and independent of the order of the images.
+key its store has that gives at least three groups; each dataset's groups are ranked
+by a seeded hash and fill validation and the held-out split up to their shares, so a
+split is reproducible, independent of the order of the images, and no dataset with
+three groups or more is left without validation or held-out images.
 """
 
 from __future__ import annotations
@@ -61,12 +63,13 @@ def image_digests(store) -> list[str]:
     return out
 
 
-def _group_key(store) -> str:
+def _group_key(store, dataset: str) -> str:
+    """The coarsest key whose groups can fill three splits (at least 3 groups), else ``image``."""
     columns = set(store.image_columns())
     for key in GROUP_KEYS:
         if key in columns:
             values = np.asarray(store.column("images", key)).astype(str)
-            if values.size and all(v.strip() for v in values):
+            if values.size and all(v.strip() for v in values) and len(set(values.tolist())) >= 3:
                 return key
     return "image"
 
@@ -79,13 +82,13 @@ def _group_ids(dataset: str, store, key: str) -> list[str]:
     return [f"{key}:{v}" if v.startswith("TCGA-") else f"{dataset}/{key}:{v}" for v in values]
 
 
-def _draw(group: str, seed: int, fractions: tuple[float, float]) -> int:
-    u = int(hashlib.sha256(f"{seed}/{group}".encode()).hexdigest()[:12], 16) / float(16**12)
-    if u < fractions[0]:
-        return VALIDATION
-    if u < fractions[0] + fractions[1]:
-        return TEST
-    return TRAIN
+def _rank(group: str, seed: int) -> str:
+    return hashlib.sha256(f"{seed}/{group}".encode()).hexdigest()
+
+
+def _wanted(n: int, share: float) -> int:
+    """Groups a split should get out of ``n``: at least one when there are three or more."""
+    return max(1, round(share * n)) if n >= 3 and share > 0 else round(share * n)
 
 
 def grouped_split(members: Sequence, validation: float = 0.15, test: float = 0.15, seed: int = 0) -> GroupedSplit:
@@ -96,33 +99,45 @@ def grouped_split(members: Sequence, validation: float = 0.15, test: float = 0.1
     members
         ``nucdata.NucleusDataset`` objects over whole stores.
     validation, test
-        Expected shares of groups in validation and in the held-out test split.
+        Shares of each dataset's groups in validation and in the held-out test split
+        (at least one group each when a dataset has three or more).
     seed
         Seed of the assignment.
     """
     if validation < 0 or test < 0 or validation + test >= 1:
         raise ValueError(f"validation ({validation}) and test ({test}) shares must be >= 0 and sum below 1")
     result = GroupedSplit(np.zeros(0, np.int64))
-    seen: dict[str, tuple[str, str]] = {}  # pixel digest -> (dataset, group)
-    parts = []
+    seen: dict[str, str] = {}  # pixel digest -> dataset that has the image
+    assigned: dict[str, int] = {}  # group -> split; groups named alike across datasets agree
     order = sorted(range(len(members)), key=lambda i: PRIORITY.index(members[i].name)
                    if members[i].name in PRIORITY else len(PRIORITY))
     per_member: dict[int, np.ndarray] = {}
     for i in order:
         member = members[i]
         store = member.store
-        key = _group_key(store)
+        key = _group_key(store, member.name)
         groups = _group_ids(member.name, store, key)
-        digests = image_digests(store)
-        image_split = np.empty(store.n_images, np.int64)
+        duplicate = np.zeros(store.n_images, bool)
         dup_of: dict[str, int] = {}
-        for index, (group, digest) in enumerate(zip(groups, digests, strict=True)):
+        for index, digest in enumerate(image_digests(store)):
             if digest in seen:
-                image_split[index] = DUPLICATE
-                dup_of[seen[digest][0]] = dup_of.get(seen[digest][0], 0) + 1
-                continue
-            seen[digest] = (member.name, group)
-            image_split[index] = _draw(group, seed, (validation, test))
+                duplicate[index] = True
+                dup_of[seen[digest]] = dup_of.get(seen[digest], 0) + 1
+            else:
+                seen[digest] = member.name
+        own = sorted({g for g, d in zip(groups, duplicate.tolist(), strict=True) if not d})
+        # Groups ranked by a seeded hash fill validation, then test, up to their shares
+        # (counting groups another dataset already placed), the rest train.
+        fresh = sorted((g for g in own if g not in assigned), key=lambda g: _rank(g, seed))
+        for split, share in ((VALIDATION, validation), (TEST, test)):
+            need = _wanted(len(own), share) - sum(assigned.get(g) == split for g in own)
+            for g in fresh[: max(need, 0)]:
+                assigned[g] = split
+            fresh = fresh[max(need, 0):]
+        for g in fresh:
+            assigned[g] = TRAIN
+        image_split = np.array([DUPLICATE if d else assigned[g] for g, d in zip(groups, duplicate.tolist(), strict=True)],
+                               np.int64)
         result.group_key[member.name] = key
         counts: dict[str, set[str]] = {}
         for group, code in zip(groups, image_split.tolist(), strict=True):
@@ -130,7 +145,6 @@ def grouped_split(members: Sequence, validation: float = 0.15, test: float = 0.1
         result.groups[member.name] = {k: len(v) for k, v in counts.items()}
         result.duplicates[member.name] = dup_of
         per_member[i] = image_split[np.asarray(store.column("nuclei", "image"))]
-    for i in range(len(members)):
-        parts.append(per_member[i])
-    result.split = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    result.split = (np.concatenate([per_member[i] for i in range(len(members))]) if members
+                    else np.zeros(0, np.int64))
     return result
