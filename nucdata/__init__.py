@@ -1,5 +1,7 @@
 """nucdata: the seven public nucleus datasets as one verified, uniform corpus.
 
+Examples
+--------
 >>> import nucdata
 >>> ds = nucdata.load("monuseg", split="test")          # doctest: +SKIP
 >>> ds[0]["centroids"].shape, ds.nuclei                 # doctest: +SKIP

@@ -32,6 +32,8 @@ class BaseModel(nn.Module):
         Give every head one more output, "none of this set's classes" (an extension
         of the method; see ``TrainConfig.outside_head``).
 
+    Notes
+    -----
     The forward pass returns per set the logits, clamped to +-10 like the reference so
     one confident set cannot dominate the sum of losses.
     """
