@@ -38,7 +38,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -85,7 +85,8 @@ def _gaussian(scale: float) -> tuple[np.ndarray, np.ndarray]:
     return offsets, weights / weights.sum()
 
 
-def axis_weights(n: int, start: int, count: int, scale: float) -> tuple[int, sparse.csr_matrix]:
+def axis_weights(n: int, start: int, count: int, scale: float,
+                 channels: int = 1) -> tuple[int, sparse.csr_matrix]:
     """Resampling of output pixels ``start .. start+count-1`` of an axis of ``n`` pixels.
 
     Parameters
@@ -96,11 +97,17 @@ def axis_weights(n: int, start: int, count: int, scale: float) -> tuple[int, spa
         Output pixels wanted (all inside the resampled axis).
     scale
         Native pixels per output pixel.
+    channels
+        Interleaved channels per pixel: the matrix acts on ``native`` flattened to
+        ``(pixels * channels, ...)`` (pixel-major) and gives ``(count * channels, ...)``,
+        every channel resampled alike (``kron(matrix, eye(channels))``).
 
     Returns
     -------
     lo, matrix
-        ``out = matrix @ native[lo : lo + matrix.shape[1]]`` along this axis.
+        ``out = matrix @ native[lo : lo + matrix.shape[1] // channels]`` along this axis;
+        ``float32`` weights, one row per output pixel (and channel) with a fixed number
+        of entries (repeated columns add up).
     """
     g = np.arange(start, start + count, dtype=np.float64)
     centre = (g + 0.5) * scale - 0.5
@@ -109,21 +116,58 @@ def axis_weights(n: int, start: int, count: int, scale: float) -> tuple[int, spa
     taps = _mirror(np.stack([left, left + 1], 1), n)  # (count, 2): bilinear taps
     tap_w = np.stack([1.0 - frac, frac], 1)
     offsets, g_w = _gaussian(float(scale))
-    index = _mirror(taps[:, :, None] + offsets[None, None, :], n)  # filter, then sample
-    weight = tap_w[:, :, None] * g_w[None, None, :]
-    rows = np.broadcast_to(np.arange(count)[:, None, None], index.shape)
+    index = _mirror(taps[:, :, None] + offsets[None, None, :], n).reshape(count, -1)  # filter, then sample
+    weight = (tap_w[:, :, None] * g_w[None, None, :]).reshape(count, -1).astype(np.float32)
     lo = int(index.min())
     hi = int(index.max()) + 1
-    matrix = sparse.csr_matrix(
-        (weight.ravel(), (rows.ravel(), (index - lo).ravel())), shape=(count, hi - lo)
-    )
+    index -= lo
+    if channels > 1:
+        index = (index[:, None, :] * channels + np.arange(channels)[None, :, None]).reshape(count * channels, -1)
+        weight = np.repeat(weight, channels, axis=0)
+    taps_per_row = index.shape[1]
+    indptr = np.arange(0, index.size + 1, taps_per_row, dtype=np.int32)
+    matrix = sparse.csr_matrix((weight.ravel(), index.ravel().astype(np.int32), indptr),
+                               shape=(index.shape[0], (hi - lo) * channels))
     return lo, matrix
+
+
+#: the matrices are only ever multiplied, never changed, so sharing them is safe
+_cached_axis_weights = functools.lru_cache(maxsize=256)(axis_weights)
 
 
 def nearest_indices(n: int, start: int, count: int, scale: float) -> np.ndarray:
     """Native pixel holding the centre of each output pixel ``start .. start+count-1``."""
     g = np.arange(start, start + count, dtype=np.float64)
     return np.clip(np.floor((g + 0.5) * scale).astype(np.int64), 0, n - 1)
+
+
+def _resample_rgb_chw(rgb: np.ndarray, y0: int, x0: int, rows: int, cols: int, scale: float) -> np.ndarray:
+    """``(3, rows, cols)`` uint8: the output window of ``rgb`` resampled by ``scale``.
+
+    Two sparse products in float32 (rows first, on the pixel-interleaved window as
+    read; then columns, on its 2-D transpose, with the channels interleaved in the
+    matrix), so that only whole-row transposes of 4-byte values are needed: cheap,
+    where a transpose that moves 3-channel pixels is not.
+    """
+    h, w = rgb.shape[:2]
+    ly, wy = _cached_axis_weights(h, y0, rows, scale)  # grid tiles share their rows and columns
+    lx, wx = _cached_axis_weights(w, x0, cols, scale, channels=3)
+    region = np.asarray(rgb[ly : ly + wy.shape[1], lx : lx + wx.shape[1] // 3])
+    hr, wr = region.shape[:2]
+    step = wy @ region.reshape(hr, wr * 3).astype(np.float32)  # (rows, wr * 3)
+    out = wx @ np.ascontiguousarray(step.T)  # (cols * 3, rows)
+    out += 0.5
+    np.clip(out, 0, 255, out=out)
+    return np.ascontiguousarray(out.astype(np.uint8).reshape(cols, 3, rows).transpose(1, 2, 0))
+
+
+def _nearest_window(instance_map: np.ndarray, y0: int, x0: int, rows: int, cols: int, scale: float) -> np.ndarray:
+    """``(rows, cols)`` int32: nearest-neighbour window of an instance map (rows, then columns)."""
+    h, w = instance_map.shape
+    ny = nearest_indices(h, y0, rows, scale)
+    nx = nearest_indices(w, x0, cols, scale)
+    band = np.take(instance_map[ny[0] : ny[-1] + 1], ny - ny[0], axis=0)  # whole rows: reads only the band
+    return np.take(band, nx, axis=1).astype(np.int32, copy=False)
 
 
 def resample_window(
@@ -147,25 +191,13 @@ def resample_window(
         ``(rows, cols, 3)`` uint8 (anti-aliased, bilinear) and ``(rows, cols)`` int32
         (nearest neighbour).
     """
-    h, w = instance_map.shape
     if rows <= 0 or cols <= 0:
         return np.zeros((max(rows, 0), max(cols, 0), 3), np.uint8), np.zeros((max(rows, 0), max(cols, 0)), np.int32)
     if scale == 1.0:
         return (np.array(rgb[y0 : y0 + rows, x0 : x0 + cols]),
                 np.array(instance_map[y0 : y0 + rows, x0 : x0 + cols], dtype=np.int32))
-    ly, wy = axis_weights(h, y0, rows, scale)
-    lx, wx = axis_weights(w, x0, cols, scale)
-    region = np.asarray(rgb[ly : ly + wy.shape[1], lx : lx + wx.shape[1]], dtype=np.float32)
-    hr, wr = region.shape[:2]
-    step = wy @ region.reshape(hr, wr * 3)  # (rows, wr*3)
-    step = np.ascontiguousarray(step.reshape(rows, wr, 3).transpose(1, 0, 2)).reshape(wr, rows * 3)
-    out = (wx @ step).reshape(cols, rows, 3).transpose(1, 0, 2)
-    image = np.clip(out + 0.5, 0, 255).astype(np.uint8)
-    ny = nearest_indices(h, y0, rows, scale)
-    nx = nearest_indices(w, x0, cols, scale)
-    block = np.asarray(instance_map[ny[0] : ny[-1] + 1, nx[0] : nx[-1] + 1])
-    inst = block[np.ix_(ny - ny[0], nx - nx[0])].astype(np.int32, copy=False)
-    return image, inst
+    image = np.ascontiguousarray(_resample_rgb_chw(rgb, y0, x0, rows, cols, scale).transpose(1, 2, 0))
+    return image, _nearest_window(instance_map, y0, x0, rows, cols, scale)
 
 
 def resample_image(rgb: np.ndarray, instance_map: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
@@ -260,6 +292,32 @@ def _grid_starts(n_out: int, size: int, stride: int, edge: str) -> np.ndarray:
     while starts[-1] + size < n_out:
         starts.append(starts[-1] + stride)
     return np.asarray(starts, np.int64)
+
+
+#: random tiles are drawn in blocks of this many (one generator and a few array operations
+#: per block, not per tile); at most ``_DRAW_CACHE`` blocks are kept per process
+_DRAW_BLOCK = 256
+_DRAW_CACHE = 64
+
+
+class _ImageView(NamedTuple):
+    """One image's pixels (plain array views) and nucleus range."""
+
+    rgb: np.ndarray
+    instances: np.ndarray
+    index: int
+    start: int
+    count: int
+    name: str
+
+
+class _MemberView(NamedTuple):
+    """One member's per-nucleus columns (plain array views) and labels."""
+
+    centroid: np.ndarray
+    bbox: np.ndarray
+    labels: np.ndarray
+    candidates: np.ndarray
 
 
 class TileDataset(torch.utils.data.Dataset):
@@ -439,40 +497,72 @@ class TileDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Random sampler: draw a different set of tiles (call before each epoch)."""
         self.epoch = int(epoch)
+        self.__dict__.pop("_draw_cache", None)
 
     def __len__(self) -> int:
         return int(self._tiles.shape[0]) if self.sampler == "grid" else self.length
 
     def _draw(self, i: int) -> tuple[int, int, int, int]:
-        rng = np.random.default_rng([self.seed, self.epoch, i])
+        """Random tile ``i``: looked up in its block of draws (drawn together, cached)."""
+        block, k = divmod(i, _DRAW_BLOCK)
+        cache = self.__dict__.setdefault("_draw_cache", {})
+        table = cache.get((self.epoch, block))
+        if table is None:
+            if len(cache) >= _DRAW_CACHE:
+                cache.clear()
+            table = cache[(self.epoch, block)] = self._draw_block(block).tolist()
+        m, j, ty, tx = table[k]
+        return m, j, ty, tx
+
+    def _draw_block(self, block: int) -> np.ndarray:
+        """``(_DRAW_BLOCK, 4)`` draws (member, image, ty, tx) of tiles ``block * _DRAW_BLOCK ...``.
+
+        Attempt ``a`` of tile ``i`` uses row ``i % _DRAW_BLOCK`` of the uniform numbers
+        seeded by ``(seed, epoch, block, a)``: a function of ``(seed, epoch, i)`` alone,
+        so every worker agrees. With ``min_nuclei``, tiles that fall short are redrawn
+        (up to 100 attempts; the best draw is kept when none qualifies).
+        """
         candidates = np.flatnonzero([e[0].size > 0 for e in self._eligible])
         if candidates.size == 0:
             raise InvalidArgumentError(f"no image has {self.min_nuclei} nuclei or more; lower min_nuclei")
         weights = self._weights[candidates]
         if weights.sum() <= 0:
             raise InvalidArgumentError(f"no dataset with a positive weight has an image with {self.min_nuclei} nuclei or more")
-        weights = weights / weights.sum()
-        best: tuple[int, int, int, int] | None = None
-        best_count = -1
-        cumulative = np.cumsum(weights)
-        for _ in range(100 if self.min_nuclei > 0 else 1):
-            u = rng.random(4)  # one call: drawing is a visible share of a native tile's cost
-            m = int(candidates[min(int(np.searchsorted(cumulative, u[0] * cumulative[-1], "right")), candidates.size - 1)])
-            images, p = self._eligible[m]
-            cum_images = self._cumulative(m)
-            j = int(images[min(int(np.searchsorted(cum_images, u[1] * cum_images[-1], "right")), images.size - 1)])
-            ho, wo = (int(v) for v in self._out[m][j])
-            ty = int(u[2] * (max(ho - self.size, 0) + 1))
-            tx = int(u[3] * (max(wo - self.size, 0) + 1))
+        cumulative = np.cumsum(weights / weights.sum())
+        n = _DRAW_BLOCK
+        out = np.zeros((n, 4), np.int64)
+        best = np.full(n, -1, np.int64)
+        pending = np.arange(n)
+        for attempt in range(100 if self.min_nuclei > 0 else 1):
+            u = np.random.default_rng([self.seed, self.epoch, block, attempt]).random((n, 4))[pending]
+            pick = np.searchsorted(cumulative, u[:, 0] * cumulative[-1], "right")
+            m = candidates[np.minimum(pick, candidates.size - 1)]
+            j = np.zeros_like(m)
+            size = np.zeros((m.size, 2), np.int64)
+            for member in np.unique(m).tolist():
+                sel = m == member
+                images = self._eligible[member][0]
+                cum_images = self._cumulative(member)
+                at = np.searchsorted(cum_images, u[sel, 1] * cum_images[-1], "right")
+                j[sel] = images[np.minimum(at, images.size - 1)]
+                size[sel] = self._out[member][j[sel]]
+            ty = (u[:, 2] * (np.maximum(size[:, 0] - self.size, 0) + 1)).astype(np.int64)
+            tx = (u[:, 3] * (np.maximum(size[:, 1] - self.size, 0) + 1)).astype(np.int64)
+            draws = np.stack([m, j, ty, tx], 1)
             if self.min_nuclei <= 0:
-                return m, j, ty, tx
-            count = int(self._count_in(m, j, np.array([ty]), np.array([tx]))[0])
-            if count >= self.min_nuclei:
-                return m, j, ty, tx
-            if count > best_count:
-                best, best_count = (m, j, ty, tx), count
-        assert best is not None  # noqa: S101  invariant: the loop above always sets best
-        return best
+                out[pending] = draws
+                break
+            count = np.zeros(m.size, np.int64)
+            for member, image in {(int(a), int(b)) for a, b in zip(m, j, strict=True)}:
+                sel = (m == member) & (j == image)
+                count[sel] = self._count_in(member, image, ty[sel], tx[sel])
+            better = count > best[pending]
+            out[pending[better]] = draws[better]
+            best[pending[better]] = count[better]
+            pending = pending[count < self.min_nuclei]
+            if pending.size == 0:
+                break
+        return out
 
     def _cumulative(self, m: int) -> np.ndarray:
         cache = self.__dict__.setdefault("_cum_cache", {})
@@ -486,7 +576,7 @@ class TileDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {i} out of range for {len(self)} tiles")
         i = i % len(self)
         if self.sampler == "grid":
-            m, j, ty, tx = (int(v) for v in self._tiles[i])
+            m, j, ty, tx = self._tiles[i].tolist()
             return m, j, ty, tx
         return self._draw(i)
 
@@ -496,57 +586,108 @@ class TileDataset(torch.utils.data.Dataset):
         sample = self.tile(m, j, ty, tx)
         return self.transforms(sample) if self.transforms is not None else sample
 
+    def _image_view(self, member: int, position: int) -> _ImageView:
+        """Pixels and nucleus range of one image, as plain arrays (cached per process)."""
+        cache = self.__dict__.setdefault("_view_cache", {})
+        view = cache.get((member, position))
+        if view is None:
+            store = self.members[member].store
+            index = int(self._image[member][position])
+            rows = store.nucleus_slice(index)
+            view = cache[(member, position)] = _ImageView(
+                rgb=store.rgb(index).view(np.ndarray),  # plain views: a memmap's slicing is slow
+                instances=store.instance_map(index).view(np.ndarray),
+                index=index, start=rows.start, count=rows.stop - rows.start,
+                name=str(store.column("images", "name")[index]),
+            )
+        return view
+
+    def _member_view(self, member: int) -> _MemberView:
+        """Per-nucleus columns of one member, as plain arrays (cached per process)."""
+        cache = self.__dict__.setdefault("_member_cache", {})
+        view = cache.get(member)
+        if view is None:
+            ds = self.members[member]
+            view = cache[member] = _MemberView(
+                centroid=ds.store.column("nuclei", "centroid").view(np.ndarray),
+                bbox=ds.store.column("nuclei", "bbox").view(np.ndarray),
+                labels=np.asarray(ds._labels, np.int64), candidates=np.asarray(ds._candidates, np.int64),
+            )
+        return view
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for cache in ("_view_cache", "_member_cache", "_draw_cache"):  # rebuilt in each process
+            state.pop(cache, None)
+        return state
+
     def tile(self, member: int, position: int, ty: int, tx: int) -> Sample:
         """The tile of image ``position`` of ``member`` whose top-left output pixel is (tx, ty)."""
-        ds = self.members[member]
-        index = int(self._image[member][position])
+        view = self._image_view(member, position)
+        nuclei = self._member_view(member)
         scale = float(self._scale[member][position])
-        ho, wo = (int(v) for v in self._out[member][position])
+        ho, wo = self._out[member][position].tolist()
         s = self.size
         rows, cols = max(0, min(s, ho - ty)), max(0, min(s, wo - tx))
-        store = ds.store
-        rgb_part, inst_part = resample_window(store.rgb(index), store.instance_map(index), ty, tx, rows, cols, scale)
-        image = np.zeros((3, s, s), np.uint8)
-        image[:, :rows, :cols] = rgb_part.transpose(2, 0, 1)
-        inst = np.zeros((s, s), np.int32)
-        inst[:rows, :cols] = inst_part
-        padding = np.ones((s, s), bool)
-        padding[:rows, :cols] = False
-        # Relabel 1..K with one lookup table (ids are 1..K_image, so bincount is cheap).
-        start = int(store.column("images", "nucleus_start")[index])
-        count_image = int(store.column("images", "nucleus_count")[index])
-        present = np.bincount(inst_part.ravel(), minlength=count_image + 1) > 0 if inst_part.size else np.zeros(1, bool)
-        present[0] = False
+        full = rows == s and cols == s
+        if rows == 0 or cols == 0:
+            pixels, window = np.zeros((3, rows, cols), np.uint8), np.zeros((rows, cols), np.int32)
+        elif scale == 1.0:  # views of the window: nothing is read twice
+            pixels = view.rgb[ty : ty + rows, tx : tx + cols].transpose(2, 0, 1)
+            window = view.instances[ty : ty + rows, tx : tx + cols]
+        else:
+            pixels = _resample_rgb_chw(view.rgb, ty, tx, rows, cols, scale)
+            window = _nearest_window(view.instances, ty, tx, rows, cols, scale)
+        flat = window.ravel()  # one contiguous copy of the window's ids
+        # Relabel 1..K with one lookup table. Every id of the window occurs at its start
+        # or where the id changes along the flattened rows: far fewer values to look at
+        # than the window's pixels (a bincount over all of them costs more than the rest).
+        if flat.size:
+            changes = flat[1:][flat[1:] != flat[:-1]]
+            present = np.zeros(max(view.count, int(changes.max(initial=0)), int(flat[0])) + 1, bool)
+            present[changes] = True
+            present[flat[0]] = True
+            present[0] = False
+        else:
+            present = np.zeros(view.count + 1, bool)
         original = np.flatnonzero(present)
         lut = np.zeros(present.size, np.int32)
         lut[original] = np.arange(1, original.size + 1, dtype=np.int32)
-        np.take(lut, inst, out=inst)  # in place: one gather, no temporary
-        rows_k = start + original - 1
-        labels = ds._labels[rows_k].astype(np.int64, copy=False)
+        rows_k = view.start + original - 1
+        labels = nuclei.labels[rows_k]
         type_lut = np.zeros(original.size + 1, np.int64)
         type_lut[1:] = np.where(labels >= 0, labels + 1, -1)
+        if full:
+            image = np.ascontiguousarray(pixels)
+            inst = np.take(lut, flat).reshape(s, s)
+            padding = np.zeros((s, s), bool)
+        else:
+            image = np.zeros((3, s, s), np.uint8)
+            image[:, :rows, :cols] = pixels
+            inst = np.zeros((s, s), np.int32)
+            inst[:rows, :cols] = np.take(lut, flat).reshape(rows, cols)
+            padding = np.ones((s, s), bool)
+            padding[:rows, :cols] = False
         type_map = np.take(type_lut, inst)
-        centroid = np.asarray(store.column("nuclei", "centroid")[rows_k], np.float64)
-        centroids = (centroid + 0.5) / scale - 0.5 - np.array([tx, ty], np.float64)
-        bbox = np.asarray(store.column("nuclei", "bbox")[rows_k], np.float64)
-        ox, oy, side = tx * scale, ty * scale, s * scale
-        h, w = (int(v) for v in self._hw[member][position])
-        cut = self._cut(bbox, ox, oy, side, h, w)
+        centroids = (nuclei.centroid[rows_k].astype(np.float64) + 0.5) / scale - 0.5 - np.array([tx, ty], np.float64)
+        ox, oy = tx * scale, ty * scale
+        h, w = view.instances.shape
+        cut = self._cut(nuclei.bbox[rows_k], ox, oy, s * scale, h, w)
         return {
             "image": torch.from_numpy(image),
             "instance_map": torch.from_numpy(inst),
             "type_map": torch.from_numpy(type_map),
             "padding": torch.from_numpy(padding),
             "centroids": torch.from_numpy(centroids.astype(np.float32)),
-            "labels": torch.from_numpy(labels.copy()),
-            "candidates": torch.from_numpy(ds._candidates[rows_k].astype(np.int64)),
+            "labels": torch.from_numpy(labels),
+            "candidates": torch.from_numpy(nuclei.candidates[rows_k]),
             "cut": torch.from_numpy(cut),
-            "nucleus_index": torch.from_numpy(rows_k.astype(np.int64)),
+            "nucleus_index": torch.from_numpy(rows_k.astype(np.int64, copy=False)),
             "origin": torch.tensor([ox, oy], dtype=torch.float64),
             "scale": scale,
-            "image_id": str(store.column("images", "name")[index]),
-            "image_index": index,
-            "dataset": ds.name,
+            "image_id": view.name,
+            "image_index": view.index,
+            "dataset": self.members[member].name,
         }
 
     @staticmethod
