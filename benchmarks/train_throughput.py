@@ -59,8 +59,8 @@ def measure(encoder: str, data, args) -> dict[str, float]:
     trainer = CrossTrainer(config)
     trainer.setup(data)  # the bank goes to the device once, as uint8
     device, b = trainer.device, args.batch_size
-    n = trainer._bank.crops.shape[0]
-    shape = (b, *trainer._bank.crops.shape[1:])
+    n = len(data)
+    shape = (b, *trainer.channels_of(data.crops).shape[1:])
     random_x = torch.randn(shape, device=device)
     if config.channels_last and device.type == "cuda":
         random_x = random_x.contiguous(memory_format=torch.channels_last)
@@ -72,7 +72,7 @@ def measure(encoder: str, data, args) -> dict[str, float]:
     base = stages["A"].modules[0]
 
     def compute() -> None:
-        with trainer._autocast():
+        with trainer.autocast():
             logits = base(random_x)[first].float()
         loss = torch.nn.functional.cross_entropy(logits, target)
         compute_opt.zero_grad(set_to_none=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,12 @@ from .store import Store
 
 Sample = dict[str, Any]
 Transform = Callable[[Sample], Sample]
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.flags.writeable = False
+    return view
 
 
 def _contiguous(indices: np.ndarray) -> slice | None:
@@ -246,6 +253,50 @@ class NucleusDataset(torch.utils.data.Dataset):
     @property
     def card(self):
         return get_card(self.name)
+
+    # -- the public, read-only surface other modules use -----------------------------
+    @property
+    def labels(self) -> np.ndarray:
+        """Per-nucleus labels of the whole store, in store order (read-only).
+
+        Native codes without a label set; the class under it (-1 missing, -2 outside);
+        the merged label for a dataset loaded with ``source=``. Index with
+        :meth:`nucleus_rows` or :meth:`nucleus_selector` for this selection's nuclei.
+        """
+        return _read_only(self._labels)
+
+    @property
+    def candidates(self) -> np.ndarray:
+        """Per-nucleus candidate bitmasks of the whole store, in store order (read-only)."""
+        return _read_only(self._candidates)
+
+    @property
+    def sources(self) -> np.ndarray | None:
+        """For a merged dataset, per-nucleus label source codes (``nucdata.merged.SOURCES``); else None."""
+        return None if self._merged is None else _read_only(np.asarray(self._merged["source"]))
+
+    @property
+    def merged_columns(self) -> dict[str, np.ndarray] | None:
+        """For a merged dataset, its per-nucleus columns in store order; else None."""
+        return None if self._merged is None else {k: _read_only(np.asarray(v)) for k, v in self._merged.items()}
+
+    def nucleus_selector(self) -> slice | np.ndarray:
+        """Store rows of the selected images' nuclei, as a slice when contiguous."""
+        return self._nucleus_selector()
+
+    def nucleus_rows(self) -> np.ndarray:
+        """Store rows of the selected images' nuclei, in order."""
+        return self._nucleus_rows()
+
+    def image_rows(self) -> np.ndarray:
+        """Store rows of the selected images, in order."""
+        return self._image_rows()
+
+    def subset(self, positions: Any) -> NucleusDataset:
+        """A view of some of this dataset's images (positions, a slice or a mask), same labels."""
+        view = copy.copy(self)
+        view.indices = np.asarray(self.indices)[positions].astype(np.int64).reshape(-1)
+        return view
 
     def _image_selector(self) -> slice | np.ndarray:
         run = _contiguous(self.indices)

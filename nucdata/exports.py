@@ -57,7 +57,7 @@ def _nuclei_of(ds: NucleusDataset, index: int):
     """(instance map, [(k, row, label)]) for image ``index`` (k = 1-based instance value)."""
     rows = ds.store.nucleus_slice(index)
     inst = np.asarray(ds.store.instance_map(index))
-    return inst, [(k + 1, row, int(ds._labels[row])) for k, row in enumerate(range(rows.start, rows.stop))]
+    return inst, [(k + 1, row, int(ds.labels[row])) for k, row in enumerate(range(rows.start, rows.stop))]
 
 
 def export_geojson(ds: NucleusDataset, out: Path) -> list[Path]:

@@ -278,7 +278,7 @@ def export_hovernet_patches(
                 index = int(ds.indices[position])
                 rgb, inst = resample_image(ds.store.rgb(index), ds.store.instance_map(index), float(scales[position]))
                 rows = ds.store.nucleus_slice(index)
-                labels = ds._labels[rows.start : rows.stop]
+                labels = ds.labels[rows.start : rows.stop]
                 type_lut = np.zeros(labels.size + 1, np.int32)
                 type_lut[1:] = np.where(labels >= 0, labels + 1, 0)
                 has_mask = np.asarray(ds.store.column("nuclei", "has_mask")[rows])

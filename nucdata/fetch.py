@@ -28,6 +28,7 @@ from .errors import (
     SizeMismatchError,
 )
 from .home import manual_dir, raw_dir, writable_folder
+from .progress import use_bars
 from .registry import Card, RemoteFile, get_card
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def verify(path: Path, spec: RemoteFile, fix: str, check_hash: bool = True) -> s
 def _download_once(url: str, dest: Path, spec: RemoteFile, check_hash: bool) -> str:
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
     try:
-        downloader = pooch.HTTPDownloader(timeout=60, chunk_size=1 << 20)
+        downloader = pooch.HTTPDownloader(timeout=60, chunk_size=1 << 20, progressbar=use_bars())
         downloader(url, str(tmp), None)
         digest = verify(
             tmp,

@@ -70,11 +70,11 @@ def crops_of(datasets: Sequence[NucleusDataset], size: int = 64, context: float 
             image_scales(ds, mpp, assume_mpp)  # raises when an image of the split has no mpp
             scales = store_scales(ds.store, mpp, assume_mpp)
         banks.append(build_bank(ds.store, size, context, mpp=mpp, scales=scales))
-        sel = ds._nucleus_selector()
+        sel = ds.nucleus_selector()
         all_rows = np.arange(ds.store.n_nuclei)
         rows.append(all_rows[sel])
-        labels.append(ds._labels)
-        candidates.append(ds._candidates)
+        labels.append(ds.labels)
+        candidates.append(ds.candidates)
         images.append(np.asarray(ds.store.column("nuclei", "image")))
     label_sets = {ds.label_set for ds in datasets}
     return CropDataset(banks, [d.name for d in datasets], labels, candidates, images, rows,

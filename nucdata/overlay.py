@@ -47,7 +47,7 @@ def render(ds: NucleusDataset, index: int) -> Image.Image:
     rgb = np.array(ds.store.rgb(i))
     inst = np.asarray(ds.store.instance_map(i))
     rows = ds.store.nucleus_slice(i)
-    labels = ds._labels[rows]
+    labels = ds.labels[rows]
     classes, vocabulary = _class_info(ds)
     colours = np.array([UNLABELLED] + [classes[int(lab)][1] if int(lab) in classes else (OUTSIDE if lab == -2 else UNLABELLED)
                                        for lab in labels], np.uint8).reshape(-1, 3)

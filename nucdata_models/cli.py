@@ -123,6 +123,10 @@ def build_merged(out: Path, overwrite: bool, recipe: str, datasets: str | None, 
         click.secho(f"warning: encoder {resolved.encoder} on the CPU trains about {rate:,.1f} nuclei/s; "
                     f"{sum(resolved.epochs.values())} epochs over the data may take hours. "
                     "Use a GPU, or --encoder small.", fg="yellow", err=True)
+    if quiet:
+        from nucdata.progress import set_quiet
+
+        set_quiet()
     say = (lambda _m: None) if quiet else click.echo
     start = time.perf_counter()
     report = run(options, say=say)

@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from nucdata.progress import progress
+
 from .augment import augmented_inputs, prepare
 from .checkpoint import CheckpointError, label_set_meta, load_checkpoint, save_checkpoint
 from .data import ANNOTATED, OUTSIDE, LabelSetSpec, TrainingData, candidate_mask, training_targets
@@ -413,7 +415,8 @@ class CrossTrainer:
     def _channels_last(self) -> bool:
         return self.config.channels_last and self.device.type == "cuda"
 
-    def _autocast(self):
+    def autocast(self):
+        """bf16 autocast on CUDA when configured (a no-op context elsewhere)."""
         enabled = self.config.bf16 and self.device.type == "cuda"
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
@@ -435,7 +438,7 @@ class CrossTrainer:
         return x
 
     def _forward_base(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        with self._autocast():
+        with self.autocast():
             out = model(x)
         return {k: v.float() for k, v in out.items()}
 
@@ -574,7 +577,8 @@ class CrossTrainer:
             total = torch.zeros((), device=self.device)
             steps = seen = 0
             start = time.perf_counter()
-            for idx in self.batches(self._bank.train_index):
+            batches = self.batches(self._bank.train_index)
+            for idx in progress(batches, desc=f"stage {name} epoch {epoch + 1}/{epochs}", unit="batch"):
                 total += stage.step(idx)
                 steps += 1
                 seen += idx.numel()
@@ -716,7 +720,7 @@ class CrossTrainer:
         names = self.base.names
         parts: dict[str, list[torch.Tensor]] = {s: [] for s in names}
         b = self.config.eval_batch_size
-        for start in range(0, crops.shape[0], b):
+        for start in progress(range(0, crops.shape[0], b), desc="predicting", unit="batch"):
             x = self.inputs(crops[start : start + b].to(self.device, non_blocking=True), False)
             logits = self._forward_base(self.base, x)
             base_p = {k: v.softmax(1) for k, v in logits.items()}

@@ -62,7 +62,7 @@ def test_geojson_reads_back(prepared, tmp_path):
             assert (ring[0] == ring[-1]).all()  # closed ring
             assert _iou(_rasterise(ring, inst.shape), inst == k + 1) > 0.6
             assert props["measurements"]["area_px"] == int(ds.store.column("nuclei", "area")[row])
-            label = int(ds._labels[row])
+            label = int(ds.labels[row])
             if label >= 0:
                 assert props["classification"] == {"name": names[label], "color": colours[label]}
             else:
@@ -171,7 +171,7 @@ def _nuclei_by_image(ds: nucdata.NucleusDataset) -> dict[str, list[tuple]]:
         rows = ds.store.nucleus_slice(int(index))
         out[str(ds.store.column("images", "name")[index])] = sorted(
             (round(float(x), 3), round(float(y), 3), int(a), int(lab))
-            for (x, y), a, lab in zip(centroid[rows], area[rows], ds._labels[rows], strict=True))
+            for (x, y), a, lab in zip(centroid[rows], area[rows], ds.labels[rows], strict=True))
     return out
 
 
@@ -252,7 +252,7 @@ def test_hovernet_patches_layout(pannuke_home, tmp_path):
         inst = np.asarray(ds.store.instance_map(int(index)))
         assert (patch[188 : 188 + h, 188 : 188 + w, 3] == inst).all()
         rows = ds.store.nucleus_slice(int(index))
-        labels = ds._labels[rows]
+        labels = ds.labels[rows]
         expected = np.concatenate([[0], np.where(labels >= 0, labels + 1, 0)])[inst]
         assert (patch[188 : 188 + h, 188 : 188 + w, 4] == expected).all()
     # HoVer-Net's window arithmetic on a 1000 x 1000 image (1376 after padding): windows at
