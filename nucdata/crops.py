@@ -2,7 +2,7 @@
 
 A crop bank lives beside its store, in ``<store>/crops/<key>/`` (the key hashes the
 parameters; for a read-only store, in the user's cache instead, see
-:func:`nucdata.store.derived_dir`)::
+:func:`nucdata.locks.derived_dir`)::
 
     crops.npy       uint8 (N, 4, S, S): RGB and the nucleus's mask (0/255), channels first
     scale.npy       float32 (N,): output pixels per source pixel (1 unless resized)
@@ -44,7 +44,9 @@ from PIL import Image
 
 from . import atomic
 from .errors import InvalidArgumentError
-from .store import NpyStreamWriter, Store, dataset_lock, derived_dir
+from .locks import dataset_lock, derived_dir
+from .npy import NpyStreamWriter
+from .store import Store
 
 #: bumped whenever the content of a bank changes for the same parameters
 BANK_VERSION = 2
@@ -466,9 +468,11 @@ class CropDataset(torch.utils.data.Dataset):
             candidates.append(cand)
         return _concat(labels, np.int64), _concat(candidates, np.int64)
 
-    def _gather(self, index: np.ndarray) -> torch.Tensor:
+    def _gather(self, index: np.ndarray, into: torch.Tensor | None = None) -> torch.Tensor:
         shape = (index.size, 4, self.size, self.size)
-        if torch.utils.data.get_worker_info() is not None:
+        if into is not None:  # a crop_loader worker's reusable shared-memory slot
+            tensor = into
+        elif torch.utils.data.get_worker_info() is not None:
             # In a worker, gather straight into shared memory: handing the batch to the
             # main process then costs no second copy.
             tensor = torch.empty(shape, dtype=torch.uint8).share_memory_()
@@ -487,7 +491,7 @@ class CropDataset(torch.utils.data.Dataset):
             out[sel[order]] = crops[sorted_rows[0] : sorted_rows[-1] + 1] if run else crops[sorted_rows]
         return tensor
 
-    def _fields(self, index: np.ndarray) -> dict[str, Any]:
+    def _fields(self, index: np.ndarray, into: torch.Tensor | None = None) -> dict[str, Any]:
         """The batch with its per-crop fields as numpy arrays and pixels as ``crops``."""
         if index.size and (index.min() < -len(self) or index.max() >= len(self)):
             raise IndexError(f"index out of range for {len(self)} nuclei")
@@ -495,7 +499,7 @@ class CropDataset(torch.utils.data.Dataset):
         which = self.dataset_index[index]
         scale = self.scale[index]
         return {
-            "crops": self._gather(index),
+            "crops": self._gather(index, into),
             "label": self.labels[index],
             "candidates": self.candidates[index],
             "native_label": self.native_labels[index],
@@ -546,7 +550,10 @@ class _WorkerBatches(torch.utils.data.Dataset):
 
     A tensor crosses from a worker to the main process as its own shared-memory segment
     with a socket handshake each (~1 ms); numpy arrays are pickled inline. So only the
-    pixels travel as a tensor, and :class:`CropLoader` turns the rest into tensors.
+    pixels travel as a tensor, and :class:`CropLoader` turns the rest into tensors. The
+    pixels are gathered into one of a few shared-memory slots the worker reuses
+    (:func:`nucdata.collate.slot_tensors`): a fresh segment per batch would cost its
+    pages' first-touch faults, on some hosts several times the gather itself.
     """
 
     def __init__(self, crops: CropDataset):
@@ -556,7 +563,18 @@ class _WorkerBatches(torch.utils.data.Dataset):
         return len(self.crops)
 
     def __getitem__(self, index: Sequence[int]) -> dict[str, Any]:
-        return self.crops._fields(np.asarray(index, np.int64).reshape(-1))
+        index = np.asarray(index, np.int64).reshape(-1)
+        if torch.utils.data.get_worker_info() is None:
+            return self.crops._fields(index)
+        from .collate import SlotBatch, slot_tensors
+
+        size = self.crops.size
+        (pixels,), token = slot_tensors([((index.size, 4, size, size), torch.uint8)], slots=_LOADER_PREFETCH + 2)
+        return SlotBatch(self.crops._fields(index, into=pixels), ["crops"], token)
+
+
+#: batches a crop_loader worker may have in flight (its DataLoader's ``prefetch_factor``)
+_LOADER_PREFETCH = 2
 
 
 def _unchanged(batch: dict[str, Any]) -> dict[str, Any]:
@@ -658,4 +676,5 @@ def crop_loader(
     return CropLoader(torch.utils.data.DataLoader(
         _WorkerBatches(dataset), sampler=sampler, batch_size=None, num_workers=num_workers,
         persistent_workers=num_workers > 0, pin_memory=pin_memory, collate_fn=_unchanged,
+        prefetch_factor=_LOADER_PREFETCH if num_workers > 0 else None, in_order=True,
     ))

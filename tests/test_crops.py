@@ -263,3 +263,19 @@ def test_contiguous_batches_cover_everything_once(prepared):
     assert sorted(got.tolist()) == list(range(len(crops)))
     first = next(iter(nucdata.crop_loader(crops, batch_size=32)))
     np.testing.assert_array_equal(first["image"].numpy(), crops.banks[0].crops[:32, :3])
+
+
+def test_worker_batches_held_past_slot_reuse_keep_their_pixels(prepared):
+    """Workers reuse a few shared-memory slots; batches kept by the caller must not change."""
+    crops = nucdata.load("pannuke", split="fold1").crops(size=16)
+    batch_size = max(1, len(crops) // 12)  # more batches per worker than it has slots
+    loader = nucdata.crop_loader(crops, batch_size=batch_size, num_workers=2)
+    held = list(loader)
+    assert len(held) > 2 * 4
+    for start, batch in zip(range(0, len(crops), batch_size), held, strict=True):
+        stop = min(start + batch_size, len(crops))
+        np.testing.assert_array_equal(batch["image"].numpy(), crops.banks[0].crops[start:stop, :3])
+        np.testing.assert_array_equal(batch["mask"].numpy(), crops.banks[0].crops[start:stop, 3:])
+        assert batch["nucleus_index"].tolist() == crops.nucleus_index[start:stop].tolist()
+    again = list(loader)  # persistent workers, second epoch: slots refilled
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(held, again, strict=True))

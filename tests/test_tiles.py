@@ -11,7 +11,8 @@ from skimage.transform import rescale
 
 import nucdata
 from nucdata.dataset import NucleusDataset
-from nucdata.store import Store, StoreWriter, relabel_sequential
+from nucdata.instances import relabel_sequential
+from nucdata.store import Store, StoreWriter
 from nucdata.tiles import MissingMppError, resample_window
 
 
@@ -233,3 +234,26 @@ def test_segmentation_tutorial_runs(tmp_path, monkeypatch, capsys):
     assert np.mean(namespace["losses"][-4:]) < np.mean(namespace["losses"][:4])
     assert namespace["masks"].shape[1:] == (64, 64, 6)
     assert "loss" in capsys.readouterr().out
+
+
+def test_tile_loader_with_workers_matches_in_process(store):
+    """Workers stack into reused shared-memory slots; held batches stay intact, epochs reach workers."""
+    ds = NucleusDataset(store, "train", "pannuke")
+    tiles = ds.tiles(size=32, sampler="random", length=40, seed=2)
+    in_process = list(tiles.loader(batch_size=3))
+    workers = tiles.loader(batch_size=3, num_workers=2)
+    held = list(workers)  # 14 batches: more per worker than it has slots
+    assert len(held) == len(in_process) == 14
+    for a, b in zip(in_process, held, strict=True):
+        assert list(a) == list(b)
+        for key in ("image", "instance_map", "type_map", "padding", "origin", "scale", "image_index"):
+            assert torch.equal(a[key], b[key]), key
+        for key in ("centroids", "labels", "candidates", "cut", "nucleus_index"):
+            assert isinstance(b[key], list) and all(torch.equal(x, y) for x, y in zip(a[key], b[key], strict=True))
+        assert a["image_id"] == b["image_id"]
+    tiles.set_epoch(1)  # persistent workers draw the new epoch's tiles
+    moved = next(iter(workers))
+    assert torch.equal(moved["image"], tiles.loader(batch_size=3).__iter__().__next__()["image"])
+    assert not torch.equal(moved["image"], held[0]["image"])
+    with pytest.raises(nucdata.InvalidArgumentError):
+        tiles.loader(batch_size=0)
