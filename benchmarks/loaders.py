@@ -30,7 +30,8 @@ def build_store(home: Path, images: int, nuclei: int) -> None:
     """A store of ``images`` 1000x1000 images written through the real writer."""
     import nucdata
     from nucdata.demo.synth import draw_filled, ellipse_polygon, paint, place_nuclei
-    from nucdata.store import StoreWriter, relabel_sequential
+    from nucdata.instances import relabel_sequential
+    from nucdata.store import StoreWriter
 
     rng = np.random.default_rng(0)
     final = home / "stores" / "bench" / "1"

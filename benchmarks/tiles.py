@@ -82,7 +82,7 @@ def build_store(folder: Path, synthetic: int) -> Store:
         else:
             from skimage.draw import disk
 
-            from nucdata.store import relabel_sequential
+            from nucdata.instances import relabel_sequential
 
             rng = np.random.default_rng(0)
             for i in range(max(1, synthetic)):

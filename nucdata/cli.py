@@ -227,7 +227,8 @@ def verify(names: tuple[str, ...], deep: bool, root: Path | None) -> None:
     from .fetch import verify as verify_file
     from .home import manual_dir, raw_dir
     from .prepare import store_path
-    from .store import MANIFEST, verify_store
+    from .store import MANIFEST
+    from .verify import verify_store
 
     failed = False
     for name in names or tuple(list_datasets()):

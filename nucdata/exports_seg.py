@@ -48,7 +48,7 @@ import numpy as np
 from . import atomic
 from .dataset import NucleusDataset
 from .errors import InvalidArgumentError
-from .store import NpyStreamWriter
+from .npy import NpyStreamWriter
 
 PANNUKE_SIZE = 256
 HOVERNET_WIN = 540

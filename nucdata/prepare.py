@@ -23,9 +23,10 @@ from .errors import CountMismatchError, MissingFilesError
 from .faults import fault_point
 from .fetch import fetch
 from .home import stores_dir, work_dir
+from .locks import clean_stale, dataset_lock
 from .registry import Card, get_card
 from .sources import ConversionReport, source_for
-from .store import MANIFEST, StoreWriter, clean_stale, dataset_lock
+from .store import MANIFEST, StoreWriter
 
 
 def store_path(name: str, root: str | os.PathLike[str] | None = None) -> Path:

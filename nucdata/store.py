@@ -24,134 +24,23 @@ at any point; :func:`clean_stale` restores or removes what an interrupted run le
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import hashlib
 import json
 import os
-import shutil
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from . import atomic
-from .errors import DataHomeError, StoreError, StoreLockedError
+from .errors import StoreError
 from .faults import fault_point
-from .home import cache_dir, is_writable, writable_folder
+from .instances import nucleus_properties
+from .npy import NpyStreamWriter, file_record
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-_HEADER_BYTES = 256  # reserved .npy header; final shape is written once known
-
-
-class NpyStreamWriter:
-    """Append arrays to a ``.npy`` file whose final shape is known only at the end.
-
-    A fixed 256-byte header is reserved and rewritten on :meth:`close`, so data
-    never has to be copied: ``np.load(..., mmap_mode="r")`` reads the result.
-    """
-
-    def __init__(self, path: Path, dtype: np.dtype | str):
-        self.path = Path(path)
-        self.dtype = np.dtype(dtype)
-        self.count = 0  # elements written
-        self._hash = hashlib.sha256()  # of the data bytes (after the header), streamed
-        self._fh = open(self.path, "wb")  # noqa: SIM115 - closed in close()
-        self._fh.write(b"\0" * _HEADER_BYTES)
-
-    def append(self, array: np.ndarray) -> int:
-        """Append ``array`` (C order); return the element offset where it starts."""
-        start = self.count
-        data = np.ascontiguousarray(array, dtype=self.dtype)
-        raw = data.reshape(-1).view(np.uint8)
-        self._fh.write(raw)
-        self._hash.update(raw)
-        self.count += data.size
-        return start
-
-    def close(self, shape: tuple[int, ...]) -> dict[str, Any]:
-        """Write the final header; return the file's record (see :func:`file_record`)."""
-        if int(np.prod(shape, dtype=np.int64)) != self.count:
-            raise ValueError(f"{self.path}: shape {shape} does not hold {self.count} elements")
-        header = f"{{'descr': {np.lib.format.dtype_to_descr(self.dtype)!r}, 'fortran_order': False, 'shape': {tuple(int(s) for s in shape)!r}, }}"
-        body = header.encode("latin1")
-        pad = _HEADER_BYTES - 10 - len(body) - 1
-        if pad < 0:
-            raise ValueError("shape too long for the reserved .npy header")
-        blob = b"\x93NUMPY\x01\x00" + (_HEADER_BYTES - 10).to_bytes(2, "little")
-        blob += body + b" " * pad + b"\n"
-        self._fh.seek(0)
-        self._fh.write(blob)
-        self._fh.close()
-        return {"shape": [int(x) for x in shape], "dtype": np.lib.format.dtype_to_descr(self.dtype),
-                "sha256": self._hash.hexdigest(), "bytes": self.path.stat().st_size}
-
-    def abort(self) -> None:
-        with contextlib.suppress(OSError):
-            self._fh.close()
-
-
-def relabel_sequential(instance_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Relabel an instance map to 1..K in increasing order of the original ids.
-
-    Returns the new int32 map and the original id of each new label (length K).
-    Ids that own no pixel disappear.
-    """
-    flat = np.asarray(instance_map)
-    if flat.size == 0 or flat.max(initial=0) <= 0:
-        return np.zeros(flat.shape, np.int32), np.zeros(0, np.int64)
-    if flat.min() < 0:
-        raise ValueError("instance maps must be non-negative")
-    present = np.bincount(flat.ravel()) > 0
-    present[0] = False
-    original = np.flatnonzero(present).astype(np.int64)
-    lut = np.zeros(present.size, np.int32)
-    lut[original] = np.arange(1, original.size + 1, dtype=np.int32)
-    return lut[flat], original
-
-
-@functools.lru_cache(maxsize=8)
-def _pixel_coordinates(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column of every pixel in raster order (cached: images repeat sizes)."""
-    rows, cols = np.divmod(np.arange(shape[0] * shape[1], dtype=np.int64), shape[1])
-    rows.flags.writeable = cols.flags.writeable = False
-    return rows, cols
-
-
-def nucleus_properties(instance_map: np.ndarray, count: int) -> dict[str, np.ndarray]:
-    """Area, centroid and bbox of labels 1..count of a sequential instance map."""
-    flat = instance_map.ravel()
-    area = np.bincount(flat, minlength=count + 1)[1 : count + 1]
-    if (area == 0).any():
-        raise ValueError("instance map is not sequential: a label 1..K owns no pixel")
-    rows, cols = _pixel_coordinates(instance_map.shape)
-    sum_x = np.bincount(flat, weights=cols, minlength=count + 1)[1 : count + 1]
-    sum_y = np.bincount(flat, weights=rows, minlength=count + 1)[1 : count + 1]
-    centroid = np.stack([sum_x / area, sum_y / area], axis=1).astype(np.float32)
-    bbox = np.zeros((count, 4), np.int32)
-    for k, sl in enumerate(ndimage.find_objects(instance_map, max_label=count)):
-        bbox[k] = (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop)
-    return {"area": area.astype(np.int32), "centroid": centroid, "bbox": bbox}
-
-
-def file_record(array: np.ndarray, path: Path) -> dict[str, Any]:
-    """The manifest's record of one ``.npy`` file.
-
-    ``shape`` and ``dtype`` (numpy's descr string) of the array, ``sha256`` of its
-    data bytes (the file after the ``.npy`` header, so that streamed files can be
-    hashed while written) and ``bytes``, the file's size.
-    """
-    array = np.ascontiguousarray(array)
-    return {"shape": [int(x) for x in array.shape], "dtype": np.lib.format.dtype_to_descr(array.dtype),
-            "sha256": hashlib.sha256(array.reshape(-1).view(np.uint8)).hexdigest(),
-            "bytes": Path(path).stat().st_size}
-
-
 def _string_column(values: list[str]) -> np.ndarray:
     width = max([1, *(len(v) for v in values)])
     return np.asarray(values, dtype=f"<U{width}")
@@ -412,109 +301,8 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def is_complete(folder: Path) -> bool:
-    """Whether ``folder`` holds a published store (its manifest is written last)."""
-    return (Path(folder) / MANIFEST).is_file()
-
-
-def clean_stale(dataset_dir: Path) -> list[str]:
-    """Repair what interrupted conversions left in ``dataset_dir``; return what was done.
-
-    Call under :func:`dataset_lock`. A store whose replacement was killed between
-    its two renames is restored from its complete old copy; staging and old
-    folders whose owner process is gone are removed (:func:`nucdata.atomic.recover`).
-    Folders named the way earlier development versions did (``.tmp-*``, ``.old-*``)
-    are removed too.
-
-    Returns
-    -------
-    list of str
-        One line per action, for the progress output.
-    """
-    lines = atomic.recover_all(dataset_dir, complete=is_complete).lines()
-    if dataset_dir.is_dir():
-        for child in dataset_dir.iterdir():
-            if child.is_dir() and child.name.startswith((".tmp-", ".old-")):  # earlier naming
-                shutil.rmtree(child, ignore_errors=True)
-                lines.append(f"removed the leftovers of an interrupted run: {child.name}")
-    return lines
-
-
-def derived_dir(store_path: str | os.PathLike[str]) -> Path:
-    """Where files derived from a store (crop banks, their lock) are written.
-
-    The store's own folder when it is writable; for a read-only store (a shared,
-    read-only data home) a folder in the user's cache,
-    ``<cache>/readonly-stores/<dataset>-<version>-<hash of the store's path>/``
-    (see :func:`nucdata.home.cache_dir`, ``$NUCDATA_CACHE``).
-    """
-    path = Path(store_path)
-    if is_writable(path):
-        return path
-    key = hashlib.sha256(str(path.resolve()).encode("utf-8")).hexdigest()[:16]
-    return cache_dir() / "readonly-stores" / f"{path.parent.name}-{path.name}-{key}"
-
-
-@contextlib.contextmanager
-def dataset_lock(dataset_dir: Path, timeout: float = 3600.0, poll: float = 0.2) -> Iterator[None]:
-    """Hold an exclusive lock on ``dataset_dir/.lock`` (waits for another preparer).
-
-    Raises
-    ------
-    StoreLockedError
-        When the lock is still held by another process after ``timeout`` seconds.
-    """
-    writable_folder(dataset_dir, f"the lock of {dataset_dir.name!r}")
-    path = dataset_dir / ".lock"
-    try:
-        fh = open(path, "a+")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise DataHomeError(
-            f"{path}: cannot create the lock file ({exc.strerror or exc}); the folder is read-only. "
-            "Set NUCDATA_HOME (or --root) to a writable folder to prepare datasets there."
-        ) from None
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                _try_lock(fh)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise StoreLockedError(
-                        f"{path}: another process has been preparing {dataset_dir.name!r} for "
-                        f"more than {timeout:.0f} s. Wait for it, or if no nucdata process is "
-                        "running, delete this lock file."
-                    ) from None
-                time.sleep(poll)
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            _unlock(fh)
-        fh.close()
-
-
-if os.name == "nt":  # pragma: no cover - exercised on Windows only
-    import msvcrt
-
-    def _try_lock(fh: Any) -> None:
-        fh.seek(0)
-        msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
-
-    def _unlock(fh: Any) -> None:
-        fh.seek(0)
-        msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
-else:
-    import fcntl
-
-    def _try_lock(fh: Any) -> None:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-    def _unlock(fh: Any) -> None:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-def _rebuild_hint(dataset: Any) -> str:
+def rebuild_hint(dataset: Any) -> str:
+    """The sentence that tells how to rebuild a damaged store."""
     name = dataset if isinstance(dataset, str) and dataset else "<dataset>"
     return f"Rebuild it with `nucdata prepare {name} --force`."
 
@@ -544,15 +332,15 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise StoreError(f"{manifest_path}: unreadable ({type(exc).__name__}: {exc}). "
-                         f"{_rebuild_hint(folder.parent.name)}") from None
+                         f"{rebuild_hint(folder.parent.name)}") from None
     if not isinstance(manifest, dict):
         raise StoreError(f"{manifest_path}: expected a JSON object, found {type(manifest).__name__}. "
-                         f"{_rebuild_hint(folder.parent.name)}")
+                         f"{rebuild_hint(folder.parent.name)}")
     dataset = manifest.get("dataset") or folder.parent.name
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise StoreError(
             f"{manifest_path}: schema version {manifest.get('schema_version')} is not {SCHEMA_VERSION}. "
-            f"{_rebuild_hint(dataset)}"
+            f"{rebuild_hint(dataset)}"
         )
     columns, pixels = manifest.get("columns"), manifest.get("pixels")
     problems = []
@@ -564,7 +352,7 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
             and isinstance(pixels.get("shapes"), list)):
         problems.append("'pixels' (layout 'stacked' or 'heap', and 'shapes')")
     if problems:
-        raise StoreError(f"{manifest_path}: lacks {' and '.join(problems)}. {_rebuild_hint(dataset)}")
+        raise StoreError(f"{manifest_path}: lacks {' and '.join(problems)}. {rebuild_hint(dataset)}")
     return manifest
 
 
@@ -597,11 +385,11 @@ class Store:
             try:
                 mapped[name] = np.load(path, mmap_mode="r", allow_pickle=False)
             except FileNotFoundError:
-                raise StoreError(f"{path}: column missing. {_rebuild_hint(self.dataset)}") from None
+                raise StoreError(f"{path}: column missing. {rebuild_hint(self.dataset)}") from None
             except (OSError, ValueError) as exc:
                 raise StoreError(f"{path}: not a readable .npy column ({exc}); the file is truncated or "
                                  f"damaged (`nucdata verify {self.dataset}` lists every problem). "
-                                 f"{_rebuild_hint(self.dataset)}") from None
+                                 f"{rebuild_hint(self.dataset)}") from None
         return mapped
 
     def __getstate__(self) -> dict[str, Any]:
@@ -661,238 +449,25 @@ class Store:
         return self._pixel_view("instances", index, 1)
 
     def _pixel_view(self, kind: str, index: int, channels: int) -> np.ndarray:
-        pixels = self._pixels(kind)
-        if self.manifest["pixels"]["layout"] == "stacked":
-            return pixels[index]
-        h = int(self.column("images", "height")[index])
-        w = int(self.column("images", "width")[index])
-        start = int(self.column("images", "pixel_offset")[index]) * channels
-        flat = pixels[start : start + h * w * channels]
-        return flat.reshape((h, w, 3) if channels == 3 else (h, w))
+        return image_pixels(self._pixels(kind), self.manifest["pixels"]["layout"], index, channels,
+                            self.column("images", "height"), self.column("images", "width"),
+                            self.column("images", "pixel_offset"))
 
     def nucleus_slice(self, index: int) -> slice:
         start = int(self.column("images", "nucleus_start")[index])
         return slice(start, start + int(self.column("images", "nucleus_count")[index]))
 
 
-# -- verification ------------------------------------------------------------------------
-def _data_sha256(path: Path, chunk: int = 1 << 24) -> str:
-    """SHA-256 of a ``.npy`` file's data bytes (everything after its header)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        version = np.lib.format.read_magic(fh)
-        if version == (1, 0):
-            np.lib.format.read_array_header_1_0(fh)
-        else:
-            np.lib.format.read_array_header_2_0(fh)
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def image_pixels(pixels: np.ndarray, layout: str, index: int, channels: int, heights: np.ndarray,
+                 widths: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Image ``index``'s view into a pixel file: ``(H, W, 3)`` for RGB, ``(H, W)`` for instances.
 
-
-def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
-    """Shape, dtype and header length of a ``.npy`` file, reading only its header."""
-    with open(path, "rb") as fh:
-        version = np.lib.format.read_magic(fh)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
-        else:
-            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
-        return tuple(shape), dtype, fh.tell()
-
-
-def verify_store(path: str | os.PathLike[str], deep: bool = False) -> list[str]:
-    """Check a store on disk; return every problem found (empty when it is sound).
-
-    Checked: the manifest's structure; every listed column and both pixel files
-    exist, have complete data and the shape and dtype the manifest recorded; column
-    lengths agree with the image and nucleus counts (and the manifest's counts);
-    ``nucleus_start``/``nucleus_count`` tile the nucleus table and agree with
-    ``nuclei/image``; centroids are finite and inside their image, boxes inside it;
-    pixel files hold exactly the pixels the image sizes call for. With ``deep``, each
-    file's SHA-256 is compared with the manifest's and each instance map's largest
-    label with its number of masked nuclei.
-
-    Never raises for a damaged store: every failure is one line of the result.
-
-    Parameters
-    ----------
-    path
-        The store folder (``stores/<dataset>/<version>``).
-    deep
-        Also hash every file and read every instance map (reads the whole store).
+    ``layout`` is the manifest's ``pixels.layout``: ``"stacked"`` (one array of equal-sized
+    images) or a flat heap indexed by ``pixel_offset`` (in pixels).
     """
-    folder = Path(path)
-    try:
-        manifest = read_manifest(folder)
-    except StoreError as exc:
-        return [str(exc)]
-    dataset = manifest["dataset"]
-    hint = _rebuild_hint(dataset)
-    problems: list[str] = []
-    records = manifest.get("files")
-    if not isinstance(records, dict):
-        problems.append(f"{folder / MANIFEST}: written by an older nucdata, without file shapes and hashes; "
-                        f"only a structural check is possible. {hint}")
-        records = {}
-    arrays: dict[str, np.ndarray] = {}
-    names = [f"{t}/{k}.npy" for t in ("images", "nuclei") for k in manifest["columns"][t]]
-    for rel in [*names, "pixels/rgb.npy", "pixels/instances.npy"]:
-        file = folder / rel
-        if not file.is_file():
-            problems.append(f"{file}: missing. {hint}")
-            continue
-        try:
-            shape, dtype, header = _npy_header(file)
-            expected_bytes = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            size = file.stat().st_size
-            if size != expected_bytes:
-                problems.append(f"{file}: {size:,} bytes, but its header {shape} {dtype} needs "
-                                f"{expected_bytes:,} (truncated or damaged). {hint}")
-                continue
-            record = records.get(rel)
-            if records and not isinstance(record, dict):
-                problems.append(f"{file}: not listed in the manifest's files. {hint}")
-            elif record:
-                if [int(x) for x in shape] != list(record.get("shape", [])):
-                    problems.append(f"{file}: shape {list(shape)}, the manifest recorded {record.get('shape')}. {hint}")
-                if np.lib.format.dtype_to_descr(dtype) != record.get("dtype"):
-                    problems.append(f"{file}: dtype {np.lib.format.dtype_to_descr(dtype)}, the manifest recorded "
-                                    f"{record.get('dtype')}. {hint}")
-                if deep and _data_sha256(file) != record.get("sha256"):
-                    problems.append(f"{file}: SHA-256 of its data differs from the manifest's (the file was "
-                                    f"modified after it was written). {hint}")
-            arrays[rel] = np.load(file, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError, TypeError, SyntaxError) as exc:
-            problems.append(f"{file}: not a readable .npy file ({type(exc).__name__}: {exc}). {hint}")
-    for rel in records:
-        if rel not in arrays and not (folder / rel).is_file():
-            problems.append(f"{folder / rel}: listed in the manifest but missing. {hint}")
-    try:
-        problems += _check_values(folder, manifest, arrays, deep, hint)
-    except Exception as exc:  # noqa: BLE001 - a damaged store must be reported, never raise
-        problems.append(f"{folder}: the value checks stopped at an unexpected state "
-                        f"({type(exc).__name__}: {exc}). {hint}")
-    return problems
-
-
-def _check_values(folder: Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray], deep: bool,
-                  hint: str) -> list[str]:
-    """Cross-checks of lengths and values (see :func:`verify_store`)."""
-    problems: list[str] = []
-
-    def col(rel: str) -> np.ndarray | None:
-        return arrays.get(rel)
-
-    names = col("images/name.npy")
-    image_ = col("nuclei/image.npy")
-    if names is None or image_ is None:
-        return problems
-    n_images, n_nuclei = int(names.shape[0]), int(image_.shape[0])
-    for rel, array in arrays.items():
-        table = rel.split("/", 1)[0]
-        want = {"images": n_images, "nuclei": n_nuclei}.get(table)
-        if want is not None and (array.ndim == 0 or array.shape[0] != want):
-            problems.append(f"{folder / rel}: {array.shape[0] if array.ndim else 0} rows, but the store has "
-                            f"{want} {'images' if table == 'images' else 'nuclei'}. {hint}")
-    counts = manifest.get("counts", {})
-    for key, n in (("images", n_images), ("nuclei", n_nuclei)):
-        total = counts.get(key, {}).get("total") if isinstance(counts.get(key), dict) else None
-        if total is not None and total != n:
-            problems.append(f"{folder / MANIFEST}: counts.{key}.total is {total}, the columns hold {n}. {hint}")
-    if problems:
-        return problems  # lengths disagree: the value checks below would index out of range
-
-    start, count = col("images/nucleus_start.npy"), col("images/nucleus_count.npy")
-    if start is not None and count is not None:
-        start, count = np.asarray(start, np.int64), np.asarray(count, np.int64)
-        expected_start = np.concatenate([[0], np.cumsum(count)[:-1]]) if n_images else np.zeros(0, np.int64)
-        if (count < 0).any():
-            problems.append(f"{folder}/images/nucleus_count.npy: negative counts at images "
-                            f"{np.flatnonzero(count < 0)[:5].tolist()}. {hint}")
-        elif int(count.sum()) != n_nuclei:
-            problems.append(f"{folder}/images/nucleus_count.npy: sums to {int(count.sum())}, but the nucleus "
-                            f"table has {n_nuclei} rows. {hint}")
-        elif not np.array_equal(start, expected_start):
-            bad = np.flatnonzero(start != expected_start)[:5].tolist()
-            problems.append(f"{folder}/images/nucleus_start.npy: does not follow nucleus_count at images {bad}. {hint}")
-        elif not np.array_equal(np.asarray(image_), np.repeat(np.arange(n_images), count)):
-            problems.append(f"{folder}/nuclei/image.npy: disagrees with images/nucleus_count. {hint}")
-
-    height, width = col("images/height.npy"), col("images/width.npy")
-    if height is None or width is None:
-        return problems
-    height, width = np.asarray(height, np.int64), np.asarray(width, np.int64)
-    if (height <= 0).any() or (width <= 0).any():
-        problems.append(f"{folder}/images: non-positive height or width. {hint}")
-        return problems
-    image_idx = np.asarray(image_, np.int64)
-    if n_nuclei and (image_idx.min() < 0 or image_idx.max() >= n_images):
-        problems.append(f"{folder}/nuclei/image.npy: image indices outside 0..{n_images - 1}. {hint}")
-        return problems
-    w_of, h_of = width[image_idx], height[image_idx]
-    centroid = col("nuclei/centroid.npy")
-    if centroid is not None and n_nuclei:
-        c = np.asarray(centroid, np.float64).reshape(n_nuclei, -1)
-        bad = ~np.isfinite(c).all(1)
-        if c.shape[1] == 2:
-            bad |= (c[:, 0] < -0.5) | (c[:, 0] > w_of - 0.5) | (c[:, 1] < -0.5) | (c[:, 1] > h_of - 0.5)
-        if bad.any():
-            rows = np.flatnonzero(bad)
-            problems.append(f"{folder}/nuclei/centroid.npy: {rows.size} centroid(s) not finite or outside their "
-                            f"image, first at rows {rows[:5].tolist()} (e.g. {c[rows[0]].tolist()}). {hint}")
-    bbox = col("nuclei/bbox.npy")
-    if bbox is not None and n_nuclei:
-        b = np.asarray(bbox, np.int64).reshape(n_nuclei, -1)
-        if b.shape[1] == 4:
-            bad = ((b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 2] > w_of) | (b[:, 3] > h_of)
-                   | (b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1]))
-            if bad.any():
-                rows = np.flatnonzero(bad)
-                problems.append(f"{folder}/nuclei/bbox.npy: {rows.size} box(es) outside their image or inverted, "
-                                f"first at rows {rows[:5].tolist()}. {hint}")
-    area, has_mask = col("nuclei/area.npy"), col("nuclei/has_mask.npy")
-    if area is not None and has_mask is not None and n_nuclei:
-        a, m = np.asarray(area, np.int64), np.asarray(has_mask, bool)
-        bad = (a < 0) | (m & (a == 0)) | (a > w_of * h_of)
-        if bad.any():
-            problems.append(f"{folder}/nuclei/area.npy: {int(bad.sum())} impossible area(s), first at rows "
-                            f"{np.flatnonzero(bad)[:5].tolist()}. {hint}")
-
-    pixels = (col("pixels/rgb.npy"), col("pixels/instances.npy"))
-    layout = manifest["pixels"]["layout"]
     if layout == "stacked":
-        for rel, array, channels in (("pixels/rgb.npy", pixels[0], (3,)), ("pixels/instances.npy", pixels[1], ())):
-            if array is None:
-                continue
-            if n_images and (len(set(height.tolist())) > 1 or len(set(width.tolist())) > 1):
-                problems.append(f"{folder / rel}: stacked layout, but the images have different sizes. {hint}")
-            elif array.shape != (n_images, *((int(height[0]), int(width[0])) if n_images else array.shape[1:3]),
-                                 *channels):
-                problems.append(f"{folder / rel}: shape {array.shape} does not hold {n_images} images of "
-                                f"{int(height[0]) if n_images else '?'}x{int(width[0]) if n_images else '?'}. {hint}")
-    else:
-        offset = col("images/pixel_offset.npy")
-        area_px = height * width
-        if offset is not None:
-            expected = np.concatenate([[0], np.cumsum(area_px)[:-1]]) if n_images else np.zeros(0, np.int64)
-            if not np.array_equal(np.asarray(offset, np.int64), expected):
-                problems.append(f"{folder}/images/pixel_offset.npy: does not follow the image sizes. {hint}")
-        for rel, array, channels in (("pixels/rgb.npy", pixels[0], 3), ("pixels/instances.npy", pixels[1], 1)):
-            if array is not None and array.size != int(area_px.sum()) * channels:
-                problems.append(f"{folder / rel}: {array.size:,} values, the image sizes call for "
-                                f"{int(area_px.sum()) * channels:,}. {hint}")
-    if deep and not problems and pixels[1] is not None and has_mask is not None and count is not None:
-        running = np.concatenate([[0], np.cumsum(np.asarray(has_mask, np.int64))])
-        masked = running[start + count] - running[start]
-        store = Store.__new__(Store)
-        store.path, store.manifest = folder, manifest
-        store._cache = {k[:-4]: v for k, v in arrays.items()}
-        for i in range(n_images):
-            k = int(np.asarray(store.instance_map(i)).max(initial=0))
-            want = int(masked[i])
-            if k != want:
-                problems.append(f"{folder}/pixels/instances.npy: image {i} ({names[i]}) has {k} instance labels "
-                                f"but {want} masked nuclei. {hint}")
-                break
-    return problems
+        return pixels[index]
+    h, w = int(heights[index]), int(widths[index])
+    start = int(offsets[index]) * channels
+    flat = pixels[start : start + h * w * channels]
+    return flat.reshape((h, w, 3) if channels == 3 else (h, w))

@@ -146,8 +146,8 @@ def build_merged(options: BuildOptions, say: Callable[[str], None] = print) -> d
     folders), then refuses an output folder that holds files nucdata did not write.
     """
     from nucdata.atomic import recover
+    from nucdata.locks import dataset_lock
     from nucdata.merged import is_merged_output
-    from nucdata.store import dataset_lock
 
     out = Path(options.out).resolve()
     work = work_dir(out)

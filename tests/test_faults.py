@@ -18,8 +18,9 @@ import pytest
 
 import nucdata
 from nucdata import atomic, faults
+from nucdata.locks import clean_stale, is_complete
 from nucdata.prepare import store_path
-from nucdata.store import MANIFEST, Store, StoreWriter, clean_stale, is_complete
+from nucdata.store import MANIFEST, Store, StoreWriter
 
 STORE_STEPS = [
     "store:columns-written", "store:manifest-written", "store:before-swap",

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 import nucdata
 from nucdata.cli import main
 from nucdata.errors import StoreError
-from nucdata.store import MANIFEST, Store, verify_store
+from nucdata.store import MANIFEST, Store
+from nucdata.verify import verify_store
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,11 @@ import pytest
 
 import nucdata
 from nucdata.demo import install
+from nucdata.instances import nucleus_properties, relabel_sequential
+from nucdata.locks import dataset_lock
+from nucdata.npy import NpyStreamWriter
 from nucdata.prepare import is_prepared, store_path
-from nucdata.store import (
-    MANIFEST,
-    NpyStreamWriter,
-    Store,
-    StoreWriter,
-    dataset_lock,
-    nucleus_properties,
-    relabel_sequential,
-)
+from nucdata.store import MANIFEST, Store, StoreWriter
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int32])
@@ -143,7 +138,7 @@ def test_lock_timeout_is_typed(tmp_path):
 
 def _hold_lock_briefly(folder: str) -> None:
     from nucdata.errors import StoreLockedError
-    from nucdata.store import dataset_lock as lock
+    from nucdata.locks import dataset_lock as lock
 
     try:
         with lock(Path(folder), timeout=0.3):

@@ -17,8 +17,9 @@ import numpy as np
 from scipy.io import loadmat
 
 from ..errors import MalformedAnnotationError, MissingFilesError
+from ..instances import nucleus_properties, relabel_sequential
 from ..readers.images import read_rgb
-from ..store import StoreWriter, nucleus_properties, relabel_sequential
+from ..store import StoreWriter
 from .base import ConversionReport, Source, list_files, walk_dirs
 
 REQUIRED_KEYS = ("inst_map", "type_map", "inst_type", "inst_centroid")

@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CorruptArchiveError, MalformedAnnotationError, MissingFilesError
-from ..store import StoreWriter, relabel_sequential
+from ..instances import relabel_sequential
+from ..store import StoreWriter
 from .base import ConversionReport, Source, walk_dirs
 
 CHANNELS = 5  # class channels 0-4; channel 5 is background
