@@ -2,8 +2,8 @@
 
 tqdm is the field's standard (pooch draws its download bars with it). In a terminal a
 bar is drawn on standard error; when standard error is not a terminal (a log file, CI,
-a notebook's captured output) a plain line is written at the start, about every tenth
-of the way and at the end; :func:`set_quiet` (the ``--quiet`` flags) or
+a notebook's captured output) a plain line is written at most every 30 seconds, and
+at the end of a job that took that long; :func:`set_quiet` (the ``--quiet`` flags) or
 ``NUCDATA_QUIET=1`` silences both.
 """
 
@@ -37,7 +37,7 @@ def use_bars() -> bool:
     return not is_quiet() and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
 
 
-def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it") -> Iterator[T]:
+def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", unit: str = "items") -> Iterator[T]:
     """Iterate ``iterable`` while showing progress (see the module docstring).
 
     Parameters
@@ -49,7 +49,7 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", un
     desc
         What is being done, e.g. ``"converting pannuke"``.
     unit
-        What one item is, e.g. ``"image"``.
+        What the items are, e.g. ``"images"``.
     """
     if total is None:
         try:
@@ -68,15 +68,16 @@ def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", un
 
 
 def _lines(iterable: Iterable[T], total: int | None, desc: str, unit: str) -> Iterator[T]:
+    # Logs stay short: a line at most every 30 s, and a closing line only for jobs that
+    # took that long (a short job's own summary line says enough).
     start = last = time.monotonic()
-    step = max(1, total // 10) if total else None
     count = 0
     for count, item in enumerate(iterable, 1):
         yield item
         now = time.monotonic()
-        if (step and count % step == 0 and count != total) or now - last > 60:
+        if now - last >= 30 and count != total:
             last = now
             of = f"/{total:,}" if total else ""
-            print(f"{desc}: {count:,}{of} {unit}s ({now - start:.0f} s)", file=sys.stderr, flush=True)
-    if count and (time.monotonic() - start > 2 or (total or 0) >= 100):
-        print(f"{desc}: {count:,} {unit}s in {time.monotonic() - start:.1f} s", file=sys.stderr, flush=True)
+            print(f"{desc}: {count:,}{of} {unit} ({now - start:.0f} s)", file=sys.stderr, flush=True)
+    if count and time.monotonic() - start >= 30:
+        print(f"{desc}: {count:,} {unit} in {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)

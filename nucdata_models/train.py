@@ -578,7 +578,7 @@ class CrossTrainer:
             steps = seen = 0
             start = time.perf_counter()
             batches = self.batches(self._bank.train_index)
-            for idx in progress(batches, desc=f"stage {name} epoch {epoch + 1}/{epochs}", unit="batch"):
+            for idx in progress(batches, desc=f"stage {name} epoch {epoch + 1}/{epochs}", unit="batches"):
                 total += stage.step(idx)
                 steps += 1
                 seen += idx.numel()
@@ -720,7 +720,7 @@ class CrossTrainer:
         names = self.base.names
         parts: dict[str, list[torch.Tensor]] = {s: [] for s in names}
         b = self.config.eval_batch_size
-        for start in progress(range(0, crops.shape[0], b), desc="predicting", unit="batch"):
+        for start in progress(range(0, crops.shape[0], b), desc="predicting", unit="batches"):
             x = self.inputs(crops[start : start + b].to(self.device, non_blocking=True), False)
             logits = self._forward_base(self.base, x)
             base_p = {k: v.softmax(1) for k, v in logits.items()}
