@@ -199,15 +199,19 @@ def download(names: tuple[str, ...], all_: bool, no_hash_check: bool, root: Path
 @click.option("--no-hash-check", is_flag=True, help="Accept archives whose SHA-256 differs.")
 @click.option("--no-count-check", is_flag=True, help="Publish even if counts differ from the card.")
 @click.option("--quiet", is_flag=True, help="Print only the result.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Processes for converters that use them (PanNuke); default: the machine's cores.")
 @root_option
 def prepare(name: str, source: Path | None, force: bool, offline: bool, no_hash_check: bool,
-            no_count_check: bool, quiet: bool, root: Path | None) -> None:
+            no_count_check: bool, quiet: bool, jobs: int | None, root: Path | None) -> None:
     """Convert a dataset into the store (downloading it first if needed)."""
     from .prepare import prepare as run
+    from .progress import set_quiet
 
+    set_quiet(quiet)
     path = run(name, source, root, download=not offline, check_hash=not no_hash_check,
                check_counts=not no_count_check, force=force,
-               progress=None if quiet else click.echo)
+               progress=None if quiet else click.echo, jobs=jobs)
     click.echo(str(path))
 
 

@@ -8,6 +8,7 @@ the card, and the store is published with its manifest written last.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import shutil
@@ -24,6 +25,7 @@ from .faults import fault_point
 from .fetch import fetch
 from .home import stores_dir, work_dir
 from .locks import clean_stale, dataset_lock
+from .progress import Counter
 from .registry import Card, get_card
 from .sources import ConversionReport, source_for
 from .store import MANIFEST, StoreWriter
@@ -49,6 +51,7 @@ def prepare(
     check_counts: bool = True,
     force: bool = False,
     progress: Callable[[str], None] | None = None,
+    jobs: int | None = None,
 ) -> Path:
     """Convert dataset ``name`` into the store and return the store's folder.
 
@@ -71,6 +74,9 @@ def prepare(
         Rebuild even when a store already exists (the old one is replaced atomically).
     progress
         Called with one line of text per step.
+    jobs
+        Processes for converters that use them (PanNuke); ``None``: the machine's
+        cores. The store is the same for every value.
 
     Raises
     ------
@@ -122,8 +128,12 @@ def prepare(
                     ],
                     "verified": all(f.verified for f in files),
                 }
-            with StoreWriter(final, card.name, src.version) as writer:
-                report = src.convert(folder, writer, progress=say)
+            images = card.expected.get("images")
+            total = sum(images.values()) if isinstance(images, dict) else None
+            counter = Counter(total, desc=f"converting {card.name}", unit="images")
+            with StoreWriter(final, card.name, src.version, progress=counter) as writer:
+                options = {"jobs": jobs} if "jobs" in inspect.signature(src.convert).parameters else {}
+                report = src.convert(folder, writer, progress=say, **options)
                 counts = _counts(writer)
                 problems = _check_counts(card, counts, report)
                 if problems and check_counts:

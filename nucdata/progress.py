@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
-__all__ = ["is_quiet", "progress", "set_quiet", "use_bars"]
+__all__ = ["Counter", "is_quiet", "progress", "set_quiet", "use_bars"]
 
 T = TypeVar("T")
 _quiet = False
@@ -81,3 +81,40 @@ def _lines(iterable: Iterable[T], total: int | None, desc: str, unit: str) -> It
             print(f"{desc}: {count:,}{of} {unit} ({now - start:.0f} s)", file=sys.stderr, flush=True)
     if count and time.monotonic() - start >= 30:
         print(f"{desc}: {count:,} {unit} in {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
+
+
+class Counter:
+    """Progress of a job that is not one loop (a converter calling the store writer).
+
+    ``update()`` once per item, ``close()`` at the end; drawn like :func:`progress`.
+    """
+
+    def __init__(self, total: int | None = None, desc: str = "", unit: str = "items"):
+        self.total, self.desc, self.unit = total, desc, unit
+        self.count = 0
+        self._start = self._last = time.monotonic()
+        self._bar = None
+        if use_bars():
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, desc=desc, unit=unit, leave=False, dynamic_ncols=True)
+
+    def update(self, n: int = 1) -> None:
+        """Count ``n`` more items."""
+        self.count += n
+        if self._bar is not None:
+            self._bar.update(n)
+        elif not is_quiet() and time.monotonic() - self._last >= 30:
+            self._last = time.monotonic()
+            of = f"/{self.total:,}" if self.total else ""
+            print(f"{self.desc}: {self.count:,}{of} {self.unit} ({self._last - self._start:.0f} s)",
+                  file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        """Finish the bar (or write the closing line of a long job)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        elif not is_quiet() and self.count and time.monotonic() - self._start >= 30:
+            print(f"{self.desc}: {self.count:,} {self.unit} in {time.monotonic() - self._start:.0f} s",
+                  file=sys.stderr, flush=True)

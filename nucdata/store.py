@@ -38,6 +38,7 @@ from .errors import StoreError
 from .faults import fault_point
 from .instances import nucleus_properties
 from .npy import NpyStreamWriter, file_record
+from .progress import Counter
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -62,10 +63,12 @@ class StoreWriter:
         The source module's version string.
     """
 
-    def __init__(self, final_dir: Path, dataset: str, converter_version: str):
+    def __init__(self, final_dir: Path, dataset: str, converter_version: str, progress: Counter | None = None):
         self.final_dir = Path(final_dir)
         self.dataset = dataset
         self.converter_version = converter_version
+        #: optional :class:`nucdata.progress.Counter`, ticked once per image added
+        self.progress = progress
         self.tmp_dir = atomic.staging_dir(self.final_dir)
         for sub in ("images", "nuclei", "pixels"):
             (self.tmp_dir / sub).mkdir(parents=True)
@@ -106,6 +109,7 @@ class StoreWriter:
         box_source_ids: np.ndarray | None = None,
         nucleus_columns: Mapping[str, np.ndarray] | None = None,
         image_columns: Mapping[str, Any] | None = None,
+        properties: Mapping[str, np.ndarray] | None = None,
     ) -> int:
         """Add one image and its nuclei; return the number of nuclei written.
 
@@ -128,10 +132,15 @@ class StoreWriter:
             of a store must give the same keys.
         image_columns
             Extra per-image scalar columns.
+        properties
+            ``nucleus_properties(instance_map, K)`` when already computed (a converter's
+            worker process); computed here otherwise.
         """
         if name in self._names:
             raise StoreError(f"{self.dataset}: image name {name!r} occurs twice")
         self._names.add(name)
+        if self.progress is not None:
+            self.progress.update()
         rgb = np.asarray(rgb)
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise StoreError(f"{self.dataset}/{name}: rgb must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
@@ -139,7 +148,9 @@ class StoreWriter:
         if inst.shape != rgb.shape[:2]:
             raise StoreError(f"{self.dataset}/{name}: instance map {inst.shape} != image {rgb.shape[:2]}")
         k = int(inst.max(initial=0))
-        props = nucleus_properties(inst, k)
+        props = nucleus_properties(inst, k) if properties is None else properties
+        if properties is not None and any(np.shape(props[key])[:1] != (k,) for key in ("area", "centroid", "bbox")):
+            raise StoreError(f"{self.dataset}/{name}: properties given for other than its {k} nuclei")
         labels = np.full(k, -1, np.int32) if labels is None else np.asarray(labels, np.int32)
         ids = np.arange(1, k + 1, dtype=np.int64) if source_ids is None else np.asarray(source_ids, np.int64)
         if labels.shape != (k,) or ids.shape != (k,):
@@ -266,6 +277,8 @@ class StoreWriter:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self.progress is not None:
+            self.progress.close()
         if not self.published:
             self._rgb.abort()
             self._inst.abort()
