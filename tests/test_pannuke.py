@@ -205,3 +205,46 @@ def test_realdata_types(realdata):
         types = np.load(path)
         assert types.shape == (n,) and types.dtype == np.dtype("<U13")
         assert set(types.tolist()) <= TISSUES
+
+
+def _overlapping_fold(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` 32 x 32 patches: nuclei in every class channel, some pixels claimed twice."""
+    images = rng.uniform(-2.0, 258.0, (n, 32, 32, 3))
+    masks = np.zeros((n, 32, 32, 6))
+    for j in range(n):
+        for c in range(5):
+            for nid in range(1, int(rng.integers(0, 4)) + 1):
+                y, x = rng.integers(0, 28, 2)
+                masks[j, y:y + 4, x:x + 4, c] = nid
+    masks[..., 5] = masks[..., :5].sum(-1) == 0
+    return images, masks
+
+
+def test_jobs_give_the_same_store(home, tmp_path):
+    """Chunks decoded by a process pool are written in order: --jobs 2 equals --jobs 1."""
+    n = 3 * CHUNK + 3  # several chunks, the last one short
+    images, masks = _overlapping_fold(np.random.default_rng(11), n)
+    masks[n - 1] = 0  # an empty patch, kept
+    folder = _write_fold(tmp_path / "src", images, masks, np.array(["Colon", "Skin", "Liver"] * n, "<U13")[:n])
+    stores = {}
+    for jobs in (1, 2):
+        root = tmp_path / f"home{jobs}"
+        stores[jobs] = nucdata.prepare("pannuke", source=folder, root=root, check_counts=False, jobs=jobs)
+    one, two = (_digest(stores[j]) for j in (1, 2))
+    assert one.keys() == two.keys()
+    assert {k for k in one if one[k] != two[k]} <= {"manifest.json"}  # only its creation time may differ
+    m1, m2 = (nucdata.load("pannuke", root=tmp_path / f"home{j}").manifest for j in (1, 2))
+    assert m1["dropped"] == m2["dropped"] and m1["dropped"]["cross_channel_overlap_pixels"] > 0
+    assert {k: v for k, v in m1.items() if k != "created"} == {k: v for k, v in m2.items() if k != "created"}
+    assert len(nucdata.load("pannuke", root=tmp_path / "home2")) == n
+
+
+def test_jobs_errors_reach_the_caller(home, tmp_path):
+    images, masks = _overlapping_fold(np.random.default_rng(5), 2 * CHUNK + 1)
+    masks[CHUNK + 2, 5, 5, 1] = -1  # in the second chunk, decoded by a worker process
+    folder = _write_fold(tmp_path / "src", images, masks, np.array(["Colon"] * (2 * CHUNK + 1), "<U13"))
+    with pytest.raises(nucdata.MalformedAnnotationError, match="negative instance id"):
+        nucdata.prepare("pannuke", source=folder, root=home, check_counts=False, jobs=2)
+    with pytest.raises(nucdata.InvalidArgumentError, match="jobs"):
+        nucdata.prepare("pannuke", source=folder, root=home, check_counts=False, jobs=0)
+    assert not is_prepared("pannuke", root=home)
