@@ -1,0 +1,134 @@
+"""The method study: every arm on generated worlds, with clustered-bootstrap statistics.
+
+Each world seed generates one demo world of the chosen preset (``easy``, ``hard``,
+``noisy``; see ``docs/demo-world.md``), prepared once and shared by every arm and
+training seed. Every arm is trained with equal optimisation steps and scored on the
+held-out images; ``nucdata_models.study`` holds the arms and the statistics, and
+``docs/method-study.md`` the write-up and the measured tables.
+
+    python benchmarks/method_study.py --quick --world hard --world-seeds 1 2 --train-seeds 1 --out study
+    python benchmarks/method_study.py --world hard --world-seeds 1 2 3 --train-seeds 1 2 \\
+        --device cuda --out study-gpu                                           # the full study
+
+Writes ``OUT/results.json`` (``{"config", "arms", "differences", "views", "oracle_check", "runs"}``) and
+``OUT/results.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from nucdata_models import TrainConfig
+from nucdata_models.defaults import MERGED_SETS
+from nucdata_models.study import (
+    ARMS,
+    REFERENCES,
+    arm_plan,
+    oracle_check,
+    prepare_world,
+    render_markdown,
+    run_arms,
+    summarise,
+)
+
+#: ``--quick``: CPU-sized (two cores, minutes). The full study's defaults are below it.
+QUICK = {"scale": 1.0, "crop": 24, "epochs": (4, 2, 2), "batch_size": 64, "bootstrap": 2000}
+FULL = {"scale": 8.0, "crop": 32, "epochs": (10, 10, 10), "batch_size": 128, "bootstrap": 2000}
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--world", choices=("easy", "hard", "noisy"), default="hard")
+    parser.add_argument("--world-seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--train-seeds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--quick", action="store_true", help=f"CPU-sized: {QUICK}")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--encoder", default="small", choices=("small", "resnet18", "resnet50"))
+    parser.add_argument("--scale", type=float, help="demo scale (default: quick 1, full 8)")
+    parser.add_argument("--crop", type=int, help="crop side in px (default: quick 24, full 32)")
+    parser.add_argument("--epochs", type=int, nargs=3, metavar=("A", "B", "C"),
+                        help="the nucdata arm's epochs per stage (default: quick 4 2 2, full 10 10 10)")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--bootstrap", type=int, help="bootstrap draws per world (default 2000)")
+    parser.add_argument("--validation", type=float, default=0.1)
+    parser.add_argument("--test", type=float, default=0.3, help="share of groups held out and scored")
+    parser.add_argument("--datasets", nargs="+", help="generate only these datasets (tests)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    for name, value in sizes.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if min(args.epochs) < 0 or sum(args.epochs) == 0:
+        parser.error("--epochs must be non-negative and not all 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    label_sets = list(MERGED_SETS)
+    epochs = dict(zip("ABC", args.epochs, strict=True))
+
+    def base(seed: int) -> TrainConfig:
+        return TrainConfig.recipe("nucdata", encoder=args.encoder, epochs=dict(epochs), batch_size=args.batch_size,
+                                  device=args.device, seed=seed, score_truth=False)
+
+    runs, worlds = [], {}
+    for world_seed in args.world_seeds:
+        world = prepare_world(world_seed, args.world, args.scale, args.crop, args.validation, args.test,
+                              args.datasets, label_sets)
+        worlds[world_seed] = world
+        for train_seed in args.train_seeds:
+            print(f"world {args.world} seed {world_seed}, training seed {train_seed}", flush=True)
+            runs += run_arms(world, args.arms, base(train_seed), say=lambda m: print(m, flush=True))
+    summary = summarise(runs, {w: p.n_images for w, p in worlds.items()}, label_sets, draws=args.bootstrap)
+    plans = {arm: arm_plan(arm, base(args.train_seeds[0])) for arm in args.arms}
+    config = {
+        "world": args.world, "world_seeds": args.world_seeds, "train_seeds": args.train_seeds,
+        "arms": args.arms, "label_sets": label_sets, "quick": args.quick, "device": args.device,
+        "encoder": args.encoder, "demo_scale": args.scale, "crop_size": args.crop, "batch_size": args.batch_size,
+        "epochs_nucdata": epochs, "budget": "equal optimisation steps: every arm runs E = A+B+C epochs of the "
+        "nucdata arm over the same training pool and batch size",
+        "epochs": {arm: plan.config.epochs for arm, plan in plans.items()},
+        "publish": {arm: plan.publish for arm, plan in plans.items()},
+        "predict_modules": {arm: plan.modules for arm, plan in plans.items()},
+        "validation": args.validation, "test": args.test, "bootstrap_draws": args.bootstrap,
+        "runs_per_arm": len(args.world_seeds) * len(args.train_seeds),
+        "per_seed_order": [[w, t] for w in args.world_seeds for t in args.train_seeds],
+        "references": [r for r in REFERENCES if r in args.arms],
+        "endpoint": "macro F1 of the published label on held-out images (split TEST), nuclei not annotated by "
+                    "their own dataset in the set, true class in the set; outside counts as one more class",
+        "bayes_accuracy": {str(w): p.bayes_accuracy for w, p in worlds.items()},
+        "worlds": {str(w): {"nuclei": p.nuclei, "images": p.n_images, "split_counts": p.split_counts,
+                            "prepare_seconds": round(p.seconds, 1)} for w, p in worlds.items()},
+        "scored_nuclei": {str(w): {s: int(next(r for r in runs if r.world_seed == w)
+                                          .confusions["published"][s].sum()) for s in label_sets}
+                          for w in worlds},
+        "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+    }
+    results = {"config": config, **summary, "oracle_check": oracle_check(summary),
+               "runs": [{"arm": r.arm, "world_seed": r.world_seed, "train_seed": r.train_seed,
+                         "seconds": round(r.seconds, 1), "pseudo_labels": r.pseudo_labels} for r in runs]}
+    config["seconds"] = round(time.perf_counter() - started, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=1, allow_nan=True))
+    (out / "results.md").write_text(render_markdown(results))
+    print(f"wrote {out / 'results.json'} and {out / 'results.md'} in {config['seconds']:.0f} s", flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
