@@ -83,7 +83,7 @@ def rewrite(text: str, obj: griffe.Object, collection: griffe.ModulesCollection)
     """``text`` with every Sphinx role turned into an optional autorefs link.
 
     ``:role:`title <target>``` keeps ``title``; ``~a.b.c`` shows ``c``; a trailing ``()``
-    on functions is kept in the shown name only.
+    is dropped from the target. A paragraph ending in reST's ``::`` ends in ``:``.
     """
 
     def replace(match: re.Match[str]) -> str:
@@ -102,7 +102,11 @@ def rewrite(text: str, obj: griffe.Object, collection: griffe.ModulesCollection)
             f"<code>{html.escape(title)}</code></autoref>"
         )
 
-    return ROLE.sub(replace, text)
+    text = ROLE.sub(replace, text)
+    # reST's "text::" before an indented block shows as "text:" (a lone "::" vanishes); in
+    # Markdown the indented block is already code.
+    text = re.sub(r"^[ \t]*::[ \t]*\n(?=[ \t]*\n)", "", text, flags=re.MULTILINE)
+    return re.sub(r"(\S)::[ \t]*\n(?=[ \t]*\n)", r"\1:\n", text)
 
 
 class SphinxRoles(griffe.Extension):
