@@ -17,10 +17,14 @@ nucdata first, so the import footprint is the same on both sides:
 
 * read-once: read every byte of every ``images.npy`` and ``masks.npy`` once, in 16 MB
   positioned reads;
-* prepare: ``nucdata.prepare("pannuke", source=folder, check_counts=False)`` into a
-  fresh data home.
+* prepare --jobs J: ``nucdata.prepare("pannuke", source=folder, check_counts=False,
+  jobs=J)`` into a fresh data home, for every ``--jobs`` value (default ``1`` and ``2``;
+  ``default`` is the cores less one). With a process pool the peak RSS is that of the
+  largest single process (``ru_maxrss`` of the children).
 
 Runs are interleaved; medians over ``--repeats`` are printed with the ratios.
+
+    python benchmarks/pannuke_conversion.py --patches 500 --scales 1 3
 
     python benchmarks/pannuke_conversion.py                  # 500 and 1,500 patches, ~3 GB of disk
     python benchmarks/pannuke_conversion.py --patches 2000 --workdir /big/disk   # a real fold's size, ~12 GB
@@ -61,7 +65,8 @@ if mode == "read":
 else:
     home = tempfile.mkdtemp(prefix="nucdata-bench-home-", dir=sys.argv[3])
     try:
-        nucdata.prepare("pannuke", source=folder, root=home, check_counts=False)
+        jobs = None if sys.argv[4] == "default" else int(sys.argv[4])
+        nucdata.prepare("pannuke", source=folder, root=home, check_counts=False, jobs=jobs)
     finally:
         shutil.rmtree(home, ignore_errors=True)
 print(json.dumps({"seconds": time.perf_counter() - start}))
@@ -140,8 +145,8 @@ def link_fold(top: Path, source: int, fold: int) -> None:
         os.link(path, target)
 
 
-def run(mode: str, folder: Path, scratch: Path) -> dict[str, float]:
-    out = subprocess.run([sys.executable, "-c", WRAPPER, WORKER, mode, str(folder), str(scratch)],
+def run(mode: str, folder: Path, scratch: Path, jobs: str = "default") -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-c", WRAPPER, WORKER, mode, str(folder), str(scratch), jobs],
                          check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -152,6 +157,10 @@ def main() -> None:
                         help="patches in fold 1 (default 500, ~3 GB of disk; a real fold has ~2,600)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--single-fold", action="store_true", help="3x as one fold of 3N patches (needs 3x disk)")
+    parser.add_argument("--scales", type=int, nargs="+", default=[1, 3], choices=[1, 3],
+                        help="fold sizes to run, in multiples of --patches (default: 1 3)")
+    parser.add_argument("--jobs", nargs="+", default=["1", "2"],
+                        help="prepare --jobs values to time side by side (default: 1 2; "default" = the cores less one)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="folder for the generated files (created if missing; default: the system temp folder)")
     args = parser.parse_args()
@@ -166,42 +175,47 @@ def main() -> None:
         sys.exit(f"not enough free space in {base}: pass a smaller --patches or a --workdir on a larger disk")
     rows = []
     work = Path(tempfile.mkdtemp(prefix="nucdata-pannuke-bench-", dir=args.workdir))
+    modes = ["read", *(f"prepare --jobs {j}" for j in args.jobs)]
     try:
-        for scale in (1, 3):
+        for scale in sorted(set(args.scales)):
             folder = work / f"x{scale}"
             t = time.perf_counter()
             if scale == 1 or args.single_fold:
-                shutil.rmtree(work / "x1", ignore_errors=True)
+                if scale == 3:
+                    shutil.rmtree(work / "x1", ignore_errors=True)  # disk: one fold at a time
                 write_fold(folder, 1, args.patches * scale)
-            else:
-                (work / "x1").rename(folder)
+            else:  # 3x: fold 1 of N patches, folds 2 and 3 hard links to it
+                if (work / "x1").exists():
+                    (work / "x1").rename(folder)
+                else:
+                    write_fold(folder, 1, args.patches)
                 link_fold(folder, 1, 2)
                 link_fold(folder, 1, 3)
             native = float(sum(p.stat().st_size for p in folder.rglob("*.npy")))  # links count thrice
             print(f"[{scale}x] {args.patches * scale} patches, {native / 1e9:.1f} GB native "
                   f"(ready in {time.perf_counter() - t:.0f} s)", flush=True)
-            runs: dict[str, list[dict[str, float]]] = {"read": [], "prepare": []}
-            run("read", folder, work)  # warm the page cache alike for both sides
-            for _ in range(args.repeats):
-                for mode in runs:
-                    runs[mode].append(run(mode, folder, work))
+            runs: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+            run("read", folder, work)  # warm the page cache alike for every side
+            for _ in range(args.repeats):  # interleaved: drift hits every side alike
+                for mode in modes:
+                    jobs = mode.rsplit(" ", 1)[-1] if mode != "read" else "default"
+                    runs[mode].append(run("read" if mode == "read" else "prepare", folder, work, jobs))
             med = {m: {k: statistics.median(r[k] for r in v) for k in ("seconds", "rss_mib")} for m, v in runs.items()}
             rows.append((scale, args.patches * scale, native, med))
-            print(f"[{scale}x] read-once {med['read']['seconds']:.1f} s, prepare {med['prepare']['seconds']:.1f} s "
-                  f"(ratio {med['prepare']['seconds'] / med['read']['seconds']:.2f}); peak RSS MiB: read "
-                  f"{med['read']['rss_mib']:.0f}, prepare {med['prepare']['rss_mib']:.0f}", flush=True)
+            print(f"[{scale}x] " + ", ".join(f"{m} {med[m]['seconds']:.1f} s ({med[m]['rss_mib']:.0f} MiB)" for m in modes),
+                  flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\nmedians over {args.repeats} runs; {os.cpu_count()} CPUs")
-    print("scale  patches  native GB  read-once s  prepare s  prepare/read  peak RSS MiB read  peak RSS MiB prepare")
+    print(f"\nmedians over {args.repeats} runs; {os.cpu_count()} CPUs; default jobs = {max(1, (os.cpu_count() or 1) - 1)}")
+    print("scale  patches  native GB  mode                    seconds  x read-once  peak RSS MiB")
     for scale, n, native, med in rows:
-        print(f"{scale:4d}x  {n:7d}  {native / 1e9:9.1f}  {med['read']['seconds']:11.1f}  {med['prepare']['seconds']:9.1f}"
-              f"  {med['prepare']['seconds'] / med['read']['seconds']:12.2f}  {med['read']['rss_mib']:17.0f}"
-              f"  {med['prepare']['rss_mib']:20.0f}")
+        for mode in modes:
+            print(f"{scale:4d}x  {n:7d}  {native / 1e9:9.1f}  {mode:22s}  {med[mode]['seconds']:7.1f}"
+                  f"  {med[mode]['seconds'] / med['read']['seconds']:11.2f}  {med[mode]['rss_mib']:12.0f}")
     if len(rows) == 2:
-        t1, t3 = rows[0][3]["prepare"], rows[1][3]["prepare"]
-        print(f"3x / 1x: prepare time {t3['seconds'] / t1['seconds']:.2f}, prepare peak RSS {t3['rss_mib'] / t1['rss_mib']:.2f}")
-
+        for mode in modes[1:]:
+            t1, t3 = rows[0][3][mode], rows[1][3][mode]
+            print(f"3x / 1x, {mode}: time {t3['seconds'] / t1['seconds']:.2f}, peak RSS {t3['rss_mib'] / t1['rss_mib']:.2f}")
 
 if __name__ == "__main__":
     main()

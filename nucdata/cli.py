@@ -200,7 +200,7 @@ def download(names: tuple[str, ...], all_: bool, no_hash_check: bool, root: Path
 @click.option("--no-count-check", is_flag=True, help="Publish even if counts differ from the card.")
 @click.option("--quiet", is_flag=True, help="Print only the result.")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
-              help="Processes for converters that use them (PanNuke); default: the machine's cores.")
+              help="Processes for converters that use them (PanNuke); default: the machine's cores less one.")
 @root_option
 def prepare(name: str, source: Path | None, force: bool, offline: bool, no_hash_check: bool,
             no_count_check: bool, quiet: bool, jobs: int | None, root: Path | None) -> None:

@@ -76,7 +76,7 @@ def prepare(
         Called with one line of text per step.
     jobs
         Processes for converters that use them (PanNuke); ``None``: the machine's
-        cores. The store is the same for every value.
+        cores less one (the writer's). The store is the same for every value.
 
     Raises
     ------

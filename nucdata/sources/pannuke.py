@@ -263,11 +263,18 @@ def _decode_chunk(images: NpyFile, masks: NpyFile, start: int, stop: int) -> lis
 
 
 def default_jobs() -> int:
-    """Processes for ``jobs=None``: the cores this process may use."""
+    """Processes for ``jobs=None``: the cores this process may use, less one for the writer.
+
+    The writer (hashing and writing every patch, in this process) needs a core of its
+    own: on two cores two decoding processes plus the writer measured slower than one
+    process with two decoding threads (``benchmarks/pannuke_conversion.py``), so two
+    cores give ``jobs=1``.
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
 
 
 class PanNuke(Source):
@@ -280,7 +287,7 @@ class PanNuke(Source):
         self, folder: Path, writer: StoreWriter, progress: Callable[[str], None] | None = None,
         jobs: int | None = None,
     ) -> ConversionReport:
-        """Convert every fold; ``jobs`` processes decode chunks of patches (default: the cores).
+        """Convert every fold; ``jobs`` processes decode chunks of patches (see :func:`default_jobs`).
 
         With ``jobs`` above 1 the channel merge, relabelling and nucleus properties run
         in a pool of processes over chunks of ``CHUNK`` patches (each reads its own
