@@ -160,7 +160,7 @@ def main() -> None:
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 3], choices=[1, 3],
                         help="fold sizes to run, in multiples of --patches (default: 1 3)")
     parser.add_argument("--jobs", nargs="+", default=["1", "2"],
-                        help="prepare --jobs values to time side by side (default: 1 2; "default" = the cores less one)")
+                        help="prepare --jobs values to time side by side (default: 1 2; 'default' = the cores less one)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="folder for the generated files (created if missing; default: the system temp folder)")
     args = parser.parse_args()
