@@ -6,8 +6,11 @@ ImageScope XML), converted once into a store; ``--synthetic N`` uses N generated
 
 Measured, each for ``--tiles`` tiles of ``--size`` pixels:
 
-* nucdata grid and random tiles, native and resampled (``mpp=0.5``, about 2x down), with
-  0 and 2 DataLoader workers (batch 16, ``nucdata.collate``);
+* nucdata grid and random tiles, native and resampled (``mpp=0.5``, about 2x down),
+  one ``ds[i]`` at a time in this process;
+* batches of 16 random tiles: ``tiles.loader()`` in-process (the default) and with 2
+  workers (reused shared-memory slots), and a plain ``DataLoader`` with
+  ``nucdata.collate`` and 2 workers, each against the in-process loader;
 * naive: per tile, read the whole image and instance map from the same store, cut the
   window, relabel it with ``skimage.segmentation.relabel_sequential`` (what a user does
   with ``ds[i]`` and a crop);
@@ -26,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import tempfile
 import time
@@ -97,7 +102,7 @@ def build_store(folder: Path, synthetic: int) -> Store:
 
 
 def time_dataset(ds: torch.utils.data.Dataset, n: int, workers: int) -> float:
-    """Tiles per second over ``n`` tiles (after a short warm-up)."""
+    """Tiles per second over ``n`` tiles (after a short warm-up): ``ds[i]`` or a plain DataLoader."""
     if workers == 0:
         for i in range(min(4, len(ds))):
             ds[i]
@@ -107,7 +112,12 @@ def time_dataset(ds: torch.utils.data.Dataset, n: int, workers: int) -> float:
         return n / (time.perf_counter() - start)
     loader = torch.utils.data.DataLoader(ds, batch_size=16, num_workers=workers, collate_fn=nucdata.collate,
                                          persistent_workers=True)
-    next(iter(loader))  # start the workers
+    return time_loader(loader, n)
+
+
+def time_loader(loader, n: int) -> float:
+    """Tiles per second over ``n`` tiles of batches from ``loader`` (workers started first)."""
+    next(iter(loader))
     start = time.perf_counter()
     seen = 0
     while seen < n:
@@ -165,6 +175,7 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, default=400, help="tiles timed per configuration")
     parser.add_argument("--synthetic", type=int, default=0, help="use N synthetic images instead of realdata")
     parser.add_argument("--torchem-python", default=None, help="python of a venv with torch-em installed")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs; medians are printed")
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -172,38 +183,58 @@ def main() -> None:
         store = build_store(Path(tmp), args.synthetic)
         ds = NucleusDataset(store)
         print(f"{store.n_images} images, {store.n_nuclei} nuclei; tiles of {args.size} px; {args.tiles} per row")
-        results: dict[str, float] = {}
+        results: dict[str, list[float]] = {}
+        loaders: dict[str, list[float]] = {}
         grid = ds.tiles(size=args.size)
-        results["naive (whole image + mask, cut, relabel), 0 workers"] = time_dataset(NaiveTiles(grid), args.tiles, 0)
-        for sampler in ("grid", "random"):
-            for mpp in (None, 0.5):
-                tiles = ds.tiles(size=args.size, mpp=mpp, sampler=sampler, length=max(args.tiles, 64))
-                for workers in (0, 2):
-                    key = f"nucdata {sampler}, {'native' if mpp is None else 'mpp 0.5'}, {workers} workers"
-                    results[key] = time_dataset(tiles, args.tiles, workers)
+        configs = {f"nucdata {sampler}, {'native' if mpp is None else 'mpp 0.5'}, ds[i]":
+                   ds.tiles(size=args.size, mpp=mpp, sampler=sampler, length=max(args.tiles, 64))
+                   for sampler in ("grid", "random") for mpp in (None, 0.5)}
+        batch_rows = {}
+        for mpp in (None, 0.5):  # batches of 16 (nucdata.collate), random tiles
+            tiles = ds.tiles(size=args.size, mpp=mpp, sampler="random", length=max(args.tiles, 64))
+            res = "native" if mpp is None else "mpp 0.5"
+            batch_rows[f"{res}: tiles.loader(), 0 workers (default)"] = tiles.loader(batch_size=16)
+            batch_rows[f"{res}: tiles.loader(num_workers=2)"] = tiles.loader(batch_size=16, num_workers=2)
+            batch_rows[f"{res}: DataLoader + nucdata.collate, 2 workers"] = torch.utils.data.DataLoader(
+                tiles, batch_size=16, num_workers=2, collate_fn=nucdata.collate, persistent_workers=True)
+        naive_key = "naive (whole image + mask, cut, relabel), ds[i]"
+        for _ in range(args.repeats):  # interleaved: load drift hits every row alike
+            results.setdefault(naive_key, []).append(time_dataset(NaiveTiles(grid), args.tiles, 0))
+            for key, tiles in configs.items():
+                results.setdefault(key, []).append(time_dataset(tiles, args.tiles, 0))
+            for key, loader in batch_rows.items():
+                loaders.setdefault(key, []).append(time_loader(loader, args.tiles))
+        rates = {k: statistics.median(v) for k, v in results.items()}
+        batch_rates = {k: statistics.median(v) for k, v in loaders.items()}
         if args.torchem_python:
             layout = write_torchem_layout(store, Path(tmp) / "torchem")
             for workers in (0, 2):
-                out = subprocess.run([args.torchem_python, "-c", _TORCHEM, str(layout), str(args.size),
-                                      str(args.tiles), str(workers)], capture_output=True, text=True)
                 key = f"torch-em get_monuseg_dataset (random), {workers} workers"
-                if out.returncode != 0:
-                    print(f"{key}: failed\n{out.stderr[-2000:]}")
-                    continue
-                got = json.loads(out.stdout.strip().splitlines()[-1])
-                results[key] = got["tiles"] / got["seconds"]
-        naive = results["naive (whole image + mask, cut, relabel), 0 workers"]
-        torchem = results.get("torch-em get_monuseg_dataset (random), 0 workers")
-        width = max(map(len, results))
-        print(f"{'configuration':{width}s}  tiles/s  x naive" + ("  x torch-em" if torchem else ""))
-        for key, rate in results.items():
+                for _ in range(args.repeats):
+                    out = subprocess.run([args.torchem_python, "-c", _TORCHEM, str(layout), str(args.size),
+                                          str(args.tiles), str(workers)], capture_output=True, text=True)
+                    if out.returncode != 0:
+                        print(f"{key}: failed\n{out.stderr[-2000:]}")
+                        break
+                    got = json.loads(out.stdout.strip().splitlines()[-1])
+                    results.setdefault(key, []).append(got["tiles"] / got["seconds"])
+            rates.update({k: statistics.median(v) for k, v in results.items() if k.startswith("torch-em")})
+        naive = rates[naive_key]
+        torchem = rates.get("torch-em get_monuseg_dataset (random), 0 workers")
+        width = max(map(len, [*rates, *batch_rates]))
+        print(f"\nmedians of {args.repeats} interleaved runs; {os.cpu_count()} CPU cores")
+        print(f"{'per tile':{width}s}  tiles/s  x naive" + ("  x torch-em" if torchem else ""))
+        for key, rate in rates.items():
             line = f"{key:{width}s}  {rate:7.0f}  {rate / naive:7.1f}"
             if torchem:
                 line += f"  {rate / torchem:10.1f}"
             print(line)
+        print(f"\n{'batches of 16 (random tiles)':{width}s}  tiles/s  x in-process")
+        for key, rate in batch_rates.items():
+            base = batch_rates[key.split(":")[0] + ": tiles.loader(), 0 workers (default)"]
+            print(f"{key:{width}s}  {rate:7.0f}  {rate / base:10.2f}")
         if args.json:
-            print(json.dumps(results))
-
+            print(json.dumps({"per_tile": rates, "batches": batch_rates}))
 
 if __name__ == "__main__":
     main()
