@@ -19,10 +19,11 @@ This module holds what the harness and its tests share:
 
 The primary endpoint, fixed before any run: macro F1 of the **published** label of
 held-out nuclei that their own dataset did not annotate in the set and whose true
-class lies in the set (outside predictions count as one more class, so they are
-errors). What an arm publishes is :data:`ArmPlan.publish`: the merged label
-(:func:`.fill.fill_labels`: mapping tables where they decide, the model elsewhere) for
-arms that train with the mapping tables, the model's prediction for arms that do not.
+class lies in the set, averaged over the set's classes. An "outside" prediction is an
+error (a miss of the true class); it is not averaged in as a class of its own (see
+:func:`macro_f1_from_confusion`). What an arm publishes is :data:`ArmPlan.publish`:
+the merged label (:func:`.fill.fill_labels`: mapping tables where they decide, the
+model elsewhere) for arms that train with the mapping tables, the model's prediction for arms that do not.
 Every arm is also scored on its model prediction alone and on the merged label, so a
 reader can separate the tables' contribution from the method's.
 """
@@ -48,9 +49,9 @@ from .fill import fill_labels, scored_class
 from .splits import TEST, grouped_split
 from .train import CrossTrainer, TrainConfig
 
-__all__ = ["ARMS", "REFERENCES", "VIEWS", "ArmPlan", "PreparedWorld", "RunScores", "arm_plan", "bootstrap_p",
-           "cluster_confusions", "holm", "macro_f1_from_confusion", "accuracy_from_confusion", "oracle_check", "oracle_data",
-           "percentile_ci", "prepare_world", "render_markdown", "resample_weights", "run_arms", "summarise"]
+__all__ = ["ARMS", "REFERENCES", "VIEWS", "ArmPlan", "PreparedWorld", "RunScores", "accuracy_from_confusion",
+           "arm_plan", "bootstrap_p", "cluster_confusions", "holm", "macro_f1_from_confusion", "oracle_check",
+           "oracle_data", "percentile_ci", "prepare_world", "render_markdown", "resample_weights", "run_arms", "summarise"]
 
 #: Every arm and what it is (the harness runs them in this order).
 ARMS: dict[str, str] = {
@@ -193,14 +194,22 @@ def cluster_confusions(truth: np.ndarray, guess: np.ndarray, cluster: np.ndarray
     return np.bincount(flat, minlength=n_clusters * n_classes * n_classes).reshape(n_clusters, n_classes, n_classes)
 
 
-def macro_f1_from_confusion(confusion: np.ndarray) -> np.ndarray:
+def macro_f1_from_confusion(confusion: np.ndarray, classes: int | None = None) -> np.ndarray:
     """Macro F1 of ``(..., K, K)`` confusion matrices: mean F1 over the classes in truth or prediction.
 
-    The definition of :func:`.metrics.classification_metrics`; NaN for an empty matrix.
+    With ``classes=None`` the definition of :func:`.metrics.classification_metrics`.
+    With ``classes=k``, only the first ``k`` classes are averaged: the study's label
+    sets have ``k`` classes plus one column for "outside" predictions, which are errors
+    (a miss of the true class) but not a class of the set. Averaging that column in
+    would add a class whose F1 is 0 whenever any nucleus is predicted outside, cutting
+    macro F1 by a factor ``k / (k + 1)`` for a single such prediction. NaN for an empty
+    matrix.
     """
     cm = np.asarray(confusion, np.float64)
     tp = np.diagonal(cm, axis1=-2, axis2=-1)
     denominator = cm.sum(-2) + cm.sum(-1)
+    if classes is not None:
+        tp, denominator = tp[..., :classes], denominator[..., :classes]
     present = denominator > 0
     f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=present)
     count = present.sum(-1)
@@ -216,7 +225,9 @@ def accuracy_from_confusion(confusion: np.ndarray) -> np.ndarray:
 
 
 METRIC_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "macro_f1": macro_f1_from_confusion, "accuracy": accuracy_from_confusion}
+    # the last column of the study's confusions is "outside": not a class of the set
+    "macro_f1": lambda cm: macro_f1_from_confusion(cm, cm.shape[-1] - 1),
+    "accuracy": accuracy_from_confusion}
 
 
 def resample_weights(n_clusters: int, draws: int, rng: np.random.Generator) -> np.ndarray:
@@ -412,7 +423,7 @@ def run_arms(world: PreparedWorld, arms: Sequence[str], base: TrainConfig,
                 pseudo[s] = pseudo.get(s, 0) + int(count)
         run = RunScores(arm, world.seed, plan.config.seed, score_views(plan, trainer, world),
                         time.perf_counter() - start, pseudo)
-        f1 = {s: float(macro_f1_from_confusion(c.sum(0))) for s, c in run.confusions["published"].items()}
+        f1 = {s: float(METRIC_FUNCTIONS["macro_f1"](c.sum(0))) for s, c in run.confusions["published"].items()}
         say(f"  {arm}: {run.seconds:.1f} s; held-out macro F1 " + ", ".join(f"{s} {v:.3f}" for s, v in f1.items())
             + (f"; pseudo labels {sum(pseudo.values()):,}" if pseudo else ""))
         trained[key] = run

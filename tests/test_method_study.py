@@ -22,6 +22,7 @@ from nucdata_models.study import (
     cluster_confusions,
     holm,
     macro_f1_from_confusion,
+    oracle_check,
     oracle_data,
     percentile_ci,
     resample_weights,
@@ -60,6 +61,20 @@ def test_macro_f1_from_confusion_is_classification_metrics_definition():
     cm = cluster_confusions(truth, guess, np.zeros(300, np.int64), 1, 6).sum(0)  # class 5 absent
     assert float(macro_f1_from_confusion(cm)) == pytest.approx(classification_metrics(truth, guess, 6)["macro_f1"])
     assert math.isnan(float(macro_f1_from_confusion(np.zeros((3, 3)))))
+
+
+def test_an_outside_prediction_is_a_miss_not_a_class_of_its_own():
+    # two classes plus the outside column (2): class 0 all right (4), class 1: 3 right, 1 predicted outside
+    truth = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    guess = np.array([0, 0, 0, 0, 1, 1, 1, 2])
+    cm = cluster_confusions(truth, guess, np.zeros(8, np.int64), 1, 3).sum(0)
+    f1 = [1.0, 2 * 3 / (2 * 3 + 0 + 1)]  # class 1: TP 3, FP 0, FN 1
+    assert float(macro_f1_from_confusion(cm, 2)) == pytest.approx(np.mean(f1))
+    # averaged in as a third class, its F1 of 0 would cut the score by a third
+    assert float(macro_f1_from_confusion(cm)) == pytest.approx(sum(f1) / 3)
+    run = RunScores("oracle", 1, 1, {v: {"s": cm[None]} for v in ("published", "model", "merged")})
+    assert summarise([run], {1: 1}, ["s"], draws=5)["arms"]["oracle"]["s"]["macro_f1"]["mean"] == pytest.approx(
+        np.mean(f1))
 
 
 def test_clustered_resampling_keeps_clusters_whole():
@@ -165,7 +180,7 @@ def test_scoring_takes_held_out_unannotated_nuclei_and_a_perfect_model_scores_on
         expected = ((data.provenance[s] != ANNOTATED) & (data.truth[s] >= 0) & (data.split == 2)).sum()
         cm = views["model"][s].sum(0)
         assert cm.sum() == int(expected) > 0
-        assert float(macro_f1_from_confusion(cm)) == 1.0
+        assert float(macro_f1_from_confusion(cm, spec.size)) == 1.0
         assert (views["published"][s] == views["model"][s]).all()  # own-only publishes its prediction
 
 
@@ -177,7 +192,7 @@ def test_harness_writes_the_schema_on_a_tiny_world(tmp_path):
     out = tmp_path / "study"
     results = module.main(["--world", "easy", "--world-seeds", "1", "--train-seeds", "1", "--arms", "own-only",
                            "nucdata", "--out", str(out), "--datasets", "pannuke", "consep", "--scale", "1",
-                           "--crop", "16", "--epochs", "1", "0", "1", "--batch-size", "16", "--bootstrap", "50"])
+                           "--crop", "16", "--epochs", "1", "0", "1", "--batch-size", "16", "--bootstrap", "50", "--threads", "1"])
     assert (out / "results.json").is_file() and (out / "results.md").is_file()
     assert {"config", "arms", "differences"} <= set(results)
     sets = results["config"]["label_sets"]
@@ -192,3 +207,12 @@ def test_harness_writes_the_schema_on_a_tiny_world(tmp_path):
     assert set(results["differences"]["nucdata - own-only"][sets[0]]) >= {"mean", "ci", "p_holm"}
     assert results["config"]["epochs"]["own-only"] == {"A": 2, "B": 0, "C": 0}
     assert "| nucdata (merged) |" in (out / "results.md").read_text()
+    assert results["oracle_check"] == {"metric": "macro_f1", "checked": False, "violations": []}
+
+
+def test_oracle_check_flags_an_arm_above_the_oracle_interval():
+    runs = [_run("oracle", 1, 8), _run("own-only", 1, 9), _run("paper", 1, 7)]
+    summary = summarise(runs, {1: 12}, ["s"], draws=50)
+    check = oracle_check(summary)
+    assert check["checked"] and {v["arm"] for v in check["violations"]} == {"own-only"}
+    assert {v["view"] for v in check["violations"]} == {"published", "model", "merged"}
