@@ -105,7 +105,8 @@ def score_filled(data, labels: dict[str, torch.Tensor], confidence: dict[str, to
     """Metrics of given labels against ``data.truth`` on the filled nuclei of one split.
 
     Filled nuclei: not annotated by their own dataset in the set, true class in the set.
-    Outside (-2) predictions count as one more class, so they are errors here.
+    Outside (-2) predictions are errors (misses of the true class); F1 is averaged over
+    the set's classes.
     """
     out = {}
     for spec in data.label_sets:
@@ -113,7 +114,7 @@ def score_filled(data, labels: dict[str, torch.Tensor], confidence: dict[str, to
         sel = ((data.provenance[spec.name] != ANNOTATED) & (truth >= 0) & (data.split == split)).numpy()
         guess = scored_class(labels[spec.name], spec.size).numpy()[sel]
         out[spec.name] = classification_metrics(truth.numpy()[sel], guess, spec.size + 1,
-                                                confidence[spec.name].nan_to_num(1.0).numpy()[sel])
+                                                confidence[spec.name].nan_to_num(1.0).numpy()[sel], spec.size)
     return out
 
 

@@ -55,7 +55,7 @@ def expected_calibration_error(correct: np.ndarray, confidence: np.ndarray, bins
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int,
-                           confidence: np.ndarray | None = None) -> dict:
+                           confidence: np.ndarray | None = None, set_classes: int | None = None) -> dict:
     """Accuracy, macro and weighted F1, per-class recall, the confusion matrix and calibration.
 
     Parameters
@@ -66,6 +66,10 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: in
         Size of the label set (plus one when an outside output is scored as a class).
     confidence
         Optional ``(N,)`` probability of each prediction, for the calibration error.
+    set_classes
+        When the last column stands for "outside the set" predictions (``n_classes =
+        set_classes + 1``): F1 is averaged over the set's classes only, so an outside
+        prediction counts as a miss of the true class, not as a class whose F1 is 0.
 
     Returns
     -------
@@ -88,14 +92,19 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: in
     support = cm.sum(1)
     predicted = cm.sum(0)
     present = (support + predicted) > 0
+    if set_classes is not None:
+        present[set_classes:] = False
+        f1_for_weights = np.where(np.arange(n_classes) < set_classes, f1, 0.0)
+    else:
+        f1_for_weights = f1
     recall = np.divide(np.diag(cm), support, out=np.full(n_classes, np.nan), where=support > 0)
     ece = (expected_calibration_error(y_true == y_pred, confidence) if confidence is not None else float("nan"))
     return {
         "count": int(y_true.size),
         "accuracy": float(np.trace(cm) / y_true.size),
         "macro_f1": float(f1[present].mean()),
-        "weighted_f1": float((f1 * support).sum() / support.sum()),
-        "weighted_f1_swapped": float((f1 * predicted).sum() / predicted.sum()),
+        "weighted_f1": float((f1_for_weights * support).sum() / support.sum()),
+        "weighted_f1_swapped": float((f1_for_weights * predicted).sum() / predicted.sum()),
         "per_class_recall": [float(r) for r in recall],
         "confusion": cm.tolist(),
         "ece": ece,

@@ -744,9 +744,9 @@ class CrossTrainer:
     def evaluate(self, data: TrainingData, modules: str = "both", split: int = 1) -> dict[str, dict[str, Any]]:
         """Metrics per label set on the nuclei of ``split`` that their own dataset annotated.
 
-        The score is the model's own prediction over the whole set (plus its outside
-        output, scored as one more class): no candidate restriction, so an untrained
-        model scores near chance. Mapped labels are not scored (they are the tables'
+        The score is the model's own prediction over the whole set (an outside
+        prediction is a miss): no candidate restriction, so an untrained model scores
+        near chance. Mapped labels are not scored (they are the tables'
         claim, not an annotation).
         """
         rows = torch.nonzero(data.split == split).flatten()
@@ -758,7 +758,7 @@ class CrossTrainer:
             pred = preds[spec.name]
             guess = scored_class(pred.label, spec.size).numpy()[annotated]
             result[spec.name] = classification_metrics(truth, guess, spec.size + int(self.config.outside_head),
-                                                        pred.probability.numpy()[annotated])
+                                                        pred.probability.numpy()[annotated], spec.size)
         return result
 
     def score_filled(self, data: TrainingData, modules: str = "both", split: int | None = None
@@ -785,7 +785,7 @@ class CrossTrainer:
             sel = sel.numpy()
             result[spec.name] = classification_metrics(
                 truth.numpy()[sel], scored_class(filled.label, spec.size).numpy()[sel],
-                spec.size + 1, filled.probability.nan_to_num(1.0).numpy()[sel])
+                spec.size + 1, filled.probability.nan_to_num(1.0).numpy()[sel], spec.size)
         return result
 
     # -- checkpoints -------------------------------------------------------------------

@@ -39,3 +39,15 @@ def test_confusion_matrix_and_bad_ids():
     assert cm.tolist() == [[0, 1], [1, 1]]
     with pytest.raises(ValueError):
         confusion_matrix(np.array([0, 2]), np.array([0, 1]), 2)
+
+
+def test_an_outside_column_is_a_miss_not_a_class():
+    from nucdata_models.metrics import classification_metrics
+
+    truth = np.array([0, 0, 1, 1])
+    guess = np.array([0, 2, 1, 1])  # one nucleus predicted outside (column 2)
+    m = classification_metrics(truth, guess, 3, set_classes=2)
+    # class 0: TP 1, FN 1 -> F1 2/3; class 1: F1 1; the outside column is not averaged in
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 1) / 2)
+    assert m["accuracy"] == pytest.approx(0.75)
+    assert classification_metrics(truth, guess, 3)["macro_f1"] == pytest.approx((2 / 3 + 1 + 0) / 3)
