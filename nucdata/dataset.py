@@ -203,7 +203,7 @@ class NucleusDataset(torch.utils.data.Dataset):
         nucdata.CropDataset
             A map-style dataset over this split's nuclei, labels under this label set.
         """
-        from .multi import crops_of
+        from .crops import crops_of
 
         return crops_of([self], size, context, mpp=mpp, assume_mpp=assume_mpp)
 

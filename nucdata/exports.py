@@ -12,18 +12,20 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .atomic import atomic_write_json
-from .dataset import NucleusDataset
 from .geometry import box_outline, nucleus_outline
+
+if TYPE_CHECKING:  # type hints only: the dataset module builds on this one
+    from .dataset import NucleusDataset
 
 FORMATS = ("geojson", "coco", "hovernet-json", "pannuke", "hovernet-patches")
 
 
-def _class_info(ds: NucleusDataset) -> tuple[dict[int, tuple[str, list[int]]], str]:
+def class_info(ds: NucleusDataset) -> tuple[dict[int, tuple[str, list[int]]], str]:
     """Class id -> (name, colour) for the dataset's labels, and the vocabulary's name."""
     if ds.label_set is not None:
         from .labelsets import label_set
@@ -62,7 +64,7 @@ def _nuclei_of(ds: NucleusDataset, index: int):
 
 def export_geojson(ds: NucleusDataset, out: Path) -> list[Path]:
     """One QuPath FeatureCollection per image: a ``detection`` Feature per nucleus."""
-    classes, _ = _class_info(ds)
+    classes, _ = class_info(ds)
     written = []
     for i in ds.indices:
         inst, nuclei = _nuclei_of(ds, int(i))
@@ -90,7 +92,7 @@ def export_geojson(ds: NucleusDataset, out: Path) -> list[Path]:
 
 def export_coco(ds: NucleusDataset, out: Path) -> list[Path]:
     """One COCO file for the dataset (and split): polygons where masks exist, else boxes."""
-    classes, vocabulary = _class_info(ds)
+    classes, vocabulary = class_info(ds)
     categories = [{"id": cid, "name": name, "supercategory": vocabulary} for cid, (name, _) in sorted(classes.items())]
     images, annotations = [], []
     unnamed: set[int] = set()  # labels outside the vocabulary (-1 missing, -2 outside the set)

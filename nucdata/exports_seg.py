@@ -41,14 +41,16 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import atomic
-from .dataset import NucleusDataset
 from .errors import InvalidArgumentError
 from .npy import NpyStreamWriter
+
+if TYPE_CHECKING:  # type hints only: the dataset module builds on this one
+    from .dataset import NucleusDataset
 
 PANNUKE_SIZE = 256
 HOVERNET_WIN = 540
@@ -132,7 +134,7 @@ def export_pannuke(
     tiles = ds.tiles(size=size, mpp=mpp, edge="shift", assume_mpp=assume_mpp)
     split_column = np.asarray(ds.store.column("images", "split"))
     image_split = split_column[ds.indices]
-    positions = tiles._tiles[:, 1]
+    positions = tiles.grid[:, 1]
     splits = list(dict.fromkeys(str(image_split[p]) for p in positions)) or [str(ds.split or "all")]
     numbers = _fold_numbers(splits)
     tissue = np.asarray(ds.store.column("images", "tissue"))
@@ -154,7 +156,7 @@ def export_pannuke(
             origins: list[list[Any]] = []
             unlabelled = nuclei = 0
             for t in np.flatnonzero(image_split[positions] == split):
-                m, j, ty, tx = (int(v) for v in tiles._tiles[t])
+                m, j, ty, tx = (int(v) for v in tiles.grid[t])
                 sample = tiles.tile(m, j, ty, tx)
                 inst = sample["instance_map"].numpy()
                 labels = sample["labels"].numpy()

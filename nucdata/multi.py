@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
 
-from .crops import CropDataset, build_bank
+from .crops import CropDataset, crops_of
 from .dataset import NucleusDataset, Transform, load
 from .errors import InvalidArgumentError
-from .tiles import TileDataset, image_scales, store_scales
+from .tiles import TileDataset
 
 
 class DatasetCollection(torch.utils.data.ConcatDataset):
@@ -44,41 +43,6 @@ class DatasetCollection(torch.utils.data.ConcatDataset):
     def __repr__(self) -> str:
         inner = ", ".join(f"{d.name}: {len(d)} images" for d in self.members)
         return f"DatasetCollection({inner})"
-
-
-def crops_of(datasets: Sequence[NucleusDataset], size: int = 64, context: float | None = None,
-             mpp: float | None = None, assume_mpp: float | None = None) -> CropDataset:
-    """One :class:`CropDataset` over the selected nuclei of ``datasets``.
-
-    Parameters
-    ----------
-    datasets
-        Image datasets; their splits choose the nuclei and their label sets the labels
-        (``label_set`` of the result is set only when they all agree).
-    size, context, mpp, assume_mpp
-        See :meth:`NucleusDataset.crops`; one bank per store is cut if needed.
-
-    Returns
-    -------
-    CropDataset
-        Items in dataset order, then store order; ``dataset_index`` says which.
-    """
-    banks, rows, labels, candidates, images = [], [], [], [], []
-    for ds in datasets:
-        scales = None
-        if mpp is not None:  # per store image: native pixels per output pixel
-            image_scales(ds, mpp, assume_mpp)  # raises when an image of the split has no mpp
-            scales = store_scales(ds.store, mpp, assume_mpp)
-        banks.append(build_bank(ds.store, size, context, mpp=mpp, scales=scales))
-        sel = ds.nucleus_selector()
-        all_rows = np.arange(ds.store.n_nuclei)
-        rows.append(all_rows[sel])
-        labels.append(ds.labels)
-        candidates.append(ds.candidates)
-        images.append(np.asarray(ds.store.column("nuclei", "image")))
-    label_sets = {ds.label_set for ds in datasets}
-    return CropDataset(banks, [d.name for d in datasets], labels, candidates, images, rows,
-                       label_set=label_sets.pop() if len(label_sets) == 1 else None)
 
 
 def load_many(

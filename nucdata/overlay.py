@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from .dataset import NucleusDataset
 from .errors import NucdataError
-from .exports import _class_info
+from .exports import class_info
+
+if TYPE_CHECKING:  # type hints only: the dataset module builds on this one
+    from .dataset import NucleusDataset
 
 
 class MissingDependencyError(NucdataError, ImportError):
@@ -48,7 +50,7 @@ def render(ds: NucleusDataset, index: int) -> Image.Image:
     inst = np.asarray(ds.store.instance_map(i))
     rows = ds.store.nucleus_slice(i)
     labels = ds.labels[rows]
-    classes, vocabulary = _class_info(ds)
+    classes, vocabulary = class_info(ds)
     colours = np.array([UNLABELLED] + [classes[int(lab)][1] if int(lab) in classes else (OUTSIDE if lab == -2 else UNLABELLED)
                                        for lab in labels], np.uint8).reshape(-1, 3)
     edge = outline_mask(inst)

@@ -262,13 +262,13 @@ def store_scales(store: Any, mpp: float, assume_mpp: float | None = None) -> np.
     exist in the bank but are never served, since :func:`image_scales` refuses any
     split that holds them.
     """
-    from .dataset import NucleusDataset
+    from .registry import get_card
 
     own = np.asarray(store.column("images", "mpp"), np.float64)
     fallback = assume_mpp
     if fallback is None:
         try:
-            fallback = NucleusDataset(store).card.extra.get("mpp_default")
+            fallback = get_card(store.dataset).extra.get("mpp_default")
         except Exception:  # a store without a packaged card
             fallback = None
     known = np.isfinite(own) & (own > 0)
@@ -611,8 +611,17 @@ class TileDataset(torch.utils.data.Dataset):
             view = cache[member] = _MemberView(
                 centroid=ds.store.column("nuclei", "centroid").view(np.ndarray),
                 bbox=ds.store.column("nuclei", "bbox").view(np.ndarray),
-                labels=np.asarray(ds._labels, np.int64), candidates=np.asarray(ds._candidates, np.int64),
+                labels=np.asarray(ds.labels, np.int64), candidates=np.asarray(ds.candidates, np.int64),
             )
+        return view
+
+    @property
+    def grid(self) -> np.ndarray:
+        """Grid tiles as int64 rows ``(member, image position, y, x)``, in item order (grid sampler only)."""
+        if self.sampler != "grid":
+            raise InvalidArgumentError("only a grid sampler has a fixed list of tiles; use sampler='grid'")
+        view = self._tiles.view()
+        view.flags.writeable = False
         return view
 
     def __getstate__(self) -> dict[str, Any]:
