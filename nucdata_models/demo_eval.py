@@ -100,21 +100,26 @@ def baseline_config(trainer: CrossTrainer):
                           epochs={"A": sum(config.epochs[s] for s in STAGES), "B": 0, "C": 0})
 
 
-def score_filled(data, labels: dict[str, torch.Tensor], confidence: dict[str, torch.Tensor], split: int
-                 ) -> dict[str, dict[str, Any]]:
+def score_filled(data, labels: dict[str, torch.Tensor], confidence: dict[str, torch.Tensor], split: int,
+                 with_outside: bool = False) -> dict[str, dict[str, Any]]:
     """Metrics of given labels against ``data.truth`` on the filled nuclei of one split.
 
     Filled nuclei: not annotated by their own dataset in the set, true class in the set.
     Outside (-2) predictions are errors (misses of the true class); F1 is averaged over
-    the set's classes.
+    the set's classes. With ``with_outside``, nuclei whose true type lies outside the
+    set are scored too, "outside" being one more class: a model that must name a class
+    of the set gets every one of them wrong.
     """
     out = {}
     for spec in data.label_sets:
         truth = data.truth[spec.name]
-        sel = ((data.provenance[spec.name] != ANNOTATED) & (truth >= 0) & (data.split == split)).numpy()
+        lowest = -2 if with_outside else 0
+        sel = ((data.provenance[spec.name] != ANNOTATED) & (truth >= lowest) & (data.split == split)).numpy()
         guess = scored_class(labels[spec.name], spec.size).numpy()[sel]
-        out[spec.name] = classification_metrics(truth.numpy()[sel], guess, spec.size + 1,
-                                                confidence[spec.name].nan_to_num(1.0).numpy()[sel], spec.size)
+        true = scored_class(truth, spec.size).numpy()[sel]
+        out[spec.name] = classification_metrics(true, guess, spec.size + 1,
+                                                confidence[spec.name].nan_to_num(1.0).numpy()[sel],
+                                                None if with_outside else spec.size)
     return out
 
 
@@ -140,6 +145,8 @@ def score_demo(data, predictions: Predictions, trainer: CrossTrainer, say: Calla
                               f"{baseline.config.epochs['A']} epochs vs A+B+C {trainer.config.epochs}"}
     for where, split in SCORED_SPLITS.items():
         scores[where] = {arm: score_filled(data, labels, conf, split) for arm, (labels, conf) in rows.items()}
+    scores["held_out_with_outside"] = {arm: score_filled(data, labels, conf, TEST, with_outside=True)
+                                       for arm, (labels, conf) in rows.items()}
     for s in data.names:
         m = scores["held_out"]["merged"][s]
         b = scores["held_out"]["baseline"][s]
