@@ -46,6 +46,7 @@ from . import atomic
 from .errors import InvalidArgumentError
 from .locks import dataset_lock, derived_dir
 from .npy import NpyStreamWriter
+from .progress import progress
 from .store import Store
 
 #: bumped whenever the content of a bank changes for the same parameters
@@ -296,7 +297,8 @@ def build_bank(store: Store, size: int = 64, context: float | None = None, force
             centroid = np.asarray(store.column("nuclei", "centroid"))
             bbox = np.asarray(store.column("nuclei", "bbox"))
             has_mask = np.asarray(store.column("nuclei", "has_mask"))
-            for i in range(store.n_images):
+            for i in progress(range(store.n_images), desc=f"cutting {store.dataset} crops ({size} px)",
+                              unit="images"):
                 rows = store.nucleus_slice(i)
                 rgb, inst, cen, box = store.rgb(i), store.instance_map(i), centroid[rows], bbox[rows]
                 image_scale = 1.0 if per_image is None else float(per_image[i])
