@@ -140,7 +140,7 @@ class CoNSeP(Source):
                     f"{image_dir.parent}: images and labels do not pair up: {', '.join(lonely)}. "
                     "Re-extract the archive."
                 )
-            for i, image in enumerate(sorted(images, key=_tile_number), 1):
+            for image in sorted(images, key=_tile_number):
                 rgb = read_rgb(image)
                 label = read_label(labels[image.stem])
                 inst, original = relabel_sequential(label["inst_map"])
@@ -163,8 +163,6 @@ class CoNSeP(Source):
                     codes = np.where(unknown, -1, codes)
                 writer.add_image(image.stem, split, rgb, inst, codes, original, mpp=self.card.mpp,
                                  tissue="colon")
-                if progress:
-                    progress(f"[{split} {i}/{len(images)}] {image.stem}: {original.size} nuclei")
         report.extra["inst_centroid_max_difference_px"] = round(worst, 4)
         report.extra["type_map_disagreeing_nuclei"] = type_disagree
         report.notes.append(f"largest |inst_centroid - computed centroid| over all nuclei: {worst:.4f} px")

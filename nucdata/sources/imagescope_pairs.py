@@ -159,7 +159,5 @@ def run_pairs(
     progress: Callable[[str], None] | None,
 ) -> None:
     """Convert ``(stem, image, xml, split, flag)`` jobs in order, reporting progress."""
-    for i, (stem, image, xml, split, flag) in enumerate(jobs, 1):
-        n = convert_pair(writer, report, stem, image, xml, split, flag)
-        if progress:
-            progress(f"[{i}/{len(jobs)}] {split}/{stem}: {n} nuclei")
+    for stem, image, xml, split, flag in jobs:
+        convert_pair(writer, report, stem, image, xml, split, flag)

@@ -249,7 +249,6 @@ class MoNuSAC(Source):
                 names.add(name)
                 n, mpp = self._convert_one(writer, report, unknown, name, split, slide, xml, rgb)
                 no_mpp += mpp is None
-                say(f"[{split} {i}/{len(jobs)}] {stem}: {n} nuclei")
         if unknown:
             report.extra["unknown_classes"] = dict(sorted(unknown.items()))
             report.notes.append(

@@ -100,7 +100,7 @@ class TNBC(Source):
                     raise MissingFilesError(f"{mask}: mask for {image} is missing; re-extract the archive.")
                 jobs.append((patient, image, mask))
         jobs.sort(key=lambda j: (int(j[0]), _image_number(j[1])))
-        for i, (patient, image, mask_path) in enumerate(jobs, 1):
+        for patient, image, mask_path in jobs:
             rgb = read_rgb(image)
             mask = read_gray(mask_path)
             if mask.shape != rgb.shape[:2]:
@@ -111,8 +111,6 @@ class TNBC(Source):
             report.dropped["hole_pixels_filled"] += stats["hole_pixels_filled"]
             n = writer.add_image(image.stem, "all", rgb, inst, patient=patient)
             report.regions["all"] += n + stats["specks_dropped"]
-            if progress:
-                progress(f"[{i}/{len(jobs)}] patient {patient} {image.stem}: {n} nuclei")
         return report
 
 
