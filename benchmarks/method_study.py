@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
                           for w in worlds},
         "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
     }
-    results = {"config": config, **summary, "oracle_check": oracle_check(summary),
+    results = {"config": config, **summary, "oracle_check": {m: oracle_check(summary, m) for m in ("macro_f1", "accuracy")},
                "runs": [{"arm": r.arm, "world_seed": r.world_seed, "train_seed": r.train_seed,
                          "seconds": round(r.seconds, 1), "pseudo_labels": r.pseudo_labels} for r in runs]}
     config["seconds"] = round(time.perf_counter() - started, 1)

@@ -207,7 +207,7 @@ def test_harness_writes_the_schema_on_a_tiny_world(tmp_path):
     assert set(results["differences"]["nucdata - own-only"][sets[0]]) >= {"mean", "ci", "p_holm"}
     assert results["config"]["epochs"]["own-only"] == {"A": 2, "B": 0, "C": 0}
     assert "| nucdata (merged) |" in (out / "results.md").read_text()
-    assert results["oracle_check"] == {"metric": "macro_f1", "checked": False, "violations": []}
+    assert results["oracle_check"]["macro_f1"] == {"metric": "macro_f1", "checked": False, "violations": []}
 
 
 def test_oracle_check_flags_an_arm_above_the_oracle_interval():
