@@ -12,7 +12,7 @@ import pytest
 import nucdata
 from nucdata import crops as crops_module
 from nucdata import home as home_module
-from nucdata import store as store_module
+from nucdata import locks as locks_module
 from nucdata.errors import DataHomeError
 
 
@@ -44,7 +44,7 @@ def read_only_home(prepared, tmp_path, monkeypatch) -> Path:
     def is_writable(folder) -> bool:  # root ignores permission bits; model what a user sees
         return not str(Path(folder)).startswith(inside) and real(folder)
 
-    monkeypatch.setattr(store_module, "is_writable", is_writable)
+    monkeypatch.setattr(locks_module, "is_writable", is_writable)
     monkeypatch.setenv("NUCDATA_HOME", str(root))
     monkeypatch.setenv("NUCDATA_CACHE", str(tmp_path / "cache"))
     yield root
