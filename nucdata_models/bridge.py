@@ -6,7 +6,6 @@ works on plain tensors.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,10 +27,8 @@ def label_columns(dataset: str, native: np.ndarray, label_set: str, tissue: np.n
     """
     from nucdata.labelsets import OWN_LABEL_SET, translate
 
-    kwargs = {}
-    if tissue is not None and "tissue" in inspect.signature(translate).parameters:
-        kwargs["tissue"] = tissue  # tissue-conditional rows (PanNuke's per-patch tissue)
-    labels, candidates = translate(dataset, native, label_set, **kwargs)
+    # tissue picks the tissue-conditional rows (PanNuke's per-patch tissue)
+    labels, candidates = translate(dataset, native, label_set, tissue=tissue)
     own = OWN_LABEL_SET.get(dataset) == label_set
     provenance = np.full(labels.shape, NO_LABEL, np.int8)
     provenance[candidates != 0] = AMBIGUOUS
