@@ -59,6 +59,8 @@ STAGES = ("A", "B", "C")
 MODULES_OF_STAGE = {"A": "base", "B": "heads", "C": "both"}
 # Settings that change what is computed only on the machine, not the result.
 _RUNTIME_KEYS = ("device", "compile", "eval_batch_size", "score_truth")
+# Settings read by stage C only: changing them keeps the checkpoints of stages A and B.
+_STAGE_C_KEYS = ("threshold", "pseudo_rule", "pseudo_teacher", "correlation_grad")
 
 
 @dataclass
@@ -660,7 +662,8 @@ class CrossTrainer:
     def _stage_key(self, name: str, fingerprint: str) -> dict[str, Any]:
         """What a stage's result depends on: the data and the settings of stages <= it."""
         upto = STAGES[: STAGES.index(name) + 1]
-        config = {k: v for k, v in self.config.to_dict().items() if k not in _RUNTIME_KEYS}
+        ignored = _RUNTIME_KEYS + (_STAGE_C_KEYS if name != "C" else ())
+        config = {k: v for k, v in self.config.to_dict().items() if k not in ignored}
         config["epochs"] = {s: self.config.epochs[s] for s in upto}
         config["lr"] = {s: self.config.lr[s] for s in upto}
         return {"stage": name, "data": fingerprint, "config": config, "world": self.world}

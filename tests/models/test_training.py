@@ -82,6 +82,9 @@ def test_finished_stages_are_reused_and_a_changed_stage_retrains(trained, data, 
     result = changed.fit(data, workdir=workdir, progress=messages.append)
     assert result.reused == ["A", "B"]
     assert len([r for r in result.history if r["stage"] == "C"]) == 1
+    # so does a setting that only stage C reads (the threshold sweep of the method study)
+    swept = CrossTrainer(config_factory(threshold=0.9))
+    assert swept.fit(data, workdir=workdir, progress=messages.append).reused == ["A", "B"]
 
 
 def test_a_fixed_seed_gives_identical_runs():
