@@ -1,12 +1,17 @@
-"""Assertions shared by the dataset tests."""
+"""Assertions and data homes shared by the dataset tests."""
 
 from __future__ import annotations
 
+import contextlib
 import zipfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+import nucdata
+from nucdata.demo import install
 from nucdata.store import Store
 
 
@@ -39,3 +44,14 @@ def extract_manual(home: Path, names: list[str], dest: Path) -> Path:
         with zipfile.ZipFile(home / "manual" / name) as zf:
             zf.extractall(dest)
     return dest
+
+
+@contextlib.contextmanager
+def demo_home(home: Path, names: Iterable[str]) -> Iterator[Path]:
+    """``home`` as ``NUCDATA_HOME`` with the demo archives of ``names`` installed and prepared."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NUCDATA_HOME", str(home))
+        for name in names:
+            install(name, home)
+            nucdata.prepare(name)
+        yield home

@@ -8,6 +8,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from helpers import demo_home
 
 import nucdata
 from nucdata.crops import ContiguousBatchSampler, build_bank, cut_image, place_windows
@@ -17,12 +18,7 @@ from nucdata.demo import install
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """One data home with the demo datasets, shared by this module's read-only tests."""
-    home = tmp_path_factory.mktemp("home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NUCDATA_HOME", str(home))
-        for name in ("consep", "monusac", "nucls", "tnbc", "pannuke"):
-            install(name, home)
-            nucdata.prepare(name)
+    with demo_home(tmp_path_factory.mktemp("home"), ("consep", "monusac", "nucls", "tnbc", "pannuke")) as home:
         yield home
 
 

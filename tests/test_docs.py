@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import demo_home
 
-import nucdata
 from nucdata.cli import main
-from nucdata.demo import install
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -74,12 +73,7 @@ def _python_blocks(path: Path) -> list[str]:
 def tutorial_home(tmp_path_factory):
     """A demo data home with the tutorial's datasets, and a small merged output beside it."""
     base = tmp_path_factory.mktemp("tutorial")
-    home = base / "home"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NUCDATA_HOME", str(home))
-        for name in ("pannuke", "consep", "monusac", "tnbc"):
-            install(name, home)
-            nucdata.prepare(name)
+    with demo_home(base / "home", ("pannuke", "consep", "monusac", "tnbc")):
         result = CliRunner().invoke(main, [
             "build-merged", "--out", str(base / "merged"), "--datasets", "monusac,tnbc",
             "--epochs", "1,0,0", "--crop-size", "16", "--batch-size", "64", "--overlays", "0",

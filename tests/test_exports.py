@@ -7,22 +7,17 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import demo_home
 from skimage.draw import polygon2mask
 
 import nucdata
 import nucdata.exports
 from nucdata.cli import main
-from nucdata.demo import install
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NUCDATA_HOME", str(home))
-        for name in ("consep", "nucls", "tnbc"):
-            install(name, home)
-            nucdata.prepare(name)
+    with demo_home(tmp_path_factory.mktemp("home"), ("consep", "nucls", "tnbc")) as home:
         yield home
 
 
@@ -153,12 +148,7 @@ def test_unknown_format_is_refused(prepared, tmp_path):
 # -- segmentation exports: PanNuke folds and HoVer-Net patches --------------------------------
 @pytest.fixture(scope="module")
 def pannuke_home(tmp_path_factory):
-    home = tmp_path_factory.mktemp("pannuke_home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NUCDATA_HOME", str(home))
-        for name in ("pannuke", "consep", "monusac"):
-            install(name, home)
-            nucdata.prepare(name)
+    with demo_home(tmp_path_factory.mktemp("pannuke_home"), ("pannuke", "consep", "monusac")) as home:
         yield home
 
 

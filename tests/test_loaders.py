@@ -9,22 +9,17 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import demo_home
 from PIL import Image
 
 import nucdata
 from nucdata.cli import main
-from nucdata.demo import install
 from nucdata.overlay import MissingDependencyError, outline_mask, render
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NUCDATA_HOME", str(home))
-        for name in ("consep", "monusac", "nucls", "tnbc"):
-            install(name, home)
-            nucdata.prepare(name)
+    with demo_home(tmp_path_factory.mktemp("home"), ("consep", "monusac", "nucls", "tnbc")) as home:
         yield home
 
 

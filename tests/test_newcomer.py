@@ -8,22 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import demo_home
 
 import nucdata
 from nucdata.cli import main
-from nucdata.demo import install
 from nucdata.demo.run import real_data, run_demo
 from nucdata.overlay import MissingDependencyError
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    home = tmp_path_factory.mktemp("home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NUCDATA_HOME", str(home))
-        for name in ("consep", "monusac", "tnbc"):
-            install(name, home)
-            nucdata.prepare(name)
+    with demo_home(tmp_path_factory.mktemp("home"), ("consep", "monusac", "tnbc")) as home:
         yield home
 
 
