@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _harness import child_code, measure  # noqa: E402
 
 CHILD = child_code("monuseg", """
-from nucdata.readers.images import read_rgb
-from nucdata.readers.imagescope import read_imagescope
+from nucdata._util.images import read_rgb
+from nucdata.datasets._imagescope import read_imagescope
 for xml in sorted(folder.rglob("*.xml")):
     read_rgb(next(xml.parent.parent.rglob(xml.stem + ".tif")))
     read_imagescope(xml)
@@ -41,9 +41,9 @@ for xml in sorted(folder.rglob("*.xml")):
 
 def generate(folder: Path, scale: int, seed: int = 0) -> tuple[int, int]:
     """Write a MoNuSeg-layout folder; return (images, regions)."""
-    from nucdata.demo.monuseg import BONUS, TEST, imagescope_xml
-    from nucdata.demo.synth import draw_filled, ellipse_polygon, paint, place_nuclei
-    from nucdata.sources.imagescope_pairs import KUMAR_STEMS
+    from nucdata.datasets._imagescope_pairs import KUMAR_STEMS
+    from nucdata.testing._draw import draw_filled, ellipse_polygon, paint, place_nuclei
+    from nucdata.testing.monuseg import BONUS, TEST, imagescope_xml
 
     rng = np.random.default_rng(seed)
     train_dir = folder / "MoNuSeg 2018 Training Data"

@@ -29,9 +29,9 @@ from PIL import Image
 def build_store(home: Path, images: int, nuclei: int) -> None:
     """A store of ``images`` 1000x1000 images written through the real writer."""
     import nucdata
-    from nucdata.demo.synth import draw_filled, ellipse_polygon, paint, place_nuclei
-    from nucdata.instances import relabel_sequential
-    from nucdata.store import StoreWriter
+    from nucdata._util.instances import relabel_sequential
+    from nucdata.store._store import StoreWriter
+    from nucdata.testing._draw import draw_filled, ellipse_polygon, paint, place_nuclei
 
     rng = np.random.default_rng(0)
     final = home / "stores" / "bench" / "1"
@@ -95,9 +95,9 @@ def main() -> None:
     import torch
 
     import nucdata
-    from nucdata.crops import build_bank
-    from nucdata.multi import crops_of
-    from nucdata.store import Store
+    from nucdata.collection import crops_of
+    from nucdata.store._store import Store
+    from nucdata.views._crops import build_bank
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:

@@ -3,7 +3,7 @@
 Each world seed generates one demo world of the chosen preset (``easy``, ``hard``,
 ``noisy``; see ``docs/demo-world.md``), prepared once and shared by every arm and
 training seed. Every arm is trained with equal optimisation steps and scored on the
-held-out images; ``nucdata_models.study`` holds the arms and the statistics, and
+held-out images; ``nucdata_models.study._study`` holds the arms and the statistics, and
 ``docs/method-study.md`` the write-up and the measured tables.
 
     python benchmarks/method_study.py --quick --world hard --world-seeds 1 2 --train-seeds 1 --out study
@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from nucdata_models import TrainConfig
-from nucdata_models.defaults import MERGED_SETS
-from nucdata_models.study import (
+from nucdata_models.merge.defaults import MERGED_SETS
+from nucdata_models.study._study import (
     ARMS,
     REFERENCES,
     arm_plan,

@@ -84,7 +84,7 @@ print(json.dumps({"seconds": seconds,
 
 def write_fold(top: Path, fold: int, patches: int, seed: int = 0) -> int:
     """Write ``top/Fold <fold>/...`` with ``patches`` patches; return the number of nuclei."""
-    from nucdata.demo.synth import draw_filled, ellipse_polygon, paint, place_nuclei
+    from nucdata.testing._draw import draw_filled, ellipse_polygon, paint, place_nuclei
 
     rng = np.random.default_rng(seed)
     root = top / f"Fold {fold}"

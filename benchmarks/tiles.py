@@ -41,7 +41,7 @@ import torch
 
 import nucdata
 from nucdata.dataset import NucleusDataset
-from nucdata.store import Store, StoreWriter
+from nucdata.store._store import Store, StoreWriter
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "monuseg"
 
@@ -76,8 +76,8 @@ def build_store(folder: Path, synthetic: int) -> Store:
     path = folder / "store"
     with StoreWriter(path, "monuseg", "bench") as writer:
         if REALDATA.is_dir() and not synthetic:
-            from nucdata.readers.images import read_rgb
-            from nucdata.readers.imagescope import rasterize_regions, read_imagescope
+            from nucdata._util.images import read_rgb
+            from nucdata.datasets._imagescope import rasterize_regions, read_imagescope
 
             for xml in sorted((REALDATA / "Annotations").glob("*.xml")):
                 rgb = read_rgb(REALDATA / "Tissue_Images" / f"{xml.stem}.tif")
@@ -87,7 +87,7 @@ def build_store(folder: Path, synthetic: int) -> Store:
         else:
             from skimage.draw import disk
 
-            from nucdata.instances import relabel_sequential
+            from nucdata._util.instances import relabel_sequential
 
             rng = np.random.default_rng(0)
             for i in range(max(1, synthetic)):

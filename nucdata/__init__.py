@@ -11,11 +11,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0.dev0"
 
-from .cite import cite  # noqa: E402
-from .collate import collate  # noqa: E402
-from .crops import CropDataset, crop_loader  # noqa: E402
-from .dataset import NucleusDataset, load  # noqa: E402
-from .errors import (  # noqa: E402
+from nucdata._util.home import data_home  # noqa: E402
+from nucdata.acquire._fetch import fetch  # noqa: E402
+from nucdata.acquire._prepare import prepare  # noqa: E402
+from nucdata.catalog._cite import cite  # noqa: E402
+from nucdata.catalog._registry import get_card, list_datasets  # noqa: E402
+from nucdata.collection import DatasetCollection, load_many  # noqa: E402
+from nucdata.dataset import NucleusDataset, load  # noqa: E402
+from nucdata.errors import (  # noqa: E402
     CorruptArchiveError,
     CountMismatchError,
     DataHomeError,
@@ -35,14 +38,11 @@ from .errors import (  # noqa: E402
     UnknownLabelSetError,
     UnsafePickleError,
 )
-from .fetch import fetch  # noqa: E402
-from .home import data_home  # noqa: E402
-from .labelsets import label_set, list_label_sets, mapping, translate  # noqa: E402
-from .merged import MergedData, open_merged  # noqa: E402
-from .multi import DatasetCollection, load_many  # noqa: E402
-from .prepare import prepare  # noqa: E402
-from .registry import get_card, list_datasets  # noqa: E402
-from .store import Store  # noqa: E402
+from nucdata.labels._tables import label_set, list_label_sets, mapping, translate  # noqa: E402
+from nucdata.store._merged import MergedData, open_merged  # noqa: E402
+from nucdata.store._store import Store  # noqa: E402
+from nucdata.views._crops import CropDataset, crop_loader  # noqa: E402
+from nucdata.views._loaders import collate  # noqa: E402
 
 __all__ = [
     "CorruptArchiveError", "CountMismatchError", "DataHomeError", "CropDataset", "DatasetCollection", "cite", "collate",

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from . import __version__
-from .errors import NucdataError
-from .registry import get_card, list_datasets
+from nucdata import __version__
+from nucdata.catalog._registry import get_card, list_datasets
+from nucdata.errors import NucdataError
 
 
 def _fail(exc: NucdataError) -> None:
@@ -64,7 +64,7 @@ def main() -> None:
 @root_option
 def list_cmd(root: Path | None) -> None:
     """List the datasets and whether each is prepared."""
-    from .prepare import is_prepared
+    from nucdata.acquire._prepare import is_prepared
 
     click.echo(f"{'dataset':10s} {'state':9s} {'licence':18s} title")
     for name in list_datasets():
@@ -82,7 +82,7 @@ def cite(names: tuple[str, ...], root: Path | None) -> None:
     NAME is a dataset or `method` (Zhang et al., "Merging nucleus datasets by
     correlation-based cross-training", Medical Image Analysis 2023). See docs/citing.md.
     """
-    from .cite import cite as run
+    from nucdata.catalog._cite import cite as run
 
     click.echo(run(*names, root=root), nl=False)
 
@@ -134,7 +134,7 @@ def info(name: str, as_json: bool, root: Path | None) -> None:
 
 def _native_classes(name: str) -> list[tuple[int, str]]:
     try:
-        from .labelsets import native_vocabulary
+        from nucdata.labels._tables import native_vocabulary
     except ImportError:  # label sets not installed in this build
         return []
     return [(int(code), str(cls_name)) for code, cls_name, *_ in native_vocabulary(name)]
@@ -150,8 +150,14 @@ def _native_classes(name: str) -> list[tuple[int, str]]:
                    "exit 1 on a finding not accepted in the data.")
 def label_sets_cmd(name: str | None, source: str | None, check: bool) -> None:
     """List the label sets, show one, show a mapping table (--mapping SOURCE), or check them (--check)."""
-    from .labelsets import MERGED_LABEL_SETS, check_tables, label_set, list_label_sets, mapping
-    from .labelsets import table_version as tables_version
+    from nucdata.labels._tables import (
+        MERGED_LABEL_SETS,
+        check_tables,
+        label_set,
+        list_label_sets,
+        mapping,
+    )
+    from nucdata.labels._tables import table_version as tables_version
 
     if check:
         report = check_tables()
@@ -182,7 +188,7 @@ def label_sets_cmd(name: str | None, source: str | None, check: bool) -> None:
 @root_option
 def download(names: tuple[str, ...], all_: bool, no_hash_check: bool, root: Path | None) -> None:
     """Download and verify datasets' archives into the raw folder."""
-    from .fetch import fetch
+    from nucdata.acquire._fetch import fetch
 
     for name in list_datasets() if all_ else names:
         for f in fetch(name, root, check_hash=not no_hash_check, progress=click.echo):
@@ -205,8 +211,8 @@ def download(names: tuple[str, ...], all_: bool, no_hash_check: bool, root: Path
 def prepare(name: str, source: Path | None, force: bool, offline: bool, no_hash_check: bool,
             no_count_check: bool, quiet: bool, jobs: int | None, root: Path | None) -> None:
     """Convert a dataset into the store (downloading it first if needed)."""
-    from .prepare import prepare as run
-    from .progress import set_quiet
+    from nucdata._util.progress import set_quiet
+    from nucdata.acquire._prepare import prepare as run
 
     set_quiet(quiet)
     path = run(name, source, root, download=not offline, check_hash=not no_hash_check,
@@ -228,11 +234,11 @@ def verify(names: tuple[str, ...], deep: bool, root: Path | None) -> None:
     ranges, centroids and boxes are consistent; with --deep, SHA-256 of every file.
     Every problem is listed; the exit status is 1 when any was found.
     """
-    from .fetch import verify as verify_file
-    from .home import manual_dir, raw_dir
-    from .prepare import store_path
-    from .store import MANIFEST
-    from .verify import verify_store
+    from nucdata._util.home import manual_dir, raw_dir
+    from nucdata.acquire._fetch import verify as verify_file
+    from nucdata.acquire._prepare import store_path
+    from nucdata.acquire._verify import verify_store
+    from nucdata.store._store import MANIFEST
 
     failed = False
     for name in names or tuple(list_datasets()):
@@ -298,8 +304,8 @@ label_set_option = click.option("--label-set", default=None, help="Express label
 def export(name: str, fmt: str, out: Path, split: str | None, label_set: str | None, mpp: float | None,
            assume_mpp: float | None, size: int, win: int, step: int, root: Path | None) -> None:
     """Export a prepared dataset: QuPath GeoJSON, COCO, HoVer-Net JSON, PanNuke folds or HoVer-Net patches."""
-    from .dataset import load
-    from .exports import export as run
+    from nucdata.dataset import load
+    from nucdata.export._nuclei import export as run
 
     options: dict = {}
     if fmt == "pannuke":
@@ -320,8 +326,8 @@ def export(name: str, fmt: str, out: Path, split: str | None, label_set: str | N
 @root_option
 def overlay(name: str, out: Path, split: str | None, label_set: str | None, root: Path | None) -> None:
     """Write PNGs of each image with nucleus outlines coloured by class, and a legend."""
-    from .dataset import load
-    from .overlay import write_overlays
+    from nucdata.dataset import load
+    from nucdata.export._overlay import write_overlays
 
     written = write_overlays(load(name, split, label_set, root=root), out)
     click.echo(f"{len(written)} overlay(s) written to {out}")
@@ -335,8 +341,8 @@ def overlay(name: str, out: Path, split: str | None, label_set: str | None, root
 @root_option
 def stats(name: str, as_json: bool, split: str | None, label_set: str | None, root: Path | None) -> None:
     """Counts per split and class, nuclei per image and the area distribution."""
-    from .dataset import load
-    from .stats import format_summary, summarise
+    from nucdata.dataset import load
+    from nucdata.export._stats import format_summary, summarise
 
     summary = summarise(load(name, split, label_set, root=root))
     click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
@@ -353,7 +359,7 @@ def demo(root: Path | None, seed: int) -> None:
     No network is used: the archives go through the manual-download route. The last
     lines print the `nucdata.load(...)` call that opens what was made.
     """
-    from .demo.run import run_demo
+    from nucdata.testing._demo import run_demo
 
     run_demo(root, seed=seed, echo=click.echo)
 

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .errors import DatasetNotFoundError, InvalidArgumentError
-from .merged import SOURCES, MergedLabels
-from .registry import get_card
-from .store import Store
+from nucdata.catalog._registry import get_card
+from nucdata.errors import DatasetNotFoundError, InvalidArgumentError
+from nucdata.store._merged import SOURCES, MergedLabels
+from nucdata.store._store import Store
 
 Sample = dict[str, Any]
 Transform = Callable[[Sample], Sample]
@@ -96,8 +96,8 @@ class NucleusDataset(torch.utils.data.Dataset):
         self.indices = select_images(store, split, protocols)
         self._merged: dict[str, np.ndarray] | None = None
         native = np.asarray(store.column("nuclei", "label"))
-        if merged is not None:  # labels from a build-merged output (nucdata.merged)
-            from .labelsets import label_set as get_label_set
+        if merged is not None:  # labels from a build-merged output (nucdata.store._merged)
+            from nucdata.labels._tables import label_set as get_label_set
 
             vocabulary = get_label_set(merged.label_set)
             self.label_set = vocabulary.name
@@ -110,7 +110,7 @@ class NucleusDataset(torch.utils.data.Dataset):
             self._labels = native.astype(np.int64)
             self._candidates = np.zeros(native.shape[0], np.int64)
         else:
-            from .labelsets import translate
+            from nucdata.labels._tables import translate
 
             tissue = None  # per-nucleus tissue selects tissue-conditional rows (PanNuke)
             if "tissue" in store.image_columns():
@@ -177,7 +177,7 @@ class NucleusDataset(torch.utils.data.Dataset):
     # -- crops and plots --------------------------------------------------------------
     def crops(self, size: int = 64, context: float | None = None, mpp: float | None = None,
               assume_mpp: float | None = None):
-        """Per-nucleus crops of this dataset's nuclei (see :mod:`nucdata.crops`).
+        """Per-nucleus crops of this dataset's nuclei (see :mod:`nucdata.views._crops`).
 
         The crops are cut once into a memory-mapped bank beside the store and served
         from it; the bank is cut again only when the store is rebuilt.
@@ -192,24 +192,24 @@ class NucleusDataset(torch.utils.data.Dataset):
             covers ``context`` times the nucleus's bounding-box side, resized to ``size``.
         mpp
             Cut from the images resampled to this many microns per pixel (anti-aliased
-            pixels, nearest-neighbour masks; see :mod:`nucdata.tiles`). ``scale`` then
+            pixels, nearest-neighbour masks; see :mod:`nucdata.views._tiles`). ``scale`` then
             counts output pixels per native pixel.
         assume_mpp
             mpp for images that have none (else such images raise
-            :class:`nucdata.tiles.MissingMppError`).
+            :class:`nucdata.views._tiles.MissingMppError`).
 
         Returns
         -------
         nucdata.CropDataset
             A map-style dataset over this split's nuclei, labels under this label set.
         """
-        from .crops import crops_of
+        from nucdata.views._crops import crops_of
 
         return crops_of([self], size, context, mpp=mpp, assume_mpp=assume_mpp)
 
     def tiles(self, size: int = 256, stride: int | None = None, mpp: float | None = None,
               sampler: str = "grid", min_nuclei: int = 0, **options: Any):
-        """Fixed-size tiles with instance and type maps, for segmenters (:mod:`nucdata.tiles`).
+        """Fixed-size tiles with instance and type maps, for segmenters (:mod:`nucdata.views._tiles`).
 
         Parameters
         ----------
@@ -225,23 +225,23 @@ class NucleusDataset(torch.utils.data.Dataset):
             Keep only tiles with at least this many nuclei centred in them.
         **options
             ``length``, ``seed``, ``edge``, ``assume_mpp``, ``transforms``: see
-            :class:`nucdata.tiles.TileDataset`.
+            :class:`nucdata.views._tiles.TileDataset`.
 
         Returns
         -------
-        nucdata.tiles.TileDataset
+        nucdata.views._tiles.TileDataset
             Map-style dataset of tile dicts (``image``, ``instance_map``, ``type_map``, ...).
         """
-        from .tiles import tiles_of
+        from nucdata.views._tiles import tiles_of
 
         return tiles_of([self], size, stride, mpp, sampler, min_nuclei, **options)
 
     def plot(self, index: int, ax: Any = None) -> Any:
         """Draw image ``index`` with nucleus outlines coloured by class (needs matplotlib).
 
-        Raises :class:`nucdata.overlay.MissingDependencyError` without matplotlib.
+        Raises :class:`nucdata.export._overlay.MissingDependencyError` without matplotlib.
         """
-        from .overlay import plot_sample
+        from nucdata.export._overlay import plot_sample
 
         return plot_sample(self, index, ax)
 
@@ -272,7 +272,7 @@ class NucleusDataset(torch.utils.data.Dataset):
 
     @property
     def sources(self) -> np.ndarray | None:
-        """For a merged dataset, per-nucleus label source codes (``nucdata.merged.SOURCES``); else None."""
+        """For a merged dataset, per-nucleus label source codes (``nucdata.store._merged.SOURCES``); else None."""
         return None if self._merged is None else _read_only(np.asarray(self._merged["source"]))
 
     @property
@@ -440,7 +440,7 @@ class NucleusDataset(torch.utils.data.Dataset):
         InvalidArgumentError
             For a table other than ``"nuclei"`` or ``"images"``.
         """
-        from .overlay import MissingDependencyError
+        from nucdata.export._overlay import MissingDependencyError
 
         if table not in ("nuclei", "images"):
             raise InvalidArgumentError(f"unknown table {table!r}; valid tables: nuclei, images")
@@ -485,8 +485,8 @@ def load(
     source
         A ``nucdata build-merged`` output folder: labels under ``label_set`` are then the
         merged ones (annotated, mapped, ambiguous-resolved, outside or predicted — see
-        :mod:`nucdata.merged`); each sample gains ``probabilities``, ``sources`` (indices
-        into ``nucdata.merged.SOURCES``) and ``annotated``. The output folder stands
+        :mod:`nucdata.store._merged`); each sample gains ``probabilities``, ``sources`` (indices
+        into ``nucdata.store._merged.SOURCES``) and ``annotated``. The output folder stands
         alone: it carries its own copy of the store.
 
     Raises
@@ -494,7 +494,7 @@ def load(
     DatasetNotFoundError
         When the dataset is not prepared and ``download`` is false; says how to get it.
     """
-    from .prepare import is_prepared, prepare, store_path
+    from nucdata.acquire._prepare import is_prepared, prepare, store_path
 
     if source is not None:
         return _load_merged(name, split, label_set, root, transforms, source)
@@ -514,7 +514,7 @@ def load(
 
 
 def _load_merged(name, split, label_set, root, transforms, source) -> NucleusDataset:
-    from .merged import read_merged_labels
+    from nucdata.store._merged import read_merged_labels
 
     if label_set is None:
         raise InvalidArgumentError("a merged dataset is read under a label set: pass label_set=")
@@ -530,6 +530,6 @@ def _load_merged(name, split, label_set, root, transforms, source) -> NucleusDat
 
 def get_label_set_name(name: str) -> str:
     """The canonical name of a label set (raises a typed error for an unknown one)."""
-    from .labelsets import label_set
+    from nucdata.labels._tables import label_set
 
     return label_set(name).name

@@ -5,7 +5,7 @@ A library on plain tensors: :class:`TrainingData` in, :class:`TrainResult` and
 :func:`from_crop_dataset` (in :mod:`.bridge`) is the one bridge to nucdata's crop banks.
 
 >>> from nucdata_models import CrossTrainer, TrainConfig
->>> from nucdata_models.synthetic import make_synthetic_data
+>>> from nucdata_models.study.synthetic import make_synthetic_data
 >>> data = make_synthetic_data(per_dataset=100)                             # doctest: +SKIP
 >>> trainer = CrossTrainer(TrainConfig(epochs={"A": 2, "B": 2, "C": 2}))    # doctest: +SKIP
 >>> result = trainer.fit(data, workdir="run", progress=print)               # doctest: +SKIP
@@ -16,14 +16,19 @@ sets and :func:`target_bits` turns nucdata's ``(label, candidates)`` into its ta
 (docs/tutorials/training.md).
 """
 
-from .bridge import from_crop_dataset, training_data
-from .checkpoint import CheckpointError, CheckpointMismatchError, load_checkpoint, save_checkpoint
-from .data import LabelSetSpec, TrainingData, target_bits, training_targets
-from .encoders import build_encoder
-from .fill import fill_labels
-from .losses import partial_label_loss
-from .metrics import classification_metrics
-from .train import (
+from nucdata_models.checkpoint import (
+    CheckpointError,
+    CheckpointMismatchError,
+    load_checkpoint,
+    save_checkpoint,
+)
+from nucdata_models.data import LabelSetSpec, TrainingData, target_bits, training_targets
+from nucdata_models.encoders import build_encoder
+from nucdata_models.fill import fill_labels
+from nucdata_models.losses import partial_label_loss
+from nucdata_models.merge.bridge import from_crop_dataset, training_data
+from nucdata_models.metrics import classification_metrics
+from nucdata_models.train import (
     RECIPE_DIFFERENCES,
     RECIPES,
     CrossTrainer,

@@ -4,7 +4,7 @@
 dicts and the metadata as a JSON string, so loading needs no pickle of arbitrary
 objects: ``weights_only=True``) and ``path.with_suffix(".json")`` beside it for people
 and tools. Both are written to a temporary name and published with ``os.replace``
-(:mod:`nucdata.atomic`). Loading uses ``torch.load(weights_only=True)``: a checkpoint
+(:mod:`nucdata._util.atomic`). Loading uses ``torch.load(weights_only=True)``: a checkpoint
 that pickles anything beyond tensors and plain containers is refused, never run.
 """
 
@@ -20,10 +20,9 @@ from typing import Any
 
 import torch
 
-from nucdata.atomic import atomic_path, atomic_write_text
+from nucdata._util.atomic import atomic_path, atomic_write_text
 from nucdata.errors import NucdataError
-
-from .data import LabelSetSpec
+from nucdata_models.data import LabelSetSpec
 
 __all__ = ["CheckpointError", "CheckpointMismatchError", "check_label_sets", "label_set_meta",
            "load_checkpoint", "meta_path", "save_checkpoint"]

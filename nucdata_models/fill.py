@@ -24,9 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from nucdata.merged import SOURCES
-
-from .data import AMBIGUOUS, ANNOTATED, MAPPED, OUTSIDE, OUTSIDE_LABEL, candidate_mask
+from nucdata.store._merged import SOURCES
+from nucdata_models.data import AMBIGUOUS, ANNOTATED, MAPPED, OUTSIDE, OUTSIDE_LABEL, candidate_mask
 
 __all__ = ["SOURCES", "FilledLabels", "fill_labels", "scored_class"]
 

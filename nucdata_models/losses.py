@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .data import candidate_mask
+from nucdata_models.data import candidate_mask
 
 __all__ = ["PSEUDO_RULES", "partial_label_loss", "pseudo_labels", "soft_label_loss"]
 

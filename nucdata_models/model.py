@@ -7,8 +7,8 @@ import os
 import torch
 from torch import nn
 
-from .data import LabelSetSpec
-from .encoders import build_encoder
+from nucdata_models.data import LabelSetSpec
+from nucdata_models.encoders import build_encoder
 
 __all__ = ["BaseModel", "CorrelationHeads", "LOGIT_CLAMP"]
 

@@ -42,15 +42,26 @@ import numpy as np
 import torch
 from torch import nn
 
-from nucdata.progress import progress
-
-from .augment import augmented_inputs, prepare
-from .checkpoint import CheckpointError, label_set_meta, load_checkpoint, save_checkpoint
-from .data import ANNOTATED, OUTSIDE, LabelSetSpec, TrainingData, candidate_mask, training_targets
-from .fill import fill_labels, scored_class
-from .losses import PSEUDO_RULES, partial_label_loss, pseudo_labels, soft_label_loss
-from .metrics import classification_metrics
-from .model import BaseModel, CorrelationHeads
+from nucdata._util.progress import progress
+from nucdata_models.augment import augmented_inputs, prepare
+from nucdata_models.checkpoint import (
+    CheckpointError,
+    label_set_meta,
+    load_checkpoint,
+    save_checkpoint,
+)
+from nucdata_models.data import (
+    ANNOTATED,
+    OUTSIDE,
+    LabelSetSpec,
+    TrainingData,
+    candidate_mask,
+    training_targets,
+)
+from nucdata_models.fill import fill_labels, scored_class
+from nucdata_models.losses import PSEUDO_RULES, partial_label_loss, pseudo_labels, soft_label_loss
+from nucdata_models.metrics import classification_metrics
+from nucdata_models.model import BaseModel, CorrelationHeads
 
 __all__ = ["RECIPES", "RECIPE_DIFFERENCES", "STAGES", "CrossTrainer", "Prediction", "Predictions", "Stage",
            "TrainConfig", "TrainResult", "resolve_device"]

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import nucdata
-from nucdata.demo import install
-from nucdata.store import Store
+from nucdata.store._store import Store
+from nucdata.testing import install
 
 
 def assert_geometry_exact(store: Store) -> int:

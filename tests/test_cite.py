@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 import nucdata
-from nucdata.cite import METHOD_BIBTEX, METHOD_UNVERIFIED, split_entries
+from nucdata.catalog._cite import METHOD_BIBTEX, METHOD_UNVERIFIED, split_entries
+from nucdata.catalog._registry import write_override
 from nucdata.cli import main
-from nucdata.registry import write_override
 
 ENTRY = re.compile(r"^@(article|inproceedings|misc)\{(\w+),$", re.MULTILINE)
 

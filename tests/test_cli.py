@@ -5,7 +5,7 @@ from __future__ import annotations
 from click.testing import CliRunner
 
 from nucdata.cli import main
-from nucdata.demo import install
+from nucdata.testing import install
 
 
 def test_list_and_info(home):
@@ -53,7 +53,7 @@ def test_demo_archives_are_reproducible(tmp_path):
     """Same seed, same bytes: Kumar and MoNuSeg share one training archive in the demo."""
     import hashlib
 
-    from nucdata.demo.world import World
+    from nucdata.testing.world import World
 
     install("kumar", tmp_path / "a", 0, world=World(0))
     install("monuseg", tmp_path / "b", 0, world=World(0))

@@ -14,9 +14,9 @@ from PIL import Image
 from scipy.io import loadmat, savemat
 
 import nucdata
-from nucdata.demo import install
-from nucdata.prepare import is_prepared
-from nucdata.registry import get_card
+from nucdata.acquire._prepare import is_prepared
+from nucdata.catalog._registry import get_card
+from nucdata.testing import install
 
 
 def _digest(folder: Path) -> dict[str, str]:

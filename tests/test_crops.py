@@ -11,8 +11,8 @@ import torch
 from helpers import demo_home
 
 import nucdata
-from nucdata.crops import ContiguousBatchSampler, build_bank, cut_image, place_windows
-from nucdata.demo import install
+from nucdata.testing import install
+from nucdata.views._crops import ContiguousBatchSampler, build_bank, cut_image, place_windows
 
 
 @pytest.fixture(scope="module")

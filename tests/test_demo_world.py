@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nucdata.demo import install
-from nucdata.demo.world import (
+from nucdata.labels._tables import MERGED_LABEL_SETS, OWN_LABEL_SET, translate
+from nucdata.testing import install
+from nucdata.testing.world import (
     HABITS,
     NATIVE,
     REAL_NUCLEI,
@@ -20,7 +21,6 @@ from nucdata.demo.world import (
     World,
     WorldConfig,
 )
-from nucdata.labelsets import MERGED_LABEL_SETS, OWN_LABEL_SET, translate
 
 OWNER = {v: k for k, v in OWN_LABEL_SET.items()}
 

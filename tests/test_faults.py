@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 import nucdata
-from nucdata import atomic, faults
-from nucdata.locks import clean_stale, is_complete
-from nucdata.prepare import store_path
-from nucdata.store import MANIFEST, Store, StoreWriter
+from nucdata._util import atomic, faults
+from nucdata._util.locks import clean_stale, is_complete
+from nucdata.acquire._prepare import store_path
+from nucdata.store._store import MANIFEST, Store, StoreWriter
 
 STORE_STEPS = [
     "store:columns-written", "store:manifest-written", "store:before-swap",
@@ -162,7 +162,7 @@ def test_missing_store_is_restored_only_from_a_complete_copy(tmp_path):
 @pytest.fixture(scope="module")
 def tnbc_manual(tmp_path_factory) -> Path:
     """The demo TNBC archive, generated once for this module."""
-    from nucdata.demo import install
+    from nucdata.testing import install
 
     home = tmp_path_factory.mktemp("tnbc-home")
     install("tnbc", home)

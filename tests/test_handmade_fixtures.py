@@ -17,7 +17,7 @@ from PIL import Image
 from scipy.io import savemat
 
 import nucdata
-from nucdata.demo.synth import draw_filled, pixels_inside
+from nucdata.testing._draw import draw_filled, pixels_inside
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -216,8 +216,8 @@ def test_generators_share_no_code_with_the_converters():
 
 def test_generator_and_converter_code_tables_agree():
     """The NuCLS generator's own code table and hierarchy, transcribed separately, agree."""
-    from nucdata.demo import nucls as demo
-    from nucdata.sources import nucls as source
+    from nucdata.datasets import nucls as source
+    from nucdata.testing import nucls as demo
 
     assert demo.CODES == source.GT_CODES
     assert demo.CLASSIFICATION == source.HIERARCHY

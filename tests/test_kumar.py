@@ -9,9 +9,9 @@ import pytest
 from helpers import assert_geometry_exact
 
 import nucdata
-from nucdata.demo import install
-from nucdata.demo.monuseg import KUMAR
-from nucdata.home import manual_dir, registry_dir
+from nucdata._util.home import manual_dir, registry_dir
+from nucdata.testing import install
+from nucdata.testing.monuseg import KUMAR
 
 
 def _extract(archive, dest):
@@ -56,7 +56,7 @@ def test_count_check_guards_against_other_releases(home):
 
 def test_generator_and_converter_lists_agree():
     """Two independent transcriptions of the published list (datasets.md §6.4, §6.6)."""
-    from nucdata.sources.imagescope_pairs import KUMAR_STEMS
+    from nucdata.datasets._imagescope_pairs import KUMAR_STEMS
 
     assert KUMAR == KUMAR_STEMS
     assert sorted(KUMAR.values()).count("train") == 16

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import nucdata
-from nucdata.labelsets import (
+from nucdata.labels._tables import (
     MERGED_LABEL_SETS,
     OUTSIDE,
     OUTSIDE_NAME,
@@ -226,7 +226,7 @@ def test_tissue_conditional_row_applies_only_to_its_tissue():
     rows = parse_rows("test", ls, {7: "x"}, [
         {"native": 7, "kind": "ambiguous", "classes": ["lymphocyte", "macrophage"], **ok},
         {"native": 7, "kind": "exact", "classes": ["macrophage"], "when": {"tissue": ["Liver"]}, **ok}])
-    m = nucdata.labelsets.Mapping("test", ls, rows)
+    m = nucdata.labels._tables.Mapping("test", ls, rows)
     assert m.translate(np.array([7, 7, -1]), np.array(["Liver", "Lung", "Liver"]))[0].tolist() == [3, -1, -1]
     with pytest.raises(nucdata.InvalidArgumentError, match="shape"):
         m.translate(np.array([7, 7]), np.array(["Liver"] * 3))
@@ -279,9 +279,9 @@ def test_consistency_checker_passes_and_catches():
     keys = {f.key for f in find_inconsistencies(sets, claims) if f.kind == "asymmetry"}
     assert "consep>pannuke:muscle|connective" in keys
     # A finding accepted in the data passes; a stale acceptance fails.
-    report = nucdata.labelsets.CheckReport(found, {f.key: "because" for f in found})
+    report = nucdata.labels._tables.CheckReport(found, {f.key: "because" for f in found})
     assert report.ok and "because" in report.format()
-    assert not nucdata.labelsets.CheckReport([], {"gone": "x"}).ok
+    assert not nucdata.labels._tables.CheckReport([], {"gone": "x"}).ok
 
 
 def test_unknown_names_are_typed():
@@ -295,11 +295,11 @@ def test_unknown_names_are_typed():
 
 def test_docs_are_generated_from_the_data():
     doc = Path(__file__).resolve().parents[1] / "docs" / "label-sets.md"
-    assert doc.read_text() == render_markdown(), "run: python -c \"import nucdata.labelsets as L; open('docs/label-sets.md','w').write(L.render_markdown())\""
+    assert doc.read_text() == render_markdown(), "run: python -c \"import nucdata.labels._tables as L; open('docs/label-sets.md','w').write(L.render_markdown())\""
 
 
 def test_load_with_label_set(home):
-    from nucdata.demo import install
+    from nucdata.testing import install
 
     install("tnbc", home)
     nucdata.prepare("tnbc")
@@ -312,7 +312,7 @@ def test_load_with_label_set(home):
 
 
 def test_outside_candidate_survives_load(home):
-    from nucdata.demo import install
+    from nucdata.testing import install
 
     install("consep", home)
     nucdata.prepare("consep")
@@ -335,7 +335,7 @@ def test_outside_candidate_survives_load(home):
 
 
 def test_load_applies_tissue_rows(home):
-    from nucdata.demo import install
+    from nucdata.testing import install
 
     install("pannuke", home)
     nucdata.prepare("pannuke")

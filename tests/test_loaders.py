@@ -14,7 +14,7 @@ from PIL import Image
 
 import nucdata
 from nucdata.cli import main
-from nucdata.overlay import MissingDependencyError, outline_mask, render
+from nucdata.export._overlay import MissingDependencyError, outline_mask, render
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import torch
 from nucdata_models import TrainConfig
 from nucdata_models.data import ANNOTATED, NO_LABEL, OUTSIDE_LABEL
 from nucdata_models.metrics import classification_metrics
-from nucdata_models.study import (
+from nucdata_models.study._study import (
     ARMS,
     PreparedWorld,
     RunScores,
@@ -29,7 +29,7 @@ from nucdata_models.study import (
     score_views,
     summarise,
 )
-from nucdata_models.synthetic import make_synthetic_data
+from nucdata_models.study.synthetic import make_synthetic_data
 from nucdata_models.train import Prediction
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,11 +15,11 @@ from helpers import assert_geometry_exact, extract_manual
 from PIL import Image
 
 import nucdata
-from nucdata.demo import install
+from nucdata.acquire._prepare import is_prepared
+from nucdata.datasets import monusac as source
+from nucdata.datasets._imagescope import polygon_area, read_imagescope
 from nucdata.errors import CorruptArchiveError
-from nucdata.prepare import is_prepared
-from nucdata.readers.imagescope import polygon_area, read_imagescope
-from nucdata.sources import monusac as source
+from nucdata.testing import install
 
 ZIPS = ["MoNuSAC_images_and_annotations.zip", "MoNuSAC Testing Data and Annotations.zip"]
 TRAIN, TEST = "MoNuSAC_images_and_annotations", "MoNuSAC Testing Data and Annotations"
@@ -247,7 +247,7 @@ def test_realdata_xml_parsed(realdata, home, tmp_path):
 
 
 def test_class_codes_agree_with_label_sets():
-    from nucdata.labelsets import native_vocabulary
+    from nucdata.labels._tables import native_vocabulary
 
     assert {name.lower(): code for code, name, _ in native_vocabulary("monusac")} == source.CLASS_CODES
 

@@ -10,8 +10,8 @@ import pytest
 from helpers import assert_geometry_exact
 
 import nucdata
-from nucdata.demo import install
-from nucdata.home import manual_dir
+from nucdata._util.home import manual_dir
+from nucdata.testing import install
 
 
 @pytest.fixture
@@ -97,7 +97,7 @@ def test_malformed_xml_names_file_and_line(home, tmp_path):
     xml.write_text(xml.read_text().replace("</Regions>", "</Region>", 1))
     with pytest.raises(nucdata.MalformedAnnotationError, match=r"TCGA-2Z-A9J9-01A-01-TS1\.xml: line \d+"):
         nucdata.prepare("monuseg", source=folder)
-    from nucdata.prepare import is_prepared
+    from nucdata.acquire._prepare import is_prepared
 
     assert not is_prepared("monuseg")
 

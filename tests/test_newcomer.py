@@ -12,8 +12,8 @@ from helpers import demo_home
 
 import nucdata
 from nucdata.cli import main
-from nucdata.demo.run import real_data, run_demo
-from nucdata.overlay import MissingDependencyError
+from nucdata.export._overlay import MissingDependencyError
+from nucdata.testing._demo import real_data, run_demo
 
 
 @pytest.fixture(scope="module")

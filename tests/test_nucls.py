@@ -12,9 +12,9 @@ import pytest
 from helpers import assert_geometry_exact, extract_manual
 
 import nucdata
-from nucdata.demo import install
-from nucdata.prepare import is_prepared
-from nucdata.sources import nucls as source
+from nucdata.acquire._prepare import is_prepared
+from nucdata.datasets import nucls as source
+from nucdata.testing import install
 
 ZIP = ["NuCLS_dataset.zip"]
 
@@ -204,7 +204,7 @@ def test_stem_helpers():
 
 
 def test_realdata_gt_codes(realdata):
-    from nucdata.labelsets import native_vocabulary
+    from nucdata.labels._tables import native_vocabulary
 
     with open(realdata / "nucls" / "nucleus_GTcodes.csv", newline="") as fh:
         table = list(csv.DictReader(fh))

@@ -11,9 +11,9 @@ import pytest
 from helpers import assert_geometry_exact, extract_manual
 
 import nucdata
-from nucdata.demo import install
-from nucdata.prepare import is_prepared
-from nucdata.sources.pannuke import CHUNK, _decode, merge_channels
+from nucdata.acquire._prepare import is_prepared
+from nucdata.datasets.pannuke import CHUNK, _decode, merge_channels
+from nucdata.testing import install
 
 TISSUES = {
     "Adrenal_gland", "Bile-duct", "Bladder", "Breast", "Cervix", "Colon", "Esophagus",

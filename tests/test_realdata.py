@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 import nucdata
-from nucdata.instances import nucleus_properties
-from nucdata.readers.images import read_gray, read_rgb
-from nucdata.readers.imagescope import rasterize_regions, read_imagescope
-from nucdata.sources.tnbc import binary_to_instances
-from nucdata.store import StoreWriter
+from nucdata._util.images import read_gray, read_rgb
+from nucdata._util.instances import nucleus_properties
+from nucdata.datasets._imagescope import rasterize_regions, read_imagescope
+from nucdata.datasets.tnbc import binary_to_instances
+from nucdata.store._store import StoreWriter
 
 # Region counts from realdata/README.md; TNBC 8-connected counts from datasets.md Appendix A.
 MONUSEG_REGIONS = {

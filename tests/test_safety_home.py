@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 
 import nucdata
-from nucdata import crops as crops_module
-from nucdata import home as home_module
-from nucdata import locks as locks_module
+from nucdata._util import home as home_module
+from nucdata._util import locks as locks_module
 from nucdata.errors import DataHomeError
+from nucdata.views import _crops as crops_module
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
-    from nucdata.demo import install
+    from nucdata.testing import install
 
     root = tmp_path_factory.mktemp("ro-home")
     install("tnbc", root)
@@ -67,7 +67,7 @@ def test_load_and_crops_work_on_a_read_only_home(read_only_home, tmp_path):
 def test_prepare_of_a_prepared_store_does_not_take_the_lock(read_only_home, monkeypatch):
     import importlib
 
-    prepare_module = importlib.import_module("nucdata.prepare")  # the module, not the function
+    prepare_module = importlib.import_module("nucdata.acquire._prepare")  # the module, not the function
 
     def no_lock(*_args, **_kwargs):
         raise AssertionError("prepare took the lock of an already-prepared store")
@@ -97,7 +97,7 @@ def test_cache_that_is_a_file_is_typed(tmp_path, monkeypatch):
 
 
 def test_an_unwritable_home_is_typed_when_preparing(home, monkeypatch):
-    from nucdata.demo import install
+    from nucdata.testing import install
 
     install("tnbc", home)
     (home / "stores").write_text("a file where the stores folder should be")
@@ -107,7 +107,7 @@ def test_an_unwritable_home_is_typed_when_preparing(home, monkeypatch):
 
 @pytest.mark.skipif(os.name == "nt" or os.geteuid() == 0, reason="permission bits do not bind root")
 def test_a_truly_read_only_home_is_typed_when_preparing(home, monkeypatch):
-    from nucdata.demo import install
+    from nucdata.testing import install
 
     install("tnbc", home)
     home.chmod(0o555)

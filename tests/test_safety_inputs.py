@@ -14,7 +14,14 @@ from PIL import Image
 from scipy.io import savemat
 
 import nucdata
-from nucdata.archive import extract
+from nucdata._util.images import read_rgb
+from nucdata.acquire._archive import extract
+from nucdata.catalog._registry import get_card
+from nucdata.datasets import source_for
+from nucdata.datasets._imagescope import Region, rasterize_regions
+from nucdata.datasets.consep import read_label
+from nucdata.datasets.nucls import read_fov_csv
+from nucdata.datasets.pannuke import open_npy
 from nucdata.errors import (
     CorruptArchiveError,
     InvalidArgumentError,
@@ -22,14 +29,7 @@ from nucdata.errors import (
     MalformedAnnotationError,
     NucdataError,
 )
-from nucdata.readers.images import read_rgb
-from nucdata.readers.imagescope import Region, rasterize_regions
-from nucdata.registry import get_card
-from nucdata.sources import source_for
-from nucdata.sources.consep import read_label
-from nucdata.sources.nucls import read_fov_csv
-from nucdata.sources.pannuke import open_npy
-from nucdata.store import StoreWriter
+from nucdata.store._store import StoreWriter
 
 
 # -- CoNSeP .mat files (HoVer-Net ground truth: inst_map, type_map, inst_type, inst_centroid) ------
@@ -193,7 +193,7 @@ def test_extraction_stops_at_the_size_limit(tmp_path, monkeypatch):
 
 
 def test_default_extraction_limit_is_a_ratio_with_a_floor(tmp_path, monkeypatch):
-    from nucdata.archive import MAX_RATIO, MIN_LIMIT, extraction_limit
+    from nucdata.acquire._archive import MAX_RATIO, MIN_LIMIT, extraction_limit
 
     monkeypatch.delenv("NUCDATA_EXTRACT_LIMIT", raising=False)
     small = tmp_path / "small.zip"

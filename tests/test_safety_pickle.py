@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import nucdata
-from nucdata import safe_pickle
+from nucdata._util import safe_pickle
 from nucdata.errors import CorruptArchiveError, NucdataError, UnsafePickleError
 
 

@@ -11,16 +11,16 @@ import pytest
 from click.testing import CliRunner
 
 import nucdata
+from nucdata.acquire._verify import verify_store
 from nucdata.cli import main
 from nucdata.errors import StoreError
-from nucdata.store import MANIFEST, Store
-from nucdata.verify import verify_store
+from nucdata.store._store import MANIFEST, Store
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     """A data home with the demo TNBC store, prepared once for this module."""
-    from nucdata.demo import install
+    from nucdata.testing import install
 
     root = tmp_path_factory.mktemp("verify-home")
     install("tnbc", root)

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 import nucdata
-from nucdata.demo import install
-from nucdata.instances import nucleus_properties, relabel_sequential
-from nucdata.locks import dataset_lock
-from nucdata.npy import NpyStreamWriter
-from nucdata.prepare import is_prepared, store_path
-from nucdata.store import MANIFEST, Store, StoreWriter
+from nucdata._util.instances import nucleus_properties, relabel_sequential
+from nucdata._util.locks import dataset_lock
+from nucdata._util.npy import NpyStreamWriter
+from nucdata.acquire._prepare import is_prepared, store_path
+from nucdata.store._store import MANIFEST, Store, StoreWriter
+from nucdata.testing import install
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int32])
@@ -71,7 +71,7 @@ def test_heap_layout_for_mixed_sizes(tmp_path):
 
 def test_failed_conversion_publishes_nothing(home, monkeypatch):
     install("tnbc", home)
-    from nucdata.sources.tnbc import TNBC
+    from nucdata.datasets.tnbc import TNBC
 
     def boom(self, folder, writer, progress=None):
         writer.add_image("one", "all", np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.int32))
@@ -137,8 +137,8 @@ def test_lock_timeout_is_typed(tmp_path):
 
 
 def _hold_lock_briefly(folder: str) -> None:
+    from nucdata._util.locks import dataset_lock as lock
     from nucdata.errors import StoreLockedError
-    from nucdata.locks import dataset_lock as lock
 
     try:
         with lock(Path(folder), timeout=0.3):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from skimage.draw import ellipse
 
-from nucdata.targets import (
+from nucdata.views._targets import (
     BoundaryTargets,
     DistanceTargets,
     HoVerNetTargets,

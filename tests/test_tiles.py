@@ -10,10 +10,10 @@ from skimage.draw import ellipse
 from skimage.transform import rescale
 
 import nucdata
+from nucdata._util.instances import relabel_sequential
 from nucdata.dataset import NucleusDataset
-from nucdata.instances import relabel_sequential
-from nucdata.store import Store, StoreWriter
-from nucdata.tiles import MissingMppError, resample_window
+from nucdata.store._store import Store, StoreWriter
+from nucdata.views._tiles import MissingMppError, resample_window
 
 
 def _image(rng: np.random.Generator, h: int, w: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -218,7 +218,7 @@ def test_segmentation_tutorial_runs(tmp_path, monkeypatch, capsys):
     import re
     from pathlib import Path
 
-    from nucdata.demo import install
+    from nucdata.testing import install
 
     home = tmp_path / "home"
     monkeypatch.setenv("NUCDATA_HOME", str(home))

@@ -6,8 +6,8 @@ import numpy as np
 from helpers import assert_geometry_exact
 
 import nucdata
-from nucdata.demo import install
-from nucdata.sources.tnbc import MIN_AREA, binary_to_instances
+from nucdata.datasets.tnbc import MIN_AREA, binary_to_instances
+from nucdata.testing import install
 
 
 def test_tnbc_end_to_end(home):

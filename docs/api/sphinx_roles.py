@@ -1,7 +1,7 @@
 """Griffe extension for the API reference: Sphinx roles in docstrings become links.
 
 The docstrings are numpydoc and cross-reference with Sphinx roles (``:class:`TrainingData```,
-``:func:`~nucdata.atomic.swap_dir```, ``:mod:`.bridge```). mkdocstrings renders Markdown,
+``:func:`~nucdata._util.atomic.swap_dir```, ``:mod:`.bridge```). mkdocstrings renders Markdown,
 where those roles would show as raw text; this extension (loaded by ``mkdocs.yml``) rewrites
 each role into an *optional* autorefs link: the name in code font, linked when the target
 is rendered somewhere in the reference, plain code otherwise (never a broken link, never a

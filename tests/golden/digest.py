@@ -46,7 +46,7 @@ def tree_digest(root: Path) -> dict[str, str]:
 def store_digests(home: Path) -> dict[str, str]:
     """Install and prepare every demo dataset in ``home``; digest its stores."""
     import nucdata
-    from nucdata.demo import install
+    from nucdata.testing import install
 
     os.environ["NUCDATA_HOME"] = str(home)
     for name in DEMO_DATASETS:
@@ -59,7 +59,7 @@ def merged_digests(out: Path) -> dict[str, str]:
     """A tiny ``build-merged --demo`` (CPU, 1 epoch per stage); digest its published labels."""
     import torch
 
-    from nucdata_models.build import BuildOptions, build_merged
+    from nucdata_models.merge.build import BuildOptions, build_merged
 
     torch.set_num_threads(1)
     options = BuildOptions(out=out, datasets=BUILD_DATASETS, demo=True, demo_scale=1, crop_size=16,

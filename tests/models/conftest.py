@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nucdata_models import CrossTrainer, TrainConfig
-from nucdata_models.synthetic import make_synthetic_data
+from nucdata_models.study.synthetic import make_synthetic_data
 
 torch.set_num_threads(2)
 

@@ -12,10 +12,16 @@ import pytest
 from click.testing import CliRunner
 
 import nucdata
+from nucdata._util.faults import InjectedFault, inject
+from nucdata._util.safe_pickle import load as safe_load
 from nucdata.cli import main
-from nucdata.faults import InjectedFault, inject
-from nucdata.safe_pickle import load as safe_load
-from nucdata_models.build import BuildOptions, OutputFolderError, build_merged, demo_key, work_dir
+from nucdata_models.merge.build import (
+    BuildOptions,
+    OutputFolderError,
+    build_merged,
+    demo_key,
+    work_dir,
+)
 
 DATASETS = ["pannuke", "monusac", "nucls", "monuseg", "kumar", "tnbc"]
 SETS = ["pannuke", "nucls", "consep", "monusac"]
@@ -145,7 +151,7 @@ def test_a_crash_leaves_the_previous_output_readable(built):
 def test_a_kill_between_the_renames_is_recovered(built):
     out, _, _ = built
     code = ("import sys; from pathlib import Path; sys.path.insert(0, 'tests/models');"
-            "from test_build_merged import _options; from nucdata_models.build import build_merged;"
+            "from test_build_merged import _options; from nucdata_models.merge.build import build_merged;"
             f"build_merged(_options(Path({str(out)!r})), say=lambda m: None)")
     run = subprocess.run([sys.executable, "-c", code], env={**__import__("os").environ,
                                                              "NUCDATA_FAULT": "build-merged:old-moved=kill"},

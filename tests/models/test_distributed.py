@@ -12,7 +12,7 @@ import pytest
 SCRIPT = textwrap.dedent("""
     import torch
     from nucdata_models import CrossTrainer, TrainConfig
-    from nucdata_models.synthetic import make_synthetic_data
+    from nucdata_models.study.synthetic import make_synthetic_data
 
     torch.set_num_threads(1)
     data = make_synthetic_data(per_dataset=50, size=16)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nucdata_models.splits import DUPLICATE, TEST, TRAIN, VALIDATION, grouped_split
+from nucdata_models.merge.splits import DUPLICATE, TEST, TRAIN, VALIDATION, grouped_split
 
 
 class FakeStore:

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from nucdata_models.data import TrainingData
-from nucdata_models.synthetic import make_synthetic_data
+from nucdata_models.study.synthetic import make_synthetic_data
 
 
 def test_the_core_package_never_imports_the_models():
     # nucdata_models builds on nucdata (its errors are nucdata's typed errors); the other
     # way round would be an upward import: the CLI finds build-merged by entry point.
-    code = ("import sys, nucdata, nucdata.cli, nucdata.dataset, nucdata.merged;"
+    code = ("import sys, nucdata, nucdata.cli, nucdata.dataset, nucdata.store._merged;"
             "bad = [m for m in sys.modules if m == 'nucdata_models' or m.startswith('nucdata_models.')];"
             "assert not bad, bad")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -6,7 +6,7 @@ import torch
 
 from nucdata_models import CrossTrainer, TrainConfig
 from nucdata_models.fill import scored_class
-from nucdata_models.synthetic import make_synthetic_data
+from nucdata_models.study.synthetic import make_synthetic_data
 
 
 def _losses(result, stage):

@@ -19,7 +19,7 @@ from nucdata_models.data import (
 )
 from nucdata_models.fill import SOURCES, fill_labels
 from nucdata_models.losses import partial_label_loss, soft_label_loss
-from nucdata_models.synthetic import make_synthetic_data
+from nucdata_models.study.synthetic import make_synthetic_data
 
 
 def test_an_untrained_model_scores_near_chance_not_one(data):
@@ -111,7 +111,7 @@ def test_filled_labels_say_where_they_came_from():
 
 
 def test_sources_match_the_merged_format():
-    from nucdata.merged import SOURCES as FORMAT_SOURCES
+    from nucdata.store._merged import SOURCES as FORMAT_SOURCES
 
     assert FORMAT_SOURCES == SOURCES
 
@@ -159,7 +159,7 @@ def test_every_switch_trains_on_cpu(change):
 def test_the_docs_list_every_recipe_difference():
     from pathlib import Path
 
-    from nucdata_models.report import render_recipe_table
+    from nucdata_models.merge.report import render_recipe_table
 
     doc = (Path(__file__).parents[2] / "docs" / "build-merged.md").read_text(encoding="utf-8")
     assert render_recipe_table() in doc, "regenerate the recipe table in docs/build-merged.md"

@@ -1,0 +1,201 @@
+"""Dataset cards: one packaged JSON file per dataset (``nucdata/cards/<name>.json``).
+
+A card says where a dataset comes from and what a correct conversion looks like:
+homepage, licence (SPDX), citation (BibTeX), microns per pixel, splits, expected
+counts, manual-download instructions and its files (name, size, SHA-256 with the
+source of that hash, ordered mirrors).
+
+A file ``$NUCDATA_HOME/registry/<name>.json`` overrides the packaged card key by
+key (for example to add a mirror or to pin the hash of one's own copy); the
+override is recorded in every manifest built from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from nucdata._util.atomic import atomic_write_json
+from nucdata._util.home import manual_dir, registry_dir
+from nucdata.errors import InvalidCardError, UnknownDatasetError
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of a dataset as published.
+
+    Attributes
+    ----------
+    name
+        File name under ``raw/`` and ``manual/``.
+    role
+        Which part of the dataset it holds (a split name, or ``"all"``).
+    format
+        ``"zip"``, ``"tar"`` or ``"file"``; decides how it is opened.
+    size
+        Size in bytes, or ``None`` when nobody publishes it.
+    sha256
+        Hex digest, or ``None`` when unknown (the file is then accepted unverified).
+    hash_source
+        Who stated the hash: publishers give none for these datasets, so this is
+        usually a third party, and says so.
+    mirrors
+        URLs tried in order.
+    """
+
+    name: str
+    role: str
+    format: str
+    size: int | None
+    sha256: str | None
+    hash_source: str
+    mirrors: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Card:
+    """Everything nucdata knows about one dataset before converting it."""
+
+    name: str
+    title: str
+    homepage: str
+    licence: str
+    citation: str
+    mpp: float | None
+    converter: str
+    splits: dict[str, str]
+    expected: dict[str, Any]
+    files: tuple[RemoteFile, ...]
+    manual_instructions: str
+    notes: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+    overridden_by: str | None = None
+
+    def instructions(self, root: str | os.PathLike[str] | None = None) -> str:
+        """Manual-download instructions with the user's real manual folder filled in."""
+        return self.manual_instructions.replace("{manual}", str(manual_dir(root)))
+
+    def file(self, name: str) -> RemoteFile:
+        for f in self.files:
+            if f.name == name:
+                return f
+        raise KeyError(f"{self.name} has no file {name!r}")
+
+
+_CARD_KEYS = {
+    "name", "title", "homepage", "licence", "citation", "mpp", "converter", "splits",
+    "expected", "files", "manual_instructions", "notes",
+}
+
+
+def list_datasets() -> list[str]:
+    """Names of every dataset with a packaged card, sorted."""
+    folder = resources.files("nucdata.catalog") / "cards"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def _read_json(path: Any, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        from nucdata.errors import MalformedAnnotationError
+
+        raise MalformedAnnotationError(
+            f"{what}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}. "
+            "Fix or delete the file."
+        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidCardError(f"{what}: cannot be read ({exc}). Fix or delete the file.") from None
+    if not isinstance(data, dict):
+        raise InvalidCardError(f"{what}: expected a JSON object, found {type(data).__name__}. Fix or delete the file.")
+    return data
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+\- ()]*")
+
+
+def _safe_name(value: Any, what: str, key: str) -> str:
+    """A file or folder name that stays inside its folder (no ``/``, ``\\``, ``..``)."""
+    if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value) or ".." in value:
+        raise InvalidCardError(
+            f"{what}: files[].{key} = {value!r} is not a plain file name (letters, digits, '._-+ ()', "
+            "no folders, no '..'); a card may not name files outside nucdata's folders."
+        )
+    return value
+
+
+def _check_files(files: Any, what: str) -> None:
+    """Validate the ``files`` list of a card (after any override was applied)."""
+    if not isinstance(files, list) or not all(isinstance(f, dict) for f in files):
+        raise InvalidCardError(f"{what}: 'files' must be a list of objects.")
+    for f in files:
+        _safe_name(f.get("name"), what, "name")
+        _safe_name(f.get("role", "all"), what, "role")
+        size, digest = f.get("size"), f.get("sha256")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            raise InvalidCardError(f"{what}: files[{f['name']!r}].size = {size!r} is not a byte count.")
+        if digest not in (None, "") and not (isinstance(digest, str) and re.fullmatch(r"[0-9a-fA-F]{64}", digest)):
+            raise InvalidCardError(f"{what}: files[{f['name']!r}].sha256 = {digest!r} is not 64 hex digits.")
+        mirrors = f.get("mirrors", [])
+        if not isinstance(mirrors, list) or not all(
+                isinstance(m, str) and m.lower().startswith(("https://", "http://")) for m in mirrors):
+            raise InvalidCardError(f"{what}: files[{f['name']!r}].mirrors must be a list of http(s) URLs.")
+
+
+def get_card(name: str, root: str | os.PathLike[str] | None = None) -> Card:
+    """Return the card of dataset ``name``, with any local override applied.
+
+    Raises
+    ------
+    UnknownDatasetError
+        If no card exists; the message lists the known names.
+    """
+    key = name.strip().lower()
+    known = list_datasets()
+    if key not in known:
+        raise UnknownDatasetError(name, known)
+    data = _read_json(resources.files("nucdata.catalog") / "cards" / f"{key}.json", f"card {key}")
+    override_path = registry_dir(root) / f"{key}.json"
+    overridden_by = None
+    if override_path.is_file():
+        data.update(_read_json(override_path, str(override_path)))
+        overridden_by = str(override_path)
+    _check_files(data.get("files"), overridden_by or f"card {key}")
+    files = tuple(
+        RemoteFile(
+            name=f["name"],
+            role=f.get("role", "all"),
+            format=f.get("format", "zip"),
+            size=f.get("size"),
+            sha256=(f.get("sha256") or None),
+            hash_source=f.get("hash_source", "unknown"),
+            mirrors=tuple(f.get("mirrors", ())),
+        )
+        for f in data["files"]
+    )
+    return Card(
+        name=key,
+        title=data["title"],
+        homepage=data["homepage"],
+        licence=data["licence"],
+        citation=data["citation"],
+        mpp=data.get("mpp"),
+        converter=data.get("converter", key),
+        splits=dict(data["splits"]),
+        expected=dict(data.get("expected", {})),
+        files=files,
+        manual_instructions=data.get("manual_instructions", ""),
+        notes=tuple(data.get("notes", ())),
+        extra={k: v for k, v in data.items() if k not in _CARD_KEYS},
+        overridden_by=overridden_by,
+    )
+
+
+def write_override(name: str, data: dict[str, Any], root: str | os.PathLike[str] | None = None) -> Path:
+    """Write a local card override (used by the demo and by tests)."""
+    return atomic_write_json(registry_dir(root) / f"{name}.json", data)

@@ -1,1 +1,0 @@
-"""Readers of native file formats, shared between dataset sources."""

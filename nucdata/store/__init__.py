@@ -1,0 +1,1 @@
+"""The store: the uniform on-disk form of a converted dataset, and the merged output format."""

@@ -1,0 +1,1 @@
+"""nucdata.views."""

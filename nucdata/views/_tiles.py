@@ -1,0 +1,806 @@
+"""Fixed-size tiles with instance and type maps, at one resolution, for segmenters.
+
+``ds.tiles(size=256, mpp=0.25)`` (and ``load_many(...).tiles(...)``) gives a
+:class:`TileDataset`: a map-style dataset whose items are ``S x S`` tiles cut from the
+store's memory-mapped pixels. Only the tile's window is read; the instance ids inside
+it are relabelled ``1..K`` with one lookup table, so a tile costs about the same
+whatever the image's size.
+
+Geometry
+--------
+A tile lives in the *output frame* of its image: the image resampled by ``scale`` =
+``mpp / image_mpp`` native pixels per output pixel (``scale`` is 1 without ``mpp``).
+The resampled image is ``round(H / scale) x round(W / scale)`` pixels. Output pixel
+``g`` (row or column) is centred on the native coordinate ``(g + 0.5) * scale - 0.5``
+(pixel-centre coordinates, as in the store), so a tile whose top-left output pixel is
+``(tx, ty)`` has ``origin = (tx * scale, ty * scale)``: its top-left corner in native
+pixels (corner frame). At ``scale == 1`` tile pixel ``(u, v)`` is native pixel
+``(origin_x + u, origin_y + v)``.
+
+Resampling (``mpp=``) follows :func:`skimage.transform.rescale` with
+``anti_aliasing=True``: a Gaussian of sigma ``max(0, (scale - 1) / 2)`` (truncated at
+4 sigma) then bilinear interpolation, borders mirrored; both are folded into two
+sparse per-axis weight matrices, so a tile reads only its window (plus the filter's
+reach) and costs two small sparse products. Instance maps are resampled with nearest
+neighbour (the native pixel containing the output pixel's centre), so ids stay ids;
+a nucleus too small to own an output pixel is absent from that tile.
+
+Grid tiles start at ``0, stride, 2 * stride, ...`` along each axis until the image is
+covered; with ``stride == size`` they cover every output pixel exactly once. Tiles
+that run past the image are padded (zeros in the image, 0 in the instance map, 0 in
+the type map) and ``padding`` marks those pixels. ``edge="shift"`` instead moves the
+last tile of a row or column back inside the image when the image is at least one tile
+wide (what exports use: no black margins, some overlap).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+import torch
+from scipy import sparse
+
+from nucdata.errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    from nucdata.dataset import NucleusDataset
+
+Sample = dict[str, Any]
+
+
+class MissingMppError(InvalidArgumentError):
+    """An image without a microns-per-pixel value, asked for at a given ``mpp``."""
+
+
+# --------------------------------------------------------------------------------------
+# Resampling
+# --------------------------------------------------------------------------------------
+def output_length(n: int, scale: float) -> int:
+    """Pixels along an axis of ``n`` native pixels resampled by ``scale`` (as skimage)."""
+    return max(1, int(np.round(n / scale)))
+
+
+def _mirror(index: np.ndarray, n: int) -> np.ndarray:
+    """Fold indices into ``[0, n)`` like ``scipy.ndimage``'s ``mode="mirror"``."""
+    if n == 1:
+        return np.zeros_like(index)
+    period = 2 * (n - 1)
+    index = np.mod(index, period)
+    return np.where(index > n - 1, period - index, index)
+
+
+@functools.lru_cache(maxsize=64)
+def _gaussian(scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets and weights of the anti-aliasing Gaussian for ``scale`` (skimage's sigma)."""
+    sigma = max(0.0, (scale - 1.0) / 2.0)
+    if sigma == 0:
+        return np.zeros(1, np.int64), np.ones(1)
+    radius = int(4.0 * sigma + 0.5)  # scipy.ndimage's truncate=4.0
+    offsets = np.arange(-radius, radius + 1)
+    weights = np.exp(-0.5 * (offsets / sigma) ** 2)
+    return offsets, weights / weights.sum()
+
+
+def axis_weights(n: int, start: int, count: int, scale: float,
+                 channels: int = 1) -> tuple[int, sparse.csr_matrix]:
+    """Resampling of output pixels ``start .. start+count-1`` of an axis of ``n`` pixels.
+
+    Parameters
+    ----------
+    n
+        Native pixels along the axis.
+    start, count
+        Output pixels wanted (all inside the resampled axis).
+    scale
+        Native pixels per output pixel.
+    channels
+        Interleaved channels per pixel: the matrix acts on ``native`` flattened to
+        ``(pixels * channels, ...)`` (pixel-major) and gives ``(count * channels, ...)``,
+        every channel resampled alike (``kron(matrix, eye(channels))``).
+
+    Returns
+    -------
+    lo, matrix
+        ``out = matrix @ native[lo : lo + matrix.shape[1] // channels]`` along this axis;
+        ``float32`` weights, one row per output pixel (and channel) with a fixed number
+        of entries (repeated columns add up).
+    """
+    g = np.arange(start, start + count, dtype=np.float64)
+    centre = (g + 0.5) * scale - 0.5
+    left = np.floor(centre).astype(np.int64)
+    frac = centre - left
+    taps = _mirror(np.stack([left, left + 1], 1), n)  # (count, 2): bilinear taps
+    tap_w = np.stack([1.0 - frac, frac], 1)
+    offsets, g_w = _gaussian(float(scale))
+    index = _mirror(taps[:, :, None] + offsets[None, None, :], n).reshape(count, -1)  # filter, then sample
+    weight = (tap_w[:, :, None] * g_w[None, None, :]).reshape(count, -1).astype(np.float32)
+    lo = int(index.min())
+    hi = int(index.max()) + 1
+    index -= lo
+    if channels > 1:
+        index = (index[:, None, :] * channels + np.arange(channels)[None, :, None]).reshape(count * channels, -1)
+        weight = np.repeat(weight, channels, axis=0)
+    taps_per_row = index.shape[1]
+    indptr = np.arange(0, index.size + 1, taps_per_row, dtype=np.int32)
+    matrix = sparse.csr_matrix((weight.ravel(), index.ravel().astype(np.int32), indptr),
+                               shape=(index.shape[0], (hi - lo) * channels))
+    return lo, matrix
+
+
+#: the matrices are only ever multiplied, never changed, so sharing them is safe
+_cached_axis_weights = functools.lru_cache(maxsize=256)(axis_weights)
+
+
+def nearest_indices(n: int, start: int, count: int, scale: float) -> np.ndarray:
+    """Native pixel holding the centre of each output pixel ``start .. start+count-1``."""
+    g = np.arange(start, start + count, dtype=np.float64)
+    return np.clip(np.floor((g + 0.5) * scale).astype(np.int64), 0, n - 1)
+
+
+def _resample_rgb_chw(rgb: np.ndarray, y0: int, x0: int, rows: int, cols: int, scale: float) -> np.ndarray:
+    """``(3, rows, cols)`` uint8: the output window of ``rgb`` resampled by ``scale``.
+
+    Two sparse products in float32 (rows first, on the pixel-interleaved window as
+    read; then columns, on its 2-D transpose, with the channels interleaved in the
+    matrix), so that only whole-row transposes of 4-byte values are needed: cheap,
+    where a transpose that moves 3-channel pixels is not.
+    """
+    h, w = rgb.shape[:2]
+    ly, wy = _cached_axis_weights(h, y0, rows, scale)  # grid tiles share their rows and columns
+    lx, wx = _cached_axis_weights(w, x0, cols, scale, channels=3)
+    region = np.asarray(rgb[ly : ly + wy.shape[1], lx : lx + wx.shape[1] // 3])
+    hr, wr = region.shape[:2]
+    step = wy @ region.reshape(hr, wr * 3).astype(np.float32)  # (rows, wr * 3)
+    out = wx @ np.ascontiguousarray(step.T)  # (cols * 3, rows)
+    out += 0.5
+    np.clip(out, 0, 255, out=out)
+    return np.ascontiguousarray(out.astype(np.uint8).reshape(cols, 3, rows).transpose(1, 2, 0))
+
+
+def _nearest_window(instance_map: np.ndarray, y0: int, x0: int, rows: int, cols: int, scale: float) -> np.ndarray:
+    """``(rows, cols)`` int32: nearest-neighbour window of an instance map (rows, then columns)."""
+    h, w = instance_map.shape
+    ny = nearest_indices(h, y0, rows, scale)
+    nx = nearest_indices(w, x0, cols, scale)
+    band = np.take(instance_map[ny[0] : ny[-1] + 1], ny - ny[0], axis=0)  # whole rows: reads only the band
+    return np.take(band, nx, axis=1).astype(np.int32, copy=False)
+
+
+def resample_window(
+    rgb: np.ndarray, instance_map: np.ndarray, y0: int, x0: int, rows: int, cols: int, scale: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Output pixels ``[y0, y0+rows) x [x0, x0+cols)`` of an image resampled by ``scale``.
+
+    Parameters
+    ----------
+    rgb, instance_map
+        The native ``(H, W, 3)`` uint8 image and ``(H, W)`` int map (memory maps are
+        fine: only the rows and columns the window needs are read).
+    y0, x0, rows, cols
+        The window in the output frame; it must lie inside the resampled image.
+    scale
+        Native pixels per output pixel.
+
+    Returns
+    -------
+    rgb, instance_map
+        ``(rows, cols, 3)`` uint8 (anti-aliased, bilinear) and ``(rows, cols)`` int32
+        (nearest neighbour).
+    """
+    if rows <= 0 or cols <= 0:
+        return np.zeros((max(rows, 0), max(cols, 0), 3), np.uint8), np.zeros((max(rows, 0), max(cols, 0)), np.int32)
+    if scale == 1.0:
+        return (np.array(rgb[y0 : y0 + rows, x0 : x0 + cols]),
+                np.array(instance_map[y0 : y0 + rows, x0 : x0 + cols], dtype=np.int32))
+    image = np.ascontiguousarray(_resample_rgb_chw(rgb, y0, x0, rows, cols, scale).transpose(1, 2, 0))
+    return image, _nearest_window(instance_map, y0, x0, rows, cols, scale)
+
+
+def resample_image(rgb: np.ndarray, instance_map: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """A whole image and its instance map resampled by ``scale`` (see :func:`resample_window`)."""
+    h, w = instance_map.shape
+    return resample_window(rgb, instance_map, 0, 0, output_length(h, scale), output_length(w, scale), scale)
+
+
+# --------------------------------------------------------------------------------------
+# Resolution per image
+# --------------------------------------------------------------------------------------
+def image_scales(ds: NucleusDataset, mpp: float | None, assume_mpp: float | None = None) -> np.ndarray:
+    """Native pixels per output pixel for every image of ``ds``'s split.
+
+    Parameters
+    ----------
+    ds
+        The dataset.
+    mpp
+        Target microns per pixel; ``None`` keeps the native resolution (all ones).
+    assume_mpp
+        The mpp to use for images that have none (yours to vouch for); without it, the
+        card's ``mpp_default`` (a documented default, where a card states one) is used.
+
+    Raises
+    ------
+    MissingMppError
+        When an image has no mpp and neither ``assume_mpp`` nor the card gives one.
+    InvalidArgumentError
+        For an ``mpp`` that is not a positive number.
+    """
+    if mpp is None:
+        return np.ones(len(ds), np.float64)
+    if not (isinstance(mpp, (int, float)) and math.isfinite(mpp) and mpp > 0):
+        raise InvalidArgumentError(f"mpp must be a positive number of microns per pixel, got {mpp!r}")
+    own = np.asarray(ds.store.column("images", "mpp"), np.float64)[ds.indices]
+    missing = ~(np.isfinite(own) & (own > 0))
+    if missing.any():
+        fallback = assume_mpp
+        if fallback is None:
+            try:
+                fallback = ds.card.extra.get("mpp_default")
+            except Exception:  # a store without a packaged card (tests, merged stores)
+                fallback = None
+        if fallback is None:
+            names = np.asarray(ds.store.column("images", "name"))[ds.indices[missing]]
+            shown = ", ".join(map(str, names[:5])) + (" ..." if names.size > 5 else "")
+            raise MissingMppError(
+                f"{ds.name}: {int(missing.sum())} image(s) have no microns-per-pixel value "
+                f"({shown}) and the {ds.name} card states no default, so they cannot be "
+                f"resampled to mpp={mpp}. Pass assume_mpp=<value> if you know their "
+                "resolution, choose a split without them, or leave mpp=None."
+            )
+        own = np.where(missing, float(fallback), own)
+    return float(mpp) / own
+
+
+def store_scales(store: Any, mpp: float, assume_mpp: float | None = None) -> np.ndarray:
+    """Native pixels per output pixel for every image of a store (crop banks cover stores).
+
+    Images without an mpp (and no ``assume_mpp`` or card default) get 1: their crops
+    exist in the bank but are never served, since :func:`image_scales` refuses any
+    split that holds them.
+    """
+    from nucdata.catalog._registry import get_card
+
+    own = np.asarray(store.column("images", "mpp"), np.float64)
+    fallback = assume_mpp
+    if fallback is None:
+        try:
+            fallback = get_card(store.dataset).extra.get("mpp_default")
+        except Exception:  # a store without a packaged card
+            fallback = None
+    known = np.isfinite(own) & (own > 0)
+    if fallback is not None:
+        own = np.where(known, own, float(fallback))
+        known[:] = True
+    return np.where(known, float(mpp) / np.where(known, own, 1.0), 1.0)
+
+
+# --------------------------------------------------------------------------------------
+# The dataset
+# --------------------------------------------------------------------------------------
+def _grid_starts(n_out: int, size: int, stride: int, edge: str) -> np.ndarray:
+    """Tile starts along one axis that cover ``[0, n_out)``."""
+    if edge == "shift" and n_out >= size:
+        starts = list(range(0, n_out - size + 1, stride))
+        if starts[-1] + size < n_out:
+            starts.append(n_out - size)
+        return np.asarray(starts, np.int64)
+    starts = list(range(0, max(n_out - size, 0) + 1, stride))
+    while starts[-1] + size < n_out:
+        starts.append(starts[-1] + stride)
+    return np.asarray(starts, np.int64)
+
+
+#: random tiles are drawn in blocks of this many (one generator and a few array operations
+#: per block, not per tile); at most ``_DRAW_CACHE`` blocks are kept per process
+_DRAW_BLOCK = 256
+_DRAW_CACHE = 64
+
+
+class _ImageView(NamedTuple):
+    """One image's pixels (plain array views) and nucleus range."""
+
+    rgb: np.ndarray
+    instances: np.ndarray
+    index: int
+    start: int
+    count: int
+    name: str
+
+
+class _MemberView(NamedTuple):
+    """One member's per-nucleus columns (plain array views) and labels."""
+
+    centroid: np.ndarray
+    bbox: np.ndarray
+    labels: np.ndarray
+    candidates: np.ndarray
+
+
+class TileDataset(torch.utils.data.Dataset):
+    """Fixed-size tiles of one or more datasets, at one resolution, for segmenters.
+
+    Use :meth:`nucdata.NucleusDataset.tiles` or :meth:`nucdata.DatasetCollection.tiles`
+    rather than the constructor. Each sample is a dict::
+
+        image          uint8 (3, S, S); zeros where padded
+        instance_map   int32 (S, S); 0 background, 1..K the nuclei of this tile
+        type_map       int64 (S, S); 0 background, c + 1 for class c of the label set,
+                       -1 inside nuclei without a label there (missing, or outside the
+                       set): ready for ``ignore_index=-1``
+        padding        bool (S, S); true outside the image
+        centroids      float32 (K, 2); x, y of nucleus k+1's centroid (the whole
+                       nucleus's, from the store) in tile pixel coordinates
+        labels         int64 (K,); class under the label set (-1 missing, -2 outside),
+                       native codes without one
+        candidates     int64 (K,); bitmask over the label set's classes
+        cut            bool (K,); the nucleus crosses the tile's border
+        nucleus_index  int64 (K,); rows in the dataset's store
+        origin         float64 (2,); x, y of the tile's top-left corner, native pixels
+        scale          float; native pixels per tile pixel
+        image_id, dataset  str; image_index int (row in the store)
+
+    Nuclei known only by a bounding box (``has_mask`` false, NuCLS) have no pixels and
+    are in neither map nor list. Per-nucleus fields differ in length between tiles:
+    batch with :func:`nucdata.collate`.
+
+    Parameters
+    ----------
+    datasets
+        Image datasets; their splits choose the images, their label sets the labels.
+    size
+        Tile side ``S`` in output pixels.
+    stride
+        Grid step (default ``size``: every pixel exactly once).
+    mpp
+        Resample every image to this many microns per pixel (``None``: native).
+    sampler
+        ``"grid"``: every grid tile of every image, in order. ``"random"``: ``length``
+        tiles at uniformly random positions, the dataset drawn by ``weights`` and the
+        image in proportion to its area; tile ``i`` is a function of ``(seed, epoch,
+        i)``, so workers agree and :meth:`set_epoch` gives new draws.
+    min_nuclei
+        Keep only tiles in which at least this many nuclei (with a mask) have their
+        centroid. Random tiles are redrawn until one qualifies (up to 100 draws).
+    weights
+        Random sampler: relative weight of each dataset (default: equal).
+    length
+        Random sampler: tiles per epoch (default: the number of grid tiles).
+    seed
+        Random sampler's seed.
+    edge
+        ``"pad"`` or ``"shift"`` (see the module docstring).
+    assume_mpp
+        mpp for images that have none (see :func:`image_scales`).
+    transforms
+        ``dict -> dict`` callable applied to every tile, last (for instance
+        :class:`nucdata.views._targets.HoVerNetTargets`).
+    """
+
+    def __init__(
+        self,
+        datasets: Sequence[NucleusDataset],
+        size: int = 256,
+        stride: int | None = None,
+        mpp: float | None = None,
+        sampler: str = "grid",
+        min_nuclei: int = 0,
+        weights: Sequence[float] | Mapping[str, float] | None = None,
+        length: int | None = None,
+        seed: int = 0,
+        edge: str = "pad",
+        assume_mpp: float | None = None,
+        transforms: Callable[[Sample], Sample] | None = None,
+    ):
+        if int(size) != size or size < 1:
+            raise InvalidArgumentError(f"tile size must be a positive integer, got {size!r}")
+        stride = size if stride is None else stride
+        if int(stride) != stride or stride < 1:
+            raise InvalidArgumentError(f"stride must be a positive integer, got {stride!r}")
+        if stride > size:
+            raise InvalidArgumentError(f"stride {stride} > size {size} would leave pixels uncovered")
+        if sampler not in ("grid", "random"):
+            raise InvalidArgumentError(f"unknown sampler {sampler!r}; valid samplers: 'grid', 'random'")
+        if edge not in ("pad", "shift"):
+            raise InvalidArgumentError(f"unknown edge rule {edge!r}; valid rules: 'pad', 'shift'")
+        if weights is not None and sampler != "random":
+            raise InvalidArgumentError("weights choose datasets for sampler='random'; the grid visits every tile")
+        self.members = list(datasets)
+        if not self.members:
+            raise InvalidArgumentError("tiles need at least one dataset")
+        self.size, self.stride, self.mpp = int(size), int(stride), mpp
+        self.sampler, self.min_nuclei, self.seed, self.edge = sampler, int(min_nuclei), int(seed), edge
+        self.transforms = transforms
+        self.epoch = 0
+        label_sets = {d.label_set for d in self.members}
+        self.label_set = label_sets.pop() if len(label_sets) == 1 else None
+        # Per member, per selected image: store row, native size, scale, output size.
+        self._image = [np.asarray(d.indices, np.int64) for d in self.members]
+        self._scale = [image_scales(d, mpp, assume_mpp) for d in self.members]
+        self._hw = [np.stack([np.asarray(d.store.column("images", "height"))[d.indices],
+                              np.asarray(d.store.column("images", "width"))[d.indices]], 1).astype(np.int64)
+                    for d in self.members]
+        self._out = [np.stack([[output_length(int(h), s), output_length(int(w), s)]
+                               for (h, w), s in zip(hw, sc, strict=True)]).reshape(-1, 2).astype(np.int64)
+                     for hw, sc in zip(self._hw, self._scale, strict=True)]
+        grid = self._grid()
+        if sampler == "grid":
+            self._tiles = grid
+        else:
+            self._weights = self._member_weights(weights)
+            self.length = int(length if length is not None else max(1, grid.shape[0]))
+            self._eligible = [self._eligible_images(m) for m in range(len(self.members))]
+
+    # -- construction ------------------------------------------------------------------
+    def _member_weights(self, weights: Sequence[float] | Mapping[str, float] | None) -> np.ndarray:
+        names = [d.name for d in self.members]
+        if weights is None:
+            w = np.ones(len(names))
+        elif isinstance(weights, Mapping):
+            unknown = set(weights) - set(names)
+            if unknown:
+                raise InvalidArgumentError(f"weights for datasets not in the collection: {sorted(unknown)}; datasets: {names}")
+            w = np.asarray([float(weights.get(n, 0.0)) for n in names])
+        else:
+            w = np.asarray(list(weights), np.float64)
+            if w.shape != (len(names),):
+                raise InvalidArgumentError(f"{w.size} weights for {len(names)} datasets ({names})")
+        empty = np.asarray([len(d) == 0 for d in self.members])
+        w = np.where(empty, 0.0, w)
+        if (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
+            raise InvalidArgumentError(f"weights must be non-negative with a positive sum over non-empty datasets, got {w.tolist()}")
+        return w / w.sum()
+
+    def _count_in(self, m: int, j: int, ty: np.ndarray, tx: np.ndarray) -> np.ndarray:
+        """Masked nuclei of image ``j`` of member ``m`` centred in each tile (ty, tx)."""
+        ds = self.members[m]
+        rows = ds.store.nucleus_slice(int(self._image[m][j]))
+        has_mask = np.asarray(ds.store.column("nuclei", "has_mask")[rows])
+        c = np.asarray(ds.store.column("nuclei", "centroid")[rows], np.float64)[has_mask]
+        if c.shape[0] == 0:
+            return np.zeros(ty.shape, np.int64)
+        s = self._scale[m][j]
+        out = (c + 0.5) / s - 0.5  # output-frame pixel-centre coordinates
+        px = np.floor(out[:, 0] + 0.5)
+        py = np.floor(out[:, 1] + 0.5)
+        inside = ((px[None, :] >= tx[:, None]) & (px[None, :] < tx[:, None] + self.size)
+                  & (py[None, :] >= ty[:, None]) & (py[None, :] < ty[:, None] + self.size))
+        return inside.sum(1)
+
+    def _grid(self) -> np.ndarray:
+        """``(N, 4)`` int64: member, image position, ty, tx of every grid tile kept."""
+        parts = []
+        for m in range(len(self.members)):
+            for j, (ho, wo) in enumerate(self._out[m]):
+                ys = _grid_starts(int(ho), self.size, self.stride, self.edge)
+                xs = _grid_starts(int(wo), self.size, self.stride, self.edge)
+                ty, tx = (a.ravel() for a in np.meshgrid(ys, xs, indexing="ij"))
+                if self.min_nuclei > 0:
+                    keep = self._count_in(m, j, ty, tx) >= self.min_nuclei
+                    ty, tx = ty[keep], tx[keep]
+                parts.append(np.stack([np.full(ty.size, m), np.full(ty.size, j), ty, tx], 1))
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros((0, 4), np.int64)
+
+    def _eligible_images(self, m: int) -> tuple[np.ndarray, np.ndarray]:
+        """Images of member ``m`` a random tile may come from, and their probabilities."""
+        count = np.asarray(self.members[m].store.column("images", "nucleus_count"))[self._image[m]]
+        area = self._out[m][:, 0].astype(np.float64) * self._out[m][:, 1]
+        keep = np.flatnonzero(count >= self.min_nuclei) if self.min_nuclei > 0 else np.arange(area.size)
+        if keep.size == 0:
+            return keep, np.zeros(0)
+        return keep, area[keep] / area[keep].sum()
+
+    # -- sampling ----------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Random sampler: draw a different set of tiles (call before each epoch)."""
+        self.epoch = int(epoch)
+        self.__dict__.pop("_draw_cache", None)
+
+    def __len__(self) -> int:
+        return int(self._tiles.shape[0]) if self.sampler == "grid" else self.length
+
+    def _draw(self, i: int) -> tuple[int, int, int, int]:
+        """Random tile ``i``: looked up in its block of draws (drawn together, cached)."""
+        block, k = divmod(i, _DRAW_BLOCK)
+        cache = self.__dict__.setdefault("_draw_cache", {})
+        table = cache.get((self.epoch, block))
+        if table is None:
+            if len(cache) >= _DRAW_CACHE:
+                cache.clear()
+            table = cache[(self.epoch, block)] = self._draw_block(block).tolist()
+        m, j, ty, tx = table[k]
+        return m, j, ty, tx
+
+    def _draw_block(self, block: int) -> np.ndarray:
+        """``(_DRAW_BLOCK, 4)`` draws (member, image, ty, tx) of tiles ``block * _DRAW_BLOCK ...``.
+
+        Attempt ``a`` of tile ``i`` uses row ``i % _DRAW_BLOCK`` of the uniform numbers
+        seeded by ``(seed, epoch, block, a)``: a function of ``(seed, epoch, i)`` alone,
+        so every worker agrees. With ``min_nuclei``, tiles that fall short are redrawn
+        (up to 100 attempts; the best draw is kept when none qualifies).
+        """
+        candidates = np.flatnonzero([e[0].size > 0 for e in self._eligible])
+        if candidates.size == 0:
+            raise InvalidArgumentError(f"no image has {self.min_nuclei} nuclei or more; lower min_nuclei")
+        weights = self._weights[candidates]
+        if weights.sum() <= 0:
+            raise InvalidArgumentError(f"no dataset with a positive weight has an image with {self.min_nuclei} nuclei or more")
+        cumulative = np.cumsum(weights / weights.sum())
+        n = _DRAW_BLOCK
+        out = np.zeros((n, 4), np.int64)
+        best = np.full(n, -1, np.int64)
+        pending = np.arange(n)
+        for attempt in range(100 if self.min_nuclei > 0 else 1):
+            u = np.random.default_rng([self.seed, self.epoch, block, attempt]).random((n, 4))[pending]
+            pick = np.searchsorted(cumulative, u[:, 0] * cumulative[-1], "right")
+            m = candidates[np.minimum(pick, candidates.size - 1)]
+            j = np.zeros_like(m)
+            size = np.zeros((m.size, 2), np.int64)
+            for member in np.unique(m).tolist():
+                sel = m == member
+                images = self._eligible[member][0]
+                cum_images = self._cumulative(member)
+                at = np.searchsorted(cum_images, u[sel, 1] * cum_images[-1], "right")
+                j[sel] = images[np.minimum(at, images.size - 1)]
+                size[sel] = self._out[member][j[sel]]
+            ty = (u[:, 2] * (np.maximum(size[:, 0] - self.size, 0) + 1)).astype(np.int64)
+            tx = (u[:, 3] * (np.maximum(size[:, 1] - self.size, 0) + 1)).astype(np.int64)
+            draws = np.stack([m, j, ty, tx], 1)
+            if self.min_nuclei <= 0:
+                out[pending] = draws
+                break
+            count = np.zeros(m.size, np.int64)
+            for member, image in {(int(a), int(b)) for a, b in zip(m, j, strict=True)}:
+                sel = (m == member) & (j == image)
+                count[sel] = self._count_in(member, image, ty[sel], tx[sel])
+            better = count > best[pending]
+            out[pending[better]] = draws[better]
+            best[pending[better]] = count[better]
+            pending = pending[count < self.min_nuclei]
+            if pending.size == 0:
+                break
+        return out
+
+    def _cumulative(self, m: int) -> np.ndarray:
+        cache = self.__dict__.setdefault("_cum_cache", {})
+        if m not in cache:
+            cache[m] = np.cumsum(self._eligible[m][1])
+        return cache[m]
+
+    def locate(self, i: int) -> tuple[int, int, int, int]:
+        """``(member, image position in its split, ty, tx)`` of tile ``i`` (output frame)."""
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} tiles")
+        i = i % len(self)
+        if self.sampler == "grid":
+            m, j, ty, tx = self._tiles[i].tolist()
+            return m, j, ty, tx
+        return self._draw(i)
+
+    # -- reading -----------------------------------------------------------------------
+    def __getitem__(self, i: int) -> Sample:
+        m, j, ty, tx = self.locate(int(i))
+        sample = self.tile(m, j, ty, tx)
+        return self.transforms(sample) if self.transforms is not None else sample
+
+    def _image_view(self, member: int, position: int) -> _ImageView:
+        """Pixels and nucleus range of one image, as plain arrays (cached per process)."""
+        cache = self.__dict__.setdefault("_view_cache", {})
+        view = cache.get((member, position))
+        if view is None:
+            store = self.members[member].store
+            index = int(self._image[member][position])
+            rows = store.nucleus_slice(index)
+            view = cache[(member, position)] = _ImageView(
+                rgb=store.rgb(index).view(np.ndarray),  # plain views: a memmap's slicing is slow
+                instances=store.instance_map(index).view(np.ndarray),
+                index=index, start=rows.start, count=rows.stop - rows.start,
+                name=str(store.column("images", "name")[index]),
+            )
+        return view
+
+    def _member_view(self, member: int) -> _MemberView:
+        """Per-nucleus columns of one member, as plain arrays (cached per process)."""
+        cache = self.__dict__.setdefault("_member_cache", {})
+        view = cache.get(member)
+        if view is None:
+            ds = self.members[member]
+            view = cache[member] = _MemberView(
+                centroid=ds.store.column("nuclei", "centroid").view(np.ndarray),
+                bbox=ds.store.column("nuclei", "bbox").view(np.ndarray),
+                labels=np.asarray(ds.labels, np.int64), candidates=np.asarray(ds.candidates, np.int64),
+            )
+        return view
+
+    @property
+    def grid(self) -> np.ndarray:
+        """Grid tiles as int64 rows ``(member, image position, y, x)``, in item order (grid sampler only)."""
+        if self.sampler != "grid":
+            raise InvalidArgumentError("only a grid sampler has a fixed list of tiles; use sampler='grid'")
+        view = self._tiles.view()
+        view.flags.writeable = False
+        return view
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for cache in ("_view_cache", "_member_cache", "_draw_cache"):  # rebuilt in each process
+            state.pop(cache, None)
+        return state
+
+    def tile(self, member: int, position: int, ty: int, tx: int) -> Sample:
+        """The tile of image ``position`` of ``member`` whose top-left output pixel is (tx, ty)."""
+        view = self._image_view(member, position)
+        nuclei = self._member_view(member)
+        scale = float(self._scale[member][position])
+        ho, wo = self._out[member][position].tolist()
+        s = self.size
+        rows, cols = max(0, min(s, ho - ty)), max(0, min(s, wo - tx))
+        full = rows == s and cols == s
+        if rows == 0 or cols == 0:
+            pixels, window = np.zeros((3, rows, cols), np.uint8), np.zeros((rows, cols), np.int32)
+        elif scale == 1.0:  # views of the window: nothing is read twice
+            pixels = view.rgb[ty : ty + rows, tx : tx + cols].transpose(2, 0, 1)
+            window = view.instances[ty : ty + rows, tx : tx + cols]
+        else:
+            pixels = _resample_rgb_chw(view.rgb, ty, tx, rows, cols, scale)
+            window = _nearest_window(view.instances, ty, tx, rows, cols, scale)
+        flat = window.ravel()  # one contiguous copy of the window's ids
+        # Relabel 1..K with one lookup table. Every id of the window occurs at its start
+        # or where the id changes along the flattened rows: far fewer values to look at
+        # than the window's pixels (a bincount over all of them costs more than the rest).
+        if flat.size:
+            changes = flat[1:][flat[1:] != flat[:-1]]
+            present = np.zeros(max(view.count, int(changes.max(initial=0)), int(flat[0])) + 1, bool)
+            present[changes] = True
+            present[flat[0]] = True
+            present[0] = False
+        else:
+            present = np.zeros(view.count + 1, bool)
+        original = np.flatnonzero(present)
+        lut = np.zeros(present.size, np.int32)
+        lut[original] = np.arange(1, original.size + 1, dtype=np.int32)
+        rows_k = view.start + original - 1
+        labels = nuclei.labels[rows_k]
+        type_lut = np.zeros(original.size + 1, np.int64)
+        type_lut[1:] = np.where(labels >= 0, labels + 1, -1)
+        if full:
+            image = np.ascontiguousarray(pixels)
+            inst = np.take(lut, flat).reshape(s, s)
+            padding = np.zeros((s, s), bool)
+        else:
+            image = np.zeros((3, s, s), np.uint8)
+            image[:, :rows, :cols] = pixels
+            inst = np.zeros((s, s), np.int32)
+            inst[:rows, :cols] = np.take(lut, flat).reshape(rows, cols)
+            padding = np.ones((s, s), bool)
+            padding[:rows, :cols] = False
+        type_map = np.take(type_lut, inst)
+        centroids = (nuclei.centroid[rows_k].astype(np.float64) + 0.5) / scale - 0.5 - np.array([tx, ty], np.float64)
+        ox, oy = tx * scale, ty * scale
+        h, w = view.instances.shape
+        cut = self._cut(nuclei.bbox[rows_k], ox, oy, s * scale, h, w)
+        return {
+            "image": torch.from_numpy(image),
+            "instance_map": torch.from_numpy(inst),
+            "type_map": torch.from_numpy(type_map),
+            "padding": torch.from_numpy(padding),
+            "centroids": torch.from_numpy(centroids.astype(np.float32)),
+            "labels": torch.from_numpy(labels),
+            "candidates": torch.from_numpy(nuclei.candidates[rows_k]),
+            "cut": torch.from_numpy(cut),
+            "nucleus_index": torch.from_numpy(rows_k.astype(np.int64, copy=False)),
+            "origin": torch.tensor([ox, oy], dtype=torch.float64),
+            "scale": scale,
+            "image_id": view.name,
+            "image_index": view.index,
+            "dataset": self.members[member].name,
+        }
+
+    @staticmethod
+    def _cut(bbox: np.ndarray, ox: float, oy: float, side: float, h: int, w: int) -> np.ndarray:
+        """Nuclei whose box crosses a tile border that lies inside the image."""
+        right, bottom = ox + side, oy + side
+        return ((bbox[:, 0] < ox) | ((bbox[:, 2] > right) & (right < w))
+                | (bbox[:, 1] < oy) | ((bbox[:, 3] > bottom) & (bottom < h)))
+
+    def loader(self, batch_size: int = 16, shuffle: bool = False, num_workers: int = 0,
+               **options: Any) -> torch.utils.data.DataLoader:
+        """Batches of these tiles (see :func:`tile_loader`)."""
+        return tile_loader(self, batch_size, shuffle, num_workers, **options)
+
+    def __repr__(self) -> str:
+        names = ", ".join(d.name for d in self.members)
+        return (f"TileDataset({names}; tiles={len(self)}, size={self.size}, stride={self.stride}, "
+                f"mpp={self.mpp}, sampler={self.sampler!r}, label_set={self.label_set!r})")
+
+
+#: batches a loader's worker may have in flight (DataLoader's ``prefetch_factor``)
+_PREFETCH = 2
+
+
+class _EpochBatches(torch.utils.data.Sampler):
+    """Batches of tile indices, each with the epoch the main process is in."""
+
+    def __init__(self, tiles: TileDataset, batches: torch.utils.data.Sampler):
+        self.tiles, self.batches = tiles, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        epoch = self.tiles.epoch  # read when the epoch starts: persistent workers see set_epoch
+        for batch in self.batches:
+            yield epoch, batch
+
+
+class _TileBatches(torch.utils.data.Dataset):
+    """What a tile loader's workers run: one collated batch per ``(epoch, indices)``."""
+
+    def __init__(self, tiles: TileDataset):
+        self.tiles = tiles
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getitem__(self, item: tuple[int, Sequence[int]]) -> dict[str, Any]:
+        from nucdata.views._loaders import collate_into_slots
+
+        epoch, indices = item
+        if self.tiles.epoch != epoch:
+            self.tiles.set_epoch(epoch)
+        return collate_into_slots([self.tiles[int(i)] for i in indices], slots=_PREFETCH + 2)
+
+
+def _unchanged(batch: Any) -> Any:
+    return batch
+
+
+def tile_loader(tiles: TileDataset, batch_size: int = 16, shuffle: bool = False, num_workers: int = 0,
+                drop_last: bool = False, generator: torch.Generator | None = None,
+                pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """Batches of tiles (:func:`nucdata.collate` layout), made in-process or by workers.
+
+    With workers, each worker makes a whole batch and stacks its pixel fields into one
+    of a few shared-memory segments that it reuses (the main process copies a batch out
+    when it arrives), and the small per-nucleus fields travel inline: no new segment,
+    file-descriptor handshake or page faults per batch. Workers are persistent and see
+    :meth:`TileDataset.set_epoch` (the epoch is sent with every batch).
+
+    Parameters
+    ----------
+    tiles
+        The tiles.
+    batch_size, shuffle, num_workers, drop_last, generator, pin_memory
+        As for :class:`torch.utils.data.DataLoader`. ``num_workers=0`` (the default)
+        makes tiles in the calling process: on a machine with few cores that is the
+        faster path for native tiles (see ``benchmarks/tiles.py``); workers pay off for
+        resampled tiles or costly transforms when cores are free.
+
+    Returns
+    -------
+    torch.utils.data.DataLoader
+        Iterate it for batch dicts.
+    """
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if int(num_workers) != num_workers or num_workers < 0:
+        raise InvalidArgumentError(f"num_workers must be a non-negative integer, got {num_workers!r}")
+    base = (torch.utils.data.RandomSampler(tiles, generator=generator) if shuffle
+            else torch.utils.data.SequentialSampler(tiles))
+    batches = _EpochBatches(tiles, torch.utils.data.BatchSampler(base, int(batch_size), drop_last))
+    workers = int(num_workers)
+    return torch.utils.data.DataLoader(
+        _TileBatches(tiles), sampler=batches, batch_size=None, num_workers=workers, collate_fn=_unchanged,
+        persistent_workers=workers > 0, prefetch_factor=_PREFETCH if workers > 0 else None,
+        in_order=True, pin_memory=pin_memory,
+    )
+
+
+def tiles_of(datasets: Sequence[NucleusDataset], size: int = 256, stride: int | None = None,
+             mpp: float | None = None, sampler: str = "grid", min_nuclei: int = 0,
+             **options: Any) -> TileDataset:
+    """A :class:`TileDataset` over ``datasets`` (see its parameters)."""
+    return TileDataset(datasets, size, stride, mpp, sampler, min_nuclei, **options)

@@ -1,0 +1,1 @@
+"""The bridge from the models to nucdata: splits, build-merged, its report and CLI."""

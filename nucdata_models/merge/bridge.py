@@ -1,0 +1,104 @@
+"""The one place where nucdata_models meets nucdata's datasets: crop banks to :class:`TrainingData`.
+
+``nucdata`` is imported inside the functions only; everything else in this package
+works on plain tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from nucdata_models.data import (
+    AMBIGUOUS,
+    ANNOTATED,
+    MAPPED,
+    NO_LABEL,
+    OUTSIDE_LABEL,
+    LabelSetSpec,
+    TrainingData,
+)
+
+__all__ = ["from_crop_dataset", "label_columns", "training_data"]
+
+
+def label_columns(dataset: str, native: np.ndarray, label_set: str, tissue: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, candidates and provenance of one dataset's nuclei under one label set.
+
+    A nucleus is *annotated* in a set when the set is its own dataset's vocabulary
+    (``nucdata.labels._tables.OWN_LABEL_SET``) and it has a label; otherwise its label comes
+    from the mapping tables: *mapped* (an exact row), *ambiguous* (a candidate set),
+    *outside*, or none.
+    """
+    from nucdata.labels._tables import OWN_LABEL_SET, translate
+
+    # tissue picks the tissue-conditional rows (PanNuke's per-patch tissue)
+    labels, candidates = translate(dataset, native, label_set, tissue=tissue)
+    own = OWN_LABEL_SET.get(dataset) == label_set
+    provenance = np.full(labels.shape, NO_LABEL, np.int8)
+    provenance[candidates != 0] = AMBIGUOUS
+    provenance[labels >= 0] = ANNOTATED if own else MAPPED
+    provenance[labels == -2] = OUTSIDE_LABEL
+    return labels.astype(np.int64), candidates.astype(np.int64), provenance
+
+
+def training_data(members: Sequence, crops, label_sets: Sequence[str], split: torch.Tensor | None = None
+                  ) -> TrainingData:
+    """Build :class:`TrainingData` from whole-store datasets and their crop bank.
+
+    Parameters
+    ----------
+    members
+        ``nucdata.NucleusDataset`` objects loaded with ``split=None`` (every nucleus, in
+        store order), in the order of ``crops``.
+    crops
+        ``nucdata.collection.crops_of(members, size)``.
+    label_sets
+        Label-set names, in head order.
+    split
+        Per nucleus: 0 train, 1 validation, 2 test, 3 neither; default all 0.
+    """
+    from nucdata.labels._tables import label_set
+
+    specs = [LabelSetSpec(ls.name, ls.version, tuple(ls.names)) for ls in map(label_set, label_sets)]
+    columns: dict[str, list[list[np.ndarray]]] = {s.name: [[], [], []] for s in specs}
+    for member in members:
+        store = member.store
+        native = np.asarray(store.column("nuclei", "label"))
+        tissue = None
+        if "tissue" in store.image_columns():
+            tissue = np.asarray(store.column("images", "tissue")).astype(str)[np.asarray(store.column("nuclei", "image"))]
+        for spec in specs:
+            for part, column in zip(columns[spec.name], label_columns(member.name, native, spec.name, tissue),
+                                    strict=True):
+                part.append(column)
+    n = len(crops)
+    joined = {name: [torch.from_numpy(np.concatenate(part)) for part in parts] for name, parts in columns.items()}
+    mpps = {float(m) for member in members for m in np.asarray(member.store.column("images", "mpp"))
+            if np.isfinite(m) and m > 0}
+    return TrainingData(
+        crops=crops.tensor(), label_sets=specs,
+        labels={k: v[0] for k, v in joined.items()}, candidates={k: v[1] for k, v in joined.items()},
+        provenance={k: v[2] for k, v in joined.items()},
+        dataset_index=torch.from_numpy(np.asarray(crops.dataset_index, np.int64).copy()),
+        dataset_names=[m.name for m in members],
+        split=split if split is not None else torch.zeros(n, dtype=torch.int64),
+        mpp=mpps.pop() if len(mpps) == 1 else None,
+    )
+
+
+def from_crop_dataset(crops, label_sets: Sequence[str], splits: torch.Tensor | None = None,
+                      members: Sequence | None = None) -> TrainingData:
+    """:func:`training_data` for a crop dataset of whole stores (``load_many(...).crops()``).
+
+    ``members`` are the image datasets the crops were cut from; without them, the
+    crop dataset's own ``members`` are used.
+    """
+    members = members if members is not None else getattr(crops, "members", None)
+    if members is None:
+        raise ValueError("from_crop_dataset needs the image datasets: pass members=[...] "
+                         "(the datasets given to crops_of)")
+    return training_data(members, crops, label_sets, splits)

@@ -1,0 +1,308 @@
+"""``build-merged``: every nucleus of every dataset labelled under every label set.
+
+The orchestration only: prepare the datasets, split them by groups (duplicates found),
+cut the crops, train (or load ``--checkpoint``), fill every label, and publish the
+output folder atomically. The output's format lives in :mod:`nucdata.store._merged`; the
+report in :mod:`.report`; the demo world's scoring in :mod:`.demo_eval`.
+
+Safety: the output folder is written only when it is missing, empty, or a previous
+merged output (it holds nucdata's marker file); anything else is refused unless
+``overwrite``. The new output is built beside it and swapped in with
+:func:`nucdata._util.atomic.swap_dir`: a kill at any point leaves the old output or the new
+one, and the next run restores or cleans up. Work that a rerun reuses lives in
+``.<out>.work/``: each stage's checkpoint (reused only for the same data and settings,
+see :meth:`.train.CrossTrainer.fit`) and, for ``--demo``, one data home per world.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nucdata_models.data import ANNOTATED, MAPPED, OUTSIDE_LABEL
+from nucdata_models.fill import SOURCES, fill_labels
+from nucdata_models.merge.defaults import (
+    ALL_DATASETS,
+    DEMO_EPOCHS,
+    DEMO_SCALE,
+    MERGED_SETS,
+    RECIPE_CROP_SIZE,
+)
+from nucdata_models.merge.splits import TEST, TRAIN, grouped_split
+from nucdata_models.train import CrossTrainer, Predictions, TrainConfig
+
+__all__ = ["BuildOptions", "OutputFolderError", "build_merged", "work_dir"]
+
+
+def _nucdata_error():
+    from nucdata.errors import NucdataError
+
+    return NucdataError
+
+
+class OutputFolderError(_nucdata_error()):
+    """The output folder holds files nucdata did not write."""
+
+
+@dataclass
+class BuildOptions:
+    """What ``nucdata build-merged`` was asked for.
+
+    ``config`` holds :class:`.train.TrainConfig` fields that override the recipe's
+    (``epochs``, ``encoder``, ``batch_size``, ``device``, ``weights``, ...).
+    """
+
+    out: Path
+    datasets: Sequence[str] | None = None  # None: every dataset that is available
+    label_sets: Sequence[str] = MERGED_SETS
+    checkpoint: Path | None = None
+    recipe: str = "nucdata"
+    config: dict[str, Any] = field(default_factory=dict)
+    crop_size: int | None = None  # None: the recipe's (nucdata 32, paper 64)
+    overlays: int | None = 16  # images per (label set, dataset); None = every image
+    root: Path | None = None
+    demo: bool = False
+    demo_scale: int = DEMO_SCALE
+    world: str = "easy"  # --demo: WorldConfig preset (easy, hard, noisy)
+    seed: int = 0
+    validation: float = 0.15
+    test: float = 0.15
+    mapped_as_truth: bool = False
+    overwrite: bool = False
+
+    def train_config(self) -> TrainConfig:
+        """The recipe's configuration with this build's overrides and seed."""
+        overrides = {"seed": self.seed, **self.config}
+        if self.demo and "epochs" not in self.config and self.recipe == "nucdata":
+            overrides["epochs"] = dict(DEMO_EPOCHS)
+        return TrainConfig.recipe(self.recipe, **overrides)
+
+    @property
+    def crop(self) -> int:
+        return self.crop_size or RECIPE_CROP_SIZE[self.recipe]
+
+
+def work_dir(out: Path) -> Path:
+    """Where reusable work of the output ``out`` lives: ``.<name>.work`` beside it."""
+    return out.parent / f".{out.name}.work"
+
+
+def check_output_folder(out: Path, overwrite: bool) -> None:
+    """Refuse an output folder that holds anything nucdata did not write (unless ``overwrite``)."""
+    from nucdata.store._merged import is_merged_output
+
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputFolderError(f"{out}: exists and is not a folder; choose another --out.")
+    if is_merged_output(out) or overwrite:
+        return
+    entries = sorted(p.name for p in out.iterdir())
+    if entries:
+        shown = ", ".join(entries[:5]) + (" ..." if len(entries) > 5 else "")
+        raise OutputFolderError(
+            f"{out}: holds files that nucdata build-merged did not write ({shown}); nothing was changed. "
+            "Choose an empty or new folder, or pass --overwrite to replace it.")
+
+
+def _available(names: Sequence[str] | None, root: Path | None, say: Callable[[str], None]) -> list[str]:
+    """Datasets to use: prepared, or preparable from local files without the network."""
+    import nucdata
+    from nucdata.acquire._prepare import is_prepared
+    from nucdata.errors import NucdataError
+
+    asked = list(names) if names else list(ALL_DATASETS)
+    chosen = []
+    for name in asked:
+        try:
+            if not is_prepared(name, root):
+                say(f"preparing {name}")
+                nucdata.prepare(name, root=root, download=False)
+            chosen.append(name)
+        except NucdataError as exc:
+            card = nucdata.get_card(name, root)
+            if names:  # asked for by name: stop and say how to get it
+                raise NucdataError(f"{name} is not available: {str(exc).splitlines()[0]}\n"
+                                   f"How to get it: {card.instructions(root)}") from exc
+            say(f"skipping {name}: not downloaded (`nucdata info {name}` says how to get it)")
+    if not chosen:
+        raise NucdataError("no dataset is available; prepare one first, or run build-merged --demo")
+    return chosen
+
+
+def demo_key(options: BuildOptions) -> str:
+    """Identity of a demo world: a different seed or scale is a different world."""
+    return hashlib.sha256(json.dumps({"seed": options.seed, "scale": options.demo_scale, "world": options.world,
+                                      "datasets": sorted(options.datasets or ALL_DATASETS)}).encode()).hexdigest()[:12]
+
+
+def build_merged(options: BuildOptions, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the whole chain and write the merged dataset into ``options.out``.
+
+    Two runs into the same output wait on a lock in its work folder. A run first repairs
+    what a killed run left (restores the previous output, removes stale staging
+    folders), then refuses an output folder that holds files nucdata did not write.
+    """
+    from nucdata._util.atomic import recover
+    from nucdata._util.locks import dataset_lock
+    from nucdata.store._merged import is_merged_output
+
+    out = Path(options.out).resolve()
+    work = work_dir(out)
+    work.mkdir(parents=True, exist_ok=True)
+    with dataset_lock(work):
+        for line in recover(out, complete=is_merged_output).lines():
+            say(f"{out.name}: {line}")
+        check_output_folder(out, options.overwrite)
+        return _build(options, out, work, say)
+
+
+def _build(options: BuildOptions, out: Path, work: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    import nucdata
+    from nucdata._util.faults import fault_point
+    from nucdata_models.merge.bridge import training_data
+
+    config = options.train_config()
+    timings: dict[str, float] = {}
+    root = options.root
+    truth_by_image: dict[str, dict[str, list]] = {}
+    world = None
+    if options.demo:
+        from nucdata_models.merge.demo_eval import install_demo_world, make_world
+
+        root = work / f"demo-{demo_key(options)}"
+        start = time.perf_counter()
+        world = make_world(options.seed, options.world)
+        truth_by_image = install_demo_world(root, options.seed, options.datasets, say, options.demo_scale, world)
+        timings["generate demo archives"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    names = _available(options.datasets, root, say)
+    members = [nucdata.load(n, root=root) for n in names]
+    timings["prepare"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    groups = grouped_split(members, options.validation, options.test, options.seed)
+    for name, dups in groups.duplicates.items():
+        for other, count in dups.items():
+            say(f"{name}: {count} images are {other}'s, byte for byte; trained on once, as {other}'s")
+    say(f"cutting crop banks ({options.crop} px) for {', '.join(names)}")
+    crops = nucdata.collection.crops_of(members, options.crop)
+    data = training_data(members, crops, list(options.label_sets), torch.from_numpy(groups.split))
+    if options.demo:
+        from nucdata_models.merge.demo_eval import truth_labels
+
+        data.truth = {s: torch.from_numpy(t)
+                      for s, t in truth_labels(members, truth_by_image, data.names, world).items()}
+    timings["crop banks and splits"] = time.perf_counter() - start
+    say(f"{len(data):,} nuclei from {len(names)} datasets under {', '.join(options.label_sets)}; "
+        f"{int((data.split == TRAIN).sum()):,} train, {int((data.split == 1).sum()):,} validation, "
+        f"{int((data.split == TEST).sum()):,} held out")
+
+    if options.checkpoint is not None:
+        trainer = CrossTrainer.load(options.checkpoint, data.label_sets, device=config.device)
+        result = None
+        say(f"using checkpoint {options.checkpoint}")
+    else:
+        trainer = CrossTrainer(config)
+        result = trainer.fit(data, workdir=work / "stages", progress=say)
+    start = time.perf_counter()
+    predictions = trainer.predict(data.crops)
+    timings["predict"] = time.perf_counter() - start
+    say(f"predicted {len(data):,} nuclei under {len(data.label_sets)} label sets in {timings['predict']:.1f} s")
+
+    demo_scores = None
+    if options.demo:
+        from nucdata_models.merge.demo_eval import score_demo
+
+        demo_scores = score_demo(data, predictions, trainer, say)
+
+    from nucdata._util.atomic import discard, staging_dir, swap_dir
+    from nucdata.store._merged import write_marker
+    from nucdata_models.merge.report import make_report, render_report
+
+    tmp = staging_dir(out)
+    try:
+        start = time.perf_counter()
+        offsets = np.concatenate([[0], np.cumsum([m.store.n_nuclei for m in members])])
+        for d, member in enumerate(members):
+            rows = slice(int(offsets[d]), int(offsets[d + 1]))
+            write_dataset(tmp, member, data, predictions, rows, options, say)
+            fault_point("build-merged:dataset-written")
+        trainer.save(tmp / "model.pt", extra={"datasets": names, "recipe": options.recipe})
+        report = make_report(options, names, data, result, trainer, timings, demo_scores, groups)
+        from nucdata._util.atomic import atomic_write_json, atomic_write_text
+
+        atomic_write_json(tmp / "report.json", report)
+        atomic_write_text(tmp / "report.md", render_report(report))
+        write_marker(tmp, {"datasets": names, "label_sets": list(data.names), "recipe": options.recipe})
+        timings["write"] = time.perf_counter() - start
+        fault_point("build-merged:staged")
+        swap_dir(tmp, out, label="build-merged")
+    finally:
+        discard(tmp)
+    say(f"merged dataset written to {out}")
+    return report
+
+
+def write_dataset(folder: Path, member, data, predictions: Predictions, rows: slice, options: BuildOptions,
+                  say: Callable[[str], None]) -> None:
+    """Pickles, merged columns, the linked store and overlays of one dataset."""
+    from nucdata.dataset import NucleusDataset
+    from nucdata.export._overlay import write_overlays
+    from nucdata.store._merged import (
+        link_store,
+        write_merged_info,
+        write_merged_labels,
+        write_published_pickle,
+    )
+    from nucdata.store._store import Store
+
+    store = member.store
+    store_dir = link_store(store.path, folder / "stores" / member.name)
+    image_of = np.asarray(store.column("nuclei", "image"))
+    centroids = np.asarray(store.column("nuclei", "centroid"))
+    image_names = [str(n) for n in np.asarray(store.column("images", "name"))]
+    for spec in data.label_sets:
+        s = spec.name
+        pred = predictions[s]
+        probs = pred.probs[rows]
+        labels, cands, prov = data.labels[s][rows], data.candidates[s][rows], data.provenance[s][rows]
+        filled = fill_labels(probs, labels, cands, prov, spec.size)
+        truthful = prov == ANNOTATED
+        if options.mapped_as_truth:
+            truthful |= prov == MAPPED
+        annotation = torch.where(truthful, labels, torch.full_like(labels, -1))
+        annotation = torch.where(prov == OUTSIDE_LABEL, torch.full_like(labels, -2), annotation)
+        # Field 2: the model's own label, except where the annotation decides the
+        # candidate set (ambiguous: the best candidate) or says outside (-2).
+        decided = (filled.source == SOURCES.index("ambiguous-resolved")) | (filled.source == SOURCES.index("outside"))
+        field_label = torch.where(decided, filled.label, pred.label[rows])
+        field_prob = torch.where(decided, filled.probability, pred.probability[rows])
+        columns = {"label": filled.label.numpy(), "probability": filled.probability.numpy(),
+                   "source": filled.source.numpy(), "predicted": pred.label[rows].numpy(),
+                   "predicted_probability": pred.probability[rows].numpy(), "annotation": annotation.numpy()}
+        write_merged_labels(folder, member.name, s, columns)
+        write_published_pickle(folder / s / f"{member.name}.pkl", image_names, image_of, centroids,
+                               field_label.numpy(), field_prob.numpy(), annotation.numpy())
+    write_merged_info(folder, member.name, {
+        "label_sets": list(data.names), "nuclei": store.n_nuclei, "store_created": store.manifest.get("created"),
+        "converter_version": store.manifest.get("converter_version"),
+        "label_tables": store.manifest.get("label_tables"), "mapped_as_truth": options.mapped_as_truth,
+    })
+    if options.overlays != 0:
+        from nucdata.store._merged import read_merged_labels
+
+        for s in data.names:
+            _, merged = read_merged_labels(folder, member.name, s)
+            view = NucleusDataset(Store(store_dir), None, merged=merged)
+            write_overlays(view, folder / "overlays" / s / member.name, limit=options.overlays)
+    say(f"wrote {member.name}: {store.n_nuclei:,} nuclei under {len(data.names)} label sets")

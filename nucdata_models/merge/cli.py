@@ -1,0 +1,139 @@
+"""The ``nucdata build-merged`` command (registered through the ``nucdata.commands`` entry point)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from nucdata_models.encoders import ENCODERS
+from nucdata_models.merge.defaults import DEMO_EPOCHS, DEMO_SCALE, EPOCHS, MERGED_SETS
+from nucdata_models.train import RECIPES
+
+# Rough CPU throughput of each encoder on two cores, nuclei per second per epoch (from
+# benchmarks/train_throughput.py --quick): for the warning before a long CPU run.
+CPU_NUCLEI_PER_S = {"small": 1000.0, "resnet18": 60.0, "resnet50": 15.0}
+
+
+class EpochsType(click.ParamType):
+    """``N`` (every stage) or ``A,B,C``; each a whole number >= 0."""
+
+    name = "epochs"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, dict):
+            return value
+        try:
+            parts = [int(p) for p in str(value).split(",")]
+        except ValueError:
+            self.fail(f"{value!r}: give one whole number for every stage, or three: A,B,C", param, ctx)
+        if len(parts) == 1:
+            parts *= 3
+        if len(parts) != 3 or min(parts) < 0:
+            self.fail(f"{value!r}: give one whole number >= 0 for every stage, or three: A,B,C", param, ctx)
+        return dict(zip("ABC", parts, strict=True))
+
+
+class OverlaysType(click.ParamType):
+    """A number of overlay images >= 0, or ``all``."""
+
+    name = "overlays"
+
+    def convert(self, value, param, ctx):
+        if value is None or str(value).lower() == "all":
+            return None
+        try:
+            number = int(value)
+        except ValueError:
+            self.fail(f"{value!r}: give a whole number >= 0 or 'all'", param, ctx)
+        if number < 0:
+            self.fail(f"{value!r}: give a whole number >= 0 or 'all'", param, ctx)
+        return number
+
+
+def _names(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@click.command("build-merged")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output folder: missing, empty, or an earlier build-merged output.")
+@click.option("--overwrite", is_flag=True, help="Replace an --out folder that holds other files.")
+@click.option("--recipe", type=click.Choice(RECIPES), default="nucdata", show_default=True,
+              help="'paper': the authors' method as published; 'nucdata': with our extensions (docs/build-merged.md).")
+@click.option("--datasets", default=None, help="Comma-separated datasets (default: every available one).")
+@click.option("--label-sets", default=",".join(MERGED_SETS), show_default=True)
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Predict with this model instead of training (loaded as weights only).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--epochs", type=EpochsType(), default=None,
+              help=f"Epochs per stage: N or A,B,C (default: the recipe's; nucdata {EPOCHS['A']}, "
+                   f"demo {DEMO_EPOCHS['A']},{DEMO_EPOCHS['B']},{DEMO_EPOCHS['C']}; paper 50).")
+@click.option("--encoder", type=click.Choice(list(ENCODERS)), default=None, help="Default: the recipe's.")
+@click.option("--encoder-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Local file with pretrained encoder weights (keys that do not fit are skipped and reported).")
+@click.option("--crop-size", type=click.IntRange(8, 512), default=None, help="Crop side, px (default: the recipe's).")
+@click.option("--batch-size", type=click.IntRange(2, 65536), default=None, help="Default 128.")
+@click.option("--threshold", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Pseudo-label threshold (default 0.99).")
+@click.option("--mapped-as-truth", is_flag=True,
+              help="Write labels from exact mapping rows as ground truth (field 4) in the pickles too.")
+@click.option("--overlays", type=OverlaysType(), default="16", show_default=True,
+              help="Overlay PNGs per label set and dataset, or 'all'.")
+@click.option("--demo", is_flag=True, help="Run on a generated world of all seven datasets whose truth is known.")
+@click.option("--demo-scale", type=click.IntRange(1, 1000), default=DEMO_SCALE, show_default=True,
+              help="With --demo: size of the world (4: ~4,800 nuclei, ~2 min on two cores; ~300: full scale).")
+@click.option("--world", type=click.Choice(["easy", "hard", "noisy"]), default="easy", show_default=True,
+              help="With --demo: the world's knobs (docs/demo-world.md): look-alike cell types, real-shaped "
+                   "sizes, stain/scale/blur shifts, annotator noise, mapping-table errors.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--quiet", is_flag=True, help="Only the result.")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Data home (default: $NUCDATA_HOME or the platform cache folder).")
+def build_merged(out: Path, overwrite: bool, recipe: str, datasets: str | None, label_sets: str,
+                 checkpoint: Path | None, device: str, epochs: dict | None, encoder: str | None,
+                 encoder_weights: Path | None, crop_size: int | None, batch_size: int | None,
+                 threshold: float | None, mapped_as_truth: bool, overlays: int | None, demo: bool,
+                 demo_scale: int, world: str, seed: int, quiet: bool, root: Path | None) -> None:
+    """Label every nucleus of every dataset under every label set, and write the merged dataset."""
+    import torch
+
+    from nucdata_models.merge.build import BuildOptions
+    from nucdata_models.merge.build import build_merged as run
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise click.UsageError("--device cuda: torch sees no CUDA device here; use --device cpu (or auto).")
+    config = {"device": device}
+    for key, value in (("epochs", epochs), ("encoder", encoder), ("batch_size", batch_size),
+                       ("threshold", threshold), ("weights", str(encoder_weights) if encoder_weights else None)):
+        if value is not None:
+            config[key] = value
+    options = BuildOptions(
+        out=out, datasets=_names(datasets), label_sets=_names(label_sets) or list(MERGED_SETS),
+        checkpoint=checkpoint, recipe=recipe, config=config, crop_size=crop_size, overlays=overlays, root=root,
+        demo=demo, demo_scale=demo_scale, world=world, seed=seed, mapped_as_truth=mapped_as_truth, overwrite=overwrite,
+    )
+    resolved = options.train_config()
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if on_cpu and checkpoint is None and resolved.encoder != "small":
+        rate = CPU_NUCLEI_PER_S.get(resolved.encoder, 15.0)
+        if resolved.input_size:
+            rate *= (options.crop / resolved.input_size) ** 2
+        click.secho(f"warning: encoder {resolved.encoder} on the CPU trains about {rate:,.1f} nuclei/s; "
+                    f"{sum(resolved.epochs.values())} epochs over the data may take hours. "
+                    "Use a GPU, or --encoder small.", fg="yellow", err=True)
+    if quiet:
+        from nucdata._util.progress import set_quiet
+
+        set_quiet()
+    say = (lambda _m: None) if quiet else click.echo
+    start = time.perf_counter()
+    report = run(options, say=say)
+    click.echo(f"done in {time.perf_counter() - start:.0f} s: {out} (report: {out / 'report.md'})")
+    if "demo_truth" in report:
+        held = report["demo_truth"]["held_out"]
+        for name in report["label_sets"]:
+            m, b = held["merged"][name], held["baseline"][name]
+            click.echo(f"  {name:8s} held-out filled-label macro F1 {m['macro_f1']:.3f} "
+                       f"(baseline, own annotations only: {b['macro_f1']:.3f}; n={m['count']})")

@@ -1,0 +1,606 @@
+"""The method study: arms, runs on generated worlds, and clustered-bootstrap statistics.
+
+``benchmarks/method_study.py`` is the command line; ``docs/method-study.md`` the write-up.
+This module holds what the harness and its tests share:
+
+* **Arms** (:data:`ARMS`, :func:`arm_plan`): the configurations compared, all with the
+  same encoder, crops and batch size, and **equal optimisation steps**: every arm runs
+  ``E = A + B + C`` epochs of the ``nucdata`` arm over the same training pool (an arm
+  without stages B and C runs stage A for ``E`` epochs; an arm without B runs A for
+  ``A + B``; an arm without C runs A for ``A + C``).
+* **Runs** (:func:`prepare_world`, :func:`run_arms`): one generated world per world
+  seed, prepared once and shared by every arm and training seed; each arm is trained
+  and scored on the held-out images (split ``TEST``: no stage sees them).
+* **Statistics** (:func:`summarise`): per arm and label set the mean over runs of macro
+  F1 and accuracy, with 95 % bootstrap intervals clustered by image (images are drawn
+  with replacement within each world; every arm and run of that world sees the same
+  draw, so differences are paired), paired differences against reference arms with
+  two-sided bootstrap p-values, Holm-corrected across the label sets.
+
+The primary endpoint, fixed before any run: macro F1 of the **published** label of
+held-out nuclei that their own dataset did not annotate in the set and whose true
+class lies in the set, averaged over the set's classes. An "outside" prediction is an
+error (a miss of the true class); it is not averaged in as a class of its own (see
+:func:`macro_f1_from_confusion`). What an arm publishes is :data:`ArmPlan.publish`:
+the merged label (:func:`.fill.fill_labels`: mapping tables where they decide, the
+model elsewhere) for arms that train with the mapping tables, the model's prediction for arms that do not.
+Every arm is also scored on its model prediction alone and on the merged label, so a
+reader can separate the tables' contribution from the method's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nucdata_models.data import ANNOTATED, NO_LABEL, OUTSIDE_LABEL, TrainingData
+from nucdata_models.fill import fill_labels, scored_class
+from nucdata_models.merge.defaults import ALL_DATASETS, MERGED_SETS
+from nucdata_models.merge.splits import TEST, grouped_split
+from nucdata_models.train import CrossTrainer, TrainConfig
+
+__all__ = ["ARMS", "REFERENCES", "VIEWS", "ArmPlan", "PreparedWorld", "RunScores", "accuracy_from_confusion",
+           "arm_plan", "bootstrap_p", "cluster_confusions", "holm", "macro_f1_from_confusion", "oracle_check",
+           "oracle_data", "percentile_ci", "prepare_world", "render_markdown", "resample_weights", "run_arms", "summarise"]
+
+#: Every arm and what it is (the harness runs them in this order).
+ARMS: dict[str, str] = {
+    "own-only": "each label set learnt from its own dataset's annotations only (one shared encoder; "
+                "a head is trained only on its own dataset's nuclei); stage A for E epochs",
+    "paper-a": "the paper recipe's stage A (own labels, RGB only, logits) for E epochs",
+    "paper": "the paper recipe A -> B -> C (own labels only), the nucdata arm's epochs per stage",
+    "self-training": "the nucdata recipe with stage C replaced by plain self-training (the base module learns "
+                     "from its own confident predictions; no correlation module); A for A+B epochs, then C",
+    "no-c": "the nucdata recipe A -> B, no cross-training; A for A+C epochs",
+    "exact-only": "the nucdata recipe with mapped labels from exact table rows only",
+    "nucdata": "the nucdata recipe (exact rows and candidate sets), the default",
+    "soft": "the nucdata recipe with ambiguous rows as uniform soft targets",
+    "oracle": "the nucdata recipe trained on the true class of every training nucleus in every set "
+              "(the ceiling); publishes like nucdata",
+    "nucdata-t0.9": "the nucdata arm with pseudo-label threshold 0.9",
+    "nucdata-t0.95": "the nucdata arm with pseudo-label threshold 0.95",
+    "nucdata-t0.99": "the nucdata arm with pseudo-label threshold 0.99",
+}
+#: Arms every other arm is compared with (paired differences).
+REFERENCES = ("own-only", "paper")
+#: Scored views of every arm: what it publishes, its model prediction, its merged label.
+VIEWS = ("published", "model", "merged")
+#: The metrics of the study; ``macro_f1`` is the primary endpoint.
+METRICS = ("macro_f1", "accuracy")
+
+
+@dataclass(frozen=True)
+class ArmPlan:
+    """How one arm is trained and what it publishes.
+
+    Attributes
+    ----------
+    name
+        The arm.
+    config
+        Its training configuration.
+    modules
+        Which modules predict (``"base"`` for arms whose correlation modules never trained).
+    publish
+        ``"merged"`` (the arm trains with the mapping tables and publishes
+        :func:`.fill.fill_labels`) or ``"model"`` (the model's prediction).
+    oracle
+        Train on :func:`oracle_data` instead of the data.
+    """
+
+    name: str
+    config: TrainConfig
+    modules: str
+    publish: str
+    oracle: bool = False
+
+    def key(self) -> str:
+        """Identity of the trained model: arms with the same key share one training."""
+        return json.dumps({"config": self.config.to_dict(), "oracle": self.oracle}, sort_keys=True)
+
+
+def arm_plan(arm: str, base: TrainConfig) -> ArmPlan:
+    """The plan of ``arm`` given the ``nucdata`` arm's configuration ``base``.
+
+    Every arm gets ``E = sum(base.epochs)`` epochs in all (equal optimisation steps over
+    the same training pool and batch size); the paper arms take the paper recipe with
+    ``base``'s encoder, batch size, learning rates, device and seed, at the crops' own
+    size (``input_size=None``: no resize to 224).
+    """
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}; arms are {', '.join(ARMS)}")
+    ep = dict(base.epochs)
+    total = sum(ep.values())
+    if arm == "own-only":
+        from nucdata_models.merge.demo_eval import baseline_config
+
+        return ArmPlan(arm, baseline_config(CrossTrainer(base)), "base", "model")
+    if arm in ("paper-a", "paper"):
+        shared = {k: getattr(base, k) for k in ("encoder", "weights", "batch_size", "lr", "weight_decay",
+                                                "grad_clip", "hidden", "augment", "jitter", "blur_p", "drop_last",
+                                                "device", "seed", "bf16", "channels_last", "compile",
+                                                "eval_batch_size", "score_truth")}
+        epochs = {"A": total, "B": 0, "C": 0} if arm == "paper-a" else ep
+        config = TrainConfig.recipe("paper", **{**shared, "input_size": None, "epochs": epochs})
+        return ArmPlan(arm, config, "base" if arm == "paper-a" else "both", "model")
+    if arm == "self-training":
+        config = base.replace(pseudo_teacher="self", epochs={"A": ep["A"] + ep["B"], "B": 0, "C": ep["C"]})
+        return ArmPlan(arm, config, "base", "merged")
+    if arm == "no-c":
+        return ArmPlan(arm, base.replace(epochs={"A": ep["A"] + ep["C"], "B": ep["B"], "C": 0}), "both", "merged")
+    if arm == "exact-only":
+        return ArmPlan(arm, base.replace(mapped_labels="exact"), "both", "merged")
+    if arm == "soft":
+        return ArmPlan(arm, base.replace(mapped_labels="soft"), "both", "merged")
+    if arm == "oracle":
+        return ArmPlan(arm, base, "both", "merged", oracle=True)
+    if arm.startswith("nucdata-t"):
+        return ArmPlan(arm, base.replace(threshold=float(arm.removeprefix("nucdata-t"))), "both", "merged")
+    return ArmPlan(arm, base, "both", "merged")
+
+
+def oracle_data(data: TrainingData) -> TrainingData:
+    """The data with every nucleus labelled in every set by its truth (the oracle's training data).
+
+    Where ``data.truth`` is a class, it becomes an annotation (candidates: that class);
+    where it is -2, the nucleus is outside the set (candidates: the outside bit); where
+    the truth is unknown (-3, a stored nucleus not matched to a drawn one), no label.
+    Splits, crops and truth are unchanged, so held-out nuclei still train nothing.
+    """
+    if set(data.truth) != set(data.names):
+        raise ValueError("oracle_data needs data.truth for every label set")
+    labels, candidates, provenance = {}, {}, {}
+    for spec in data.label_sets:
+        truth = data.truth[spec.name].to(torch.int64)
+        known = truth >= 0
+        outside = truth == -2
+        labels[spec.name] = torch.where(known | outside, truth, torch.full_like(truth, -1))
+        bit = torch.ones_like(truth) << truth.clamp_min(0)
+        candidates[spec.name] = torch.where(known, bit, torch.where(outside, torch.full_like(truth, 1 << spec.size),
+                                                                    torch.zeros_like(truth)))
+        prov = torch.full(truth.shape, NO_LABEL, dtype=torch.int8)
+        prov[known] = ANNOTATED
+        prov[outside] = OUTSIDE_LABEL
+        provenance[spec.name] = prov
+    return dataclasses.replace(data, labels=labels, candidates=candidates, provenance=provenance)
+
+
+# -- statistics ------------------------------------------------------------------------
+def cluster_confusions(truth: np.ndarray, guess: np.ndarray, cluster: np.ndarray, n_clusters: int,
+                       n_classes: int) -> np.ndarray:
+    """Confusion matrix of every cluster: ``(n_clusters, n_classes, n_classes)`` counts, rows = truth.
+
+    Summing them with integer weights is the confusion matrix of a sample that holds
+    each cluster (image) that many times, whole.
+    """
+    truth, guess, cluster = (np.asarray(a, np.int64) for a in (truth, guess, cluster))
+    if not truth.shape == guess.shape == cluster.shape:
+        raise ValueError(f"truth, guess and cluster differ in shape: {truth.shape}, {guess.shape}, {cluster.shape}")
+    if truth.size and (min(truth.min(), guess.min()) < 0 or max(truth.max(), guess.max()) >= n_classes):
+        raise ValueError(f"class ids must lie in [0, {n_classes})")
+    if cluster.size and (cluster.min() < 0 or cluster.max() >= n_clusters):
+        raise ValueError(f"cluster ids must lie in [0, {n_clusters})")
+    flat = (cluster * n_classes + truth) * n_classes + guess
+    return np.bincount(flat, minlength=n_clusters * n_classes * n_classes).reshape(n_clusters, n_classes, n_classes)
+
+
+def macro_f1_from_confusion(confusion: np.ndarray, classes: int | None = None) -> np.ndarray:
+    """Macro F1 of ``(..., K, K)`` confusion matrices: mean F1 over the classes in truth or prediction.
+
+    With ``classes=None`` the definition of :func:`.metrics.classification_metrics`.
+    With ``classes=k``, only the first ``k`` classes are averaged: the study's label
+    sets have ``k`` classes plus one column for "outside" predictions, which are errors
+    (a miss of the true class) but not a class of the set. Averaging that column in
+    would add a class whose F1 is 0 whenever any nucleus is predicted outside, cutting
+    macro F1 by a factor ``k / (k + 1)`` for a single such prediction. NaN for an empty
+    matrix.
+    """
+    cm = np.asarray(confusion, np.float64)
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    denominator = cm.sum(-2) + cm.sum(-1)
+    if classes is not None:
+        tp, denominator = tp[..., :classes], denominator[..., :classes]
+    present = denominator > 0
+    f1 = np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=present)
+    count = present.sum(-1)
+    return np.divide(f1.sum(-1), count, out=np.full(count.shape, np.nan), where=count > 0)
+
+
+def accuracy_from_confusion(confusion: np.ndarray) -> np.ndarray:
+    """Accuracy of ``(..., K, K)`` confusion matrices; NaN for an empty matrix."""
+    cm = np.asarray(confusion, np.float64)
+    total = cm.sum((-2, -1))
+    correct = np.trace(cm, axis1=-2, axis2=-1)
+    return np.divide(correct, total, out=np.full(total.shape, np.nan), where=total > 0)
+
+
+METRIC_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    # the last column of the study's confusions is "outside": not a class of the set
+    "macro_f1": lambda cm: macro_f1_from_confusion(cm, cm.shape[-1] - 1),
+    "accuracy": accuracy_from_confusion}
+
+
+def resample_weights(n_clusters: int, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """``(draws, n_clusters)`` integer weights: how often each cluster is drawn in each resample.
+
+    Each row is a draw of ``n_clusters`` clusters with replacement (a multinomial count
+    vector summing to ``n_clusters``); a cluster enters whole or not at all.
+    """
+    if n_clusters <= 0:
+        return np.zeros((draws, 0), np.int64)
+    return rng.multinomial(n_clusters, np.full(n_clusters, 1.0 / n_clusters), size=draws)
+
+
+def percentile_ci(replicates: np.ndarray, level: float = 0.95) -> list[float]:
+    """Percentile interval of bootstrap replicates (NaN replicates left out)."""
+    values = np.asarray(replicates, np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return [float("nan"), float("nan")]
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return [float(low), float(high)]
+
+
+def bootstrap_p(replicates: np.ndarray) -> float:
+    """Two-sided bootstrap p-value of "the difference is 0" from replicates of the difference.
+
+    ``min(1, 2 * (1 + min(#{d <= 0}, #{d >= 0})) / (B + 1))``: twice the smaller tail,
+    counted with the usual +1 so that a finite number of draws never gives 0.
+    """
+    values = np.asarray(replicates, np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return float("nan")
+    tail = min(int((values <= 0).sum()), int((values >= 0).sum()))
+    return float(min(1.0, 2 * (1 + tail) / (values.size + 1)))
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order (NaN stays NaN, not counted).
+
+    The i-th smallest of m p-values becomes ``max_{j <= i} min(1, (m - j + 1) p_(j))``.
+    """
+    p = np.asarray(pvalues, np.float64)
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    m = finite.size
+    running = 0.0
+    for rank, index in enumerate(finite[np.argsort(p[finite], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[index]))
+        out[index] = running
+    return [float(v) for v in out]
+
+
+# -- runs ------------------------------------------------------------------------------
+@dataclass
+class PreparedWorld:
+    """One generated world, prepared once and shared by every arm and training seed.
+
+    Attributes
+    ----------
+    seed, preset
+        The world.
+    data
+        Its training data with ``truth`` (split codes from :func:`.splits.grouped_split`).
+    image
+        Per nucleus, its image's id within the world (the bootstrap's cluster).
+    n_images
+        Number of images in the world.
+    bayes_accuracy
+        Per label set, the best reachable accuracy on its own dataset
+        (:meth:`nucdata.testing.world.World.bayes_accuracy`).
+    nuclei
+        Per dataset, its number of nuclei.
+    split_counts
+        Nuclei per split code (train, validation, test, duplicate).
+    seconds
+        Time to generate and prepare it.
+    """
+
+    seed: int
+    preset: str
+    data: TrainingData
+    image: np.ndarray
+    n_images: int
+    bayes_accuracy: dict[str, float]
+    nuclei: dict[str, int]
+    split_counts: list[int]
+    seconds: float = 0.0
+
+
+def prepare_world(seed: int, preset: str, scale: float, crop: int, validation: float, test: float,
+                  datasets: Sequence[str] | None = None, label_sets: Sequence[str] = MERGED_SETS,
+                  say: Callable[[str], None] = print, bayes_samples: int = 20_000) -> PreparedWorld:
+    """Generate the world ``seed`` of ``preset``, prepare its datasets, split and cut crops.
+
+    The datasets are generated into a temporary data home that is removed afterwards;
+    the crop bank, labels, truth and image ids are kept in memory. The split's seed is
+    the world's seed.
+    """
+    import nucdata
+    from nucdata_models.merge.bridge import training_data
+    from nucdata_models.merge.demo_eval import install_demo_world, make_world, truth_labels
+
+    start = time.perf_counter()
+    world = make_world(seed, preset)
+    names = list(datasets or ALL_DATASETS)
+    with tempfile.TemporaryDirectory(prefix="nucdata-study-") as home:
+        root = Path(home)
+        truth_by_image = install_demo_world(root, seed, names, lambda _m: None, scale, world)
+        for name in names:
+            nucdata.prepare(name, root=root, download=False)
+        members = [nucdata.load(name, root=root) for name in names]
+        groups = grouped_split(members, validation, test, seed)
+        crops = nucdata.collection.crops_of(members, crop)
+        data = training_data(members, crops, list(label_sets), torch.from_numpy(groups.split))
+        data.crops = data.crops.clone()  # own the pixels: the crop bank's files go with the home
+        data.truth = {s: torch.from_numpy(t) for s, t in truth_labels(members, truth_by_image, data.names,
+                                                                    world).items()}
+        images, offset = [], 0
+        for member in members:
+            images.append(np.asarray(member.store.column("nuclei", "image"), np.int64) + offset)
+            offset += member.store.n_images
+        nuclei = {m.name: int(m.store.n_nuclei) for m in members}
+    bayes = {s: world.bayes_accuracy(s, samples=bayes_samples) for s in data.names}
+    prepared = PreparedWorld(seed, preset, data, np.concatenate(images), offset, bayes, nuclei,
+                             np.bincount(groups.split, minlength=4).tolist(), time.perf_counter() - start)
+    say(f"world {preset} seed {seed}: {len(data):,} nuclei in {offset} images "
+        f"(split train/validation/test/duplicate {prepared.split_counts}); prepared in {prepared.seconds:.1f} s")
+    return prepared
+
+
+@dataclass
+class RunScores:
+    """One arm trained once on one world with one training seed, scored on the held-out images.
+
+    ``confusions[view][label_set]`` is the per-image confusion array of
+    :func:`cluster_confusions` (classes plus one for "outside").
+    """
+
+    arm: str
+    world_seed: int
+    train_seed: int
+    confusions: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    seconds: float = 0.0
+    pseudo_labels: dict[str, int] = field(default_factory=dict)
+
+
+def score_views(plan: ArmPlan, trainer: CrossTrainer, world: PreparedWorld) -> dict[str, dict[str, np.ndarray]]:
+    """Per-image confusions of the arm's published, model and merged labels on the scored nuclei.
+
+    Scored nuclei: held-out (split ``TEST``), not annotated by their own dataset in the
+    set, true class in the set. The merged label always uses the real data's tables
+    (the oracle's too: its training labels are not an output).
+    """
+    data = world.data
+    predictions = trainer.predict(data.crops, modules=plan.modules)
+    out: dict[str, dict[str, np.ndarray]] = {view: {} for view in VIEWS}
+    for spec in data.label_sets:
+        s = spec.name
+        truth = data.truth[s]
+        sel = ((data.provenance[s] != ANNOTATED) & (truth >= 0) & (data.split == TEST)).numpy()
+        merged = fill_labels(predictions[s].probs, data.labels[s], data.candidates[s], data.provenance[s], spec.size)
+        labels = {"model": predictions[s].label, "merged": merged.label}
+        labels["published"] = labels[plan.publish]
+        for view, label in labels.items():
+            out[view][s] = cluster_confusions(truth.numpy()[sel], scored_class(label, spec.size).numpy()[sel],
+                                              world.image[sel], world.n_images, spec.size + 1)
+    return out
+
+
+def run_arms(world: PreparedWorld, arms: Sequence[str], base: TrainConfig,
+             say: Callable[[str], None] = print) -> list[RunScores]:
+    """Train and score every arm on one world with ``base``'s seed; identical plans train once."""
+    trained: dict[str, RunScores] = {}
+    runs = []
+    for arm in arms:
+        plan = arm_plan(arm, base)
+        key = plan.key()
+        if key in trained:
+            same = trained[key]
+            say(f"  {arm}: same configuration as {same.arm}; its model is reused")
+            runs.append(dataclasses.replace(same, arm=arm))
+            continue
+        start = time.perf_counter()
+        data = oracle_data(world.data) if plan.oracle else world.data
+        trainer = CrossTrainer(plan.config)
+        result = trainer.fit(data)
+        pseudo: dict[str, int] = {}
+        for row in result.history:
+            for s, count in row.get("pseudo_labels", {}).items():
+                pseudo[s] = pseudo.get(s, 0) + int(count)
+        run = RunScores(arm, world.seed, plan.config.seed, score_views(plan, trainer, world),
+                        time.perf_counter() - start, pseudo)
+        f1 = {s: float(METRIC_FUNCTIONS["macro_f1"](c.sum(0))) for s, c in run.confusions["published"].items()}
+        say(f"  {arm}: {run.seconds:.1f} s; held-out macro F1 " + ", ".join(f"{s} {v:.3f}" for s, v in f1.items())
+            + (f"; pseudo labels {sum(pseudo.values()):,}" if pseudo else ""))
+        trained[key] = run
+        runs.append(run)
+    return runs
+
+
+# -- summary ---------------------------------------------------------------------------
+def _replicates(runs: Sequence[RunScores], view: str, label_set: str, metric: str,
+                weights: dict[int, np.ndarray]) -> tuple[list[float], np.ndarray]:
+    """Per-run point values and bootstrap replicates of the mean over runs."""
+    fn = METRIC_FUNCTIONS[metric]
+    points, reps = [], []
+    for run in runs:
+        cm = run.confusions[view][label_set]
+        points.append(float(fn(cm.sum(0))))
+        w = weights[run.world_seed]
+        k = cm.shape[-1]
+        flat = cm.reshape(cm.shape[0], k * k).astype(np.float64)
+        reps.append(fn((w.astype(np.float64) @ flat).reshape(-1, k, k)))  # one BLAS product per run
+    if not reps:
+        return points, np.zeros(0)
+    with warnings.catch_warnings():  # a resample without scored nuclei is NaN in every run
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return points, np.nanmean(np.stack(reps), axis=0)
+
+
+def summarise(runs: Sequence[RunScores], n_images: dict[int, int], label_sets: Sequence[str],
+              draws: int = 2000, seed: int = 0, references: Sequence[str] = REFERENCES,
+              endpoint: str = "macro_f1") -> dict[str, Any]:
+    """Means, clustered-bootstrap intervals and Holm-corrected paired differences.
+
+    Parameters
+    ----------
+    runs
+        Every arm's runs; an arm's runs are matched to another's by (world seed,
+        training seed).
+    n_images
+        Per world seed, its number of images (clusters).
+    label_sets
+        The label sets, the family of the Holm correction.
+    draws
+        Bootstrap resamples per world.
+    seed
+        Seed of the resampling.
+    references
+        Arms every other arm is compared with (those present in ``runs``).
+    endpoint
+        The metric of the differences: ``"macro_f1"`` (the study's primary endpoint)
+        or ``"accuracy"``.
+
+    Returns
+    -------
+    dict
+        ``{"arms": {arm: {set: {metric: {"mean", "ci", "per_seed"}}}}`` for the published
+        view, ``"views"`` the same for every view, and ``"differences"``:
+        ``{"<arm> - <ref>": {set: {"mean", "ci", "p", "p_holm"}}}`` (the endpoint of the
+        published view; ``p_holm`` corrected across ``label_sets``).
+    """
+    if endpoint not in METRICS:
+        raise ValueError(f"endpoint must be one of {', '.join(METRICS)}, got {endpoint!r}")
+    rng = np.random.default_rng(seed)
+    weights = {w: resample_weights(n, draws, rng) for w, n in sorted(n_images.items())}
+    by_arm: dict[str, list[RunScores]] = {}
+    for run in runs:
+        by_arm.setdefault(run.arm, []).append(run)
+    for arm_runs in by_arm.values():
+        arm_runs.sort(key=lambda r: (r.world_seed, r.train_seed))
+    views: dict[str, dict[str, Any]] = {}
+    replicates: dict[tuple[str, str], np.ndarray] = {}
+    points: dict[tuple[str, str], list[float]] = {}
+    for view in VIEWS:
+        table: dict[str, Any] = {}
+        for arm, arm_runs in by_arm.items():
+            table[arm] = {}
+            for s in label_sets:
+                table[arm][s] = {}
+                for metric in METRICS:
+                    per_run, reps = _replicates(arm_runs, view, s, metric, weights)
+                    table[arm][s][metric] = {"mean": float(np.nanmean(per_run)), "ci": percentile_ci(reps),
+                                             "per_seed": per_run}
+                    if view == "published" and metric == endpoint:
+                        replicates[arm, s] = reps
+                        points[arm, s] = per_run
+        views[view] = table
+    differences: dict[str, Any] = {}
+    for ref in references:
+        if ref not in by_arm:
+            continue
+        for arm in by_arm:
+            if arm == ref:
+                continue
+            if [(r.world_seed, r.train_seed) for r in by_arm[arm]] != [(r.world_seed, r.train_seed)
+                                                                       for r in by_arm[ref]]:
+                raise ValueError(f"{arm} and {ref} were not run on the same worlds and seeds; cannot pair them")
+            rows = {}
+            for s in label_sets:
+                delta = replicates[arm, s] - replicates[ref, s]
+                per_run = np.asarray(points[arm, s]) - np.asarray(points[ref, s])
+                rows[s] = {"mean": float(np.nanmean(per_run)), "ci": percentile_ci(delta), "p": bootstrap_p(delta)}
+            for s, p in zip(label_sets, holm([rows[s]["p"] for s in label_sets]), strict=True):
+                rows[s]["p_holm"] = p
+            differences[f"{arm} - {ref}"] = rows
+    return {"arms": views["published"], "views": views, "differences": differences}
+
+
+def oracle_check(summary: dict[str, Any], metric: str = "macro_f1", oracle: str = "oracle") -> dict[str, Any]:
+    """Where an arm's mean lies above the oracle's 95 % interval, per view, label set and arm.
+
+    Compared like with like: in each view (published, model prediction, merged label)
+    the oracle's score in that view. An empty ``violations`` list means the oracle is
+    at or above every arm within its interval.
+    """
+    views = summary["views"]
+    if oracle not in views["published"]:
+        return {"metric": metric, "checked": False, "violations": []}
+    violations = []
+    for view, table in views.items():
+        for arm, row in table.items():
+            if arm == oracle:
+                continue
+            for s, entry in row.items():
+                ceiling = table[oracle][s][metric]
+                if entry[metric]["mean"] > ceiling["ci"][1]:
+                    violations.append({"view": view, "arm": arm, "label_set": s, "arm_mean": entry[metric]["mean"],
+                                       "oracle_mean": ceiling["mean"], "oracle_ci": ceiling["ci"]})
+    return {"metric": metric, "checked": True, "violations": violations}
+
+
+# -- markdown --------------------------------------------------------------------------
+def _cell(entry: dict[str, Any]) -> str:
+    lo, hi = entry["ci"]
+    return f"{entry['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _diff_cell(entry: dict[str, Any]) -> str:
+    lo, hi = entry["ci"]
+    return f"{entry['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] p={entry['p_holm']:.3g}"
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The study's tables as markdown: published, model and merged scores, and differences."""
+    config = results["config"]
+    sets = list(config["label_sets"])
+    head = "| arm | " + " | ".join(sets) + " |\n|---|" + "---|" * len(sets)
+    lines = [f"# Method study: world `{config['world']}`", "",
+             f"World seeds {config['world_seeds']}, training seeds {config['train_seeds']}; "
+             f"{config['runs_per_arm']} runs per arm; {config['bootstrap_draws']} bootstrap draws per world, "
+             "clustered by image. Scored: held-out images, nuclei their own dataset did not annotate in the set, "
+             "true class in the set. Mean over runs [95 % CI].", "",
+             "Best reachable accuracy (Bayes, per world seed): " + "; ".join(
+                 f"seed {w}: " + ", ".join(f"{s} {v:.3f}" for s, v in b.items())
+                 for w, b in config["bayes_accuracy"].items()), ""]
+    titles = {"published": "What each arm publishes", "model": "Model prediction only (no tables)",
+              "merged": "Merged label (tables where they decide, the model elsewhere) for every arm"}
+    for view in VIEWS:
+        for metric in METRICS:
+            lines += [f"## {titles[view]}: {metric.replace('_', ' ')}", "", head]
+            for arm, row in results["views"][view].items():
+                publish = f" ({config['publish'][arm]})" if view == "published" else ""
+                lines.append(f"| {arm}{publish} | " + " | ".join(_cell(row[s][metric]) for s in sets) + " |")
+            lines.append("")
+    lines += ["## Paired differences in macro F1 (published labels), Holm-corrected over the label sets", "",
+              "| difference | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
+    for name, row in results["differences"].items():
+        lines.append(f"| {name} | " + " | ".join(_diff_cell(row[s]) for s in sets) + " |")
+    lines.append("")
+    checks = [c for c in (results.get("oracle_check") or {}).values() if c["checked"]]
+    if checks:
+        lines += ["## Is the oracle the ceiling?", ""]
+    for check in checks:
+        metric = check["metric"].replace("_", " ")
+        if not check["violations"]:
+            lines.append(f"- {metric}: yes; in every view no arm's mean lies above the oracle's 95 % interval.")
+        for v in check["violations"]:
+            lo, hi = v["oracle_ci"]
+            lines.append(f"- {metric}, {v['view']}: {v['arm']} {v['arm_mean']:.3f} > oracle {v['oracle_mean']:.3f} "
+                         f"[{lo:.3f}, {hi:.3f}] on {v['label_set']}")
+    if checks:
+        lines.append("")
+    return "\n".join(lines)
