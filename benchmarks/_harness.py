@@ -26,7 +26,7 @@ start = time.perf_counter()
 if mode == "baseline":
 {baseline}
 else:
-    nucdata.prepare({dataset!r}, source=folder, root=tempfile.mkdtemp(), check_counts=False)
+    nucdata.prepare({dataset!r}, from_dir=folder, root=tempfile.mkdtemp(), check_counts=False)
 print(json.dumps({{"seconds": time.perf_counter() - start,
                   "heap_peak_mib": tracemalloc.get_traced_memory()[1] / 2**20 if trace else None}}))
 """

@@ -5,7 +5,7 @@ nuclei per image, 37 training + 14 test images) at 1x and 10x the image count,
 then, each in a fresh subprocess and side by side in one run:
 
 * baseline: read every native file once (decode each TIFF, parse each XML);
-* prepare: ``nucdata.prepare("monuseg", source=folder)`` into a fresh home.
+* prepare: ``nucdata.prepare("monuseg", from_dir=folder)`` into a fresh home.
 
 Prints medians over ``--repeats`` runs, the prepare/baseline time ratio, and the peak
 heap (tracemalloc, numpy buffers included) of one extra traced run of each: resident
@@ -41,8 +41,8 @@ for xml in sorted(folder.rglob("*.xml")):
 
 def generate(folder: Path, scale: int, seed: int = 0) -> tuple[int, int]:
     """Write a MoNuSeg-layout folder; return (images, regions)."""
-    from nucdata.datasets._imagescope_pairs import KUMAR_STEMS
-    from nucdata.testing._draw import draw_filled, ellipse_polygon, paint, place_nuclei
+    from nucdata.datasets.kumar import KUMAR_STEMS
+    from nucdata.testing import draw_filled, ellipse_polygon, paint, place_nuclei
     from nucdata.testing.monuseg import BONUS, TEST, imagescope_xml
 
     rng = np.random.default_rng(seed)

@@ -30,8 +30,8 @@ def build_store(home: Path, images: int, nuclei: int) -> None:
     """A store of ``images`` 1000x1000 images written through the real writer."""
     import nucdata
     from nucdata._util.instances import relabel_sequential
-    from nucdata.store._store import StoreWriter
-    from nucdata.testing._draw import draw_filled, ellipse_polygon, paint, place_nuclei
+    from nucdata.store import StoreWriter
+    from nucdata.testing import draw_filled, ellipse_polygon, paint, place_nuclei
 
     rng = np.random.default_rng(0)
     final = home / "stores" / "bench" / "1"
@@ -96,8 +96,8 @@ def main() -> None:
 
     import nucdata
     from nucdata.collection import crops_of
-    from nucdata.store._store import Store
-    from nucdata.views._crops import build_bank
+    from nucdata.store import Store
+    from nucdata.views import build_bank
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from nucdata_models import TrainConfig
-from nucdata_models.merge.defaults import MERGED_SETS
-from nucdata_models.study._study import (
+from nucdata_models.merge import MERGED_SETS
+from nucdata_models.study import (
     ARMS,
     REFERENCES,
     arm_plan,

@@ -17,7 +17,7 @@ nucdata first, so the import footprint is the same on both sides:
 
 * read-once: read every byte of every ``images.npy`` and ``masks.npy`` once, in 16 MB
   positioned reads;
-* prepare --jobs J: ``nucdata.prepare("pannuke", source=folder, check_counts=False,
+* prepare --jobs J: ``nucdata.prepare("pannuke", from_dir=folder, check_counts=False,
   jobs=J)`` into a fresh data home, for every ``--jobs`` value (default ``1`` and ``2``;
   ``default`` is the cores less one). With a process pool the peak RSS is that of the
   largest single process (``ru_maxrss`` of the children).
@@ -66,7 +66,7 @@ else:
     home = tempfile.mkdtemp(prefix="nucdata-bench-home-", dir=sys.argv[3])
     try:
         jobs = None if sys.argv[4] == "default" else int(sys.argv[4])
-        nucdata.prepare("pannuke", source=folder, root=home, check_counts=False, jobs=jobs)
+        nucdata.prepare("pannuke", from_dir=folder, root=home, check_counts=False, jobs=jobs)
     finally:
         shutil.rmtree(home, ignore_errors=True)
 print(json.dumps({"seconds": time.perf_counter() - start}))
@@ -84,7 +84,7 @@ print(json.dumps({"seconds": seconds,
 
 def write_fold(top: Path, fold: int, patches: int, seed: int = 0) -> int:
     """Write ``top/Fold <fold>/...`` with ``patches`` patches; return the number of nuclei."""
-    from nucdata.testing._draw import draw_filled, ellipse_polygon, paint, place_nuclei
+    from nucdata.testing import draw_filled, ellipse_polygon, paint, place_nuclei
 
     rng = np.random.default_rng(seed)
     root = top / f"Fold {fold}"

@@ -41,7 +41,7 @@ import torch
 
 import nucdata
 from nucdata.dataset import NucleusDataset
-from nucdata.store._store import Store, StoreWriter
+from nucdata.store import Store, StoreWriter
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "monuseg"
 
@@ -77,7 +77,7 @@ def build_store(folder: Path, synthetic: int) -> Store:
     with StoreWriter(path, "monuseg", "bench") as writer:
         if REALDATA.is_dir() and not synthetic:
             from nucdata._util.images import read_rgb
-            from nucdata.datasets._imagescope import rasterize_regions, read_imagescope
+            from nucdata.datasets import rasterize_regions, read_imagescope
 
             for xml in sorted((REALDATA / "Annotations").glob("*.xml")):
                 rgb = read_rgb(REALDATA / "Tissue_Images" / f"{xml.stem}.tif")

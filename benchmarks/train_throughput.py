@@ -29,7 +29,7 @@ from collections.abc import Callable
 import torch
 
 from nucdata_models import CrossTrainer, TrainConfig
-from nucdata_models.study.synthetic import make_synthetic_data
+from nucdata_models.study import make_synthetic_data
 
 
 def _sync(device: torch.device) -> None:

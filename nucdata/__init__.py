@@ -1,4 +1,7 @@
-"""nucdata: the seven public nucleus datasets as one verified, uniform corpus.
+"""nucdata: the public nucleus datasets as one verified, uniform corpus.
+
+The public API is this namespace; its names load their module on first use
+(PEP 562), so ``import nucdata`` imports neither torch nor xarray.
 
 Examples
 --------
@@ -9,16 +12,12 @@ Examples
 
 from __future__ import annotations
 
-__version__ = "0.1.0.dev0"
+from typing import TYPE_CHECKING
 
-from nucdata._util.home import data_home  # noqa: E402
-from nucdata.acquire._fetch import fetch  # noqa: E402
-from nucdata.acquire._prepare import prepare  # noqa: E402
-from nucdata.catalog._cite import cite  # noqa: E402
-from nucdata.catalog._registry import get_card, list_datasets  # noqa: E402
-from nucdata.collection import DatasetCollection, load_many  # noqa: E402
-from nucdata.dataset import NucleusDataset, load  # noqa: E402
-from nucdata.errors import (  # noqa: E402
+from nucdata._util.lazy import attach
+from nucdata.errors import (
+    CheckpointError,
+    CheckpointMismatchError,
     CorruptArchiveError,
     CountMismatchError,
     DataHomeError,
@@ -26,10 +25,16 @@ from nucdata.errors import (  # noqa: E402
     DownloadError,
     HashMismatchError,
     HTMLInsteadOfArchiveError,
+    InjectedFault,
     InvalidArgumentError,
+    InvalidCardError,
+    LabelTableError,
     MalformedAnnotationError,
+    MissingDependencyError,
     MissingFilesError,
+    MissingMppError,
     NucdataError,
+    OutputFolderError,
     SizeMismatchError,
     StoreError,
     StoreLockedError,
@@ -38,19 +43,63 @@ from nucdata.errors import (  # noqa: E402
     UnknownLabelSetError,
     UnsafePickleError,
 )
-from nucdata.labels._tables import label_set, list_label_sets, mapping, translate  # noqa: E402
-from nucdata.store._merged import MergedData, open_merged  # noqa: E402
-from nucdata.store._store import Store  # noqa: E402
-from nucdata.views._crops import CropDataset, crop_loader  # noqa: E402
-from nucdata.views._loaders import collate  # noqa: E402
 
-__all__ = [
-    "CorruptArchiveError", "CountMismatchError", "DataHomeError", "CropDataset", "DatasetCollection", "cite", "collate",
-    "crop_loader", "load_many", "MergedData", "open_merged", "DatasetNotFoundError", "DownloadError",
-    "HTMLInsteadOfArchiveError", "HashMismatchError", "InvalidArgumentError",
-    "MalformedAnnotationError", "MissingFilesError", "NucdataError", "NucleusDataset",
-    "SizeMismatchError", "Store", "StoreError", "StoreLockedError", "UnknownClassError",
-    "UnknownDatasetError", "UnknownLabelSetError", "UnsafePickleError", "__version__", "data_home", "fetch",
-    "get_card", "label_set", "list_datasets", "list_label_sets", "load", "mapping", "prepare",
-    "translate",
+__version__ = "0.1.0.dev0"
+
+#: public name -> the module that defines it (imported on first access)
+_LAZY = {
+    # loading
+    "load": "nucdata.dataset", "NucleusDataset": "nucdata.dataset",
+    "load_many": "nucdata.collection", "DatasetCollection": "nucdata.collection",
+    # views
+    "CropDataset": "nucdata.views", "crop_loader": "nucdata.views", "TileDataset": "nucdata.views",
+    "tile_loader": "nucdata.views", "collate": "nucdata.views",
+    # acquiring
+    "fetch": "nucdata.acquire", "prepare": "nucdata.acquire", "verify": "nucdata.acquire",
+    # the catalog
+    "cite": "nucdata.catalog", "get_card": "nucdata.catalog", "list_datasets": "nucdata.catalog",
+    "Card": "nucdata.catalog",
+    # label sets and mappings
+    "label_set": "nucdata.labels", "list_label_sets": "nucdata.labels", "mapping": "nucdata.labels",
+    "translate": "nucdata.labels", "check_tables": "nucdata.labels", "LabelSet": "nucdata.labels",
+    "LabelMapping": "nucdata.labels",
+    # the store and the merged output
+    "Store": "nucdata.store", "open_merged": "nucdata.store", "MergedData": "nucdata.store",
+    "PROVENANCE": "nucdata.store",
+    # exports
+    "export": "nucdata.exports",
+    # the data home
+    "data_home": "nucdata._util.home",
+}
+
+_ERRORS = [
+    "CheckpointError", "CheckpointMismatchError", "CorruptArchiveError", "CountMismatchError", "DataHomeError",
+    "DatasetNotFoundError", "DownloadError", "HTMLInsteadOfArchiveError", "HashMismatchError", "InjectedFault",
+    "InvalidArgumentError", "InvalidCardError", "LabelTableError", "MalformedAnnotationError",
+    "MissingDependencyError", "MissingFilesError", "MissingMppError", "NucdataError", "OutputFolderError",
+    "SizeMismatchError", "StoreError", "StoreLockedError", "UnknownClassError", "UnknownDatasetError",
+    "UnknownLabelSetError", "UnsafePickleError",
 ]
+
+__getattr__, __dir__, _lazy_all = attach(__name__, _LAZY, globals())
+__all__ = sorted([*_lazy_all, *_ERRORS, "__version__"])
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported eagerly
+    from nucdata._util.home import data_home
+    from nucdata.acquire import fetch, prepare, verify
+    from nucdata.catalog import Card, cite, get_card, list_datasets
+    from nucdata.collection import DatasetCollection, load_many
+    from nucdata.dataset import NucleusDataset, load
+    from nucdata.exports import export
+    from nucdata.labels import (
+        LabelMapping,
+        LabelSet,
+        check_tables,
+        label_set,
+        list_label_sets,
+        mapping,
+        translate,
+    )
+    from nucdata.store import PROVENANCE, MergedData, Store, open_merged
+    from nucdata.views import CropDataset, TileDataset, collate, crop_loader, tile_loader

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from nucdata import __version__
-from nucdata.catalog._registry import get_card, list_datasets
+from nucdata.catalog import get_card, list_datasets
 from nucdata.errors import NucdataError
 
 
@@ -64,7 +64,7 @@ def main() -> None:
 @root_option
 def list_cmd(root: Path | None) -> None:
     """List the datasets and whether each is prepared."""
-    from nucdata.acquire._prepare import is_prepared
+    from nucdata.acquire import is_prepared
 
     click.echo(f"{'dataset':10s} {'state':9s} {'licence':18s} title")
     for name in list_datasets():
@@ -82,7 +82,7 @@ def cite(names: tuple[str, ...], root: Path | None) -> None:
     NAME is a dataset or `method` (Zhang et al., "Merging nucleus datasets by
     correlation-based cross-training", Medical Image Analysis 2023). See docs/citing.md.
     """
-    from nucdata.catalog._cite import cite as run
+    from nucdata.catalog import cite as run
 
     click.echo(run(*names, root=root), nl=False)
 
@@ -134,7 +134,7 @@ def info(name: str, as_json: bool, root: Path | None) -> None:
 
 def _native_classes(name: str) -> list[tuple[int, str]]:
     try:
-        from nucdata.labels._tables import native_vocabulary
+        from nucdata.labels import native_vocabulary
     except ImportError:  # label sets not installed in this build
         return []
     return [(int(code), str(cls_name)) for code, cls_name, *_ in native_vocabulary(name)]
@@ -150,14 +150,14 @@ def _native_classes(name: str) -> list[tuple[int, str]]:
                    "exit 1 on a finding not accepted in the data.")
 def label_sets_cmd(name: str | None, source: str | None, check: bool) -> None:
     """List the label sets, show one, show a mapping table (--mapping SOURCE), or check them (--check)."""
-    from nucdata.labels._tables import (
+    from nucdata.labels import (
         MERGED_LABEL_SETS,
         check_tables,
         label_set,
         list_label_sets,
         mapping,
     )
-    from nucdata.labels._tables import table_version as tables_version
+    from nucdata.labels import table_version as tables_version
 
     if check:
         report = check_tables()
@@ -188,7 +188,7 @@ def label_sets_cmd(name: str | None, source: str | None, check: bool) -> None:
 @root_option
 def download(names: tuple[str, ...], all_: bool, no_hash_check: bool, root: Path | None) -> None:
     """Download and verify datasets' archives into the raw folder."""
-    from nucdata.acquire._fetch import fetch
+    from nucdata.acquire import fetch
 
     for name in list_datasets() if all_ else names:
         for f in fetch(name, root, check_hash=not no_hash_check, progress=click.echo):
@@ -212,7 +212,7 @@ def prepare(name: str, source: Path | None, force: bool, offline: bool, no_hash_
             no_count_check: bool, quiet: bool, jobs: int | None, root: Path | None) -> None:
     """Convert a dataset into the store (downloading it first if needed)."""
     from nucdata._util.progress import set_quiet
-    from nucdata.acquire._prepare import prepare as run
+    from nucdata.acquire import prepare as run
 
     set_quiet(quiet)
     path = run(name, source, root, download=not offline, check_hash=not no_hash_check,
@@ -234,50 +234,15 @@ def verify(names: tuple[str, ...], deep: bool, root: Path | None) -> None:
     ranges, centroids and boxes are consistent; with --deep, SHA-256 of every file.
     Every problem is listed; the exit status is 1 when any was found.
     """
-    from nucdata._util.home import manual_dir, raw_dir
-    from nucdata.acquire._fetch import verify as verify_file
-    from nucdata.acquire._prepare import store_path
-    from nucdata.acquire._verify import verify_store
-    from nucdata.store._store import MANIFEST
+    from nucdata.acquire import verify as run
 
     failed = False
-    for name in names or tuple(list_datasets()):
-        card = get_card(name, root)
-        for spec in card.files:
-            found = [p for p in (manual_dir(root) / spec.name, raw_dir(root) / spec.name) if p.is_file()]
-            if not found:
-                click.echo(f"{name}: {spec.name} not downloaded")
-                continue
-            try:
-                verify_file(found[0], spec, fix="Download it again.")
-                click.echo(f"{name}: {found[0]} OK")
-            except NucdataError as exc:
-                failed = True
-                click.secho(f"{name}: {exc}", fg="red")
-            except OSError as exc:
-                failed = True
-                click.secho(f"{name}: {found[0]}: cannot be read ({exc.strerror or exc})", fg="red")
-        folder = store_path(name, root)
-        if not folder.exists():
-            click.echo(f"{name}: not prepared")
-            continue
-        if not (folder / MANIFEST).is_file():
-            failed = True
-            click.secho(f"{name}: {folder} has no {MANIFEST}: not a finished store. "
-                        f"Rebuild it with `nucdata prepare {name} --force`.", fg="red")
-            continue
-        problems = verify_store(folder, deep=deep)
-        if problems:
-            failed = True
-            for problem in problems:
-                click.secho(f"{name}: {problem}", fg="red")
+    for check in run(list(names) or None, deep=deep, root=root):
+        if check.ok:
+            click.echo(f"{check.dataset}: {check.message}")
         else:
-            import numpy as np
-
-            n_images = int(np.load(folder / "images" / "name.npy", mmap_mode="r").shape[0])
-            n_nuclei = int(np.load(folder / "nuclei" / "image.npy", mmap_mode="r").shape[0])
-            click.echo(f"{name}: store complete ({n_images} images, {n_nuclei} nuclei; "
-                       f"{'files, values and hashes' if deep else 'files and values'} checked)")
+            failed = True
+            click.secho(f"{check.dataset}: {check.message}", fg="red")
     if failed:
         sys.exit(1)
 
@@ -305,7 +270,7 @@ def export(name: str, fmt: str, out: Path, split: str | None, label_set: str | N
            assume_mpp: float | None, size: int, win: int, step: int, root: Path | None) -> None:
     """Export a prepared dataset: QuPath GeoJSON, COCO, HoVer-Net JSON, PanNuke folds or HoVer-Net patches."""
     from nucdata.dataset import load
-    from nucdata.export._nuclei import export as run
+    from nucdata.exports import export as run
 
     options: dict = {}
     if fmt == "pannuke":
@@ -327,7 +292,7 @@ def export(name: str, fmt: str, out: Path, split: str | None, label_set: str | N
 def overlay(name: str, out: Path, split: str | None, label_set: str | None, root: Path | None) -> None:
     """Write PNGs of each image with nucleus outlines coloured by class, and a legend."""
     from nucdata.dataset import load
-    from nucdata.export._overlay import write_overlays
+    from nucdata.exports import write_overlays
 
     written = write_overlays(load(name, split, label_set, root=root), out)
     click.echo(f"{len(written)} overlay(s) written to {out}")
@@ -342,7 +307,7 @@ def overlay(name: str, out: Path, split: str | None, label_set: str | None, root
 def stats(name: str, as_json: bool, split: str | None, label_set: str | None, root: Path | None) -> None:
     """Counts per split and class, nuclei per image and the area distribution."""
     from nucdata.dataset import load
-    from nucdata.export._stats import format_summary, summarise
+    from nucdata.exports import format_summary, summarise
 
     summary = summarise(load(name, split, label_set, root=root))
     click.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
@@ -359,7 +324,7 @@ def demo(root: Path | None, seed: int) -> None:
     No network is used: the archives go through the manual-download route. The last
     lines print the `nucdata.load(...)` call that opens what was made.
     """
-    from nucdata.testing._demo import run_demo
+    from nucdata.testing import run_demo
 
     run_demo(root, seed=seed, echo=click.echo)
 

@@ -9,8 +9,7 @@ import torch
 
 from nucdata.dataset import NucleusDataset, Transform, load
 from nucdata.errors import InvalidArgumentError
-from nucdata.views._crops import CropDataset, crops_of
-from nucdata.views._tiles import TileDataset
+from nucdata.views import CropDataset, TileDataset, crops_of
 
 
 class DatasetCollection(torch.utils.data.ConcatDataset):
@@ -33,7 +32,7 @@ class DatasetCollection(torch.utils.data.ConcatDataset):
     def tiles(self, size: int = 256, stride: int | None = None, mpp: float | None = None,
               sampler: str = "grid", min_nuclei: int = 0,
               weights: Sequence[float] | Mapping[str, float] | None = None, **options) -> TileDataset:
-        """Tiles of every member at one resolution (see :class:`nucdata.views._tiles.TileDataset`).
+        """Tiles of every member at one resolution (see :class:`nucdata.views.TileDataset`).
 
         ``weights`` (random sampler only): relative sampling weight per dataset, as a
         sequence in member order or a mapping from dataset name; default equal.

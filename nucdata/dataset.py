@@ -11,10 +11,11 @@ import numpy as np
 import torch
 import xarray as xr
 
-from nucdata.catalog._registry import get_card
-from nucdata.errors import DatasetNotFoundError, InvalidArgumentError
-from nucdata.store._merged import SOURCES, MergedLabels
-from nucdata.store._store import Store
+from nucdata._util.codes import PROVENANCE
+from nucdata._util.deprecation import renamed_keywords
+from nucdata.catalog import get_card
+from nucdata.errors import DatasetNotFoundError, InvalidArgumentError, MissingDependencyError
+from nucdata.store import MergedLabels, Store
 
 Sample = dict[str, Any]
 Transform = Callable[[Sample], Sample]
@@ -96,8 +97,8 @@ class NucleusDataset(torch.utils.data.Dataset):
         self.indices = select_images(store, split, protocols)
         self._merged: dict[str, np.ndarray] | None = None
         native = np.asarray(store.column("nuclei", "label"))
-        if merged is not None:  # labels from a build-merged output (nucdata.store._merged)
-            from nucdata.labels._tables import label_set as get_label_set
+        if merged is not None:  # labels from a build-merged output (nucdata.store)
+            from nucdata.labels import label_set as get_label_set
 
             vocabulary = get_label_set(merged.label_set)
             self.label_set = vocabulary.name
@@ -110,7 +111,7 @@ class NucleusDataset(torch.utils.data.Dataset):
             self._labels = native.astype(np.int64)
             self._candidates = np.zeros(native.shape[0], np.int64)
         else:
-            from nucdata.labels._tables import translate
+            from nucdata.labels import translate
 
             tissue = None  # per-nucleus tissue selects tissue-conditional rows (PanNuke)
             if "tissue" in store.image_columns():
@@ -139,7 +140,7 @@ class NucleusDataset(torch.utils.data.Dataset):
             source = np.array(self._merged["source"][rows], np.int64)
             sample["probabilities"] = torch.from_numpy(np.array(self._merged["probability"][rows]))
             sample["sources"] = torch.from_numpy(source)
-            sample["annotated"] = torch.from_numpy(source == SOURCES.index("annotated"))
+            sample["annotated"] = torch.from_numpy(source == PROVENANCE.index("annotated"))
         return self.transforms(sample) if self.transforms is not None else sample
 
     def __repr__(self) -> str:
@@ -177,7 +178,7 @@ class NucleusDataset(torch.utils.data.Dataset):
     # -- crops and plots --------------------------------------------------------------
     def crops(self, size: int = 64, context: float | None = None, mpp: float | None = None,
               assume_mpp: float | None = None):
-        """Per-nucleus crops of this dataset's nuclei (see :mod:`nucdata.views._crops`).
+        """Per-nucleus crops of this dataset's nuclei (see :mod:`nucdata.views`).
 
         The crops are cut once into a memory-mapped bank beside the store and served
         from it; the bank is cut again only when the store is rebuilt.
@@ -192,24 +193,24 @@ class NucleusDataset(torch.utils.data.Dataset):
             covers ``context`` times the nucleus's bounding-box side, resized to ``size``.
         mpp
             Cut from the images resampled to this many microns per pixel (anti-aliased
-            pixels, nearest-neighbour masks; see :mod:`nucdata.views._tiles`). ``scale`` then
+            pixels, nearest-neighbour masks; see :mod:`nucdata.views`). ``scale`` then
             counts output pixels per native pixel.
         assume_mpp
             mpp for images that have none (else such images raise
-            :class:`nucdata.views._tiles.MissingMppError`).
+            :class:`nucdata.views.MissingMppError`).
 
         Returns
         -------
         nucdata.CropDataset
             A map-style dataset over this split's nuclei, labels under this label set.
         """
-        from nucdata.views._crops import crops_of
+        from nucdata.views import crops_of
 
         return crops_of([self], size, context, mpp=mpp, assume_mpp=assume_mpp)
 
     def tiles(self, size: int = 256, stride: int | None = None, mpp: float | None = None,
               sampler: str = "grid", min_nuclei: int = 0, **options: Any):
-        """Fixed-size tiles with instance and type maps, for segmenters (:mod:`nucdata.views._tiles`).
+        """Fixed-size tiles with instance and type maps, for segmenters (:mod:`nucdata.views`).
 
         Parameters
         ----------
@@ -225,23 +226,23 @@ class NucleusDataset(torch.utils.data.Dataset):
             Keep only tiles with at least this many nuclei centred in them.
         **options
             ``length``, ``seed``, ``edge``, ``assume_mpp``, ``transforms``: see
-            :class:`nucdata.views._tiles.TileDataset`.
+            :class:`nucdata.views.TileDataset`.
 
         Returns
         -------
-        nucdata.views._tiles.TileDataset
+        nucdata.views.TileDataset
             Map-style dataset of tile dicts (``image``, ``instance_map``, ``type_map``, ...).
         """
-        from nucdata.views._tiles import tiles_of
+        from nucdata.views import tiles_of
 
         return tiles_of([self], size, stride, mpp, sampler, min_nuclei, **options)
 
     def plot(self, index: int, ax: Any = None) -> Any:
         """Draw image ``index`` with nucleus outlines coloured by class (needs matplotlib).
 
-        Raises :class:`nucdata.export._overlay.MissingDependencyError` without matplotlib.
+        Raises :class:`nucdata.MissingDependencyError` without matplotlib.
         """
-        from nucdata.export._overlay import plot_sample
+        from nucdata.exports import plot_sample
 
         return plot_sample(self, index, ax)
 
@@ -260,7 +261,7 @@ class NucleusDataset(torch.utils.data.Dataset):
         """Per-nucleus labels of the whole store, in store order (read-only).
 
         Native codes without a label set; the class under it (-1 missing, -2 outside);
-        the merged label for a dataset loaded with ``source=``. Index with
+        the merged label for a dataset loaded with ``merged=``. Index with
         :meth:`nucleus_rows` or :meth:`nucleus_selector` for this selection's nuclei.
         """
         return _read_only(self._labels)
@@ -272,7 +273,7 @@ class NucleusDataset(torch.utils.data.Dataset):
 
     @property
     def sources(self) -> np.ndarray | None:
-        """For a merged dataset, per-nucleus label source codes (``nucdata.store._merged.SOURCES``); else None."""
+        """For a merged dataset, per-nucleus label source codes (``nucdata.store.PROVENANCE``); else None."""
         return None if self._merged is None else _read_only(np.asarray(self._merged["source"]))
 
     @property
@@ -440,7 +441,6 @@ class NucleusDataset(torch.utils.data.Dataset):
         InvalidArgumentError
             For a table other than ``"nuclei"`` or ``"images"``.
         """
-        from nucdata.export._overlay import MissingDependencyError
 
         if table not in ("nuclei", "images"):
             raise InvalidArgumentError(f"unknown table {table!r}; valid tables: nuclei, images")
@@ -454,6 +454,7 @@ class NucleusDataset(torch.utils.data.Dataset):
         return getattr(self, table).chunk(chunks if chunks is not None else {dim: 100_000})
 
 
+@renamed_keywords(source="merged")
 def load(
     name: str,
     split: str | None = None,
@@ -462,7 +463,7 @@ def load(
     root: str | os.PathLike[str] | None = None,
     download: bool = False,
     transforms: Transform | None = None,
-    source: str | os.PathLike[str] | None = None,
+    merged: str | os.PathLike[str] | None = None,
 ) -> NucleusDataset:
     """Open a prepared dataset as a PyTorch map-style dataset.
 
@@ -482,22 +483,23 @@ def load(
         ``load`` never touches the network and never re-hashes anything.
     transforms
         ``dict -> dict`` callable applied to every sample, last.
-    source
+    merged
         A ``nucdata build-merged`` output folder: labels under ``label_set`` are then the
         merged ones (annotated, mapped, ambiguous-resolved, outside or predicted — see
-        :mod:`nucdata.store._merged`); each sample gains ``probabilities``, ``sources`` (indices
-        into ``nucdata.store._merged.SOURCES``) and ``annotated``. The output folder stands
-        alone: it carries its own copy of the store.
+        :mod:`nucdata.store`); each sample gains ``probabilities``, ``sources`` (indices
+        into ``nucdata.store.PROVENANCE``) and ``annotated``. The output folder stands
+        alone: it carries its own copy of the store. (``source=`` is its deprecated old
+        name.)
 
     Raises
     ------
     DatasetNotFoundError
         When the dataset is not prepared and ``download`` is false; says how to get it.
     """
-    from nucdata.acquire._prepare import is_prepared, prepare, store_path
+    from nucdata.acquire import is_prepared, prepare, store_path
 
-    if source is not None:
-        return _load_merged(name, split, label_set, root, transforms, source)
+    if merged is not None:
+        return _load_merged(name, split, label_set, root, transforms, merged)
     card = get_card(name, root)
     if not is_prepared(card.name, root):
         if not download:
@@ -514,7 +516,7 @@ def load(
 
 
 def _load_merged(name, split, label_set, root, transforms, source) -> NucleusDataset:
-    from nucdata.store._merged import read_merged_labels
+    from nucdata.store import read_merged_labels
 
     if label_set is None:
         raise InvalidArgumentError("a merged dataset is read under a label set: pass label_set=")
@@ -530,6 +532,6 @@ def _load_merged(name, split, label_set, root, transforms, source) -> NucleusDat
 
 def get_label_set_name(name: str) -> str:
     """The canonical name of a label set (raises a typed error for an unknown one)."""
-    from nucdata.labels._tables import label_set
+    from nucdata.labels import label_set
 
     return label_set(name).name

@@ -142,3 +142,47 @@ class DataHomeError(NucdataError):
 
 class InvalidCardError(NucdataError, ValueError):
     """A dataset card or local card override (``registry/<name>.json``) with invalid content."""
+
+
+class MissingMppError(InvalidArgumentError):
+    """An image without a microns-per-pixel value, asked for at a given ``mpp``."""
+
+
+class MissingDependencyError(NucdataError, ImportError):
+    """An optional package that a feature needs is not installed.
+
+    Parameters
+    ----------
+    package
+        The package's install name.
+    feature
+        What needs it, and the alternative without it.
+    """
+
+    def __init__(self, package: str, feature: str):
+        self.package = package
+        super().__init__(f"{feature} needs {package}: pip install {package}")
+
+
+class LabelTableError(NucdataError, ValueError):
+    """A packaged label set or mapping table that breaks the table rules."""
+
+
+class InjectedFault(NucdataError):
+    """Raised at a fault point that a test armed; never raised in normal use."""
+
+    def __init__(self, name: str):
+        self.name = name
+        super().__init__(f"injected fault at {name!r} (test hook NUCDATA_FAULT)")
+
+
+class CheckpointError(NucdataError):
+    """A checkpoint file that cannot be used (missing, truncated, not ours, unsafe)."""
+
+
+class CheckpointMismatchError(CheckpointError, ValueError):
+    """A checkpoint trained for other label sets (names, order, versions or classes)."""
+
+
+class OutputFolderError(NucdataError):
+    """An output folder (of ``build-merged``, an export) that holds files nucdata did not write."""

@@ -1,8 +1,11 @@
 """nucdata_models: the correlation-based cross-training models that fill in missing labels.
 
 A library on plain tensors: :class:`TrainingData` in, :class:`TrainResult` and
-:class:`Prediction` per label set out. It never imports ``nucdata`` at import time;
-:func:`from_crop_dataset` (in :mod:`.bridge`) is the one bridge to nucdata's crop banks.
+:class:`Prediction` per label set out. Its core modules (data, losses, encoders, model,
+augment, metrics, checkpoint, fill, train, config) import nothing of nucdata but
+:mod:`nucdata.errors` and its private plumbing; :mod:`nucdata_models.merge` is the bridge
+to the rest of nucdata (splits, ``build-merged``) and :mod:`nucdata_models.study` the
+method study. Names here load their module on first use (PEP 562).
 
 >>> from nucdata_models import CrossTrainer, TrainConfig
 >>> from nucdata_models.study.synthetic import make_synthetic_data
@@ -16,31 +19,39 @@ sets and :func:`target_bits` turns nucdata's ``(label, candidates)`` into its ta
 (docs/tutorials/training.md).
 """
 
-from nucdata_models.checkpoint import (
-    CheckpointError,
-    CheckpointMismatchError,
-    load_checkpoint,
-    save_checkpoint,
-)
-from nucdata_models.data import LabelSetSpec, TrainingData, target_bits, training_targets
-from nucdata_models.encoders import build_encoder
-from nucdata_models.fill import fill_labels
-from nucdata_models.losses import partial_label_loss
-from nucdata_models.merge.bridge import from_crop_dataset, training_data
-from nucdata_models.metrics import classification_metrics
-from nucdata_models.train import (
-    RECIPE_DIFFERENCES,
-    RECIPES,
-    CrossTrainer,
-    Prediction,
-    Predictions,
-    TrainConfig,
-    TrainResult,
-)
+from __future__ import annotations
 
-__all__ = [
-    "CheckpointError", "CheckpointMismatchError", "CrossTrainer", "LabelSetSpec", "Prediction", "Predictions",
-    "TrainConfig", "TrainResult", "TrainingData", "build_encoder", "classification_metrics", "from_crop_dataset",
-    "load_checkpoint", "partial_label_loss", "save_checkpoint", "target_bits",
-    "RECIPES", "RECIPE_DIFFERENCES", "fill_labels", "training_data", "training_targets",
-]
+from typing import TYPE_CHECKING
+
+from nucdata._util.lazy import attach
+
+#: public name -> the module that defines it (imported on first access)
+_LAZY = {
+    "TrainConfig": "nucdata_models.config", "RECIPES": "nucdata_models.config",
+    "RECIPE_DIFFERENCES": "nucdata_models.config",
+    "CrossTrainer": "nucdata_models.train", "Prediction": "nucdata_models.train",
+    "Predictions": "nucdata_models.train", "TrainResult": "nucdata_models.train",
+    "LabelSetSpec": "nucdata_models.data", "TrainingData": "nucdata_models.data",
+    "target_bits": "nucdata_models.data", "training_targets": "nucdata_models.data",
+    "build_encoder": "nucdata_models.encoders",
+    "fill_labels": "nucdata_models.fill",
+    "partial_label_loss": "nucdata_models.losses",
+    "classification_metrics": "nucdata_models.metrics",
+    "load_checkpoint": "nucdata_models.checkpoint", "save_checkpoint": "nucdata_models.checkpoint",
+    "CheckpointError": "nucdata.errors", "CheckpointMismatchError": "nucdata.errors",
+    "from_crop_dataset": "nucdata_models.merge", "training_data": "nucdata_models.merge",
+}
+
+__getattr__, __dir__, __all__ = attach(__name__, _LAZY, globals())
+
+if TYPE_CHECKING:
+    from nucdata.errors import CheckpointError, CheckpointMismatchError
+    from nucdata_models.checkpoint import load_checkpoint, save_checkpoint
+    from nucdata_models.config import RECIPE_DIFFERENCES, RECIPES, TrainConfig
+    from nucdata_models.data import LabelSetSpec, TrainingData, target_bits, training_targets
+    from nucdata_models.encoders import build_encoder
+    from nucdata_models.fill import fill_labels
+    from nucdata_models.losses import partial_label_loss
+    from nucdata_models.merge import from_crop_dataset, training_data
+    from nucdata_models.metrics import classification_metrics
+    from nucdata_models.train import CrossTrainer, Prediction, Predictions, TrainResult

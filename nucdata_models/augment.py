@@ -82,7 +82,7 @@ def augment(crops: torch.Tensor, generator: torch.Generator | None = None, jitte
     crops
         ``(N, C, S, S)``, C = 3 or 4: uint8 in [0, 255] or float in [0, 1].
     generator
-        Source of randomness (on the crops' device), for reproducible runs.
+        Converter of randomness (on the crops' device), for reproducible runs.
     jitter, blur_p
         Colour-jitter strength and blur probability.
 

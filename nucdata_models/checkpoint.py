@@ -21,21 +21,13 @@ from typing import Any
 import torch
 
 from nucdata._util.atomic import atomic_path, atomic_write_text
-from nucdata.errors import NucdataError
+from nucdata.errors import CheckpointError, CheckpointMismatchError
 from nucdata_models.data import LabelSetSpec
 
 __all__ = ["CheckpointError", "CheckpointMismatchError", "check_label_sets", "label_set_meta",
            "load_checkpoint", "meta_path", "save_checkpoint"]
 
 FORMAT_VERSION = 2
-
-
-class CheckpointError(NucdataError):
-    """A checkpoint file that cannot be used (missing, truncated, not ours, unsafe)."""
-
-
-class CheckpointMismatchError(CheckpointError, ValueError):
-    """A checkpoint trained for other label sets (names, order, versions or classes)."""
 
 
 def meta_path(path: str | os.PathLike[str]) -> Path:

@@ -9,11 +9,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from nucdata._util.codes import OUTSIDE
+
 __all__ = ["ANNOTATED", "AMBIGUOUS", "MAPPED", "NO_LABEL", "OUTSIDE_LABEL", "PROVENANCE_NAMES", "LabelSetSpec",
            "TrainingData", "candidate_mask", "derive_provenance", "target_bits", "training_targets"]
-
-MISSING = -1
-OUTSIDE = -2
 
 # Where a nucleus's label under one set comes from (``TrainingData.provenance``).
 NO_LABEL = 0  # unlabelled, or the mapping gives no information
@@ -76,7 +75,7 @@ class TrainingData:
         one bit = exact, several = ambiguous (a partial label). Bit ``K`` (one past the
         last class) is the *outside* candidate: "possibly none of these classes".
     dataset_index, dataset_names
-        Source dataset of each nucleus (index into ``dataset_names``).
+        Converter dataset of each nucleus (index into ``dataset_names``).
     split
         ``(N,)``: 0 train, 1 validation, anything else neither (only predicted).
     truth

@@ -14,6 +14,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from nucdata_models.config import ENCODER_NAMES
+
 
 class SmallCNN(nn.Module):
     """Four conv-BN-ReLU blocks with pooling: ~0.1 M parameters, CPU friendly."""
@@ -108,6 +110,8 @@ ENCODERS: dict[str, Callable[[int], nn.Module]] = {
     "resnet18": lambda c: ResNet(BasicBlock, (2, 2, 2, 2), c),
     "resnet50": lambda c: ResNet(Bottleneck, (3, 4, 6, 3), c),
 }
+if tuple(ENCODERS) != ENCODER_NAMES:  # pragma: no cover - a development error
+    raise RuntimeError("nucdata_models.config.ENCODER_NAMES must name the encoders built here")
 
 
 def torchvision_key(key: str) -> str:

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
-from nucdata.store._merged import SOURCES
+from nucdata._util.codes import PROVENANCE
 from nucdata_models.data import AMBIGUOUS, ANNOTATED, MAPPED, OUTSIDE, OUTSIDE_LABEL, candidate_mask
 
-__all__ = ["SOURCES", "FilledLabels", "fill_labels", "scored_class"]
+__all__ = ["PROVENANCE", "FilledLabels", "fill_labels", "scored_class"]
 
 
 
@@ -42,7 +42,7 @@ class FilledLabels:
     probability
         float32 ``(N,)``: the model's probability of ``label``.
     source
-        int8 ``(N,)``: index into :data:`SOURCES`.
+        int8 ``(N,)``: index into :data:`PROVENANCE`.
     """
 
     label: torch.Tensor
@@ -80,13 +80,13 @@ def fill_labels(probs: torch.Tensor, labels: torch.Tensor, candidates: torch.Ten
     for code, name in ((ANNOTATED, "annotated"), (MAPPED, "mapped")):
         take = provenance == code
         label = torch.where(take, labels, label)
-        source[take] = SOURCES.index(name)
+        source[take] = PROVENANCE.index(name)
     take = provenance == AMBIGUOUS
     label = torch.where(take, resolved, label)
-    source[take] = SOURCES.index("ambiguous-resolved")
+    source[take] = PROVENANCE.index("ambiguous-resolved")
     take = provenance == OUTSIDE_LABEL
     label = torch.where(take, torch.full_like(label, OUTSIDE), label)
-    source[take] = SOURCES.index("outside")
+    source[take] = PROVENANCE.index("outside")
 
     column = scored_class(label, size)
     probability = probs.gather(1, column.clamp_max(outputs - 1)[:, None])[:, 0].float()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from nucdata_models.config import PSEUDO_RULES
 from nucdata_models.data import candidate_mask
 
 __all__ = ["PSEUDO_RULES", "partial_label_loss", "pseudo_labels", "soft_label_loss"]
@@ -61,7 +62,6 @@ def soft_label_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.
     return nll.sum() / count.clamp_min(1), count
 
 
-PSEUDO_RULES = ("candidates", "unrestricted", "renormalised")
 
 
 def pseudo_labels(probabilities: torch.Tensor, allowed: torch.Tensor, threshold: float,

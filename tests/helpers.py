@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import nucdata
-from nucdata.store._store import Store
+from nucdata.store import Store
 from nucdata.testing import install
 
 

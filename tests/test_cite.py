@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 import nucdata
+from nucdata.catalog import write_override
 from nucdata.catalog._cite import METHOD_BIBTEX, METHOD_UNVERIFIED, split_entries
-from nucdata.catalog._registry import write_override
 from nucdata.cli import main
 
 ENTRY = re.compile(r"^@(article|inproceedings|misc)\{(\w+),$", re.MULTILINE)

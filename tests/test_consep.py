@@ -14,8 +14,8 @@ from PIL import Image
 from scipy.io import loadmat, savemat
 
 import nucdata
-from nucdata.acquire._prepare import is_prepared
-from nucdata.catalog._registry import get_card
+from nucdata.acquire import is_prepared
+from nucdata.catalog import get_card
 from nucdata.testing import install
 
 
@@ -71,7 +71,7 @@ def test_missing_key_names_file_and_key(home, tmp_path, key):
     savemat(label, {k: v for k, v in data.items() if k != key})
     before = _digest(folder)
     with pytest.raises(nucdata.MalformedAnnotationError, match=rf"test_2\.mat: key '{key}' is missing"):
-        nucdata.prepare("consep", source=folder, root=home, check_counts=False)
+        nucdata.prepare("consep", from_dir=folder, root=home, check_counts=False)
     assert _digest(folder) == before
     assert not is_prepared("consep", root=home)
     assert not any((home / "stores" / "consep").glob(".*tmp-*"))
@@ -84,11 +84,11 @@ def test_misaligned_ids_and_missing_folders(home, tmp_path):
     data = {k: v for k, v in loadmat(label).items() if not k.startswith("__")}
     savemat(label, {**data, "inst_type": data["inst_type"][:-1]})
     with pytest.raises(nucdata.MalformedAnnotationError, match=r"train_2\.mat: inst_map has \d+ ids.*inst_type has"):
-        nucdata.prepare("consep", source=folder, root=home, check_counts=False)
+        nucdata.prepare("consep", from_dir=folder, root=home, check_counts=False)
     savemat(label, data)
     (folder / "CoNSeP" / "Test" / "Labels").rename(folder / "CoNSeP" / "Test" / "Lbls")
     with pytest.raises(nucdata.MissingFilesError, match="Test/Images"):
-        nucdata.prepare("consep", source=folder, root=home, check_counts=False)
+        nucdata.prepare("consep", from_dir=folder, root=home, check_counts=False)
     assert not is_prepared("consep", root=home)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nucdata.labels._tables import MERGED_LABEL_SETS, OWN_LABEL_SET, translate
+from nucdata.labels import MERGED_LABEL_SETS, OWN_LABEL_SET, translate
 from nucdata.testing import install
 from nucdata.testing.world import (
     HABITS,

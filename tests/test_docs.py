@@ -87,7 +87,7 @@ def test_training_tutorial_runs(tutorial_home, monkeypatch, capsys):
     import torch
 
     monkeypatch.setenv("NUCDATA_HOME", str(tutorial_home / "home"))
-    monkeypatch.chdir(tutorial_home)  # the tutorial reads source="merged/"
+    monkeypatch.chdir(tutorial_home)  # the tutorial reads merged="merged/"
     blocks = _python_blocks(ROOT / "docs" / "tutorials" / "training.md")
     assert len(blocks) >= 5
     namespace: dict = {}

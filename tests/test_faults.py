@@ -18,9 +18,8 @@ import pytest
 
 import nucdata
 from nucdata._util import atomic, faults
-from nucdata._util.locks import clean_stale, is_complete
-from nucdata.acquire._prepare import store_path
-from nucdata.store._store import MANIFEST, Store, StoreWriter
+from nucdata.acquire import store_path
+from nucdata.store import MANIFEST, Store, StoreWriter, clean_stale, is_complete
 
 STORE_STEPS = [
     "store:columns-written", "store:manifest-written", "store:before-swap",

@@ -137,7 +137,7 @@ def test_truncated_archive_is_typed_and_raw_file_kept(home, http_server):
     archive = served / "TNBC_NucleiSegmentation.zip"
     archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
     data = _override(home, "tnbc")
-    from nucdata.acquire._fetch import sha256sum
+    from nucdata.acquire import sha256sum
 
     data["files"][0]["size"] = archive.stat().st_size
     data["files"][0]["sha256"] = sha256sum(archive)
@@ -145,6 +145,6 @@ def test_truncated_archive_is_typed_and_raw_file_kept(home, http_server):
     with pytest.raises(nucdata.CorruptArchiveError, match="download it again"):
         nucdata.prepare("tnbc")
     assert (raw_dir(home) / "TNBC_NucleiSegmentation.zip").stat().st_size == archive.stat().st_size
-    from nucdata.acquire._prepare import is_prepared
+    from nucdata.acquire import is_prepared
 
     assert not is_prepared("tnbc")

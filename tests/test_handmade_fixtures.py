@@ -104,7 +104,7 @@ def test_imagescope_xml_through_the_monusac_converter(home, tmp_path):
         d.mkdir(parents=True)
         shutil.copyfile(FIXTURES / "three_regions.xml", d / f"{patient}_1.xml")
         Image.new("RGB", (SHAPE[1], SHAPE[0]), (230, 200, 220)).save(d / f"{patient}_1.tif")
-    nucdata.prepare("monusac", source=folder, root=home, check_counts=False)
+    nucdata.prepare("monusac", from_dir=folder, root=home, check_counts=False)
     ds = nucdata.load("monusac", root=home)
     assert len(ds) == 2
     assert ds.manifest["dropped"]["degenerate"] == 2  # the click, once per image
@@ -134,7 +134,7 @@ def test_nucls_csv_through_the_converter(home, tmp_path):
         (top / sub).mkdir(parents=True)
     Image.new("RGB", (12, 10), (230, 200, 220)).save(top / "rgb" / f"{stem}.png")
     shutil.copyfile(FIXTURES / "nucls_fov.csv", top / "csv" / f"{stem}.csv")
-    nucdata.prepare("nucls", source=tmp_path / "nucls", root=home, check_counts=False)
+    nucdata.prepare("nucls", from_dir=tmp_path / "nucls", root=home, check_counts=False)
     ds = nucdata.load("nucls", root=home)
     assert len(ds) == 1
     nuclei = ds.nuclei
@@ -189,7 +189,7 @@ def test_consep_mat_through_the_converter(home, tmp_path, shift):
         Image.new("RGBA", (8, 8), (230, 200, 220, 255)).save(folder / "CoNSeP" / split / "Images" / f"{name}.png")
         savemat(folder / "CoNSeP" / split / "Labels" / f"{name}.mat",
                 {"inst_map": inst, "type_map": type_map, "inst_type": types, "inst_centroid": centroids})
-    nucdata.prepare("consep", source=folder, root=home, check_counts=False)
+    nucdata.prepare("consep", from_dir=folder, root=home, check_counts=False)
     ds = nucdata.load("consep", root=home)
     assert len(ds) == 2
     for image in range(2):

@@ -36,7 +36,7 @@ def test_kumar_split_and_missing_images(home, tmp_path):
     (images / "TCGA-AY-A8YK-01A-01-TS1.tif").unlink()
     (images / "TCGA-18-5592-01Z-00-DX1.tif").unlink()
     with pytest.raises(nucdata.MissingFilesError) as info:
-        nucdata.prepare("kumar", source=folder, force=True)
+        nucdata.prepare("kumar", from_dir=folder, force=True)
     assert "2 of Kumar's 30" in str(info.value)
     assert "TCGA-AY-A8YK-01A-01-TS1" in str(info.value) and "TCGA-18-5592-01Z-00-DX1" in str(info.value)
     assert nucdata.load("kumar").store.n_images == 30  # the earlier store is intact
@@ -56,7 +56,7 @@ def test_count_check_guards_against_other_releases(home):
 
 def test_generator_and_converter_lists_agree():
     """Two independent transcriptions of the published list (datasets.md §6.4, §6.6)."""
-    from nucdata.datasets._imagescope_pairs import KUMAR_STEMS
+    from nucdata.datasets.kumar import KUMAR_STEMS
 
     assert KUMAR == KUMAR_STEMS
     assert sorted(KUMAR.values()).count("train") == 16

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 import nucdata
-from nucdata.labels._tables import (
+from nucdata.errors import LabelTableError
+from nucdata.labels import (
     MERGED_LABEL_SETS,
     OUTSIDE,
     OUTSIDE_NAME,
     OWN_LABEL_SET,
-    LabelTableError,
     check_tables,
     find_inconsistencies,
     label_set,
@@ -226,7 +226,7 @@ def test_tissue_conditional_row_applies_only_to_its_tissue():
     rows = parse_rows("test", ls, {7: "x"}, [
         {"native": 7, "kind": "ambiguous", "classes": ["lymphocyte", "macrophage"], **ok},
         {"native": 7, "kind": "exact", "classes": ["macrophage"], "when": {"tissue": ["Liver"]}, **ok}])
-    m = nucdata.labels._tables.Mapping("test", ls, rows)
+    m = nucdata.labels.LabelMapping("test", ls, rows)
     assert m.translate(np.array([7, 7, -1]), np.array(["Liver", "Lung", "Liver"]))[0].tolist() == [3, -1, -1]
     with pytest.raises(nucdata.InvalidArgumentError, match="shape"):
         m.translate(np.array([7, 7]), np.array(["Liver"] * 3))

@@ -14,7 +14,8 @@ from PIL import Image
 
 import nucdata
 from nucdata.cli import main
-from nucdata.export._overlay import MissingDependencyError, outline_mask, render
+from nucdata.errors import MissingDependencyError
+from nucdata.exports._overlay import outline_mask, render
 
 
 @pytest.fixture(scope="module")

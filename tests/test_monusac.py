@@ -15,7 +15,7 @@ from helpers import assert_geometry_exact, extract_manual
 from PIL import Image
 
 import nucdata
-from nucdata.acquire._prepare import is_prepared
+from nucdata.acquire import is_prepared
 from nucdata.datasets import monusac as source
 from nucdata.datasets._imagescope import polygon_area, read_imagescope
 from nucdata.errors import CorruptArchiveError
@@ -132,9 +132,9 @@ def test_unknown_class_is_kept_and_reported(home, tmp_path):
     xml.write_text(text.replace('Attribute Name="Lymphocyte"', 'Attribute Name="Lymphocite"'))
     if lost:  # the per-class check refuses the changed classes: nothing published
         with pytest.raises(nucdata.CountMismatchError, match="nuclei per class"):
-            nucdata.prepare("monusac", source=folder, root=home)
+            nucdata.prepare("monusac", from_dir=folder, root=home)
         assert not is_prepared("monusac", home)
-    nucdata.prepare("monusac", source=folder, root=home, check_counts=False)
+    nucdata.prepare("monusac", from_dir=folder, root=home, check_counts=False)
     ds = nucdata.load("monusac", root=home)
     m = ds.manifest
     assert m["dropped"].get("unknown_class_kept_unlabelled:Lymphocite", 0) == lost
@@ -152,9 +152,9 @@ def test_unreadable_svs_only_image_is_skipped_counted_and_checked(home, tmp_path
     assert len(svs_only) == 1
     svs_only[0].write_bytes(b"II*\x00" + b"\x00" * 64)  # a TIFF header no reader can decode
     with pytest.raises(nucdata.CountMismatchError, match="images per split"):
-        nucdata.prepare("monusac", source=folder, root=home)
+        nucdata.prepare("monusac", from_dir=folder, root=home)
     assert not is_prepared("monusac", home)
-    nucdata.prepare("monusac", source=folder, root=home, check_counts=False)
+    nucdata.prepare("monusac", from_dir=folder, root=home, check_counts=False)
     ds = nucdata.load("monusac", root=home)
     assert ds.manifest["dropped"]["svs_only_unreadable_skipped"] == 1
     assert any(svs_only[0].name in note for note in ds.manifest["notes"])
@@ -181,7 +181,7 @@ def test_missing_test_tree(home, tmp_path):
     install("monusac", home)
     folder = extract_manual(home, ZIPS[:1], tmp_path / "x")
     with pytest.raises(nucdata.MissingFilesError, match="test tree"):
-        nucdata.prepare("monusac", source=folder, root=home)
+        nucdata.prepare("monusac", from_dir=folder, root=home)
     assert not is_prepared("monusac", home)
 
 
@@ -193,7 +193,7 @@ def test_xml_without_image(home, tmp_path):
         if image.suffix != ".xml":
             image.unlink()
     with pytest.raises(nucdata.MissingFilesError, match=re.escape(xml.name)):
-        nucdata.prepare("monusac", source=folder, root=home)
+        nucdata.prepare("monusac", from_dir=folder, root=home)
     assert not is_prepared("monusac", home)
 
 
@@ -203,7 +203,7 @@ def test_malformed_xml(home, tmp_path):
     xml = sorted((folder / TEST).rglob("*.xml"))[-1]
     xml.write_text(xml.read_text()[:300])
     with pytest.raises(nucdata.MalformedAnnotationError, match=re.escape(xml.name)):
-        nucdata.prepare("monusac", source=folder, root=home)
+        nucdata.prepare("monusac", from_dir=folder, root=home)
     assert not is_prepared("monusac", home)
 
 
@@ -212,7 +212,7 @@ def test_same_name_in_both_splits_is_renamed(home, tmp_path):
     folder = extract_manual(home, ZIPS, tmp_path / "x")
     patient = sorted(p for p in (folder / TRAIN).iterdir() if p.is_dir())[0]
     shutil.copytree(patient, folder / TEST / patient.name)
-    nucdata.prepare("monusac", source=folder, root=home, check_counts=False)
+    nucdata.prepare("monusac", from_dir=folder, root=home, check_counts=False)
     ds = nucdata.load("monusac", root=home)
     renamed = [n for n in ds.images.name.values.tolist() if n.endswith("@test")]
     assert len(renamed) == 2 == ds.manifest["dropped"]["duplicate_names_renamed"]
@@ -235,7 +235,7 @@ def test_realdata_xml_parsed(realdata, home, tmp_path):
         d.mkdir(parents=True)
         shutil.copyfile(xml, d / f"{patient}_3.xml")  # a temporary copy, outside the repository
         blank.save(d / f"{patient}_3.tif")
-    nucdata.prepare("monusac", source=tmp_path / "x", root=home, check_counts=False)
+    nucdata.prepare("monusac", from_dir=tmp_path / "x", root=home, check_counts=False)
     ds = nucdata.load("monusac", root=home)
     assert ds.manifest["counts"]["classes"] == {"3": 10}
     assert (ds.nuclei.layer.values == 3).all() and set(ds.nuclei.class_name.values) == {"Neutrophil"}
@@ -247,7 +247,7 @@ def test_realdata_xml_parsed(realdata, home, tmp_path):
 
 
 def test_class_codes_agree_with_label_sets():
-    from nucdata.labels._tables import native_vocabulary
+    from nucdata.labels import native_vocabulary
 
     assert {name.lower(): code for code, name, _ in native_vocabulary("monusac")} == source.CLASS_CODES
 

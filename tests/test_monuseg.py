@@ -83,7 +83,7 @@ def test_prepare_from_extracted_folder(home, tmp_path):
     for name in ("MoNuSeg 2018 Training Data.zip", "MoNuSegTestData.zip"):
         _extract(manual_dir(home) / name, folder)
     shutil.rmtree(manual_dir(home))  # nothing to download from: the folder is the source
-    nucdata.prepare("monuseg", source=folder)
+    nucdata.prepare("monuseg", from_dir=folder)
     manifest = nucdata.load("monuseg").manifest
     assert manifest["source"] == {"kind": "folder", "path": str(folder.resolve()), "verified": False}
 
@@ -96,8 +96,8 @@ def test_malformed_xml_names_file_and_line(home, tmp_path):
     xml = folder / "MoNuSegTestData" / "TCGA-2Z-A9J9-01A-01-TS1.xml"
     xml.write_text(xml.read_text().replace("</Regions>", "</Region>", 1))
     with pytest.raises(nucdata.MalformedAnnotationError, match=r"TCGA-2Z-A9J9-01A-01-TS1\.xml: line \d+"):
-        nucdata.prepare("monuseg", source=folder)
-    from nucdata.acquire._prepare import is_prepared
+        nucdata.prepare("monuseg", from_dir=folder)
+    from nucdata.acquire import is_prepared
 
     assert not is_prepared("monuseg")
 
@@ -112,7 +112,7 @@ def test_bad_vertex_names_region(home, tmp_path):
     start = text.index('X="', text.index("<Region Id=\"3\""))
     xml.write_text(text[:start] + 'X="abc"' + text[text.index(" Y=", start):])
     with pytest.raises(nucdata.MalformedAnnotationError, match="Region Id=3"):
-        nucdata.prepare("monuseg", source=folder)
+        nucdata.prepare("monuseg", from_dir=folder)
 
 
 def test_missing_test_folder(home, tmp_path):
@@ -120,6 +120,6 @@ def test_missing_test_folder(home, tmp_path):
     folder = tmp_path / "extracted"
     _extract(manual_dir(home) / "MoNuSeg 2018 Training Data.zip", folder)
     with pytest.raises(nucdata.MissingFilesError, match="MoNuSegTestData"):
-        nucdata.prepare("monuseg", source=folder)
+        nucdata.prepare("monuseg", from_dir=folder)
     with pytest.raises(nucdata.MissingFilesError, match="folder not found"):
-        nucdata.prepare("monuseg", source=tmp_path / "nope")
+        nucdata.prepare("monuseg", from_dir=tmp_path / "nope")

@@ -12,7 +12,7 @@ from helpers import demo_home
 
 import nucdata
 from nucdata.cli import main
-from nucdata.export._overlay import MissingDependencyError
+from nucdata.errors import MissingDependencyError
 from nucdata.testing._demo import real_data, run_demo
 
 

@@ -12,7 +12,7 @@ import pytest
 from helpers import assert_geometry_exact, extract_manual
 
 import nucdata
-from nucdata.acquire._prepare import is_prepared
+from nucdata.acquire import is_prepared
 from nucdata.datasets import nucls as source
 from nucdata.testing import install
 
@@ -123,7 +123,7 @@ def test_malformed_coordinate_list(home, tmp_path):
     rows[2][9] = "12,14,oops,20"
     write_rows(table, rows)
     with pytest.raises(nucdata.MalformedAnnotationError, match=re.escape(table.name) + r".*row 3, column 'coords_x'"):
-        nucdata.prepare("nucls", source=folder, root=home)
+        nucdata.prepare("nucls", from_dir=folder, root=home)
     assert not is_prepared("nucls", home)
     assert not any((home / "stores" / "nucls").glob("*/manifest.json"))
 
@@ -136,7 +136,7 @@ def test_unequal_coordinate_lists(home, tmp_path):
     rows[1][10] = rows[1][10].rsplit(",", 1)[0]
     write_rows(table, rows)
     with pytest.raises(nucdata.MalformedAnnotationError, match=r"row 2 .*coords_y"):
-        nucdata.prepare("nucls", source=folder, root=home)
+        nucdata.prepare("nucls", from_dir=folder, root=home)
     assert not is_prepared("nucls", home)
 
 
@@ -146,10 +146,10 @@ def test_missing_folders_and_files(home, tmp_path):
     table = fov_tables(folder)[0]
     table.unlink()
     with pytest.raises(nucdata.MissingFilesError, match=re.escape(table.stem) + ".*has no CSV"):
-        nucdata.prepare("nucls", source=folder, root=home)
+        nucdata.prepare("nucls", from_dir=folder, root=home)
     shutil.rmtree(folder / "NuCLS_dataset" / "csv")
     with pytest.raises(nucdata.MissingFilesError, match="rgb/ and csv/"):
-        nucdata.prepare("nucls", source=folder, root=home)
+        nucdata.prepare("nucls", from_dir=folder, root=home)
     assert not is_prepared("nucls", home)
 
 
@@ -157,7 +157,7 @@ def test_without_fold_files_everything_is_unassigned(home, tmp_path):
     install("nucls", home)
     folder = extract_manual(home, ZIP, tmp_path / "x")
     shutil.rmtree(folder / "NuCLS_dataset" / "train_test_splits")
-    nucdata.prepare("nucls", source=folder, root=home, check_counts=False)
+    nucdata.prepare("nucls", from_dir=folder, root=home, check_counts=False)
     ds = nucdata.load("nucls", root=home)
     assert set(ds.images.split.values) == {"unassigned"}
     assert any("train_test_splits" in n for n in ds.manifest["notes"])
@@ -173,7 +173,7 @@ def test_folds_that_do_not_partition_the_slides(home, tmp_path):
     rows.append(["9", "TCGA-A2-A0SX-DX1", "A2", "test", "2"])  # also in fold 1's test list
     write_rows(splits / "fold_2_test.csv", rows)
     with pytest.raises(nucdata.MalformedAnnotationError, match="TCGA-A2-A0SX-DX1.*folds \\[1, 2\\]"):
-        nucdata.prepare("nucls", source=folder, root=home)
+        nucdata.prepare("nucls", from_dir=folder, root=home)
     assert not is_prepared("nucls", home)
 
 
@@ -186,7 +186,7 @@ def test_unknown_class_and_fov_rows(home, tmp_path):
     rows.append(["99", "fov_basic", "", "", "rectangle", "0", "0", "10", "10",
                  "0,10,10,0,0", "0,0,10,10,0"])
     write_rows(table, rows)
-    nucdata.prepare("nucls", source=folder, root=home, check_counts=False)
+    nucdata.prepare("nucls", from_dir=folder, root=home, check_counts=False)
     ds = nucdata.load("nucls", root=home)
     m = ds.manifest
     assert m["extra"]["unknown_classes"] == {"giant_cell": 1}
@@ -204,7 +204,7 @@ def test_stem_helpers():
 
 
 def test_realdata_gt_codes(realdata):
-    from nucdata.labels._tables import native_vocabulary
+    from nucdata.labels import native_vocabulary
 
     with open(realdata / "nucls" / "nucleus_GTcodes.csv", newline="") as fh:
         table = list(csv.DictReader(fh))

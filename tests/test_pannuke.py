@@ -11,7 +11,7 @@ import pytest
 from helpers import assert_geometry_exact, extract_manual
 
 import nucdata
-from nucdata.acquire._prepare import is_prepared
+from nucdata.acquire import is_prepared
 from nucdata.datasets.pannuke import CHUNK, _decode, merge_channels
 from nucdata.testing import install
 
@@ -156,7 +156,7 @@ def test_float_pixels_rounded_and_clipped(home, tmp_path):
     masks = np.zeros((2, 16, 16, 6))
     masks[1, 4:8, 4:8, 1] = 3
     folder = _write_fold(tmp_path / "src", images, masks, np.array(["Colon", "Skin"], "<U13"))
-    nucdata.prepare("pannuke", source=folder, root=home, check_counts=False)
+    nucdata.prepare("pannuke", from_dir=folder, root=home, check_counts=False)
     ds = nucdata.load("pannuke", root=home)
     assert ds.store.rgb(0)[0, 0].tolist() == [255, 0, 255]
     assert ds.store.rgb(1)[0, 0].tolist() == [0, 128, 99]
@@ -172,7 +172,7 @@ def test_bad_folds_raise_typed_errors_and_publish_nothing(home, tmp_path):
     np.save(types, np.load(types)[:-1])
     before = _digest(folder)
     with pytest.raises(nucdata.MalformedAnnotationError) as err:
-        nucdata.prepare("pannuke", source=folder, root=home, check_counts=False)
+        nucdata.prepare("pannuke", from_dir=folder, root=home, check_counts=False)
     message = str(err.value)
     assert "disagree in length" in message and "images.npy has 6" in message and "types.npy has 5" in message
     assert _digest(folder) == before
@@ -181,7 +181,7 @@ def test_bad_folds_raise_typed_errors_and_publish_nothing(home, tmp_path):
     masks.write_bytes(masks.read_bytes()[:-1000])
     before = _digest(folder)
     with pytest.raises(nucdata.CorruptArchiveError, match=r"Fold 2/masks/fold2/masks\.npy"):
-        nucdata.prepare("pannuke", source=folder, root=home, check_counts=False)
+        nucdata.prepare("pannuke", from_dir=folder, root=home, check_counts=False)
     assert _digest(folder) == before
     assert not is_prepared("pannuke", root=home)
     assert not any((home / "stores" / "pannuke").glob("*/manifest.json"))
@@ -193,7 +193,7 @@ def test_negative_ids_are_refused(home, tmp_path):
     masks[0, 2, 2, 0] = -4
     folder = _write_fold(tmp_path / "src", np.zeros((1, 8, 8, 3)), masks, np.array(["Colon"], "<U13"))
     with pytest.raises(nucdata.MalformedAnnotationError, match="negative instance id"):
-        nucdata.prepare("pannuke", source=folder, root=home, check_counts=False)
+        nucdata.prepare("pannuke", from_dir=folder, root=home, check_counts=False)
     assert not is_prepared("pannuke", root=home)
 
 
@@ -229,7 +229,7 @@ def test_jobs_give_the_same_store(home, tmp_path):
     stores = {}
     for jobs in (1, 2):
         root = tmp_path / f"home{jobs}"
-        stores[jobs] = nucdata.prepare("pannuke", source=folder, root=root, check_counts=False, jobs=jobs)
+        stores[jobs] = nucdata.prepare("pannuke", from_dir=folder, root=root, check_counts=False, jobs=jobs)
     one, two = (_digest(stores[j]) for j in (1, 2))
     assert one.keys() == two.keys()
     assert {k for k in one if one[k] != two[k]} <= {"manifest.json"}  # only its creation time may differ
@@ -244,7 +244,7 @@ def test_jobs_errors_reach_the_caller(home, tmp_path):
     masks[CHUNK + 2, 5, 5, 1] = -1  # in the second chunk, decoded by a worker process
     folder = _write_fold(tmp_path / "src", images, masks, np.array(["Colon"] * (2 * CHUNK + 1), "<U13"))
     with pytest.raises(nucdata.MalformedAnnotationError, match="negative instance id"):
-        nucdata.prepare("pannuke", source=folder, root=home, check_counts=False, jobs=2)
+        nucdata.prepare("pannuke", from_dir=folder, root=home, check_counts=False, jobs=2)
     with pytest.raises(nucdata.InvalidArgumentError, match="jobs"):
-        nucdata.prepare("pannuke", source=folder, root=home, check_counts=False, jobs=0)
+        nucdata.prepare("pannuke", from_dir=folder, root=home, check_counts=False, jobs=0)
     assert not is_prepared("pannuke", root=home)

@@ -8,9 +8,9 @@ import pytest
 import nucdata
 from nucdata._util.images import read_gray, read_rgb
 from nucdata._util.instances import nucleus_properties
-from nucdata.datasets._imagescope import rasterize_regions, read_imagescope
+from nucdata.datasets import rasterize_regions, read_imagescope
 from nucdata.datasets.tnbc import binary_to_instances
-from nucdata.store._store import StoreWriter
+from nucdata.store import StoreWriter
 
 # Region counts from realdata/README.md; TNBC 8-connected counts from datasets.md Appendix A.
 MONUSEG_REGIONS = {
@@ -48,7 +48,7 @@ def test_monuseg_pairs(realdata):
 def test_monuseg_pairs_through_the_kumar_layout(realdata, tmp_path):
     # Six of the thirty Kumar images: the converter must name the 24 missing ones.
     with pytest.raises(nucdata.MissingFilesError, match="24 of Kumar's 30"):
-        nucdata.prepare("kumar", source=realdata / "monuseg", root=tmp_path)
+        nucdata.prepare("kumar", from_dir=realdata / "monuseg", root=tmp_path)
 
 
 def test_tnbc_patients(realdata, tmp_path):
@@ -61,7 +61,7 @@ def test_tnbc_patients(realdata, tmp_path):
         inst, _ = binary_to_instances(mask)
         assert int(inst.max()) == expected, name
     # And through the converter, from the folder as it is.
-    path = nucdata.prepare("tnbc", source=realdata / "tnbc", root=tmp_path, check_counts=False)
+    path = nucdata.prepare("tnbc", from_dir=realdata / "tnbc", root=tmp_path, check_counts=False)
     ds = nucdata.load("tnbc", root=tmp_path)
     assert path.is_dir() and len(ds) == 10
     assert ds.manifest["counts"]["nuclei"]["total"] == sum(TNBC_COUNTS.values())

@@ -11,7 +11,7 @@ import pytest
 
 import nucdata
 from nucdata._util import home as home_module
-from nucdata._util import locks as locks_module
+from nucdata.store import _layout as layout_module
 from nucdata.errors import DataHomeError
 from nucdata.views import _crops as crops_module
 
@@ -44,7 +44,7 @@ def read_only_home(prepared, tmp_path, monkeypatch) -> Path:
     def is_writable(folder) -> bool:  # root ignores permission bits; model what a user sees
         return not str(Path(folder)).startswith(inside) and real(folder)
 
-    monkeypatch.setattr(locks_module, "is_writable", is_writable)
+    monkeypatch.setattr(layout_module, "is_writable", is_writable)
     monkeypatch.setenv("NUCDATA_HOME", str(root))
     monkeypatch.setenv("NUCDATA_CACHE", str(tmp_path / "cache"))
     yield root

@@ -15,10 +15,9 @@ from scipy.io import savemat
 
 import nucdata
 from nucdata._util.images import read_rgb
-from nucdata.acquire._archive import extract
-from nucdata.catalog._registry import get_card
-from nucdata.datasets import source_for
-from nucdata.datasets._imagescope import Region, rasterize_regions
+from nucdata.acquire import extract
+from nucdata.catalog import get_card
+from nucdata.datasets import Region, converter_for, rasterize_regions
 from nucdata.datasets.consep import read_label
 from nucdata.datasets.nucls import read_fov_csv
 from nucdata.datasets.pannuke import open_npy
@@ -29,7 +28,7 @@ from nucdata.errors import (
     MalformedAnnotationError,
     NucdataError,
 )
-from nucdata.store._store import StoreWriter
+from nucdata.store import StoreWriter
 
 
 # -- CoNSeP .mat files (HoVer-Net ground truth: inst_map, type_map, inst_type, inst_centroid) ------
@@ -101,7 +100,7 @@ def test_pannuke_uint8_images_convert(tmp_path):
     np.save(fold / "masks.npy", masks)
     np.save(fold / "types.npy", np.array(["Breast", "Colon"]))
     with StoreWriter(tmp_path / "out" / "1", "pannuke", "test") as writer:
-        source_for(get_card("pannuke")).convert(tmp_path / "src", writer)
+        converter_for(get_card("pannuke")).convert(tmp_path / "src", writer)
         assert writer.images["nucleus_count"] == [1, 1]
 
 
@@ -246,7 +245,7 @@ def test_cli_values_are_validated(home, args):
 
 
 def test_every_error_class_is_a_nucdata_error():
-    from nucdata_models.checkpoint import CheckpointError, CheckpointMismatchError
+    from nucdata.errors import CheckpointError, CheckpointMismatchError
 
     for cls in (CheckpointError, CheckpointMismatchError, InvalidCardError, nucdata.DataHomeError,
                 nucdata.UnsafePickleError):

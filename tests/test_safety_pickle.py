@@ -105,7 +105,8 @@ def test_open_merged_refuses_a_crafted_pickle(tmp_path):
 
 
 def test_crafted_checkpoint_is_refused_and_never_runs(tmp_path):
-    from nucdata_models.checkpoint import CheckpointError, load_checkpoint
+    from nucdata.errors import CheckpointError
+    from nucdata_models.checkpoint import load_checkpoint
 
     marker = tmp_path / "ran"
     path = tmp_path / "model.pt"

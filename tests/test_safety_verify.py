@@ -11,10 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 import nucdata
-from nucdata.acquire._verify import verify_store
+from nucdata.acquire import verify_store
 from nucdata.cli import main
 from nucdata.errors import StoreError
-from nucdata.store._store import MANIFEST, Store
+from nucdata.store import MANIFEST, Store
 
 
 @pytest.fixture(scope="module")

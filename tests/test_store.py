@@ -12,8 +12,8 @@ import nucdata
 from nucdata._util.instances import nucleus_properties, relabel_sequential
 from nucdata._util.locks import dataset_lock
 from nucdata._util.npy import NpyStreamWriter
-from nucdata.acquire._prepare import is_prepared, store_path
-from nucdata.store._store import MANIFEST, Store, StoreWriter
+from nucdata.acquire import is_prepared, store_path
+from nucdata.store import MANIFEST, Store, StoreWriter
 from nucdata.testing import install
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from skimage.draw import ellipse
 
-from nucdata.views._targets import (
+from nucdata.views import (
     BoundaryTargets,
     DistanceTargets,
     HoVerNetTargets,

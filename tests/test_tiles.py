@@ -12,8 +12,9 @@ from skimage.transform import rescale
 import nucdata
 from nucdata._util.instances import relabel_sequential
 from nucdata.dataset import NucleusDataset
-from nucdata.store._store import Store, StoreWriter
-from nucdata.views._tiles import MissingMppError, resample_window
+from nucdata.errors import MissingMppError
+from nucdata.store import Store, StoreWriter
+from nucdata.views._resample import resample_window
 
 
 def _image(rng: np.random.Generator, h: int, w: int, n: int) -> tuple[np.ndarray, np.ndarray]:

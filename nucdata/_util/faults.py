@@ -22,7 +22,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from nucdata.errors import NucdataError
+from nucdata.errors import InjectedFault
 
 ENV_VAR = "NUCDATA_FAULT"
 KILL_EXIT_CODE = 137
@@ -30,14 +30,6 @@ KILL_EXIT_CODE = 137
 _armed: dict[str, str] = {}  # point name (or prefix*) -> "raise" | "kill"
 _hits: list[str] = []  # every point passed while recording (see record())
 _recording = 0
-
-
-class InjectedFault(NucdataError):
-    """Raised at a fault point that a test armed; never raised in normal use."""
-
-    def __init__(self, name: str):
-        self.name = name
-        super().__init__(f"injected fault at {name!r} (test hook {ENV_VAR})")
 
 
 def _parse_env(value: str) -> dict[str, str]:

@@ -19,6 +19,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from nucdata._util.paths import is_junk
 from nucdata.errors import CorruptArchiveError, InvalidArgumentError
 
 #: Extraction stops beyond this many times the archive's size...
@@ -66,12 +67,6 @@ class _Budget:
                     "number of bytes (0 for no limit) and run again."
                 )
             out.write(block)
-
-
-def is_junk(name: str) -> bool:
-    """macOS metadata that some dataset archives carry."""
-    parts = Path(name).parts
-    return any(p == "__MACOSX" or p == ".DS_Store" or p.startswith("._") for p in parts)
 
 
 def _safe_target(dest: Path, member: str, archive: Path) -> Path:

@@ -22,7 +22,7 @@ import pooch
 
 from nucdata._util.home import manual_dir, raw_dir, writable_folder
 from nucdata._util.progress import use_bars
-from nucdata.catalog._registry import Card, RemoteFile, get_card
+from nucdata.catalog import Card, RemoteFile, get_card
 from nucdata.errors import (
     CorruptArchiveError,
     DownloadError,

@@ -2,7 +2,7 @@
 
 Under the dataset's lock: stale temporary folders of interrupted runs are removed,
 archives are extracted into scratch space (raw files are only read), the source
-converts into a :class:`~nucdata.store._store.StoreWriter`, counts are checked against
+converts into a :class:`~nucdata.store.StoreWriter`, counts are checked against
 the card, and the store is published with its manifest written last.
 """
 
@@ -20,31 +20,35 @@ import numpy as np
 
 from nucdata import __version__
 from nucdata._util import atomic
+from nucdata._util.deprecation import renamed_keywords
 from nucdata._util.faults import fault_point
 from nucdata._util.home import stores_dir, work_dir
-from nucdata._util.locks import clean_stale, dataset_lock
+from nucdata._util.locks import dataset_lock
 from nucdata._util.progress import Counter
 from nucdata.acquire._archive import extract
 from nucdata.acquire._fetch import fetch
-from nucdata.catalog._registry import Card, get_card
-from nucdata.datasets import ConversionReport, source_for
+from nucdata.catalog import Card, get_card
+from nucdata.datasets import ConversionReport, converter_for
 from nucdata.errors import CountMismatchError, MissingFilesError
-from nucdata.store._store import MANIFEST, StoreWriter
+from nucdata.labels import table_version
+from nucdata.store import MANIFEST, StoreWriter, clean_stale, is_complete, store_folder
 
 
 def store_path(name: str, root: str | os.PathLike[str] | None = None) -> Path:
     """Where the store of dataset ``name`` for the installed converter lives."""
     card = get_card(name, root)
-    return stores_dir(root) / card.name / source_for(card).version
+    return store_folder(card.name, converter_for(card).version, root)
 
 
 def is_prepared(name: str, root: str | os.PathLike[str] | None = None) -> bool:
-    return (store_path(name, root) / MANIFEST).is_file()
+    """Whether dataset ``name``'s store for the installed converter is published."""
+    return is_complete(store_path(name, root))
 
 
+@renamed_keywords(source="from_dir")
 def prepare(
     name: str,
-    source: str | os.PathLike[str] | None = None,
+    from_dir: str | os.PathLike[str] | None = None,
     root: str | os.PathLike[str] | None = None,
     *,
     download: bool = True,
@@ -60,9 +64,10 @@ def prepare(
     ----------
     name
         Dataset name (``nucdata.list_datasets()``).
-    source
+    from_dir
         An already-extracted folder in the dataset's official layout. When given,
         nothing is downloaded and the manifest records an unverified local source.
+        (``source=`` is its deprecated old name.)
     root
         Data home; defaults to ``$NUCDATA_HOME`` or the platform cache folder.
     download
@@ -86,11 +91,11 @@ def prepare(
         Each names the file at fault and the fix; nothing is published.
     """
     card = get_card(name, root)
-    src = source_for(card)
+    src = converter_for(card)
     dataset_dir = stores_dir(root) / card.name
     final = dataset_dir / src.version
     say = progress or (lambda _msg: None)
-    if (final / MANIFEST).is_file() and not force and source is None:  # no lock: a read-only home works
+    if (final / MANIFEST).is_file() and not force and from_dir is None:  # no lock: a read-only home works
         say(f"{card.name}: already prepared at {final}")
         return final
     with dataset_lock(dataset_dir):
@@ -99,13 +104,13 @@ def prepare(
         for line in atomic.recover(work_dir(root) / card.name).lines():
             say(f"{card.name}: {line} (extraction scratch)")
         _remove_legacy_scratch(work_dir(root), card.name, say)
-        if (final / MANIFEST).is_file() and not force and source is None:
+        if (final / MANIFEST).is_file() and not force and from_dir is None:
             say(f"{card.name}: already prepared at {final}")
             return final
         scratch: Path | None = None
         try:
-            if source is not None:
-                folder = Path(source).expanduser().resolve()
+            if from_dir is not None:
+                folder = Path(from_dir).expanduser().resolve()
                 if not folder.is_dir():
                     raise MissingFilesError(
                         f"{folder}: folder not found. Pass the folder that holds the extracted "
@@ -145,6 +150,7 @@ def prepare(
                         "pass --no-count-check (check_counts=False) to convert it anyway."
                     )
                 manifest = {
+                    "label_tables": table_version(),
                     "nucdata_version": __version__,
                     "source": provenance,
                     "card_override": card.overridden_by,

@@ -1,1 +1,11 @@
-"""nucdata.catalog."""
+"""The dataset catalog: one card per dataset (packaged JSON), the registry that reads them, citations.
+
+A card (``nucdata/catalog/cards/<dataset>.json``) holds everything known about a
+dataset before its files are read: homepage, licence, BibTeX, µm/px, classes, splits,
+expected counts, files with sizes, hashes and mirrors, and the manual route.
+"""
+
+from nucdata.catalog._cite import METHOD, cite
+from nucdata.catalog._registry import Card, RemoteFile, get_card, list_datasets, write_override
+
+__all__ = ["METHOD", "Card", "RemoteFile", "cite", "get_card", "list_datasets", "write_override"]

@@ -2,7 +2,7 @@
 
 A source knows only its native layout: it finds its files under a folder
 (an extracted archive or a user's ``--from`` folder) and writes each image with
-its instance map and native labels through a :class:`~nucdata.store._store.StoreWriter`.
+its instance map and native labels through a :class:`~nucdata.store.StoreWriter`.
 It never downloads, and nothing downstream of the store knows which source wrote it.
 """
 
@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from nucdata.acquire._archive import is_junk
-from nucdata.catalog._registry import Card
+from nucdata._util.paths import is_junk
+from nucdata.catalog import Card
 from nucdata.errors import MissingFilesError
-from nucdata.store._store import StoreWriter
+from nucdata.store import StoreWriter
 
 
 @dataclass
@@ -32,7 +32,7 @@ class ConversionReport:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class Source:
+class Converter:
     """Base class of dataset sources; one subclass per dataset."""
 
     #: dataset name (the card's ``converter``)

@@ -17,7 +17,7 @@ from nucdata._util.images import read_rgb
 from nucdata.datasets._base import ConversionReport, list_files, walk_dirs
 from nucdata.datasets._imagescope import rasterize_regions, read_imagescope
 from nucdata.errors import MissingFilesError
-from nucdata.store._store import StoreWriter
+from nucdata.store import StoreWriter
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 

@@ -18,9 +18,9 @@ from scipy.io import loadmat
 
 from nucdata._util.images import read_rgb
 from nucdata._util.instances import nucleus_properties, relabel_sequential
-from nucdata.datasets._base import ConversionReport, Source, list_files, walk_dirs
+from nucdata.datasets._base import ConversionReport, Converter, list_files, walk_dirs
 from nucdata.errors import MalformedAnnotationError, MissingFilesError
-from nucdata.store._store import StoreWriter
+from nucdata.store import StoreWriter
 
 REQUIRED_KEYS = ("inst_map", "type_map", "inst_type", "inst_centroid")
 CLASS_NAMES = {
@@ -105,7 +105,7 @@ def find_split_dirs(folder: Path) -> dict[str, tuple[Path, Path]]:
     return found
 
 
-class CoNSeP(Source):
+class CoNSeP(Converter):
     """CoNSeP from its Train/ and Test/ folders."""
 
     name = "consep"

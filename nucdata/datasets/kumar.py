@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from nucdata.datasets._base import ConversionReport, Source
+from nucdata.datasets._base import ConversionReport, Converter
 from nucdata.datasets._imagescope_pairs import (
     IMAGE_SUFFIXES,
     KUMAR_SPLIT,
@@ -17,10 +17,10 @@ from nucdata.datasets._imagescope_pairs import (
     run_pairs,
 )
 from nucdata.errors import MissingFilesError
-from nucdata.store._store import StoreWriter
+from nucdata.store import StoreWriter
 
 
-class Kumar(Source):
+class Kumar(Converter):
     """Kumar et al. 2017, read from a 'Tissue Images/' + 'Annotations/' folder."""
 
     name = "kumar"

@@ -22,7 +22,7 @@ Rules (recorded in every manifest under ``rules``):
   for none); ``NucleusDataset.ignore_mask(i)`` rasterises them under the same rule as the
   nuclei, so the official protocol (ignore predictions inside them) can be applied.
 * **Geometry.** The ImageScope rule shared with MoNuSeg and Kumar
-  (:mod:`nucdata.datasets._imagescope`): vertices are pixel corners, first region in file
+  (:mod:`nucdata.datasets`): vertices are pixel corners, first region in file
   order wins overlaps, polygons are clipped at the border, degenerate / outside /
   fully-overlapped regions are dropped and counted.
 * **Pairing.** Image and XML pair by identical file stem within a patient folder; the
@@ -52,10 +52,10 @@ from pathlib import Path
 import numpy as np
 
 from nucdata._util.images import read_rgb
-from nucdata.datasets._base import ConversionReport, Source, list_files, walk_dirs
+from nucdata.datasets._base import ConversionReport, Converter, list_files, walk_dirs
 from nucdata.datasets._imagescope import Region, rasterize_regions, read_imagescope
 from nucdata.errors import CorruptArchiveError, MissingFilesError
-from nucdata.store._store import StoreWriter
+from nucdata.store import StoreWriter
 
 #: Official MoNuSAC codes (ruchikaverma-iitg/MoNuSAC), keyed by lower-case class name.
 CLASS_CODES = {"epithelial": 1, "lymphocyte": 2, "neutrophil": 3, "macrophage": 4}
@@ -196,7 +196,7 @@ def patient_barcode(folder_name: str) -> str:
     return "-".join(parts[:3]) if folder_name.startswith("TCGA-") and len(parts) >= 3 else folder_name
 
 
-class MoNuSAC(Source):
+class MoNuSAC(Converter):
     """MoNuSAC 2020 from its training and test trees (archives or extracted folders)."""
 
     name = "monusac"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from nucdata.datasets._base import ConversionReport, Source
+from nucdata.datasets._base import ConversionReport, Converter
 from nucdata.datasets._imagescope_pairs import (
     KUMAR_STEMS,
     RASTER_RULES,
@@ -15,10 +15,10 @@ from nucdata.datasets._imagescope_pairs import (
     run_pairs,
 )
 from nucdata.errors import MissingFilesError
-from nucdata.store._store import StoreWriter
+from nucdata.store import StoreWriter
 
 
-class MoNuSeg(Source):
+class MoNuSeg(Converter):
     """MoNuSeg 2018 from its training and test archives (or their extracted folders)."""
 
     name = "monuseg"

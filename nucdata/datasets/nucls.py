@@ -14,7 +14,7 @@ Rules (recorded in every manifest under ``rules``):
   instance ids (channel 1 x channel 2) can collide beyond 254 objects.
 * **Coordinates.** ``coords_x``/``coords_y`` are integer pixel indices of the FOV image
   (0.2 µm/px), i.e. pixel *centres*. They are shifted by +0.5 into the corner frame of
-  the shared rasteriser (:mod:`nucdata.datasets._imagescope`), so a pixel belongs to a
+  the shared rasteriser (:mod:`nucdata.datasets`), so a pixel belongs to a
   contour when its own index lies inside the polygon; first annotation in file order
   wins overlaps; clipped at the border; degenerate / outside / fully-overlapped
   contours are dropped and counted.
@@ -51,10 +51,10 @@ from typing import Any
 import numpy as np
 
 from nucdata._util.images import read_rgb
-from nucdata.datasets._base import ConversionReport, Source, list_files, walk_dirs
+from nucdata.datasets._base import ConversionReport, Converter, list_files, walk_dirs
 from nucdata.datasets._imagescope import Region, rasterize_regions
 from nucdata.errors import MalformedAnnotationError, MissingFilesError
-from nucdata.store._store import StoreWriter
+from nucdata.store import StoreWriter
 
 MPP = 0.2
 #: ``nucleus_GTcodes.csv`` codes of the 13 raw classes.
@@ -356,7 +356,7 @@ def find_layout(folder: Path) -> tuple[Path, Path, Path | None]:
     )
 
 
-class NuCLS(Source):
+class NuCLS(Converter):
     """NuCLS (corrected single-rater set) from ``rgb/``, ``csv/`` and ``train_test_splits/``."""
 
     name = "nucls"

@@ -38,14 +38,14 @@ from pathlib import Path
 import numpy as np
 
 from nucdata._util.instances import nucleus_properties, relabel_sequential
-from nucdata.datasets._base import ConversionReport, Source, walk_dirs
+from nucdata.datasets._base import ConversionReport, Converter, walk_dirs
 from nucdata.errors import (
     CorruptArchiveError,
     InvalidArgumentError,
     MalformedAnnotationError,
     MissingFilesError,
 )
-from nucdata.store._store import StoreWriter
+from nucdata.store import StoreWriter
 
 CHANNELS = 5  # class channels 0-4; channel 5 is background
 CHUNK = 8  # patches per read: 12.6 MB of images and 25 MB of masks as float64
@@ -277,7 +277,7 @@ def default_jobs() -> int:
     return max(1, cores - 1)
 
 
-class PanNuke(Source):
+class PanNuke(Converter):
     """PanNuke folds from ``images.npy``, ``masks.npy`` and ``types.npy``."""
 
     name = "pannuke"

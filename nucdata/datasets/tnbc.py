@@ -16,9 +16,9 @@ import numpy as np
 from scipy import ndimage
 
 from nucdata._util.images import read_gray, read_rgb
-from nucdata.datasets._base import ConversionReport, Source, list_files, walk_dirs
+from nucdata.datasets._base import ConversionReport, Converter, list_files, walk_dirs
 from nucdata.errors import MissingFilesError
-from nucdata.store._store import StoreWriter
+from nucdata.store import StoreWriter
 
 MIN_AREA = 5
 MAX_HOLE = 4
@@ -57,7 +57,7 @@ def binary_to_instances(mask: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
 _PATIENT_DIR = re.compile(r"^Slide_(\d+)$")
 
 
-class TNBC(Source):
+class TNBC(Converter):
     """TNBC from ``Slide_NN/NN_k.png`` images and ``GT_NN/NN_k.png`` masks."""
 
     name = "tnbc"

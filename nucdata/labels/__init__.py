@@ -1,1 +1,42 @@
-"""nucdata.labels."""
+"""Label sets, the mapping tables between vocabularies, their checker, and translation.
+
+Packaged, versioned data: ``vocabularies/<name>.json`` (one label set each) and
+``mappings/<dataset>.json`` (a dataset's native vocabulary and its rows into every set);
+see ``docs/label-sets.md``.
+"""
+
+from nucdata._util.codes import MISSING, OUTSIDE
+from nucdata._util.deprecation import moved_attributes
+from nucdata.labels._tables import (
+    KINDS,
+    MERGED_LABEL_SETS,
+    OUTSIDE_NAME,
+    OWN_LABEL_SET,
+    SET_PREFIX,
+    CheckReport,
+    Finding,
+    LabelClass,
+    LabelMapping,
+    LabelSet,
+    MappingRow,
+    check_tables,
+    find_inconsistencies,
+    label_set,
+    list_label_sets,
+    mapping,
+    native_vocabulary,
+    parse_rows,
+    render_markdown,
+    table_sources,
+    table_version,
+    translate,
+)
+
+__all__ = [
+    "KINDS", "MERGED_LABEL_SETS", "MISSING", "OUTSIDE", "OUTSIDE_NAME", "OWN_LABEL_SET", "SET_PREFIX",
+    "CheckReport", "Finding", "LabelClass", "LabelMapping", "LabelSet", "MappingRow",
+    "check_tables", "find_inconsistencies", "label_set", "list_label_sets", "mapping", "native_vocabulary",
+    "parse_rows", "render_markdown", "table_sources", "table_version", "translate",
+]
+
+__getattr__ = moved_attributes(__name__, {"Mapping": ("LabelMapping", lambda: LabelMapping)})

@@ -51,16 +51,15 @@ from typing import Any
 
 import numpy as np
 
+from nucdata._util.codes import MISSING, OUTSIDE
 from nucdata.errors import (
     InvalidArgumentError,
-    NucdataError,
+    LabelTableError,
     UnknownClassError,
     UnknownDatasetError,
     UnknownLabelSetError,
 )
 
-MISSING = -1
-OUTSIDE = -2
 KINDS = ("exact", "ambiguous", "outside", "unknown")
 #: the reserved candidate name for "possibly none of the set's classes"
 OUTSIDE_NAME = "outside"
@@ -69,10 +68,6 @@ SET_PREFIX = "set:"
 MERGED_LABEL_SETS = ("pannuke", "nucls", "consep", "monusac")
 #: the label set each labelled dataset's native vocabulary is
 OWN_LABEL_SET = {"pannuke": "pannuke", "consep": "consep", "monusac": "monusac", "nucls": "nucls"}
-
-
-class LabelTableError(NucdataError, ValueError):
-    """A packaged label set or mapping table that breaks the table rules."""
 
 
 @dataclass(frozen=True)
@@ -209,7 +204,7 @@ class MappingRow:
 
 
 @dataclass(frozen=True)
-class Mapping:
+class LabelMapping:
     """The table from a source vocabulary (a dataset's native codes or a label set's
     class ids) into a label set."""
 
@@ -271,7 +266,7 @@ class Mapping:
         Parameters
         ----------
         native_codes
-            Source codes, any shape.
+            Converter codes, any shape.
         tissue
             ``None`` (unconditional rows only), one tissue name for every nucleus, or
             an array of per-nucleus tissue names of the same shape as ``native_codes``.
@@ -419,7 +414,7 @@ def parse_rows(
     target
         The target label set.
     names
-        Source code -> source class name; every code needs exactly one unconditional row.
+        Converter code -> source class name; every code needs exactly one unconditional row.
     rows_data
         The rows as in the JSON files.
 
@@ -519,7 +514,7 @@ def _resolve_source(source: str | LabelSet) -> tuple[str, str]:
 
 
 @cache
-def mapping(source: str | LabelSet, target: str) -> Mapping:
+def mapping(source: str | LabelSet, target: str) -> LabelMapping:
     """The table from ``source`` into label set ``target``.
 
     ``source`` is a dataset name (its native codes, as stored), or a label set (its
@@ -550,23 +545,23 @@ def mapping(source: str | LabelSet, target: str) -> Mapping:
             )
         rows_data = []  # datasets without classes: every nucleus is unknown everywhere
     rows = parse_rows(f"{_where('mappings', key)} -> {target_set.name}", target_set, names, rows_data)
-    return Mapping(key, target_set, rows, "dataset", str(data.get("version", "")))
+    return LabelMapping(key, target_set, rows, "dataset", str(data.get("version", "")))
 
 
-def _set_mapping(key: str, target: LabelSet) -> Mapping:
+def _set_mapping(key: str, target: LabelSet) -> LabelMapping:
     src = label_set(key)
     shown = SET_PREFIX + key if key in _mapping_datasets() else key
     names = {c.id: c.name for c in src}
     if target.name == key:
         rows = tuple(MappingRow(c.id, c.name, "exact", (c.name,), "Own label set.", (src.source,)) for c in src)
-        return Mapping(shown, target, rows, "label_set", table_version())
+        return LabelMapping(shown, target, rows, "label_set", table_version())
     if key in _set_tables():
         data = _data("mappings/sets", key)
         rows_data = data["targets"].get(target.name)
         if rows_data is None:
             raise UnknownLabelSetError(f"{target.name} (no table from label set {key})", sorted(data["targets"]))
         rows = parse_rows(f"{_where('mappings/sets', key)} -> {target.name}", target, names, rows_data)
-        return Mapping(shown, target, rows, "label_set", str(data.get("version", "")))
+        return LabelMapping(shown, target, rows, "label_set", str(data.get("version", "")))
     datasets = [d for d, own in OWN_LABEL_SET.items() if own == key]
     if not datasets:
         raise UnknownLabelSetError(f"{key} (no table has this label set's ids as source)", list(_set_tables()))
@@ -577,7 +572,7 @@ def _set_mapping(key: str, target: LabelSet) -> Mapping:
         MappingRow(id_of[r.native], names[id_of[r.native]], r.kind, r.classes, r.reason, r.sources, r.tissues)
         for r in table if r.native in id_of
     )
-    return Mapping(shown, target, rows, "label_set", table.version)
+    return LabelMapping(shown, target, rows, "label_set", table.version)
 
 
 def translate(
@@ -647,7 +642,7 @@ class CheckReport:
 Claims = dict[str, dict[str, dict[int, frozenset[int] | None]]]
 
 
-def _claims(m: Mapping, tissue: str | None) -> dict[int, frozenset[int] | None]:
+def _claims(m: LabelMapping, tissue: str | None) -> dict[int, frozenset[int] | None]:
     out: dict[int, frozenset[int] | None] = {}
     for code in sorted({r.native for r in m}):
         r = m.row(code, tissue)
@@ -758,7 +753,7 @@ def render_markdown() -> str:
     out = [
         "# Label sets and mapping tables",
         "",
-        "Generated from `nucdata/labels/` by `nucdata.labels._tables.render_markdown()`; do not edit by hand.",
+        "Generated from `nucdata/labels/` by `nucdata.labels.render_markdown()`; do not edit by hand.",
         f"Tables version **{table_version()}** (recorded in every store's `manifest.json` as `label_tables`).",
         "",
         "Under a label set of K classes every nucleus gets `label` (class id; -1 missing: ambiguous,",
@@ -801,12 +796,12 @@ def render_markdown() -> str:
         ls = label_set(name)
         cover = ("exhaustive (no outside candidate)" if ls.exhaustive
                  else f"not exhaustive: candidate bit {len(ls)} is `outside`")
-        out += [f"### `{ls.name}` (version {ls.version})", "", f"{ls.description} Source: `{ls.source}`; {cover}.", "",
+        out += [f"### `{ls.name}` (version {ls.version})", "", f"{ls.description} Converter: `{ls.source}`; {cover}.", "",
                 "| id | class | colour | description |", "|---|---|---|---|"]
         out += [f"| {c.id} | {c.name} | `{c.colour}` | {c.description} |" for c in ls]
         out.append("")
 
-    def table(title: str, m: Mapping) -> list[str]:
+    def table(title: str, m: LabelMapping) -> list[str]:
         lines = [f"#### {title}", "", "| source class | kind | target classes | tissue | reason | sources |",
                  "|---|---|---|---|---|---|"]
         for r in m:

@@ -8,7 +8,7 @@ A merged output folder (what ``nucdata build-merged`` writes) holds::
     merged/<dataset>/merged.json    which store, which label sets, the source codes
     stores/<dataset>/               the dataset's store (hard links, or a copy), so the
                                     folder stands alone: move it, delete the data home,
-                                    and ``nucdata.load(name, label_set=..., source=DIR)``
+                                    and ``nucdata.load(name, label_set=..., merged=DIR)``
                                     still works
     overlays/  model.pt  model.json  report.md  report.json
 
@@ -29,7 +29,7 @@ ground truth], ...]}``.
 **The merged columns** ``merged/<dataset>/<label_set>/<column>.npy``:
 ``label`` (int64, the merged label: annotation, mapped class, resolved candidate, -2
 outside, or the prediction), ``probability`` (float32, the model's probability of
-``label``), ``source`` (int8, index into :data:`SOURCES`), ``predicted`` and
+``label``), ``source`` (int8, index into :data:`PROVENANCE`), ``predicted`` and
 ``predicted_probability`` (the model's own unrestricted prediction), ``annotation``
 (field 4 of the pickle).
 """
@@ -47,10 +47,12 @@ from typing import Any
 import numpy as np
 
 from nucdata._util.atomic import atomic_write_bytes, atomic_write_json
+from nucdata._util.codes import PROVENANCE
+from nucdata._util.deprecation import moved_attributes
 from nucdata.errors import DatasetNotFoundError, InvalidArgumentError, MissingFilesError
 
 __all__ = [
-    "COLUMNS", "MARKER", "SOURCES", "MergedData", "MergedLabels", "is_merged_output", "link_store",
+    "COLUMNS", "MARKER", "PROVENANCE", "MergedData", "MergedLabels", "is_merged_output", "link_store",
     "open_merged", "read_merged_labels", "write_merged_labels", "write_published_pickle",
 ]
 
@@ -58,7 +60,6 @@ __all__ = [
 MARKER = ".nucdata-merged"
 FORMAT_VERSION = 2
 #: Where a merged label came from; ``source`` columns hold indices into this tuple.
-SOURCES = ("predicted", "annotated", "mapped", "ambiguous-resolved", "outside")
 #: The per-nucleus columns of one (dataset, label set), and their dtypes.
 COLUMNS = {"label": np.int64, "probability": np.float32, "source": np.int8, "predicted": np.int64,
            "predicted_probability": np.float32, "annotation": np.int64}
@@ -123,7 +124,7 @@ def write_merged_labels(folder: str | os.PathLike[str], dataset: str, label_set:
 def write_merged_info(folder: str | os.PathLike[str], dataset: str, info: Mapping[str, Any]) -> None:
     """Write ``merged/<dataset>/merged.json``: store identity, label sets, source codes."""
     atomic_write_json(Path(folder) / "merged" / dataset / "merged.json",
-                      {"dataset": dataset, "sources": list(SOURCES), **info})
+                      {"dataset": dataset, "sources": list(PROVENANCE), **info})
 
 
 def link_store(store_path: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
@@ -258,3 +259,6 @@ class MergedData:
 def open_merged(folder: str | os.PathLike[str]) -> MergedData:
     """Open a merged dataset folder of ``<label_set>/<dataset>.pkl`` files (ours or the authors')."""
     return MergedData(folder)
+
+
+__getattr__ = moved_attributes(__name__, {"SOURCES": ("PROVENANCE", lambda: PROVENANCE)})

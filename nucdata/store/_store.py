@@ -39,9 +39,11 @@ from nucdata._util.instances import nucleus_properties
 from nucdata._util.npy import NpyStreamWriter, file_record
 from nucdata._util.progress import Counter
 from nucdata.errors import StoreError
+from nucdata.store._layout import MANIFEST
 
 SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
+
+
 def _string_column(values: list[str]) -> np.ndarray:
     width = max([1, *(len(v) for v in values)])
     return np.asarray(values, dtype=f"<U{width}")
@@ -261,7 +263,9 @@ class StoreWriter:
                 "nuclei": sorted([*self._nuclei, *self._nucleus_extra]),
             },
             "files": dict(sorted(self._files.items())),
-            "label_tables": _label_tables_version(),  # the label-set tables load() translates with
+            # the label-set tables load() translates with (the caller names them: the store
+            # layer does not read the tables)
+            "label_tables": manifest.get("label_tables"),
             **manifest,
         }
         fault_point("store:columns-written")
@@ -296,12 +300,6 @@ class StoreWriter:
     @property
     def nucleus_images(self) -> np.ndarray:
         return np.concatenate(self._nuclei["image"]) if self._nuclei["image"] else np.zeros(0, np.int32)
-
-
-def _label_tables_version() -> str:
-    from nucdata.labels._tables import table_version
-
-    return table_version()
 
 
 def _json_default(value: Any) -> Any:

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from nucdata._util.home import ENV_VAR, data_home, manual_dir, raw_dir, registry_dir
-from nucdata.acquire._prepare import is_prepared, prepare, store_path
-from nucdata.catalog._registry import list_datasets
+from nucdata.acquire import is_prepared, prepare, store_path
+from nucdata.catalog import list_datasets
 from nucdata.dataset import load
 from nucdata.errors import InvalidArgumentError
-from nucdata.testing import DEMO_HASH_SOURCE, install
+from nucdata.testing._archives import DEMO_HASH_SOURCE, install
 
 
 def _is_demo_json(path: Path, key: str) -> bool:
@@ -35,7 +35,7 @@ def real_data(name: str, home: Path) -> list[str]:
     The demo writes archives into ``manual/``, a card override into ``registry/`` and a
     store; it must not replace a user's real archives, override or store.
     """
-    from nucdata.catalog._registry import get_card
+    from nucdata.catalog import get_card
 
     found = []
     override = registry_dir(home) / f"{name}.json"
@@ -139,6 +139,6 @@ def run_demo(
 def _has_generator(name: str) -> bool:
     import importlib.util
 
-    from nucdata.catalog._registry import get_card
+    from nucdata.catalog import get_card
 
     return importlib.util.find_spec(f"nucdata.testing.{get_card(name).converter}") is not None

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 from scipy.io import savemat
 
-from nucdata.testing import DemoArchives, scratch_folder, zip_tree
+from nucdata.testing._archives import DemoArchives, scratch_folder, zip_tree
 from nucdata.testing._draw import (
     appearance_kinds,
     draw_filled,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from nucdata.testing import DemoArchives
 from nucdata.testing import monuseg as _monuseg
+from nucdata.testing._archives import DemoArchives
 from nucdata.testing.monuseg import KUMAR
 from nucdata.testing.world import World
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from nucdata.testing import DemoArchives, scratch_folder, zip_tree
+from nucdata.testing._archives import DemoArchives, scratch_folder, zip_tree
 from nucdata.testing._draw import draw_filled, ellipse_polygon, paint, place_nuclei
 from nucdata.testing.world import World
 

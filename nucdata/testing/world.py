@@ -460,7 +460,7 @@ class World:
         (a nucleus not matched to a drawn one) — the coding of
         ``nucdata_models.merged.truth_labels``.
         """
-        from nucdata.labels._tables import OWN_LABEL_SET, translate
+        from nucdata.labels import OWN_LABEL_SET, translate
 
         owner = {v: k for k, v in OWN_LABEL_SET.items()}[label_set]
         kinds = np.asarray(kinds, np.int64)
@@ -496,7 +496,7 @@ class World:
         float
             Expected accuracy, NaN if the dataset shows no type with a class in the set.
         """
-        from nucdata.labels._tables import OWN_LABEL_SET
+        from nucdata.labels import OWN_LABEL_SET
 
         if dataset is None:
             dataset = {v: k for k, v in OWN_LABEL_SET.items()}[label_set]
@@ -543,7 +543,7 @@ class World:
 
     def bayes_accuracies(self, samples: int = 20_000) -> dict[str, float]:
         """:meth:`bayes_accuracy` of each merged label set on its own dataset."""
-        from nucdata.labels._tables import MERGED_LABEL_SETS
+        from nucdata.labels import MERGED_LABEL_SETS
 
         return {s: self.bayes_accuracy(s, samples=samples) for s in MERGED_LABEL_SETS}
 

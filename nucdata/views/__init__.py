@@ -1,1 +1,25 @@
-"""nucdata.views."""
+"""Views of a dataset for models: per-nucleus crops, fixed-size tiles, segmentation targets, loaders.
+
+Each view reads the store's memory-mapped columns and pixels; resampling to another
+µm/px (``mpp=``) has one implementation (``_resample``) shared by crops, tiles and exports.
+"""
+
+from nucdata.views._crops import CropBank, CropDataset, build_bank, crop_loader, crops_of
+from nucdata.views._loaders import collate
+from nucdata.views._resample import image_scales, resample_image, store_scales
+from nucdata.views._targets import (
+    BoundaryTargets,
+    DistanceTargets,
+    HoVerNetTargets,
+    boundary_map,
+    compose,
+    distance_map,
+    hv_maps,
+)
+from nucdata.views._tiles import TileDataset, tile_loader, tiles_of
+
+__all__ = [
+    "BoundaryTargets", "CropBank", "CropDataset", "DistanceTargets", "HoVerNetTargets",
+    "TileDataset", "boundary_map", "build_bank", "collate", "compose", "crop_loader", "crops_of",
+    "distance_map", "hv_maps", "image_scales", "resample_image", "store_scales", "tile_loader", "tiles_of",
+]

@@ -43,11 +43,11 @@ import torch
 from PIL import Image
 
 from nucdata._util import atomic
-from nucdata._util.locks import dataset_lock, derived_dir
+from nucdata._util.locks import dataset_lock
 from nucdata._util.npy import NpyStreamWriter
 from nucdata._util.progress import progress
 from nucdata.errors import InvalidArgumentError
-from nucdata.store._store import Store
+from nucdata.store import Store, derived_dir
 
 #: bumped whenever the content of a bank changes for the same parameters
 BANK_VERSION = 2
@@ -262,7 +262,7 @@ def build_bank(store: Store, size: int = 64, context: float | None = None, force
         Cut again even when a valid bank exists.
     mpp, scales
         Cut from images resampled to ``mpp`` microns per pixel; ``scales`` gives each
-        store image's native pixels per output pixel (:func:`nucdata.views._tiles.store_scales`).
+        store image's native pixels per output pixel (:func:`nucdata.views.store_scales`).
         The bank's ``scale`` then counts output pixels per *native* pixel and ``origin``
         is in native pixels (rounded).
 
@@ -303,7 +303,7 @@ def build_bank(store: Store, size: int = 64, context: float | None = None, force
                 rgb, inst, cen, box = store.rgb(i), store.instance_map(i), centroid[rows], bbox[rows]
                 image_scale = 1.0 if per_image is None else float(per_image[i])
                 if image_scale != 1.0:  # resample the image, map the nuclei into its frame
-                    from nucdata.views._tiles import resample_image
+                    from nucdata.views._resample import resample_image
 
                     rgb, inst = resample_image(rgb, inst, image_scale)
                     cen = (cen + 0.5) / image_scale - 0.5
@@ -452,8 +452,8 @@ class CropDataset(torch.utils.data.Dataset):
         """
         if label_set is None:
             return self.native_labels.copy(), np.zeros(len(self), np.int64)
-        from nucdata.labels._tables import translate
-        from nucdata.store._store import MANIFEST, Store
+        from nucdata.labels import translate
+        from nucdata.store import MANIFEST, Store
 
         labels, candidates = [], []
         for d, name in enumerate(self.datasets):
@@ -554,7 +554,7 @@ class _WorkerBatches(torch.utils.data.Dataset):
     with a socket handshake each (~1 ms); numpy arrays are pickled inline. So only the
     pixels travel as a tensor, and :class:`CropLoader` turns the rest into tensors. The
     pixels are gathered into one of a few shared-memory slots the worker reuses
-    (:func:`nucdata.views._loaders.slot_tensors`): a fresh segment per batch would cost its
+    (:func:`nucdata.views.slot_tensors`): a fresh segment per batch would cost its
     pages' first-touch faults, on some hosts several times the gather itself.
     """
 
@@ -699,7 +699,7 @@ def crops_of(datasets: Sequence[Any], size: int = 64, context: float | None = No
     CropDataset
         Items in dataset order, then store order; ``dataset_index`` says which.
     """
-    from nucdata.views._tiles import image_scales, store_scales
+    from nucdata.views._resample import image_scales, store_scales
 
     banks, rows, labels, candidates, images = [], [], [], [], []
     for ds in datasets:

@@ -6,7 +6,7 @@ numpy; where a per-nucleus computation is unavoidable (distance transforms) the 
 runs over each nucleus's bounding box only. The classes wrap them as ``dict -> dict``
 tile transforms::
 
-    tiles = ds.tiles(size=256, transforms=nucdata.views._targets.HoVerNetTargets())
+    tiles = ds.tiles(size=256, transforms=nucdata.views.HoVerNetTargets())
     tiles[0]["hv_map"]   # float32 (2, S, S)
 
 HoVer-Net's sign convention (``models/hovernet/targets.py::gen_instance_hv_map`` of

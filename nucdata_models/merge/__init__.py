@@ -1,1 +1,44 @@
-"""The bridge from the models to nucdata: splits, build-merged, its report and CLI."""
+"""The bridge from the models to the rest of nucdata: training data from crop banks, grouped
+splits, ``build-merged`` (its defaults, report and command line) and the demo's scoring.
+
+Only this package and :mod:`nucdata_models.study` import nucdata beyond its errors and
+plumbing; they import nucdata lazily, inside functions, where a command needs it.
+"""
+
+from __future__ import annotations
+
+from nucdata._util.lazy import attach
+
+_LAZY = {
+    "ALL_DATASETS": "nucdata_models.merge.defaults",
+    "BuildOptions": "nucdata_models.merge.build",
+    "DEMO_EPOCHS": "nucdata_models.merge.defaults",
+    "DEMO_SCALE": "nucdata_models.merge.defaults",
+    "DUPLICATE": "nucdata_models.merge.splits",
+    "EPOCHS": "nucdata_models.merge.defaults",
+    "GROUP_KEYS": "nucdata_models.merge.splits",
+    "GroupedSplit": "nucdata_models.merge.splits",
+    "MERGED_SETS": "nucdata_models.merge.defaults",
+    "RECIPE_CROP_SIZE": "nucdata_models.merge.defaults",
+    "TEST": "nucdata_models.merge.splits",
+    "TRAIN": "nucdata_models.merge.splits",
+    "VALIDATION": "nucdata_models.merge.splits",
+    "baseline_config": "nucdata_models.merge.demo_eval",
+    "build_merged": "nucdata_models.merge.build",
+    "from_crop_dataset": "nucdata_models.merge.bridge",
+    "grouped_split": "nucdata_models.merge.splits",
+    "image_digests": "nucdata_models.merge.splits",
+    "install_demo_world": "nucdata_models.merge.demo_eval",
+    "label_columns": "nucdata_models.merge.bridge",
+    "make_report": "nucdata_models.merge.report",
+    "make_world": "nucdata_models.merge.demo_eval",
+    "render_recipe_table": "nucdata_models.merge.report",
+    "render_report": "nucdata_models.merge.report",
+    "score_demo": "nucdata_models.merge.demo_eval",
+    "score_filled": "nucdata_models.merge.demo_eval",
+    "training_data": "nucdata_models.merge.bridge",
+    "truth_labels": "nucdata_models.merge.demo_eval",
+    "work_dir": "nucdata_models.merge.build",
+}
+
+__getattr__, __dir__, __all__ = attach(__name__, _LAZY, globals())

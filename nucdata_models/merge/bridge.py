@@ -29,11 +29,11 @@ def label_columns(dataset: str, native: np.ndarray, label_set: str, tissue: np.n
     """Labels, candidates and provenance of one dataset's nuclei under one label set.
 
     A nucleus is *annotated* in a set when the set is its own dataset's vocabulary
-    (``nucdata.labels._tables.OWN_LABEL_SET``) and it has a label; otherwise its label comes
+    (``nucdata.labels.OWN_LABEL_SET``) and it has a label; otherwise its label comes
     from the mapping tables: *mapped* (an exact row), *ambiguous* (a candidate set),
     *outside*, or none.
     """
-    from nucdata.labels._tables import OWN_LABEL_SET, translate
+    from nucdata.labels import OWN_LABEL_SET, translate
 
     # tissue picks the tissue-conditional rows (PanNuke's per-patch tissue)
     labels, candidates = translate(dataset, native, label_set, tissue=tissue)
@@ -61,7 +61,7 @@ def training_data(members: Sequence, crops, label_sets: Sequence[str], split: to
     split
         Per nucleus: 0 train, 1 validation, 2 test, 3 neither; default all 0.
     """
-    from nucdata.labels._tables import label_set
+    from nucdata.labels import label_set
 
     specs = [LabelSetSpec(ls.name, ls.version, tuple(ls.names)) for ls in map(label_set, label_sets)]
     columns: dict[str, list[list[np.ndarray]]] = {s.name: [[], [], []] for s in specs}

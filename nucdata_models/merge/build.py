@@ -2,7 +2,7 @@
 
 The orchestration only: prepare the datasets, split them by groups (duplicates found),
 cut the crops, train (or load ``--checkpoint``), fill every label, and publish the
-output folder atomically. The output's format lives in :mod:`nucdata.store._merged`; the
+output folder atomically. The output's format lives in :mod:`nucdata.store`; the
 report in :mod:`.report`; the demo world's scoring in :mod:`.demo_eval`.
 
 Safety: the output folder is written only when it is missing, empty, or a previous
@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from nucdata.errors import OutputFolderError
 from nucdata_models.data import ANNOTATED, MAPPED, OUTSIDE_LABEL
-from nucdata_models.fill import SOURCES, fill_labels
+from nucdata_models.fill import PROVENANCE, fill_labels
 from nucdata_models.merge.defaults import (
     ALL_DATASETS,
     DEMO_EPOCHS,
@@ -40,16 +41,6 @@ from nucdata_models.merge.splits import TEST, TRAIN, grouped_split
 from nucdata_models.train import CrossTrainer, Predictions, TrainConfig
 
 __all__ = ["BuildOptions", "OutputFolderError", "build_merged", "work_dir"]
-
-
-def _nucdata_error():
-    from nucdata.errors import NucdataError
-
-    return NucdataError
-
-
-class OutputFolderError(_nucdata_error()):
-    """The output folder holds files nucdata did not write."""
 
 
 @dataclass
@@ -97,7 +88,7 @@ def work_dir(out: Path) -> Path:
 
 def check_output_folder(out: Path, overwrite: bool) -> None:
     """Refuse an output folder that holds anything nucdata did not write (unless ``overwrite``)."""
-    from nucdata.store._merged import is_merged_output
+    from nucdata.store import is_merged_output
 
     if not out.exists():
         return
@@ -116,7 +107,7 @@ def check_output_folder(out: Path, overwrite: bool) -> None:
 def _available(names: Sequence[str] | None, root: Path | None, say: Callable[[str], None]) -> list[str]:
     """Datasets to use: prepared, or preparable from local files without the network."""
     import nucdata
-    from nucdata.acquire._prepare import is_prepared
+    from nucdata.acquire import is_prepared
     from nucdata.errors import NucdataError
 
     asked = list(names) if names else list(ALL_DATASETS)
@@ -153,7 +144,7 @@ def build_merged(options: BuildOptions, say: Callable[[str], None] = print) -> d
     """
     from nucdata._util.atomic import recover
     from nucdata._util.locks import dataset_lock
-    from nucdata.store._merged import is_merged_output
+    from nucdata.store import is_merged_output
 
     out = Path(options.out).resolve()
     work = work_dir(out)
@@ -168,6 +159,7 @@ def build_merged(options: BuildOptions, say: Callable[[str], None] = print) -> d
 def _build(options: BuildOptions, out: Path, work: Path, say: Callable[[str], None]) -> dict[str, Any]:
     import nucdata
     from nucdata._util.faults import fault_point
+    from nucdata.views import crops_of
     from nucdata_models.merge.bridge import training_data
 
     config = options.train_config()
@@ -195,7 +187,7 @@ def _build(options: BuildOptions, out: Path, work: Path, say: Callable[[str], No
         for other, count in dups.items():
             say(f"{name}: {count} images are {other}'s, byte for byte; trained on once, as {other}'s")
     say(f"cutting crop banks ({options.crop} px) for {', '.join(names)}")
-    crops = nucdata.collection.crops_of(members, options.crop)
+    crops = crops_of(members, options.crop)
     data = training_data(members, crops, list(options.label_sets), torch.from_numpy(groups.split))
     if options.demo:
         from nucdata_models.merge.demo_eval import truth_labels
@@ -226,7 +218,7 @@ def _build(options: BuildOptions, out: Path, work: Path, say: Callable[[str], No
         demo_scores = score_demo(data, predictions, trainer, say)
 
     from nucdata._util.atomic import discard, staging_dir, swap_dir
-    from nucdata.store._merged import write_marker
+    from nucdata.store import write_marker
     from nucdata_models.merge.report import make_report, render_report
 
     tmp = staging_dir(out)
@@ -257,14 +249,14 @@ def write_dataset(folder: Path, member, data, predictions: Predictions, rows: sl
                   say: Callable[[str], None]) -> None:
     """Pickles, merged columns, the linked store and overlays of one dataset."""
     from nucdata.dataset import NucleusDataset
-    from nucdata.export._overlay import write_overlays
-    from nucdata.store._merged import (
+    from nucdata.exports import write_overlays
+    from nucdata.store import (
+        Store,
         link_store,
         write_merged_info,
         write_merged_labels,
         write_published_pickle,
     )
-    from nucdata.store._store import Store
 
     store = member.store
     store_dir = link_store(store.path, folder / "stores" / member.name)
@@ -284,7 +276,7 @@ def write_dataset(folder: Path, member, data, predictions: Predictions, rows: sl
         annotation = torch.where(prov == OUTSIDE_LABEL, torch.full_like(labels, -2), annotation)
         # Field 2: the model's own label, except where the annotation decides the
         # candidate set (ambiguous: the best candidate) or says outside (-2).
-        decided = (filled.source == SOURCES.index("ambiguous-resolved")) | (filled.source == SOURCES.index("outside"))
+        decided = (filled.source == PROVENANCE.index("ambiguous-resolved")) | (filled.source == PROVENANCE.index("outside"))
         field_label = torch.where(decided, filled.label, pred.label[rows])
         field_prob = torch.where(decided, filled.probability, pred.probability[rows])
         columns = {"label": filled.label.numpy(), "probability": filled.probability.numpy(),
@@ -299,7 +291,7 @@ def write_dataset(folder: Path, member, data, predictions: Predictions, rows: sl
         "label_tables": store.manifest.get("label_tables"), "mapped_as_truth": options.mapped_as_truth,
     })
     if options.overlays != 0:
-        from nucdata.store._merged import read_merged_labels
+        from nucdata.store import read_merged_labels
 
         for s in data.names:
             _, merged = read_merged_labels(folder, member.name, s)

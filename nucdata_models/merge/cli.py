@@ -7,9 +7,8 @@ from pathlib import Path
 
 import click
 
-from nucdata_models.encoders import ENCODERS
+from nucdata_models.config import ENCODER_NAMES, RECIPES
 from nucdata_models.merge.defaults import DEMO_EPOCHS, DEMO_SCALE, EPOCHS, MERGED_SETS
-from nucdata_models.train import RECIPES
 
 # Rough CPU throughput of each encoder on two cores, nuclei per second per epoch (from
 # benchmarks/train_throughput.py --quick): for the warning before a long CPU run.
@@ -70,7 +69,7 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--epochs", type=EpochsType(), default=None,
               help=f"Epochs per stage: N or A,B,C (default: the recipe's; nucdata {EPOCHS['A']}, "
                    f"demo {DEMO_EPOCHS['A']},{DEMO_EPOCHS['B']},{DEMO_EPOCHS['C']}; paper 50).")
-@click.option("--encoder", type=click.Choice(list(ENCODERS)), default=None, help="Default: the recipe's.")
+@click.option("--encoder", type=click.Choice(list(ENCODER_NAMES)), default=None, help="Default: the recipe's.")
 @click.option("--encoder-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Local file with pretrained encoder weights (keys that do not fit are skipped and reported).")
 @click.option("--crop-size", type=click.IntRange(8, 512), default=None, help="Crop side, px (default: the recipe's).")

@@ -45,8 +45,7 @@ import torch
 
 from nucdata_models.data import ANNOTATED, NO_LABEL, OUTSIDE_LABEL, TrainingData
 from nucdata_models.fill import fill_labels, scored_class
-from nucdata_models.merge.defaults import ALL_DATASETS, MERGED_SETS
-from nucdata_models.merge.splits import TEST, grouped_split
+from nucdata_models.merge import ALL_DATASETS, MERGED_SETS, TEST, grouped_split
 from nucdata_models.train import CrossTrainer, TrainConfig
 
 __all__ = ["ARMS", "REFERENCES", "VIEWS", "ArmPlan", "PreparedWorld", "RunScores", "accuracy_from_confusion",
@@ -122,7 +121,7 @@ def arm_plan(arm: str, base: TrainConfig) -> ArmPlan:
     ep = dict(base.epochs)
     total = sum(ep.values())
     if arm == "own-only":
-        from nucdata_models.merge.demo_eval import baseline_config
+        from nucdata_models.merge import baseline_config
 
         return ArmPlan(arm, baseline_config(CrossTrainer(base)), "base", "model")
     if arm in ("paper-a", "paper"):
@@ -329,8 +328,8 @@ def prepare_world(seed: int, preset: str, scale: float, crop: int, validation: f
     the world's seed.
     """
     import nucdata
-    from nucdata_models.merge.bridge import training_data
-    from nucdata_models.merge.demo_eval import install_demo_world, make_world, truth_labels
+    from nucdata.views import crops_of
+    from nucdata_models.merge import install_demo_world, make_world, training_data, truth_labels
 
     start = time.perf_counter()
     world = make_world(seed, preset)
@@ -342,7 +341,7 @@ def prepare_world(seed: int, preset: str, scale: float, crop: int, validation: f
             nucdata.prepare(name, root=root, download=False)
         members = [nucdata.load(name, root=root) for name in names]
         groups = grouped_split(members, validation, test, seed)
-        crops = nucdata.collection.crops_of(members, crop)
+        crops = crops_of(members, crop)
         data = training_data(members, crops, list(label_sets), torch.from_numpy(groups.split))
         data.crops = data.crops.clone()  # own the pixels: the crop bank's files go with the home
         data.truth = {s: torch.from_numpy(t) for s, t in truth_labels(members, truth_by_image, data.names,

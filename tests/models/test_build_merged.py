@@ -12,9 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 import nucdata
-from nucdata._util.faults import InjectedFault, inject
+from nucdata._util.faults import inject
 from nucdata._util.safe_pickle import load as safe_load
 from nucdata.cli import main
+from nucdata.errors import InjectedFault
 from nucdata_models.merge.build import (
     BuildOptions,
     OutputFolderError,
@@ -103,20 +104,20 @@ def test_duplicates_are_found_and_trained_once(built):
 
 def test_load_with_source_agrees_with_the_merged_columns(built):
     out, _, _ = built
-    ds = nucdata.load("monusac", label_set="monusac", root=_home(out), source=out)
+    ds = nucdata.load("monusac", label_set="monusac", root=_home(out), merged=out)
     table = nucdata.open_merged(out).table("monusac", "monusac")
     annotated = table.ground_truth.values >= 0
     assert annotated.all()  # MoNuSAC's own set is exact for every MoNuSAC nucleus
     assert (ds.nuclei.annotation.values == table.ground_truth.values).all()
     assert (ds.nuclei.label.values == table.ground_truth.values).all()
-    tnbc = nucdata.load("tnbc", label_set="nucls", root=_home(out), source=out)
+    tnbc = nucdata.load("tnbc", label_set="nucls", root=_home(out), merged=out)
     t = nucdata.open_merged(out).table("nucls", "tnbc")
     np.testing.assert_array_equal(tnbc.nuclei.predicted.values, t.predicted.values)
     np.testing.assert_allclose(tnbc.nuclei.centroid.values, t.centroid.values, rtol=1e-6)
     sample = tnbc[0]
     assert {"probabilities", "sources", "annotated"} <= set(sample)
     with pytest.raises(nucdata.InvalidArgumentError):
-        nucdata.load("tnbc", root=_home(out), source=out)
+        nucdata.load("tnbc", root=_home(out), merged=out)
 
 
 def test_the_output_stands_alone(built, tmp_path):
@@ -124,7 +125,7 @@ def test_the_output_stands_alone(built, tmp_path):
     moved = tmp_path / "elsewhere"
     shutil.copytree(out, moved)
     shutil.rmtree(moved / "stores" / "tnbc" / "crops", ignore_errors=True)
-    ds = nucdata.load("tnbc", label_set="pannuke", root=tmp_path / "no-home", source=moved)
+    ds = nucdata.load("tnbc", label_set="pannuke", root=tmp_path / "no-home", merged=moved)
     assert len(ds) > 0 and ds[0]["image"].shape[0] == 3
     assert nucdata.open_merged(moved).datasets == sorted(DATASETS)
 

@@ -17,7 +17,7 @@ from nucdata_models.data import (
     OUTSIDE_LABEL,
     training_targets,
 )
-from nucdata_models.fill import SOURCES, fill_labels
+from nucdata_models.fill import PROVENANCE, fill_labels
 from nucdata_models.losses import partial_label_loss, soft_label_loss
 from nucdata_models.study.synthetic import make_synthetic_data
 
@@ -98,22 +98,22 @@ def test_filled_labels_say_where_they_came_from():
     probs = torch.tensor([[0.7, 0.1, 0.1, 0.1]] * 6 + [[0.1, 0.2, 0.3, 0.4]])
     filled = fill_labels(probs, labels, cands, prov, 3)
     assert filled.label.tolist() == [1, 2, 0, 0, -2, 0, 2]
-    assert [SOURCES[i] for i in filled.source.tolist()] == [
+    assert [PROVENANCE[i] for i in filled.source.tolist()] == [
         "annotated", "mapped", "ambiguous-resolved", "ambiguous-resolved", "outside", "predicted", "ambiguous-resolved"]
     assert filled.probability[0] == pytest.approx(0.1) and filled.probability[4] == pytest.approx(0.1)
     # the outside output wins on an unlabelled nucleus: predicted outside
     out = fill_labels(torch.tensor([[0.1, 0.1, 0.1, 0.7]]), torch.tensor([-1]), torch.tensor([0]),
                       torch.tensor([NO_LABEL], dtype=torch.int8), 3)
-    assert out.label.tolist() == [-2] and out.source.tolist() == [SOURCES.index("predicted")]
+    assert out.label.tolist() == [-2] and out.source.tolist() == [PROVENANCE.index("predicted")]
     # without an outside output, an outside nucleus keeps -2 and has no probability
     three = fill_labels(probs[:, :3], labels, cands, prov, 3)
     assert three.label[4] == -2 and math.isnan(float(three.probability[4]))
 
 
 def test_sources_match_the_merged_format():
-    from nucdata.store._merged import SOURCES as FORMAT_SOURCES
+    from nucdata.store import PROVENANCE as FORMAT_SOURCES
 
-    assert FORMAT_SOURCES == SOURCES
+    assert FORMAT_SOURCES == PROVENANCE
 
 
 def test_recipes_differ_exactly_in_the_documented_fields():

@@ -31,11 +31,11 @@ def summarise(ds: NucleusDataset) -> dict[str, Any]:
     labels = nuclei["label"].values
     area = nuclei["area"].values[nuclei["has_mask"].values]
     if ds.label_set is not None:
-        from nucdata.labels._tables import label_set
+        from nucdata.labels import label_set
 
         names = {c.id: c.name for c in label_set(ds.label_set)}
     else:
-        from nucdata.labels._tables import native_vocabulary
+        from nucdata.labels import native_vocabulary
 
         names = {code: name for code, name, _ in native_vocabulary(ds.name)}
     names.update({-1: "missing/unlabelled", -2: "outside the set"})

@@ -28,11 +28,11 @@ FORMATS = ("geojson", "coco", "hovernet-json", "pannuke", "hovernet-patches")
 def class_info(ds: NucleusDataset) -> tuple[dict[int, tuple[str, list[int]]], str]:
     """Class id -> (name, colour) for the dataset's labels, and the vocabulary's name."""
     if ds.label_set is not None:
-        from nucdata.labels._tables import label_set
+        from nucdata.labels import label_set
 
         ls = label_set(ds.label_set)
         return {c.id: (c.name, list(c.rgb)) for c in ls}, ls.name
-    from nucdata.labels._tables import native_vocabulary
+    from nucdata.labels import native_vocabulary
 
     palette = _palette(32)
     vocab = native_vocabulary(ds.name)
@@ -166,7 +166,7 @@ def export(ds: NucleusDataset, fmt: str, out: str | os.PathLike[str], **options:
         (one file per image); the schemas are described in docs/tutorials/loading.md.
         For segmentation trainers: ``"pannuke"`` (PanNuke's fold layout) and
         ``"hovernet-patches"`` (HoVer-Net's extracted patches), both under a label set;
-        see :mod:`nucdata.export._segmentation`.
+        see :mod:`nucdata.exports`.
     out
         Folder to write into (created if needed); each file is written atomically.
     **options
@@ -184,7 +184,7 @@ def export(ds: NucleusDataset, fmt: str, out: str | os.PathLike[str], **options:
         For an unknown format.
     """
     from nucdata.errors import InvalidArgumentError
-    from nucdata.export._segmentation import export_hovernet_patches, export_pannuke
+    from nucdata.exports._segmentation import export_hovernet_patches, export_pannuke
 
     segmentation = {"pannuke": export_pannuke, "hovernet-patches": export_hovernet_patches}
     if fmt in segmentation:

@@ -10,27 +10,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from nucdata.errors import NucdataError
-from nucdata.export._nuclei import class_info
+from nucdata.errors import MissingDependencyError
+from nucdata.exports._nuclei import class_info
 
 if TYPE_CHECKING:  # type hints only: the dataset module builds on this one
     from nucdata.dataset import NucleusDataset
 
-
-class MissingDependencyError(NucdataError, ImportError):
-    """An optional package that a feature needs is not installed.
-
-    Parameters
-    ----------
-    package
-        The package's install name.
-    feature
-        What needs it, and the alternative without it.
-    """
-
-    def __init__(self, package: str, feature: str):
-        self.package = package
-        super().__init__(f"{feature} needs {package}: pip install {package}")
 
 UNLABELLED = (255, 255, 255)
 OUTSIDE = (120, 120, 120)

@@ -66,7 +66,7 @@ def _classes(ds: NucleusDataset) -> list[tuple[int, str, list[int]]]:
             f"{ds.name}: segmentation exports write one channel or type id per class of a label "
             "set; pass --label-set (for example pannuke)."
         )
-    from nucdata.labels._tables import label_set
+    from nucdata.labels import label_set
 
     return [(c.id, c.name, list(c.rgb)) for c in label_set(ds.label_set)]
 
@@ -257,7 +257,7 @@ def export_hovernet_patches(
     list of Path
         The patch files written.
     """
-    from nucdata.views._tiles import image_scales, resample_image
+    from nucdata.views import image_scales, resample_image
 
     classes = _classes(ds)
     scales = image_scales(ds, mpp, assume_mpp)
