@@ -28,8 +28,9 @@ from PIL import Image
 
 def build_store(home: Path, images: int, nuclei: int) -> None:
     """A store of ``images`` 1000x1000 images written through the real writer."""
+    from skimage.segmentation import relabel_sequential
+
     import nucdata
-    from nucdata._util.instances import relabel_sequential
     from nucdata.store import StoreWriter
     from nucdata.testing import draw_filled, ellipse_polygon, paint, place_nuclei
 
@@ -39,7 +40,7 @@ def build_store(home: Path, images: int, nuclei: int) -> None:
         for i in range(images):
             cells = place_nuclei(rng, 1000, 1000, nuclei)
             inst = draw_filled((1000, 1000), [ellipse_polygon(c, 20) for c in cells])
-            inst, _ = relabel_sequential(inst)
+            inst = relabel_sequential(inst)[0]
             writer.add_image(f"img{i}", "all", paint(rng, inst, np.zeros(len(cells), int)), inst)
         writer.publish({"nucdata_version": nucdata.__version__})
 

@@ -76,18 +76,18 @@ def build_store(folder: Path, synthetic: int) -> Store:
     path = folder / "store"
     with StoreWriter(path, "monuseg", "bench") as writer:
         if REALDATA.is_dir() and not synthetic:
-            from nucdata._util.images import read_rgb
+            from PIL import Image
+
             from nucdata.datasets import rasterize_regions, read_imagescope
 
             for xml in sorted((REALDATA / "Annotations").glob("*.xml")):
-                rgb = read_rgb(REALDATA / "Tissue_Images" / f"{xml.stem}.tif")
+                rgb = np.asarray(Image.open(REALDATA / "Tissue_Images" / f"{xml.stem}.tif").convert("RGB"))
                 annotation = read_imagescope(xml)
                 inst, _, _ = rasterize_regions(annotation.regions, rgb.shape[:2])
                 writer.add_image(xml.stem, "test", rgb, inst, mpp=annotation.mpp or 0.25)
         else:
             from skimage.draw import disk
-
-            from nucdata._util.instances import relabel_sequential
+            from skimage.segmentation import relabel_sequential
 
             rng = np.random.default_rng(0)
             for i in range(max(1, synthetic)):

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from nucdata._util.lazy import attach
+from nucdata._util.version import VERSION as __version__
 from nucdata.errors import (
     CheckpointError,
     CheckpointMismatchError,
@@ -43,8 +44,6 @@ from nucdata.errors import (
     UnknownLabelSetError,
     UnsafePickleError,
 )
-
-__version__ = "0.1.0.dev0"
 
 #: public name -> the module that defines it (imported on first access)
 _LAZY = {

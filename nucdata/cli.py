@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from nucdata import __version__
+from nucdata._util.version import VERSION as __version__
 from nucdata.catalog import get_card, list_datasets
 from nucdata.errors import NucdataError
 

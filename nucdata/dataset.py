@@ -242,9 +242,32 @@ class NucleusDataset(torch.utils.data.Dataset):
 
         Raises :class:`nucdata.MissingDependencyError` without matplotlib.
         """
-        from nucdata.exports import plot_sample
+        from nucdata.views import plot_sample
 
         return plot_sample(self, index, ax)
+
+    @property
+    def classes(self) -> dict[int, tuple[str, tuple[int, int, int]]]:
+        """The classes this dataset's labels name: id (or native code) -> (name, RGB colour).
+
+        Under a label set, its classes and their colours; with native labels, the
+        dataset's native vocabulary (codes as its files define them) with a fixed palette.
+        The one home of class names and colours for exports and overlays.
+        """
+        from nucdata.labels import label_set, native_vocabulary
+
+        if self.label_set is not None:
+            return {c.id: (c.name, tuple(int(v) for v in c.rgb)) for c in label_set(self.label_set)}
+        rng = np.random.default_rng(7)
+        palette = [tuple(int(v) for v in c) for c in rng.integers(40, 230, (32, 3))]
+        return {code: (name, palette[i % 32]) for i, (code, name, _) in enumerate(native_vocabulary(self.name))}
+
+    @property
+    def vocabulary(self) -> str:
+        """The name of the vocabulary :attr:`classes` come from (a label set, or ``<dataset> (native)``)."""
+        from nucdata.labels import label_set
+
+        return label_set(self.label_set).name if self.label_set is not None else f"{self.name} (native)"
 
     # -- tables ----------------------------------------------------------------------
     @property

@@ -15,7 +15,8 @@ from PIL import Image
 import nucdata
 from nucdata.cli import main
 from nucdata.errors import MissingDependencyError
-from nucdata.exports._overlay import outline_mask, render
+from nucdata.views import outline_mask
+from nucdata.views import render_overlay as render
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import pytest
 
 import nucdata
 from nucdata._util import home as home_module
-from nucdata.store import _layout as layout_module
 from nucdata.errors import DataHomeError
+from nucdata.store import _layout as layout_module
 from nucdata.views import _crops as crops_module
 
 

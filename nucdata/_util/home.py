@@ -20,8 +20,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pooch
-
 from nucdata.errors import DataHomeError
 
 ENV_VAR = "NUCDATA_HOME"
@@ -44,7 +42,7 @@ def data_home(root: str | os.PathLike[str] | None = None) -> Path:
         home, origin = Path(env).expanduser().resolve(), f"${ENV_VAR}"
     else:
         # Deliberately unversioned: a versioned raw cache would re-download on upgrade.
-        home, origin = Path(pooch.os_cache("nucdata")).resolve(), "the default data home"
+        home, origin = Path(_os_cache()).resolve(), "the default data home"
     if home.exists() and not home.is_dir():
         raise DataHomeError(
             f"{home}: {origin} is a file, not a folder. Point {ENV_VAR} (or --root) at a folder, "
@@ -65,7 +63,7 @@ def cache_dir() -> Path:
         When the cache path is a file.
     """
     env = os.environ.get(CACHE_ENV_VAR, "").strip()
-    folder = Path(env).expanduser().resolve() if env else Path(pooch.os_cache("nucdata")).resolve()
+    folder = Path(env).expanduser().resolve() if env else Path(_os_cache()).resolve()
     if folder.exists() and not folder.is_dir():
         raise DataHomeError(f"{folder}: ${CACHE_ENV_VAR} is a file, not a folder; point it at a writable folder.")
     return folder
@@ -123,3 +121,9 @@ def stores_dir(root: str | os.PathLike[str] | None = None) -> Path:
 
 def work_dir(root: str | os.PathLike[str] | None = None) -> Path:
     return data_home(root) / "work"
+
+
+def _os_cache() -> str:
+    import pooch  # only where the default folder is needed: ``import nucdata`` stays light
+
+    return str(pooch.os_cache("nucdata"))

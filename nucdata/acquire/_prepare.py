@@ -18,13 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from nucdata import __version__
 from nucdata._util import atomic
 from nucdata._util.deprecation import renamed_keywords
 from nucdata._util.faults import fault_point
 from nucdata._util.home import stores_dir, work_dir
 from nucdata._util.locks import dataset_lock
 from nucdata._util.progress import Counter
+from nucdata._util.version import VERSION as __version__
 from nucdata.acquire._archive import extract
 from nucdata.acquire._fetch import fetch
 from nucdata.catalog import Card, get_card

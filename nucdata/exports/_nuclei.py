@@ -25,25 +25,6 @@ if TYPE_CHECKING:  # type hints only: the dataset module builds on this one
 FORMATS = ("geojson", "coco", "hovernet-json", "pannuke", "hovernet-patches")
 
 
-def class_info(ds: NucleusDataset) -> tuple[dict[int, tuple[str, list[int]]], str]:
-    """Class id -> (name, colour) for the dataset's labels, and the vocabulary's name."""
-    if ds.label_set is not None:
-        from nucdata.labels import label_set
-
-        ls = label_set(ds.label_set)
-        return {c.id: (c.name, list(c.rgb)) for c in ls}, ls.name
-    from nucdata.labels import native_vocabulary
-
-    palette = _palette(32)
-    vocab = native_vocabulary(ds.name)
-    return {code: (name, palette[i % 32]) for i, (code, name, _) in enumerate(vocab)}, f"{ds.name} (native)"
-
-
-def _palette(n: int) -> list[list[int]]:
-    rng = np.random.default_rng(7)
-    return [list(map(int, c)) for c in rng.integers(40, 230, (n, 3))]
-
-
 def _write_json(path: Path, data: Any) -> None:
     atomic_write_json(path, data, indent=None)
 
@@ -64,7 +45,7 @@ def _nuclei_of(ds: NucleusDataset, index: int):
 
 def export_geojson(ds: NucleusDataset, out: Path) -> list[Path]:
     """One QuPath FeatureCollection per image: a ``detection`` Feature per nucleus."""
-    classes, _ = class_info(ds)
+    classes = {k: (n, list(c)) for k, (n, c) in ds.classes.items()}
     written = []
     for i in ds.indices:
         inst, nuclei = _nuclei_of(ds, int(i))
@@ -92,7 +73,7 @@ def export_geojson(ds: NucleusDataset, out: Path) -> list[Path]:
 
 def export_coco(ds: NucleusDataset, out: Path) -> list[Path]:
     """One COCO file for the dataset (and split): polygons where masks exist, else boxes."""
-    classes, vocabulary = class_info(ds)
+    classes, vocabulary = {k: (n, list(c)) for k, (n, c) in ds.classes.items()}, ds.vocabulary
     categories = [{"id": cid, "name": name, "supercategory": vocabulary} for cid, (name, _) in sorted(classes.items())]
     images, annotations = [], []
     unnamed: set[int] = set()  # labels outside the vocabulary (-1 missing, -2 outside the set)

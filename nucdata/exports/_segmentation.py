@@ -66,9 +66,7 @@ def _classes(ds: NucleusDataset) -> list[tuple[int, str, list[int]]]:
             f"{ds.name}: segmentation exports write one channel or type id per class of a label "
             "set; pass --label-set (for example pannuke)."
         )
-    from nucdata.labels import label_set
-
-    return [(c.id, c.name, list(c.rgb)) for c in label_set(ds.label_set)]
+    return [(k, name, list(rgb)) for k, (name, rgb) in ds.classes.items()]
 
 
 def _check_replaceable(dest: Path) -> None:

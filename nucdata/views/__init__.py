@@ -6,6 +6,8 @@ Each view reads the store's memory-mapped columns and pixels; resampling to anot
 
 from nucdata.views._crops import CropBank, CropDataset, build_bank, crop_loader, crops_of
 from nucdata.views._loaders import collate
+from nucdata.views._overlay import outline_mask, plot_sample
+from nucdata.views._overlay import render as render_overlay
 from nucdata.views._resample import image_scales, resample_image, store_scales
 from nucdata.views._targets import (
     BoundaryTargets,
@@ -21,5 +23,5 @@ from nucdata.views._tiles import TileDataset, tile_loader, tiles_of
 __all__ = [
     "BoundaryTargets", "CropBank", "CropDataset", "DistanceTargets", "HoVerNetTargets",
     "TileDataset", "boundary_map", "build_bank", "collate", "compose", "crop_loader", "crops_of",
-    "distance_map", "hv_maps", "image_scales", "resample_image", "store_scales", "tile_loader", "tiles_of",
+    "distance_map", "hv_maps", "outline_mask", "plot_sample", "render_overlay", "image_scales", "resample_image", "store_scales", "tile_loader", "tiles_of",
 ]
