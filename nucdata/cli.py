@@ -11,6 +11,7 @@ import click
 from nucdata._util.version import VERSION as __version__
 from nucdata.catalog import get_card, list_datasets
 from nucdata.errors import NucdataError
+from nucdata.exports import FORMATS as EXPORT_FORMATS
 
 
 def _fail(exc: NucdataError) -> None:
@@ -254,7 +255,7 @@ label_set_option = click.option("--label-set", default=None, help="Express label
 @main.command()
 @click.argument("name")
 @click.option("--format", "fmt", required=True,
-              type=click.Choice(["geojson", "coco", "hovernet-json", "pannuke", "hovernet-patches"]))
+              type=click.Choice(list(EXPORT_FORMATS)))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
 @split_option
 @label_set_option

@@ -11,7 +11,7 @@ from helpers import demo_home
 from skimage.draw import polygon2mask
 
 import nucdata
-import nucdata.exports._nuclei
+import nucdata.exports
 from nucdata.cli import main
 
 
@@ -37,7 +37,7 @@ def _class_names(ds: nucdata.NucleusDataset) -> dict[int, str]:
 
 def test_geojson_reads_back(prepared, tmp_path):
     ds = nucdata.load("consep", split="test", label_set="pannuke")
-    written = nucdata.exports._nuclei.export(ds, "geojson", tmp_path)
+    written = nucdata.exports.export(ds, "geojson", tmp_path)
     assert len(written) == len(ds)
     names, colours = _class_names(ds), {c.id: list(c.rgb) for c in nucdata.label_set("pannuke")}
     for position, path in enumerate(written):
@@ -66,7 +66,7 @@ def test_geojson_reads_back(prepared, tmp_path):
 
 def test_coco_reads_back(prepared, tmp_path):
     ds = nucdata.load("nucls")
-    (path,) = nucdata.exports._nuclei.export(ds, "coco", tmp_path)
+    (path,) = nucdata.exports.export(ds, "coco", tmp_path)
     data = json.loads(path.read_text())
     assert set(data) >= {"info", "licenses", "images", "annotations", "categories"}
     assert [im["id"] for im in data["images"]] == [int(i) for i in ds.indices]
@@ -99,7 +99,7 @@ def test_coco_reads_back(prepared, tmp_path):
 
 def test_coco_unlabelled_nuclei_have_a_category(prepared, tmp_path):
     ds = nucdata.load("tnbc", label_set="pannuke")
-    (path,) = nucdata.exports._nuclei.export(ds, "coco", tmp_path)
+    (path,) = nucdata.exports.export(ds, "coco", tmp_path)
     data = json.loads(path.read_text())
     categories = {c["id"]: c["name"] for c in data["categories"]}
     assert {a["category_id"] for a in data["annotations"]} == {-1}
@@ -109,7 +109,7 @@ def test_coco_unlabelled_nuclei_have_a_category(prepared, tmp_path):
 
 def test_hovernet_json_reads_back(prepared, tmp_path):
     ds = nucdata.load("consep")
-    written = nucdata.exports._nuclei.export(ds, "hovernet-json", tmp_path)
+    written = nucdata.exports.export(ds, "hovernet-json", tmp_path)
     assert len(written) == len(ds)
     for index, path in enumerate(written):
         data = json.loads(path.read_text())
@@ -142,7 +142,7 @@ def test_cli_export(prepared, tmp_path, fmt, pattern):
 
 def test_unknown_format_is_refused(prepared, tmp_path):
     with pytest.raises(nucdata.InvalidArgumentError, match="valid formats"):
-        nucdata.exports._nuclei.export(nucdata.load("tnbc"), "shapefile", tmp_path)
+        nucdata.exports.export(nucdata.load("tnbc"), "shapefile", tmp_path)
 
 
 # -- segmentation exports: PanNuke folds and HoVer-Net patches --------------------------------
@@ -196,7 +196,7 @@ def test_pannuke_layout_and_round_trip(pannuke_home, tmp_path):
 
 def test_pannuke_export_of_other_datasets_at_one_mpp(pannuke_home, tmp_path):
     ds = nucdata.load("monusac", split="train", label_set="pannuke")
-    written = nucdata.exports._nuclei.export(ds, "pannuke", tmp_path, mpp=0.5, size=32)
+    written = nucdata.exports.export(ds, "pannuke", tmp_path, mpp=0.5, size=32)
     masks = np.load(next(p for p in written if p.name == "masks.npy"))
     info = json.loads((tmp_path / "Fold 1" / "export.json").read_text())
     assert info["split"] == "train" and info["mpp"] == 0.5 and info["patches"] == masks.shape[0]
@@ -214,13 +214,13 @@ def test_pannuke_export_of_other_datasets_at_one_mpp(pannuke_home, tmp_path):
     foreign = tmp_path / "other"
     (foreign / "Fold 1").mkdir(parents=True)
     with pytest.raises(nucdata.InvalidArgumentError, match="not written by nucdata"):
-        nucdata.exports._nuclei.export(ds, "pannuke", foreign)
+        nucdata.exports.export(ds, "pannuke", foreign)
     with pytest.raises(nucdata.InvalidArgumentError, match="label set"):
-        nucdata.exports._nuclei.export(nucdata.load("monusac"), "pannuke", tmp_path / "x")
+        nucdata.exports.export(nucdata.load("monusac"), "pannuke", tmp_path / "x")
 
 
 def test_hovernet_patches_layout(pannuke_home, tmp_path):
-    from nucdata.exports._segmentation import mirror_patches
+    from nucdata.exports.hovernet_patches import mirror_patches
 
     ds = nucdata.load("consep", split="train", label_set="pannuke")
     result = CliRunner().invoke(main, ["export", "consep", "--format", "hovernet-patches", "--label-set",

@@ -306,3 +306,15 @@ def test_every_public_name_resolves_and_is_documented():
                 undocumented.append(f"{name}.{attr}")
     assert not missing, f"names in __all__ that do not resolve: {missing}"
     assert not undocumented, f"public names without a docstring: {undocumented}"
+
+
+def test_every_export_module_is_registered_and_every_format_has_its_module():
+    from nucdata.exports import FORMATS, exporter
+
+    modules = {p.stem for p in (ROOT / "nucdata" / "exports").glob("*.py") if not p.stem.startswith("_")}
+    registered = {FORMATS[f].rsplit(".", 1)[1] for f in FORMATS}
+    assert modules == registered, f"format modules {sorted(modules)} vs registered {sorted(registered)}"
+    for fmt in FORMATS:
+        module = exporter(fmt)
+        assert module.NAME == fmt and module.DESCRIPTION and callable(module.write)
+        assert set(inspect.signature(module.write).parameters) - {"ds", "out"} == set(module.OPTIONS), fmt

@@ -1,8 +1,21 @@
-"""Exports to the formats pathology tools read (QuPath GeoJSON, COCO, HoVer-Net JSON, PanNuke
-folds, HoVer-Net patches), overlays and summary statistics."""
+"""Exports to the formats pathology tools read, overlays and summary statistics.
 
-from nucdata.exports._nuclei import FORMATS, export
-from nucdata.exports._overlay import write_overlays
-from nucdata.exports._stats import format_summary, summarise
+One module per format (``geojson``, ``coco``, ``hovernet_json``, ``pannuke``,
+``hovernet_patches``), named in the registry :data:`FORMATS`; :func:`export` writes one.
+Names here load their module on first use.
+"""
 
-__all__ = ["FORMATS", "export", "format_summary", "summarise", "write_overlays"]
+from __future__ import annotations
+
+from nucdata._util.lazy import attach
+
+_LAZY = {
+    "FORMATS": "nucdata.exports._registry",
+    "export": "nucdata.exports._registry",
+    "exporter": "nucdata.exports._registry",
+    "write_overlays": "nucdata.exports._overlay",
+    "format_summary": "nucdata.exports._stats",
+    "summarise": "nucdata.exports._stats",
+}
+
+__getattr__, __dir__, __all__ = attach(__name__, _LAZY, globals())

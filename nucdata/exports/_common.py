@@ -1,0 +1,58 @@
+"""What the format modules share: per-image nuclei with their outlines, class tables, JSON writing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from nucdata._util.atomic import atomic_write_json
+from nucdata._util.geometry import box_outline, nucleus_outline
+from nucdata.errors import InvalidArgumentError
+
+if TYPE_CHECKING:  # type hints only: the dataset module is below this layer's callers
+    from nucdata.dataset import NucleusDataset
+
+__all__ = ["MARKER", "check_replaceable", "nuclei_of", "outline", "set_classes", "write_json"]
+
+#: the file every folder a segmentation export writes carries (what it holds; nucdata's own)
+MARKER = "export.json"
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as compact JSON, atomically."""
+    atomic_write_json(path, data, indent=None)
+
+
+def outline(ds: NucleusDataset, inst: np.ndarray, k: int, row: int) -> np.ndarray:
+    """The nucleus's outline (x, y at pixel centres): its mask's contour, or its box without a mask."""
+    bbox = np.asarray(ds.store.column("nuclei", "bbox")[row])
+    if ds.store.column("nuclei", "has_mask")[row]:
+        return nucleus_outline(inst, k, bbox)
+    return box_outline(bbox)
+
+
+def nuclei_of(ds: NucleusDataset, index: int) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """(instance map, [(k, row, label)]) for image ``index`` (k = 1-based instance value)."""
+    rows = ds.store.nucleus_slice(index)
+    inst = np.asarray(ds.store.instance_map(index))
+    return inst, [(k + 1, row, int(ds.labels[row])) for k, row in enumerate(range(rows.start, rows.stop))]
+
+
+def set_classes(ds: NucleusDataset) -> list[tuple[int, str, list[int]]]:
+    """``(id, name, rgb)`` of every class of ``ds``'s label set (segmentation exports need one)."""
+    if ds.label_set is None:
+        raise InvalidArgumentError(
+            f"{ds.name}: segmentation exports write one channel or type id per class of a label "
+            "set; pass --label-set (for example pannuke)."
+        )
+    return [(k, name, list(rgb)) for k, (name, rgb) in ds.classes.items()]
+
+
+def check_replaceable(dest: Path) -> None:
+    """Refuse to replace a folder that an earlier nucdata export did not write."""
+    if dest.exists() and not (dest / MARKER).is_file():
+        raise InvalidArgumentError(
+            f"{dest} exists and was not written by nucdata export; move it away or choose another --out."
+        )
