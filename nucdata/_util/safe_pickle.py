@@ -2,58 +2,58 @@
 
 A pickle can name any importable callable and call it while loading: a file whose
 ``__reduce__`` returns ``(os.system, ("...",))`` runs a shell command in plain
-``pickle.load``. Worse, even numpy's own reconstructors are not safe on hostile
-arguments: a crafted dtype state (an object field with its flags cleared, a field
-offset past the item size) makes numpy read attacker bytes as pointers, and
-``bytearray(1_500_000_000)`` in a 36-byte pickle allocates 1.5 GB.
+``pickle.load``. Even numpy's own reconstructors are unsafe on hostile arguments: a
+crafted dtype state (an object field with its flags cleared, a field offset past the
+item size) makes numpy read attacker bytes as pointers, and ``bytearray(1_500_000_000)``
+in a 36-byte pickle allocates 1.5 GB.
 
 :func:`load` therefore never runs ``pickle.Unpickler``: it interprets the pickle's
-opcodes itself and builds only what a merged pickle holds, each value from arguments it
-has checked, and refuses everything else with :class:`~nucdata.errors.UnsafePickleError`
+opcodes itself, builds only what a data pickle holds, each value from arguments it has
+checked, and refuses everything else with :class:`~nucdata.errors.UnsafePickleError`
 (naming the file, what was refused and the fix) **before** anything is allocated or
-called.
+called. A truncated or malformed pickle raises
+:class:`~nucdata.errors.CorruptArchiveError`; no other exception (``MemoryError``,
+``RecursionError``, ``struct.error`` ...) leaves :func:`load`.
 
-What it builds
-    ``dict``, ``list``, ``tuple``, ``str``, ``bytes``, ``int``, ``float``, ``bool`` and
-    ``None`` from their opcodes; through the globals in :data:`ALLOWED`: ``set``,
-    ``frozenset`` (of an already-built list, tuple or set), ``complex`` (of two numbers),
-    ``bytearray`` and ``bytes`` (of bytes or a latin-1 ``str``, never of a length),
-    ``collections.OrderedDict``, ``_codecs.encode`` (latin-1 only, which protocol-2
-    pickles use for bytes), and numpy arrays, scalars and dtypes of the *plain numeric*
-    types: ``bool``, ``int8`` ... ``int64``, ``uint8`` ... ``uint64``, ``float16``,
-    ``float32``, ``float64``, native, little- or big-endian (numpy 1's ``numpy.core`` and
-    numpy 2's ``numpy._core`` names both). A dtype is made by ``numpy.dtype('<f4')``
-    from a checked type string; numpy's ``dtype.__setstate__`` is never called with the
-    pickle's state, nor ``multiarray.scalar`` or ``_frombuffer``.
-What it refuses
-    Every other global (classes of other packages, functions, ``range``, ``slice``,
-    ``copyreg`` object reconstruction); a dtype state with fields, names, a subarray,
-    an item size or alignment of its own, metadata, or any flag (so no object fields, no
-    offsets, no structured, string, datetime or void dtypes); an array state or buffer
-    whose length is not exactly its shape times its item size; ``bytearray``,
-    ``bytes``, ``set`` or ``frozenset`` of anything but built data (``bytearray(n)``,
-    ``frozenset(range(n))``); ``INST``, ``OBJ``, ``NEWOBJ``, ``NEWOBJ_EX``, extension
-    codes, persistent ids and out-of-band buffers; ``BUILD`` on anything but a fresh
-    numpy dtype or array; changing a container after the pickle referred to it again
-    (which is also how recursive structures are made); nesting deeper than
-    :data:`MAX_DEPTH`; and anything past the budgets below.
-Budgets
-    ``NUCDATA_PICKLE_MAX_BYTES`` (default :data:`DEFAULT_MAX_BYTES`, 2 GiB) caps the
-    file's size (it is read with that bound) and, separately, an estimate of the memory
-    the unpickled value takes: the payload of every ``str``, ``bytes``, ``bytearray``,
-    integer and array, plus a fixed overhead per object and per container element.
-    ``NUCDATA_PICKLE_MAX_ITEMS`` (default :data:`DEFAULT_MAX_ITEMS`, 50 million) caps
-    the values built: every stack entry, memo entry and container element. Both count
-    a value the pickle refers to again (``GET``, ``DUP``) in full each time, as if it
-    were copied, so memo references cannot amplify a small file into a huge value. A
-    size read from the file (a string's length, a buffer's, an array's shape) is
-    checked against what is left of the budget before anything of that size is made.
-    A full-scale merged pickle (a few hundred thousand nuclei) takes well under a
-    tenth of either budget.
+**What it builds.** ``dict``, ``list``, ``tuple``, ``str``, ``bytes``, ``int``,
+``float``, ``bool`` and ``None`` from their opcodes; through the globals in
+:data:`ALLOWED`: ``set`` and ``frozenset`` (of an already-built list, tuple or set),
+``complex`` (of two numbers), ``bytearray`` and ``bytes`` (of bytes or a latin-1 ``str``,
+never of a length), ``collections.OrderedDict``, ``_codecs.encode`` (latin-1 only, which
+protocol-2 pickles use for bytes), and numpy arrays, scalars and dtypes of the *plain
+numeric* types only: ``bool``, ``int8`` to ``int64``, ``uint8`` to ``uint64``,
+``float16``, ``float32`` and ``float64``, native, little- or big-endian (numpy 1's
+``numpy.core`` and numpy 2's ``numpy._core`` names both). A dtype is made by
+``numpy.dtype('<f4')`` from a checked type string: numpy's ``dtype.__setstate__`` is
+never called with the pickle's state, nor are ``multiarray.scalar`` or ``_frombuffer``.
 
-A truncated or malformed pickle raises :class:`~nucdata.errors.CorruptArchiveError`;
-no other exception (``MemoryError``, ``RecursionError``, ``struct.error`` ...) leaves
-:func:`load`.
+**What it refuses.** Every other global (classes of other packages, functions,
+``range``, ``slice``, ``copyreg`` reconstruction); a dtype state with fields, names, a
+subarray, an item size or alignment of its own, metadata or any flag (so no object
+fields, offsets, structured, string, datetime or void dtypes); an array state or buffer
+whose length is not exactly its shape times its item size; ``bytearray``, ``bytes``,
+``set`` or ``frozenset`` of anything but built data (``bytearray(n)``,
+``frozenset(range(n))``); ``INST``, ``OBJ``, ``NEWOBJ``, ``NEWOBJ_EX``, extension codes,
+persistent ids and out-of-band buffers; ``BUILD`` on anything but a new numpy dtype or
+array; changing a container after the pickle referred to it again (which is also how
+recursive structures are made); dict keys and set members other than ``str``, ``bytes``
+and numbers below ``2**61`` (tuples, complex numbers and huge integers can be made to
+share one hash, which makes building a dict quadratic); nesting deeper than
+:data:`MAX_DEPTH`; and anything past the budgets.
+
+**Budgets.** ``NUCDATA_PICKLE_MAX_BYTES`` (default :data:`DEFAULT_MAX_BYTES`, 2 GiB)
+caps the file's size (it is read with that bound) and, separately, an estimate of the
+memory the unpickled value takes: the payload of every ``str``, ``bytes``,
+``bytearray``, integer and array, plus a fixed overhead for each object, memo entry and
+container element. ``NUCDATA_PICKLE_MAX_ITEMS`` (default :data:`DEFAULT_MAX_ITEMS`, 50
+million) caps the values built: every stack entry, memo entry and container element.
+Both count a value the pickle refers to again (``GET``, ``DUP``) in full each time, as if
+it were copied, so memo references cannot amplify a small file into a huge value; and a
+size read from the file (a string's length, a buffer's, an array's shape) is checked
+against what is left of the budget before anything of that size is made. A merged
+pickle from ``nucdata build-merged`` takes about 11 values and 600 bytes of estimate per
+nucleus, so the defaults hold some 3 million nuclei per file; a pickle of numpy scalars
+and arrays per nucleus takes about 5 times as much.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ from __future__ import annotations
 import _compat_pickle
 import codecs
 import collections
+import itertools
 import os
 import struct
 import sys
@@ -69,7 +70,12 @@ from typing import IO, Any
 
 import numpy as np
 
-from nucdata.errors import CorruptArchiveError, InvalidArgumentError, NucdataError, UnsafePickleError
+from nucdata.errors import (
+    CorruptArchiveError,
+    InvalidArgumentError,
+    NucdataError,
+    UnsafePickleError,
+)
 
 __all__ = ["ALLOWED", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_ITEMS", "MAX_DEPTH", "load", "loads"]
 
@@ -89,9 +95,9 @@ _CHUNK = 1 << 20
 _HIGHEST_PROTOCOL = 5
 
 _FIX_FORMAT = ("nucdata reads data pickles of plain containers, numbers and plain numeric numpy arrays "
-               "only, so this file was not written by nucdata's writer nor by the merged dataset's "
-               "authors: rebuild the merged output with `nucdata build-merged`, or download the file "
-               "again from its source")
+               "only, which is all that nucdata's writer and the merged dataset's authors put in one: "
+               "rebuild the merged output with `nucdata build-merged`, or download the file again from "
+               "its source")
 
 # Estimated bytes (CPython, 64 bit) of what each opcode makes; the budget counts these.
 _SLOT = 8          # a reference: a stack entry, a list or tuple element
@@ -126,6 +132,11 @@ _NUMPY_SCALARS = frozenset(d.type for d in _DTYPES.values())
 _LEAVES = frozenset({float, int, bool, type(None), str, bytes, bytearray, complex}) | _NUMPY_SCALARS
 _NESTED = frozenset({list, tuple, dict, set, frozenset, collections.OrderedDict})
 _DICTS = (dict, collections.OrderedDict)
+# Dict keys and set members: types whose hashes a pickle cannot make collide en masse (str and
+# bytes hashes are salted; ints below 2**61 hash to themselves). Tuples, complex numbers and
+# huge ints are refused as keys: thousands of colliding ones would make building a dict quadratic.
+_KEYS = frozenset({str, bytes, int, float, bool, type(None)}) | _NUMPY_SCALARS
+_HASH_BOUND = 2**61 - 1
 
 _unpack_double = struct.Struct(">d").unpack_from
 _unpack_i4 = struct.Struct("<i").unpack_from
@@ -264,6 +275,7 @@ class _Machine:
         self.unbuilt: dict[int, np.ndarray] = {}
         # id -> tuple holding a global (the arguments of _reconstruct): usable as arguments only
         self.tainted: dict[int, tuple] = {}
+        self.saw_global = False
         self.dispatch = [self._unknown] * 256
         for code, method in _OPCODES.items():
             self.dispatch[code[0]] = getattr(self, method)
@@ -272,11 +284,13 @@ class _Machine:
     def refuse(self, name: str, what: str, fix: str = _FIX_FORMAT) -> UnsafePickleError:
         return _refused(self.source, name, what, fix)
 
-    def over_budget(self, what: str = "") -> UnsafePickleError:
-        if self.nbytes > self.max_bytes:
+    def over_budget(self, what: str = "", memory: bool | None = None) -> UnsafePickleError:
+        if memory is None:
+            memory = self.nbytes > self.max_bytes
+        if memory:
             return self.refuse(
                 "memory budget", f"{what or 'its values'} would take more than {self.max_bytes:,} bytes "
-                f"(an estimate counting every value it refers to again as a copy)",
+                "(an estimate that counts every value it refers to again as a copy)",
                 _budget_fix(_ENV_BYTES, self.max_bytes))
         return self.refuse(
             "item budget", f"{what or 'its values'} would be more than {self.max_items:,} values "
@@ -305,11 +319,13 @@ class _Machine:
         self.charge(1, base + _SLOT + n * per_byte, f"a {what} of {n:,} bytes")
         return self.take(n)
 
-    def readline(self) -> bytes:
+    def readline(self, what: str = "a text opcode") -> bytes:
+        """The rest of a text opcode's line, with its newline; charged before it is copied."""
         i = self.data.find(b"\n", self.pos)
         if i < 0:
             raise _Truncated
-        line = bytes(self.data[self.pos:i])
+        self.charge(0, i + 1 - self.pos, what)
+        line = bytes(self.data[self.pos:i + 1])
         self.pos = i + 1
         return line
 
@@ -341,12 +357,23 @@ class _Machine:
             elif _is_dtype(x):
                 continue
             elif t is _Global and allow_globals:
+                self.saw_global = True
                 continue
             else:
                 raise self.refuse(t.__name__, f"{_describe(x)} inside {where}")
             if d > deepest:
                 deepest = d
         return deepest
+
+    def check_keys(self, keys: Any, where: str) -> None:
+        """Refuse dict keys or set members whose hashes could be made to collide."""
+        for k in keys:
+            t = type(k)
+            if t is str:
+                continue
+            if t not in _KEYS or (t is int and not -_HASH_BOUND < k < _HASH_BOUND):
+                raise self.refuse(where, f"{_describe(k)} as {where} (keys of a data pickle are strings and "
+                                  f"numbers below 2**61)")
 
     def tainted_name(self, x: tuple) -> str:
         return next((v.name for v in x if isinstance(v, _Global)), "?")
@@ -386,7 +413,7 @@ class _Machine:
             x, expanded = todo.pop()
             if id(x) in shared:
                 continue
-            children = (list(x.keys()) + list(x.values())) if type(x) in _DICTS else x
+            children = itertools.chain(x.keys(), x.values()) if type(x) in _DICTS else x
             if not expanded:
                 if id(x) in busy:
                     raise self.refuse("recursion", "a container that contains itself")
@@ -394,6 +421,7 @@ class _Machine:
                 todo.append((x, True))
                 todo.extend((c, False) for c in children if type(c) in _NESTED and id(c) not in shared)
                 continue
+            children = itertools.chain(x.keys(), x.values()) if type(x) in _DICTS else x
             items, nbytes = 1, _SLOT + _container_bytes(x)
             for c in children:
                 if type(c) in _NESTED:
@@ -410,6 +438,9 @@ class _Machine:
 
     def push_again(self, obj: Any, what: str) -> None:
         """Push a value the pickle refers to again (GET, DUP), counting it in full."""
+        if type(obj) is _PendingDtype or (type(obj) is np.ndarray and id(obj) in self.unbuilt):
+            raise self.refuse(what, f"{what} refers again to a numpy {'dtype' if type(obj) is _PendingDtype else 'array'} "
+                              "before its state")
         items, nbytes = self.weight(obj)
         self.charge(items, nbytes, what)
         self.stack.append(obj)
@@ -634,12 +665,12 @@ class _Machine:
         self.nbytes += _SLOT + _TUPLE
 
     def push_tuple(self, items: list[Any]) -> None:
-        has_global = any(type(x) is _Global for x in items)
+        self.saw_global = False
         depth = self.scan(items, "a tuple", allow_globals=True) + 1
         self.charge(1, _SLOT + _TUPLE + _SLOT * len(items), "a tuple")
         value = tuple(items)
         self.set_depth(value, depth)
-        if has_global:
+        if self.saw_global:
             self.tainted[id(value)] = value
         self.stack.append(value)
 
@@ -712,6 +743,7 @@ class _Machine:
             raise CorruptArchiveError(f"{self.source}: not a readable data pickle (a key without a "
                                       "value). Download or write it again.")
         depth = self.scan(items, "a dict") + 1
+        self.check_keys(items[::2], "a dict key")
         per = _ODICT_ITEM if type(target) is collections.OrderedDict else _DICT_ITEM
         self.charge(0, per * (len(items) // 2), "a dict")
         if depth > 1 and depth > self.container_depth(target):
@@ -727,6 +759,7 @@ class _Machine:
         target = self.stack[-1]
         self.mutable(target, (set,), "ADDITEMS")
         depth = self.scan(items, "a set") + 1
+        self.check_keys(items, "a set member")
         self.charge(0, _SET_ITEM * len(items), "a set")
         if depth > 1 and depth > self.container_depth(target):
             self.set_depth(target, depth)
@@ -737,6 +770,7 @@ class _Machine:
 
     def make_set(self, kind: type, items: Any) -> Any:
         depth = self.scan(items, f"a {kind.__name__}") + 1
+        self.check_keys(items, f"a {kind.__name__} member")
         self.charge(len(items), _SLOT + _SET + _SET_ITEM * len(items), f"a {kind.__name__}")
         try:
             value = kind(items)
@@ -746,7 +780,8 @@ class _Machine:
         return value
 
     def _frozenset(self) -> None:
-        self.stack.append(self.make_set(frozenset, self.pop_mark()))
+        value = self.make_set(frozenset, self.pop_mark())
+        self.stack.append(value)
 
     # .. memo ...........................................................................
     def put(self, key: int) -> None:
@@ -947,16 +982,14 @@ class _Machine:
             if n < 0:
                 raise self.refuse(name, f"{name} with a negative dimension in its shape")
             size *= n
-            if size > self.max_bytes:
-                raise self.over_budget(f"an array of shape {shape}"[:120])
+            if n > self.max_bytes or size > self.max_bytes:
+                raise self.over_budget(f"an array of shape {shape}"[:160], memory=True)
         return shape, size
 
     def build_reconstruct(self, name: str, args: tuple) -> Any:
         if (len(args) != 3 or type(args[0]) is not _Global or args[0].builder != "ndarray"
                 or type(args[1]) is not tuple or type(args[2]) not in (bytes, str)):
             raise self.bad_args(name, args, "_reconstruct(numpy.ndarray, shape, type code)")
-        if id(args) in self.tainted:
-            del self.tainted[id(args)]
         self.charge(1, _SLOT + _ARRAY, "an array")
         value = np.empty((0,), dtype=np.int8)  # its checked state follows in BUILD
         self.unbuilt[id(value)] = value
@@ -987,11 +1020,11 @@ class _Machine:
         dtype = self.dtype_arg(name, dtype)
         shape, size = self.shape_arg(name, shape, dtype.itemsize)
         axis_order = args[4] if len(args) == 5 else None
-        if order not in ("C", "F", "K") or (order == "K") != (axis_order is not None):
+        if type(order) is not str or order not in ("C", "F", "K") or (order == "K") != (axis_order is not None):
             raise self.refuse(name, f"{name} with the order {_describe(order)}")
         if axis_order is not None and (type(axis_order) is not tuple
-                                       or sorted(a for a in axis_order if type(a) is int)
-                                       != list(range(len(shape)))):
+                                       or any(type(a) is not int for a in axis_order)
+                                       or sorted(axis_order) != list(range(len(shape)))):
             raise self.refuse(name, f"{name} with an axis order that is not a permutation of the shape's axes")
         if len(buf) != size:
             raise self.refuse(name, f"{name} of shape {shape} and {dtype} over {len(buf):,} bytes "
@@ -1014,8 +1047,6 @@ class _Machine:
                 if self.memo.get(key) is target:
                     self.memo[key] = dtype
         elif type(target) is np.ndarray and id(target) in self.unbuilt:
-            if id(target) in self.shared:
-                raise self.refuse("BUILD", "an array's state given after the pickle referred to the array again")
             self.array_state(target, state)
             del self.unbuilt[id(target)]
         else:
@@ -1024,8 +1055,8 @@ class _Machine:
 
     def dtype_state(self, pending: _PendingDtype, state: Any) -> np.dtype:
         """The dtype for a checked state ``(3, byte order, None, None, None, -1, -1, 0)``."""
-        plain = (type(state) is tuple and len(state) in (8, 9) and state[0] in (3, 4)
-                 and type(state[0]) is int and state[1] in _ENDIANS
+        plain = (type(state) is tuple and len(state) in (8, 9) and type(state[0]) is int
+                 and state[0] in (3, 4) and type(state[1]) is str and state[1] in _ENDIANS
                  and state[2] is None and state[3] is None and state[4] is None
                  and all(type(v) is int for v in state[5:8]) and state[5:8] == (-1, -1, 0)
                  and (len(state) == 8 or state[8] is None))
@@ -1042,7 +1073,7 @@ class _Machine:
 
     def array_state(self, array: np.ndarray, state: Any) -> None:
         """Give ``array`` a checked state ``(1, shape, plain dtype, is_fortran, bytes)``."""
-        if type(state) is tuple and len(state) == 5 and state[0] == 1 and type(state[0]) is int:
+        if type(state) is tuple and len(state) == 5 and type(state[0]) is int and state[0] == 1:
             state = state[1:]
         if type(state) is not tuple or len(state) != 4:
             raise self.refuse("array state", f"a numpy array state {_state_summary(state)}")
@@ -1132,6 +1163,9 @@ def _read_bounded(fh: IO[bytes], source: str, max_bytes: int) -> bytearray:
         chunk = fh.read(min(_CHUNK, max_bytes + 1 - len(data)))
         if not chunk:
             return data
+        if not isinstance(chunk, (bytes, bytearray)):
+            raise InvalidArgumentError(f"{source}: open the pickle in binary mode ('rb'); reading it "
+                                       f"gave {type(chunk).__name__}.")
         data += chunk
         if len(data) > max_bytes:
             raise _too_large(source, f"over {max_bytes:,}", max_bytes)
@@ -1146,7 +1180,8 @@ def _interpret(data: bytes | bytearray, source: str, max_bytes: int, max_items: 
     except (_Truncated, struct.error, IndexError) as exc:
         if isinstance(exc, IndexError) and machine.pos < machine.end:
             raise _corrupt(source, "an opcode found too few values on the stack") from None
-        raise _corrupt(source, f"it ends at byte {machine.end:,} in the middle of its data") from None
+        raise _corrupt(source, f"it ends at byte {machine.end:,} in the middle of its data" if machine.end
+                       else "the file is empty") from None
     except MemoryError:
         raise _refused(source, "memory", "it ran out of memory within the budgets",
                        f"lower {_ENV_BYTES} or {_ENV_ITEMS}, or free memory, and load it again") from None
@@ -1227,7 +1262,11 @@ def loads(data: bytes, source: str = "<pickle bytes>") -> Any:
     """
     max_bytes, max_items = _budgets()
     if not isinstance(data, (bytes, bytearray)):
-        data = bytes(memoryview(data))
+        try:
+            data = bytes(memoryview(data))
+        except TypeError:
+            raise InvalidArgumentError(f"{source}: loads() takes the pickle's bytes, not "
+                                       f"{type(data).__name__}.") from None
     if len(data) > max_bytes:
         raise _too_large(source, f"{len(data):,}", max_bytes)
     return _interpret(data, source, max_bytes, max_items)
