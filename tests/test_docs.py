@@ -1,4 +1,4 @@
-"""The documentation: every relative link resolves, and the training tutorial runs."""
+"""The documentation: every relative link resolves, the training tutorial runs, the dataset tables are the cards'."""
 
 from __future__ import annotations
 
@@ -104,3 +104,23 @@ def test_training_tutorial_runs(tutorial_home, monkeypatch, capsys):
     assert (targets > 0).all() and (targets < (1 << len(namespace["classes"]))).all()
     assert namespace["pixels"].shape[0] == targets.shape[0]
     assert namespace["predicted"].shape == (len(namespace["test_crops"]),)
+
+
+def test_the_dataset_tables_are_generated_from_the_cards():
+    import nucdata.catalog
+    import nucdata.labels
+
+    stale = nucdata.catalog.write_dataset_tables(nucdata.labels.native_vocabulary, ROOT, check=True)
+    assert stale == [], (
+        f"{', '.join(str(p.relative_to(ROOT)) for p in stale)}: the dataset table differs from the cards; "
+        "regenerate from the repository's root with: python -c \"import nucdata.catalog as c, "
+        "nucdata.labels as l; c.write_dataset_tables(l.native_vocabulary)\"")
+
+
+def test_every_dataset_has_a_row_with_a_link_that_resolves():
+    import nucdata.catalog
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme[readme.index("<!-- datasets:begin -->"):readme.index("<!-- datasets:end -->")]
+    for name in nucdata.catalog.list_datasets():
+        assert re.search(rf"^\| \[[^\]]+\]\([^)]+\) `{name}` \|", block, re.MULTILINE), name
