@@ -36,6 +36,7 @@ from nucdata.errors import (
     MissingMppError,
     NucdataError,
     OutputFolderError,
+    SchemaVersionError,
     SizeMismatchError,
     StoreError,
     StoreLockedError,
@@ -76,7 +77,7 @@ _ERRORS = [
     "DatasetNotFoundError", "DownloadError", "HTMLInsteadOfArchiveError", "HashMismatchError", "InjectedFault",
     "InvalidArgumentError", "InvalidCardError", "LabelTableError", "MalformedAnnotationError",
     "MissingDependencyError", "MissingFilesError", "MissingMppError", "NucdataError", "OutputFolderError",
-    "SizeMismatchError", "StoreError", "StoreLockedError", "UnknownClassError", "UnknownDatasetError",
+    "SchemaVersionError", "SizeMismatchError", "StoreError", "StoreLockedError", "UnknownClassError", "UnknownDatasetError",
     "UnknownLabelSetError", "UnsafePickleError",
 ]
 

@@ -96,7 +96,6 @@ class NucleusDataset(torch.utils.data.Dataset):
         self.transforms = transforms
         self.indices = select_images(store, split, protocols)
         self._merged: dict[str, np.ndarray] | None = None
-        native = np.asarray(store.column("nuclei", "label"))
         if merged is not None:  # labels from a build-merged output (nucdata.store)
             from nucdata.labels import label_set as get_label_set
 
@@ -107,16 +106,10 @@ class NucleusDataset(torch.utils.data.Dataset):
             bits = np.left_shift(np.int64(1), np.clip(self._labels, 0, 62))
             outside = np.int64(1) << np.int64(len(vocabulary))
             self._candidates = np.where(self._labels >= 0, bits, np.where(self._labels == -2, outside, 0))
-        elif label_set is None:
-            self._labels = native.astype(np.int64)
-            self._candidates = np.zeros(native.shape[0], np.int64)
-        else:
-            from nucdata.labels import translate
+        else:  # native codes, or the one tissue-aware translation of the store's labels
+            from nucdata.labels import translate_store_labels
 
-            tissue = None  # per-nucleus tissue selects tissue-conditional rows (PanNuke)
-            if "tissue" in store.image_columns():
-                tissue = np.asarray(store.column("images", "tissue"))[np.asarray(store.column("nuclei", "image"))]
-            self._labels, self._candidates = translate(self.name, native, label_set, tissue=tissue)
+            self._labels, self._candidates = translate_store_labels(store, label_set)
 
     # -- torch Dataset ---------------------------------------------------------------
     def __len__(self) -> int:
@@ -539,10 +532,11 @@ def load(
 
 
 def _load_merged(name, split, label_set, root, transforms, source) -> NucleusDataset:
-    from nucdata.store import read_merged_labels
+    from nucdata.store import check_format, read_merged_labels
 
     if label_set is None:
         raise InvalidArgumentError("a merged dataset is read under a label set: pass label_set=")
+    check_format(source)  # nucdata's output, of this format version
     card = get_card(name, root)
     store_dir, merged = read_merged_labels(source, card.name, get_label_set_name(label_set))
     store = Store(store_dir)

@@ -186,3 +186,7 @@ class CheckpointMismatchError(CheckpointError, ValueError):
 
 class OutputFolderError(NucdataError):
     """An output folder (of ``build-merged``, an export) that holds files nucdata did not write."""
+
+
+class SchemaVersionError(StoreError):
+    """A store or merged output written by another schema version of nucdata; it must be rebuilt."""

@@ -14,6 +14,7 @@ from nucdata.store._merged import (
     MARKER,
     MergedData,
     MergedLabels,
+    check_format,
     is_merged_output,
     link_store,
     open_merged,
@@ -34,7 +35,7 @@ from nucdata.store._store import (
 
 __all__ = [
     "COLUMNS", "FORMAT_VERSION", "MANIFEST", "MARKER", "PROVENANCE", "SCHEMA_VERSION", "MergedData",
-    "MergedLabels", "Store", "StoreWriter", "clean_stale", "derived_dir", "image_pixels", "is_complete",
+    "MergedLabels", "Store", "StoreWriter", "check_format", "clean_stale", "derived_dir", "image_pixels", "is_complete",
     "is_merged_output", "link_store", "open_merged", "read_manifest", "read_merged_labels", "rebuild_hint",
     "store_folder", "write_marker", "write_merged_info", "write_merged_labels", "write_published_pickle",
 ]

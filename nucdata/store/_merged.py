@@ -49,7 +49,7 @@ import numpy as np
 from nucdata._util.atomic import atomic_write_bytes, atomic_write_json
 from nucdata._util.codes import PROVENANCE
 from nucdata._util.deprecation import moved_attributes
-from nucdata.errors import DatasetNotFoundError, InvalidArgumentError, MissingFilesError
+from nucdata.errors import DatasetNotFoundError, InvalidArgumentError, MissingFilesError, SchemaVersionError
 
 __all__ = [
     "COLUMNS", "MARKER", "PROVENANCE", "MergedData", "MergedLabels", "is_merged_output", "link_store",
@@ -69,6 +69,42 @@ COLUMNS = {"label": np.int64, "probability": np.float32, "source": np.int8, "pre
 def is_merged_output(folder: str | os.PathLike[str]) -> bool:
     """Whether ``folder`` holds a merged output's marker (so nucdata may replace it)."""
     return (Path(folder) / MARKER).is_file()
+
+
+def check_format(folder: str | os.PathLike[str], required: bool = True) -> dict[str, Any]:
+    """Read a merged output's marker and refuse one written by another format version.
+
+    Parameters
+    ----------
+    folder
+        The output folder.
+    required
+        Whether the marker must exist (``load(merged=)`` needs nucdata's output; a
+        folder of pickles alone, such as the authors' release, has none).
+
+    Raises
+    ------
+    SchemaVersionError
+        For another ``format_version``; the message says to rebuild.
+    MissingFilesError
+        When ``required`` and the marker is absent or unreadable.
+    """
+    path = Path(folder) / MARKER
+    if not path.is_file():
+        if required:
+            raise MissingFilesError(f"{path}: missing; {folder} is not a nucdata build-merged output "
+                                    "(run `nucdata build-merged --out` into an empty folder).")
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise MissingFilesError(f"{path}: unreadable ({type(exc).__name__}); rebuild the output with "
+                                "`nucdata build-merged`.") from None
+    version = info.get("format_version") if isinstance(info, dict) else None
+    if version != FORMAT_VERSION:
+        raise SchemaVersionError(f"{path}: a merged output of format version {version!r}; this nucdata reads "
+                                 f"version {FORMAT_VERSION}. Rebuild it with `nucdata build-merged`.")
+    return info
 
 
 def write_marker(folder: str | os.PathLike[str], info: Mapping[str, Any]) -> None:
@@ -205,6 +241,7 @@ class MergedData:
 
     def __init__(self, folder: str | os.PathLike[str]):
         self.folder = Path(folder)
+        check_format(self.folder, required=False)
         self.files = {(p.parent.name, p.stem): p for p in sorted(self.folder.glob("*/*.pkl"))}
         if not self.files:
             raise MissingFilesError(f"{self.folder}: no <label_set>/<dataset>.pkl files; this is not a merged "

@@ -38,7 +38,7 @@ from nucdata._util.faults import fault_point
 from nucdata._util.instances import nucleus_properties
 from nucdata._util.npy import NpyStreamWriter, file_record
 from nucdata._util.progress import Counter
-from nucdata.errors import StoreError
+from nucdata.errors import SchemaVersionError, StoreError
 from nucdata.store._layout import MANIFEST
 
 SCHEMA_VERSION = 1
@@ -349,9 +349,9 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
                          f"{rebuild_hint(folder.parent.name)}")
     dataset = manifest.get("dataset") or folder.parent.name
     if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise StoreError(
-            f"{manifest_path}: schema version {manifest.get('schema_version')} is not {SCHEMA_VERSION}. "
-            f"{rebuild_hint(dataset)}"
+        raise SchemaVersionError(
+            f"{manifest_path}: written with store schema version {manifest.get('schema_version')!r}; this "
+            f"nucdata reads schema {SCHEMA_VERSION}. {rebuild_hint(dataset)}"
         )
     columns, pixels = manifest.get("columns"), manifest.get("pixels")
     problems = []
