@@ -19,6 +19,7 @@ from nucdata.labels._tables import (
     LabelMapping,
     LabelSet,
     MappingRow,
+    StoreColumns,
     check_tables,
     find_inconsistencies,
     label_set,
@@ -30,13 +31,15 @@ from nucdata.labels._tables import (
     table_sources,
     table_version,
     translate,
+    translate_store_labels,
 )
 
 __all__ = [
     "KINDS", "MERGED_LABEL_SETS", "MISSING", "OUTSIDE", "OUTSIDE_NAME", "OWN_LABEL_SET", "SET_PREFIX",
-    "CheckReport", "Finding", "LabelClass", "LabelMapping", "LabelSet", "MappingRow",
+    "CheckReport", "Finding", "LabelClass", "LabelMapping", "LabelSet", "MappingRow", "StoreColumns",
     "check_tables", "find_inconsistencies", "label_set", "list_label_sets", "mapping", "native_vocabulary",
     "parse_rows", "render_markdown", "table_sources", "table_version", "translate",
+    "translate_store_labels",
 ]
 
 __getattr__ = moved_attributes(__name__, {"Mapping": ("LabelMapping", lambda: LabelMapping)})

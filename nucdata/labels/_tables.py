@@ -47,7 +47,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -585,6 +585,72 @@ def translate(
     ``tissue`` (one name, or one per nucleus) selects tissue-conditional rows.
     """
     return mapping(dataset, target).translate(native_codes, tissue)
+
+
+class StoreColumns(Protocol):
+    """What :func:`translate_store_labels` reads of a store (:class:`nucdata.store.Store` has it)."""
+
+    @property
+    def dataset(self) -> str: ...
+
+    def column(self, table: str, key: str) -> np.ndarray: ...
+
+    def image_columns(self) -> list[str]: ...
+
+
+def translate_store_labels(
+    store: StoreColumns, label_set: str | None, nuclei: slice | np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and candidate bitmasks of a store's nuclei under ``label_set``.
+
+    The one translation of stored labels: the image dataset (``nucdata.load(...,
+    label_set=)``), its crops (:meth:`nucdata.CropDataset.labels_under`) and the models'
+    bridge to the merging method all call it, so they agree nucleus by nucleus.
+
+    It takes the store itself, not native codes plus a tissue array, because the
+    tissue is part of what the stored labels mean: PanNuke's tissue-conditional rows
+    (``"when": {"tissue": [...]}``, see :meth:`LabelMapping.translate`) apply to a
+    nucleus by the tissue of its image, the store's ``images/tissue`` column. Every
+    caller that assembled codes and tissue itself had to find that column on its
+    own, and one that could not (a crop bank in the cache of a read-only data home,
+    far from its store) silently applied the unconditional rows instead. Here the
+    codes, the nucleus-to-image rows and the tissue are read together through the
+    store's public API (``dataset``, ``column``, ``image_columns``: any object with
+    them will do, so this layer does not import the store's), and the per-tissue
+    machinery of the tables stays inside :mod:`nucdata.labels`.
+
+    Parameters
+    ----------
+    store
+        The store (:class:`nucdata.store.Store`); its ``dataset`` names the mapping.
+    label_set
+        Target label set; ``None`` gives the native codes and zero candidates.
+    nuclei
+        Store nucleus rows to translate (a slice or integer array); default all, in
+        store order.
+
+    Returns
+    -------
+    labels, candidates
+        int64 arrays, one entry per selected nucleus: the class under the set (-1
+        missing, -2 outside), the native code without a set; candidate bitmasks
+        (bit ``len(set)``: possibly outside; 0 without a set or information).
+
+    Raises
+    ------
+    UnknownDatasetError, UnknownLabelSetError, UnknownClassError
+        As :func:`mapping` and :meth:`LabelMapping.translate`.
+    """
+    selected = slice(None) if nuclei is None else nuclei
+    native = np.asarray(store.column("nuclei", "label"))[selected].astype(np.int64)
+    if label_set is None:
+        return native, np.zeros(native.shape, np.int64)
+    table = mapping(store.dataset, label_set)
+    tissue = None
+    if table.tissues and "tissue" in store.image_columns():  # only tables with conditional rows read it
+        image = np.asarray(store.column("nuclei", "image"))[selected]
+        tissue = np.asarray(store.column("images", "tissue"))[image]
+    return table.translate(native, tissue)
 
 
 # -- consistency checker --------------------------------------------------------------

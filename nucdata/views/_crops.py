@@ -47,7 +47,7 @@ from nucdata._util.locks import dataset_lock
 from nucdata._util.npy import NpyStreamWriter
 from nucdata._util.progress import progress
 from nucdata.errors import InvalidArgumentError
-from nucdata.store import Store, derived_dir
+from nucdata.store import Store, derived_dir, is_complete
 
 #: bumped whenever the content of a bank changes for the same parameters
 BANK_VERSION = 2
@@ -182,16 +182,28 @@ class CropBank:
     Parameters
     ----------
     path
-        The bank's folder (``<store>/crops/<key>``); use :func:`build_bank` to get one.
+        The bank's folder (``<store>/crops/<key>``, or in the cache for a read-only
+        store); use :func:`build_bank` to get one.
+    store
+        The store it was cut from (what :func:`build_bank` passes); without it,
+        :attr:`store` opens :attr:`store_path`.
     """
 
-    def __init__(self, path: str | os.PathLike[str]):
+    def __init__(self, path: str | os.PathLike[str], store: Store | None = None):
         self.path = Path(path)
         self.manifest: dict[str, Any] = json.loads((self.path / "manifest.json").read_text())
         self._arrays: dict[str, np.ndarray] = {}
+        self._store = store
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "manifest": self.manifest, "_arrays": {}}
+        return {"path": self.path, "manifest": self.manifest, "_arrays": {}, "_store": self._store}
+
+    @property
+    def store(self) -> Store:
+        """The store this bank was cut from: the one given to :func:`build_bank`."""
+        if self._store is None:
+            self._store = Store(self.store_path)
+        return self._store
 
     def _array(self, name: str) -> np.ndarray:
         if name not in self._arrays:
@@ -226,8 +238,10 @@ class CropBank:
     @property
     def store_path(self) -> Path:
         """The store this bank was cut from (beside it, or recorded for a bank in the cache)."""
-        beside = self.path.parent.parent
-        if (beside / "manifest.json").is_file() or "store_path" not in self.manifest:
+        if self._store is not None:
+            return self._store.path
+        beside = self.path.parent.parent  # a bank opened by its path alone: <store>/crops/<key>
+        if is_complete(beside) or "store_path" not in self.manifest:
             return beside
         return Path(self.manifest["store_path"])
 
@@ -286,7 +300,7 @@ def build_bank(store: Store, size: int = 64, context: float | None = None, force
             try:
                 bank = CropBank(folder)
                 if bank.manifest.get("store") == identity and len(bank) == store.n_nuclei:
-                    return bank
+                    return CropBank(folder, store)
             except (OSError, json.JSONDecodeError, KeyError):
                 pass  # unreadable: cut it again below
         atomic.recover(folder)
@@ -335,7 +349,7 @@ def build_bank(store: Store, size: int = 64, context: float | None = None, force
         finally:
             writer.abort()
             atomic.discard(tmp)
-    return CropBank(folder)
+    return CropBank(folder, store)
 
 
 def _concat(parts: list[np.ndarray], dtype: Any, shape: tuple[int, ...] = ()) -> np.ndarray:
@@ -377,6 +391,9 @@ class CropDataset(torch.utils.data.Dataset):
         Per dataset, the store nucleus rows to serve (default: all).
     label_set
         The label set of ``labels`` (``None``: native codes).
+    stores
+        Per dataset, the store its bank was cut from (default: each bank's
+        :attr:`CropBank.store`); native codes and :meth:`labels_under` read it.
 
     Attributes
     ----------
@@ -397,6 +414,8 @@ class CropDataset(torch.utils.data.Dataset):
     datasets : list of str
         Dataset names, in ``dataset_index`` order; ``offsets[d]:offsets[d + 1]`` are
         dataset ``d``'s items.
+    stores : list of nucdata.store.Store
+        The stores, in ``dataset_index`` order.
     label_set : str or None
         The label set of ``labels``; :meth:`labels_under` gives them under another.
     """
@@ -410,10 +429,14 @@ class CropDataset(torch.utils.data.Dataset):
         image_index: Sequence[np.ndarray],
         nucleus_rows: Sequence[np.ndarray] | None = None,
         label_set: str | None = None,
+        stores: Sequence[Store] | None = None,
     ):
         self.banks = list(banks)
         self.datasets = list(datasets)
         self.label_set = label_set
+        self.stores = list(stores) if stores is not None else [b.store for b in self.banks]
+        if len(self.stores) != len(self.banks):
+            raise InvalidArgumentError(f"{len(self.stores)} stores for {len(self.banks)} crop banks")
         if len({b.size for b in self.banks}) > 1:
             raise InvalidArgumentError(f"crop banks of different sizes cannot be served together: {self.banks}")
         self.rows = [np.asarray(r, np.int64) for r in (nucleus_rows or [np.arange(len(b)) for b in banks])]
@@ -428,7 +451,8 @@ class CropDataset(torch.utils.data.Dataset):
         self.nucleus_index = _concat(self.rows, np.int64)
         self.scale = _concat([np.asarray(b.scale)[r] for b, r in pairs], np.float32)
         self.has_mask = _concat([np.asarray(b.has_mask)[r] for b, r in pairs], bool)
-        self.native_labels = _concat([np.asarray(Store(b.store_path).column("nuclei", "label"))[r] for b, r in pairs], np.int64)
+        self.native_labels = _concat([np.asarray(st.column("nuclei", "label"))[r]
+                                      for st, r in zip(self.stores, self.rows, strict=True)], np.int64)
         self._names = np.asarray(self.datasets, dtype=object)
 
     def __len__(self) -> int:
@@ -452,23 +476,11 @@ class CropDataset(torch.utils.data.Dataset):
         """
         if label_set is None:
             return self.native_labels.copy(), np.zeros(len(self), np.int64)
-        from nucdata.labels import translate
-        from nucdata.store import MANIFEST, Store
+        from nucdata.labels import translate_store_labels
 
-        labels, candidates = [], []
-        for d, name in enumerate(self.datasets):
-            lo, hi = self.offsets[d], self.offsets[d + 1]
-            part = self.native_labels[lo:hi]
-            tissue = None  # the store's per-image tissue selects tissue-conditional rows
-            store_dir = self.banks[d].path.parent.parent  # banks live in <store>/crops/<key>
-            if (store_dir / MANIFEST).is_file():
-                store = Store(store_dir)
-                if "tissue" in store.image_columns():
-                    tissue = np.asarray(store.column("images", "tissue"))[self.image_index[lo:hi]]
-            lab, cand = translate(name, part, label_set, tissue=tissue)
-            labels.append(lab)
-            candidates.append(cand)
-        return _concat(labels, np.int64), _concat(candidates, np.int64)
+        parts = [translate_store_labels(store, label_set, nuclei=rows)  # tissue from each store
+                 for store, rows in zip(self.stores, self.rows, strict=True)]
+        return _concat([p[0] for p in parts], np.int64), _concat([p[1] for p in parts], np.int64)
 
     def _gather(self, index: np.ndarray, into: torch.Tensor | None = None) -> torch.Tensor:
         shape = (index.size, 4, self.size, self.size)
@@ -716,4 +728,5 @@ def crops_of(datasets: Sequence[Any], size: int = 64, context: float | None = No
         images.append(np.asarray(ds.store.column("nuclei", "image")))
     label_sets = {ds.label_set for ds in datasets}
     return CropDataset(banks, [d.name for d in datasets], labels, candidates, images, rows,
-                       label_set=label_sets.pop() if len(label_sets) == 1 else None)
+                       label_set=label_sets.pop() if len(label_sets) == 1 else None,
+                       stores=[ds.store for ds in datasets])

@@ -24,20 +24,27 @@ from nucdata_models.data import (
 __all__ = ["from_crop_dataset", "label_columns", "training_data"]
 
 
-def label_columns(dataset: str, native: np.ndarray, label_set: str, tissue: np.ndarray | None = None
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Labels, candidates and provenance of one dataset's nuclei under one label set.
+def label_columns(store, label_set: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, candidates and provenance of one store's nuclei under one label set.
 
-    A nucleus is *annotated* in a set when the set is its own dataset's vocabulary
-    (``nucdata.labels.OWN_LABEL_SET``) and it has a label; otherwise its label comes
-    from the mapping tables: *mapped* (an exact row), *ambiguous* (a candidate set),
-    *outside*, or none.
+    The labels and candidates are :func:`nucdata.labels.translate_store_labels` (the
+    one tissue-aware translation of a store, so they equal ``nucdata.load(name,
+    label_set=...)``'s). A nucleus is *annotated* in a set when the set is its own
+    dataset's vocabulary (``nucdata.labels.OWN_LABEL_SET``) and it has a label;
+    otherwise its label comes from the mapping tables: *mapped* (an exact row),
+    *ambiguous* (a candidate set), *outside*, or none.
+
+    Parameters
+    ----------
+    store
+        A ``nucdata.store.Store`` (``NucleusDataset.store``), every nucleus in store order.
+    label_set
+        The label set's name.
     """
-    from nucdata.labels import OWN_LABEL_SET, translate
+    from nucdata.labels import OWN_LABEL_SET, translate_store_labels
 
-    # tissue picks the tissue-conditional rows (PanNuke's per-patch tissue)
-    labels, candidates = translate(dataset, native, label_set, tissue=tissue)
-    own = OWN_LABEL_SET.get(dataset) == label_set
+    labels, candidates = translate_store_labels(store, label_set)
+    own = OWN_LABEL_SET.get(store.dataset) == label_set
     provenance = np.full(labels.shape, NO_LABEL, np.int8)
     provenance[candidates != 0] = AMBIGUOUS
     provenance[labels >= 0] = ANNOTATED if own else MAPPED
@@ -66,14 +73,8 @@ def training_data(members: Sequence, crops, label_sets: Sequence[str], split: to
     specs = [LabelSetSpec(ls.name, ls.version, tuple(ls.names)) for ls in map(label_set, label_sets)]
     columns: dict[str, list[list[np.ndarray]]] = {s.name: [[], [], []] for s in specs}
     for member in members:
-        store = member.store
-        native = np.asarray(store.column("nuclei", "label"))
-        tissue = None
-        if "tissue" in store.image_columns():
-            tissue = np.asarray(store.column("images", "tissue")).astype(str)[np.asarray(store.column("nuclei", "image"))]
         for spec in specs:
-            for part, column in zip(columns[spec.name], label_columns(member.name, native, spec.name, tissue),
-                                    strict=True):
+            for part, column in zip(columns[spec.name], label_columns(member.store, spec.name), strict=True):
                 part.append(column)
     n = len(crops)
     joined = {name: [torch.from_numpy(np.concatenate(part)) for part in parts] for name, parts in columns.items()}
