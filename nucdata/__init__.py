@@ -23,6 +23,7 @@ from nucdata.errors import (
     CountMismatchError,
     DataHomeError,
     DatasetNotFoundError,
+    DeviceUnavailableError,
     DownloadError,
     HashMismatchError,
     HTMLInsteadOfArchiveError,
@@ -34,6 +35,7 @@ from nucdata.errors import (
     MissingDependencyError,
     MissingFilesError,
     MissingMppError,
+    ModelStateError,
     NucdataError,
     OutputFolderError,
     SchemaVersionError,
@@ -79,6 +81,7 @@ _ERRORS = [
     "MissingDependencyError", "MissingFilesError", "MissingMppError", "NucdataError", "OutputFolderError",
     "SchemaVersionError", "SizeMismatchError", "StoreError", "StoreLockedError", "UnknownClassError", "UnknownDatasetError",
     "UnknownLabelSetError", "UnsafePickleError",
+    "ModelStateError", "DeviceUnavailableError",
 ]
 
 __getattr__, __dir__, _lazy_all = attach(__name__, _LAZY, globals())

@@ -190,3 +190,11 @@ class OutputFolderError(NucdataError):
 
 class SchemaVersionError(StoreError):
     """A store or merged output written by another schema version of nucdata; it must be rebuilt."""
+
+
+class ModelStateError(NucdataError, RuntimeError):
+    """A model used before it exists: a prediction, a save or a stage before ``fit``, ``setup`` or ``load``."""
+
+
+class DeviceUnavailableError(NucdataError, RuntimeError):
+    """A device asked for that torch does not see (``cuda`` on a machine without a CUDA device)."""

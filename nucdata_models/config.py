@@ -1,28 +1,113 @@
 """Training configuration: :class:`TrainConfig`, its recipes and the differences between them.
 
 Torch-free, so the command line can list choices and recipes without importing torch.
+
+Every field is declared with :func:`setting`, whose metadata (a :class:`Setting`) says
+which stages read it, whether it changes a stage's checkpoint key and what the paper
+fixes it to. Everything else is derived from that metadata, in one place:
+
+* :data:`RUNTIME_KEYS` (settings that change how a run is computed, not its result)
+  and :data:`STAGE_C_KEYS` (settings only stage C reads), and so the checkpoint-reuse
+  key of every stage (:func:`stage_key_config`);
+* :data:`PAPER_KEYS` (what the published method fixes; the method study's paper arms
+  take every other field from the ``nucdata`` arm) and :meth:`TrainConfig.recipe`;
+* :data:`RECIPE_DIFFERENCES` (and so the recipe table of ``docs/build-merged.md``);
+* the choices :meth:`TrainConfig.__post_init__` checks.
+
+A new field: declare it with ``setting(default, stages=..., key=...)`` (and ``paper=``,
+``code=``, ``why=`` when the published method fixes it to another value); a field
+without it is refused at import (``tests/models/test_config_metadata.py``).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass
 from typing import Any
 
-__all__ = ["ENCODER_NAMES", "PSEUDO_RULES", "RECIPES", "RECIPE_DIFFERENCES", "RUNTIME_KEYS", "STAGES",
-           "STAGE_C_KEYS", "TrainConfig"]
+from nucdata.errors import InvalidArgumentError
+
+__all__ = ["ENCODER_NAMES", "MAPPED_LABELS", "NOT_FIXED", "PAPER_KEYS", "PSEUDO_RULES", "RECIPES",
+           "RECIPE_DIFFERENCES", "RUNTIME", "RUNTIME_KEYS", "STAGES", "STAGE_C_KEYS", "Setting", "TrainConfig",
+           "setting", "settings_of", "stage_key_config"]
 
 #: The encoders :func:`nucdata_models.build_encoder` builds (``encoders.ENCODERS`` keys).
 ENCODER_NAMES = ("small", "resnet18", "resnet50")
 #: How stage C turns a confident prediction into a pseudo label (:func:`.losses.pseudo_labels`).
 PSEUDO_RULES = ("candidates", "unrestricted", "renormalised")
+#: Which labels from other datasets' annotations train a set (:func:`.data.training_targets`).
+MAPPED_LABELS = ("none", "exact", "candidates", "soft")
 #: The method's three stages.
 STAGES = ("A", "B", "C")
 MODULES_OF_STAGE = {"A": "base", "B": "heads", "C": "both"}
-# Settings that change what is computed only on the machine, not the result.
-RUNTIME_KEYS = ("device", "compile", "eval_batch_size", "score_truth")
-# Settings read by stage C only: changing them keeps the checkpoints of stages A and B.
-STAGE_C_KEYS = ("threshold", "pseudo_rule", "pseudo_teacher", "correlation_grad")
+RECIPES = ("nucdata", "paper")
+#: ``Setting.stages`` of a field that no stage's training reads (device, compilation, scoring).
+RUNTIME = "runtime"
+
+
+class _NotFixed:
+    """The paper value of a field the published method does not fix."""
+
+    def __repr__(self) -> str:
+        return "NOT_FIXED"
+
+
+#: ``Setting.paper`` of a field the published method leaves open: both recipes use the
+#: default, and the method study's paper arms take it from the ``nucdata`` arm.
+NOT_FIXED: Any = _NotFixed()
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a :class:`TrainConfig` field is to the method (its ``dataclasses.field`` metadata).
+
+    Attributes
+    ----------
+    stages
+        The stages that read it, a string of ``"A"``, ``"B"``, ``"C"`` (``"ABC"``,
+        ``"C"``) or :data:`RUNTIME` (read only around the stages: device placement,
+        compilation, evaluation batches, scoring).
+    key
+        Whether it changes a stage's result, and so its checkpoint key: a keyed field
+        is in the key of the first stage that reads it and of every later one, so a
+        checkpoint is reused only under the same value. ``False`` for runtime fields.
+    per_stage
+        A dict with one value per stage (``epochs``, ``lr``): a stage's key holds the
+        values of the stages up to it only.
+    paper
+        The published method's value, or :data:`NOT_FIXED` where it leaves the field
+        open. A field the paper fixes is not inherited by the study's paper arms.
+    code, why
+        Where ``paper`` differs from the default (the ``nucdata`` recipe): what the
+        authors' code does, and why nucdata differs (:data:`RECIPE_DIFFERENCES`).
+    choices
+        The values it may take, checked when a configuration is made; empty: any.
+    """
+
+    stages: str
+    key: bool
+    per_stage: bool = False
+    paper: Any = NOT_FIXED
+    code: str = ""
+    why: str = ""
+    choices: tuple[Any, ...] = ()
+
+    @property
+    def first_stage(self) -> str | None:
+        """The first stage that reads the field (``None`` for a runtime field)."""
+        return None if self.stages == RUNTIME else min(self.stages, key=STAGES.index)
+
+
+def setting(default: Any = MISSING, *, default_factory: Any = MISSING, stages: str, key: bool,
+            per_stage: bool = False, paper: Any = NOT_FIXED, code: str = "", why: str = "",
+            choices: tuple[Any, ...] = ()) -> Any:
+    """A :class:`TrainConfig` field with its :class:`Setting` metadata (see its attributes).
+
+    >>> threshold: float = setting(0.99, stages="C", key=True, paper=0.99)  # doctest: +SKIP
+    """
+    meta = Setting(stages, key, per_stage, paper, code, why, tuple(choices))
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={"setting": meta})
 
 
 @dataclass
@@ -84,52 +169,82 @@ class TrainConfig:
         When the data carry ``truth``, score the filled labels after every stage.
     """
 
-    encoder: str = "small"
-    weights: str | None = None
-    epochs: dict[str, int] = field(default_factory=lambda: {"A": 10, "B": 10, "C": 10})
-    batch_size: int = 128
-    lr: dict[str, float] = field(default_factory=lambda: {"A": 1e-3, "B": 1e-3, "C": 1e-4})
-    weight_decay: float = 1e-4
-    grad_clip: float = 10.0
-    threshold: float = 0.99
-    pseudo_rule: str = "candidates"
-    mapped_labels: str = "candidates"
-    outside_head: bool = True
-    mask_channel: bool = True
-    input_size: int | None = None
-    correlation_input: str = "probs"
-    correlation_grad: bool = False
-    loss_mean: str = "present"
-    pseudo_teacher: str = "cross"
-    hidden: int = 128
-    augment: bool = True
-    jitter: float = 0.2
-    blur_p: float = 0.1
-    drop_last: bool = True
-    device: str = "auto"
-    seed: int = 0
-    bf16: bool = True
-    channels_last: bool = True
-    compile: bool = False
-    eval_batch_size: int = 1024
-    score_truth: bool = True
+    encoder: str = setting(
+        "small", stages="ABC", key=True, paper="resnet50", code="torchvision resnet50, random initialisation",
+        why="the small CNN trains on a CPU in minutes; ResNet-50 stays available")
+    weights: str | None = setting(None, stages="ABC", key=True)
+    epochs: dict[str, int] = setting(
+        default_factory=lambda: {"A": 10, "B": 10, "C": 10}, stages="ABC", key=True, per_stage=True,
+        paper={"A": 50, "B": 50, "C": 50}, code="50 per stage",
+        why="a CPU budget (50 epochs per stage is hours on a CPU); --epochs sets it")
+    batch_size: int = setting(128, stages="ABC", key=True)
+    lr: dict[str, float] = setting(default_factory=lambda: {"A": 1e-3, "B": 1e-3, "C": 1e-4}, stages="ABC",
+                                   key=True, per_stage=True)
+    weight_decay: float = setting(1e-4, stages="ABC", key=True)
+    grad_clip: float = setting(10.0, stages="ABC", key=True)
+    threshold: float = setting(0.99, stages="C", key=True, paper=0.99)
+    pseudo_rule: str = setting(
+        "candidates", stages="C", key=True, choices=PSEUDO_RULES, paper="unrestricted",
+        code="argmax of the full softmax above 0.99",
+        why="same strictness, but a pseudo label never contradicts the nucleus's candidate set")
+    mapped_labels: str = setting(
+        "candidates", stages="ABC", key=True, choices=MAPPED_LABELS, paper="none",
+        code="own-dataset labels only",
+        why="the mapping tables give exact or candidate labels in other sets for free; "
+            "ambiguous rows train as partial labels, never as a guessed class")
+    outside_head: bool = setting(
+        True, stages="ABC", key=True, paper=False, code="no outside output: every nucleus gets a class of every set",
+        why="a fibroblast has no MoNuSAC class; forcing one is necessarily wrong")
+    mask_channel: bool = setting(
+        True, stages="ABC", key=True, paper=False, code="RGB only (the mask is not an input)",
+        why="tells the encoder which nucleus of a crowded crop is meant (not yet measured)")
+    input_size: int | None = setting(
+        None, stages="ABC", key=True, paper=224, code="64 px crop resized to 224",
+        why="native-resolution 32 px crops cost ~49x fewer pixels than 224 px inputs")
+    # Stage A evaluates through the (untrained) correlation heads too and checkpoints them.
+    correlation_input: str = setting(
+        "probs", stages="ABC", key=True, choices=("probs", "logits"), paper="logits",
+        code="raw logits of the other sets", why="probabilities are bounded and comparable across sets")
+    correlation_grad: bool = setting(
+        False, stages="C", key=True, paper=True,
+        code="gradients flow from the correlation heads into the backbone in stage C",
+        why="the base features are trained by the base loss only; its effect is a measured switch, not a claim")
+    loss_mean: str = setting(
+        "present", stages="ABC", key=True, choices=("present", "all"), paper="all",
+        code="mean over a (set x module) table with zeros for absent sets",
+        why="absent sets should not dilute the loss of the present ones")
+    pseudo_teacher: str = setting("cross", stages="C", key=True, choices=("cross", "self"), paper="cross")
+    # Stage A builds and checkpoints the correlation heads, of this width.
+    hidden: int = setting(128, stages="ABC", key=True)
+    augment: bool = setting(True, stages="ABC", key=True)
+    jitter: float = setting(0.2, stages="ABC", key=True)
+    blur_p: float = setting(0.1, stages="ABC", key=True)
+    drop_last: bool = setting(True, stages="ABC", key=True)
+    device: str = setting("auto", stages=RUNTIME, key=False)
+    seed: int = setting(0, stages="ABC", key=True)
+    bf16: bool = setting(True, stages="ABC", key=True)
+    channels_last: bool = setting(True, stages="ABC", key=True)
+    compile: bool = setting(False, stages=RUNTIME, key=False)
+    eval_batch_size: int = setting(1024, stages=RUNTIME, key=False)
+    score_truth: bool = setting(True, stages=RUNTIME, key=False)
 
     def __post_init__(self) -> None:
         for stage in STAGES:
             self.epochs.setdefault(stage, 0)
             self.lr.setdefault(stage, 1e-4 if stage == "C" else 1e-3)
-        choices = {"correlation_input": ("probs", "logits"), "pseudo_rule": PSEUDO_RULES,
-                   "mapped_labels": ("none", "exact", "candidates", "soft"), "loss_mean": ("present", "all"),
-                   "pseudo_teacher": ("cross", "self")}
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name, meta in SETTINGS.items():
+            if meta.choices and getattr(self, name) not in meta.choices:
+                raise InvalidArgumentError(f"TrainConfig.{name} must be one of {', '.join(meta.choices)}, "
+                                           f"got {getattr(self, name)!r}; pass one of those")
         if not 0.0 <= self.threshold < 1.0:
-            raise ValueError(f"threshold must lie in [0, 1), got {self.threshold}")
+            raise InvalidArgumentError(f"TrainConfig.threshold must lie in [0, 1), got {self.threshold}; "
+                                       "pass a probability such as 0.99")
         if self.batch_size < 2:
-            raise ValueError("batch_size must be at least 2 (batch normalisation)")
+            raise InvalidArgumentError(f"TrainConfig.batch_size must be at least 2 (batch normalisation), "
+                                       f"got {self.batch_size}; pass 2 or more")
         if self.input_size is not None and self.input_size < 8:
-            raise ValueError(f"input_size must be at least 8 pixels, got {self.input_size}")
+            raise InvalidArgumentError(f"TrainConfig.input_size must be at least 8 pixels, got {self.input_size}; "
+                                       "pass 8 or more, or None to keep the crop size")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy."""
@@ -143,60 +258,85 @@ class TrainConfig:
     def recipe(cls, name: str, **overrides: Any) -> TrainConfig:
         """The configuration of a named recipe, with ``overrides`` applied.
 
-        ``"nucdata"`` is this class's defaults; ``"paper"`` sets every field of
-        :data:`RECIPE_DIFFERENCES` to the published method's value.
+        ``"nucdata"`` is this class's defaults; ``"paper"`` sets every field the
+        published method fixes (:data:`PAPER_KEYS`) to its value.
         """
         if name not in RECIPES:
-            raise ValueError(f"unknown recipe {name!r}; recipes are {', '.join(RECIPES)}")
-        values = {field_name: row[name] for field_name, row in RECIPE_DIFFERENCES.items() if name in row}
+            raise InvalidArgumentError(f"unknown recipe {name!r}; recipes are {', '.join(RECIPES)}")
+        values = {k: SETTINGS[k].paper for k in PAPER_KEYS} if name == "paper" else {}
         values.update(overrides)
         return cls(**{k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()})
 
 
-RECIPES = ("nucdata", "paper")
+def settings_of(cls: type) -> dict[str, Setting]:
+    """Every field's :class:`Setting`, in field order, checked.
+
+    Raises
+    ------
+    InvalidArgumentError
+        For a field declared without :func:`setting`, or with inconsistent metadata.
+    """
+    out = {}
+    for f in dataclasses.fields(cls):
+        meta = f.metadata.get("setting")
+        where = f"{cls.__name__}.{f.name}"
+        if not isinstance(meta, Setting):
+            raise InvalidArgumentError(
+                f"{where} has no Setting metadata: declare it as {f.name} = setting(default, stages=..., key=...) "
+                "(nucdata_models/config.py says what each argument means)")
+        if meta.stages != RUNTIME and (not meta.stages or set(meta.stages) - set(STAGES)):
+            raise InvalidArgumentError(f"{where}: stages={meta.stages!r}; give stage letters (\"ABC\", \"C\") "
+                                       "or RUNTIME")
+        if meta.stages == RUNTIME and meta.key:
+            raise InvalidArgumentError(f"{where}: a runtime field cannot change a checkpoint key; pass key=False "
+                                       "or the stages that read it")
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        if meta.per_stage and not isinstance(default, dict):
+            raise InvalidArgumentError(f"{where}: per_stage needs a dict default with one value per stage")
+        if meta.paper is not NOT_FIXED and meta.paper != default and not (meta.code and meta.why):
+            raise InvalidArgumentError(f"{where}: the paper's value {meta.paper!r} differs from the default "
+                                       f"{default!r}; say what the authors' code does (code=) and why nucdata "
+                                       "differs (why=)")
+        out[f.name] = meta
+    return out
+
+
+def stage_key_config(config: TrainConfig, stage: str) -> dict[str, Any]:
+    """The settings a stage's result depends on: its part of the stage's checkpoint key.
+
+    Every keyed field (:attr:`Setting.key`) that a stage up to ``stage`` reads; of a
+    per-stage field, the values of the stages up to ``stage``.
+    """
+    upto = STAGES[: STAGES.index(stage) + 1]
+    out: dict[str, Any] = {}
+    for name, meta in SETTINGS.items():
+        if not meta.key or meta.first_stage not in upto:
+            continue
+        value = copy.deepcopy(getattr(config, name))
+        out[name] = {s: value[s] for s in upto} if meta.per_stage else value
+    return out
+
+
+#: Every field's :class:`Setting`, in field order.
+SETTINGS: dict[str, Setting] = settings_of(TrainConfig)
+#: Settings that change how a run is computed on the machine, not its result (in no checkpoint key).
+RUNTIME_KEYS: tuple[str, ...] = tuple(k for k, m in SETTINGS.items() if not m.key)
+#: Settings read by stage C only: changing them keeps the checkpoints of stages A and B.
+STAGE_C_KEYS: tuple[str, ...] = tuple(k for k, m in SETTINGS.items() if m.key and m.first_stage == "C")
+#: The fields the published method fixes (``Setting.paper``); the method study's paper
+#: arms take every other field from the ``nucdata`` arm.
+PAPER_KEYS: tuple[str, ...] = tuple(k for k, m in SETTINGS.items() if m.paper is not NOT_FIXED)
+
+
+def _default(name: str) -> Any:
+    f = TrainConfig.__dataclass_fields__[name]
+    return f.default_factory() if f.default_factory is not MISSING else f.default
+
 
 #: Every field on which the two recipes differ: the paper's value, nucdata's, what the
-#: authors' code does, and why nucdata differs. ``docs/build-merged.md`` renders it.
+#: authors' code does, and why nucdata differs (from the fields' :class:`Setting`, in
+#: field order). ``docs/build-merged.md`` renders it.
 RECIPE_DIFFERENCES: dict[str, dict[str, Any]] = {
-    "mapped_labels": {
-        "paper": "none", "nucdata": "candidates",
-        "code": "own-dataset labels only",
-        "why": "the mapping tables give exact or candidate labels in other sets for free; "
-               "ambiguous rows train as partial labels, never as a guessed class"},
-    "outside_head": {
-        "paper": False, "nucdata": True,
-        "code": "no outside output: every nucleus gets a class of every set",
-        "why": "a fibroblast has no MoNuSAC class; forcing one is necessarily wrong"},
-    "mask_channel": {
-        "paper": False, "nucdata": True,
-        "code": "RGB only (the mask is not an input)",
-        "why": "tells the encoder which nucleus of a crowded crop is meant (not yet measured)"},
-    "input_size": {
-        "paper": 224, "nucdata": None,
-        "code": "64 px crop resized to 224",
-        "why": "native-resolution 32 px crops cost ~49x fewer pixels than 224 px inputs"},
-    "encoder": {
-        "paper": "resnet50", "nucdata": "small",
-        "code": "torchvision resnet50, random initialisation",
-        "why": "the small CNN trains on a CPU in minutes; ResNet-50 stays available"},
-    "epochs": {
-        "paper": {"A": 50, "B": 50, "C": 50}, "nucdata": {"A": 10, "B": 10, "C": 10},
-        "code": "50 per stage",
-        "why": "a CPU budget (50 epochs per stage is hours on a CPU); --epochs sets it"},
-    "correlation_input": {
-        "paper": "logits", "nucdata": "probs",
-        "code": "raw logits of the other sets",
-        "why": "probabilities are bounded and comparable across sets"},
-    "correlation_grad": {
-        "paper": True, "nucdata": False,
-        "code": "gradients flow from the correlation heads into the backbone in stage C",
-        "why": "the base features are trained by the base loss only; its effect is a measured switch, not a claim"},
-    "pseudo_rule": {
-        "paper": "unrestricted", "nucdata": "candidates",
-        "code": "argmax of the full softmax above 0.99",
-        "why": "same strictness, but a pseudo label never contradicts the nucleus's candidate set"},
-    "loss_mean": {
-        "paper": "all", "nucdata": "present",
-        "code": "mean over a (set x module) table with zeros for absent sets",
-        "why": "absent sets should not dilute the loss of the present ones"},
+    name: {"paper": meta.paper, "nucdata": _default(name), "code": meta.code, "why": meta.why}
+    for name, meta in SETTINGS.items() if name in PAPER_KEYS and meta.paper != _default(name)
 }

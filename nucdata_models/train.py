@@ -54,10 +54,9 @@ from nucdata_models.config import (
     MODULES_OF_STAGE,
     RECIPE_DIFFERENCES,
     RECIPES,
-    RUNTIME_KEYS,
-    STAGE_C_KEYS,
     STAGES,
     TrainConfig,
+    stage_key_config,
 )
 from nucdata_models.data import (
     ANNOTATED,
@@ -498,13 +497,12 @@ class CrossTrainer:
         return result
 
     def _stage_key(self, name: str, fingerprint: str) -> dict[str, Any]:
-        """What a stage's result depends on: the data and the settings of stages <= it."""
-        upto = STAGES[: STAGES.index(name) + 1]
-        ignored = RUNTIME_KEYS + (STAGE_C_KEYS if name != "C" else ())
-        config = {k: v for k, v in self.config.to_dict().items() if k not in ignored}
-        config["epochs"] = {s: self.config.epochs[s] for s in upto}
-        config["lr"] = {s: self.config.lr[s] for s in upto}
-        return {"stage": name, "data": fingerprint, "config": config, "world": self.world}
+        """What a stage's result depends on: the data and the settings of stages <= it.
+
+        The settings are :func:`.config.stage_key_config`'s, derived from the fields' metadata.
+        """
+        return {"stage": name, "data": fingerprint, "config": stage_key_config(self.config, name),
+                "world": self.world}
 
     def _resume(self, ckpt: Path, key: dict[str, Any], say: Callable[[str], None]) -> bool:
         try:
