@@ -141,3 +141,18 @@ def test_the_store_translating_callers_use_the_one_definition(relative):
               for n in ast.walk(tree) if isinstance(n, ast.Call)}
     assert "translate_store_labels" in called, f"{relative} does not use nucdata.labels.translate_store_labels"
     assert "translate" not in called, f"{relative} calls translate itself"
+
+
+def _modules_under(*folders: str) -> list[Path]:
+    return [p for folder in folders for p in sorted((ROOT / folder).rglob("*.py"))]
+
+
+@pytest.mark.parametrize("path", _modules_under("nucdata/exports", "nucdata/views"),
+                         ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_exports_and_views_name_classes_only_through_the_dataset(path):
+    """Class names and colours come from ``NucleusDataset.classes``/``.vocabulary`` alone."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    bad = [f"line {n.lineno}: {getattr(n.func, 'id', getattr(n.func, 'attr', ''))}(...)"
+           for n in ast.walk(tree) if isinstance(n, ast.Call)
+           and getattr(n.func, "id", getattr(n.func, "attr", "")) in ("label_set", "native_vocabulary")]
+    assert not bad, f"{path.relative_to(ROOT)} computes class names itself: {bad}; use ds.classes / ds.vocabulary"

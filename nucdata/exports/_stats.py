@@ -30,14 +30,7 @@ def summarise(ds: NucleusDataset) -> dict[str, Any]:
     per_image = images["nucleus_count"].values.astype(np.int64)
     labels = nuclei["label"].values
     area = nuclei["area"].values[nuclei["has_mask"].values]
-    if ds.label_set is not None:
-        from nucdata.labels import label_set
-
-        names = {c.id: c.name for c in label_set(ds.label_set)}
-    else:
-        from nucdata.labels import native_vocabulary
-
-        names = {code: name for code, name, _ in native_vocabulary(ds.name)}
+    names = {code: name for code, (name, _) in ds.classes.items()}  # the dataset's one home of class names
     names.update({-1: "missing/unlabelled", -2: "outside the set"})
     codes, counts = np.unique(labels, return_counts=True)
     quantiles = np.percentile(area, [0, 5, 25, 50, 75, 95, 100]).round(1).tolist() if area.size else []
