@@ -10,19 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import nucdata.testing.world as world_module
+from nucdata.catalog import datasets_in_order, get_card
 from nucdata.labels import MERGED_LABEL_SETS, OWN_LABEL_SET, translate
 from nucdata.testing import install
-from nucdata.testing.world import (
-    HABITS,
-    NATIVE,
-    REAL_NUCLEI,
-    TYPE_NAMES,
-    UNLABELLED_MIX,
-    World,
-    WorldConfig,
-)
+from nucdata.testing.world import TYPE_NAMES, World, WorldConfig, entries, entry
 
 OWNER = {v: k for k, v in OWN_LABEL_SET.items()}
+#: the mapping tables' view of each labelled dataset's vocabulary (the world entries')
+NATIVE = {d: e.native for d, e in entries().items() if e.labelled}
 
 
 def fold_arrays(archive: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -41,6 +37,45 @@ def written_vs_right(archives, world: World, dataset: str) -> tuple[int, int]:
             total += 1
             wrong += code != world.native_code(dataset, kind)
     return wrong, total
+
+
+def test_the_entries_come_from_the_fake_writers_in_the_registry_order():
+    """Each dataset's world knowledge is its fake writer's WORLD; sizes and shared images are the cards'."""
+    import importlib
+
+    assert list(entries()) == datasets_in_order()
+    labelled = [d for d, e in entries().items() if e.labelled]
+    assert list(entries())[: len(labelled)] == labelled  # labelled first, in the cards' order
+    assert labelled == list(OWN_LABEL_SET)  # the datasets with a vocabulary of their own
+    for name, e in entries().items():
+        assert importlib.import_module(f"nucdata.testing.{get_card(name).converter}").WORLD is e
+    # the tables of earlier versions are derived views of the entries and the cards
+    assert world_module.NATIVE == NATIVE and list(world_module.NATIVE) == labelled
+    assert {d: get_card(d, packaged=True).nuclei for d in entries()} == world_module.REAL_NUCLEI
+    assert world_module.SAME_IMAGES == {"kumar": "monuseg"} == {
+        d: get_card(d).duplicates_of for d in entries() if get_card(d).duplicates_of}
+    assert world_module.UNLABELLED_DATASETS == ("kumar", "monuseg", "tnbc")
+    assert entry("unknown-dataset") == world_module.DatasetWorld()
+
+
+def test_real_sizes_ignore_card_overrides_in_the_data_home(tmp_path, monkeypatch):
+    """A demo's card override (tiny expected counts) must not change the world's sizes."""
+    before = World(0, config=WorldConfig(real_sizes=True)).size_factor("pannuke")
+    monkeypatch.setenv("NUCDATA_HOME", str(tmp_path))
+    install("pannuke", tmp_path, 0)  # writes registry/pannuke.json with the demo's own counts
+    assert get_card("pannuke").nuclei != get_card("pannuke", packaged=True).nuclei
+    world_module._real_nuclei.cache_clear()
+    try:
+        assert World(0, config=WorldConfig(real_sizes=True)).size_factor("pannuke") == before
+    finally:
+        world_module._real_nuclei.cache_clear()
+
+
+def test_demo_nuclei_are_what_the_generators_draw(tmp_path):
+    """DatasetWorld.demo_nuclei is measured: seed 0, scale 1, the default world."""
+    for name, e in entries().items():
+        archives = install(name, tmp_path / name, 0, world=World(0))
+        assert sum(len(v) for v in archives.truth.values()) == e.demo_nuclei, name
 
 
 def test_default_config_is_all_off_and_presets_differ():
@@ -121,7 +156,7 @@ def test_noise_changes_labels_not_pixels(tmp_path):
 def test_habits_write_the_habitual_code_and_keep_the_truth():
     world = World(0, config=WorldConfig(habits=True))
     mitotic = TYPE_NAMES.index("mitotic")
-    assert world.annotate("nucls", [mitotic] * 5) == [HABITS["nucls"]["mitotic"]] * 5 == [1] * 5
+    assert world.annotate("nucls", [mitotic] * 5) == [entry("nucls").habit["mitotic"]] * 5 == [1] * 5
     assert world.native_code("nucls", mitotic) == 6  # the truth is still mitotic_figure
     assert world.truth_labels(np.array([mitotic]), "nucls")[0] == translate("nucls", np.array([6]), "nucls")[0][0]
     assert World(0).annotate("nucls", [mitotic]) == [6]
@@ -163,7 +198,7 @@ def test_real_sizes_and_class_mix(tmp_path):
     pannuke = install("pannuke", tmp_path / "p", 0, world=world, scale=0.3)
     consep = install("consep", tmp_path / "c", 0, world=world, scale=0.3)
     n = {a.dataset: sum(len(v) for v in a.truth.values()) for a in (pannuke, consep)}
-    assert n["pannuke"] / n["consep"] > 0.5 * REAL_NUCLEI["pannuke"] / REAL_NUCLEI["consep"]
+    assert n["pannuke"] / n["consep"] > 0.5 * get_card("pannuke").nuclei / get_card("consep").nuclei
     mix = world.type_mix("pannuke")
     assert mix["dead"] < 0.03 and mix["mitotic"] < 0.03 and mix["tumour"] > 0.3  # rare classes rare
     assert World(0).type_mix("pannuke")["dead"] > 0.03
@@ -173,8 +208,8 @@ def test_unlabelled_mix_is_uniform_by_default_and_shaped_when_asked():
     uniform = World(0).type_mix("tnbc")
     assert len(set(uniform.values())) == 1 and len(uniform) == len(TYPE_NAMES)
     shaped = World(0, config=WorldConfig(unlabelled_mix=1.0)).type_mix("tnbc")
-    total = sum(UNLABELLED_MIX["tnbc"].values())
-    assert shaped["tumour"] == pytest.approx(UNLABELLED_MIX["tnbc"]["tumour"] / total)
+    total = sum(entry("tnbc").unlabelled_mix.values())
+    assert shaped["tumour"] == pytest.approx(entry("tnbc").unlabelled_mix["tumour"] / total)
     kinds = World(0, config=WorldConfig(unlabelled_mix=1.0)).kinds_for("tnbc", np.random.default_rng(0), 10_000)
     share = np.bincount(kinds, minlength=len(TYPE_NAMES)) / len(kinds)
     assert share[TYPE_NAMES.index("tumour")] == pytest.approx(shaped["tumour"], abs=0.02)

@@ -5,6 +5,23 @@ homepage, licence (SPDX), citation (BibTeX), microns per pixel, splits, expected
 counts, manual-download instructions and its files (name, size, SHA-256 with the
 source of that hash, ordered mirrors).
 
+Fields that place a dataset among the others (every dataset list of nucdata and
+nucdata_models is derived from them, never written by hand):
+
+``order``
+    Its position in nucdata's dataset lists (:func:`datasets_in_order`): labelled
+    datasets first, then those without classes; a new dataset takes the next number.
+    The demo world draws its mapping-table errors in this order, so renumbering
+    changes the demo's bytes.
+``duplicates_of``
+    The dataset whose images this one's are copies of (Kumar's 30 images are MoNuSeg's
+    classic training images), or absent. The copy comes after the original in the
+    split priority, and the demo world draws the two alike.
+``nuclei``
+    ``{"count", "lower_bound", "source"}``: the nuclei of the real release, for cards
+    whose ``expected.regions`` does not give them (not checked after a conversion).
+    :attr:`Card.nuclei` reads it, else sums ``expected.regions``.
+
 A file ``$NUCDATA_HOME/registry/<name>.json`` overrides the packaged card key by
 key (for example to add a mirror or to pin the hash of one's own copy); the
 override is recorded in every manifest built from it.
@@ -75,6 +92,23 @@ class Card:
     notes: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
     overridden_by: str | None = None
+    order: int = 0
+    duplicates_of: str | None = None
+    published_nuclei: dict[str, Any] | None = None
+
+    @property
+    def nuclei(self) -> int | None:
+        """Nuclei of the real release: the card's ``nuclei.count``, else ``expected.regions`` summed.
+
+        ``None`` when the card gives neither (MoNuSAC's count is a published lower bound,
+        ``published_nuclei["lower_bound"]``).
+        """
+        if self.published_nuclei is not None:
+            return int(self.published_nuclei["count"])
+        regions = self.expected.get("regions")
+        if not isinstance(regions, dict):
+            return None
+        return sum(int(v) for k, v in regions.items() if not k.endswith("_note"))
 
     def instructions(self, root: str | os.PathLike[str] | None = None) -> str:
         """Manual-download instructions with the user's real manual folder filled in."""
@@ -89,7 +123,7 @@ class Card:
 
 _CARD_KEYS = {
     "name", "title", "homepage", "licence", "citation", "mpp", "converter", "splits",
-    "expected", "files", "manual_instructions", "notes",
+    "expected", "files", "manual_instructions", "notes", "order", "duplicates_of", "nuclei",
 }
 
 
@@ -97,6 +131,15 @@ def list_datasets() -> list[str]:
     """Names of every dataset with a packaged card, sorted."""
     folder = resources.files("nucdata.catalog") / "cards"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def datasets_in_order() -> list[str]:
+    """Names of every dataset with a packaged card, by the cards' ``order`` (labelled first).
+
+    The packaged cards decide, never a local override: the order of nucdata's lists is
+    the same in every data home.
+    """
+    return sorted(list_datasets(), key=lambda name: (get_card(name, packaged=True).order, name))
 
 
 def _read_json(path: Any, what: str) -> dict[str, Any]:
@@ -147,8 +190,11 @@ def _check_files(files: Any, what: str) -> None:
             raise InvalidCardError(f"{what}: files[{f['name']!r}].mirrors must be a list of http(s) URLs.")
 
 
-def get_card(name: str, root: str | os.PathLike[str] | None = None) -> Card:
+def get_card(name: str, root: str | os.PathLike[str] | None = None, *, packaged: bool = False) -> Card:
     """Return the card of dataset ``name``, with any local override applied.
+
+    ``packaged=True`` returns the card as shipped, ignoring any override (for facts that
+    must not depend on the data home, such as the demo world's real dataset sizes).
 
     Raises
     ------
@@ -162,10 +208,13 @@ def get_card(name: str, root: str | os.PathLike[str] | None = None) -> Card:
     data = _read_json(resources.files("nucdata.catalog") / "cards" / f"{key}.json", f"card {key}")
     override_path = registry_dir(root) / f"{key}.json"
     overridden_by = None
-    if override_path.is_file():
+    if override_path.is_file() and not packaged:
         data.update(_read_json(override_path, str(override_path)))
         overridden_by = str(override_path)
     _check_files(data.get("files"), overridden_by or f"card {key}")
+    if data.get("duplicates_of") is not None and data["duplicates_of"] not in known:
+        raise InvalidCardError(f"{overridden_by or f'card {key}'}: duplicates_of = {data['duplicates_of']!r} "
+                               f"names no dataset; use one of {', '.join(known)}.")
     files = tuple(
         RemoteFile(
             name=f["name"],
@@ -193,6 +242,9 @@ def get_card(name: str, root: str | os.PathLike[str] | None = None) -> Card:
         notes=tuple(data.get("notes", ())),
         extra={k: v for k, v in data.items() if k not in _CARD_KEYS},
         overridden_by=overridden_by,
+        order=int(data.get("order", 0)),
+        duplicates_of=data.get("duplicates_of"),
+        published_nuclei=data.get("nuclei"),
     )
 
 

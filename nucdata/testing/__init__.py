@@ -1,7 +1,8 @@
 """Test data from the formats' definitions: one fake-archive writer per dataset, and the world.
 
 ``nucdata.testing.<dataset>`` writes small archives in that dataset's native layout
-(torchgeo's ``tests/data/<ds>/data.py`` idea), never with the converter they test;
+(torchgeo's ``tests/data/<ds>/data.py`` idea), never with the converter they test,
+and holds what the world knows of that dataset (``WORLD``, a :class:`DatasetWorld`);
 :mod:`nucdata.testing.world` is the one simulator of latent cell types they draw from,
 whose truth is known under every label set. :func:`install` puts the archives where a
 user would, with a card override carrying their hashes; ``nucdata demo`` runs on them.
@@ -18,7 +19,8 @@ from nucdata.testing._archives import (
 )
 from nucdata.testing._demo import run_demo
 from nucdata.testing._draw import draw_filled, ellipse_polygon, paint, place_nuclei
-from nucdata.testing.world import World, WorldConfig
+from nucdata.testing.world import DatasetWorld, World, WorldConfig
 
-__all__ = ["DEMO_HASH_SOURCE", "DemoArchives", "World", "WorldConfig", "card_override", "generator", "install",
-           "run_demo", "scratch_folder", "zip_tree", "draw_filled", "ellipse_polygon", "paint", "place_nuclei"]
+__all__ = ["DEMO_HASH_SOURCE", "DatasetWorld", "DemoArchives", "World", "WorldConfig", "card_override", "generator",
+           "install", "run_demo", "scratch_folder", "zip_tree", "draw_filled", "ellipse_polygon", "paint",
+           "place_nuclei"]

@@ -22,7 +22,23 @@ from nucdata.testing._draw import (
     paint,
     place_nuclei,
 )
-from nucdata.testing.world import World
+from nucdata.testing.world import DatasetWorld, World
+
+#: What the demo world knows of CoNSeP (:class:`nucdata.testing.world.DatasetWorld`).
+#: inst_type: 1 other, 2 inflammatory, 3 healthy epithelial, 4 dysplastic/malignant
+#: epithelial, 5 fibroblast, 6 muscle, 7 endothelial. No per-class counts are
+#: published: the real-shaped mix is assumed (tumour, lymphocytes, fibroblasts common).
+WORLD = DatasetWorld(
+    native={"tumour": 4, "normal_epithelium": 3, "lymphocyte": 2, "plasma_cell": 2, "macrophage": 2,
+            "neutrophil": 2, "fibroblast": 5, "endothelial": 7, "dead": 1, "mitotic": 4},
+    frequencies={"tumour": 3, "normal_epithelium": 2, "lymphocyte": 2, "plasma_cell": 1, "macrophage": 0.5,
+                 "neutrophil": 0.5, "fibroblast": 2, "endothelial": 1, "dead": 0.5, "mitotic": 0.3},
+    real_frequencies={"tumour": 35, "normal_epithelium": 10, "lymphocyte": 15, "plasma_cell": 6, "macrophage": 3,
+                      "neutrophil": 2, "fibroblast": 15, "endothelial": 6, "dead": 4, "mitotic": 1},
+    stain=(10, -6, 4), mpp=0.25, blur=0.5,
+    habit={"endothelial": 5},  # endothelial cells called "fibroblast"
+    demo_nuclei=62,
+)
 
 TILES = {"Train": 4, "Test": 2}
 SIZE = 96

@@ -15,7 +15,16 @@ from PIL import Image
 
 from nucdata.testing._archives import DemoArchives, scratch_folder, zip_tree
 from nucdata.testing._draw import draw_filled, ellipse_polygon, paint, place_nuclei
-from nucdata.testing.world import World
+from nucdata.testing.world import DatasetWorld, World
+
+#: What the demo world knows of MoNuSeg (:class:`nucdata.testing.world.DatasetWorld`): no
+#: classes; an assumed multi-organ tumour-field mix for ``WorldConfig.unlabelled_mix``.
+WORLD = DatasetWorld(
+    unlabelled_mix={"tumour": 35, "normal_epithelium": 10, "lymphocyte": 20, "plasma_cell": 3, "macrophage": 3,
+                    "neutrophil": 2, "fibroblast": 15, "endothelial": 8, "dead": 2, "mitotic": 2},
+    stain=(-4, -4, 0), mpp=0.25, blur=0.4,
+    demo_nuclei=411,
+)
 
 #: Kumar 2017's 30 images (the classic MoNuSeg training set) by file stem, with the
 #: HoVer-Net 16 / 8 / 6 split they are used with (reference: datasets.md §6.4 for the

@@ -27,7 +27,21 @@ from nucdata.testing._draw import (
     paint,
     place_nuclei,
 )
-from nucdata.testing.world import World
+from nucdata.testing.world import DatasetWorld, World
+
+#: What the demo world knows of NuCLS (:class:`nucdata.testing.world.DatasetWorld`):
+#: raw codes of nucleus_GTcodes.csv, 0.2 µm/px. The real-shaped mix is assumed.
+WORLD = DatasetWorld(
+    native={"tumour": 1, "normal_epithelium": 11, "lymphocyte": 3, "plasma_cell": 4, "macrophage": 5,
+            "neutrophil": 10, "fibroblast": 2, "endothelial": 7, "dead": 9, "mitotic": 6},
+    frequencies={"tumour": 4, "normal_epithelium": 0.5, "lymphocyte": 3, "plasma_cell": 1, "macrophage": 1,
+                 "neutrophil": 0.3, "fibroblast": 2, "endothelial": 1, "dead": 0.3, "mitotic": 0.3},
+    real_frequencies={"tumour": 40, "normal_epithelium": 1, "lymphocyte": 25, "plasma_cell": 5, "macrophage": 3,
+                      "neutrophil": 0.5, "fibroblast": 15, "endothelial": 5, "dead": 1.5, "mitotic": 1},
+    stain=(6, 8, -6), mpp=0.20, blur=0.8,
+    habit={"mitotic": 1},  # mitotic figures called "tumor"
+    demo_nuclei=46,
+)
 
 #: Mask channel-0 code of each raw class (``nucleus_GTcodes.csv``; datasets.md §5.5).
 #: The generator keeps its own copy, transcribed from the published table.

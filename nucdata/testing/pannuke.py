@@ -20,7 +20,25 @@ from nucdata.testing._draw import (
     paint,
     place_nuclei,
 )
-from nucdata.testing.world import World
+from nucdata.testing.world import DatasetWorld, World
+
+#: What the demo world knows of PanNuke (:class:`nucdata.testing.world.DatasetWorld`).
+#: Channels: 0 Neoplastic, 1 Inflammatory, 2 Connective, 3 Dead, 4 Epithelial. The
+#: real-shaped mix follows the five published class totals (Neoplastic 77,403,
+#: Inflammatory 32,276, Connective 50,585, Dead 2,908, Epithelial 26,572; the card);
+#: how a class splits over the latent types is assumed.
+WORLD = DatasetWorld(
+    native={"tumour": 0, "normal_epithelium": 4, "lymphocyte": 1, "plasma_cell": 1, "macrophage": 1,
+            "neutrophil": 1, "fibroblast": 2, "endothelial": 2, "dead": 3, "mitotic": 0},
+    frequencies={"tumour": 4, "normal_epithelium": 2, "lymphocyte": 2, "plasma_cell": 0.5, "macrophage": 0.5,
+                 "neutrophil": 0.5, "fibroblast": 2, "endothelial": 1, "dead": 0.5, "mitotic": 0.3},
+    real_frequencies={"tumour": 75_500, "mitotic": 1_903, "normal_epithelium": 26_572, "lymphocyte": 22_000,
+                      "plasma_cell": 4_500, "macrophage": 3_500, "neutrophil": 2_276, "fibroblast": 38_000,
+                      "endothelial": 12_585, "dead": 2_908},
+    stain=(0, 0, 0), mpp=0.25, blur=0.0,
+    habit={"dead": 1},  # dead (apoptotic) cells called "inflammatory"
+    demo_nuclei=64,
+)
 
 PATCHES = {1: 6, 2: 5, 3: 7}
 SIZE = 64

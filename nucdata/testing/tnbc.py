@@ -20,7 +20,16 @@ from nucdata.testing._draw import (
     paint,
     place_nuclei,
 )
-from nucdata.testing.world import World
+from nucdata.testing.world import DatasetWorld, World
+
+#: What the demo world knows of TNBC (:class:`nucdata.testing.world.DatasetWorld`): no
+#: classes; an assumed mix of triple-negative breast cancer, with many lymphocytes.
+WORLD = DatasetWorld(
+    unlabelled_mix={"tumour": 40, "normal_epithelium": 1, "lymphocyte": 30, "plasma_cell": 5, "macrophage": 4,
+                    "neutrophil": 1, "fibroblast": 10, "endothelial": 5, "dead": 2, "mitotic": 2},
+    stain=(12, 0, -10), mpp=0.25, blur=1.0,
+    demo_nuclei=283,
+)
 
 IMAGES_PER_PATIENT = [7, 3, 5, 8, 4, 3, 3, 4, 6, 4, 3]
 RGB_ONLY = {"09_2", "09_3", "09_4"}

@@ -1,12 +1,20 @@
 """A generated world whose truth is known: latent cell types seen through seven vocabularies.
 
 Every nucleus of the demo world has a latent cell type with its own appearance
-(size, elongation, stain colour, texture). Each dataset sees those types through its
-own vocabulary: ``NATIVE[dataset][type]`` is the native class code its annotators
-would write, or ``None`` when the dataset has no class for that type (such nuclei are
-simply not drawn in that dataset, as MoNuSAC annotators skip fibroblasts). Datasets
-without classes (Kumar, MoNuSeg, TNBC) draw every type without a label. Each dataset
-also has its own stain shift, as scanners and labs differ.
+(size, elongation, stain colour, texture; :data:`TYPES`). Each dataset sees those types
+through its own vocabulary: ``native[type]`` of its world entry is the native class code
+its annotators would write, or ``None`` when the dataset has no class for that type
+(such nuclei are simply not drawn in that dataset, as MoNuSAC annotators skip
+fibroblasts). Datasets without classes (Kumar, MoNuSeg, TNBC) draw every type without a
+label. Each dataset also has its own stain shift, as scanners and labs differ.
+
+What the world knows of one dataset lives with that dataset's fake writer: the module
+``nucdata.testing.<converter>`` defines ``WORLD = DatasetWorld(...)``, and
+:func:`entries` collects them through the registry, in the cards' ``order``. Two facts
+come from the cards themselves: the real release's size (:attr:`nucdata.catalog.Card.nuclei`)
+and the dataset whose images another's are (``duplicates_of``: Kumar's are MoNuSeg's,
+so the two are drawn alike). This module holds only what is not per dataset: the
+latent types, the knobs and the world's logic.
 
 Because the latent type of every nucleus is known, the truth of every nucleus under
 every label set is known too: the label set's own dataset's native code for that
@@ -22,12 +30,17 @@ in ``WorldConfig()``, which draws the same world as before the knobs existed. Se
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
+from functools import cache
 from typing import Any
 
 import numpy as np
 
+from nucdata.errors import InvalidArgumentError
 from nucdata.testing._draw import Appearance
 
 # name: appearance (radius range px, elongation range, RGB stain, texture)
@@ -45,128 +58,146 @@ TYPES: dict[str, Appearance] = {
 }
 TYPE_NAMES = list(TYPES)
 
-# Native class code per dataset and latent type (None: the dataset has no class for it).
-NATIVE: dict[str, dict[str, int | None]] = {
-    # PanNuke channels: 0 Neoplastic, 1 Inflammatory, 2 Connective, 3 Dead, 4 Epithelial
-    "pannuke": {"tumour": 0, "normal_epithelium": 4, "lymphocyte": 1, "plasma_cell": 1,
-                "macrophage": 1, "neutrophil": 1, "fibroblast": 2, "endothelial": 2,
-                "dead": 3, "mitotic": 0},
-    # CoNSeP inst_type: 1 other, 2 inflammatory, 3 healthy epithelial,
-    # 4 dysplastic/malignant epithelial, 5 fibroblast, 6 muscle, 7 endothelial
-    "consep": {"tumour": 4, "normal_epithelium": 3, "lymphocyte": 2, "plasma_cell": 2,
-               "macrophage": 2, "neutrophil": 2, "fibroblast": 5, "endothelial": 7,
-               "dead": 1, "mitotic": 4},
-    # MoNuSAC: 1 Epithelial, 2 Lymphocyte, 3 Neutrophil, 4 Macrophage
-    "monusac": {"tumour": 1, "normal_epithelium": 1, "lymphocyte": 2, "plasma_cell": None,
-                "macrophage": 4, "neutrophil": 3, "fibroblast": None, "endothelial": None,
-                "dead": None, "mitotic": 1},
-    # NuCLS raw codes (nucleus_GTcodes.csv)
-    "nucls": {"tumour": 1, "normal_epithelium": 11, "lymphocyte": 3, "plasma_cell": 4,
-              "macrophage": 5, "neutrophil": 10, "fibroblast": 2, "endothelial": 7,
-              "dead": 9, "mitotic": 6},
-}
-UNLABELLED_DATASETS = ("kumar", "monuseg", "tnbc")
-
-# How common each type is in each dataset's images (relative weights).
-FREQUENCIES: dict[str, dict[str, float]] = {
-    "pannuke": {"tumour": 4, "normal_epithelium": 2, "lymphocyte": 2, "plasma_cell": 0.5,
-                "macrophage": 0.5, "neutrophil": 0.5, "fibroblast": 2, "endothelial": 1,
-                "dead": 0.5, "mitotic": 0.3},
-    "consep": {"tumour": 3, "normal_epithelium": 2, "lymphocyte": 2, "plasma_cell": 1,
-               "macrophage": 0.5, "neutrophil": 0.5, "fibroblast": 2, "endothelial": 1,
-               "dead": 0.5, "mitotic": 0.3},
-    "monusac": {"tumour": 3, "normal_epithelium": 1, "lymphocyte": 3, "macrophage": 1,
-                "neutrophil": 1, "mitotic": 0.3},
-    "nucls": {"tumour": 4, "normal_epithelium": 0.5, "lymphocyte": 3, "plasma_cell": 1,
-              "macrophage": 1, "neutrophil": 0.3, "fibroblast": 2, "endothelial": 1,
-              "dead": 0.3, "mitotic": 0.3},
-}
 DEFAULT_FREQUENCY = {name: 1.0 for name in TYPE_NAMES}
-
-# Per-dataset stain shift added to every pixel (RGB), like different labs and scanners.
-STAIN_SHIFT: dict[str, tuple[float, float, float]] = {
-    "pannuke": (0, 0, 0), "consep": (10, -6, 4), "monusac": (-8, 4, 10), "nucls": (6, 8, -6),
-    "kumar": (-4, -4, 0), "monuseg": (-4, -4, 0), "tnbc": (12, 0, -10),
-}
-
-
-# -- what the knobs draw on -------------------------------------------------------------
-#: Nuclei per dataset in the real releases (datasets.md §1, §2.6, §6.7, §7.5, §8.6):
-#: PanNuke, CoNSeP and NuCLS as published; MoNuSAC the published lower bound
-#: (> 46,000); Kumar and MoNuSeg counted Regions (30 classic; 37 + 14 test images);
-#: TNBC as published.
-REAL_NUCLEI: dict[str, int] = {
-    "pannuke": 189_744, "consep": 24_319, "monusac": 46_000, "nucls": 59_485,
-    "kumar": 16_966, "monuseg": 30_837, "tnbc": 4_022,
-}
-#: Nuclei the demo generators draw at ``scale=1`` with seed 0 (measured; the real-shaped
-#: sizes are ratios of the two tables, so only the ratios matter).
-DEMO_NUCLEI: dict[str, int] = {
-    "pannuke": 64, "consep": 62, "monusac": 58, "nucls": 46, "kumar": 239, "monuseg": 411, "tnbc": 283,
-}
 #: Smallest size factor: below it the fixed-image-list datasets (Kumar, MoNuSeg, TNBC)
 #: would draw images too small for a nucleus.
 MIN_SIZE_FACTOR = 0.25
-
-#: Class mixes shaped like the real ones (rare classes rare), used with
-#: ``WorldConfig.real_class_mix``. PanNuke's five class totals are published
-#: (Neoplastic 77,403, Inflammatory 32,276, Connective 50,585, Dead 2,908,
-#: Epithelial 26,572; datasets.md §2.6); how a PanNuke class splits over the latent
-#: types is assumed. The other datasets publish no per-class counts: their mixes are
-#: assumptions of the same shape (tumour, lymphocytes and fibroblasts common;
-#: mitoses, dead cells, neutrophils and macrophages rare).
-REAL_FREQUENCIES: dict[str, dict[str, float]] = {
-    "pannuke": {"tumour": 75_500, "mitotic": 1_903, "normal_epithelium": 26_572, "lymphocyte": 22_000,
-                "plasma_cell": 4_500, "macrophage": 3_500, "neutrophil": 2_276, "fibroblast": 38_000,
-                "endothelial": 12_585, "dead": 2_908},
-    "consep": {"tumour": 35, "normal_epithelium": 10, "lymphocyte": 15, "plasma_cell": 6, "macrophage": 3,
-               "neutrophil": 2, "fibroblast": 15, "endothelial": 6, "dead": 4, "mitotic": 1},
-    "monusac": {"tumour": 40, "normal_epithelium": 8, "lymphocyte": 45, "macrophage": 3, "neutrophil": 2,
-                "mitotic": 1},
-    "nucls": {"tumour": 40, "normal_epithelium": 1, "lymphocyte": 25, "plasma_cell": 5, "macrophage": 3,
-              "neutrophil": 0.5, "fibroblast": 15, "endothelial": 5, "dead": 1.5, "mitotic": 1},
-}
-#: Type mixes of the unlabelled datasets used with ``WorldConfig.unlabelled_mix``
-#: (assumed: Kumar/MoNuSeg are multi-organ tumour fields, TNBC is triple-negative
-#: breast cancer with many lymphocytes).
-UNLABELLED_MIX: dict[str, dict[str, float]] = {
-    "kumar": {"tumour": 35, "normal_epithelium": 10, "lymphocyte": 20, "plasma_cell": 3, "macrophage": 3,
-              "neutrophil": 2, "fibroblast": 15, "endothelial": 8, "dead": 2, "mitotic": 2},
-    "monuseg": {"tumour": 35, "normal_epithelium": 10, "lymphocyte": 20, "plasma_cell": 3, "macrophage": 3,
-                "neutrophil": 2, "fibroblast": 15, "endothelial": 8, "dead": 2, "mitotic": 2},
-    "tnbc": {"tumour": 40, "normal_epithelium": 1, "lymphocyte": 30, "plasma_cell": 5, "macrophage": 4,
-             "neutrophil": 1, "fibroblast": 10, "endothelial": 5, "dead": 2, "mitotic": 2},
-}
-#: µm/px of each dataset's world (NuCLS 0.2; MoNuSAC between its 0.19448 and 0.252;
-#: the others about 0.25). ``WorldConfig.scale_shift`` scales nuclei by
-#: ``(0.25 / mpp) ** scale_shift`` pixels per pixel.
-WORLD_MPP: dict[str, float] = {
-    "pannuke": 0.25, "consep": 0.25, "monusac": 0.22, "nucls": 0.20, "kumar": 0.25, "monuseg": 0.25,
-    "tnbc": 0.25,
-}
-#: Extra Gaussian blur per dataset, in px at ``blur_shift=1`` (invented: scanners and
-#: focus differ); the base blur of every image is :data:`BASE_BLUR`.
-BLUR_OFFSET: dict[str, float] = {
-    "pannuke": 0.0, "consep": 0.5, "monusac": 0.3, "nucls": 0.8, "kumar": 0.4, "monuseg": 0.4, "tnbc": 1.0,
-}
 BASE_BLUR = 0.6
-#: Dataset-specific labelling habits (``WorldConfig.habits``): latent type -> the native
-#: code the dataset's annotators write for it instead of the right one.
-HABITS: dict[str, dict[str, int]] = {
-    "nucls": {"mitotic": 1},  # mitotic figures called "tumor"
-    "consep": {"endothelial": 5},  # endothelial cells called "fibroblast"
-    "pannuke": {"dead": 1},  # dead (apoptotic) cells called "inflammatory"
-    "monusac": {"macrophage": 2},  # macrophages called "lymphocyte"
+_STREAMS = {"looks": 1, "labels": 2}
+
+
+@dataclass(frozen=True)
+class DatasetWorld:
+    """What the world knows of one dataset: its fake writer's ``WORLD``.
+
+    Each module ``nucdata.testing.<converter>`` defines one, next to the generator that
+    draws from it; :func:`entries` collects them through the registry. The dataset's
+    real size comes from its card (:attr:`nucdata.catalog.Card.nuclei`) and the
+    dataset whose images it shares from the card's ``duplicates_of``.
+
+    Attributes
+    ----------
+    native
+        Latent type -> the native class code its annotators write, ``None`` for a type
+        the dataset has no class for (such nuclei are not drawn there). ``None`` for a
+        dataset without classes: it draws every type, without a label.
+    frequencies
+        How common each type is in the dataset's images (relative weights); ``None``:
+        uniform over the types.
+    real_frequencies
+        A class mix shaped like the real one (``WorldConfig.real_class_mix``).
+    unlabelled_mix
+        The type mix of a dataset without classes (``WorldConfig.unlabelled_mix``).
+    stain
+        RGB shift added to every pixel, like different labs and scanners.
+    mpp
+        µm/px of the dataset's world (``WorldConfig.scale_shift``).
+    blur
+        Extra Gaussian blur in px at ``blur_shift=1`` (the base blur is :data:`BASE_BLUR`).
+    habit
+        Latent type -> the native code the annotators write for it instead of the
+        right one (``WorldConfig.habits``).
+    demo_nuclei
+        Nuclei the generator draws at ``scale=1`` with seed 0 from ``World(0)``
+        (measured; ``WorldConfig.real_sizes`` uses the ratios to the cards' counts).
+    """
+
+    native: dict[str, int | None] | None = None
+    frequencies: dict[str, float] | None = None
+    real_frequencies: dict[str, float] | None = None
+    unlabelled_mix: dict[str, float] | None = None
+    stain: tuple[float, float, float] = (0, 0, 0)
+    mpp: float = 0.25
+    blur: float = 0.0
+    habit: dict[str, int] = field(default_factory=dict)
+    demo_nuclei: int | None = None
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the dataset has classes."""
+        return self.native is not None
+
+
+_NO_ENTRY = DatasetWorld()
+
+
+@cache
+def entries() -> dict[str, DatasetWorld]:
+    """Every dataset's world entry, in the registry's order (labelled datasets first).
+
+    Collected from the fake writers: ``nucdata.testing.<converter>.WORLD`` of each
+    dataset's card; a dataset without a fake writer has none. The order is the cards'
+    ``order``, and the world draws its table errors in it.
+    """
+    from nucdata.catalog import datasets_in_order, get_card
+
+    found = {}
+    for name in datasets_in_order():
+        module_name = f"nucdata.testing.{get_card(name, packaged=True).converter}"
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        module = importlib.import_module(module_name)
+        if not isinstance(getattr(module, "WORLD", None), DatasetWorld):
+            raise InvalidArgumentError(
+                f"{module_name} writes {name}'s fake archives but defines no WORLD = DatasetWorld(...): "
+                "add the dataset's world entry there (docs/demo-world.md)")
+        found[name] = module.WORLD
+    return found
+
+
+def entry(dataset: str) -> DatasetWorld:
+    """``dataset``'s world entry (an empty one, all defaults, for a dataset the world lacks)."""
+    return entries().get(dataset, _NO_ENTRY)
+
+
+@cache
+def _same_images() -> dict[str, str]:
+    from nucdata.catalog import get_card
+
+    return {name: dup for name in entries() if (dup := get_card(name, packaged=True).duplicates_of)}
+
+
+@cache
+def _real_nuclei() -> dict[str, int]:
+    from nucdata.catalog import get_card
+
+    return {name: n for name, e in entries().items()
+            if e.demo_nuclei and (n := get_card(name, packaged=True).nuclei) is not None}
+
+
+#: Module attributes derived from the entries (kept for readers of the old tables).
+_DERIVED: dict[str, Callable[[], Any]] = {
+    "NATIVE": lambda: {d: e.native for d, e in entries().items() if e.native is not None},
+    "UNLABELLED_DATASETS": lambda: tuple(d for d, e in entries().items() if e.native is None),
+    "FREQUENCIES": lambda: {d: e.frequencies for d, e in entries().items() if e.frequencies is not None},
+    "STAIN_SHIFT": lambda: {d: e.stain for d, e in entries().items()},
+    #: Nuclei per dataset in the real releases: the cards' counts (Card.nuclei).
+    "REAL_NUCLEI": lambda: dict(_real_nuclei()),
+    "DEMO_NUCLEI": lambda: {d: entries()[d].demo_nuclei for d in _real_nuclei()},
+    "REAL_FREQUENCIES": lambda: {d: e.real_frequencies for d, e in entries().items()
+                                 if e.real_frequencies is not None},
+    "UNLABELLED_MIX": lambda: {d: e.unlabelled_mix for d, e in entries().items() if e.unlabelled_mix is not None},
+    "WORLD_MPP": lambda: {d: e.mpp for d, e in entries().items()},
+    "BLUR_OFFSET": lambda: {d: e.blur for d, e in entries().items()},
+    "HABITS": lambda: {d: dict(e.habit) for d, e in entries().items() if e.habit},
+    "SAME_IMAGES": lambda: dict(_same_images()),
 }
 
-_STREAMS = {"looks": 1, "labels": 2}
-#: Datasets whose images are another dataset's: Kumar's 30 images are MoNuSeg's classic
-#: training images (datasets.md §9), so they are drawn alike under every knob.
-SAME_IMAGES = {"kumar": "monuseg"}
+
+def __getattr__(name: str) -> Any:
+    """The per-dataset tables of earlier versions, derived from :func:`entries`."""
+    if name in _DERIVED:
+        return _DERIVED[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _images_of(dataset: str) -> str:
-    return SAME_IMAGES.get(dataset, dataset)
+    return _same_images().get(dataset, dataset)
+
+
+def _unlabelled(dataset: str) -> bool:
+    """A dataset of the world without classes (Kumar, MoNuSeg, TNBC)."""
+    return dataset in entries() and entries()[dataset].native is None
 
 
 @dataclass(frozen=True)
@@ -183,30 +214,30 @@ class WorldConfig:
         overlap * mean_t' f_t'``, so the best reachable accuracy falls below 1; it is
         computed by :meth:`World.bayes_accuracy`.
     real_sizes
-        Dataset sizes shaped like the real releases (:data:`REAL_NUCLEI`): the
+        Dataset sizes shaped like the real releases (the cards' :attr:`~nucdata.catalog.Card.nuclei`): the
         generators' ``scale`` is multiplied per dataset so that their shares of the
         world's nuclei follow the real ones (PanNuke about half, TNBC about 1 %),
         keeping the total about the same (no factor below :data:`MIN_SIZE_FACTOR`).
     real_class_mix
         Class mixes of the labelled datasets shaped like the real ones
-        (:data:`REAL_FREQUENCIES`; rare classes rare) instead of the demo's mild mix.
+        (:attr:`DatasetWorld.real_frequencies`; rare classes rare) instead of the demo's mild mix.
     stain_shift
-        Multiplies every dataset's stain shift (:data:`STAIN_SHIFT`): 0 removes it,
+        Multiplies every dataset's stain shift (:attr:`DatasetWorld.stain`): 0 removes it,
         1 is the default, 3 is strong.
     scale_shift
         Per-dataset pixel scale: nuclei are ``(0.25 / mpp) ** scale_shift`` times
-        their size (:data:`WORLD_MPP`; 0 off, 1 the real µm/px ratios, 2 doubled).
+        their size (:attr:`DatasetWorld.mpp`; 0 off, 1 the real µm/px ratios, 2 doubled).
     blur_shift
-        Per-dataset extra blur: sigma ``BASE_BLUR + blur_shift * BLUR_OFFSET[d]`` px.
+        Per-dataset extra blur: sigma ``BASE_BLUR + blur_shift * DatasetWorld.blur`` px.
     unlabelled_mix
         Type mix of the unlabelled datasets (Kumar, MoNuSeg, TNBC), in [0, 1]: 0 is
-        uniform over the types (the default), 1 is :data:`UNLABELLED_MIX`, in between
+        uniform over the types (the default), 1 is :attr:`DatasetWorld.unlabelled_mix`, in between
         a linear blend of the two.
     label_noise
         Annotator noise: the rate at which a written native code is replaced by
         another code of the dataset's vocabulary (uniformly chosen).
     habits
-        Dataset-specific labelling habits (:data:`HABITS`), e.g. NuCLS annotators
+        Dataset-specific labelling habits (:attr:`DatasetWorld.habit`), e.g. NuCLS annotators
         calling mitotic tumour cells "tumor": systematic errors against the truth.
     mapping_error
         Mapping-table errors at rate ε: each (labelled dataset, latent type) entry of
@@ -292,16 +323,17 @@ class World:
     config: WorldConfig = field(default_factory=WorldConfig)
 
     def __post_init__(self) -> None:
-        self.native: dict[str, dict[str, int | None]] = {d: dict(v) for d, v in NATIVE.items()}
+        tables = {d: e.native for d, e in entries().items() if e.native is not None}  # registry order
+        self.native: dict[str, dict[str, int | None]] = {d: dict(v) for d, v in tables.items()}
         #: entries of the world's vocabulary that differ from the mapping tables' view
         self.mapping_errors: list[dict[str, Any]] = []
         self._streams: dict[tuple[str, str], np.random.Generator] = {}
         if self.config.mapping_error > 0:
             rng = np.random.default_rng([self.seed, 0x6D6170])
-            for dataset in NATIVE:
-                codes = sorted({c for c in NATIVE[dataset].values() if c is not None})
+            for dataset, table in tables.items():
+                codes = sorted({c for c in table.values() if c is not None})
                 for name in TYPE_NAMES:
-                    table_code = NATIVE[dataset][name]
+                    table_code = table[name]
                     if table_code is None or rng.random() >= self.config.mapping_error:
                         continue
                     world_code = int(rng.choice([c for c in codes if c != table_code]))
@@ -333,20 +365,21 @@ class World:
     def _weights(self, dataset: str) -> dict[str, float]:
         cfg = self.config
         dataset = _images_of(dataset)
-        if dataset in UNLABELLED_DATASETS or dataset not in FREQUENCIES:
-            if cfg.unlabelled_mix > 0 and dataset in UNLABELLED_MIX:
-                shaped = UNLABELLED_MIX[dataset]
+        own = entry(dataset)
+        if _unlabelled(dataset) or own.frequencies is None:
+            if cfg.unlabelled_mix > 0 and own.unlabelled_mix is not None:
+                shaped = own.unlabelled_mix
                 total = sum(shaped.values())
                 a = cfg.unlabelled_mix
                 return {t: (1 - a) / len(TYPE_NAMES) + a * shaped.get(t, 0.0) / total for t in TYPE_NAMES}
-            return FREQUENCIES.get(dataset, DEFAULT_FREQUENCY)
-        if cfg.real_class_mix and dataset in REAL_FREQUENCIES:
-            return REAL_FREQUENCIES[dataset]
-        return FREQUENCIES[dataset]
+            return own.frequencies if own.frequencies is not None else DEFAULT_FREQUENCY
+        if cfg.real_class_mix and own.real_frequencies is not None:
+            return own.real_frequencies
+        return own.frequencies
 
     def _allowed(self, dataset: str, weights: dict[str, float]) -> list[str]:
         return [t for t in TYPE_NAMES if t in weights and weights[t] > 0 and (
-            dataset in UNLABELLED_DATASETS or self.native.get(dataset, {}).get(t) is not None)]
+            _unlabelled(dataset) or self.native.get(dataset, {}).get(t) is not None)]
 
     def kinds_for(self, dataset: str, rng: np.random.Generator, count: int) -> list[int]:
         """Latent type indices of ``count`` nuclei drawn for ``dataset``."""
@@ -368,10 +401,12 @@ class World:
     def size_factor(self, dataset: str) -> float:
         """Factor on the generators' ``scale`` for ``dataset`` (``WorldConfig.real_sizes``)."""
         dataset = _images_of(dataset)
-        if not self.config.real_sizes or dataset not in REAL_NUCLEI:
+        real_nuclei = _real_nuclei()
+        if not self.config.real_sizes or dataset not in real_nuclei:
             return 1.0
-        real = REAL_NUCLEI[dataset] / sum(REAL_NUCLEI.values())
-        demo = DEMO_NUCLEI[dataset] / sum(DEMO_NUCLEI.values())
+        demo_nuclei = {d: entries()[d].demo_nuclei for d in real_nuclei}
+        real = real_nuclei[dataset] / sum(real_nuclei.values())
+        demo = demo_nuclei[dataset] / sum(demo_nuclei.values())
         return max(MIN_SIZE_FACTOR, real / demo)
 
     def scale_for(self, dataset: str, scale: float = 1) -> float:
@@ -392,18 +427,18 @@ class World:
         """How many times larger nuclei are drawn in ``dataset`` (``WorldConfig.scale_shift``)."""
         if self.config.scale_shift == 0:
             return 1.0
-        return float((0.25 / WORLD_MPP.get(_images_of(dataset), 0.25)) ** self.config.scale_shift)
+        return float((0.25 / entry(_images_of(dataset)).mpp) ** self.config.scale_shift)
 
     def stain(self, dataset: str) -> tuple[float, float, float]:
         """RGB shift added to every pixel of ``dataset``'s images."""
-        base = STAIN_SHIFT.get(_images_of(dataset), (0, 0, 0))
+        base = entry(_images_of(dataset)).stain
         if self.config.stain_shift == 1.0:
             return base
         return tuple(float(v) * self.config.stain_shift for v in base)  # type: ignore[return-value]
 
     def blur(self, dataset: str) -> float:
         """Gaussian blur sigma (px) of ``dataset``'s images."""
-        return BASE_BLUR + self.config.blur_shift * BLUR_OFFSET.get(_images_of(dataset), 0.0)
+        return BASE_BLUR + self.config.blur_shift * entry(_images_of(dataset)).blur
 
     # -- vocabularies, labels and truth --------------------------------------------------
     def native_code(self, dataset: str, kind: int) -> int:
@@ -413,7 +448,7 @@ class World:
         :attr:`mapping_errors` says so); annotators' habits and noise are applied by
         :meth:`annotate`.
         """
-        if dataset in UNLABELLED_DATASETS:
+        if _unlabelled(dataset):
             return -1
         code = self.native[dataset][TYPE_NAMES[kind]]
         if code is None:
@@ -428,10 +463,10 @@ class World:
         ``label_noise``. -1 for every nucleus of an unlabelled dataset.
         """
         codes = [self.native_code(dataset, k) for k in kinds]
-        if dataset in UNLABELLED_DATASETS or not codes:
+        if _unlabelled(dataset) or not codes:
             return codes
         if self.config.habits:
-            habit = HABITS.get(dataset, {})
+            habit = entry(dataset).habit
             codes = [habit.get(TYPE_NAMES[k], c) for k, c in zip(kinds, codes, strict=True)]
         if self.config.label_noise > 0:
             rng = self._stream(dataset, "labels")
@@ -447,7 +482,10 @@ class World:
 
     def vocabulary(self, dataset: str) -> list[int]:
         """The native codes the world's annotators of ``dataset`` use."""
-        return sorted({c for c in NATIVE[dataset].values() if c is not None})
+        table = entries()[dataset].native
+        if table is None:
+            raise KeyError(dataset)
+        return sorted({c for c in table.values() if c is not None})
 
     def truth_native(self, label_set_dataset: str, kind: int) -> int | None:
         """The truth of a type under a label set, as that set's dataset's native code."""
