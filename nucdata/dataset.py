@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -288,9 +289,21 @@ class NucleusDataset(torch.utils.data.Dataset):
         return _read_only(self._candidates)
 
     @property
-    def sources(self) -> np.ndarray | None:
-        """For a merged dataset, per-nucleus label source codes (``nucdata.store.PROVENANCE``); else None."""
+    def provenance(self) -> np.ndarray | None:
+        """For a merged dataset, where each nucleus's label came from; else None.
+
+        Per-nucleus codes in store order (read-only), indices into
+        ``nucdata.PROVENANCE`` (``"annotated"``, ``"mapped"``, ...; the merged output's
+        ``source`` column).
+        """
         return None if self._merged is None else _read_only(np.asarray(self._merged["source"]))
+
+    @property
+    def sources(self) -> np.ndarray | None:
+        """Deprecated alias of :attr:`provenance` (it will be removed in the next release)."""
+        warnings.warn("NucleusDataset.sources is deprecated; use NucleusDataset.provenance (it will be "
+                      "removed in the next release)", DeprecationWarning, stacklevel=2)
+        return self.provenance
 
     @property
     def merged_columns(self) -> dict[str, np.ndarray] | None:

@@ -121,3 +121,20 @@ def test_plot_needs_matplotlib_or_says_so(prepared):
         assert isinstance(info.value, ImportError) and info.value.package == "matplotlib"
     else:
         assert ds.plot(0) is not None
+
+
+def test_provenance_of_a_merged_dataset_and_its_deprecated_alias(prepared):
+    from nucdata.store import MergedLabels
+
+    store = nucdata.load("consep").store
+    n = store.n_nuclei
+    source = (np.arange(n) % len(nucdata.PROVENANCE)).astype(np.int8)
+    columns = {"label": np.zeros(n, np.int64), "probability": np.ones(n, np.float32), "source": source}
+    merged = nucdata.NucleusDataset(store, merged=MergedLabels("pannuke", columns))
+    np.testing.assert_array_equal(merged.provenance, source)
+    assert not merged.provenance.flags.writeable
+    with pytest.warns(DeprecationWarning, match="provenance"):
+        np.testing.assert_array_equal(merged.sources, source)
+    assert nucdata.load("consep").provenance is None  # not a merged dataset
+    rows = store.nucleus_slice(0)
+    assert merged[0]["sources"].tolist() == source[rows].tolist()  # the sample key is unchanged
