@@ -24,6 +24,7 @@ from nucdata.errors import (
     DataHomeError,
     DatasetNotFoundError,
     DeviceUnavailableError,
+    DiskFullError,
     DownloadError,
     HashMismatchError,
     HTMLInsteadOfArchiveError,
@@ -32,6 +33,7 @@ from nucdata.errors import (
     InvalidCardError,
     LabelTableError,
     MalformedAnnotationError,
+    MergedOutputError,
     MissingDependencyError,
     MissingFilesError,
     MissingMppError,
@@ -39,13 +41,16 @@ from nucdata.errors import (
     NucdataError,
     OutputFolderError,
     SchemaVersionError,
+    SizeLimitError,
     SizeMismatchError,
     StoreError,
     StoreLockedError,
     UnknownClassError,
     UnknownDatasetError,
     UnknownLabelSetError,
+    UnsafeNameError,
     UnsafePickleError,
+    UnsupportedArchiveError,
 )
 
 #: public name -> the module that defines it (imported on first access)
@@ -82,6 +87,7 @@ _ERRORS = [
     "SchemaVersionError", "SizeMismatchError", "StoreError", "StoreLockedError", "UnknownClassError", "UnknownDatasetError",
     "UnknownLabelSetError", "UnsafePickleError",
     "ModelStateError", "DeviceUnavailableError",
+    "MergedOutputError", "UnsafeNameError", "DiskFullError", "SizeLimitError", "UnsupportedArchiveError",
 ]
 
 __getattr__, __dir__, _lazy_all = attach(__name__, _LAZY, globals())

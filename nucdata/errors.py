@@ -121,19 +121,42 @@ class InvalidArgumentError(NucdataError, ValueError):
 
 
 class UnsafePickleError(NucdataError):
-    """A pickle that names a global outside the data allow-list (it could run code).
+    """A pickle that names a global outside the data allow-list (it could run code), or asks
+    for something a data pickle does not hold (``reason``), or exceeds a budget.
 
-    Nothing the pickle asked for was called.
+    Nothing the pickle asked for was called or allocated.
+
+    Parameters
+    ----------
+    path
+        The pickle (or ``"<pickle bytes>"``).
+    name
+        The refused global (``"os.system"``), or what was refused (``"memory budget"``).
+    reason
+        What was refused, in words; without it the message says that the pickle asks for
+        the global ``name``.
+    fix
+        What to do instead.
     """
 
-    def __init__(self, path: Path | str, name: str):
+    def __init__(self, path: Path | str, name: str, reason: str | None = None, fix: str | None = None):
         self.path = str(path)
         self.name = name
-        super().__init__(
-            f"{self.path}: refused to unpickle: it asks for {name!r}, which is not a plain container, "
-            "number or numpy array (a pickle can run code while loading). Only open pickles from a "
-            "source you trust with plain pickle.load; nucdata reads data pickles only."
-        )
+        self.reason = reason
+        self.fix = fix
+        if reason is None:
+            message = (
+                f"{self.path}: refused to unpickle: it asks for {name!r}, which is not a plain container, "
+                "number or numpy array (a pickle can run code while loading). Only open pickles from a "
+                "source you trust with plain pickle.load; nucdata reads data pickles only."
+            )
+            if fix:
+                message += f" Fix: {fix}."
+        else:
+            message = f"{self.path}: refused to unpickle: {reason}. Nothing of it was built or called."
+            if fix:
+                message += f" Fix: {fix}."
+        super().__init__(message)
 
 
 class DataHomeError(NucdataError):
@@ -198,3 +221,33 @@ class ModelStateError(NucdataError, RuntimeError):
 
 class DeviceUnavailableError(NucdataError, RuntimeError):
     """A device asked for that torch does not see (``cuda`` on a machine without a CUDA device)."""
+
+
+class MergedOutputError(StoreError):
+    """A merged output (``build-merged``) whose files disagree with its format or with each other.
+
+    Raised when :func:`nucdata.open_merged` or ``nucdata.load(merged=)`` open one; ``nucdata
+    verify --merged DIR`` lists every such problem instead. Nothing misaligned is returned.
+    """
+
+
+class UnsafeNameError(NucdataError, ValueError):
+    """A name read from a file (an image name, a dataset or split name) that would not stay a
+    plain file name inside its folder: absolute, ``..``, separators, NUL, a drive letter or a
+    reserved device name."""
+
+
+class DiskFullError(NucdataError, OSError):
+    """The disk (or quota) filled while nucdata wrote; the message says how much space is free
+    and, where it is known, how much is needed. Nothing already published was changed."""
+
+
+class SizeLimitError(InvalidArgumentError):
+    """A request above a size limit (an export's patch side, a resampling factor), refused before
+    anything of that size was allocated; the message names the environment variable that raises it."""
+
+
+class UnsupportedArchiveError(CorruptArchiveError):
+    """An archive nucdata cannot extract although it may be intact: encrypted members, a
+    compression method Python lacks, member names the file system cannot hold, a member that is
+    both a file and a folder."""

@@ -205,12 +205,7 @@ _LATIN1 = frozenset({"latin1", "latin-1", "latin_1", "iso-8859-1", "iso8859-1", 
 # -- errors -----------------------------------------------------------------------------
 def _refused(source: str, name: str, what: str, fix: str = _FIX_FORMAT) -> UnsafePickleError:
     """An :class:`UnsafePickleError` whose message says what was refused and the fix."""
-    err = UnsafePickleError.__new__(UnsafePickleError)
-    err.path = source
-    err.name = name
-    Exception.__init__(err, f"{source}: refused to unpickle: {what}. Nothing of it was built or "
-                            f"called. Fix: {fix}.")
-    return err
+    return UnsafePickleError(source, name, reason=what, fix=fix)
 
 
 class _Truncated(Exception):
