@@ -124,3 +124,10 @@ def test_every_dataset_has_a_row_with_a_link_that_resolves():
     block = readme[readme.index("<!-- datasets:begin -->"):readme.index("<!-- datasets:end -->")]
     for name in nucdata.catalog.list_datasets():
         assert re.search(rf"^\| \[[^\]]+\]\([^)]+\) `{name}` \|", block, re.MULTILINE), name
+
+
+def test_no_code_block_imports_a_private_module():
+    private = re.compile(r"^\s*(?:from|import)\s+((?:nucdata|nucdata_models)(?:\.\w+)*\._\w+)", re.MULTILINE)
+    offenders = [f"{doc.relative_to(ROOT)}: {name}" for doc in DOCS for block in _python_blocks(doc)
+                 for name in private.findall(block)]
+    assert offenders == [], f"docs import private modules (use the public path): {offenders}"
