@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
+from nucdata.labels import MERGED_LABEL_SETS
 from nucdata_models import TrainConfig
-from nucdata_models.merge import MERGED_SETS
 from nucdata_models.study import (
     ARMS,
     REFERENCES,
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    label_sets = list(MERGED_SETS)
+    label_sets = list(MERGED_LABEL_SETS)
     epochs = dict(zip("ABC", args.epochs, strict=True))
 
     def base(seed: int) -> TrainConfig:

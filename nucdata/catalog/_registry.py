@@ -206,9 +206,9 @@ def get_card(name: str, root: str | os.PathLike[str] | None = None, *, packaged:
     if key not in known:
         raise UnknownDatasetError(name, known)
     data = _read_json(resources.files("nucdata.catalog") / "cards" / f"{key}.json", f"card {key}")
-    override_path = registry_dir(root) / f"{key}.json"
+    override_path = None if packaged else registry_dir(root) / f"{key}.json"
     overridden_by = None
-    if override_path.is_file() and not packaged:
+    if override_path is not None and override_path.is_file():
         data.update(_read_json(override_path, str(override_path)))
         overridden_by = str(override_path)
     _check_files(data.get("files"), overridden_by or f"card {key}")

@@ -28,13 +28,13 @@ import numpy as np
 import torch
 
 from nucdata.errors import OutputFolderError
+from nucdata.labels import MERGED_LABEL_SETS
 from nucdata_models.data import ANNOTATED, MAPPED, OUTSIDE_LABEL
 from nucdata_models.fill import PROVENANCE, fill_labels
 from nucdata_models.merge.defaults import (
     ALL_DATASETS,
     DEMO_EPOCHS,
     DEMO_SCALE,
-    MERGED_SETS,
     RECIPE_CROP_SIZE,
 )
 from nucdata_models.merge.splits import TEST, TRAIN, grouped_split
@@ -53,7 +53,7 @@ class BuildOptions:
 
     out: Path
     datasets: Sequence[str] | None = None  # None: every dataset that is available
-    label_sets: Sequence[str] = MERGED_SETS
+    label_sets: Sequence[str] = MERGED_LABEL_SETS
     checkpoint: Path | None = None
     recipe: str = "nucdata"
     config: dict[str, Any] = field(default_factory=dict)

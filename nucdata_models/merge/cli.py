@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from nucdata_models.config import ENCODER_NAMES, RECIPES
-from nucdata_models.merge.defaults import DEMO_EPOCHS, DEMO_SCALE, EPOCHS, MERGED_SETS
+from nucdata_models.merge.defaults import DEMO_EPOCHS, DEMO_SCALE, EPOCHS
 
 # Rough CPU throughput of each encoder on two cores, nuclei per second per epoch (from
 # benchmarks/train_throughput.py --quick): for the warning before a long CPU run.
@@ -62,7 +62,9 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--recipe", type=click.Choice(RECIPES), default="nucdata", show_default=True,
               help="'paper': the authors' method as published; 'nucdata': with our extensions (docs/build-merged.md).")
 @click.option("--datasets", default=None, help="Comma-separated datasets (default: every available one).")
-@click.option("--label-sets", default=",".join(MERGED_SETS), show_default=True)
+@click.option("--label-sets", default=None,
+              help="Comma-separated label sets (default: the four of the merged dataset, marked "
+                   "'(merged)' by `nucdata label-sets`).")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Predict with this model instead of training (loaded as weights only).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -90,7 +92,7 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--quiet", is_flag=True, help="Only the result.")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Data home (default: $NUCDATA_HOME or the platform cache folder).")
-def build_merged(out: Path, overwrite: bool, recipe: str, datasets: str | None, label_sets: str,
+def build_merged(out: Path, overwrite: bool, recipe: str, datasets: str | None, label_sets: str | None,
                  checkpoint: Path | None, device: str, epochs: dict | None, encoder: str | None,
                  encoder_weights: Path | None, crop_size: int | None, batch_size: int | None,
                  threshold: float | None, mapped_as_truth: bool, overlays: int | None, demo: bool,
@@ -98,6 +100,7 @@ def build_merged(out: Path, overwrite: bool, recipe: str, datasets: str | None, 
     """Label every nucleus of every dataset under every label set, and write the merged dataset."""
     import torch
 
+    from nucdata.labels import MERGED_LABEL_SETS
     from nucdata_models.merge.build import BuildOptions
     from nucdata_models.merge.build import build_merged as run
 
@@ -109,7 +112,7 @@ def build_merged(out: Path, overwrite: bool, recipe: str, datasets: str | None, 
         if value is not None:
             config[key] = value
     options = BuildOptions(
-        out=out, datasets=_names(datasets), label_sets=_names(label_sets) or list(MERGED_SETS),
+        out=out, datasets=_names(datasets), label_sets=_names(label_sets) or list(MERGED_LABEL_SETS),
         checkpoint=checkpoint, recipe=recipe, config=config, crop_size=crop_size, overlays=overlays, root=root,
         demo=demo, demo_scale=demo_scale, world=world, seed=seed, mapped_as_truth=mapped_as_truth, overwrite=overwrite,
     )

@@ -1,11 +1,17 @@
-"""The one home of build-merged's defaults: datasets, label sets, epochs, demo size, crop sizes."""
+"""The one home of build-merged's defaults: datasets, epochs, demo size, crop sizes.
+
+The dataset list is derived from the registry (the cards' ``order``), never written by
+hand; the label sets of the merged dataset are ``nucdata.labels.MERGED_LABEL_SETS``.
+Importing this module reads the packaged cards (JSON) only: no torch, no numpy.
+"""
 
 from __future__ import annotations
 
-#: Every dataset build-merged knows, labelled ones first.
-ALL_DATASETS = ("pannuke", "consep", "monusac", "nucls", "kumar", "monuseg", "tnbc")
-#: The four label sets of the merged dataset (as the authors published it).
-MERGED_SETS = ("pannuke", "nucls", "consep", "monusac")
+from nucdata._util.deprecation import moved_attributes
+from nucdata.catalog import datasets_in_order
+
+#: Every dataset build-merged knows, labelled ones first (the cards' ``order``).
+ALL_DATASETS = tuple(datasets_in_order())
 #: Epochs per stage of a real build with the nucdata recipe.
 EPOCHS = {"A": 10, "B": 10, "C": 10}
 #: Epochs per stage of ``--demo`` with the nucdata recipe (a quick run on two cores).
@@ -14,3 +20,12 @@ DEMO_EPOCHS = {"A": 6, "B": 4, "C": 4}
 DEMO_SCALE = 4
 #: Crop side in pixels per recipe (the paper cuts 64 px context crops).
 RECIPE_CROP_SIZE = {"nucdata": 32, "paper": 64}
+
+
+def _merged_label_sets() -> tuple[str, ...]:
+    from nucdata.labels import MERGED_LABEL_SETS
+
+    return MERGED_LABEL_SETS
+
+
+__getattr__ = moved_attributes(__name__, {"MERGED_SETS": ("nucdata.labels.MERGED_LABEL_SETS", _merged_label_sets)})

@@ -23,8 +23,21 @@ __all__ = ["DUPLICATE", "GROUP_KEYS", "TEST", "TRAIN", "VALIDATION", "GroupedSpl
 TRAIN, VALIDATION, TEST, DUPLICATE = 0, 1, 2, 3
 #: Group keys, coarsest first: a hospital holds patients, a patient holds slides.
 GROUP_KEYS = ("hospital", "patient", "slide")
-#: When two datasets ship the same image, the earlier here keeps it for training.
-PRIORITY = ("pannuke", "consep", "monusac", "nucls", "monuseg", "kumar", "tnbc")
+
+
+def _priority() -> tuple[str, ...]:
+    """The registry's order, with each dataset that copies another's images right after it."""
+    from nucdata.catalog import datasets_in_order, get_card
+
+    order = datasets_in_order()
+    original = {name: get_card(name, packaged=True).duplicates_of for name in order}
+    return tuple(sorted(order, key=lambda name: (order.index(original[name] or name), original[name] is not None)))
+
+
+#: When two datasets ship the same image, the earlier here keeps it for training: the
+#: registry's order (the cards' ``order``), a copy (a card's ``duplicates_of``: Kumar's
+#: images are MoNuSeg's) after the dataset it copies.
+PRIORITY = _priority()
 
 
 @dataclass
