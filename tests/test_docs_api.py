@@ -38,7 +38,7 @@ PRIVATE = re.compile(r"\b(?:nucdata|nucdata_models)(?:\.[A-Za-z]\w*)*\._[A-Za-z]
 
 #: which page a namespace's names go on (for the failure message)
 PAGE_OF = {
-    "nucdata": "loading.md (or the page of the subpackage that defines the name)",
+    "nucdata": "loading.md, or the page of the subpackage that also exports it",
     "nucdata.errors": "errors.md", "nucdata.views": "views.md", "nucdata.acquire": "acquire.md",
     "nucdata.catalog": "acquire.md", "nucdata.datasets": "acquire.md", "nucdata.labels": "labels.md",
     "nucdata.store": "store.md", "nucdata.exports": "exports.md", "nucdata.testing": "testing.md",
@@ -55,6 +55,14 @@ def _public_packages(root: ModuleType) -> list[str]:
         if info.ispkg and not any(part.startswith("_") for part in info.name.split(".")):
             found.append(info.name)
     return found
+
+
+def _page_hint(paths: list[str]) -> str:
+    """The page a name belongs on: that of its most specific namespace (errors: errors.md)."""
+    if any(path.startswith("nucdata.errors.") for path in paths):
+        return PAGE_OF["nucdata.errors"]
+    namespaces = sorted((path.rsplit(".", 1)[0] for path in paths), key=len, reverse=True)
+    return next((PAGE_OF[n] for n in namespaces if n in PAGE_OF), "the page of its layer")
 
 
 def _public_names() -> dict[Key, list[str]]:
@@ -120,10 +128,9 @@ def test_every_public_name_is_documented_on_exactly_one_api_page():
     seen: dict[Key, list[str]] = {}
     for page, path, obj in _documented():
         seen.setdefault((path.rsplit(".", 1)[-1], id(obj)), []).append(f"{page}: {path}")
-    missing = sorted(paths[0] for key, paths in public.items() if key not in seen)
+    missing = sorted(f"{paths[0]} (on {_page_hint(paths)})" for key, paths in public.items() if key not in seen)
     twice = {paths[0]: seen[key] for key, paths in public.items() if len(seen.get(key, ())) > 1}
-    hints = [f"{path} (on {PAGE_OF.get(path.rsplit('.', 1)[0], 'the page of its layer')})" for path in missing]
-    assert not missing, "not in the API reference; add a ::: line for each:\n  " + "\n  ".join(hints)
+    assert not missing, "not in the API reference; add a ::: line for each:\n  " + "\n  ".join(missing)
     assert not twice, f"documented more than once: {twice}"
 
 
