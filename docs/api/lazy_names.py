@@ -43,12 +43,12 @@ class LazyNames(griffe.Extension):
             for name, module in lazy.items():
                 if name in package.members:
                     continue
-                _define_statically_hidden(loader, pkg, module, name, getattr(runtime, name))
+                _define_statically_hidden(loader, pkg, module, name, runtime)
                 package.set_member(name, griffe.Alias(name, f"{module}.{name}", parent=package))
 
 
 def _define_statically_hidden(loader: griffe.GriffeLoader, pkg: griffe.Module, module: str, name: str,
-                              value: Any) -> None:
+                              runtime: Any) -> None:
     """Give ``module`` an attribute ``name`` griffe missed (``TRAIN, TEST = 0, 2``), so the alias resolves."""
     if not module.startswith(f"{pkg.path}."):
         return  # another distribution's module, loaded on its own
@@ -57,4 +57,4 @@ def _define_statically_hidden(loader: griffe.GriffeLoader, pkg: griffe.Module, m
     except KeyError:
         return
     if name not in defining.members:
-        defining.set_member(name, griffe.Attribute(name, value=repr(value), parent=defining))
+        defining.set_member(name, griffe.Attribute(name, value=repr(getattr(runtime, name)), parent=defining))

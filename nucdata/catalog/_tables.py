@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from nucdata.catalog._registry import Card, get_card, list_datasets
+from nucdata.catalog._registry import Card, datasets_in_order, get_card
 from nucdata.errors import InvalidArgumentError
 
 __all__ = ["BEGIN", "END", "KINDS", "render_dataset_table", "write_dataset_tables"]
@@ -41,9 +40,8 @@ Vocabulary = Callable[[str], Sequence[tuple[int, str, str]]]
 
 
 def _packaged_cards() -> list[Card]:
-    """Every packaged card as shipped: a local override (``$NUCDATA_HOME/registry``) never applies."""
-    with tempfile.TemporaryDirectory() as empty_home:
-        return [get_card(name, root=empty_home) for name in list_datasets()]
+    """Every packaged card as shipped (a local override never applies), in the cards' ``order``."""
+    return [get_card(name, packaged=True) for name in datasets_in_order()]
 
 
 def _short_title(card: Card) -> str:
@@ -56,6 +54,22 @@ def _count(value: Any) -> int | None:
     if isinstance(value, Mapping) and value and all(isinstance(v, int) for v in value.values()):
         return sum(value.values())
     return None
+
+
+def _text(text: str) -> str:
+    """A card's free text as Markdown: ``<Region>`` stays text, ``|`` does not end a cell."""
+    return text.replace("<", "&lt;").replace("|", "\\|")
+
+
+def _nuclei(card: Card) -> str:
+    """Nuclei of the release: checked counts plain, published-only counts in italics (``> n`` for a bound)."""
+    checked = _count(card.expected.get("regions"))
+    if checked is not None:
+        return f"{checked:,}"
+    if card.published_nuclei is not None:
+        bound = "> " if card.published_nuclei.get("lower_bound") else ""
+        return f"*{bound}{int(card.published_nuclei['count']):,}*"
+    return "—"
 
 
 def _licence(spdx: str) -> str:
@@ -162,35 +176,43 @@ def render_dataset_table(vocabulary: Vocabulary, kind: str = "readme",
     for card in _packaged_cards():
         title = _short_title(card)
         target = prefix + links[card.name] if card.name in links else card.homepage
-        images, nuclei = _count(card.expected.get("images")), _count(card.expected.get("regions"))
+        images = _count(card.expected.get("images"))
         size = str(card.extra.get("image_size", ""))
         size = size.replace("x", "×") if re.fullmatch(r"\d+x\d+", size) else ""
         names = [name for _, name, _ in vocabulary(card.name)]
+        same = f" (images from `{card.duplicates_of}`)" if card.duplicates_of else ""
         rows.append(" | ".join([
-            f"| [{title}]({target}) `{card.name}`",
+            f"| [{title}]({target}) `{card.name}`{same}",
             (f"{images:,}" if images is not None else "—") + (f", {size}" if size else ""),
-            f"{nuclei:,}" if nuclei is not None else "—",
+            _nuclei(card),
             _classes(names, kind),
-            str(card.extra.get("annotations", "not stated")),
+            _text(str(card.extra.get("annotations", "not stated"))),
             _mpp(card),
             _licence(card.licence),
             _splits(card) + " |",
         ]))
+        quoted = []
+        if images is None:
+            quoted.append(str(card.expected.get("images_note") or card.expected.get("regions_note")
+                              or "No image count is published."))
+        elif card.published_nuclei is not None:  # (without an image count, the note says both)
+            quoted.append(f"Nuclei: {card.published_nuclei.get('source', 'published')}.")
+        if quoted:
+            unchecked.append(f"- **{title}**: " + _text(" ".join(quoted)))
         counted = " ".join(str(card.expected[k]) for k in ("images_note", "regions_note") if card.expected.get(k))
-        if images is None or nuclei is None:
-            unchecked.append(f"- **{title}**: {counted or 'nothing is published.'}")
         said = [f"µm/px: {card.extra['mpp_note']}" if card.extra.get("mpp_note") else "",
                 f"Licence: {card.extra['licence_note']}" if card.extra.get("licence_note") else "",
                 f"Counts: {counted}" if counted else ""]
         if any(said):
-            notes.append(f"- **{title}**. " + " ".join(s for s in said if s))
+            notes.append(f"- **{title}**. " + _text(" ".join(x for x in said if x)))
     out = [f"<!-- generated from nucdata/catalog/cards/ by nucdata.catalog.write_dataset_tables: "
            f"do not edit by hand; regenerate with {REGENERATE} -->", "", *rows, ""]
     out.append("Images and nuclei are the counts of the native files that each conversion is checked "
-               "against; the store's own counts, after the documented cleaning, are in its manifest, and "
+               "against; a count in italics is only published (the card has none to check), and a dash "
+               "means none is. The store's own counts, after the documented cleaning, are in its manifest; "
                "`nucdata info NAME` prints the whole card.")
     if kind == "readme" and unchecked:
-        out += ["", "A dash: the card has no count to check. What is published:", "", *unchecked]
+        out += ["", *unchecked]
     if kind == "docs" and notes:
         out += ["", "Notes from the cards:", "", *notes]
     return "\n".join(out)
