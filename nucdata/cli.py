@@ -49,8 +49,21 @@ class _Group(click.Group):
             _fail(exc)
 
 
+class _Folder(click.Path):
+    """``click.Path`` that refuses an empty value (``--out ""`` would silently mean the current folder)."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("is empty; name a folder (use '.' for the current folder)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+def _folder(**kw) -> _Folder:
+    return _Folder(file_okay=False, path_type=Path, **kw)
+
+
 root_option = click.option(
-    "--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+    "--root", type=_folder(), default=None,
     help="Data home (default: $NUCDATA_HOME or the platform cache folder).",
 )
 
@@ -199,7 +212,7 @@ def download(names: tuple[str, ...], all_: bool, no_hash_check: bool, root: Path
 
 @main.command()
 @click.argument("name")
-@click.option("--from", "source", type=click.Path(exists=True, file_okay=False, path_type=Path),
+@click.option("--from", "source", type=_folder(exists=True),
               help="An already-extracted folder in the official layout (recorded as unverified).")
 @click.option("--force", is_flag=True, help="Rebuild even if a store exists.")
 @click.option("--offline", is_flag=True, help="Never use the network (manual and raw folders only).")
@@ -226,19 +239,29 @@ def prepare(name: str, source: Path | None, force: bool, offline: bool, no_hash_
 @click.argument("names", nargs=-1)
 @click.option("--deep", is_flag=True,
               help="Also hash every store file against its manifest and read every instance map.")
+@click.option("--merged", "merged", type=_folder(exists=True), default=None, metavar="DIR",
+              help="Check a build-merged output folder instead: its JSON files, every merged column "
+                   "against its store, codes, probabilities and the published pickles.")
 @root_option
-def verify(names: tuple[str, ...], deep: bool, root: Path | None) -> None:
-    """Re-check downloaded archives (size, format, SHA-256) and prepared stores.
+def verify(names: tuple[str, ...], deep: bool, merged: Path | None, root: Path | None) -> None:
+    """Re-check downloaded archives and prepared stores, or a merged output (--merged DIR).
 
-    For each store: every column and pixel file exists and is complete, with the
-    shape and dtype its manifest recorded; lengths agree with the counts; nucleus
-    ranges, centroids and boxes are consistent; with --deep, SHA-256 of every file.
-    Every problem is listed; the exit status is 1 when any was found.
+    Each archive line says what was checked: size, format, and SHA-256 only where the
+    card has one, and whose hash it is ("no publisher hash" when it is a third party's
+    or there is none). For each store: every column and pixel file exists and is
+    complete, with the shape and dtype its manifest recorded; lengths agree with the
+    counts; nucleus ranges, centroids and boxes are consistent; image and split names
+    are plain file names; with --deep, SHA-256 of every file. Every problem is listed;
+    the exit status is 1 when any was found.
     """
     from nucdata.acquire import verify as run
+    from nucdata.acquire import verify_merged
 
+    if merged is not None and names:
+        raise click.UsageError("--merged DIR checks one merged output; give no dataset names with it.")
+    checks = verify_merged(merged, deep=deep) if merged is not None else run(list(names) or None, deep=deep, root=root)
     failed = False
-    for check in run(list(names) or None, deep=deep, root=root):
+    for check in checks:
         if check.ok:
             click.echo(f"{check.dataset}: {check.message}")
         else:
@@ -256,37 +279,48 @@ label_set_option = click.option("--label-set", default=None, help="Express label
 @click.argument("name")
 @click.option("--format", "fmt", required=True,
               type=click.Choice(list(EXPORT_FORMATS)))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--out", type=_folder(), required=True,
+              help="The export folder: new, empty, or an earlier export (with --overwrite); written whole, "
+                   "atomically.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an earlier export in --out (a folder holding other files is always refused).")
 @split_option
 @label_set_option
 @click.option("--mpp", type=click.FloatRange(min=0, min_open=True), default=None,
               help="pannuke / hovernet-patches: resample to this many microns per pixel.")
 @click.option("--assume-mpp", type=click.FloatRange(min=0, min_open=True), default=None,
               help="mpp to use for images that carry none (else they are an error under --mpp).")
-@click.option("--size", type=click.IntRange(min=4), default=256, show_default=True, help="pannuke: patch side.")
-@click.option("--win", type=click.IntRange(min=4), default=540, show_default=True, help="hovernet-patches: window (HoVer-Net's default).")
+@click.option("--size", type=click.IntRange(min=4), default=256, show_default=True,
+              help="pannuke: patch side (at most $NUCDATA_MAX_PATCH_SIDE, 2048 by default).")
+@click.option("--win", type=click.IntRange(min=4), default=540, show_default=True,
+              help="hovernet-patches: window (HoVer-Net's default; at most $NUCDATA_MAX_PATCH_SIDE).")
 @click.option("--step", type=click.IntRange(min=1), default=164, show_default=True, help="hovernet-patches: step (HoVer-Net's default).")
 @root_option
-def export(name: str, fmt: str, out: Path, split: str | None, label_set: str | None, mpp: float | None,
-           assume_mpp: float | None, size: int, win: int, step: int, root: Path | None) -> None:
-    """Export a prepared dataset: QuPath GeoJSON, COCO, HoVer-Net JSON, PanNuke folds or HoVer-Net patches."""
+def export(name: str, fmt: str, out: Path, overwrite: bool, split: str | None, label_set: str | None,
+           mpp: float | None, assume_mpp: float | None, size: int, win: int, step: int, root: Path | None) -> None:
+    """Export a prepared dataset: QuPath GeoJSON, COCO, HoVer-Net JSON, PanNuke folds or HoVer-Net patches.
+
+    The export is built beside --out and published as a whole: a killed export leaves
+    the previous one (or nothing). It carries a marker file, .nucdata-export.
+    """
+    from nucdata._util.limits import check_patch_side
     from nucdata.dataset import load
     from nucdata.exports import export as run
 
     options: dict = {}
     if fmt == "pannuke":
-        options = {"mpp": mpp, "size": size, "assume_mpp": assume_mpp}
+        options = {"mpp": mpp, "size": check_patch_side(size, "--size"), "assume_mpp": assume_mpp}
     elif fmt == "hovernet-patches":
-        options = {"mpp": mpp, "win": win, "step": step, "assume_mpp": assume_mpp}
+        options = {"mpp": mpp, "win": check_patch_side(win, "--win"), "step": step, "assume_mpp": assume_mpp}
     elif mpp is not None:
         raise click.UsageError("--mpp applies to --format pannuke and hovernet-patches")
-    written = run(load(name, split, label_set, root=root), fmt, out, **options)
+    written = run(load(name, split, label_set, root=root), fmt, out, overwrite=overwrite, **options)
     click.echo(f"{len(written)} file(s) written to {out}")
 
 
 @main.command()
 @click.argument("name")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--out", type=_folder(), required=True)
 @split_option
 @label_set_option
 @root_option
@@ -315,7 +349,7 @@ def stats(name: str, as_json: bool, split: str | None, label_set: str | None, ro
 
 
 @main.command()
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--root", type=_folder(), default=None,
               help="Use this folder as the demo's data home and keep it (default: $NUCDATA_HOME if set, "
                    "else a temporary folder removed at the end).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the generated archives.")

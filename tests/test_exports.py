@@ -213,8 +213,9 @@ def test_pannuke_export_of_other_datasets_at_one_mpp(pannuke_home, tmp_path):
     # A folder nucdata did not write is never replaced.
     foreign = tmp_path / "other"
     (foreign / "Fold 1").mkdir(parents=True)
-    with pytest.raises(nucdata.InvalidArgumentError, match="not written by nucdata"):
-        nucdata.exports.export(ds, "pannuke", foreign)
+    with pytest.raises(nucdata.OutputFolderError, match="did not write"):
+        nucdata.exports.export(ds, "pannuke", foreign, overwrite=True)
+    assert (foreign / "Fold 1").is_dir() and not list((foreign / "Fold 1").iterdir())
     with pytest.raises(nucdata.InvalidArgumentError, match="label set"):
         nucdata.exports.export(nucdata.load("monusac"), "pannuke", tmp_path / "x")
 

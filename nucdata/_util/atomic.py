@@ -41,6 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from nucdata._util import disk
 from nucdata._util.faults import fault_point
 
 #: Fault-point steps of :func:`swap_dir`, in order (each is ``"<label>:<step>"``).
@@ -78,13 +79,15 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         Destination file; its folder is created when missing.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with disk.mapped(path, f"creating the folder of {path.name}"):
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with disk.mapped(path, f"writing {path.name}"):  # ENOSPC in the caller's writes too
+            yield tmp
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -97,7 +100,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     The bytes go to a temporary file in the same folder, which is flushed,
     ``fsync``-ed and renamed over ``path`` with ``os.replace``. The parent folder is
     created when missing. On any error the temporary file is removed and ``path``
-    is left as it was.
+    is left as it was; a full disk is a :class:`~nucdata.errors.DiskFullError` that
+    says how many bytes were to be written and how many are free.
 
     Parameters
     ----------
@@ -106,7 +110,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     data
         The complete new content.
     """
-    with atomic_path(path) as tmp, open(tmp, "xb") as fh:
+    with atomic_path(path) as tmp, disk.mapped(path, f"writing {Path(path).name}", needed=len(data)), \
+            open(tmp, "xb") as fh:
         fh.write(data)
     return Path(path)
 
@@ -268,7 +273,8 @@ def staging_dir(dest: str | os.PathLike[str]) -> Path:
     tmp = dest.parent / f".{dest.name}.tmp-{ident}"
     _active.add(ident)
     _write_owner(tmp, "tmp", dest, ident)
-    tmp.mkdir()
+    with disk.mapped(tmp, f"creating the staging folder of {dest.name}"):
+        tmp.mkdir()
     return tmp
 
 

@@ -36,6 +36,9 @@ def data_home(root: str | os.PathLike[str] | None = None) -> Path:
         non-empty, else the platform cache folder for "nucdata" (for example
         ``~/.cache/nucdata`` on Linux).
     """
+    if isinstance(root, str) and not root.strip():
+        raise DataHomeError("the data home is empty (--root \"\" or root=\"\"); name a folder, or leave it out "
+                            f"to use ${ENV_VAR} or the default.")
     if root is not None:
         home, origin = Path(root).expanduser().resolve(), "the data home (--root)"
     elif env := os.environ.get(ENV_VAR, "").strip():
@@ -96,6 +99,10 @@ def writable_folder(folder: str | os.PathLike[str], what: str) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        from nucdata._util.disk import disk_full, is_disk_full
+
+        if is_disk_full(exc):
+            raise disk_full(path, f"creating the folder for {what}", exc=exc) from None
         raise DataHomeError(
             f"{path}: cannot create the folder for {what} ({exc.strerror or exc}). The data home is "
             f"read-only or a file is in the way; set {ENV_VAR} (or --root) to a writable folder."

@@ -19,32 +19,58 @@ MAX_IMAGE_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 PIXELS_ENV_VAR = "NUCDATA_MAX_IMAGE_PIXELS"
 
 
-def _pixel_limit() -> int | None:
+def pixel_limit() -> int | None:
+    """The most pixels an image (or a map of one) may have: ``$NUCDATA_MAX_IMAGE_PIXELS``, else
+    :data:`MAX_IMAGE_PIXELS`; ``None`` when the variable is ``0`` (no limit).
+
+    The one limit of every decoder path (Pillow, the tifffile fallback of MoNuSAC's
+    ``.svs``, CoNSeP's ``.mat`` maps), checked from the file's header before its pixels
+    are decoded.
+
+    Raises
+    ------
+    InvalidArgumentError
+        When the variable is not a number.
+    """
     env = os.environ.get(PIXELS_ENV_VAR, "").strip()
     if not env:
         return MAX_IMAGE_PIXELS
     try:
         value = int(float(env))
-    except ValueError:
+    except (ValueError, OverflowError):
         raise InvalidArgumentError(f"${PIXELS_ENV_VAR}={env!r} is not a number of pixels (0: no limit).") from None
     return None if value <= 0 else value
+
+
+def check_pixels(path: str | os.PathLike[str], width: int, height: int) -> None:
+    """Refuse an image of ``width x height`` pixels above :func:`pixel_limit`, before decoding it.
+
+    Raises
+    ------
+    CorruptArchiveError
+        Naming the file, its size, the limit and the variable that raises it.
+    """
+    limit = pixel_limit()
+    if width < 0 or height < 0:
+        raise CorruptArchiveError(f"{path}: the header gives a negative size ({width}x{height}); the file is "
+                                  "damaged. Extract or download it again.")
+    if limit is not None and int(width) * int(height) > limit:
+        raise CorruptArchiveError(
+            f"{path}: {width}x{height} pixels is above the limit of {limit:,} "
+            "(a decompression bomb, or not a tile of a nucleus dataset). If the image is "
+            f"genuine, set {PIXELS_ENV_VAR} to a larger number of pixels (0: no limit)."
+        )
 
 
 @contextlib.contextmanager
 def _open(path: Path) -> Iterator[Image.Image]:
     """``Image.open`` with nucdata's pixel limit instead of Pillow's global one."""
-    limit = _pixel_limit()
+    limit = pixel_limit()
     pillow = Image.MAX_IMAGE_PIXELS
     if pillow is not None and (limit is None or limit > pillow):
         Image.MAX_IMAGE_PIXELS = limit  # only ever raised, on the user's explicit request
     with Image.open(path) as im:
-        pixels = im.size[0] * im.size[1]
-        if limit is not None and pixels > limit:
-            raise CorruptArchiveError(
-                f"{path}: {im.size[0]}x{im.size[1]} pixels is above the limit of {limit:,} "
-                "(a decompression bomb, or not a tile of a nucleus dataset). If the image is "
-                f"genuine, set {PIXELS_ENV_VAR} to a larger number of pixels (0: no limit)."
-            )
+        check_pixels(path, im.size[0], im.size[1])
         yield im
 
 

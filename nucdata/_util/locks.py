@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from nucdata._util.disk import disk_full, is_disk_full
 from nucdata._util.home import writable_folder
 from nucdata.errors import DataHomeError, StoreLockedError
 
@@ -28,6 +29,8 @@ def dataset_lock(dataset_dir: Path, timeout: float = 3600.0, poll: float = 0.2) 
     try:
         fh = open(path, "a+")  # noqa: SIM115 - closed below
     except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(path, "creating the lock file", exc=exc) from None
         raise DataHomeError(
             f"{path}: cannot create the lock file ({exc.strerror or exc}); the folder is read-only. "
             "Set NUCDATA_HOME (or --root) to a writable folder to prepare datasets there."

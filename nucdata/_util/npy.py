@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from nucdata._util import disk
+
 __all__ = ["NpyStreamWriter", "data_sha256", "file_record", "npy_header"]
 
 _HEADER_BYTES = 256  # reserved .npy header; final shape is written once known
@@ -23,7 +25,9 @@ class NpyStreamWriter:
     """Append arrays to a ``.npy`` file whose final shape is known only at the end.
 
     A fixed 256-byte header is reserved and rewritten on :meth:`close`, so data
-    never has to be copied: ``np.load(..., mmap_mode="r")`` reads the result.
+    never has to be copied: ``np.load(..., mmap_mode="r")`` reads the result. A full
+    disk is a :class:`~nucdata.errors.DiskFullError` naming the file, the bytes written
+    so far and those of the failed write.
     """
 
     def __init__(self, path: Path, dtype: np.dtype | str):
@@ -31,15 +35,18 @@ class NpyStreamWriter:
         self.dtype = np.dtype(dtype)
         self.count = 0  # elements written
         self._hash = hashlib.sha256()  # of the data bytes (after the header), streamed
-        self._fh = open(self.path, "wb")  # noqa: SIM115 - closed in close()
-        self._fh.write(b"\0" * _HEADER_BYTES)
+        with disk.mapped(self.path, f"creating {self.path.name}"):
+            self._fh = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+            self._fh.write(b"\0" * _HEADER_BYTES)
 
     def append(self, array: np.ndarray) -> int:
         """Append ``array`` (C order); return the element offset where it starts."""
         start = self.count
         data = np.ascontiguousarray(array, dtype=self.dtype)
         raw = data.reshape(-1).view(np.uint8)
-        self._fh.write(raw)
+        with disk.mapped(self.path, f"writing {self.path.name} ({self.count * self.dtype.itemsize:,} bytes "
+                         "written so far)", needed=raw.nbytes):
+            self._fh.write(raw)
         self._hash.update(raw)
         self.count += data.size
         return start
@@ -55,9 +62,10 @@ class NpyStreamWriter:
             raise ValueError("shape too long for the reserved .npy header")
         blob = b"\x93NUMPY\x01\x00" + (_HEADER_BYTES - 10).to_bytes(2, "little")
         blob += body + b" " * pad + b"\n"
-        self._fh.seek(0)
-        self._fh.write(blob)
-        self._fh.close()
+        with disk.mapped(self.path, f"finishing {self.path.name}"):
+            self._fh.seek(0)
+            self._fh.write(blob)
+            self._fh.close()
         return {"shape": [int(x) for x in shape], "dtype": np.lib.format.dtype_to_descr(self.dtype),
                 "sha256": self._hash.hexdigest(), "bytes": self.path.stat().st_size}
 

@@ -5,6 +5,6 @@ from nucdata.acquire._archive import extract
 from nucdata.acquire._fetch import fetch, sha256sum
 from nucdata.acquire._fetch import verify as verify_file
 from nucdata.acquire._prepare import is_prepared, prepare, store_path
-from nucdata.acquire._verify import Check, verify, verify_store
+from nucdata.acquire._verify import Check, verify, verify_merged, verify_store
 
-__all__ = ["Check", "verify", "extract", "fetch", "is_prepared", "prepare", "sha256sum", "store_path", "verify_file", "verify_store"]
+__all__ = ["Check", "verify", "extract", "fetch", "is_prepared", "prepare", "sha256sum", "store_path", "verify_file", "verify_merged", "verify_store"]

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pooch
 
+from nucdata._util.disk import disk_full, is_disk_full
 from nucdata._util.home import manual_dir, raw_dir, writable_folder
 from nucdata._util.progress import use_bars
 from nucdata.catalog import Card, RemoteFile, get_card
@@ -86,11 +87,26 @@ def check_format(path: Path, spec: RemoteFile) -> None:
         )
 
 
-def verify(path: Path, spec: RemoteFile, fix: str, check_hash: bool = True) -> str:
-    """Check size, format and hash of ``path`` against ``spec``; return its SHA-256."""
+def verify(path: Path, spec: RemoteFile, fix: str, check_hash: bool = True, size_fix: str | None = None) -> str:
+    """Check size, format and hash of ``path`` against ``spec``; return its SHA-256.
+
+    Parameters
+    ----------
+    path
+        The file.
+    spec
+        The card's entry for it.
+    fix
+        The fix a hash mismatch names.
+    check_hash
+        Compare the SHA-256 (``--no-hash-check`` turns it off; the size is always checked).
+    size_fix
+        The fix a size mismatch names (default ``fix``); it must not offer
+        ``--no-hash-check``, which does not skip the size check.
+    """
     size = path.stat().st_size
     if spec.size is not None and size != spec.size:
-        raise SizeMismatchError(path, spec.size, size, fix)
+        raise SizeMismatchError(path, spec.size, size, size_fix or fix)
     check_format(path, spec)
     digest = sha256sum(path)
     if check_hash and spec.sha256 and digest != spec.sha256.lower():
@@ -110,6 +126,9 @@ def _download_once(url: str, dest: Path, spec: RemoteFile, check_hash: bool) -> 
             f"If you trust this copy, put it into the manual folder and use "
             f"`nucdata download --no-hash-check`.",
             check_hash=check_hash,
+            size_fix=f"The mirror {url} served a file of another size (a truncated transfer or another "
+            "release); nucdata tries the next mirror. --no-hash-check does not accept a file of the wrong "
+            "size: download it again.",
         )
         os.replace(tmp, dest)  # only a fully verified file gets the final name
         return digest
@@ -147,7 +166,13 @@ def fetch_file(
             f"The file in the manual folder is not the published {spec.name!r}. Replace it "
             "with a fresh download, or pass --no-hash-check to accept it unverified."
         )
-        digest = verify(manual, spec, fix, check_hash)
+        size_fix = (
+            f"The file in the manual folder is not the published {spec.name!r}: a truncated download or "
+            f"another release. Replace it with a complete download (--no-hash-check does not accept a file "
+            f"of the wrong size); to use this copy anyway, extract it yourself and run "
+            f"`nucdata prepare {card.name} --from <folder>` (recorded as unverified)."
+        )
+        digest = verify(manual, spec, fix, check_hash, size_fix=size_fix)
         say(f"{card.name}: using {manual} (manual folder, sha256 {digest[:12]}...)")
         return FetchedFile(manual, digest, "manual", verified, spec.hash_source)
     if cached.is_file():
@@ -168,7 +193,13 @@ def fetch_file(
         say(f"{card.name}: downloading {spec.name!r} from {url}")
         try:
             digest = _download_once(url, cached, spec, check_hash)
-        except (DownloadError, OSError, ValueError) as exc:
+        except OSError as exc:
+            if is_disk_full(exc):  # no mirror will fit either
+                raise disk_full(cached, f"downloading {spec.name!r}", spec.size, exc) from None
+            failures.append((url, exc))
+            log.warning("%s: mirror %s failed: %s", card.name, url, exc)
+            continue
+        except (DownloadError, ValueError) as exc:
             failures.append((url, exc))
             log.warning("%s: mirror %s failed: %s", card.name, url, exc)
             continue

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from nucdata._util import atomic
+from nucdata._util import atomic, disk
 from nucdata._util.deprecation import renamed_keywords
 from nucdata._util.faults import fault_point
 from nucdata._util.home import stores_dir, work_dir
@@ -137,7 +137,8 @@ def prepare(
             images = card.expected.get("images")
             total = sum(images.values()) if isinstance(images, dict) else None
             counter = Counter(total, desc=f"converting {card.name}", unit="images")
-            with StoreWriter(final, card.name, src.version, progress=counter) as writer:
+            with disk.mapped(final, f"building the {card.name} store"), \
+                    StoreWriter(final, card.name, src.version, progress=counter) as writer:
                 options = {"jobs": jobs} if "jobs" in inspect.signature(src.convert).parameters else {}
                 report = src.convert(folder, writer, progress=say, **options)
                 counts = _counts(writer)

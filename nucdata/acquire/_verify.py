@@ -11,13 +11,14 @@ import numpy as np
 
 from nucdata._util.home import manual_dir, raw_dir
 from nucdata._util.npy import data_sha256, npy_header
+from nucdata._util.paths import name_problem
 from nucdata.acquire._fetch import verify as verify_file
 from nucdata.acquire._prepare import store_path
-from nucdata.catalog import get_card, list_datasets
+from nucdata.catalog import RemoteFile, get_card, list_datasets
 from nucdata.errors import NucdataError, StoreError
-from nucdata.store import MANIFEST, image_pixels, read_manifest, rebuild_hint
+from nucdata.store import MANIFEST, Store, image_pixels, read_manifest, rebuild_hint
 
-__all__ = ["Check", "verify", "verify_store"]
+__all__ = ["Check", "checked_text", "verify", "verify_merged", "verify_store"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def verify(names: str | list[str] | tuple[str, ...] | None = None, deep: bool = 
                 continue
             try:
                 verify_file(found[0], spec, fix="Download it again.")
-                out.append(Check(name, True, f"{found[0]} OK"))
+                out.append(Check(name, True, f"{found[0]} OK: {checked_text(spec)}"))
             except NucdataError as exc:
                 out.append(Check(name, False, str(exc)))
             except OSError as exc:
@@ -86,6 +87,25 @@ def verify(names: str | list[str] | tuple[str, ...] | None = None, deep: bool = 
     return out
 
 
+def checked_text(spec: RemoteFile) -> str:
+    """What verifying ``spec``'s file checks, in words: never more than was checked.
+
+    A card whose hash is a third party's (``hash_source``), or that has none (a
+    third-party MD5 is not checked), says so; only a hash its ``hash_source`` gives as the
+    publisher's is called that.
+    """
+    size = "size" if spec.size is not None else ""
+    fmt = {"zip": "zip format", "tar": "tar format"}.get(spec.format, "")
+    shape = ", ".join(p for p in (size, fmt) if p) or "presence"
+    if spec.sha256:
+        if spec.hash_source.strip().lower().startswith("publisher"):
+            return f"{shape} and SHA-256 checked against the publisher's hash"
+        return (f"{shape} and SHA-256 checked against a hash that is not the publisher's "
+                f"({spec.hash_source}); no publisher hash")
+    only = "size only" if spec.size is not None else f"{shape} only (no size published)"
+    return f"{only}; no publisher hash, so the content is not verified ({spec.hash_source})"
+
+
 def verify_store(path: str | os.PathLike[str], deep: bool = False) -> list[str]:
     """Check a store on disk; return every problem found (empty when it is sound).
 
@@ -94,9 +114,10 @@ def verify_store(path: str | os.PathLike[str], deep: bool = False) -> list[str]:
     lengths agree with the image and nucleus counts (and the manifest's counts);
     ``nucleus_start``/``nucleus_count`` tile the nucleus table and agree with
     ``nuclei/image``; centroids are finite and inside their image, boxes inside it;
-    pixel files hold exactly the pixels the image sizes call for. With ``deep``, each
-    file's SHA-256 is compared with the manifest's and each instance map's largest
-    label with its number of masked nuclei.
+    pixel files hold exactly the pixels the image sizes call for; image and split names
+    are plain file names (exports write files named after them) and image names are
+    unique. With ``deep``, each file's SHA-256 is compared with the manifest's and each
+    instance map's largest label with its number of masked nuclei.
 
     Never raises for a damaged store: every failure is one line of the result.
 
@@ -161,6 +182,31 @@ def verify_store(path: str | os.PathLike[str], deep: bool = False) -> list[str]:
     return problems
 
 
+def _check_names(folder: Path, names: np.ndarray, splits: np.ndarray | None, hint: str) -> list[str]:
+    """Image and split names that exports turn into file and folder names must stay inside them."""
+    problems = []
+    for rel, column, suffix in (("images/name.npy", names, ".png"), ("images/split.npy", splits, "")):
+        if column is None:
+            continue
+        if column.dtype.kind not in "US":
+            problems.append(f"{folder / rel}: dtype {column.dtype}, not text. {hint}")
+            continue
+        values = [str(v) for v in np.asarray(column).tolist()] if column.dtype.kind == "U" else \
+            [v.decode("latin-1") for v in np.asarray(column).tolist()]
+        unsafe = [(i, v, why) for i, v in enumerate(values)
+                  if (why := name_problem(v + suffix) if v or not suffix else "it is empty")]
+        if unsafe:
+            i, v, why = unsafe[0]
+            problems.append(f"{folder / rel}: {len(unsafe)} name(s) that cannot be file names inside an export "
+                            f"folder (exports would write outside it); row {i} is {v[:80]!r}: {why}. {hint}")
+        if suffix and len(set(values)) != len(values):
+            seen: set[str] = set()
+            twice = sorted({v for v in values if v in seen or seen.add(v)})
+            problems.append(f"{folder / rel}: {len(twice)} image name(s) occur more than once (e.g. "
+                            f"{twice[0][:80]!r}); exports would overwrite one image's files with another's. {hint}")
+    return problems
+
+
 def _check_values(folder: Path, manifest: dict[str, Any], arrays: dict[str, np.ndarray], deep: bool,
                   hint: str) -> list[str]:
     """Cross-checks of lengths and values (see :func:`verify_store`)."""
@@ -187,6 +233,7 @@ def _check_values(folder: Path, manifest: dict[str, Any], arrays: dict[str, np.n
             problems.append(f"{folder / MANIFEST}: counts.{key}.total is {total}, the columns hold {n}. {hint}")
     if problems:
         return problems  # lengths disagree: the value checks below would index out of range
+    problems += _check_names(folder, names, col("images/split.npy"), hint)
 
     start, count = col("images/nucleus_start.npy"), col("images/nucleus_count.npy")
     if start is not None and count is not None:
@@ -280,4 +327,141 @@ def _check_values(folder: Path, manifest: dict[str, Any], arrays: dict[str, np.n
                 problems.append(f"{folder}/pixels/instances.npy: image {i} ({names[i]}) has {k} instance labels "
                                 f"but {want} masked nuclei. {hint}")
                 break
+    return problems
+
+
+# -- merged outputs ---------------------------------------------------------------------
+def verify_merged(folder: str | os.PathLike[str], deep: bool = False) -> list[Check]:
+    """Check a ``build-merged`` output folder; one line per problem, and one per sound part.
+
+    Checked: the marker (``.nucdata-merged``) and every ``merged/<dataset>/merged.json``
+    against their schemas; for every dataset and label set of the marker, each merged
+    column's dtype, shape, size and length against the output's copy of the store, its
+    codes (labels -2..K-1 for the label set's K classes, provenance codes, ``outside``
+    with -2) and probabilities (finite in [0, 1], NaN only beside -2); the published
+    pickle ``<label_set>/<dataset>.pkl`` (read with the allow-list unpickler) row by
+    row, and against the columns and the store: the same images, the same nuclei in the
+    same order, centroids, fields 2-4. The output's copy of each store is checked as
+    :func:`verify_store` checks a store (``deep``: hashes and instance maps too).
+
+    Parameters
+    ----------
+    folder
+        The output folder.
+    deep
+        Also hash the stores' files and read their instance maps.
+
+    Returns
+    -------
+    list of Check
+        ``Check.dataset`` is ``"merged"`` for the output's own files, else the dataset;
+        a damaged output is failed lines, never an exception.
+    """
+    from nucdata.labels import label_set as get_label_set
+    from nucdata.store import check_marker
+
+    root = Path(folder)
+    if not root.is_dir():
+        return [Check("merged", False, f"{root}: not a folder; pass a build-merged output folder to --merged.")]
+    info, problems = check_marker(root)
+    out = [Check("merged", False, p) for p in problems]
+    if not info:
+        return out
+    classes: dict[str, int] = {}
+    for name in info["label_sets"]:
+        try:
+            classes[name] = len(get_label_set(name))
+        except NucdataError:
+            out.append(Check("merged", False, f"{root}: label set {name!r} is not one nucdata knows; the output "
+                                              "was made by another version or edited. Rebuild it with "
+                                              "`nucdata build-merged`."))
+    for dataset in info["datasets"]:
+        out += _verify_merged_dataset(root, dataset, classes, deep)
+    return out
+
+
+def _verify_merged_dataset(root: Path, dataset: str, classes: dict[str, int], deep: bool) -> list[Check]:
+    from nucdata._util.safe_pickle import load as safe_load
+    from nucdata.store import merged_label_problems, published_table, read_merged_info
+
+    lines: list[Check] = []
+    try:
+        info = read_merged_info(root, dataset)
+    except NucdataError as exc:
+        return [Check(dataset, False, str(exc))]
+    store_dir = root / "stores" / dataset
+    if not (store_dir / MANIFEST).is_file():
+        return [Check(dataset, False, f"{store_dir}: the output's copy of the store is missing or incomplete; "
+                                      "rebuild the output with `nucdata build-merged`.")]
+    store_problems = verify_store(store_dir, deep=deep)
+    lines += [Check(dataset, False, f"the output's store: {p}") for p in store_problems]
+    if store_problems:
+        return lines
+    store = Store(store_dir)
+    if info["nuclei"] != store.n_nuclei:
+        lines.append(Check(dataset, False, f"{root / 'merged' / dataset / 'merged.json'}: 'nuclei' is "
+                                           f"{info['nuclei']:,}, the output's store has {store.n_nuclei:,}."))
+    for label_set in info["label_sets"]:
+        if label_set not in classes:
+            continue
+        columns, problems = merged_label_problems(root, dataset, label_set, classes[label_set])
+        lines += [Check(dataset, False, p) for p in problems]
+        pkl = root / label_set / f"{dataset}.pkl"
+        if not pkl.is_file():
+            lines.append(Check(dataset, False, f"{pkl}: missing; the output is incomplete. Rebuild it with "
+                                               "`nucdata build-merged`."))
+            continue
+        try:
+            table, row_problems = published_table(safe_load(pkl), pkl, classes[label_set])
+        except NucdataError as exc:
+            lines.append(Check(dataset, False, str(exc)))
+            continue
+        lines += [Check(dataset, False, p) for p in row_problems]
+        if problems or row_problems:
+            continue
+        cross = _pickle_against_columns(pkl, table, columns, store)
+        lines += [Check(dataset, False, p) for p in cross]
+        if not cross:
+            lines.append(Check(dataset, True, f"{label_set}: {store.n_nuclei:,} nuclei; merged columns, codes, "
+                                              f"probabilities and {pkl.name} agree with the store"))
+    return lines
+
+
+def _pickle_against_columns(pkl: Path, table: dict[str, dict[str, np.ndarray]], columns: dict[str, np.ndarray],
+                            store: Store) -> list[str]:
+    """The published pickle holds the store's images and nuclei, in order, with the columns' fields."""
+    from nucdata.store import PROVENANCE
+
+    fix = "rebuild the output with `nucdata build-merged`"
+    names = [f"{n}.png" for n in np.asarray(store.column("images", "name")).tolist()]
+    if sorted(table) != sorted(names):
+        missing, extra = sorted(set(names) - set(table)), sorted(set(table) - set(names))
+        return [f"{pkl}: its images differ from the store's ({len(missing)} missing, e.g. {missing[:3]}; "
+                f"{len(extra)} not in the store, e.g. {extra[:3]}). Fix: {fix}."]
+    count = np.asarray(store.column("images", "nucleus_count"), np.int64)
+    start = np.asarray(store.column("images", "nucleus_start"), np.int64)
+    wrong = [n for i, n in enumerate(names) if table[n]["predicted"].size != count[i]]
+    if wrong:
+        return [f"{pkl}: {len(wrong)} image(s) hold another number of nuclei than the store (e.g. {wrong[0]!r}). "
+                f"Fix: {fix}."]
+    order = np.concatenate([np.arange(start[i], start[i] + count[i]) for i in range(len(names))]) if names else \
+        np.zeros(0, np.int64)
+    field = {k: np.concatenate([table[n][k] for n in names]) if names else np.zeros(0)
+             for k in ("centroid", "predicted", "probability", "ground_truth")}
+    problems = []
+    centroid = np.asarray(store.column("nuclei", "centroid"), np.float64)[order]
+    if field["centroid"].size and not np.allclose(field["centroid"].reshape(-1, 2), centroid, atol=1e-3):
+        problems.append(f"{pkl}: centroids differ from the store's (the rows belong to other nuclei). Fix: {fix}.")
+    source = np.asarray(columns["source"], np.int64)[order]
+    decided = (source == PROVENANCE.index("ambiguous-resolved")) | (source == PROVENANCE.index("outside"))
+    label = np.where(decided, np.asarray(columns["label"])[order], np.asarray(columns["predicted"])[order])
+    prob = np.where(decided, np.asarray(columns["probability"])[order],
+                    np.asarray(columns["predicted_probability"])[order]).astype(np.float32)
+    for what, got, want in (("field 2 (label)", field["predicted"], label),
+                            ("field 4 (ground truth)", field["ground_truth"], np.asarray(columns["annotation"])[order])):
+        if not np.array_equal(got, want):
+            problems.append(f"{pkl}: {what} differs from the merged columns in {int((got != want).sum()):,} "
+                            f"nuclei. Fix: {fix}.")
+    if not np.array_equal(field["probability"].astype(np.float32), prob, equal_nan=True):
+        problems.append(f"{pkl}: field 3 (probability) differs from the merged columns. Fix: {fix}.")
     return problems

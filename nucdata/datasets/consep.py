@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from scipy.io import loadmat
+from scipy.io import loadmat, whosmat
 
-from nucdata._util.images import read_rgb
+from nucdata._util.images import PIXELS_ENV_VAR, pixel_limit, read_rgb
 from nucdata._util.instances import nucleus_properties, relabel_sequential
 from nucdata.datasets._base import ConversionReport, Converter, list_files, walk_dirs
 from nucdata.errors import MalformedAnnotationError, MissingFilesError
@@ -29,10 +29,69 @@ CLASS_NAMES = {
 }
 
 
-def read_label(path: Path) -> dict[str, np.ndarray]:
-    """Read one CoNSeP ``.mat``; check its keys and the id/type alignment."""
+#: MATLAB classes a numeric variable may have (``scipy.io.whosmat``'s third field)
+_NUMERIC_CLASSES = frozenset({"double", "single", "logical", "int8", "int16", "int32", "int64",
+                              "uint8", "uint16", "uint32", "uint64"})
+
+
+def check_header(path: Path) -> None:
+    """Check the ``.mat`` file's variable headers before any variable is read.
+
+    ``scipy.io.whosmat`` reads each variable's name, dimensions and class without its
+    data. The maps may hold at most the image pixel limit of elements
+    (``NUCDATA_MAX_IMAGE_PIXELS``), and ``inst_type``/``inst_centroid`` at most one row per
+    pixel of that limit: a 20000 x 20000 ``inst_map`` (3.2 GB as doubles) is refused here,
+    not after ``loadmat`` allocated it. Cell arrays, structs, text and sparse matrices are
+    refused too.
+
+    Raises
+    ------
+    MalformedAnnotationError
+        Naming the file, the variable, its dimensions and the limit.
+    """
     try:
-        data = loadmat(path)
+        variables = whosmat(path)
+    except NotImplementedError as exc:  # MATLAB v7.3 (HDF5) files
+        raise MalformedAnnotationError(
+            f"{path}: a MATLAB v7.3 (HDF5) file ({exc}); CoNSeP's ground truth is MATLAB v5. Use the "
+            "official archive's files.") from None
+    except Exception as exc:  # scipy raises several types for damaged headers
+        raise MalformedAnnotationError(
+            f"{path}: not a readable MATLAB file ({type(exc).__name__}: {exc}); extract or download it again."
+        ) from None
+    found = {name: (tuple(int(d) for d in shape), kind) for name, shape, kind in variables}
+    missing = [k for k in REQUIRED_KEYS if k not in found]
+    if missing:
+        raise MalformedAnnotationError(
+            f"{path}: key {missing[0]!r} is missing (found {sorted(k for k in found if not k.startswith('__'))}). "
+            "This is not a CoNSeP ground-truth file (HoVer-Net prediction files and the tiled "
+            "Kaggle derivative use other keys); use the official archive."
+        )
+    limit = pixel_limit()
+    for key in REQUIRED_KEYS:
+        shape, kind = found[key]
+        if kind not in _NUMERIC_CLASSES:
+            what = {"char": "text", "cell": "a cell array or struct", "struct": "a cell array or struct",
+                    "sparse": "a sparse matrix"}.get(kind, f"MATLAB class {kind!r}")
+            raise MalformedAnnotationError(
+                f"{path}: {key} holds {what}, not numbers. CoNSeP ground truth stores it as a numeric "
+                "matrix; the file was re-saved by another tool or is not ground truth."
+            )
+        elements = int(np.prod(shape, dtype=object)) if shape else 1
+        rows = elements if key in ("inst_map", "type_map") else elements // 2 + 1
+        if limit is not None and rows > limit:
+            raise MalformedAnnotationError(
+                f"{path}: {key} is {' x '.join(map(str, shape))} ({elements:,} values), above the limit of "
+                f"{limit:,} image pixels; nothing of it was read (CoNSeP's maps are 1000 x 1000). If the file "
+                f"is genuine, set {PIXELS_ENV_VAR} to a larger number of pixels (0: no limit)."
+            )
+
+
+def read_label(path: Path) -> dict[str, np.ndarray]:
+    """Read one CoNSeP ``.mat``; check its headers (:func:`check_header`), keys and id/type alignment."""
+    check_header(path)
+    try:
+        data = loadmat(path, variable_names=list(REQUIRED_KEYS))
     except Exception as exc:  # scipy raises several types for damaged files
         raise MalformedAnnotationError(
             f"{path}: not a readable MATLAB file ({exc}); extract or download it again."

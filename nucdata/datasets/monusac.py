@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nucdata._util.images import read_rgb
+from nucdata._util.images import check_pixels, read_rgb
 from nucdata.datasets._base import ConversionReport, Converter, list_files, walk_dirs
 from nucdata.datasets._imagescope import Region, rasterize_regions, read_imagescope
 from nucdata.errors import CorruptArchiveError, MissingFilesError
@@ -166,7 +166,12 @@ def read_svs(path: Path) -> np.ndarray:
         import tifffile
 
         with tifffile.TiffFile(path) as tif:
-            array = tif.pages[0].asarray()
+            page = tif.pages[0]
+            # the one pixel limit of every decoder, from the page's header, before decoding
+            check_pixels(path, int(page.imagewidth), int(page.imagelength))
+            array = page.asarray()
+    except CorruptArchiveError:
+        raise
     except Exception as exc:  # tifffile raises many types for missing codecs or bad files
         raise CorruptArchiveError(
             f"{path}: this .svs cannot be decoded (Pillow: {pillow_error.__cause__ or pillow_error}; "

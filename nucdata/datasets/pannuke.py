@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nucdata._util.instances import nucleus_properties, relabel_sequential
+from nucdata._util.instances import count_ids, nucleus_properties, relabel_sequential
 from nucdata.datasets._base import ConversionReport, Converter, walk_dirs
 from nucdata.errors import (
     CorruptArchiveError,
@@ -55,6 +55,7 @@ _FOLD = re.compile(r"(?:fold|part)[ _]?(\d)", re.IGNORECASE)
 _BLOCK = 16384  # rows per matrix product: OpenBLAS splits larger ones over threads,
 # which then fight the two decoding threads for two cores
 _FAST_MAX_ID = 1 << 20  # above this, keys of the fast path would lose float64 exactness
+_MAX_ID = (2**63 - 1) // (CHANNELS + 1)  # larger ids would overflow the exact path's int64 keys
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,10 @@ def merge_channels(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     if channels.min(initial=0) < 0:
         raise ValueError("negative instance id")
     stride = int(channels.max(initial=0)) + 1
-    before = sum(int(np.count_nonzero(np.bincount(channels[..., c].ravel())[1:])) for c in range(CHANNELS))
+    if stride > _MAX_ID:  # channel * stride + id must fit in int64
+        raise ValueError("instance id too large")
+    # ids are counted without a table sized by the largest id (an id of 2**40 is legal, if odd)
+    before = sum(count_ids(channels[..., c]) for c in range(CHANNELS))
     present = channels > 0
     claimed = present.sum(axis=-1)
     overlap = int((claimed > 1).sum())
@@ -194,6 +198,8 @@ def _decode(chunk_start: int, images: np.ndarray, masks: np.ndarray) -> _Chunk:
     if masks.min() < 0:
         raise ValueError("negative instance id")
     top = float(masks.max(initial=0))  # channel 5 holds 0/1: the whole buffer is cheaper to scan
+    if not top < _MAX_ID:  # NaN, inf or beyond int64 keys: the exact path names the patch
+        top = float(_FAST_MAX_ID)
     stride = int(top) + 1
     # One pass over the masks: with w_c = 1 and v_c = stride * c, a pixel claimed by a
     # single channel c with id i gives s1 = i and s2 = stride * c * i, so
@@ -418,12 +424,17 @@ class PanNuke(Converter):
                 if progress:
                     progress(f"fold {fold}: {min(n, start + CHUNK)}/{n} patches")
         except ValueError as exc:
-            if "negative instance id" not in str(exc):
-                raise
-            raise MalformedAnnotationError(
-                f"{masks.path}: a patch holds a negative instance id; the fold is damaged. "
-                "Extract or download it again."
-            ) from None
+            if "negative instance id" in str(exc):
+                raise MalformedAnnotationError(
+                    f"{masks.path}: a patch holds a negative instance id; the fold is damaged. "
+                    "Extract or download it again."
+                ) from None
+            if "instance id too large" in str(exc):
+                raise MalformedAnnotationError(
+                    f"{masks.path}: a patch holds an instance id above {_MAX_ID:,}; the fold is damaged. "
+                    "Extract or download it again."
+                ) from None
+            raise
 
     def _pooled(self, images: NpyFile, masks: NpyFile, jobs: int) -> Iterator[tuple[int, list[_Patch]]]:
         """Decoded chunks in order from ``jobs`` processes, at most ``jobs + 1`` in flight."""
@@ -452,6 +463,10 @@ class PanNuke(Converter):
     def _exact(masks: NpyFile, patch: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
         """Patches with overlapping channels (or unusual ids) take the exact path."""
         ids = patch[..., :CHANNELS]
+        if ids.dtype.kind == "f" and not np.isfinite(ids).all():
+            raise MalformedAnnotationError(
+                f"{masks.path}: patch {i} holds NaN or infinite instance ids; the fold is damaged."
+            )
         if not np.array_equal(ids, np.floor(ids)):
             raise MalformedAnnotationError(
                 f"{masks.path}: patch {i} holds non-integral instance ids; the fold is damaged."

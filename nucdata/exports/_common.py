@@ -9,14 +9,15 @@ import numpy as np
 
 from nucdata._util.atomic import atomic_write_json
 from nucdata._util.geometry import box_outline, nucleus_outline
+from nucdata._util.paths import child_path
 from nucdata.errors import InvalidArgumentError
 
 if TYPE_CHECKING:  # type hints only: the dataset module is below this layer's callers
     from nucdata.dataset import NucleusDataset
 
-__all__ = ["MARKER", "check_replaceable", "nuclei_of", "outline", "set_classes", "write_json"]
+__all__ = ["MARKER", "image_path", "nuclei_of", "outline", "set_classes", "write_json"]
 
-#: the file every folder a segmentation export writes carries (what it holds; nucdata's own)
+#: the file every fold or patch folder of a segmentation export carries (what it holds)
 MARKER = "export.json"
 
 
@@ -50,9 +51,10 @@ def set_classes(ds: NucleusDataset) -> list[tuple[int, str, list[int]]]:
     return [(k, name, list(rgb)) for k, (name, rgb) in ds.classes.items()]
 
 
-def check_replaceable(dest: Path) -> None:
-    """Refuse to replace a folder that an earlier nucdata export did not write."""
-    if dest.exists() and not (dest / MARKER).is_file():
-        raise InvalidArgumentError(
-            f"{dest} exists and was not written by nucdata export; move it away or choose another --out."
-        )
+def image_path(ds: NucleusDataset, folder: Path, index: int, suffix: str) -> Path:
+    """``folder / (<image name> + suffix)`` for store image ``index``; a name that would leave
+    ``folder`` is an :class:`~nucdata.errors.UnsafeNameError` naming the store's column and row."""
+    name = str(ds.store.column("images", "name")[index])
+    return child_path(folder, name, suffix, source=ds.store.path / "images" / "name.npy", element=f"row {index}",
+                      fix=f"the store is damaged or crafted: `nucdata verify {ds.name} --deep` lists its problems; "
+                          f"rebuild it with `nucdata prepare {ds.name} --force`")

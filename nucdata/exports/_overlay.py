@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nucdata.errors import InvalidArgumentError
+from nucdata.exports._common import image_path
 from nucdata.views import render_overlay
 
 if TYPE_CHECKING:
@@ -13,13 +15,19 @@ if TYPE_CHECKING:
 
 
 def write_overlays(ds: NucleusDataset, out: str | os.PathLike[str], limit: int | None = None) -> list[Path]:
-    """One PNG per image of ``ds`` into folder ``out`` (the first ``limit`` images when given)."""
+    """One PNG per image of ``ds`` into folder ``out`` (the first ``limit`` images when given).
+
+    Each file is named after its image; a name that would leave ``out`` (``../x``, an
+    absolute path) is an :class:`~nucdata.errors.UnsafeNameError`, before anything of it
+    is drawn.
+    """
+    if isinstance(out, str) and not out.strip():
+        raise InvalidArgumentError("the output folder is empty (--out \"\"); name a folder for the overlays.")
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for position in range(len(ds) if limit is None else min(limit, len(ds))):
-        name = str(ds.store.column("images", "name")[int(ds.indices[position])])
-        path = folder / f"{name}.png"
+        path = image_path(ds, folder, int(ds.indices[position]), ".png")
         render_overlay(ds, position).save(path)
         written.append(path)
     return written

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nucdata._util.paths import child_path
 from nucdata.exports._common import nuclei_of, write_json
 from nucdata.exports._common import outline as nucleus_outline
 
@@ -43,7 +44,8 @@ def write(ds: NucleusDataset, out: Path) -> list[Path]:
     special = {-1: "unlabelled", -2: "outside the label set"}
     categories += [{"id": c, "name": special.get(c, f"code {c}"), "supercategory": vocabulary} for c in sorted(unnamed)]
     split = ds.split or "all"
-    path = out / f"{ds.name}_{split.replace('/', '-')}.json"
+    path = child_path(out, f"{ds.name}_{split.replace('/', '-')}", ".json", source=ds.store.path / "manifest.json",
+                      element="the dataset name and split")
     write_json(path, {
         "info": {"description": f"nucdata export of {ds.name} ({split})", "version": ds.manifest["converter_version"]},
         "licenses": [{"id": 0, "name": ds.manifest.get("licence", ""), "url": ds.manifest.get("homepage", "")}],

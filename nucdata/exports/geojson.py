@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nucdata.exports._common import nuclei_of, write_json
+from nucdata.exports._common import image_path, nuclei_of, write_json
 from nucdata.exports._common import outline as nucleus_outline
 
 if TYPE_CHECKING:
@@ -41,8 +41,7 @@ def write(ds: NucleusDataset, out: Path) -> list[Path]:
                 props["classification"] = {"name": name, "color": colour}
             features.append({"type": "Feature", "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{ds.name}/{i}/{k}")),
                              "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": props})
-        name = str(ds.store.column("images", "name")[i])
-        path = out / f"{name}.geojson"
+        path = image_path(ds, out, int(i), ".geojson")
         write_json(path, {"type": "FeatureCollection", "features": features})
         written.append(path)
     return written

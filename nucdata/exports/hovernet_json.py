@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nucdata.exports._common import nuclei_of, write_json
+from nucdata.exports._common import image_path, nuclei_of, write_json
 from nucdata.exports._common import outline as nucleus_outline
 
 if TYPE_CHECKING:
@@ -36,8 +36,7 @@ def write(ds: NucleusDataset, out: Path) -> list[Path]:
                 "type": label,
                 "type_prob": 1.0 if label >= 0 else None,
             }
-        name = str(ds.store.column("images", "name")[i])
-        path = out / f"{name}.json"
+        path = image_path(ds, out, i, ".json")
         write_json(path, {"mag": round(10.0 / mpp) if mpp == mpp and mpp > 0 else None, "nuc": nuc})
         written.append(path)
     return written

@@ -24,8 +24,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nucdata._util import atomic
+from nucdata._util.disk import check_free_space
+from nucdata._util.faults import fault_point
+from nucdata._util.limits import check_patch_side
+from nucdata._util.paths import child_path
 from nucdata.errors import InvalidArgumentError
-from nucdata.exports._common import MARKER, check_replaceable, set_classes
+from nucdata.exports._common import MARKER, set_classes
 
 if TYPE_CHECKING:
     from nucdata.dataset import NucleusDataset
@@ -72,6 +76,18 @@ def mirror_patches(x: np.ndarray, win: int, step: int) -> list[np.ndarray]:
     return [x[r : r + win, c : c + win] for r, c in corners]
 
 
+def patch_count(h: int, w: int, win: int, step: int) -> int:
+    """How many patches :func:`mirror_patches` cuts from an ``h x w`` image (without cutting them)."""
+    diff = win - step
+    h, w = max(win, max(1, h) + diff), max(win, max(1, w) + diff)
+
+    def along(length: int) -> tuple[int, bool]:
+        return (length - win) // step + 1, (length - win) % step != 0
+
+    (nh, fh), (nw, fw) = along(h), along(w)
+    return nh * nw + fh * nw + fw * nh + (fh and fw)
+
+
 def write(
     ds: NucleusDataset,
     out: str | os.PathLike[str],
@@ -87,8 +103,9 @@ def write(
     ds
         The dataset, under a label set.
     out
-        Folder; patches go to ``out/<split>/<win>x<win>_<step>x<step>/`` (built aside and
-        swapped in).
+        The empty folder; patches go to ``out/<split>/<win>x<win>_<step>x<step>/``
+        (:func:`nucdata.exports.export` builds it beside the final folder and publishes
+        it whole).
     mpp
         Resample each image to this many microns per pixel first.
     win, step
@@ -100,54 +117,68 @@ def write(
     -------
     list of Path
         The patch files written.
+
+    Raises
+    ------
+    SizeLimitError
+        For a ``win`` above ``NUCDATA_MAX_PATCH_SIDE``.
+    DiskFullError
+        When the patches would not fit on ``out``'s disk (checked before writing).
+    UnsafeNameError
+        For an image or split name that would leave ``out``.
     """
     from nucdata.views import image_scales, resample_image
 
+    check_patch_side(int(win), "--win")
+    if not 0 < step <= win:
+        raise InvalidArgumentError(f"need 0 < step <= win, got win={win}, step={step}")
     classes = set_classes(ds)
     scales = image_scales(ds, mpp, assume_mpp)
     split_column = np.asarray(ds.store.column("images", "split"))
     names = np.asarray(ds.store.column("images", "name"))
+    heights = np.asarray(ds.store.column("images", "height"), np.int64)[ds.indices]
+    widths = np.asarray(ds.store.column("images", "width"), np.int64)[ds.indices]
     out = Path(out)
+    patches = sum(patch_count(int(round(h / s)), int(round(w / s)), win, step)
+                  for h, w, s in zip(heights, widths, scales, strict=True))
+    check_free_space(out, patches * (win * win * 5 * 4 + 128), "the hovernet-patches export")
     written: list[Path] = []
     by_split: dict[str, list[int]] = {}
     for position, index in enumerate(ds.indices):
         by_split.setdefault(str(split_column[index]), []).append(position)
+    source = ds.store.path / "images"
     for split, positions in by_split.items():
-        dest = out / split / f"{win}x{win}_{step}x{step}"
-        check_replaceable(dest)
-        atomic.recover(dest)
-        tmp = atomic.staging_dir(dest)
-        try:
-            unlabelled = count = 0
-            files = []
-            for position in positions:
-                index = int(ds.indices[position])
-                rgb, inst = resample_image(ds.store.rgb(index), ds.store.instance_map(index), float(scales[position]))
-                rows = ds.store.nucleus_slice(index)
-                labels = ds.labels[rows.start : rows.stop]
-                type_lut = np.zeros(labels.size + 1, np.int32)
-                type_lut[1:] = np.where(labels >= 0, labels + 1, 0)
-                has_mask = np.asarray(ds.store.column("nuclei", "has_mask")[rows])
-                type_lut = type_lut[: int(has_mask.sum()) + 1]
-                stacked = np.concatenate([rgb.astype(np.int32), inst[..., None].astype(np.int32),
-                                          type_lut[inst][..., None]], axis=-1)
-                unlabelled += int(((labels < 0) & has_mask).sum())
-                for idx, patch in enumerate(mirror_patches(stacked, win, step)):
-                    name = f"{names[index]}_{idx:03d}.npy"
-                    np.save(tmp / name, np.ascontiguousarray(patch))
-                    files.append(name)
-                    count += 1
-            type_info = {"0": ["background", [0, 0, 0]]}
-            type_info.update({str(cid + 1): [name, rgb] for cid, name, rgb in classes})
-            atomic.atomic_write_json(tmp / "type_info.json", type_info)
-            atomic.atomic_write_json(tmp / MARKER, {
-                "format": "hovernet-patches", "dataset": ds.name, "split": split, "label_set": ds.label_set,
-                "win": win, "step": step, "mpp": mpp, "patches": count,
-                "channels": ["R", "G", "B", "instance", "type"],
-                "unlabelled_nuclei_typed_0": unlabelled,
-            })
-            atomic.swap_dir(tmp, dest, label="export")
-        finally:
-            atomic.discard(tmp)
-        written += [dest / f for f in files]
+        dest = child_path(out, split, source=source / "split.npy", element="a split name") / f"{win}x{win}_{step}x{step}"
+        dest.mkdir(parents=True)
+        unlabelled = count = 0
+        files = []
+        for position in positions:
+            index = int(ds.indices[position])
+            rgb, inst = resample_image(ds.store.rgb(index), ds.store.instance_map(index), float(scales[position]))
+            rows = ds.store.nucleus_slice(index)
+            labels = ds.labels[rows.start : rows.stop]
+            type_lut = np.zeros(labels.size + 1, np.int32)
+            type_lut[1:] = np.where(labels >= 0, labels + 1, 0)
+            has_mask = np.asarray(ds.store.column("nuclei", "has_mask")[rows])
+            type_lut = type_lut[: int(has_mask.sum()) + 1]
+            stacked = np.concatenate([rgb.astype(np.int32), inst[..., None].astype(np.int32),
+                                      type_lut[inst][..., None]], axis=-1)
+            unlabelled += int(((labels < 0) & has_mask).sum())
+            for idx, patch in enumerate(mirror_patches(stacked, win, step)):
+                path = child_path(dest, str(names[index]), f"_{idx:03d}.npy", source=source / "name.npy",
+                                  element=f"row {index}")
+                np.save(path, np.ascontiguousarray(patch))
+                files.append(path)
+                count += 1
+        type_info = {"0": ["background", [0, 0, 0]]}
+        type_info.update({str(cid + 1): [name, rgb] for cid, name, rgb in classes})
+        atomic.atomic_write_json(dest / "type_info.json", type_info)
+        atomic.atomic_write_json(dest / MARKER, {
+            "format": "hovernet-patches", "dataset": ds.name, "split": split, "label_set": ds.label_set,
+            "win": win, "step": step, "mpp": mpp, "patches": count,
+            "channels": ["R", "G", "B", "instance", "type"],
+            "unlabelled_nuclei_typed_0": unlabelled,
+        })
+        fault_point("export:fold-written")  # the whole export is published at once (nucdata.exports)
+        written += files
     return written

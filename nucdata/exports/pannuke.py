@@ -32,8 +32,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nucdata._util import atomic
+from nucdata._util.disk import check_free_space
+from nucdata._util.faults import fault_point
+from nucdata._util.limits import check_patch_side
 from nucdata._util.npy import NpyStreamWriter
-from nucdata.exports._common import MARKER, check_replaceable, set_classes
+from nucdata.errors import InvalidArgumentError
+from nucdata.exports._common import MARKER, set_classes
 
 if TYPE_CHECKING:
     from nucdata.dataset import NucleusDataset
@@ -79,7 +83,8 @@ def write(
     ds
         The dataset, under a label set; its split chooses the images.
     out
-        Folder that receives ``Fold k/`` folders (each built aside and swapped in).
+        The empty folder that receives the ``Fold k/`` folders (:func:`nucdata.exports.export`
+        builds it beside the final folder and publishes every fold at once).
     mpp
         Resample to this many microns per pixel (``None``: native).
     size
@@ -95,8 +100,15 @@ def write(
     Raises
     ------
     InvalidArgumentError
-        Without a label set, or when a ``Fold k`` folder in ``out`` is not nucdata's.
+        Without a label set.
+    SizeLimitError
+        For a ``size`` above ``NUCDATA_MAX_PATCH_SIDE``.
+    DiskFullError
+        When the patches would not fit on ``out``'s disk (checked before writing).
     """
+    check_patch_side(int(size), "--size")
+    if int(size) < 1:
+        raise InvalidArgumentError(f"--size must be a positive number of pixels, got {size}")
     classes = set_classes(ds)
     n_classes = len(classes)
     tiles = ds.tiles(size=size, mpp=mpp, edge="shift", assume_mpp=assume_mpp)
@@ -107,14 +119,13 @@ def write(
     numbers = _fold_numbers(splits)
     tissue = np.asarray(ds.store.column("images", "tissue"))
     out = Path(out)
+    # images (3 channels) and masks (C + 1) as float64, per patch: refuse up front what cannot fit
+    check_free_space(out, len(tiles.grid) * size * size * (3 + n_classes + 1) * 8, "the pannuke export")
     written: list[Path] = []
     for split in splits:
         k = numbers[split]
         dest = out / f"Fold {k}"
-        check_replaceable(dest)
-        atomic.recover(dest)
-        tmp = atomic.staging_dir(dest)
-        image_dir, mask_dir = tmp / "images" / f"fold{k}", tmp / "masks" / f"fold{k}"
+        image_dir, mask_dir = dest / "images" / f"fold{k}", dest / "masks" / f"fold{k}"
         image_dir.mkdir(parents=True)
         mask_dir.mkdir(parents=True)
         images = NpyStreamWriter(image_dir / "images.npy", np.float64)
@@ -146,18 +157,16 @@ def write(
             n = len(types)
             images.close((n, size, size, 3))
             masks.close((n, size, size, n_classes + 1))
-            np.save(image_dir / "types.npy", np.asarray(types, dtype=f"<U{max([1, *map(len, types)])}"))
-            atomic.atomic_write_json(tmp / MARKER, {
-                "format": "pannuke", "dataset": ds.name, "split": split, "label_set": ds.label_set,
-                "channels": [name for _, name, _ in classes] + ["background"], "patch_size": size,
-                "mpp": mpp, "patches": n, "nuclei": nuclei, "unlabelled_nuclei": unlabelled,
-                "patch_origins": origins,
-            })
-            atomic.swap_dir(tmp, dest, label="export")
         finally:
             images.abort()
             masks.abort()
-            atomic.discard(tmp)
-        written += [dest / "images" / f"fold{k}" / "images.npy", dest / "images" / f"fold{k}" / "types.npy",
-                    dest / "masks" / f"fold{k}" / "masks.npy"]
+        np.save(image_dir / "types.npy", np.asarray(types, dtype=f"<U{max([1, *map(len, types)])}"))
+        atomic.atomic_write_json(dest / MARKER, {
+            "format": "pannuke", "dataset": ds.name, "split": split, "label_set": ds.label_set,
+            "channels": [name for _, name, _ in classes] + ["background"], "patch_size": size,
+            "mpp": mpp, "patches": n, "nuclei": nuclei, "unlabelled_nuclei": unlabelled,
+            "patch_origins": origins,
+        })
+        fault_point("export:fold-written")  # the whole export is published at once (nucdata.exports)
+        written += [image_dir / "images.npy", image_dir / "types.npy", mask_dir / "masks.npy"]
     return written

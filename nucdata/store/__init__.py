@@ -11,13 +11,19 @@ from nucdata.store._layout import MANIFEST, clean_stale, derived_dir, is_complet
 from nucdata.store._merged import (
     COLUMNS,
     FORMAT_VERSION,
+    LABEL_BOUND,
     MARKER,
     MergedData,
     MergedLabels,
+    check_columns,
     check_format,
+    check_marker,
     is_merged_output,
     link_store,
+    merged_label_problems,
     open_merged,
+    published_table,
+    read_merged_info,
     read_merged_labels,
     write_marker,
     write_merged_info,
@@ -35,7 +41,8 @@ from nucdata.store._store import (
 
 __all__ = [
     "COLUMNS", "FORMAT_VERSION", "MANIFEST", "MARKER", "PROVENANCE", "SCHEMA_VERSION", "MergedData",
-    "MergedLabels", "Store", "StoreWriter", "check_format", "clean_stale", "derived_dir", "image_pixels", "is_complete",
-    "is_merged_output", "link_store", "open_merged", "read_manifest", "read_merged_labels", "rebuild_hint",
+    "MergedLabels", "Store", "StoreWriter", "check_format", "check_marker", "clean_stale", "derived_dir", "image_pixels", "is_complete",
+    "is_merged_output", "link_store", "merged_label_problems", "open_merged", "published_table", "read_manifest",
+    "read_merged_info", "read_merged_labels", "rebuild_hint",
     "store_folder", "write_marker", "write_merged_info", "write_merged_labels", "write_published_pickle",
 ]
