@@ -248,6 +248,7 @@ def _build(options: BuildOptions, out: Path, work: Path, say: Callable[[str], No
 def write_dataset(folder: Path, member, data, predictions: Predictions, rows: slice, options: BuildOptions,
                   say: Callable[[str], None]) -> None:
     """Pickles, merged columns, the linked store and overlays of one dataset."""
+    from nucdata._util.paths import check_name
     from nucdata.dataset import NucleusDataset
     from nucdata.exports import write_overlays
     from nucdata.store import (
@@ -259,6 +260,11 @@ def write_dataset(folder: Path, member, data, predictions: Predictions, rows: sl
     )
 
     store = member.store
+    # names read from the store's manifest become folders and files: each must stay inside the output
+    where = store.path / "manifest.json"
+    check_name(member.name, source=where, element="'dataset'")
+    for spec in data.label_sets:
+        check_name(spec.name, source=where, element="a label set name")
     store_dir = link_store(store.path, folder / "stores" / member.name)
     image_of = np.asarray(store.column("nuclei", "image"))
     centroids = np.asarray(store.column("nuclei", "centroid"))
