@@ -545,13 +545,15 @@ def load(
 
 
 def _load_merged(name, split, label_set, root, transforms, source) -> NucleusDataset:
+    from nucdata.labels import label_set as get_label_set
     from nucdata.store import check_format, read_merged_labels
 
     if label_set is None:
         raise InvalidArgumentError("a merged dataset is read under a label set: pass label_set=")
     check_format(source)  # nucdata's output, of this format version
     card = get_card(name, root)
-    store_dir, merged = read_merged_labels(source, card.name, get_label_set_name(label_set))
+    vocabulary = get_label_set(get_label_set_name(label_set))  # codes must be its classes' (issue 21)
+    store_dir, merged = read_merged_labels(source, card.name, vocabulary.name, n_classes=len(vocabulary))
     store = Store(store_dir)
     if merged.label.shape[0] != store.n_nuclei:
         raise DatasetNotFoundError(f"{store_dir}: {store.n_nuclei} nuclei but {merged.label.shape[0]} merged "
