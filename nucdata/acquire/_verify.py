@@ -376,7 +376,12 @@ def verify_merged(folder: str | os.PathLike[str], deep: bool = False) -> list[Ch
                                               "was made by another version or edited. Rebuild it with "
                                               "`nucdata build-merged`."))
     for dataset in info["datasets"]:
-        out += _verify_merged_dataset(root, dataset, classes, deep)
+        try:
+            out += _verify_merged_dataset(root, dataset, classes, deep)
+        except Exception as exc:  # noqa: BLE001 - a damaged output must be reported, never raise
+            out.append(Check(dataset, False, f"{root}: the checks of {dataset} stopped at an unexpected state "
+                                             f"({type(exc).__name__}: {exc}); rebuild the output with "
+                                             "`nucdata build-merged`."))
     return out
 
 
