@@ -1,5 +1,11 @@
 """Classification metrics per label set: accuracy, macro F1, weighted F1 (numpy only).
 
+The one home of these definitions: F1 per class, macro F1 and accuracy are computed
+from confusion matrices here (:func:`f1_from_confusion`, :func:`macro_f1_from_confusion`,
+:func:`accuracy_from_confusion`, vectorised over leading axes, so the method study's
+bootstrap uses them on thousands of resampled matrices at once), and everything else
+(:func:`classification_metrics`, the study) calls them.
+
 Weighted F1 weighs each class's F1 by its **true** count (support), as
 ``sklearn.metrics.f1_score(y_true, y_pred, average="weighted")`` does. The reference
 code calls ``f1_score(y_pred, y_true, ...)``, which weighs by the **predicted** counts;
@@ -10,7 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["classification_metrics", "confusion_matrix", "expected_calibration_error", "per_class_f1"]
+from nucdata.errors import InvalidArgumentError
+
+__all__ = ["accuracy_from_confusion", "classification_metrics", "confusion_matrix", "expected_calibration_error",
+           "f1_from_confusion", "macro_f1_from_confusion", "per_class_f1"]
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -18,18 +27,55 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> 
     y_true = np.asarray(y_true, np.int64)
     y_pred = np.asarray(y_pred, np.int64)
     if y_true.shape != y_pred.shape:
-        raise ValueError(f"y_true and y_pred differ in shape: {y_true.shape} vs {y_pred.shape}")
+        raise InvalidArgumentError(f"y_true and y_pred differ in shape: {y_true.shape} vs {y_pred.shape}; "
+                                   "pass one prediction per true label")
     if y_true.size and (min(y_true.min(), y_pred.min()) < 0 or max(y_true.max(), y_pred.max()) >= n_classes):
-        raise ValueError(f"class ids must lie in [0, {n_classes})")
+        raise InvalidArgumentError(f"class ids must lie in [0, {n_classes}), got [{min(y_true.min(), y_pred.min())}, "
+                                   f"{max(y_true.max(), y_pred.max())}]; map outside (-2) to a class first "
+                                   "(fill.scored_class) or pass a larger n_classes")
     return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def f1_from_confusion(confusion: np.ndarray) -> np.ndarray:
+    """F1 of each class of ``(..., K, K)`` confusion matrices (rows = truth): ``(..., K)``.
+
+    ``2 TP / (2 TP + FP + FN)``; 0 for a class never seen nor predicted.
+    """
+    cm = np.asarray(confusion, np.float64)
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    denominator = cm.sum(-2) + cm.sum(-1)  # (TP + FP) + (TP + FN)
+    return np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+
+
+def macro_f1_from_confusion(confusion: np.ndarray, classes: int | None = None) -> np.ndarray:
+    """Macro F1 of ``(..., K, K)`` confusion matrices: mean F1 over the classes in truth or prediction.
+
+    With ``classes=k``, only the first ``k`` classes are averaged: a label set of ``k``
+    classes scored with one more column for "outside" predictions, which are errors (a
+    miss of the true class) but not a class of the set. Averaging that column in would
+    add a class whose F1 is 0 whenever any nucleus is predicted outside, cutting macro
+    F1 by a factor ``k / (k + 1)`` for a single such prediction. NaN for an empty matrix.
+    """
+    cm = np.asarray(confusion, np.float64)
+    f1 = f1_from_confusion(cm)
+    present = (cm.sum(-2) + cm.sum(-1)) > 0
+    if classes is not None:
+        f1, present = f1[..., :classes], present[..., :classes]
+    count = present.sum(-1)
+    return np.divide(f1.sum(-1), count, out=np.full(count.shape, np.nan), where=count > 0)
+
+
+def accuracy_from_confusion(confusion: np.ndarray) -> np.ndarray:
+    """Accuracy of ``(..., K, K)`` confusion matrices; NaN for an empty matrix."""
+    cm = np.asarray(confusion, np.float64)
+    total = cm.sum((-2, -1))
+    correct = np.trace(cm, axis1=-2, axis2=-1)
+    return np.divide(correct, total, out=np.full(total.shape, np.nan), where=total > 0)
 
 
 def per_class_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """F1 of each class, 2 TP / (2 TP + FP + FN); 0 for a class never seen nor predicted."""
-    cm = confusion_matrix(y_true, y_pred, n_classes)
-    tp = np.diag(cm).astype(np.float64)
-    denominator = cm.sum(0) + cm.sum(1)  # (TP + FP) + (TP + FN)
-    return np.divide(2 * tp, denominator, out=np.zeros(n_classes), where=denominator > 0)
+    return f1_from_confusion(confusion_matrix(y_true, y_pred, n_classes))
 
 
 def expected_calibration_error(correct: np.ndarray, confidence: np.ndarray, bins: int = 15) -> float:
@@ -88,12 +134,10 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: in
                 "per_class_recall": [nan] * n_classes, "confusion": np.zeros((n_classes, n_classes), int).tolist(),
                 "ece": nan}
     cm = confusion_matrix(y_true, y_pred, n_classes)
-    f1 = per_class_f1(y_true, y_pred, n_classes)
+    f1 = f1_from_confusion(cm)
     support = cm.sum(1)
     predicted = cm.sum(0)
-    present = (support + predicted) > 0
     if set_classes is not None:
-        present[set_classes:] = False
         f1_for_weights = np.where(np.arange(n_classes) < set_classes, f1, 0.0)
     else:
         f1_for_weights = f1
@@ -101,8 +145,8 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: in
     ece = (expected_calibration_error(y_true == y_pred, confidence) if confidence is not None else float("nan"))
     return {
         "count": int(y_true.size),
-        "accuracy": float(np.trace(cm) / y_true.size),
-        "macro_f1": float(f1[present].mean()),
+        "accuracy": float(accuracy_from_confusion(cm)),
+        "macro_f1": float(macro_f1_from_confusion(cm, set_classes)),
         "weighted_f1": float((f1_for_weights * support).sum() / support.sum()),
         "weighted_f1_swapped": float((f1_for_weights * predicted).sum() / predicted.sum()),
         "per_class_recall": [float(r) for r in recall],

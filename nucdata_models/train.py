@@ -33,6 +33,7 @@ import dataclasses
 import hashlib
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ import torch
 from torch import nn
 
 from nucdata._util.progress import progress
+from nucdata.errors import DeviceUnavailableError, InvalidArgumentError, ModelStateError
 from nucdata_models.augment import augmented_inputs, prepare
 from nucdata_models.checkpoint import (
     CheckpointError,
@@ -66,7 +68,7 @@ from nucdata_models.data import (
     candidate_mask,
     training_targets,
 )
-from nucdata_models.fill import fill_labels, scored_class
+from nucdata_models.fill import fill_labels, score_filled, scored_class
 from nucdata_models.losses import partial_label_loss, pseudo_labels, soft_label_loss
 from nucdata_models.metrics import classification_metrics
 from nucdata_models.model import BaseModel, CorrelationHeads
@@ -131,7 +133,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' asked for, but torch sees no CUDA device; use device='auto' or 'cpu'")
+        raise DeviceUnavailableError(f"device {name!r} asked for, but torch sees no CUDA device; use device='auto' "
+                                     "or 'cpu'")
     return device
 
 
@@ -318,7 +321,7 @@ class CrossTrainer:
         so both time the same code.
         """
         if self._bank is None or self.base is None or self.heads is None:
-            raise RuntimeError("call setup(data) before stage()")
+            raise ModelStateError(f"CrossTrainer.stage({name!r}): no data on the device; call setup(data) first")
         bank, names = self._bank, self.base.names
         lr = self.config.lr[name]
 
@@ -400,7 +403,7 @@ class CrossTrainer:
 
             params = list(self.base.parameters()) + list(self.heads.parameters())
             return Stage("C", [base, heads], params, optimiser(params), loss_c, self.config.grad_clip, passed)
-        raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
+        raise InvalidArgumentError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
 
     def _run_stage(self, name: str, say: Callable[[str], None]) -> list[dict[str, Any]]:
         epochs = self.config.epochs[name]
@@ -485,7 +488,7 @@ class CrossTrainer:
             result.history += history
             result.metrics[name] = self.evaluate(data, MODULES_OF_STAGE[name])
             if self.config.score_truth and data.truth:
-                result.filled[name] = self.score_filled(data, MODULES_OF_STAGE[name])
+                result.filled[name] = self.evaluate_filled(data, MODULES_OF_STAGE[name])
             self.metrics = result.metrics[name]
             say(f"stage {name}: {result.seconds[name]:.1f} s; validation " + (", ".join(
                 f"{k} acc {v['accuracy']:.3f}" for k, v in result.metrics[name].items() if v["count"]) or "none"))
@@ -546,14 +549,15 @@ class CrossTrainer:
             output wins, ``probs`` has the outside column last when the heads have one.
         """
         if self.base is None or self.heads is None:
-            raise RuntimeError("no model: call fit() or CrossTrainer.load() first")
+            raise ModelStateError("CrossTrainer.predict: no model; call fit() or CrossTrainer.load() first")
         if modules not in ("both", "base", "heads"):
-            raise ValueError(f"modules must be 'both', 'base' or 'heads', got {modules!r}")
+            raise InvalidArgumentError(f"predict(modules={modules!r}): pass 'both', 'base' or 'heads'")
         if not self.config.mask_channel and crops.ndim == 4 and crops.shape[1] == 4 and self.in_channels == 3:
             crops = crops[:, :3]  # a bank's mask channel, which this model does not use
         if crops.dtype != torch.uint8 or crops.ndim != 4 or crops.shape[1] != self.in_channels:
-            raise ValueError(f"crops must be uint8 (N, {self.in_channels}, S, S) for this model, "
-                             f"got {tuple(crops.shape)} {crops.dtype}")
+            raise InvalidArgumentError(f"predict: crops must be uint8 (N, {self.in_channels}, S, S) for this model, "
+                                       f"got {tuple(crops.shape)} {crops.dtype}; pass crops cut like the "
+                                       "training data's")
         self.base.eval()
         self.heads.eval()
         names = self.base.names
@@ -600,38 +604,37 @@ class CrossTrainer:
                                                         pred.probability.numpy()[annotated], spec.size)
         return result
 
-    def score_filled(self, data: TrainingData, modules: str = "both", split: int | None = None
-                     ) -> dict[str, dict[str, Any]]:
-        """Metrics of the filled labels against ``data.truth``.
+    def evaluate_filled(self, data: TrainingData, modules: str = "both", split: int | None = None
+                        ) -> dict[str, dict[str, Any]]:
+        """Metrics of this model's filled labels against ``data.truth``.
 
         Filled labels are the merged labels (:func:`.fill.fill_labels`) of nuclei their
-        own dataset did not annotate in the set and whose true class lies in the set;
-        ``split`` limits them to one split (``None``: every nucleus).
+        own dataset did not annotate in the set and whose true class lies in the set,
+        scored by :func:`.fill.score_filled`; ``split`` limits them to one split
+        (``None``: every nucleus). Sets without truth are left out.
         """
-        result = {}
-        preds = None
-        for spec in data.label_sets:
-            truth = data.truth.get(spec.name)
-            if truth is None:
-                continue
-            if preds is None:
-                preds = self.predict(data.crops, None, modules)
-            filled = fill_labels(preds[spec.name].probs, data.labels[spec.name], data.candidates[spec.name],
-                                 data.provenance[spec.name], spec.size)
-            sel = (data.provenance[spec.name] != ANNOTATED) & (truth >= 0)
-            if split is not None:
-                sel &= data.split == split
-            sel = sel.numpy()
-            result[spec.name] = classification_metrics(
-                truth.numpy()[sel], scored_class(filled.label, spec.size).numpy()[sel],
-                spec.size + 1, filled.probability.nan_to_num(1.0).numpy()[sel], spec.size)
-        return result
+        if not any(spec.name in data.truth for spec in data.label_sets):
+            return {}
+        preds = self.predict(data.crops, None, modules)
+        filled = {spec.name: fill_labels(preds[spec.name].probs, data.labels[spec.name], data.candidates[spec.name],
+                                         data.provenance[spec.name], spec.size)
+                  for spec in data.label_sets if spec.name in data.truth}
+        return score_filled(data, {s: f.label for s, f in filled.items()},
+                            {s: f.probability for s, f in filled.items()}, split, "class_in_set")
+
+    def score_filled(self, data: TrainingData, modules: str = "both", split: int | None = None
+                     ) -> dict[str, dict[str, Any]]:
+        """Deprecated alias of :meth:`evaluate_filled` (removed in the next release)."""
+        warnings.warn("CrossTrainer.score_filled is deprecated; use CrossTrainer.evaluate_filled (it will be "
+                      "removed in the next release)", DeprecationWarning, stacklevel=2)
+        return self.evaluate_filled(data, modules, split)
 
     # -- checkpoints -------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
         """Write weights and their description (see :mod:`.checkpoint`), atomically."""
         if self.base is None or self.heads is None:
-            raise RuntimeError("nothing to save: call fit() first")
+            raise ModelStateError(f"CrossTrainer.save({str(path)!r}): nothing to save; call fit() or "
+                                  "CrossTrainer.load() first")
         meta = {
             "label_sets": label_set_meta(self.label_sets), "encoder": self.config.encoder,
             "in_channels": self.in_channels, "crop_size": self.crop_size, "mpp": self.mpp,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 from pathlib import Path
@@ -11,10 +12,13 @@ import pytest
 import torch
 
 from nucdata_models import TrainConfig
+from nucdata_models.config import PAPER_KEYS
 from nucdata_models.data import ANNOTATED, NO_LABEL, OUTSIDE_LABEL
 from nucdata_models.metrics import classification_metrics
-from nucdata_models.study._study import (
+from nucdata_models.study import (
     ARMS,
+    REGISTRY,
+    ArmPlan,
     PreparedWorld,
     RunScores,
     arm_plan,
@@ -25,10 +29,12 @@ from nucdata_models.study._study import (
     oracle_check,
     oracle_data,
     percentile_ci,
+    render_arm_table,
     resample_weights,
     score_views,
     summarise,
 )
+from nucdata_models.study import arm as register_arm
 from nucdata_models.study.synthetic import make_synthetic_data
 from nucdata_models.train import Prediction
 
@@ -143,6 +149,60 @@ def test_every_arm_gets_equal_optimisation_steps_and_says_what_it_publishes():
     assert arm_plan("oracle", base).key() != arm_plan("nucdata", base).key()
     with pytest.raises(ValueError, match="unknown arm"):
         arm_plan("best", base)
+
+
+def test_every_arm_is_a_documented_registered_function():
+    assert list(ARMS) == list(REGISTRY)
+    for name, entry in REGISTRY.items():
+        assert entry.description and entry.description == ARMS[name], name
+        assert "{" not in entry.description, name  # parameters filled in
+    assert [n for n in REGISTRY if REGISTRY[n].family == "nucdata-t{threshold}"] == [
+        "nucdata-t0.9", "nucdata-t0.95", "nucdata-t0.99"]
+
+
+def test_the_docs_arm_table_is_generated_from_the_docstrings():
+    doc = (ROOT / "docs" / "method-study.md").read_text(encoding="utf-8")
+    assert render_arm_table() in doc, "regenerate the arm table in docs/method-study.md (render_arm_table())"
+
+
+def _other_value(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value * 2 + 1
+    if isinstance(value, dict):
+        return {k: v * 2 for k, v in value.items()}
+    return "cpu" if value == "auto" else "weights.pt"
+
+
+def test_paper_arms_inherit_every_field_the_paper_does_not_fix():
+    base = TrainConfig(epochs={"A": 4, "B": 2, "C": 3}, device="cpu")
+    inherited = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in PAPER_KEYS]
+    assert {"batch_size", "lr", "hidden", "seed", "device", "augment"} <= set(inherited)
+    for name in inherited:
+        changed = base.replace(**{name: _other_value(getattr(base, name))})
+        for arm_name in ("paper-a", "paper"):
+            assert getattr(arm_plan(arm_name, changed).config, name) == getattr(changed, name), (arm_name, name)
+    paper = arm_plan("paper", base).config
+    assert all(getattr(paper, k) == getattr(TrainConfig.recipe("paper"), k)
+               for k in PAPER_KEYS if k not in ("encoder", "input_size", "epochs"))
+
+
+def test_a_new_arm_is_one_decorated_function_and_the_budget_rule_holds():
+    @register_arm("test-{n}-epochs-more", n=(1,))
+    def more(base: TrainConfig, n: int) -> ArmPlan:
+        """The nucdata recipe with {n} epoch more in stage C."""
+        return ArmPlan(base.replace(epochs={**base.epochs, "C": base.epochs["C"] + n}))
+
+    try:
+        assert ARMS["test-1-epochs-more"] == "The nucdata recipe with 1 epoch more in stage C."
+        with pytest.raises(ValueError, match="runs 10 epochs in all, but every arm runs E = A \\+ B \\+ C = 9"):
+            arm_plan("test-1-epochs-more", TrainConfig(epochs={"A": 4, "B": 2, "C": 3}))
+        with pytest.raises(ValueError, match="registered twice"):
+            register_arm("test-{n}-epochs-more", n=(1,))(more)
+    finally:
+        REGISTRY.pop("test-1-epochs-more", None)
+        ARMS.pop("test-1-epochs-more", None)
 
 
 def test_oracle_data_labels_every_nucleus_by_its_truth():

@@ -7,6 +7,9 @@ plumbing; they import nucdata lazily, inside functions, where a command needs it
 
 from __future__ import annotations
 
+from typing import Any
+
+from nucdata._util.deprecation import moved_attributes
 from nucdata._util.lazy import attach
 
 _LAZY = {
@@ -35,10 +38,26 @@ _LAZY = {
     "render_recipe_table": "nucdata_models.merge.report",
     "render_report": "nucdata_models.merge.report",
     "score_demo": "nucdata_models.merge.demo_eval",
-    "score_filled": "nucdata_models.merge.demo_eval",
     "training_data": "nucdata_models.merge.bridge",
     "truth_labels": "nucdata_models.merge.demo_eval",
     "work_dir": "nucdata_models.merge.build",
 }
 
-__getattr__, __dir__, __all__ = attach(__name__, _LAZY, globals())
+_lazy, __dir__, __all__ = attach(__name__, _LAZY, globals())
+
+
+def _score_filled_v1(data, labels, confidence, split: int, with_outside: bool = False) -> dict[str, Any]:
+    """The old ``score_filled(data, labels, confidence, split, with_outside)``."""
+    from nucdata_models.fill import score_filled
+
+    return score_filled(data, labels, confidence, split, "truth_known" if with_outside else "class_in_set")
+
+
+_moved = moved_attributes(__name__, {
+    "score_filled": ("nucdata_models.fill.score_filled (with_outside=True is select='truth_known')",
+                     lambda: _score_filled_v1),
+})
+
+
+def __getattr__(name: str) -> Any:
+    return _moved(name) if name == "score_filled" else _lazy(name)

@@ -16,16 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from nucdata_models.data import ANNOTATED
-from nucdata_models.fill import fill_labels, scored_class
+from nucdata_models.fill import fill_labels, score_filled
 from nucdata_models.merge.defaults import ALL_DATASETS
 from nucdata_models.merge.splits import TEST, TRAIN
-from nucdata_models.metrics import classification_metrics
 from nucdata_models.train import STAGES, CrossTrainer, Predictions
 
-__all__ = ["baseline_config", "install_demo_world", "score_demo", "score_filled", "truth_labels"]
+__all__ = ["baseline_config", "install_demo_world", "score_demo", "truth_labels"]
 
 SCORED_SPLITS = {"held_out": TEST, "training_pool": TRAIN}
 
@@ -100,29 +97,6 @@ def baseline_config(trainer: CrossTrainer):
                           epochs={"A": sum(config.epochs[s] for s in STAGES), "B": 0, "C": 0})
 
 
-def score_filled(data, labels: dict[str, torch.Tensor], confidence: dict[str, torch.Tensor], split: int,
-                 with_outside: bool = False) -> dict[str, dict[str, Any]]:
-    """Metrics of given labels against ``data.truth`` on the filled nuclei of one split.
-
-    Filled nuclei: not annotated by their own dataset in the set, true class in the set.
-    Outside (-2) predictions are errors (misses of the true class); F1 is averaged over
-    the set's classes. With ``with_outside``, nuclei whose true type lies outside the
-    set are scored too, "outside" being one more class: a model that must name a class
-    of the set gets every one of them wrong.
-    """
-    out = {}
-    for spec in data.label_sets:
-        truth = data.truth[spec.name]
-        lowest = -2 if with_outside else 0
-        sel = ((data.provenance[spec.name] != ANNOTATED) & (truth >= lowest) & (data.split == split)).numpy()
-        guess = scored_class(labels[spec.name], spec.size).numpy()[sel]
-        true = scored_class(truth, spec.size).numpy()[sel]
-        out[spec.name] = classification_metrics(true, guess, spec.size + 1,
-                                                confidence[spec.name].nan_to_num(1.0).numpy()[sel],
-                                                None if with_outside else spec.size)
-    return out
-
-
 def score_demo(data, predictions: Predictions, trainer: CrossTrainer, say: Callable[[str], None]) -> dict[str, Any]:
     """Filled-label metrics of the method and of the own-dataset baseline, held out and in training.
 
@@ -144,8 +118,9 @@ def score_demo(data, predictions: Predictions, trainer: CrossTrainer, say: Calla
     scores: dict[str, Any] = {"baseline_steps": "equal: stage A for "
                               f"{baseline.config.epochs['A']} epochs vs A+B+C {trainer.config.epochs}"}
     for where, split in SCORED_SPLITS.items():
-        scores[where] = {arm: score_filled(data, labels, conf, split) for arm, (labels, conf) in rows.items()}
-    scores["held_out_with_outside"] = {arm: score_filled(data, labels, conf, TEST, with_outside=True)
+        scores[where] = {arm: score_filled(data, labels, conf, split, "class_in_set")
+                         for arm, (labels, conf) in rows.items()}
+    scores["held_out_with_outside"] = {arm: score_filled(data, labels, conf, TEST, "truth_known")
                                        for arm, (labels, conf) in rows.items()}
     for s in data.names:
         m = scores["held_out"]["merged"][s]

@@ -1,17 +1,67 @@
 """The method study: its arms, its statistics and the generated data it runs on.
 
-``benchmarks/method_study.py`` runs it; ``docs/method-study.md`` reports it.
+``benchmarks/method_study.py`` runs it; ``docs/method-study.md`` reports it. Three
+private modules hold it: ``_arms`` (the arm registry: one :func:`arm`-decorated
+function per arm, its docstring the description; the data views), ``_stats`` (the
+clustered bootstrap, intervals, p-values and Holm's correction) and ``_run`` (worlds,
+runs, scoring, the summary and its markdown).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from nucdata._util.lazy import attach
 
-_STUDY = ("ARMS", "REFERENCES", "VIEWS", "ArmPlan", "PreparedWorld", "RunScores", "accuracy_from_confusion",
-          "arm_plan", "bootstrap_p", "cluster_confusions", "holm", "macro_f1_from_confusion", "oracle_check",
-          "oracle_data", "percentile_ci", "prepare_world", "render_markdown", "resample_weights", "run_arms",
-          "summarise")
-_LAZY = {name: "nucdata_models.study._study" for name in _STUDY}
-_LAZY["make_synthetic_data"] = "nucdata_models.study.synthetic"
+_MODULES = {
+    "nucdata_models.study._arms": ("ARMS", "DATA_VIEWS", "PUBLISH", "REFERENCES", "REGISTRY", "Arm", "ArmPlan", "arm",
+                                   "arm_plan", "oracle_data", "paper_recipe", "render_arm_table"),
+    "nucdata_models.study._stats": ("METRICS", "METRIC_FUNCTIONS", "bootstrap_p", "cluster_confusions", "holm",
+                                    "percentile_ci", "resample_weights"),
+    "nucdata_models.study._run": ("VIEWS", "PreparedWorld", "RunScores", "oracle_check", "prepare_world",
+                                  "render_markdown", "run_arms", "score_views", "summarise"),
+    # the one definition of each metric lives with the others (nucdata_models.metrics)
+    "nucdata_models.metrics": ("accuracy_from_confusion", "macro_f1_from_confusion"),
+    "nucdata_models.study.synthetic": ("make_synthetic_data",),
+}
+_LAZY = {name: module for module, names in _MODULES.items() for name in names}
 
 __getattr__, __dir__, __all__ = attach(__name__, _LAZY, globals())
+
+if TYPE_CHECKING:
+    from nucdata_models.metrics import accuracy_from_confusion, macro_f1_from_confusion
+    from nucdata_models.study._arms import (
+        ARMS,
+        DATA_VIEWS,
+        PUBLISH,
+        REFERENCES,
+        REGISTRY,
+        Arm,
+        ArmPlan,
+        arm,
+        arm_plan,
+        oracle_data,
+        paper_recipe,
+        render_arm_table,
+    )
+    from nucdata_models.study._run import (
+        VIEWS,
+        PreparedWorld,
+        RunScores,
+        oracle_check,
+        prepare_world,
+        render_markdown,
+        run_arms,
+        score_views,
+        summarise,
+    )
+    from nucdata_models.study._stats import (
+        METRIC_FUNCTIONS,
+        METRICS,
+        bootstrap_p,
+        cluster_confusions,
+        holm,
+        percentile_ci,
+        resample_weights,
+    )
+    from nucdata_models.study.synthetic import make_synthetic_data
