@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from nucdata.errors import InvalidArgumentError
+
 __all__ = ["augment", "augmented_inputs", "blur", "colour_jitter", "geometric", "normalise", "prepare", "to_unit"]
 
 
@@ -41,7 +43,7 @@ def geometric(x: torch.Tensor, generator: torch.Generator | None = None) -> torc
     equal probability. Output dtype and shape equal the input's.
     """
     if x.shape[-1] != x.shape[-2]:
-        raise ValueError(f"crops must be square, got {tuple(x.shape[-2:])}")
+        raise InvalidArgumentError(f"crops must be square, got {tuple(x.shape[-2:])}; cut square crops")
     n, dev = x.shape[0], x.device
     x = torch.where(_coin(n, 0.5, dev, generator), x.transpose(-1, -2), x)
     x = torch.where(_coin(n, 0.5, dev, generator), x.flip(-1), x)

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import torch
 
 from nucdata._util.codes import OUTSIDE
+from nucdata.errors import InvalidArgumentError
+from nucdata_models.config import MAPPED_LABELS
 
 __all__ = ["ANNOTATED", "AMBIGUOUS", "MAPPED", "NO_LABEL", "OUTSIDE_LABEL", "PROVENANCE_NAMES", "LabelSetSpec",
            "TrainingData", "candidate_mask", "derive_provenance", "target_bits", "training_targets"]
@@ -44,9 +46,10 @@ class LabelSetSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_names", tuple(self.class_names))
         if not self.class_names:
-            raise ValueError(f"label set {self.name!r} has no classes")
+            raise InvalidArgumentError(f"label set {self.name!r} has no classes; give its class names in id order")
         if len(self.class_names) > 62:
-            raise ValueError(f"label set {self.name!r}: at most 62 classes fit an int64 candidate bitmask")
+            raise InvalidArgumentError(f"label set {self.name!r} has {len(self.class_names)} classes; at most 62 fit "
+                                       "an int64 candidate bitmask: merge classes or split the set")
 
     @property
     def size(self) -> int:
@@ -102,31 +105,39 @@ class TrainingData:
     def __post_init__(self) -> None:
         n = int(self.crops.shape[0]) if self.crops.ndim else 0
         if self.crops.dtype != torch.uint8 or self.crops.ndim != 4 or self.crops.shape[1] not in (3, 4):
-            raise ValueError(f"crops must be uint8 (N, 3 or 4, S, S), got {tuple(self.crops.shape)} {self.crops.dtype}")
+            raise InvalidArgumentError(f"TrainingData.crops must be uint8 (N, 3 or 4, S, S), got "
+                                       f"{tuple(self.crops.shape)} {self.crops.dtype}; cut them with "
+                                       "nucdata.views.crops_of (RGB, optionally the mask)")
         if self.crops.shape[2] != self.crops.shape[3]:
-            raise ValueError(f"crops must be square, got {tuple(self.crops.shape[2:])}")
+            raise InvalidArgumentError(f"TrainingData.crops must be square, got {tuple(self.crops.shape[2:])}; "
+                                       "cut square crops")
         names = [s.name for s in self.label_sets]
         if len(set(names)) != len(names):
-            raise ValueError(f"label set names repeat: {names}")
+            raise InvalidArgumentError(f"TrainingData.label_sets: names repeat in {names}; give each set once")
         for spec in self.label_sets:
             for what, table in (("labels", self.labels), ("candidates", self.candidates)):
                 t = table.get(spec.name)
                 if t is None or tuple(t.shape) != (n,) or t.dtype != torch.int64:
-                    raise ValueError(f"{what}[{spec.name!r}] must be an int64 ({n},) tensor")
+                    raise InvalidArgumentError(f"TrainingData.{what}[{spec.name!r}] must be an int64 ({n},) tensor, one "
+                                               "entry per crop")
             lab, cand = self.labels[spec.name], self.candidates[spec.name]
             if n and (int(lab.min()) < OUTSIDE or int(lab.max()) >= spec.size):
-                raise ValueError(f"labels[{spec.name!r}] must lie in [-2, {spec.size - 1}]")
+                raise InvalidArgumentError(f"TrainingData.labels[{spec.name!r}] must lie in [-2, {spec.size - 1}] "
+                                           "(-1 missing, -2 outside); translate the labels into the set first")
             if n and (int(cand.min()) < 0 or int(cand.max()) >= (1 << (spec.size + 1))):
-                raise ValueError(f"candidates[{spec.name!r}] has bits beyond the set's {spec.size} classes "
-                                 "and its outside bit")
+                raise InvalidArgumentError(f"TrainingData.candidates[{spec.name!r}] has bits beyond the set's "
+                                           f"{spec.size} classes and its outside bit; build it with target_bits")
             if spec.name not in self.provenance:
                 self.provenance[spec.name] = derive_provenance(lab, cand)
             elif tuple(self.provenance[spec.name].shape) != (n,):
-                raise ValueError(f"provenance[{spec.name!r}] must have one entry per crop")
+                raise InvalidArgumentError(f"TrainingData.provenance[{spec.name!r}] must have one entry per crop "
+                                           f"({n}); leave it out to derive it from the labels")
         if tuple(self.dataset_index.shape) != (n,) or tuple(self.split.shape) != (n,):
-            raise ValueError("dataset_index and split must have one entry per crop")
+            raise InvalidArgumentError(f"TrainingData.dataset_index and .split must have one entry per crop ({n}), "
+                                       f"got {tuple(self.dataset_index.shape)} and {tuple(self.split.shape)}")
         if n and (int(self.dataset_index.min()) < 0 or int(self.dataset_index.max()) >= len(self.dataset_names)):
-            raise ValueError("dataset_index must index dataset_names")
+            raise InvalidArgumentError(f"TrainingData.dataset_index must index dataset_names "
+                                       f"({len(self.dataset_names)} names); give every dataset a name")
 
     def __len__(self) -> int:
         return int(self.crops.shape[0])
@@ -190,8 +201,8 @@ def training_targets(labels: torch.Tensor, candidates: torch.Tensor, provenance:
         output). All in-set classes (and outside, with an outside head) for nuclei
         without information.
     """
-    if mapped_labels not in ("none", "exact", "candidates", "soft"):
-        raise ValueError(f"mapped_labels must be none, exact, candidates or soft, got {mapped_labels!r}")
+    if mapped_labels not in MAPPED_LABELS:
+        raise InvalidArgumentError(f"mapped_labels={mapped_labels!r}; pass one of {', '.join(MAPPED_LABELS)}")
     outside_bit = 1 << size
     in_set = outside_bit - 1
     every = in_set | (outside_bit if outside_head else 0)

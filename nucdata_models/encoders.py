@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from nucdata_models.config import ENCODER_NAMES
+from nucdata.errors import InvalidArgumentError
 
 
 class SmallCNN(nn.Module):
@@ -110,8 +110,6 @@ ENCODERS: dict[str, Callable[[int], nn.Module]] = {
     "resnet18": lambda c: ResNet(BasicBlock, (2, 2, 2, 2), c),
     "resnet50": lambda c: ResNet(Bottleneck, (3, 4, 6, 3), c),
 }
-if tuple(ENCODERS) != ENCODER_NAMES:  # pragma: no cover - a development error
-    raise RuntimeError("nucdata_models.config.ENCODER_NAMES must name the encoders built here")
 
 
 def torchvision_key(key: str) -> str:
@@ -151,11 +149,11 @@ def build_encoder(name: str, in_channels: int = 3, weights: str | os.PathLike[st
 
     Raises
     ------
-    ValueError
-        For an unknown name, or a weights file of which no tensor fits.
+    InvalidArgumentError
+        For an unknown name, or a weights file of which no tensor fits (a ``ValueError``).
     """
     if name not in ENCODERS:
-        raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
+        raise InvalidArgumentError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
     model = ENCODERS[name](in_channels)
     model.skipped_weights = []  # type: ignore[attr-defined]
     if weights is not None:
@@ -166,7 +164,7 @@ def build_encoder(name: str, in_channels: int = 3, weights: str | os.PathLike[st
         renamed = {torchvision_key(k): (k, v) for k, v in state.items()}
         usable = {k: v for k, (_, v) in renamed.items() if k in own and tuple(own[k].shape) == tuple(v.shape)}
         if not usable:
-            raise ValueError(f"{weights}: no tensor fits encoder {name!r} ({len(state)} keys, none matching); "
+            raise InvalidArgumentError(f"{weights}: no tensor fits encoder {name!r} ({len(state)} keys, none matching); "
                              f"pass a state dict of a {name} network")
         model.load_state_dict(usable, strict=False)
         model.skipped_weights = sorted(orig for k, (orig, _) in renamed.items() if k not in usable)  # type: ignore[attr-defined]

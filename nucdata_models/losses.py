@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from nucdata.errors import InvalidArgumentError
 from nucdata_models.config import PSEUDO_RULES
 from nucdata_models.data import candidate_mask
 
@@ -87,7 +88,7 @@ def pseudo_labels(probabilities: torch.Tensor, allowed: torch.Tensor, threshold:
         allowed ones (looser: 0.6 vs 0.004 passes 0.99).
     """
     if rule not in PSEUDO_RULES:
-        raise ValueError(f"rule must be one of {', '.join(PSEUDO_RULES)}, got {rule!r}")
+        raise InvalidArgumentError(f"pseudo_labels(rule={rule!r}): pass one of {', '.join(PSEUDO_RULES)}")
     p = probabilities.detach().float()
     mask = candidate_mask(allowed, p.shape[1])
     if rule == "unrestricted":

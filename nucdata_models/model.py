@@ -7,6 +7,7 @@ import os
 import torch
 from torch import nn
 
+from nucdata.errors import InvalidArgumentError
 from nucdata_models.data import LabelSetSpec
 from nucdata_models.encoders import build_encoder
 
@@ -66,7 +67,8 @@ class CorrelationHeads(nn.Module):
         super().__init__()
         self.names = [s.name for s in label_sets]
         if len(self.names) < 2:
-            raise ValueError("correlation heads need at least two label sets")
+            raise InvalidArgumentError(f"correlation heads need at least two label sets, got {self.names}; "
+                                       "train with two or more")
         sizes = {s.name: s.size + int(outside) for s in label_sets}
         total = sum(sizes.values())
         self.heads = nn.ModuleDict({

@@ -45,3 +45,10 @@ def test_weights_that_fit_nothing_are_refused(tmp_path):
         build_encoder("small", 3, weights=path)
     with pytest.raises(ValueError, match="unknown encoder"):
         build_encoder("vit", 3)
+
+
+def test_the_config_names_every_encoder_built_here():
+    from nucdata_models.config import ENCODER_NAMES
+    from nucdata_models.encoders import ENCODERS
+
+    assert tuple(ENCODERS) == ENCODER_NAMES, "nucdata_models.config.ENCODER_NAMES must name the encoders built here"
