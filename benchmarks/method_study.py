@@ -3,7 +3,8 @@
 Each world seed generates one demo world of the chosen preset (``easy``, ``hard``,
 ``noisy``; see ``docs/demo-world.md``), prepared once and shared by every arm and
 training seed. Every arm is trained with equal optimisation steps and scored on the
-held-out images; ``nucdata_models.study._study`` holds the arms and the statistics, and
+held-out images; :mod:`nucdata_models.study` holds the arms (a registry of decorated
+functions, whose docstrings are the descriptions below), the statistics and the runs, and
 ``docs/method-study.md`` the write-up and the measured tables.
 
     python benchmarks/method_study.py --quick --world hard --world-seeds 1 2 --train-seeds 1 --out study
@@ -47,7 +48,9 @@ FULL = {"scale": 8.0, "crop": 32, "epochs": (10, 10, 10), "batch_size": 128, "bo
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    arms = "\n".join(f"  {name}: {text}" for name, text in ARMS.items())
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=f"arms (their functions' docstrings):\n{arms}")
     parser.add_argument("--world", choices=("easy", "hard", "noisy"), default="hard")
     parser.add_argument("--world-seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--train-seeds", type=int, nargs="+", default=[1, 2])
