@@ -13,6 +13,7 @@ module that defines it. Importing a lazy package is cheap (it imports only ``_ut
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import Any
 
 import griffe
@@ -57,4 +58,7 @@ def _define_statically_hidden(loader: griffe.GriffeLoader, pkg: griffe.Module, m
     except KeyError:
         return
     if name not in defining.members:
-        defining.set_member(name, griffe.Attribute(name, value=repr(getattr(runtime, name)), parent=defining))
+        with warnings.catch_warnings():  # a deprecated alias still listed: documented as it is
+            warnings.simplefilter("ignore", DeprecationWarning)
+            value = getattr(runtime, name)
+        defining.set_member(name, griffe.Attribute(name, value=repr(value), parent=defining))
