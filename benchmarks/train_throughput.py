@@ -30,6 +30,7 @@ import torch
 
 from nucdata_models import CrossTrainer, TrainConfig
 from nucdata_models.study import make_synthetic_data
+from nucdata_models.study.synthetic import default_datasets
 
 
 def _sync(device: torch.device) -> None:
@@ -131,7 +132,8 @@ def main() -> None:
     print("X/compute = stage rate / pure compute rate (mean of the two compute windows); 1.00 = the data path is free.")
     if args.nuclei:
         start = time.perf_counter()
-        big = make_synthetic_data(per_dataset=max(1, args.nuclei // 5), size=args.crop_size, val_fraction=0.0)
+        big = make_synthetic_data(per_dataset=max(1, args.nuclei // len(default_datasets())), size=args.crop_size,
+                                  val_fraction=0.0)
         made = time.perf_counter() - start
         for encoder in args.encoders:
             trainer = CrossTrainer(TrainConfig(encoder=encoder, batch_size=args.batch_size, device=args.device,

@@ -18,9 +18,16 @@ from nucdata.testing._archives import (
     zip_tree,
 )
 from nucdata.testing._demo import run_demo
-from nucdata.testing._draw import draw_filled, ellipse_polygon, paint, place_nuclei
+from nucdata.testing._draw import (
+    BACKGROUND,
+    Appearance,
+    draw_filled,
+    ellipse_polygon,
+    paint,
+    place_nuclei,
+)
 from nucdata.testing.world import DatasetWorld, World, WorldConfig
 
-__all__ = ["DEMO_HASH_SOURCE", "DatasetWorld", "DemoArchives", "World", "WorldConfig", "card_override", "generator",
-           "install", "run_demo", "scratch_folder", "zip_tree", "draw_filled", "ellipse_polygon", "paint",
-           "place_nuclei"]
+__all__ = ["BACKGROUND", "DEMO_HASH_SOURCE", "Appearance", "DatasetWorld", "DemoArchives", "World", "WorldConfig",
+           "card_override", "draw_filled", "ellipse_polygon", "generator", "install", "paint", "place_nuclei",
+           "run_demo", "scratch_folder", "zip_tree"]

@@ -118,7 +118,10 @@ def grouped_split(members: Sequence, validation: float = 0.15, test: float = 0.1
         Seed of the assignment.
     """
     if validation < 0 or test < 0 or validation + test >= 1:
-        raise ValueError(f"validation ({validation}) and test ({test}) shares must be >= 0 and sum below 1")
+        from nucdata.errors import InvalidArgumentError
+
+        raise InvalidArgumentError(f"grouped_split: validation ({validation}) and test ({test}) shares must be "
+                                   ">= 0 and sum below 1; lower one of them")
     result = GroupedSplit(np.zeros(0, np.int64))
     seen: dict[str, str] = {}  # pixel digest -> dataset that has the image
     assigned: dict[str, int] = {}  # group -> split; groups named alike across datasets agree

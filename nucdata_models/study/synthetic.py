@@ -1,148 +1,161 @@
-"""Generated training data with known truth, for tests and benchmarks.
+"""Generated training data with known truth, for tests and benchmarks: the demo world's crops.
 
-Self-contained (no ``nucdata`` import): a small world of latent cell types, each with
-its own look (radius, elongation, lobes, stain colour, texture), seen through four
-label sets that name the types differently and at different granularity. Each
-dataset is annotated only in its own label set; the truth under every set is kept in
-:attr:`TrainingData.truth`, so a test can score the labels the method fills in.
+The one world of :mod:`nucdata.testing.world` (the one ``nucdata demo`` and
+``build-merged --demo`` draw their archives from): its latent cell types and their
+appearances, each dataset's vocabulary, type mix, stain and blur, and its knobs
+(:class:`nucdata.testing.world.WorldConfig`). Instead of whole archives this module
+draws one nucleus per crop, centred, straight into a :class:`TrainingData`
+(vectorised: a few hundred thousand crops take seconds), painted as
+:func:`nucdata.testing.paint` paints a nucleus.
 
-Under the other sets a nucleus is, depending on ``other_sets``:
+Each labelled dataset's nuclei carry the native codes the world's annotators write
+(:meth:`World.annotate <nucdata.testing.world.World.annotate>`), turned into labels as
+for real data (:func:`nucdata_models.merge.label_columns`, through the packaged mapping
+tables): *annotated* in the dataset's own label set, and under the other sets,
+depending on ``other_sets``:
 
-* ``"missing"`` — label -1, candidates 0 (no information at all);
-* ``"mapped"`` — what a mapping table between the vocabularies gives, as for the real
-  data: an exact class when every type behind the annotated class maps to one class,
-  a candidate bitmask when they map to several (ambiguous), -2 when none of them has
-  a class in that set (outside).
+* ``"mapped"`` — what the mapping tables give for the annotated code: an exact class,
+  a candidate set (ambiguous, possibly with the outside bit), outside (-2), or nothing;
+* ``"missing"`` — label -1, candidates 0 (no information at all).
 
-A dataset listed in ``unlabelled`` has no annotation at all (like Kumar or TNBC).
+A dataset without classes (Kumar, MoNuSeg, TNBC) has no annotation at all. The truth
+of every nucleus under every set is the world's (:meth:`World.truth_labels
+<nucdata.testing.world.World.truth_labels>`), kept in :attr:`TrainingData.truth`, so a
+test can score the labels a method fills in. Where the packaged tables and the world's
+vocabulary disagree (:func:`table_disagreements`), a mapped label is what the table
+says, not the truth, as with real data.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 
-from nucdata_models.data import LabelSetSpec, TrainingData
+from nucdata.errors import InvalidArgumentError
+from nucdata.testing import BACKGROUND
+from nucdata.testing.world import TYPE_NAMES, World, WorldConfig, entries
+from nucdata_models.data import NO_LABEL, LabelSetSpec, TrainingData
 
-__all__ = ["CELL_TYPES", "LABEL_SETS", "DATASETS", "CellType", "make_synthetic_data", "make_world_data"]
+__all__ = ["TYPE_NAMES", "DrawnNuclei", "default_datasets", "draw_crops", "make_synthetic_data", "make_world_data",
+           "table_disagreements"]
 
-
-@dataclass(frozen=True)
-class CellType:
-    """The look of one latent cell type."""
-
-    radius: tuple[float, float]      # px, uniform range
-    elongation: tuple[float, float]  # major / minor axis
-    lobes: int                       # 0 = smooth outline; k = k-lobed (neutrophil-like)
-    colour: tuple[float, float, float]  # mean RGB inside the nucleus
-    texture: float                   # std of the chromatin noise
-
-
-CELL_TYPES: dict[str, CellType] = {
-    "tumour": CellType((7.0, 9.5), (1.0, 1.4), 0, (95, 60, 140), 22.0),
-    "epithelial": CellType((5.5, 7.0), (1.1, 1.5), 0, (140, 105, 175), 10.0),
-    "lymphocyte": CellType((3.0, 4.0), (1.0, 1.1), 0, (50, 30, 110), 4.0),
-    "neutrophil": CellType((4.5, 5.5), (1.0, 1.2), 3, (80, 50, 130), 6.0),
-    "macrophage": CellType((5.0, 6.5), (1.0, 1.3), 0, (160, 120, 170), 14.0),
-    "fibroblast": CellType((3.5, 4.5), (2.6, 3.4), 0, (110, 75, 150), 6.0),
-    "dead": CellType((2.5, 3.5), (1.0, 1.2), 0, (40, 20, 60), 2.0),
-}
-TYPE_NAMES = tuple(CELL_TYPES)
-
-# Per label set: its classes and, per latent type, the class it calls it (None = outside).
-LABEL_SETS: dict[str, tuple[tuple[str, ...], dict[str, str | None]]] = {
-    "pannuke": (("neoplastic", "inflammatory", "connective", "dead", "epithelial"), {
-        "tumour": "neoplastic", "epithelial": "epithelial", "lymphocyte": "inflammatory",
-        "neutrophil": "inflammatory", "macrophage": "inflammatory", "fibroblast": "connective", "dead": "dead"}),
-    "consep": (("other", "inflammatory", "healthy_epithelial", "malignant_epithelial", "spindle"), {
-        "tumour": "malignant_epithelial", "epithelial": "healthy_epithelial", "lymphocyte": "inflammatory",
-        "neutrophil": "inflammatory", "macrophage": "inflammatory", "fibroblast": "spindle", "dead": "other"}),
-    "monusac": (("epithelial", "lymphocyte", "neutrophil", "macrophage"), {
-        "tumour": "epithelial", "epithelial": "epithelial", "lymphocyte": "lymphocyte",
-        "neutrophil": "neutrophil", "macrophage": "macrophage", "fibroblast": None, "dead": None}),
-    "nucls": (("tumor", "stromal", "lymphocyte", "macrophage", "neutrophil", "apoptotic"), {
-        "tumour": "tumor", "epithelial": None, "lymphocyte": "lymphocyte", "neutrophil": "neutrophil",
-        "macrophage": "macrophage", "fibroblast": "stromal", "dead": "apoptotic"}),
-}
-SYNTHETIC_VERSION = "synthetic-1"
-
-# Per dataset: its own label set (None = unlabelled), stain shift (RGB offset, scale)
-# and the mix of latent types it contains.
-DATASETS: dict[str, tuple[str | None, tuple[float, float, float], float, tuple[float, ...]]] = {
-    "pannuke": ("pannuke", (0, 0, 0), 1.00, (3, 2, 2, 1, 1, 2, 1)),
-    "consep": ("consep", (18, -6, 10), 0.95, (3, 1, 2, 1, 1, 2, 1)),
-    "monusac": ("monusac", (-12, 8, -4), 1.05, (3, 2, 2, 1, 1, 0, 0)),
-    "nucls": ("nucls", (6, 14, -10), 0.90, (3, 0, 2, 1, 1, 2, 1)),
-    "tnbc": (None, (-8, -10, 12), 1.08, (2, 1, 2, 1, 1, 1, 1)),
-}
+#: Standard deviation of the smooth background field ``paint`` adds (a Gaussian of
+#: sigma 6 px over white noise of s.d. 25, halved): at the scale of one crop it is a
+#: constant offset per crop.
+_FIELD_SD = 0.5 * 25.0 / (2.0 * np.sqrt(np.pi) * 6.0)
 
 
-def label_set_specs(names: tuple[str, ...] | list[str]) -> list[LabelSetSpec]:
-    """The :class:`LabelSetSpec` of each synthetic label set."""
-    return [LabelSetSpec(n, SYNTHETIC_VERSION, LABEL_SETS[n][0]) for n in names]
+class DrawnNuclei:
+    """One dataset's generated nuclei, as the store columns the label path reads.
 
-
-def type_to_class(set_name: str) -> np.ndarray:
-    """Per latent type, its class id under ``set_name`` (-2 = outside)."""
-    classes, table = LABEL_SETS[set_name]
-    return np.array([classes.index(table[t]) if table[t] is not None else -2 for t in TYPE_NAMES], np.int64)
-
-
-def draw_crops(types: np.ndarray, shift: np.ndarray, scale: np.ndarray, size: int, channels: int,
-               rng: np.random.Generator, chunk: int = 4096) -> np.ndarray:
-    """uint8 ``(N, channels, size, size)``: one nucleus of each type at the centre.
-
-    ``shift`` ``(N, 3)`` and ``scale`` ``(N,)`` are the per-nucleus stain change of its
-    dataset. Channel 3 (when ``channels == 4``) is the nucleus mask (0/255). Vectorised
-    in chunks, so a few hundred thousand crops take seconds.
+    :func:`nucdata_models.merge.label_columns` (through
+    :func:`nucdata.labels.translate_store_labels`) takes a store; this holds the
+    dataset's name and the native codes its annotators wrote, and no tissue.
     """
-    n = types.size
-    out = np.empty((n, channels, size, size), np.uint8)
-    coords = np.arange(size, dtype=np.float32) - (size - 1) / 2
-    yy, xx = np.meshgrid(coords, coords, indexing="ij")
-    looks = [CELL_TYPES[t] for t in TYPE_NAMES]
-    r_lo, r_hi = (np.array([lk.radius[i] for lk in looks], np.float32) for i in (0, 1))
-    e_lo, e_hi = (np.array([lk.elongation[i] for lk in looks], np.float32) for i in (0, 1))
-    lobes = np.array([lk.lobes for lk in looks], np.float32)
-    colour = np.array([lk.colour for lk in looks], np.float32)
-    texture = np.array([lk.texture for lk in looks], np.float32)
-    background = np.array([235, 200, 225], np.float32)
-    for s in range(0, n, chunk):
-        t = types[s : s + chunk]
+
+    def __init__(self, dataset: str, codes: np.ndarray) -> None:
+        self.dataset = dataset
+        self.codes = np.asarray(codes, np.int64)
+
+    def column(self, table: str, key: str) -> np.ndarray:
+        """The native codes (``nuclei/label``), the only column there is."""
+        if (table, key) != ("nuclei", "label"):
+            raise InvalidArgumentError(f"generated nuclei have no column {table}/{key}; only nuclei/label")
+        return self.codes
+
+    def image_columns(self) -> list[str]:
+        """No image columns (no tissue)."""
+        return []
+
+
+def default_datasets() -> list[str]:
+    """The world's datasets in the registry's order, without copies of another's images.
+
+    Kumar's images are MoNuSeg's (its card's ``duplicates_of``): as crops they would
+    only repeat MoNuSeg's.
+    """
+    from nucdata.catalog import get_card
+
+    return [name for name in entries() if get_card(name, packaged=True).duplicates_of is None]
+
+
+def _world(world: World | WorldConfig | str | None, seed: int) -> World:
+    if isinstance(world, World):
+        return world
+    if world is None:
+        return World(seed)
+    return World(seed, config=WorldConfig.preset(world) if isinstance(world, str) else world)
+
+
+def draw_crops(world: World, dataset: str, count: int, size: int, channels: int, rng: np.random.Generator,
+               chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` nuclei of ``dataset`` drawn from ``world``, one centred in each crop.
+
+    Latent types from the dataset's type mix (:meth:`World.kinds_for`), look-alikes as
+    the world's overlap says (:meth:`World.looks_for`), and the look's appearance in the
+    dataset's pixel scale (:meth:`World.appearances`): radius and elongation uniform in
+    their ranges, a random angle, the tone normal around the colour (s.d. 6 per
+    channel) with per-pixel chromatin noise of the look's texture strength, on the
+    eosin background with its pixel noise; then the dataset's stain shift and blur.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        Latent type index per nucleus ``(count,)`` and uint8 crops
+        ``(count, channels, size, size)``; channel 3 (``channels == 4``) is the nucleus
+        mask (0/255).
+    """
+    world.begin(dataset)
+    kinds = np.asarray(world.kinds_for(dataset, rng, count), np.int64)
+    looks = np.asarray(world.looks_for(dataset, kinds.tolist()), np.int64)
+    appearances = world.appearances(dataset)
+    table = [appearances[i] for i in range(len(TYPE_NAMES))]
+    r_lo, r_hi = (np.array([a.radius[i] for a in table], np.float32) for i in (0, 1))
+    e_lo, e_hi = (np.array([a.elongation[i] for a in table], np.float32) for i in (0, 1))
+    colour = np.array([a.colour for a in table], np.float32)
+    texture = np.array([a.texture for a in table], np.float32)
+    stain = np.asarray(world.stain(dataset), np.float32)
+    blur = world.blur(dataset)
+    background = np.asarray(BACKGROUND, np.float32)
+    centre = np.arange(size, dtype=np.float32) - (size - 1) / 2  # pixel centres around the crop's centre
+    yy, xx = np.meshgrid(centre, centre, indexing="ij")
+    out = np.empty((count, channels, size, size), np.uint8)
+    for s in range(0, count, chunk):
+        t = looks[s : s + chunk]
         m = t.size
         r = rng.uniform(r_lo[t], r_hi[t]).astype(np.float32)[:, None, None]
         e = rng.uniform(e_lo[t], e_hi[t]).astype(np.float32)[:, None, None]
         a = rng.uniform(0, np.pi, m).astype(np.float32)[:, None, None]
-        dx, dy = (rng.uniform(-1.5, 1.5, (2, m)).astype(np.float32)[..., None, None])
+        dx, dy = rng.uniform(-0.5, 0.5, (2, m)).astype(np.float32)[..., None, None]
         u = (xx - dx) * np.cos(a) + (yy - dy) * np.sin(a)
         v = -(xx - dx) * np.sin(a) + (yy - dy) * np.cos(a)
-        rho = np.sqrt((u / e) ** 2 + v**2)
-        theta = np.arctan2(v, u)
-        outline = r * (1 + 0.3 * np.cos(lobes[t][:, None, None] * theta))
-        inside = rho <= outline
-        img = np.broadcast_to(background, (m, size, size, 3)).astype(np.float32)
-        img = img + rng.normal(0, 6, (m, size, size, 3)).astype(np.float32)
+        inside = (u / (r * e)) ** 2 + (v / r) ** 2 <= 1.0  # rx = r * e along the angle, ry = r
+        img = background + rng.normal(0, 6, (m, size, size, 3)).astype(np.float32)
+        img += rng.normal(0, _FIELD_SD, (m, 1, 1, 1)).astype(np.float32)
         tone = colour[t] + rng.normal(0, 6, (m, 3)).astype(np.float32)
         chromatin = rng.normal(0, 1, (m, size, size, 1)).astype(np.float32) * texture[t][:, None, None, None]
-        img = np.where(inside[..., None], tone[:, None, None, :] + chromatin, img)
-        img = img * scale[s : s + chunk, None, None, None] + shift[s : s + chunk, None, None, :]
+        img = np.where(inside[..., None], tone[:, None, None, :] + chromatin, img) + stain
+        img = ndimage.gaussian_filter(img, (0, blur, blur, 0))
         out[s : s + m, :3] = np.clip(img, 0, 255).astype(np.uint8).transpose(0, 3, 1, 2)
         if channels == 4:
             out[s : s + m, 3] = inside.astype(np.uint8) * 255
-    return out
+    return kinds, out
 
 
 def make_synthetic_data(
     per_dataset: int = 200,
-    datasets: tuple[str, ...] = tuple(DATASETS),
-    label_sets: tuple[str, ...] = tuple(LABEL_SETS),
+    datasets: Sequence[str] | None = None,
+    label_sets: Sequence[str] | None = None,
     size: int = 32,
     channels: int = 3,
     other_sets: str = "mapped",
     val_fraction: float = 0.2,
     seed: int = 0,
+    world: World | WorldConfig | str | None = None,
 ) -> TrainingData:
     """A :class:`TrainingData` of ``per_dataset`` crops per dataset, with known truth.
 
@@ -150,9 +163,10 @@ def make_synthetic_data(
     ----------
     per_dataset
         Nuclei per dataset.
-    datasets, label_sets
-        Names from :data:`DATASETS` and :data:`LABEL_SETS`. A dataset whose own set is
-        not among ``label_sets`` is unlabelled.
+    datasets
+        Datasets of the world; default :func:`default_datasets` (labelled first).
+    label_sets
+        Label sets, in head order; default ``nucdata.labels.MERGED_LABEL_SETS``.
     size, channels
         Crop side in pixels; 3 (RGB) or 4 (RGB + nucleus mask).
     other_sets
@@ -161,83 +175,113 @@ def make_synthetic_data(
     val_fraction
         Share of nuclei with ``split == 1``.
     seed
-        Seed of everything drawn.
+        Seed of everything drawn (and of the world, unless ``world`` is one).
+    world
+        The world to draw from: a :class:`~nucdata.testing.world.World`, its knobs (a
+        :class:`~nucdata.testing.world.WorldConfig` or a preset name) or ``None``,
+        the default world of ``seed``.
 
     Returns
     -------
     TrainingData
         With ``truth[set]`` the class of every nucleus under every set (-2 outside).
+
+    Raises
+    ------
+    InvalidArgumentError
+        For channels other than 3 or 4, an unknown ``other_sets`` or a dataset the
+        world does not have.
     """
+    from nucdata.labels import MERGED_LABEL_SETS, OWN_LABEL_SET, label_set
+    from nucdata_models.merge import label_columns
+
     if channels not in (3, 4):
-        raise ValueError(f"channels must be 3 or 4, got {channels}")
+        raise InvalidArgumentError(f"channels must be 3 or 4, got {channels}")
     if other_sets not in ("mapped", "missing"):
-        raise ValueError(f"other_sets must be 'mapped' or 'missing', got {other_sets!r}")
+        raise InvalidArgumentError(f"other_sets must be 'mapped' or 'missing', got {other_sets!r}")
+    datasets = list(datasets) if datasets is not None else default_datasets()
+    unknown = [d for d in datasets if d not in entries()]
+    if unknown:
+        raise InvalidArgumentError(f"the world has no dataset {', '.join(unknown)}; choose from "
+                                   f"{', '.join(entries())}")
+    label_sets = list(label_sets) if label_sets is not None else list(MERGED_LABEL_SETS)
+    the_world = _world(world, seed)
     rng = np.random.default_rng(seed)
     n = per_dataset * len(datasets)
-    dataset_index = np.repeat(np.arange(len(datasets)), per_dataset)
-    types = np.empty(n, np.int64)
-    shift = np.empty((n, 3), np.float32)
-    scale = np.empty(n, np.float32)
+    kinds = np.empty(n, np.int64)
+    crops = np.empty((n, channels, size, size), np.uint8)
+    codes = np.full(n, -1, np.int64)
     for d, name in enumerate(datasets):
-        _, offset, gain, mix = DATASETS[name]
-        p = np.asarray(mix, np.float64) / sum(mix)
         sel = slice(d * per_dataset, (d + 1) * per_dataset)
-        types[sel] = rng.choice(len(TYPE_NAMES), per_dataset, p=p)
-        shift[sel] = offset
-        scale[sel] = gain
-    crops = draw_crops(types, shift, scale, size, channels, rng)
-    specs = label_set_specs(label_sets)
-    labels, cands, truth = {}, {}, {}
+        kinds[sel], crops[sel] = draw_crops(the_world, name, per_dataset, size, channels, rng)
+        codes[sel] = the_world.annotate(name, kinds[sel].tolist())
+    dataset_index = np.repeat(np.arange(len(datasets)), per_dataset)
+    specs = [LabelSetSpec(ls.name, ls.version, tuple(ls.names)) for ls in map(label_set, label_sets)]
+    labels, candidates, provenance, truth = {}, {}, {}, {}
     for spec in specs:
-        of_type = type_to_class(spec.name)
-        truth[spec.name] = torch.from_numpy(of_type[types])
         lab = np.full(n, -1, np.int64)
         cand = np.zeros(n, np.int64)
+        prov = np.full(n, NO_LABEL, np.int8)
         for d, name in enumerate(datasets):
-            own = DATASETS[name][0]
-            sel = dataset_index == d
-            if own is None or own not in label_sets:
+            if other_sets == "missing" and OWN_LABEL_SET.get(name) != spec.name:
                 continue
-            own_class = type_to_class(own)
-            if own == spec.name:
-                lab[sel] = of_type[types[sel]]
-            elif other_sets == "mapped":
-                lab[sel], cand[sel] = _mapped(types[sel], own_class, of_type, DATASETS[name][3])
-            cand[sel & (lab >= 0)] = 1 << lab[sel & (lab >= 0)]
-        labels[spec.name], cands[spec.name] = torch.from_numpy(lab), torch.from_numpy(cand)
+            sel = slice(d * per_dataset, (d + 1) * per_dataset)
+            lab[sel], cand[sel], prov[sel] = label_columns(DrawnNuclei(name, codes[sel]), spec.name)
+        labels[spec.name], candidates[spec.name] = torch.from_numpy(lab), torch.from_numpy(cand)
+        provenance[spec.name] = torch.from_numpy(prov)
+        truth[spec.name] = torch.from_numpy(the_world.truth_labels(kinds, spec.name).astype(np.int64))
     split = (rng.random(n) < val_fraction).astype(np.int64)
     return TrainingData(
-        crops=torch.from_numpy(crops), label_sets=specs, labels=labels, candidates=cands,
-        dataset_index=torch.from_numpy(dataset_index), dataset_names=list(datasets),
-        split=torch.from_numpy(split), truth=truth,
+        crops=torch.from_numpy(crops), label_sets=specs, labels=labels, candidates=candidates,
+        dataset_index=torch.from_numpy(dataset_index), dataset_names=datasets,
+        split=torch.from_numpy(split), truth=truth, provenance=provenance,
     )
 
 
-def _mapped(types: np.ndarray, own_class: np.ndarray, target: np.ndarray,
-            mix: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and candidates under ``target`` implied by the annotated own class.
+def table_disagreements(world: World | None = None, label_sets: Sequence[str] | None = None
+                        ) -> list[dict[str, Any]]:
+    """Where a mapped label is not the truth: the tables' row for a type's code says otherwise.
 
-    The annotation says only the own-set class; every type of the dataset's mix that
-    the own set calls the same class could be behind it. Their target classes are the
-    candidates; one class is exact; none (all outside) is -2; a mix of outside and
-    classes gives no information (-1, candidates 0).
+    For each labelled dataset of the world, each latent type it draws and each label set
+    other than its own: the row of the packaged tables for the code its annotators write
+    gives an exact class that is not the type's true class, puts the truth outside a
+    candidate set, or calls a type outside that has a class. In the default world these
+    are the mitotic figures of CoNSeP and NuCLS: CoNSeP files them under "malignant
+    epithelial" (NuCLS: "tumor"), NuCLS has a class of its own for them ("other" in
+    CoNSeP's set).
+
+    Returns
+    -------
+    list of dict
+        ``dataset``, ``type``, ``code``, ``label_set``, ``mapped`` (label, candidates) and
+        ``truth``.
     """
-    lab = np.full(types.size, -1, np.int64)
-    cand = np.zeros(types.size, np.int64)
-    present = [t for t in range(len(TYPE_NAMES)) if mix[t] > 0]
-    for t in np.unique(types):
-        behind = [u for u in present if own_class[u] == own_class[t]]
-        classes = sorted({int(target[u]) for u in behind if target[u] >= 0})
-        sel = types == t
-        if not classes:
-            lab[sel] = -2
-        elif any(target[u] < 0 for u in behind):
-            pass  # maybe outside, maybe one of the classes: no information
-        elif len(classes) == 1:
-            lab[sel] = classes[0]
-        else:
-            cand[sel] = sum(1 << c for c in classes)
-    return lab, cand
+    from nucdata.labels import MERGED_LABEL_SETS, OWN_LABEL_SET, label_set, translate
+
+    world = world if world is not None else World()
+    label_sets = list(label_sets) if label_sets is not None else list(MERGED_LABEL_SETS)
+    out = []
+    for dataset, table in world.native.items():
+        for kind, type_name in enumerate(TYPE_NAMES):
+            code = table[type_name]
+            if code is None:
+                continue
+            for s in label_sets:
+                if OWN_LABEL_SET.get(dataset) == s:
+                    continue
+                lab, cand = (int(v[0]) for v in translate(dataset, np.array([code]), s))
+                true = int(world.truth_labels(np.array([kind]), s)[0])
+                outside_bit = 1 << len(label_set(s).names)
+                if lab >= 0 or lab == -2:
+                    agrees = lab == true
+                elif cand:
+                    agrees = bool(cand & ((1 << true) if true >= 0 else outside_bit))
+                else:
+                    agrees = True  # no information is never wrong
+                if not agrees:
+                    out.append({"dataset": dataset, "type": type_name, "code": code, "label_set": s,
+                                "mapped": (lab, cand), "truth": true})
+    return out
 
 
 def make_world_data(per_dataset: int = 200, size: int = 32, seed: int = 0, channels: int = 3,
