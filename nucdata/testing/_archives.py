@@ -4,7 +4,8 @@ The tests and ``nucdata demo`` share these generators: each module
 ``nucdata.testing.<dataset>`` defines ``generate(folder, rng) -> DemoArchives`` that
 writes the dataset's archive files (same names, same internal layout and quirks as
 the real ones, a few kilobytes each) and returns the card entries that describe
-them. :func:`install` puts them where a user would (the manual folder, or a folder
+them, and ``WORLD``, what the demo world knows of the dataset
+(:class:`nucdata.testing.world.DatasetWorld`). :func:`install` puts them where a user would (the manual folder, or a folder
 served over HTTP) and writes a local card override with their real hashes, so the
 whole verified fetch-and-convert path runs without any network.
 """
