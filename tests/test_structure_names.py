@@ -101,6 +101,8 @@ def test_the_cards_order_the_datasets():
     order = datasets_in_order()
     labelled = [n for n in order if native_vocabulary(n)]
     assert order[: len(labelled)] == labelled, "labelled datasets come first (the cards' order)"
+    for name in order:  # numbered by kind, so a new dataset renumbers none (see nucdata.catalog._registry)
+        assert (get_card(name, packaged=True).order < 101) == (name in labelled), name
     for name in order:
         original = get_card(name, packaged=True).duplicates_of
         assert original is None or (original in NAMES and original != name)

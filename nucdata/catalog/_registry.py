@@ -9,9 +9,10 @@ Fields that place a dataset among the others (every dataset list of nucdata and
 nucdata_models is derived from them, never written by hand):
 
 ``order``
-    Its position in nucdata's dataset lists (:func:`datasets_in_order`): labelled
-    datasets first, then those without classes; a new dataset takes the next number.
-    The demo world draws its mapping-table errors in this order, so renumbering
+    Its position in nucdata's dataset lists (:func:`datasets_in_order`). Datasets with
+    classes are numbered from 1, those without from 101, so lists keep the labelled
+    ones first and a new dataset takes the next free number of its kind, renumbering
+    none. The demo world draws its mapping-table errors in this order, so renumbering
     changes the demo's bytes.
 ``duplicates_of``
     The dataset whose images this one's are copies of (Kumar's 30 images are MoNuSeg's
