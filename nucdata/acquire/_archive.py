@@ -82,8 +82,7 @@ class _Budget:
                 ) from None
             if not block:
                 return
-            self.used += len(block)
-            if self.limit is not None and self.used > self.limit:
+            if self.limit is not None and self.used + len(block) > self.limit:
                 raise CorruptArchiveError(
                     f"{self.archive}: member {member!r} takes the extracted size past {self.limit:,} bytes "
                     f"({MAX_RATIO}x the archive, at least {MIN_LIMIT:,}): a decompression bomb or an "
@@ -94,6 +93,7 @@ class _Budget:
                 out.write(block)
             except OSError as exc:
                 raise _write_error(exc, target, self, member) from None
+            self.used += len(block)
 
     def still_needed(self) -> int | None:
         return None if self.declared is None else max(0, self.declared - self.used)

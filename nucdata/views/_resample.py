@@ -216,7 +216,9 @@ def image_scales(ds: NucleusDataset, mpp: float | None, assume_mpp: float | None
                 "resolution, choose a split without them, or leave mpp=None."
             )
         own = np.where(missing, float(fallback), own)
-    return float(mpp) / own
+    from nucdata._util.limits import check_scales
+
+    return check_scales(float(mpp) / own, mpp)  # a SizeLimitError past $NUCDATA_MAX_RESAMPLE (issue 21)
 
 
 def store_scales(store: Any, mpp: float, assume_mpp: float | None = None) -> np.ndarray:
