@@ -19,6 +19,7 @@ import importlib
 import inspect
 import pkgutil
 import re
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -71,7 +72,10 @@ def _public_names() -> dict[Key, list[str]]:
     for package in [*_public_packages(nucdata), *_public_packages(nucdata_models)]:
         module = importlib.import_module(package)
         for name in getattr(module, "__all__", ()):
-            names.setdefault((name, id(getattr(module, name))), []).append(f"{package}.{name}")
+            with warnings.catch_warnings():  # a deprecated alias still in __all__ is documented too
+                warnings.simplefilter("ignore", DeprecationWarning)
+                obj = getattr(module, name)
+            names.setdefault((name, id(obj)), []).append(f"{package}.{name}")
     for name, obj in vars(nucdata.errors).items():
         if inspect.isclass(obj) and issubclass(obj, Exception) and obj.__module__ == "nucdata.errors":
             names.setdefault((name, id(obj)), []).append(f"nucdata.errors.{name}")
@@ -86,8 +90,10 @@ def _resolve(path: str) -> Any:
             obj: Any = importlib.import_module(".".join(parts[:cut]))
         except ImportError:
             continue
-        for attribute in parts[cut:]:
-            obj = getattr(obj, attribute)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            for attribute in parts[cut:]:
+                obj = getattr(obj, attribute)
         return obj
     raise ImportError(path)
 
