@@ -25,6 +25,7 @@ from nucdata.labels import (
     table_sources,
     table_version,
     translate,
+    translate_store_labels,
 )
 
 DATASETS = ["consep", "kumar", "monusac", "monuseg", "nucls", "pannuke", "tnbc"]
@@ -230,6 +231,41 @@ def test_tissue_conditional_row_applies_only_to_its_tissue():
     assert m.translate(np.array([7, 7, -1]), np.array(["Liver", "Lung", "Liver"]))[0].tolist() == [3, -1, -1]
     with pytest.raises(nucdata.InvalidArgumentError, match="shape"):
         m.translate(np.array([7, 7]), np.array(["Liver"] * 3))
+
+
+class _Columns:
+    """A store as translate_store_labels reads it: dataset, columns, image columns."""
+
+    def __init__(self, dataset: str, tables: dict[str, dict[str, np.ndarray]]):
+        self.dataset, self.tables = dataset, tables
+
+    def column(self, table: str, key: str) -> np.ndarray:
+        return self.tables[table][key]
+
+    def image_columns(self) -> list[str]:
+        return list(self.tables["images"])
+
+
+def test_translate_store_labels_reads_each_nucleus_tissue_from_its_image():
+    images = {"tissue": np.array(["Breast", "Skin", "Lung"]), "name": np.array(["a", "b", "c"])}
+    nuclei = {"label": np.array([0, 0, 0, 1, -1], np.int16), "image": np.array([0, 1, 2, 0, 2])}
+    store = _Columns("pannuke", {"images": images, "nuclei": nuclei})
+    labels, candidates = translate_store_labels(store, "monusac")
+    expected = translate("pannuke", nuclei["label"], "monusac", tissue=images["tissue"][nuclei["image"]])
+    assert labels.tolist() == expected[0].tolist() == [0, -1, 0, -1, -1]
+    assert candidates.tolist() == expected[1].tolist()
+    assert labels.dtype == candidates.dtype == np.int64
+    rows = np.array([4, 1])  # a selection, in its order
+    assert translate_store_labels(store, "monusac", nuclei=rows)[0].tolist() == [-1, -1]
+    assert translate_store_labels(store, "monusac", nuclei=slice(2, 4))[0].tolist() == [0, -1]
+    native, zero = translate_store_labels(store, None)
+    assert native.tolist() == [0, 0, 0, 1, -1] and native.dtype == np.int64 and not zero.any()
+    # A store without a tissue column: the unconditional rows, as translate without a tissue.
+    bare = _Columns("pannuke", {"images": {"name": images["name"]}, "nuclei": nuclei})
+    assert translate_store_labels(bare, "monusac")[0].tolist() == translate("pannuke", nuclei["label"], "monusac")[0].tolist()
+    # A dataset whose tables have no conditional row does not need a tissue column at all.
+    consep = _Columns("consep", {"images": {}, "nuclei": {"label": np.array([1, 2]), "image": np.array([0, 0])}})
+    assert translate_store_labels(consep, "pannuke")[0].tolist() == translate("consep", np.array([1, 2]), "pannuke")[0].tolist()
 
 
 def test_vocabulary_tables_translate_predictions():

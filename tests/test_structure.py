@@ -187,7 +187,7 @@ def _defined_private_names(tree: ast.AST) -> set[str]:
 # Private names of other libraries that are the established way to do a thing: os._exit
 # (a kill without clean-up, for fault tests), numpy's pickle reconstructor _frombuffer
 # (which the allow-list unpickler must name), and the private plumbing package.
-ALLOWED = {"_exit", "_frombuffer", "_new_shared", "_util"}
+ALLOWED = {"_exit", "_frombuffer", "_util"}
 
 
 @pytest.mark.parametrize("path", [*MODULES.values(), *sorted((ROOT / "benchmarks").glob("*.py"))],

@@ -2,6 +2,9 @@
 
 Each view reads the store's memory-mapped columns and pixels; resampling to another
 µm/px (``mpp=``) has one implementation (``_resample``) shared by crops, tiles and exports.
+:func:`crop_loader` and :func:`tile_loader` share one loader path (``_loaders``: whole
+batches per worker, reusable shared-memory slots allocated with public torch API);
+:func:`collate` batches image samples in any ``DataLoader``.
 """
 
 from nucdata.views._crops import CropBank, CropDataset, build_bank, crop_loader, crops_of

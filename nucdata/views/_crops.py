@@ -48,6 +48,7 @@ from nucdata._util.npy import NpyStreamWriter
 from nucdata._util.progress import progress
 from nucdata.errors import InvalidArgumentError
 from nucdata.store import Store, derived_dir, is_complete
+from nucdata.views._loaders import batch_loader
 
 #: bumped whenever the content of a bank changes for the same parameters
 BANK_VERSION = 2
@@ -484,14 +485,9 @@ class CropDataset(torch.utils.data.Dataset):
 
     def _gather(self, index: np.ndarray, into: torch.Tensor | None = None) -> torch.Tensor:
         shape = (index.size, 4, self.size, self.size)
-        if into is not None:  # a crop_loader worker's reusable shared-memory slot
-            tensor = into
-        elif torch.utils.data.get_worker_info() is not None:
-            # In a worker, gather straight into shared memory: handing the batch to the
-            # main process then costs no second copy.
-            tensor = torch.empty(shape, dtype=torch.uint8).share_memory_()
-        else:
-            tensor = torch.empty(shape, dtype=torch.uint8)
+        # ``into``: from crop_loader's batch function (in a worker, its shared-memory slot).
+        # A plain DataLoader's default collate stacks the samples into a new tensor anyway.
+        tensor = into if into is not None else torch.empty(shape, dtype=torch.uint8)
         out = tensor.numpy()
         which = self.dataset_index[index]
         for d in np.unique(which):
@@ -559,48 +555,25 @@ def _as_tensors(fields: dict[str, Any]) -> dict[str, Any]:
     return {"image": crops[:, :3], "mask": crops[:, 3:], **out}
 
 
-class _WorkerBatches(torch.utils.data.Dataset):
-    """What crop_loader's workers run: a batch per index list, small fields as numpy.
+def _crop_batch(crops: CropDataset, indices: Sequence[int], empty: Any) -> dict[str, Any]:
+    """crop_loader's batch function (:func:`nucdata.views._loaders.batch_loader`): one gather.
 
-    A tensor crosses from a worker to the main process as its own shared-memory segment
-    with a socket handshake each (~1 ms); numpy arrays are pickled inline. So only the
-    pixels travel as a tensor, and :class:`CropLoader` turns the rest into tensors. The
-    pixels are gathered into one of a few shared-memory slots the worker reuses
-    (:func:`nucdata.views.slot_tensors`): a fresh segment per batch would cost its
-    pages' first-touch faults, on some hosts several times the gather itself.
+    The pixels are gathered straight into the tensor ``empty`` gives (in a worker, its
+    reusable shared-memory slot); the small per-crop fields stay numpy arrays, which
+    cross from a worker inline, and :class:`CropLoader` makes them tensors.
     """
-
-    def __init__(self, crops: CropDataset):
-        self.crops = crops
-
-    def __len__(self) -> int:
-        return len(self.crops)
-
-    def __getitem__(self, index: Sequence[int]) -> dict[str, Any]:
-        index = np.asarray(index, np.int64).reshape(-1)
-        if torch.utils.data.get_worker_info() is None:
-            return self.crops._fields(index)
-        from nucdata.views._loaders import SlotBatch, slot_tensors
-
-        size = self.crops.size
-        (pixels,), token = slot_tensors([((index.size, 4, size, size), torch.uint8)], slots=_LOADER_PREFETCH + 2)
-        return SlotBatch(self.crops._fields(index, into=pixels), ["crops"], token)
-
-
-#: batches a crop_loader worker may have in flight (its DataLoader's ``prefetch_factor``)
-_LOADER_PREFETCH = 2
-
-
-def _unchanged(batch: dict[str, Any]) -> dict[str, Any]:
-    """Collate nothing: the default would turn the numpy fields into tensors in the worker."""
-    return batch
+    index = np.asarray(indices, np.int64).reshape(-1)
+    (pixels,) = empty([((index.size, 4, crops.size, crops.size), torch.uint8)])
+    return crops._fields(index, into=pixels)
 
 
 class CropLoader:
     """Iterable of crop batches (dicts as :class:`CropDataset` gives for a list of indices).
 
     Wraps a :class:`torch.utils.data.DataLoader` (``.dataloader``) whose every index is a
-    whole batch; made by :func:`crop_loader`.
+    whole batch (the views' one loader path, shared with :func:`nucdata.tile_loader`);
+    made by :func:`crop_loader`. It turns each batch's numpy fields into tensors (no
+    copy) and splits the pixels into ``image`` and ``mask``.
     """
 
     def __init__(self, dataloader: torch.utils.data.DataLoader):
@@ -679,7 +652,10 @@ def crop_loader(
     -------
     CropLoader
         Yields batch dicts of tensors (see :class:`CropDataset`); its ``dataloader``
-        (persistent workers) does the work.
+        (persistent workers) does the work. With workers, each worker gathers whole
+        batches into a few shared-memory slots it reuses and the small fields travel
+        inline (how, and why: ``nucdata/views/_loaders.py``); the main process copies
+        the pixels out as a batch arrives, so batches may be kept.
     """
     if contiguous:
         sampler: torch.utils.data.Sampler = ContiguousBatchSampler(len(dataset), batch_size, shuffle, drop_last, generator)
@@ -687,11 +663,7 @@ def crop_loader(
         base = (torch.utils.data.RandomSampler(dataset, generator=generator) if shuffle
                 else torch.utils.data.SequentialSampler(dataset))
         sampler = torch.utils.data.BatchSampler(base, batch_size, drop_last)
-    return CropLoader(torch.utils.data.DataLoader(
-        _WorkerBatches(dataset), sampler=sampler, batch_size=None, num_workers=num_workers,
-        persistent_workers=num_workers > 0, pin_memory=pin_memory, collate_fn=_unchanged,
-        prefetch_factor=_LOADER_PREFETCH if num_workers > 0 else None, in_order=True,
-    ))
+    return CropLoader(batch_loader(dataset, _crop_batch, sampler, num_workers, pin_memory))
 
 
 def crops_of(datasets: Sequence[Any], size: int = 64, context: float | None = None,

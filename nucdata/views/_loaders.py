@@ -1,11 +1,44 @@
-"""Collation of image samples for ``torch.utils.data.DataLoader``."""
+"""Batches for ``torch.utils.data.DataLoader``: :func:`collate`, and the one loader path of the views.
+
+Two ways to batch, one way to cross from a worker
+-------------------------------------------------
+* :func:`collate` batches image samples (:class:`nucdata.NucleusDataset`,
+  :class:`nucdata.views.TileDataset`) in any ``DataLoader``: pixels stacked, per-nucleus
+  fields as lists.
+* :func:`batch_loader` is the loader behind :func:`nucdata.crop_loader` and
+  :func:`nucdata.tile_loader`: a ``DataLoader`` whose every item is a whole batch, made
+  by one call of the view's batch function (``make(dataset, indices, empty)``: one
+  gather from a crop bank, or the tiles of a batch collated with :func:`collate_into`),
+  in the calling process or in persistent workers, which see the dataset's epoch
+  (``set_epoch``) because every batch carries it.
+
+A batch made in a worker crosses to the main process as a :class:`WorkerBatch`, under
+two rules that come from how torch sends tensors between processes (each tensor's
+storage in a shared-memory segment, announced by a file-descriptor handshake of about
+a millisecond, whatever its size):
+
+* tensors of up to :data:`INLINE_BYTES` travel inline, pickled as numpy arrays, and
+  become tensors again (no copy) on arrival: a tile batch has dozens of per-nucleus
+  fields, whose handshakes would cost more than making the batch;
+* in :func:`batch_loader`'s workers the large tensors are made in place in one of a few
+  shared-memory slots that each worker allocates once (``torch.empty(n,
+  dtype=torch.uint8).share_memory_()``, public torch API) and reuses: one handshake per
+  batch, no new segment, and none of the first-touch page faults a fresh segment costs
+  (on some hosts several times the work of the batch; ``benchmarks/loaders.py``). The
+  main process copies the tensors out when the batch arrives and keeps the slot mapped
+  for its next use. A slot is refilled only after the batch in it has arrived, because
+  a worker has at most ``prefetch_factor`` batches in flight and ``SLOTS`` exceeds that.
+
+In a plain ``DataLoader`` with :func:`collate`, the large tensors take torch's standard
+transfer (the ``DataLoader`` moves them into shared memory as it sends them).
+"""
 
 from __future__ import annotations
 
 import math
 import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -13,7 +46,31 @@ import torch
 #: fields with one row per nucleus: their lengths differ between images, so they stay lists
 NUCLEUS_FIELDS = frozenset({"centroids", "labels", "candidates", "probabilities", "annotated", "cut", "nucleus_index"})
 
+#: tensors up to this many bytes cross from a worker to the main process inline (pickled
+#: bytes) rather than each in its own shared-memory segment with a file-descriptor
+#: handshake, which costs far more than copying a few kilobytes
+INLINE_BYTES = 1 << 16
 
+#: batches a :func:`batch_loader` worker may have in flight (its ``prefetch_factor``)
+PREFETCH = 2
+#: reusable shared-memory slots per worker: more than the batches it can have in flight
+SLOTS = PREFETCH + 2
+
+Spec = tuple[tuple[int, ...], torch.dtype]
+#: ``empty(specs)``: uninitialised tensors of these shapes and dtypes, to fill in place
+Empty = Callable[[Sequence[Spec]], list[torch.Tensor]]
+#: ``make(dataset, indices, empty)``: one batch dict of ``dataset``'s items ``indices``
+MakeBatch = Callable[[Any, Sequence[int], Empty], dict[str, Any]]
+
+
+def plain_empty(specs: Sequence[Spec]) -> list[torch.Tensor]:
+    """:data:`Empty` in the calling process: ``torch.empty`` per spec."""
+    return [torch.empty(shape, dtype=dtype) for shape, dtype in specs]
+
+
+# --------------------------------------------------------------------------------------
+# Collation
+# --------------------------------------------------------------------------------------
 def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Batch image samples: pixels stacked when sizes agree, per-nucleus fields as lists.
 
@@ -29,48 +86,131 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         tensor when every sample's has the same shape, else a list; the per-nucleus
         fields (``centroids``, ``labels``, ``candidates``, ...) are always lists, one
         entry per image; Python numbers become a 1-D tensor; anything else (``image_id``,
-        ``dataset``) a list.
+        ``dataset``) a list. In a ``DataLoader`` worker the small tensors travel to the
+        main process inline (see the module docstring); the batch arrives as a plain dict.
 
     Examples
     --------
     >>> loader = DataLoader(nucdata.load("monuseg"), batch_size=4, collate_fn=collate)  # doctest: +SKIP
     """
+    batch = collate_into(samples, None)
+    return WorkerBatch(batch) if batch and torch.utils.data.get_worker_info() is not None else batch
+
+
+def collate_into(samples: Sequence[dict[str, Any]], empty: Empty | None) -> dict[str, Any]:
+    """:func:`collate`, stacking the large tensor fields into tensors from ``empty``.
+
+    ``empty`` is called once, with the shape and dtype of every stacked field of more
+    than :data:`INLINE_BYTES` (a :func:`batch_loader` worker passes its slot's); ``None``
+    stacks everything with ``torch.stack``. Returns a plain dict.
+    """
     if not samples:
         return {}
-    in_worker = torch.utils.data.get_worker_info() is not None
     batch: dict[str, Any] = {}
+    large: list[str] = []
     for key in samples[0]:
         values = [s[key] for s in samples]
         if key in NUCLEUS_FIELDS:
             batch[key] = values
         elif all(isinstance(v, torch.Tensor) for v in values) and len({tuple(v.shape) for v in values}) == 1:
-            batch[key] = _stack(values, in_worker)
+            first = values[0]
+            if (empty is not None and first.device.type == "cpu" and len({v.dtype for v in values}) == 1
+                    and first.numel() * first.element_size() * len(values) > INLINE_BYTES):
+                large.append(key)
+                batch[key] = values
+            else:
+                batch[key] = torch.stack(values)
         elif all(isinstance(v, numbers.Number) and not isinstance(v, complex) for v in values):
             batch[key] = torch.tensor(values)
         else:
             batch[key] = values
-    return _WorkerBatch(batch) if in_worker else batch
+    if large and empty is not None:
+        outs = empty([((len(samples), *batch[k][0].shape), batch[k][0].dtype) for k in large])
+        for key, out in zip(large, outs, strict=True):
+            batch[key] = torch.stack(batch[key], out=out)
+    return batch
 
 
-#: tensors up to this many bytes cross from a worker to the main process inline (pickled
-#: bytes) rather than each in its own shared-memory segment with a file-descriptor
-#: handshake, which costs far more than copying a few kilobytes
-INLINE_BYTES = 1 << 16
+# --------------------------------------------------------------------------------------
+# Crossing from a worker
+# --------------------------------------------------------------------------------------
+_ALIGN = 64
+_worker_slots: list[torch.Tensor | None] = []  # a worker's slots: flat uint8 shared-memory tensors
+_worker_next = 0
+_received: dict[tuple[int, int], torch.Tensor] = {}  # main process: slots kept mapped
+_KEEP_MAPPED = 32
 
 
-def _stack(values: list[torch.Tensor], in_worker: bool) -> torch.Tensor:
-    """``torch.stack``; in a worker, large batches go straight into shared memory.
+class _Slot:
+    """The worker's next reusable slot, handing out tensors for one batch (see :data:`Empty`)."""
 
-    Moving a finished tensor to shared memory copies it once more (what the
-    DataLoader does when it sends a batch); stacking into shared memory does not.
+    def __init__(self, slots: int):
+        global _worker_next
+        if len(_worker_slots) != slots:
+            _worker_slots[:] = [None] * slots
+            _worker_next = 0
+        self.index = _worker_next
+        _worker_next = (_worker_next + 1) % slots
+        self.buffer: torch.Tensor | None = None
+
+    def empty(self, specs: Sequence[Spec]) -> list[torch.Tensor]:
+        if self.buffer is not None:
+            raise RuntimeError("a batch's tensors are laid out in its slot by one call of empty()")
+        offsets, total = [], 0
+        for shape, dtype in specs:
+            offsets.append(total)
+            total += -(-math.prod(shape) * _itemsize(dtype) // _ALIGN) * _ALIGN
+        buffer = _worker_slots[self.index]
+        if buffer is None or buffer.numel() < total:  # first use, or a larger batch: allocate once
+            buffer = _worker_slots[self.index] = torch.empty(max(total, _ALIGN), dtype=torch.uint8).share_memory_()
+        self.buffer = buffer
+        return [buffer[o : o + math.prod(shape) * _itemsize(dtype)].view(dtype).view(shape)
+                for (shape, dtype), o in zip(specs, offsets, strict=True)]
+
+
+class WorkerBatch(dict):
+    """A batch made in a ``DataLoader`` worker; it unpickles as a plain ``dict``.
+
+    Small tensors (alone or in lists) travel inline as numpy arrays; tensors laid out in
+    the worker's ``slot`` travel as the slot (one shared-memory tensor, mapped once in
+    the main process) and are copied out on arrival; any other tensor takes torch's
+    standard transfer. See the module docstring.
     """
-    first = values[0]
-    nbytes = first.numel() * first.element_size() * len(values)
-    if not in_worker or nbytes <= INLINE_BYTES or first.device.type != "cpu":
-        return torch.stack(values)
-    storage = torch.UntypedStorage._new_shared(nbytes)
-    out = torch.empty(0, dtype=first.dtype).set_(storage).view(len(values), *first.shape)
-    return torch.stack(values, out=out)
+
+    def __init__(self, fields: dict[str, Any], slot: _Slot | None = None):
+        super().__init__(fields)
+        self._slot = slot
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        buffer = None if self._slot is None else self._slot.buffer
+        if buffer is None:
+            return _rebuild_batch, ({key: _as_inline(value) for key, value in self.items()}, None)
+        base, end = buffer.data_ptr(), buffer.data_ptr() + buffer.numel()
+        items = {}
+        for key, value in self.items():
+            if isinstance(value, torch.Tensor) and base <= value.data_ptr() < end and value.is_contiguous():
+                items[key] = _InSlot(value.data_ptr() - base, tuple(value.shape), value.dtype)
+            else:
+                items[key] = _as_inline(value)
+        return _rebuild_batch, (items, (os.getpid(), self._slot.index, buffer))
+
+
+class _InSlot:
+    """Where a tensor lies in its batch's slot: byte offset, shape, dtype."""
+
+    __slots__ = ("dtype", "offset", "shape")
+
+    def __init__(self, offset: int, shape: tuple[int, ...], dtype: torch.dtype):
+        self.offset, self.shape, self.dtype = offset, shape, dtype
+
+
+class _Inline:
+    """A small array travelling inline; unwrapped into a tensor on arrival."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: Any):
+        self.array = array
 
 
 def _as_inline(value: Any) -> Any:
@@ -92,148 +232,91 @@ def _from_inline(value: Any) -> Any:
     return value
 
 
-class _Inline:
-    """A small array travelling inline; unwrapped into a tensor on arrival."""
-
-    __slots__ = ("array",)
-
-    def __init__(self, array: Any):
-        self.array = array
-
-
-def _rebuild_batch(items: dict[str, Any]) -> dict[str, Any]:
-    """The batch as the main process sees it: a plain dict of tensors and lists."""
-    return {key: _from_inline(value) for key, value in items.items()}
-
-
-class _WorkerBatch(dict):
-    """A batch made in a DataLoader worker; unpickles as a plain ``dict``.
-
-    The per-nucleus fields of a batch are dozens of tiny tensors: sent as tensors, each
-    would get its own shared-memory segment and file-descriptor handshake (about a
-    millisecond each), more than making the batch. They travel as pickled numpy arrays
-    instead and become tensors again (no copy) when the main process unpickles them.
-    """
-
-    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
-        return _rebuild_batch, ({key: _as_inline(value) for key, value in self.items()},)
-
-
-# --------------------------------------------------------------------------------------
-# Reusable shared-memory slots for loaders that own their DataLoader
-# --------------------------------------------------------------------------------------
-#: a fresh shared-memory segment per batch costs its pages' first-touch faults in the
-#: worker (on some hosts more than making the batch) and a new mapping in the main
-#: process; a loader that bounds how many batches a worker has in flight can reuse a few
-#: segments instead. ``slots`` must exceed that bound (``prefetch_factor`` with
-#: ``in_order=True``): the main process copies a batch out when it unpickles it.
-_ALIGN = 64
-_worker_slots: list[torch.UntypedStorage | None] = []
-_worker_next = 0
-_received: dict[tuple[int, int], torch.Tensor] = {}  # main process: slots kept mapped
-_KEEP_MAPPED = 32
-
-
-def slot_tensors(specs: Sequence[tuple[tuple[int, ...], torch.dtype]], slots: int) -> tuple[list[torch.Tensor], Any]:
-    """Tensors to fill in a worker, laid out in the worker's next reusable slot.
-
-    Parameters
-    ----------
-    specs
-        Shape and dtype of each tensor.
-    slots
-        Slots per worker (more than the batches a worker can have in flight).
-
-    Returns
-    -------
-    tensors, token
-        Views into one shared-memory segment, and what :class:`SlotBatch` needs to send it.
-    """
-    global _worker_next
-    offsets, total = [], 0
-    for shape, dtype in specs:
-        offsets.append(total)
-        nbytes = math.prod(shape) * _itemsize(dtype)
-        total += -(-nbytes // _ALIGN) * _ALIGN
-    if len(_worker_slots) != slots:
-        _worker_slots[:] = [None] * slots
-        _worker_next = 0
-    index = _worker_next
-    _worker_next = (_worker_next + 1) % slots
-    storage = _worker_slots[index]
-    if storage is None or storage.nbytes() < total:
-        storage = _worker_slots[index] = torch.UntypedStorage._new_shared(max(total, _ALIGN))
-    whole = torch.empty(0, dtype=torch.uint8).set_(storage)
-    tensors = [whole[o : o + math.prod(shape) * _itemsize(dtype)].view(dtype).view(shape)
-               for (shape, dtype), o in zip(specs, offsets, strict=True)]
-    return tensors, (os.getpid(), index, whole, [(o, tuple(shape), dtype) for (shape, dtype), o in zip(specs, offsets, strict=True)])
-
-
-class SlotBatch(dict):
-    """A batch whose large tensors live in a reusable worker slot (see :func:`slot_tensors`).
-
-    Unpickles in the main process as a plain ``dict`` holding its own copies (the slot
-    stays mapped there for the next batch); small tensors travel inline.
-    """
-
-    def __init__(self, fields: dict[str, Any], slot_keys: Sequence[str], token: Any):
-        super().__init__(fields)
-        self._slot_keys = list(slot_keys)
-        self._token = token
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        pid, index, whole, layout = self._token
-        rest = {k: _as_inline(v) for k, v in self.items() if k not in self._slot_keys}
-        return _receive_slot, (pid, index, whole, layout, self._slot_keys, rest, list(self))
-
-
-def _receive_slot(pid: int, index: int, whole: torch.Tensor, layout: list[tuple[int, tuple[int, ...], torch.dtype]],
-                  keys: list[str], rest: dict[str, Any], order: list[str]) -> dict[str, Any]:
-    """Main process: copy a slot's tensors out (the worker will refill the slot)."""
-    _received.pop((pid, index), None)
-    while len(_received) >= _KEEP_MAPPED:  # slots of workers that are gone: the oldest first
-        del _received[next(iter(_received))]
-    _received[(pid, index)] = whole  # keeps the segment mapped: the slot's next batch maps nothing
-    batch: dict[str, Any] = _rebuild_batch(rest)
-    for name, (offset, shape, dtype) in zip(keys, layout, strict=True):
-        size = math.prod(shape) * _itemsize(dtype)
-        batch[name] = whole[offset : offset + size].view(dtype).view(shape).clone()
-    return {key: batch[key] for key in order}
+def _rebuild_batch(items: dict[str, Any], slot: tuple[int, int, torch.Tensor] | None) -> dict[str, Any]:
+    """The batch as the main process sees it: a plain dict (slot tensors copied out)."""
+    if slot is not None:
+        pid, index, buffer = slot
+        _received.pop((pid, index), None)
+        while len(_received) >= _KEEP_MAPPED:  # slots of workers that are gone: the oldest first
+            del _received[next(iter(_received))]
+        _received[(pid, index)] = buffer  # keeps the segment mapped: the slot's next batch maps nothing
+    out = {}
+    for key, value in items.items():
+        if isinstance(value, _InSlot):
+            size = math.prod(value.shape) * _itemsize(value.dtype)
+            out[key] = buffer[value.offset : value.offset + size].view(value.dtype).view(value.shape).clone()
+        else:
+            out[key] = _from_inline(value)
+    return out
 
 
 def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty(0, dtype=dtype).element_size()
 
 
-def collate_into_slots(samples: Sequence[dict[str, Any]], slots: int) -> dict[str, Any]:
-    """:func:`collate` for a worker of a loader that bounds its batches in flight.
+# --------------------------------------------------------------------------------------
+# The loader path of crop_loader and tile_loader
+# --------------------------------------------------------------------------------------
+class _EpochBatches(torch.utils.data.Sampler):
+    """Index lists from ``batches``, each with the dataset's epoch (``None`` without one)."""
 
-    Stacks the large tensor fields straight into the worker's next reusable
-    shared-memory slot (see :func:`slot_tensors`); in the main process (no worker) it
-    is :func:`collate`.
+    def __init__(self, dataset: Any, batches: torch.utils.data.Sampler):
+        self.dataset, self.batches = dataset, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[tuple[int | None, Sequence[int]]]:
+        epoch = getattr(self.dataset, "epoch", None)  # read when the epoch starts: persistent workers follow
+        for batch in self.batches:
+            yield epoch, batch
+
+
+class _Batches(torch.utils.data.Dataset):
+    """What the loader's workers (or the calling process) run: one batch per ``(epoch, indices)``."""
+
+    def __init__(self, dataset: Any, make: MakeBatch):
+        self.dataset, self.make = dataset, make
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int | None, Sequence[int]]) -> dict[str, Any]:
+        epoch, indices = item
+        if epoch is not None and self.dataset.epoch != epoch:
+            self.dataset.set_epoch(epoch)
+        if torch.utils.data.get_worker_info() is None:
+            return self.make(self.dataset, indices, plain_empty)
+        slot = _Slot(SLOTS)
+        return WorkerBatch(self.make(self.dataset, indices, slot.empty), slot)
+
+
+def _unchanged(batch: Any) -> Any:
+    """Collate nothing: every item already is a batch."""
+    return batch
+
+
+def batch_loader(dataset: Any, make: MakeBatch, batches: torch.utils.data.Sampler, num_workers: int = 0,
+                 pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """The views' one loader path: a ``DataLoader`` of whole batches (see the module docstring).
+
+    Parameters
+    ----------
+    dataset
+        The view; with ``epoch`` and ``set_epoch`` (:class:`nucdata.views.TileDataset`),
+        workers follow its epoch.
+    make
+        ``make(dataset, indices, empty)`` -> batch dict: a module-level function (it is
+        pickled into workers by name), which takes its large output tensors from
+        ``empty`` (one call per batch).
+    batches
+        Sampler of index lists.
+    num_workers, pin_memory
+        As for :class:`torch.utils.data.DataLoader`; workers are persistent.
     """
-    if torch.utils.data.get_worker_info() is None or not samples:
-        return collate(samples)
-    batch: dict[str, Any] = {}
-    stack: list[str] = []
-    for key in samples[0]:
-        values = [s[key] for s in samples]
-        if key in NUCLEUS_FIELDS:
-            batch[key] = values
-        elif all(isinstance(v, torch.Tensor) for v in values) and len({(tuple(v.shape), v.dtype) for v in values}) == 1:
-            first = values[0]
-            if first.device.type == "cpu" and first.numel() * first.element_size() * len(values) > INLINE_BYTES:
-                stack.append(key)
-                batch[key] = values
-            else:
-                batch[key] = torch.stack(values)
-        elif all(isinstance(v, numbers.Number) and not isinstance(v, complex) for v in values):
-            batch[key] = torch.tensor(values)
-        else:
-            batch[key] = values
-    specs = [((len(samples), *batch[k][0].shape), batch[k][0].dtype) for k in stack]
-    tensors, token = slot_tensors(specs, slots)
-    for key, out in zip(stack, tensors, strict=True):
-        torch.stack(batch[key], out=out)
-        batch[key] = out
-    return SlotBatch(batch, stack, token)
+    workers = int(num_workers)
+    return torch.utils.data.DataLoader(
+        _Batches(dataset, make), sampler=_EpochBatches(dataset, batches), batch_size=None, num_workers=workers,
+        collate_fn=_unchanged, persistent_workers=workers > 0, prefetch_factor=PREFETCH if workers > 0 else None,
+        in_order=True, pin_memory=pin_memory,
+    )

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from nucdata.errors import InvalidArgumentError
+from nucdata.views._loaders import batch_loader, collate_into
 from nucdata.views._resample import (
     image_scales,
     nearest_window,
@@ -494,45 +495,13 @@ class TileDataset(torch.utils.data.Dataset):
                 f"mpp={self.mpp}, sampler={self.sampler!r}, label_set={self.label_set!r})")
 
 
-#: batches a loader's worker may have in flight (DataLoader's ``prefetch_factor``)
-_PREFETCH = 2
+def _tile_batch(tiles: TileDataset, indices: Sequence[int], empty: Any) -> Sample:
+    """tile_loader's batch function (:func:`nucdata.views._loaders.batch_loader`).
 
-
-class _EpochBatches(torch.utils.data.Sampler):
-    """Batches of tile indices, each with the epoch the main process is in."""
-
-    def __init__(self, tiles: TileDataset, batches: torch.utils.data.Sampler):
-        self.tiles, self.batches = tiles, batches
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __iter__(self):
-        epoch = self.tiles.epoch  # read when the epoch starts: persistent workers see set_epoch
-        for batch in self.batches:
-            yield epoch, batch
-
-
-class _TileBatches(torch.utils.data.Dataset):
-    """What a tile loader's workers run: one collated batch per ``(epoch, indices)``."""
-
-    def __init__(self, tiles: TileDataset):
-        self.tiles = tiles
-
-    def __len__(self) -> int:
-        return len(self.tiles)
-
-    def __getitem__(self, item: tuple[int, Sequence[int]]) -> dict[str, Any]:
-        from nucdata.views._loaders import collate_into_slots
-
-        epoch, indices = item
-        if self.tiles.epoch != epoch:
-            self.tiles.set_epoch(epoch)
-        return collate_into_slots([self.tiles[int(i)] for i in indices], slots=_PREFETCH + 2)
-
-
-def _unchanged(batch: Any) -> Any:
-    return batch
+    The batch's tiles, collated (:func:`nucdata.collate` layout) with the pixel fields
+    stacked straight into the tensors ``empty`` gives (in a worker, its reusable slot).
+    """
+    return collate_into([tiles[int(i)] for i in indices], empty)
 
 
 def tile_loader(tiles: TileDataset, batch_size: int = 16, shuffle: bool = False, num_workers: int = 0,
@@ -540,10 +509,11 @@ def tile_loader(tiles: TileDataset, batch_size: int = 16, shuffle: bool = False,
                 pin_memory: bool = False) -> torch.utils.data.DataLoader:
     """Batches of tiles (:func:`nucdata.collate` layout), made in-process or by workers.
 
-    With workers, each worker makes a whole batch and stacks its pixel fields into one
-    of a few shared-memory segments that it reuses (the main process copies a batch out
-    when it arrives), and the small per-nucleus fields travel inline: no new segment,
-    file-descriptor handshake or page faults per batch. Workers are persistent and see
+    The views' one loader path (shared with :func:`nucdata.crop_loader`): with workers,
+    each worker makes a whole batch and stacks its pixel fields into one of a few
+    shared-memory slots that it reuses (the main process copies a batch out when it
+    arrives), and the small per-nucleus fields travel inline: no new segment or page
+    faults per batch, one file-descriptor handshake. Workers are persistent and see
     :meth:`TileDataset.set_epoch` (the epoch is sent with every batch).
 
     Parameters
@@ -567,13 +537,8 @@ def tile_loader(tiles: TileDataset, batch_size: int = 16, shuffle: bool = False,
         raise InvalidArgumentError(f"num_workers must be a non-negative integer, got {num_workers!r}")
     base = (torch.utils.data.RandomSampler(tiles, generator=generator) if shuffle
             else torch.utils.data.SequentialSampler(tiles))
-    batches = _EpochBatches(tiles, torch.utils.data.BatchSampler(base, int(batch_size), drop_last))
-    workers = int(num_workers)
-    return torch.utils.data.DataLoader(
-        _TileBatches(tiles), sampler=batches, batch_size=None, num_workers=workers, collate_fn=_unchanged,
-        persistent_workers=workers > 0, prefetch_factor=_PREFETCH if workers > 0 else None,
-        in_order=True, pin_memory=pin_memory,
-    )
+    batches = torch.utils.data.BatchSampler(base, int(batch_size), drop_last)
+    return batch_loader(tiles, _tile_batch, batches, int(num_workers), pin_memory)
 
 
 def tiles_of(datasets: Sequence[NucleusDataset], size: int = 256, stride: int | None = None,
