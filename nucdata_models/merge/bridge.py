@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from nucdata.errors import InvalidArgumentError
 from nucdata_models.data import (
     AMBIGUOUS,
     ANNOTATED,
@@ -100,6 +101,6 @@ def from_crop_dataset(crops, label_sets: Sequence[str], splits: torch.Tensor | N
     """
     members = members if members is not None else getattr(crops, "members", None)
     if members is None:
-        raise ValueError("from_crop_dataset needs the image datasets: pass members=[...] "
+        raise InvalidArgumentError("from_crop_dataset needs the image datasets: pass members=[...] "
                          "(the datasets given to crops_of)")
     return training_data(members, crops, label_sets, splits)
