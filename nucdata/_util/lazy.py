@@ -9,7 +9,8 @@ from typing import Any
 __all__ = ["attach"]
 
 
-def attach(package: str, names: Mapping[str, str], namespace: dict[str, Any]
+def attach(package: str, names: Mapping[str, str], namespace: dict[str, Any],
+           deprecated: Mapping[str, str] | None = None,
            ) -> tuple[Callable[[str], Any], Callable[[], list[str]], list[str]]:
     """``__getattr__``, ``__dir__`` and ``__all__`` for a package whose names load lazily.
 
@@ -22,9 +23,15 @@ def attach(package: str, names: Mapping[str, str], namespace: dict[str, Any]
     namespace
         The package's ``globals()``: a loaded name is stored there, so later lookups
         do not come back here.
+    deprecated
+        Old names -> their module: still served (the module's own ``__getattr__`` warns),
+        never cached, and left out of ``__all__`` and ``dir()``.
     """
+    old = dict(deprecated or {})
 
     def __getattr__(name: str) -> Any:
+        if name in old:
+            return getattr(importlib.import_module(old[name]), name)
         module = names.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")

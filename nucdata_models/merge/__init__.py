@@ -21,7 +21,6 @@ _LAZY = {
     "EPOCHS": "nucdata_models.merge.defaults",
     "GROUP_KEYS": "nucdata_models.merge.splits",
     "GroupedSplit": "nucdata_models.merge.splits",
-    "MERGED_SETS": "nucdata_models.merge.defaults",
     "RECIPE_CROP_SIZE": "nucdata_models.merge.defaults",
     "TEST": "nucdata_models.merge.splits",
     "TRAIN": "nucdata_models.merge.splits",
@@ -43,7 +42,7 @@ _LAZY = {
     "work_dir": "nucdata_models.merge.build",
 }
 
-_lazy, __dir__, __all__ = attach(__name__, _LAZY, globals())
+_lazy, __dir__, __all__ = attach(__name__, _LAZY, globals(), deprecated={"MERGED_SETS": "nucdata_models.merge.defaults"})
 
 
 def _score_filled_v1(data, labels, confidence, split: int, with_outside: bool = False) -> dict[str, Any]:
