@@ -18,8 +18,9 @@ import numpy as np
 
 from nucdata.errors import InvalidArgumentError
 
-__all__ = ["accuracy_from_confusion", "classification_metrics", "confusion_matrix", "expected_calibration_error",
-           "f1_from_confusion", "macro_f1_from_confusion", "per_class_f1"]
+__all__ = ["ECE_BINS", "accuracy_from_confusion", "classification_metrics", "confusion_matrix",
+           "expected_calibration_error", "f1_from_confusion", "macro_f1_from_confusion", "per_class_f1",
+           "reliability_bins"]
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -47,7 +48,7 @@ def f1_from_confusion(confusion: np.ndarray) -> np.ndarray:
     return np.divide(2 * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
 
 
-def macro_f1_from_confusion(confusion: np.ndarray, classes: int | None = None) -> np.ndarray:
+def macro_f1_from_confusion(confusion: np.ndarray, classes: int | None = None, fixed: bool = False) -> np.ndarray:
     """Macro F1 of ``(..., K, K)`` confusion matrices: mean F1 over the classes in truth or prediction.
 
     With ``classes=k``, only the first ``k`` classes are averaged: a label set of ``k``
@@ -55,12 +56,21 @@ def macro_f1_from_confusion(confusion: np.ndarray, classes: int | None = None) -
     miss of the true class) but not a class of the set. Averaging that column in would
     add a class whose F1 is 0 whenever any nucleus is predicted outside, cutting macro
     F1 by a factor ``k / (k + 1)`` for a single such prediction. NaN for an empty matrix.
+
+    With ``fixed=True`` the mean is over a fixed class list, every one of the first
+    ``classes`` classes (all ``K`` without ``classes``), whether or not it occurs: a class
+    with neither a true nucleus nor a prediction contributes F1 0, as
+    ``sklearn.metrics.f1_score(labels=range(k), average="macro", zero_division=0)``
+    does, so the class set cannot change between bootstrap resamples (the method study).
     """
     cm = np.asarray(confusion, np.float64)
     f1 = f1_from_confusion(cm)
     present = (cm.sum(-2) + cm.sum(-1)) > 0
     if classes is not None:
         f1, present = f1[..., :classes], present[..., :classes]
+    if fixed:
+        total = cm.sum((-2, -1))
+        return np.divide(f1.sum(-1), f1.shape[-1], out=np.full(total.shape, np.nan), where=total > 0)
     count = present.sum(-1)
     return np.divide(f1.sum(-1), count, out=np.full(count.shape, np.nan), where=count > 0)
 
@@ -78,26 +88,79 @@ def per_class_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.n
     return f1_from_confusion(confusion_matrix(y_true, y_pred, n_classes))
 
 
-def expected_calibration_error(correct: np.ndarray, confidence: np.ndarray, bins: int = 15) -> float:
-    """Expected calibration error: the mean |accuracy - confidence| over equal-width bins, weighted by size.
+#: Bins of the expected calibration error and of reliability diagrams: 15 of equal width on [0, 1].
+ECE_BINS = 15
+
+
+def reliability_bins(correct: np.ndarray, confidence: np.ndarray, bins: int = ECE_BINS) -> dict[str, np.ndarray]:
+    """Counts, mean confidence and accuracy per equal-width confidence bin: a reliability diagram.
+
+    The one binning of calibration: :func:`expected_calibration_error` is computed from it.
+    A confidence ``c`` falls in bin ``floor(c * bins)`` (1.0 in the last bin); NaN
+    confidences are left out.
+
+    Parameters
+    ----------
+    correct
+        Boolean ``(N,)``: was the label right.
+    confidence
+        ``(N,)``: the probability given to that label, clipped to [0, 1].
+    bins
+        Number of equal-width bins on [0, 1].
+
+    Returns
+    -------
+    dict
+        ``edges`` ``(bins + 1,)``; per bin ``count`` (int64), ``confidence`` (mean
+        confidence) and ``accuracy`` (share correct), NaN for an empty bin.
+    """
+    if int(bins) < 1:
+        raise InvalidArgumentError(f"reliability_bins(bins={bins}): pass at least one bin (the default is {ECE_BINS})")
+    correct = np.asarray(correct, bool).ravel()
+    confidence = np.asarray(confidence, np.float64).ravel()
+    if correct.shape != confidence.shape:
+        raise InvalidArgumentError(f"correct and confidence differ in shape: {correct.shape} vs {confidence.shape}; "
+                                   "pass one confidence per scored label")
+    keep = ~np.isnan(confidence)
+    correct, confidence = correct[keep], np.clip(confidence[keep], 0.0, 1.0)
+    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
+    count = np.bincount(which, minlength=bins)
+    hits = np.bincount(which, weights=correct.astype(np.float64), minlength=bins)
+    sure = np.bincount(which, weights=confidence, minlength=bins)
+    return {"edges": np.linspace(0.0, 1.0, bins + 1), "count": count,
+            "confidence": np.divide(sure, count, out=np.full(bins, np.nan), where=count > 0),
+            "accuracy": np.divide(hits, count, out=np.full(bins, np.nan), where=count > 0)}
+
+
+def expected_calibration_error(correct: np.ndarray, confidence: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Top-label expected calibration error over 15 equal-width bins (the one definition in nucdata_models).
+
+    ``sum_b (n_b / N) |accuracy_b - confidence_b|`` over the bins of
+    :func:`reliability_bins`. *Top-label*: each nucleus contributes one label, the one
+    that is published or predicted, and the probability given to it (not every class's
+    probability, as in classwise ECE).
 
     Parameters
     ----------
     correct
         Boolean ``(N,)``: was the prediction right.
     confidence
-        ``(N,)`` the probability the model gave its prediction.
+        ``(N,)`` the probability the model gave its prediction (NaN: left out).
     bins
         Number of equal-width confidence bins on [0, 1].
+
+    Returns
+    -------
+    float
+        NaN when nothing is scored.
     """
-    correct = np.asarray(correct, bool)
-    confidence = np.clip(np.asarray(confidence, np.float64), 0.0, 1.0)
-    if correct.size == 0:
+    table = reliability_bins(correct, confidence, bins)
+    count = table["count"]
+    total = int(count.sum())
+    if total == 0:
         return float("nan")
-    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
-    hits = np.bincount(which, weights=correct.astype(np.float64), minlength=bins)
-    sure = np.bincount(which, weights=confidence, minlength=bins)
-    return float(np.abs(hits - sure).sum() / correct.size)
+    gap = np.abs(np.nan_to_num(table["accuracy"]) - np.nan_to_num(table["confidence"]))
+    return float((gap * count).sum() / total)
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int,
