@@ -13,22 +13,23 @@ import torch
 
 from nucdata_models import TrainConfig
 from nucdata_models.config import PAPER_KEYS
-from nucdata_models.data import ANNOTATED, NO_LABEL, OUTSIDE_LABEL
+from nucdata_models.data import AMBIGUOUS, ANNOTATED, NO_LABEL, OUTSIDE_LABEL
 from nucdata_models.metrics import classification_metrics
 from nucdata_models.study import (
     ARMS,
+    ENDPOINT,
+    FAMILY,
+    METRIC_SPECS,
+    N_PROVENANCE,
     REGISTRY,
     ArmPlan,
     PreparedWorld,
     RunScores,
     arm_plan,
-    bootstrap_p,
     cluster_confusions,
-    holm,
     macro_f1_from_confusion,
     oracle_check,
     oracle_data,
-    percentile_ci,
     render_arm_table,
     resample_weights,
     score_views,
@@ -41,32 +42,24 @@ from nucdata_models.train import Prediction
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# -- statistics on known inputs -----------------------------------------------------------
-def test_holm_matches_hand_computation():
-    # sorted: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> running max 0.06
-    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
-    assert holm([0.5, 0.4]) == pytest.approx([0.8, 0.8])  # 0.4*2 = 0.8, then max(0.8, 0.5*1)
-    assert holm([0.9, 0.01]) == pytest.approx([0.9, 0.02])
-    assert holm([0.6, 0.7, 0.8, 0.9]) == pytest.approx([1.0, 1.0, 1.0, 1.0])  # capped at 1
-    out = holm([0.01, float("nan"), 0.02])  # NaN is not counted in m
-    assert out[0] == pytest.approx(0.02) and math.isnan(out[1]) and out[2] == pytest.approx(0.02)
-
-
-def test_bootstrap_p_and_percentile_ci_on_known_replicates():
-    assert bootstrap_p(np.full(999, 0.3)) == pytest.approx(2 / 1000)  # never below 0 in 999 draws
-    assert bootstrap_p(np.zeros(50)) == 1.0
-    assert bootstrap_p(np.linspace(-1, 1, 1001)) == 1.0
-    assert percentile_ci(np.full(10, 0.25)) == [0.25, 0.25]
-    assert percentile_ci(np.arange(101.0)) == pytest.approx([2.5, 97.5])
-    assert all(math.isnan(v) for v in percentile_ci(np.array([np.nan])))
-
-
+# -- statistics on known inputs (the bootstrap itself: tests/models/test_study_stats.py) -----
 def test_macro_f1_from_confusion_is_classification_metrics_definition():
     rng = np.random.default_rng(0)
     truth, guess = rng.integers(0, 5, 300), rng.integers(0, 4, 300)  # class 4 never predicted
     cm = cluster_confusions(truth, guess, np.zeros(300, np.int64), 1, 6).sum(0)  # class 5 absent
     assert float(macro_f1_from_confusion(cm)) == pytest.approx(classification_metrics(truth, guess, 6)["macro_f1"])
     assert math.isnan(float(macro_f1_from_confusion(np.zeros((3, 3)))))
+
+
+def _tally(truth: np.ndarray, guess: np.ndarray, group: np.ndarray, groups: int, size: int,
+           provenance: int = NO_LABEL) -> np.ndarray:
+    """``(G, P, K + 1, K + 1)`` tally of nuclei of one provenance."""
+    return cluster_confusions(truth, guess, group * N_PROVENANCE + provenance, groups * N_PROVENANCE,
+                              size + 1).reshape(groups, N_PROVENANCE, size + 1, size + 1)
+
+
+def _scores(arm: str, world: int, tally: np.ndarray, seed: int = 1) -> RunScores:
+    return RunScores(arm, world, seed, {v: {"s": tally} for v in ("published", "model", "merged")})
 
 
 def test_an_outside_prediction_is_a_miss_not_a_class_of_its_own():
@@ -78,7 +71,7 @@ def test_an_outside_prediction_is_a_miss_not_a_class_of_its_own():
     assert float(macro_f1_from_confusion(cm, 2)) == pytest.approx(np.mean(f1))
     # averaged in as a third class, its F1 of 0 would cut the score by a third
     assert float(macro_f1_from_confusion(cm)) == pytest.approx(sum(f1) / 3)
-    run = RunScores("oracle", 1, 1, {v: {"s": cm[None]} for v in ("published", "model", "merged")})
+    run = _scores("oracle", 1, _tally(truth, guess, np.zeros(8, np.int64), 1, 2, AMBIGUOUS))
     assert summarise([run], {1: 1}, ["s"], draws=5)["arms"]["oracle"]["s"]["macro_f1"]["mean"] == pytest.approx(
         np.mean(f1))
 
@@ -104,31 +97,25 @@ def _run(arm: str, world: int, correct: int, clusters: int = 12, per: int = 10) 
     guess = truth.copy()
     wrong = np.tile(np.arange(per) >= correct, clusters)
     guess[wrong] = 1 - guess[wrong]
-    cluster = np.repeat(np.arange(clusters), per)
-    cm = cluster_confusions(truth, guess, cluster, clusters, 3)
-    return RunScores(arm, world, 1, {v: {"s": cm} for v in ("published", "model", "merged")})
+    return _scores(arm, world, _tally(truth, guess, np.repeat(np.arange(clusters), per), clusters, 2))
 
 
 def test_the_interval_of_a_constant_difference_is_that_constant():
     # accuracy 0.8 against 0.6 in every image: every resample differs by exactly 0.2
     runs = [_run("own-only", w, 6) for w in (1, 2)] + [_run("nucdata", w, 8) for w in (1, 2)]
-    out = summarise(runs, {1: 12, 2: 12}, ["s"], draws=400, references=["own-only"], endpoint="accuracy")
+    out = summarise(runs, {1: 12, 2: 12}, ["s"], draws=400, family=[("nucdata", "own-only")], endpoint="accuracy")
     diff = out["differences"]["nucdata - own-only"]["s"]
     assert diff["mean"] == pytest.approx(0.2)
     assert diff["ci"] == pytest.approx([0.2, 0.2])
     assert diff["p"] == pytest.approx(2 / 401) and diff["p_holm"] == pytest.approx(2 / 401)
+    assert diff["p_tost"] == 1.0 and diff["verdict"] == "gain"
     assert out["arms"]["nucdata"]["s"]["accuracy"]["ci"] == pytest.approx([0.8, 0.8])
     assert out["arms"]["nucdata"]["s"]["accuracy"]["per_seed"] == pytest.approx([0.8, 0.8])
-    # an arm against an identical one: difference 0, interval [0, 0], p = 1
-    same = summarise([_run("own-only", 1, 7), _run("paper", 1, 7)], {1: 12}, ["s"], draws=100)
-    row = same["differences"]["paper - own-only"]["s"]
+    # an arm against an identical one: difference 0, interval [0, 0], p = 1, equivalent
+    same = summarise([_run("own-only", 1, 7), _run("nucdata", 1, 7)], {1: 12}, ["s"], draws=100)
+    row = same["differences"]["nucdata - own-only"]["s"]
     assert row["mean"] == 0 and row["ci"] == [0.0, 0.0] and row["p_holm"] == 1.0
-
-
-def test_summarise_refuses_unpaired_runs():
-    runs = [_run("own-only", 1, 6), _run("nucdata", 2, 8)]
-    with pytest.raises(ValueError, match="same worlds and seeds"):
-        summarise(runs, {1: 12, 2: 12}, ["s"], draws=10)
+    assert row["p_tost"] == pytest.approx(1 / 101) and row["verdict"] == "equivalent"
 
 
 # -- arms --------------------------------------------------------------------------------
@@ -140,6 +127,9 @@ def test_every_arm_gets_equal_optimisation_steps_and_says_what_it_publishes():
         assert plan.config.encoder == base.encoder and plan.config.batch_size == 32 and plan.config.seed == 5
         assert plan.publish == ("model" if arm in ("own-only", "paper-a", "paper") else "merged"), arm
     assert arm_plan("own-only", base).config.mapped_labels == "none"
+    # tables-only: the own-only model (trained once for both), published through the tables
+    assert arm_plan("tables-only", base).key() == arm_plan("own-only", base).key()
+    assert arm_plan("tables-only", base).modules == "base"
     assert arm_plan("paper", base).config.input_size is None
     assert arm_plan("paper", base).config.mask_channel is False
     assert arm_plan("self-training", base).config.epochs == {"A": 6, "B": 0, "C": 3}
@@ -219,29 +209,52 @@ def test_oracle_data_labels_every_nucleus_by_its_truth():
     assert oracle.split is data.split and oracle.crops is data.crops
 
 
+class _Perfect:
+    """A model that predicts every nucleus's truth (outside: its outside output) with probability 1."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def predict(self, crops, modules="both"):
+        out = {}
+        for spec in self.data.label_sets:
+            truth = self.data.truth[spec.name]
+            column = torch.where(truth == -2, torch.full_like(truth, spec.size), truth.clamp_min(0))
+            probs = torch.nn.functional.one_hot(column, spec.size + 1).float()
+            out[spec.name] = Prediction(torch.where(truth == -2, truth, column), torch.ones(len(truth)), probs)
+        return out
+
+
 def test_scoring_takes_held_out_unannotated_nuclei_and_a_perfect_model_scores_one():
     data = make_synthetic_data(per_dataset=40, size=16, seed=4)
     data.split = torch.arange(len(data)) % 3  # every third nucleus held out (split 2)
     image = np.arange(len(data)) // 4
+    group = image // 3  # three images a group
 
-    class Perfect:
-        def predict(self, crops, modules="both"):
-            out = {}
-            for spec in data.label_sets:
-                truth = data.truth[spec.name].clamp_min(0)
-                probs = torch.nn.functional.one_hot(truth, spec.size + 1).float()
-                out[spec.name] = Prediction(truth, torch.ones(len(truth)), probs)
-            return out
-
-    world = PreparedWorld(0, "easy", data, image, int(image.max()) + 1, {}, {}, [])
-    views = score_views(arm_plan("own-only", TrainConfig(device="cpu")), Perfect(), world)
+    world = PreparedWorld(0, "easy", data, image, int(image.max()) + 1, {}, {}, [], 0.0, group, int(group.max()) + 1)
+    assert world.clusters[1] == int(group.max()) + 1
+    views, calibration = score_views(arm_plan("own-only", TrainConfig(device="cpu")), _Perfect(data), world)
     for spec in data.label_sets:
         s = spec.name
-        expected = ((data.provenance[s] != ANNOTATED) & (data.truth[s] >= 0) & (data.split == 2)).sum()
-        cm = views["model"][s].sum(0)
-        assert cm.sum() == int(expected) > 0
-        assert float(macro_f1_from_confusion(cm, spec.size)) == 1.0
+        tally = views["model"][s]
+        assert tally.shape == (world.n_groups, N_PROVENANCE, spec.size + 1, spec.size + 1)
+        held = (data.provenance[s] != ANNOTATED) & (data.split == 2)
+        assert tally.sum() == int((held & (data.truth[s] >= -2)).sum()) > 0
+        for code in range(N_PROVENANCE):
+            assert tally[:, code].sum() == int((held & (data.truth[s] >= -2) & (data.provenance[s] == code)).sum())
+        endpoint = held & (data.truth[s] >= 0) & ((data.provenance[s] == NO_LABEL) | (data.provenance[s] == AMBIGUOUS))
+        summed = tally.sum(0)
+        assert (summed[NO_LABEL] + summed[AMBIGUOUS])[:-1].sum() == int(endpoint.sum())
+        if endpoint.any():
+            # every class of the set counts: the perfect model scores the share of classes present
+            present = np.unique(data.truth[s][endpoint].numpy()).size
+            assert float(ENDPOINT(summed)) == pytest.approx(present / spec.size)
+        assert float(METRIC_SPECS["accuracy"](summed)) == 1.0 or not endpoint.any()
+        assert float(METRIC_SPECS["ece"](calibration[s].sum(0))) == pytest.approx(0.0)
         assert (views["published"][s] == views["model"][s]).all()  # own-only publishes its prediction
+    # tables-only: the same model, published through the tables (exact rows decide)
+    tables, _ = score_views(arm_plan("tables-only", TrainConfig(device="cpu")), _Perfect(data), world)
+    assert all((tables["published"][s] == tables["merged"][s]).all() for s in data.names)
 
 
 # -- the harness ---------------------------------------------------------------------------
@@ -251,22 +264,34 @@ def test_harness_writes_the_schema_on_a_tiny_world(tmp_path):
     spec.loader.exec_module(module)
     out = tmp_path / "study"
     results = module.main(["--world", "easy", "--world-seeds", "1", "--train-seeds", "1", "--arms", "own-only",
-                           "nucdata", "--out", str(out), "--datasets", "pannuke", "consep", "--scale", "1",
+                           "tables-only", "nucdata", "--out", str(out), "--datasets", "pannuke", "consep", "--scale", "1",
                            "--crop", "16", "--epochs", "1", "0", "1", "--batch-size", "16", "--bootstrap", "50", "--threads", "1"])
     assert (out / "results.json").is_file() and (out / "results.md").is_file()
-    assert {"config", "arms", "differences"} <= set(results)
+    assert {"config", "arms", "differences", "family", "bootstrap"} <= set(results)
     sets = results["config"]["label_sets"]
-    assert set(results["arms"]) == {"own-only", "nucdata"}
-    for arm in ("own-only", "nucdata"):
+    assert set(results["arms"]) == {"own-only", "tables-only", "nucdata"}
+    for arm in ("own-only", "tables-only", "nucdata"):
         for s in sets:
+            entry = results["arms"][arm][s]
             for metric in ("macro_f1", "accuracy"):
-                entry = results["arms"][arm][s][metric]
-                assert set(entry) == {"mean", "ci", "per_seed"} and len(entry["ci"]) == 2
-                assert len(entry["per_seed"]) == 1
-    assert set(results["differences"]) == {"nucdata - own-only"}
-    assert set(results["differences"]["nucdata - own-only"][sets[0]]) >= {"mean", "ci", "p_holm"}
+                assert set(entry[metric]) == {"mean", "ci", "per_seed"} and len(entry[metric]["ci"]) == 2
+                assert len(entry[metric]["per_seed"]) == 1
+            assert set(entry["ambiguous"]) == {"accuracy", "count"} and isinstance(entry["ambiguous"]["count"], int)
+            for name in ("ece", "outside_rate_in_set", "outside_recall"):
+                assert isinstance(entry[name], float), (arm, s, name)
+        assert isinstance(results["arms"][arm]["pseudo_labels"], list)
+    assert all({"stage", "epoch", "label_set", "offered", "passed", "precision"} <= set(row)
+               for row in results["arms"]["nucdata"]["pseudo_labels"])
+    assert results["arms"]["nucdata"]["pseudo_labels"]  # one stage-C epoch: a row per set
+    assert list(results["differences"]) == ["nucdata - own-only", "nucdata - tables-only"]
+    assert set(results["differences"]["nucdata - own-only"][sets[0]]) >= {"mean", "ci", "p", "p_holm", "p_tost",
+                                                                       "p_tost_holm", "verdict"}
+    assert results["family"]["tests"] == 2 * len(sets)
+    assert results["config"]["endpoint"] == ENDPOINT.describe()  # generated from the metric's own spec
+    assert results["config"]["family"] == [f"{a} - {r}" for a, r in FAMILY]
     assert results["config"]["epochs"]["own-only"] == {"A": 2, "B": 0, "C": 0}
-    assert "| nucdata (merged) |" in (out / "results.md").read_text()
+    text = (out / "results.md").read_text()
+    assert "| nucdata (merged) |" in text and ENDPOINT.describe() in text and "Holm" in text
     assert results["oracle_check"]["macro_f1"] == {"metric": "macro_f1", "checked": False, "violations": []}
 
 

@@ -57,12 +57,17 @@ class GroupedSplit:
     duplicates
         Per dataset, how many of its images duplicate an image of a dataset earlier
         in :data:`PRIORITY`, and of which.
+    image_groups
+        Per dataset, the group of each of its images, in store order (names shared
+        across datasets where a TCGA barcode names the patient); the method study's
+        bootstrap resamples these groups.
     """
 
     split: np.ndarray
     group_key: dict[str, str] = field(default_factory=dict)
     groups: dict[str, dict[str, int]] = field(default_factory=dict)
     duplicates: dict[str, dict[str, int]] = field(default_factory=dict)
+    image_groups: dict[str, list[str]] = field(default_factory=dict)
 
 
 def image_digests(store) -> list[str]:
@@ -155,6 +160,7 @@ def grouped_split(members: Sequence, validation: float = 0.15, test: float = 0.1
         image_split = np.array([DUPLICATE if d else assigned[g] for g, d in zip(groups, duplicate.tolist(), strict=True)],
                                np.int64)
         result.group_key[member.name] = key
+        result.image_groups[member.name] = groups
         counts: dict[str, set[str]] = {}
         for group, code in zip(groups, image_split.tolist(), strict=True):
             counts.setdefault(("train", "validation", "test", "duplicate")[code], set()).add(group)

@@ -2,9 +2,10 @@
 
 ``benchmarks/method_study.py`` runs it; ``docs/method-study.md`` reports it. Three
 private modules hold it: ``_arms`` (the arm registry: one :func:`arm`-decorated
-function per arm, its docstring the description; the data views), ``_stats`` (the
-clustered bootstrap, intervals, p-values and Holm's correction) and ``_run`` (worlds,
-runs, scoring, the summary and its markdown).
+function per arm, its docstring the description; the data views; the declared family
+of comparisons), ``_stats`` (the metrics and the endpoint, the hierarchical bootstrap
+over worlds, seeds and image groups, intervals, p-values, equivalence tests and Holm's
+correction) and ``_run`` (worlds, runs, scoring, the summary and its markdown).
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ from typing import TYPE_CHECKING
 from nucdata._util.lazy import attach
 
 _MODULES = {
-    "nucdata_models.study._arms": ("ARMS", "DATA_VIEWS", "PUBLISH", "REFERENCES", "REGISTRY", "Arm", "ArmPlan", "arm",
+    "nucdata_models.study._arms": ("ARMS", "DATA_VIEWS", "FAMILY", "PUBLISH", "REGISTRY", "Arm", "ArmPlan", "arm",
                                    "arm_plan", "oracle_data", "paper_recipe", "render_arm_table"),
-    "nucdata_models.study._stats": ("METRICS", "METRIC_FUNCTIONS", "bootstrap_p", "cluster_confusions", "holm",
-                                    "percentile_ci", "resample_weights"),
-    "nucdata_models.study._run": ("VIEWS", "PreparedWorld", "RunScores", "oracle_check", "prepare_world",
-                                  "render_markdown", "run_arms", "score_views", "summarise"),
+    "nucdata_models.study._stats": ("ALPHA", "CALIBRATION_BINS", "ENDPOINT", "EQUIVALENCE_MARGIN", "LEVELS",
+                                    "METRICS", "METRIC_FUNCTIONS", "METRIC_SPECS", "N_PROVENANCE", "MetricSpec",
+                                    "Resamples", "bootstrap_p", "calibration_bins", "cluster_confusions",
+                                    "hierarchical_resamples", "holm", "percentile_ci", "resample_weights",
+                                    "resampled_mean", "tost_p", "verdict"),
+    "nucdata_models.study._run": ("VIEWS", "PreparedWorld", "RunScores", "family_sentences", "oracle_check",
+                                  "prepare_world", "render_markdown", "run_arms", "score_views", "summarise"),
     # the one definition of each metric lives with the others (nucdata_models.metrics)
     "nucdata_models.metrics": ("accuracy_from_confusion", "macro_f1_from_confusion"),
     "nucdata_models.study.synthetic": ("make_synthetic_data",),
@@ -33,8 +37,8 @@ if TYPE_CHECKING:
     from nucdata_models.study._arms import (
         ARMS,
         DATA_VIEWS,
+        FAMILY,
         PUBLISH,
-        REFERENCES,
         REGISTRY,
         Arm,
         ArmPlan,
@@ -48,6 +52,7 @@ if TYPE_CHECKING:
         VIEWS,
         PreparedWorld,
         RunScores,
+        family_sentences,
         oracle_check,
         prepare_world,
         render_markdown,
@@ -56,12 +61,26 @@ if TYPE_CHECKING:
         summarise,
     )
     from nucdata_models.study._stats import (
+        ALPHA,
+        CALIBRATION_BINS,
+        ENDPOINT,
+        EQUIVALENCE_MARGIN,
+        LEVELS,
         METRIC_FUNCTIONS,
+        METRIC_SPECS,
         METRICS,
+        N_PROVENANCE,
+        MetricSpec,
+        Resamples,
         bootstrap_p,
+        calibration_bins,
         cluster_confusions,
+        hierarchical_resamples,
         holm,
         percentile_ci,
         resample_weights,
+        resampled_mean,
+        tost_p,
+        verdict,
     )
     from nucdata_models.study.synthetic import make_synthetic_data

@@ -44,7 +44,7 @@ from nucdata.errors import InvalidArgumentError
 from nucdata_models.config import PAPER_KEYS, STAGES, TrainConfig
 from nucdata_models.data import ANNOTATED, NO_LABEL, OUTSIDE_LABEL, TrainingData
 
-__all__ = ["ARMS", "DATA_VIEWS", "PUBLISH", "REFERENCES", "Arm", "ArmPlan", "arm", "arm_plan", "oracle_data",
+__all__ = ["ARMS", "DATA_VIEWS", "FAMILY", "PUBLISH", "Arm", "ArmPlan", "arm", "arm_plan", "oracle_data",
            "render_arm_table"]
 
 #: What an arm may publish: the merged label (mapping tables where they decide, the
@@ -116,8 +116,6 @@ class Arm:
     family, params
         The name pattern it was registered under (``nucdata-t{threshold}``) and the
         values of its parameters.
-    reference
-        Every other arm is compared with it (paired differences).
     """
 
     name: str
@@ -126,7 +124,6 @@ class Arm:
     template: str
     family: str
     params: dict[str, Any]
-    reference: bool = False
 
 
 #: Every registered arm, in registration order (the order the harness runs them).
@@ -143,8 +140,7 @@ def _description(fn: Callable[..., Any]) -> str:
     return " ".join(doc.split("\n\n")[0].split())
 
 
-def arm(name: str, *, reference: bool = False, **params: Sequence[Any]) -> Callable[[Callable[..., ArmPlan]],
-                                                                                   Callable[..., ArmPlan]]:
+def arm(name: str, **params: Sequence[Any]) -> Callable[[Callable[..., ArmPlan]], Callable[..., ArmPlan]]:
     """Register an arm: ``@arm("no-c")`` above ``def no_c(base) -> ArmPlan``.
 
     Parameters
@@ -152,8 +148,6 @@ def arm(name: str, *, reference: bool = False, **params: Sequence[Any]) -> Calla
     name
         The arm's name; with ``params``, a pattern (``"nucdata-t{threshold}"``) that
         registers one arm per combination of their values.
-    reference
-        Compare every other arm with it (:data:`REFERENCES`).
     **params
         Parameter name -> values; the function receives them as keywords, and its
         docstring may name them (``{threshold}``).
@@ -167,8 +161,7 @@ def arm(name: str, *, reference: bool = False, **params: Sequence[Any]) -> Calla
             if full in REGISTRY:
                 raise InvalidArgumentError(f"arm {full!r} is registered twice ({fn.__name__}); give it another name")
 
-            REGISTRY[full] = Arm(full, functools.partial(fn, **values), text.format(**values), text, name, values,
-                                 reference)
+            REGISTRY[full] = Arm(full, functools.partial(fn, **values), text.format(**values), text, name, values)
             ARMS[full] = REGISTRY[full].description
         return fn
 
@@ -211,7 +204,7 @@ def _total(base: TrainConfig) -> int:
 
 
 # -- the arms, in the order the harness runs them ----------------------------------------
-@arm("own-only", reference=True)
+@arm("own-only")
 def own_only(base: TrainConfig) -> ArmPlan:
     """Each label set learns from its own dataset's annotations only (`mapped_labels="none"`,
     no outside output); one model with a shared encoder whose heads are each trained only
@@ -225,13 +218,28 @@ def own_only(base: TrainConfig) -> ArmPlan:
     return ArmPlan(baseline_config(CrossTrainer(base)), "base", "model")
 
 
+@arm("tables-only")
+def tables_only(base: TrainConfig) -> ArmPlan:
+    """The `own-only` model (trained without the tables), published through them: exact and
+    outside rows decide, the model resolves ambiguous rows among their candidates and
+    predicts the rest.
+
+    The same training as ``own-only`` (one model, trained once); it isolates what the
+    tables add at publication from what training with them adds.
+    """
+    from nucdata_models.merge import baseline_config
+    from nucdata_models.train import CrossTrainer
+
+    return ArmPlan(baseline_config(CrossTrainer(base)), "base", "merged")
+
+
 @arm("paper-a")
 def paper_a(base: TrainConfig) -> ArmPlan:
     """The paper recipe's stage A only (own labels, RGB only, logits) for E epochs."""
     return ArmPlan(paper_recipe(base, {"A": _total(base), "B": 0, "C": 0}), "base", "model")
 
 
-@arm("paper", reference=True)
+@arm("paper")
 def paper(base: TrainConfig) -> ArmPlan:
     """The paper recipe A → B → C (own labels only), the nucdata arm's epochs per stage."""
     return ArmPlan(paper_recipe(base, dict(base.epochs)), "both", "model")
@@ -330,8 +338,17 @@ def _given(data: TrainingData) -> TrainingData:
 #: The data an arm may train on (:attr:`ArmPlan.data`): view name -> function of the world's data.
 DATA_VIEWS: dict[str, Callable[[TrainingData], TrainingData]] = {"given": _given, "oracle": oracle_data}
 
-#: Arms every other arm is compared with (paired differences).
-REFERENCES: tuple[str, ...] = tuple(name for name, a in REGISTRY.items() if a.reference)
+#: The declared family of paired comparisons ``(arm, reference)``: ``arm - reference`` in the
+#: endpoint, on every label set, on the same worlds, seeds and resamples. Holm's correction
+#: (and the equivalence tests' correction) runs over every comparison here that was run,
+#: times every label set; no other difference is tested or reported as one.
+FAMILY: tuple[tuple[str, str], ...] = (
+    ("nucdata", "no-c"),         # does stage C add anything?
+    ("nucdata", "own-only"),     # training and publishing with the tables vs neither
+    ("nucdata", "tables-only"),  # training with the tables vs publishing through them only
+    ("nucdata", "paper"),        # the method vs the paper recipe
+    ("nucdata", "nucdata-uniform"),  # the transition likelihood vs the old uniform candidate-set loss
+)
 
 
 def render_arm_table() -> str:

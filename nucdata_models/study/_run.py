@@ -3,31 +3,30 @@
 * **Runs** (:func:`prepare_world`, :func:`run_arms`): one generated world per world
   seed, prepared once and shared by every arm and training seed; each arm
   (:func:`.arm_plan`) is trained and scored on the held-out images (split ``TEST``:
-  no stage sees them).
-* **Summary** (:func:`summarise`): per arm and label set the mean over runs of macro
-  F1 and accuracy, with 95 % bootstrap intervals clustered by image, and paired
-  differences against the reference arms with two-sided bootstrap p-values,
-  Holm-corrected across the label sets (the statistics of :mod:`._stats`).
+  no stage sees them). Arms with the same training (``own-only`` and ``tables-only``)
+  share one model and are scored each on what it publishes.
+* **Scores** (:func:`score_views`): per run and label set, tallies per image group (the
+  group the split uses) and provenance, of every held-out nucleus that its own dataset
+  did not annotate and whose truth is known, for the published label, the model
+  prediction and the merged label; calibration bins of the published probability.
+* **Summary** (:func:`summarise`): every metric of :data:`._stats.METRIC_SPECS` (the
+  endpoint :data:`._stats.ENDPOINT` first) per arm and label set, mean over worlds and
+  seeds with 95 % intervals from the hierarchical bootstrap (worlds, then seeds and
+  image groups within each drawn world); the declared family of paired differences
+  (:data:`.FAMILY`) on the endpoint with bootstrap p-values and equivalence tests,
+  Holm-corrected over the whole family, and the verdict each may be given.
 
-The primary endpoint, fixed before any run: macro F1 of the **published** label of
-held-out nuclei that their own dataset did not annotate in the set and whose true
-class lies in the set (:func:`nucdata_models.fill.filled_nuclei`, ``"class_in_set"``),
-averaged over the set's classes. An "outside" prediction is an error (a miss of the
-true class); it is not averaged in as a class of its own (see
-:func:`nucdata_models.metrics.macro_f1_from_confusion`). What an arm publishes is
-:attr:`.ArmPlan.publish`: the merged label (:func:`.fill.fill_labels`: mapping tables
-where they decide, the model elsewhere) for arms that train with the mapping tables,
-the model's prediction for arms that do not. Every arm is also scored on its model
-prediction alone and on the merged label, so a reader can separate the tables'
-contribution from the method's.
+What an arm publishes is :attr:`.ArmPlan.publish`: the merged label
+(:func:`.fill.fill_labels`: mapping tables where they decide, the model elsewhere) for
+arms that publish through the tables, the model's prediction for arms that do not. Every
+arm is also scored on its model prediction alone and on the merged label, so a reader
+can separate the tables' contribution from the method's.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,26 +37,38 @@ import torch
 
 from nucdata.errors import InvalidArgumentError
 from nucdata.labels import MERGED_LABEL_SETS
-from nucdata_models.data import TrainingData
+from nucdata_models.data import AMBIGUOUS, MAPPED, NO_LABEL, TrainingData
 from nucdata_models.fill import fill_labels, filled_nuclei, scored_class
 from nucdata_models.merge import ALL_DATASETS, TEST, grouped_split
-from nucdata_models.study._arms import DATA_VIEWS, REFERENCES, ArmPlan, arm_plan
+from nucdata_models.study._arms import DATA_VIEWS, FAMILY, ArmPlan, arm_plan
 from nucdata_models.study._stats import (
-    METRIC_FUNCTIONS,
+    ALPHA,
+    CALIBRATION_BINS,
+    ENDPOINT,
+    EQUIVALENCE_MARGIN,
+    LEVELS,
+    METRIC_SPECS,
     METRICS,
+    N_PROVENANCE,
     bootstrap_p,
+    calibration_bins,
     cluster_confusions,
+    hierarchical_resamples,
     holm,
     percentile_ci,
-    resample_weights,
+    resampled_mean,
+    tost_p,
+    verdict,
 )
 from nucdata_models.train import CrossTrainer, TrainConfig
 
-__all__ = ["VIEWS", "PreparedWorld", "RunScores", "oracle_check", "prepare_world", "render_markdown", "run_arms",
-           "score_views", "summarise"]
+__all__ = ["VIEWS", "PreparedWorld", "RunScores", "family_sentences", "oracle_check", "prepare_world",
+           "render_markdown", "run_arms", "score_views", "summarise"]
 
 #: Scored views of every arm: what it publishes, its model prediction, its merged label.
 VIEWS = ("published", "model", "merged")
+#: Metrics reported beside the endpoint for the published label (each with an interval).
+SECONDARY = ("ambiguous_accuracy", "exact_accuracy", "outside_rate_in_set", "outside_recall", "ece")
 
 
 # -- runs ------------------------------------------------------------------------------
@@ -72,7 +83,7 @@ class PreparedWorld:
     data
         Its training data with ``truth`` (split codes from :func:`.splits.grouped_split`).
     image
-        Per nucleus, its image's id within the world (the bootstrap's cluster).
+        Per nucleus, its image's id within the world.
     n_images
         Number of images in the world.
     bayes_accuracy
@@ -84,6 +95,12 @@ class PreparedWorld:
         Nuclei per split code (train, validation, test, duplicate).
     seconds
         Time to generate and prepare it.
+    group, n_groups
+        Per nucleus, its image group's id within the world (the group the split uses:
+        :attr:`.splits.GroupedSplit.image_groups`), and their number: the bootstrap's
+        cluster. ``None``: the image.
+    group_keys
+        Per dataset, the key its images were grouped by.
     """
 
     seed: int
@@ -95,6 +112,16 @@ class PreparedWorld:
     nuclei: dict[str, int]
     split_counts: list[int]
     seconds: float = 0.0
+    group: np.ndarray | None = None
+    n_groups: int = 0
+    group_keys: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def clusters(self) -> tuple[np.ndarray, int]:
+        """Per nucleus its bootstrap cluster, and their number (the image group, else the image)."""
+        if self.group is None:
+            return self.image, self.n_images
+        return self.group, self.n_groups
 
 
 def prepare_world(seed: int, preset: str, scale: float, crop: int, validation: float, test: float,
@@ -103,8 +130,8 @@ def prepare_world(seed: int, preset: str, scale: float, crop: int, validation: f
     """Generate the world ``seed`` of ``preset``, prepare its datasets, split and cut crops.
 
     The datasets are generated into a temporary data home that is removed afterwards;
-    the crop bank, labels, truth and image ids are kept in memory. The split's seed is
-    the world's seed.
+    the crop bank, labels, truth, image ids and image groups are kept in memory. The
+    split's seed is the world's seed.
     """
     import nucdata
     from nucdata.views import crops_of
@@ -125,15 +152,20 @@ def prepare_world(seed: int, preset: str, scale: float, crop: int, validation: f
         data.crops = data.crops.clone()  # own the pixels: the crop bank's files go with the home
         data.truth = {s: torch.from_numpy(t) for s, t in truth_labels(members, truth_by_image, data.names,
                                                                     world).items()}
-        images, offset = [], 0
+        images, group_of, ids, offset = [], [], {}, 0
         for member in members:
-            images.append(np.asarray(member.store.column("nuclei", "image"), np.int64) + offset)
+            per_nucleus = np.asarray(member.store.column("nuclei", "image"), np.int64)
+            images.append(per_nucleus + offset)
+            image_group = np.array([ids.setdefault(g, len(ids)) for g in groups.image_groups[member.name]],
+                                   np.int64)
+            group_of.append(image_group[per_nucleus] if image_group.size else np.zeros(0, np.int64))
             offset += member.store.n_images
         nuclei = {m.name: int(m.store.n_nuclei) for m in members}
     bayes = {s: world.bayes_accuracy(s, samples=bayes_samples) for s in data.names}
     prepared = PreparedWorld(seed, preset, data, np.concatenate(images), offset, bayes, nuclei,
-                             np.bincount(groups.split, minlength=4).tolist(), time.perf_counter() - start)
-    say(f"world {preset} seed {seed}: {len(data):,} nuclei in {offset} images "
+                             np.bincount(groups.split, minlength=4).tolist(), time.perf_counter() - start,
+                             np.concatenate(group_of), len(ids), dict(groups.group_key))
+    say(f"world {preset} seed {seed}: {len(data):,} nuclei in {offset} images, {len(ids)} groups "
         f"(split train/validation/test/duplicate {prepared.split_counts}); prepared in {prepared.seconds:.1f} s")
     return prepared
 
@@ -142,170 +174,299 @@ def prepare_world(seed: int, preset: str, scale: float, crop: int, validation: f
 class RunScores:
     """One arm trained once on one world with one training seed, scored on the held-out images.
 
-    ``confusions[view][label_set]`` is the per-image confusion array of
-    :func:`cluster_confusions` (classes plus one for "outside").
+    Attributes
+    ----------
+    arm, world_seed, train_seed
+        The run.
+    confusions
+        ``[view][label_set]``: per image group and provenance the confusion of the
+        scored nuclei, ``(G, N_PROVENANCE, K + 1, K + 1)`` counts (rows truth, the last
+        class "outside"; :func:`score_views`).
+    calibration
+        ``[label_set]``: calibration bins of the published label's probability,
+        ``(G, CALIBRATION_BINS, 3)`` (:func:`._stats.calibration_bins`).
+    seconds
+        Training and scoring time.
+    pseudo_labels
+        Per stage-C epoch and set: ``{"stage", "epoch", "label_set", "offered",
+        "passed", "precision"}`` (:attr:`.train.TrainResult.pseudo_labels`; from the
+        history's counts, ``offered`` and ``precision`` None, where the trainer has no
+        such list).
     """
 
     arm: str
     world_seed: int
     train_seed: int
     confusions: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    calibration: dict[str, np.ndarray] = field(default_factory=dict)
     seconds: float = 0.0
-    pseudo_labels: dict[str, int] = field(default_factory=dict)
+    pseudo_labels: list[dict[str, Any]] = field(default_factory=list)
 
 
-def score_views(plan: ArmPlan, trainer: CrossTrainer, world: PreparedWorld) -> dict[str, dict[str, np.ndarray]]:
-    """Per-image confusions of the arm's published, model and merged labels on the scored nuclei.
+def score_views(plan: ArmPlan, trainer: CrossTrainer,
+                world: PreparedWorld) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """Per-group tallies of the arm's published, model and merged labels on the scored nuclei.
 
-    Scored nuclei: held-out (split ``TEST``), not annotated by their own dataset in the
-    set, true class in the set. The merged label always uses the real data's tables
-    (the oracle's too: its training labels are not an output).
+    Scored: held-out nuclei (split ``TEST``) that their own dataset did not annotate in
+    the set and whose truth is known (:func:`nucdata_models.fill.filled_nuclei`,
+    ``"truth_known"``: a class of the set or outside it), tallied per image group and
+    provenance, so that every metric (:data:`._stats.METRIC_SPECS`) selects its own
+    nuclei from the tally. The merged label always uses the real data's tables (the
+    oracle's too: its training labels are not an output).
+
+    Returns
+    -------
+    tuple
+        ``confusions[view][set]`` (``(G, N_PROVENANCE, K + 1, K + 1)``) and
+        ``calibration[set]`` (the published probability's bins, ``(G, bins, 3)``).
     """
     data = world.data
+    cluster, n_clusters = world.clusters
     predictions = trainer.predict(data.crops, modules=plan.modules)
     out: dict[str, dict[str, np.ndarray]] = {view: {} for view in VIEWS}
+    calibration: dict[str, np.ndarray] = {}
     for spec in data.label_sets:
         s = spec.name
         truth = data.truth[s]
-        sel = (filled_nuclei(truth, data.provenance[s], "class_in_set") & (data.split == TEST)).numpy()
+        sel = (filled_nuclei(truth, data.provenance[s], "truth_known") & (data.split == TEST)).numpy()
         merged = fill_labels(predictions[s].probs, data.labels[s], data.candidates[s], data.provenance[s], spec.size)
         labels = {"model": predictions[s].label, "merged": merged.label}
+        probability = {"model": predictions[s].probability, "merged": merged.probability}
         labels["published"] = labels[plan.publish]
+        true_class = scored_class(truth, spec.size).numpy()[sel]
+        group = cluster[sel] * N_PROVENANCE + data.provenance[s].numpy().astype(np.int64)[sel]
         for view, label in labels.items():
-            out[view][s] = cluster_confusions(truth.numpy()[sel], scored_class(label, spec.size).numpy()[sel],
-                                              world.image[sel], world.n_images, spec.size + 1)
-    return out
+            out[view][s] = cluster_confusions(true_class, scored_class(label, spec.size).numpy()[sel], group,
+                                              n_clusters * N_PROVENANCE, spec.size + 1
+                                              ).reshape(n_clusters, N_PROVENANCE, spec.size + 1, spec.size + 1)
+        published = scored_class(labels["published"], spec.size).numpy()[sel]
+        calibration[s] = calibration_bins(published == true_class,
+                                          probability[plan.publish].double().numpy()[sel], cluster[sel], n_clusters)
+    return out, calibration
+
+
+def _pseudo_labels(result: Any) -> list[dict[str, Any]]:
+    """The per-epoch pseudo-label list of a fit (its ``pseudo_labels``, else from its history)."""
+    listed = getattr(result, "pseudo_labels", None)
+    if listed is not None:
+        return [dict(row) for row in listed]
+    rows = []
+    for row in result.history:
+        for s, count in row.get("pseudo_labels", {}).items():
+            rows.append({"stage": row["stage"], "epoch": row["epoch"], "label_set": s, "offered": None,
+                         "passed": int(count), "precision": None})
+    return rows
 
 
 def run_arms(world: PreparedWorld, arms: Sequence[str], base: TrainConfig,
              say: Callable[[str], None] = print) -> list[RunScores]:
-    """Train and score every arm on one world with ``base``'s seed; identical plans train once."""
-    trained: dict[str, RunScores] = {}
+    """Train and score every arm on one world with ``base``'s seed; identical trainings run once.
+
+    Arms whose plans train the same model (:meth:`.ArmPlan.key`) share it, and each is
+    scored on what it publishes.
+    """
+    trained: dict[str, tuple[CrossTrainer, list[dict[str, Any]], float, str]] = {}
     runs = []
     for arm in arms:
         plan = arm_plan(arm, base)
         key = plan.key()
         if key in trained:
-            same = trained[key]
-            say(f"  {arm}: same configuration as {same.arm}; its model is reused")
-            runs.append(dataclasses.replace(same, arm=arm))
-            continue
+            trainer, pseudo, train_seconds, first = trained[key]
+            say(f"  {arm}: same training as {first}; its model is reused")
+        else:
+            start = time.perf_counter()
+            trainer = CrossTrainer(plan.config)
+            pseudo = _pseudo_labels(trainer.fit(DATA_VIEWS[plan.data](world.data)))
+            train_seconds = time.perf_counter() - start
+            trained[key] = (trainer, pseudo, train_seconds, arm)
         start = time.perf_counter()
-        data = DATA_VIEWS[plan.data](world.data)
-        trainer = CrossTrainer(plan.config)
-        result = trainer.fit(data)
-        pseudo: dict[str, int] = {}
-        for row in result.history:
-            for s, count in row.get("pseudo_labels", {}).items():
-                pseudo[s] = pseudo.get(s, 0) + int(count)
-        run = RunScores(arm, world.seed, plan.config.seed, score_views(plan, trainer, world),
-                        time.perf_counter() - start, pseudo)
-        f1 = {s: float(METRIC_FUNCTIONS["macro_f1"](c.sum(0))) for s, c in run.confusions["published"].items()}
-        say(f"  {arm}: {run.seconds:.1f} s; held-out macro F1 " + ", ".join(f"{s} {v:.3f}" for s, v in f1.items())
-            + (f"; pseudo labels {sum(pseudo.values()):,}" if pseudo else ""))
-        trained[key] = run
+        confusions, calibration = score_views(plan, trainer, world)
+        run = RunScores(arm, world.seed, plan.config.seed, confusions, calibration,
+                        train_seconds + time.perf_counter() - start, [dict(row) for row in pseudo])
+        f1 = {s: float(ENDPOINT(c.sum(0))) for s, c in run.confusions["published"].items()}
+        passed = sum(int(r.get("passed") or 0) for r in pseudo)
+        say(f"  {arm}: {run.seconds:.1f} s; held-out endpoint macro F1 "
+            + ", ".join(f"{s} {v:.3f}" for s, v in f1.items()) + (f"; pseudo labels {passed:,}" if pseudo else ""))
         runs.append(run)
     return runs
 
 
 # -- summary ---------------------------------------------------------------------------
-def _replicates(runs: Sequence[RunScores], view: str, label_set: str, metric: str,
-                weights: dict[int, np.ndarray]) -> tuple[list[float], np.ndarray]:
-    """Per-run point values and bootstrap replicates of the mean over runs."""
-    fn = METRIC_FUNCTIONS[metric]
-    points, reps = [], []
-    for run in runs:
-        cm = run.confusions[view][label_set]
-        points.append(float(fn(cm.sum(0))))
-        w = weights[run.world_seed]
-        k = cm.shape[-1]
-        flat = cm.reshape(cm.shape[0], k * k).astype(np.float64)
-        reps.append(fn((w.astype(np.float64) @ flat).reshape(-1, k, k)))  # one BLAS product per run
-    if not reps:
-        return points, np.zeros(0)
-    with warnings.catch_warnings():  # a resample without scored nuclei is NaN in every run
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return points, np.nanmean(np.stack(reps), axis=0)
+def _entry(point: float, per_run: dict[tuple[int, int], float], reps: np.ndarray) -> dict[str, Any]:
+    return {"mean": point, "ci": percentile_ci(reps), "per_seed": [per_run[k] for k in sorted(per_run)]}
 
 
-def summarise(runs: Sequence[RunScores], n_images: dict[int, int], label_sets: Sequence[str],
-              draws: int = 2000, seed: int = 0, references: Sequence[str] = REFERENCES,
+def summarise(runs: Sequence[RunScores], n_groups: dict[int, int], label_sets: Sequence[str],
+              draws: int = 2000, seed: int = 0, family: Sequence[tuple[str, str]] = FAMILY,
+              levels: Sequence[str] = LEVELS, margin: float = EQUIVALENCE_MARGIN,
               endpoint: str = "macro_f1") -> dict[str, Any]:
-    """Means, clustered-bootstrap intervals and Holm-corrected paired differences.
+    """Means, hierarchical-bootstrap intervals, and the declared family of paired differences.
 
     Parameters
     ----------
     runs
         Every arm's runs; an arm's runs are matched to another's by (world seed,
         training seed).
-    n_images
-        Per world seed, its number of images (clusters).
+    n_groups
+        Per world seed, its number of image groups (the bootstrap's clusters).
     label_sets
-        The label sets, the family of the Holm correction.
+        The label sets (every comparison is tested on each).
     draws
-        Bootstrap resamples per world.
+        Bootstrap resamples (:func:`._stats.hierarchical_resamples`).
     seed
         Seed of the resampling.
-    references
-        Arms every other arm is compared with (those present in ``runs``).
+    family
+        The declared comparisons ``(arm, reference)``; those whose two arms both ran
+        are tested, on every label set, and Holm's correction runs over all of them.
+    levels
+        The bootstrap's levels (:data:`._stats.LEVELS`; ``("group",)`` for the
+        images-only bootstrap).
+    margin
+        The equivalence margin of the TOST.
     endpoint
-        The metric of the differences: ``"macro_f1"`` (the study's primary endpoint)
-        or ``"accuracy"``.
+        The metric of the differences (``"macro_f1"``, the primary endpoint).
 
     Returns
     -------
     dict
-        ``{"arms": {arm: {set: {metric: {"mean", "ci", "per_seed"}}}}`` for the published
-        view, ``"views"`` the same for every view, and ``"differences"``:
-        ``{"<arm> - <ref>": {set: {"mean", "ci", "p", "p_holm"}}}`` (the endpoint of the
-        published view; ``p_holm`` corrected across ``label_sets``).
+        ``"arms"``: per arm and set, ``macro_f1`` and ``accuracy`` (``{"mean", "ci",
+        "per_seed"}``), ``ece``, ``outside_rate_in_set`` and ``outside_recall`` (means),
+        ``ambiguous`` and ``exact`` (``{"accuracy", "count"}``), ``secondary`` (the
+        same with intervals) and ``classes`` (support of each class in the endpoint's
+        nuclei, summed over worlds), and per arm ``pseudo_labels``; ``"views"`` the two
+        metrics of every view; ``"differences"``: ``{"<arm> - <ref>": {set: {"mean",
+        "ci", "p", "p_holm", "p_tost", "p_tost_holm", "verdict"}}}``; ``"family"`` and
+        ``"bootstrap"``: what was tested and how it was resampled.
     """
-    if endpoint not in METRICS:
-        raise InvalidArgumentError(f"summarise(endpoint={endpoint!r}): pass one of {', '.join(METRICS)}")
-    rng = np.random.default_rng(seed)
-    weights = {w: resample_weights(n, draws, rng) for w, n in sorted(n_images.items())}
-    by_arm: dict[str, list[RunScores]] = {}
+    if endpoint not in METRIC_SPECS:
+        raise InvalidArgumentError(f"summarise(endpoint={endpoint!r}): pass one of {', '.join(METRIC_SPECS)}")
+    by_arm: dict[str, dict[tuple[int, int], RunScores]] = {}
     for run in runs:
-        by_arm.setdefault(run.arm, []).append(run)
-    for arm_runs in by_arm.values():
-        arm_runs.sort(key=lambda r: (r.world_seed, r.train_seed))
-    views: dict[str, dict[str, Any]] = {}
+        by_arm.setdefault(run.arm, {})[run.world_seed, run.train_seed] = run
+    keys = {arm: sorted(r) for arm, r in by_arm.items()}
+    design: dict[int, tuple[list[int], int]] = {}
+    for arm_keys in keys.values():
+        for w, t in arm_keys:
+            if w not in n_groups:
+                raise InvalidArgumentError(f"world {w} has runs but no group count; pass n_groups[{w}]")
+            seeds = design.setdefault(w, ([], n_groups[w]))[0]
+            if t not in seeds:
+                seeds.append(t)
+    for arm, arm_keys in keys.items():
+        if arm_keys != sorted((w, t) for w, (ts, _) in design.items() for t in ts):
+            raise InvalidArgumentError(f"{arm} was not run on every (world seed, training seed) of the study, so it "
+                                       "cannot be paired with the others: run every arm on every pair")
+    resamples = hierarchical_resamples(design, draws, seed, levels)
+
+    def tallies(arm: str, view: str, s: str, kind: str) -> dict[tuple[int, int], np.ndarray]:
+        if kind == "calibration":  # a run without bins (no probabilities) has no ECE
+            return {k: r.calibration.get(s, np.zeros((n_groups[k[0]], CALIBRATION_BINS, 3)))
+                    for k, r in by_arm[arm].items()}
+        return {k: r.confusions[view][s] for k, r in by_arm[arm].items()}
+
     replicates: dict[tuple[str, str], np.ndarray] = {}
-    points: dict[tuple[str, str], list[float]] = {}
-    for view in VIEWS:
-        table: dict[str, Any] = {}
-        for arm, arm_runs in by_arm.items():
-            table[arm] = {}
+    points: dict[tuple[str, str], float] = {}
+    views: dict[str, dict[str, Any]] = {view: {} for view in VIEWS}
+    arms_out: dict[str, Any] = {}
+    for arm in by_arm:
+        for view in VIEWS:
+            views[view][arm] = {}
             for s in label_sets:
-                table[arm][s] = {}
+                views[view][arm][s] = {}
                 for metric in METRICS:
-                    per_run, reps = _replicates(arm_runs, view, s, metric, weights)
-                    table[arm][s][metric] = {"mean": float(np.nanmean(per_run)), "ci": percentile_ci(reps),
-                                             "per_seed": per_run}
+                    spec = METRIC_SPECS[metric]
+                    point, per_run, reps = resampled_mean(tallies(arm, view, s, spec.tally), spec, resamples)
+                    views[view][arm][s][metric] = _entry(point, per_run, reps)
                     if view == "published" and metric == endpoint:
-                        replicates[arm, s] = reps
-                        points[arm, s] = per_run
-        views[view] = table
+                        replicates[arm, s], points[arm, s] = reps, point
+        arms_out[arm] = {}
+        for s in label_sets:
+            row = dict(views["published"][arm][s])
+            secondary = {}
+            for metric in SECONDARY:
+                spec = METRIC_SPECS[metric]
+                secondary[metric] = _entry(*resampled_mean(tallies(arm, "published", s, spec.tally), spec,
+                                                           resamples))
+            if endpoint not in row:
+                spec = METRIC_SPECS[endpoint]
+                point, _, reps = resampled_mean(tallies(arm, "published", s, spec.tally), spec, resamples)
+                replicates[arm, s], points[arm, s] = reps, point
+            first = {w: by_arm[arm][w, design[w][0][0]].confusions["published"][s].sum(0) for w in design}
+            counts = {name: sum(int(cm[code].sum()) for cm in first.values())
+                      for name, code in (("ambiguous", AMBIGUOUS), ("exact", MAPPED))}
+            endpoint_rows = [cm[[NO_LABEL, AMBIGUOUS]].sum(0)[:-1].sum(1) for cm in first.values()]
+            row.update({
+                "ece": secondary["ece"]["mean"],
+                "ambiguous": {"accuracy": secondary["ambiguous_accuracy"]["mean"], "count": counts["ambiguous"]},
+                "exact": {"accuracy": secondary["exact_accuracy"]["mean"], "count": counts["exact"]},
+                "outside_rate_in_set": secondary["outside_rate_in_set"]["mean"],
+                "outside_recall": secondary["outside_recall"]["mean"],
+                "classes": [int(v) for v in np.sum(endpoint_rows, 0)],
+                "secondary": secondary,
+            })
+            arms_out[arm][s] = row
+        arms_out[arm]["pseudo_labels"] = [{**entry, "world_seed": w, "train_seed": t}
+                                          for (w, t), r in sorted(by_arm[arm].items()) for entry in r.pseudo_labels]
+    tested = [(a, r) for a, r in family if a in by_arm and r in by_arm]
     differences: dict[str, Any] = {}
-    for ref in references:
-        if ref not in by_arm:
-            continue
-        for arm in by_arm:
-            if arm == ref:
-                continue
-            if [(r.world_seed, r.train_seed) for r in by_arm[arm]] != [(r.world_seed, r.train_seed)
-                                                                       for r in by_arm[ref]]:
-                raise InvalidArgumentError(f"{arm} and {ref} were not run on the same worlds and seeds; cannot pair "
-                                           "them: run every arm on every (world seed, training seed)")
-            rows = {}
-            for s in label_sets:
-                delta = replicates[arm, s] - replicates[ref, s]
-                per_run = np.asarray(points[arm, s]) - np.asarray(points[ref, s])
-                rows[s] = {"mean": float(np.nanmean(per_run)), "ci": percentile_ci(delta), "p": bootstrap_p(delta)}
-            for s, p in zip(label_sets, holm([rows[s]["p"] for s in label_sets]), strict=True):
-                rows[s]["p_holm"] = p
-            differences[f"{arm} - {ref}"] = rows
-    return {"arms": views["published"], "views": views, "differences": differences}
+    for a, r in tested:
+        differences[f"{a} - {r}"] = {}
+        for s in label_sets:
+            delta = replicates[a, s] - replicates[r, s]
+            differences[f"{a} - {r}"][s] = {"mean": points[a, s] - points[r, s], "ci": percentile_ci(delta),
+                                            "p": bootstrap_p(delta), "p_tost": tost_p(delta, margin)}
+    cells = [(name, s) for name in differences for s in label_sets]
+    for column in ("p", "p_tost"):
+        for (name, s), p in zip(cells, holm([differences[name][s][column] for name, s in cells]), strict=True):
+            differences[name][s][f"{column}_holm"] = p
+    for name, s in cells:
+        differences[name][s]["verdict"] = verdict(differences[name][s])
+    return {
+        "arms": arms_out, "views": views, "differences": differences,
+        "family": {"declared": [f"{a} - {r}" for a, r in family], "tested": list(differences),
+                   "not_run": [f"{a} - {r}" for a, r in family if (a, r) not in tested],
+                   "label_sets": list(label_sets), "tests": len(cells), "endpoint": endpoint,
+                   "correction": "Holm over every tested comparison and label set (the differences and, "
+                                 "separately, the equivalence tests)",
+                   "alpha": ALPHA, "equivalence_margin": margin},
+        "bootstrap": {"levels": list(levels), "draws": draws, "seed": seed,
+                      "groups": {str(w): n for w, (_, n) in design.items()},
+                      "seeds": {str(w): list(ts) for w, (ts, _) in design.items()}},
+    }
+
+
+_PHRASES = {"gain": "a gain", "loss": "a loss", "equivalent": "equivalent", "inconclusive": "inconclusive"}
+
+
+def family_sentences(results: dict[str, Any]) -> list[str]:
+    """One sentence per tested comparison and label set, generated from its numbers and verdict.
+
+    A difference is called a gain or a loss only when Holm-significant, "equivalent
+    within the margin" only when the Holm-corrected TOST passes, and inconclusive
+    otherwise (:func:`._stats.verdict`).
+    """
+    family = results["family"]
+    margin = family["equivalence_margin"]
+    out = []
+    for name, rows in results["differences"].items():
+        a, r = name.split(" - ")
+        for s in family["label_sets"]:
+            row = rows[s]
+            lo, hi = row["ci"]
+            numbers = (f"{row['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]; Holm p = {row['p_holm']:.3g}, "
+                       f"TOST Holm p = {row['p_tost_holm']:.3g}")
+            v = row["verdict"]
+            if v in ("gain", "loss"):
+                text = f"`{a}` shows {_PHRASES[v]} over `{r}` on {s}"
+                if abs(row["mean"]) < margin:
+                    text += f", smaller than the {margin} margin"
+            elif v == "equivalent":
+                text = f"`{a}` and `{r}` are equivalent within {margin} on {s}"
+            else:
+                text = (f"`{a}` vs `{r}` on {s} is inconclusive: neither a difference nor equivalence within "
+                        f"{margin} is shown")
+            out.append(f"{text} ({numbers}).")
+    return out
 
 
 def oracle_check(summary: dict[str, Any], metric: str = "macro_f1", oracle: str = "oracle") -> dict[str, Any]:
@@ -337,38 +498,108 @@ def _cell(entry: dict[str, Any]) -> str:
     return f"{entry['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def _diff_cell(entry: dict[str, Any]) -> str:
-    lo, hi = entry["ci"]
-    return f"{entry['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] p={entry['p_holm']:.3g}"
+def _pseudo_totals(rows: Sequence[dict[str, Any]], label_set: str) -> tuple[int | None, int, float | None]:
+    """Offered and passed summed over runs and epochs; precision weighted by the passed counts."""
+    mine = [r for r in rows if r.get("label_set") == label_set]
+    offered = [r["offered"] for r in mine if r.get("offered") is not None]
+    passed = sum(int(r.get("passed") or 0) for r in mine)
+    weighted = [(r["precision"], int(r.get("passed") or 0)) for r in mine
+                if r.get("precision") is not None and np.isfinite(r["precision"]) and r.get("passed")]
+    weight = sum(n for _, n in weighted)
+    return (int(sum(offered)) if offered else None, passed,
+            sum(p * n for p, n in weighted) / weight if weight else None)
 
 
 def render_markdown(results: dict[str, Any]) -> str:
-    """The study's tables as markdown: published, model and merged scores, and differences."""
+    """The study's write-up tables as markdown, every sentence generated from the numbers.
+
+    The design (endpoint, bootstrap, the declared family, Holm, TOST), per label set the
+    endpoint and the secondary metrics of every arm, the family's paired differences and
+    their verdicts, stage C's pseudo labels, the model-only and merged views, and the
+    oracle check.
+    """
     config = results["config"]
     sets = list(config["label_sets"])
+    family, boot = results["family"], results["bootstrap"]
     head = "| arm | " + " | ".join(sets) + " |\n|---|" + "---|" * len(sets)
     lines = [f"# Method study: world `{config['world']}`", "",
              f"World seeds {config['world_seeds']}, training seeds {config['train_seeds']}; "
-             f"{config['runs_per_arm']} runs per arm; {config['bootstrap_draws']} bootstrap draws per world, "
-             "clustered by image. Scored: held-out images, nuclei their own dataset did not annotate in the set, "
-             "true class in the set. Mean over runs [95 % CI].", "",
-             "Best reachable accuracy (Bayes, per world seed): " + "; ".join(
-                 f"seed {w}: " + ", ".join(f"{s} {v:.3f}" for s, v in b.items())
-                 for w, b in config["bayes_accuracy"].items()), ""]
-    titles = {"published": "What each arm publishes", "model": "Model prediction only (no tables)",
-              "merged": "Merged label (tables where they decide, the model elsewhere) for every arm"}
-    for view in VIEWS:
-        for metric in METRICS:
-            lines += [f"## {titles[view]}: {metric.replace('_', ' ')}", "", head]
-            for arm, row in results["views"][view].items():
-                publish = f" ({config['publish'][arm]})" if view == "published" else ""
-                lines.append(f"| {arm}{publish} | " + " | ".join(_cell(row[s][metric]) for s in sets) + " |")
-            lines.append("")
-    lines += ["## Paired differences in macro F1 (published labels), Holm-corrected over the label sets", "",
-              "| difference | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
-    for name, row in results["differences"].items():
-        lines.append(f"| {name} | " + " | ".join(_diff_cell(row[s]) for s in sets) + " |")
+             f"{config['runs_per_arm']} runs per arm. Mean over worlds and seeds [95 % CI].", "",
+             "## Design", "",
+             f"- **Endpoint**: {config['endpoint']}.",
+             f"- **Bootstrap**: hierarchical, {boot['draws']} draws, levels {' > '.join(boot['levels'])}: world seeds "
+             "drawn with replacement, then within each drawn world its training seeds and its image groups "
+             "(the split's groups) with replacement; every arm sees the same draws. Groups per world: "
+             + ", ".join(f"{w}: {n}" for w, n in boot["groups"].items()) + ".",
+             f"- **Declared family** ({family['tests']} tests: {len(family['tested'])} comparisons x "
+             f"{len(family['label_sets'])} label sets, Holm over all of them): "
+             + ", ".join(f"`{c}`" for c in family["tested"])
+             + (f"; declared but not run: {', '.join(f'`{c}`' for c in family['not_run'])}" if family["not_run"]
+                else "") + ".",
+             f"- **Tests**: two-sided bootstrap p-value of a zero difference; equivalence by two one-sided tests "
+             f"(TOST) with margin {family['equivalence_margin']}; each Holm-corrected over the family, at "
+             f"alpha = {family['alpha']}. A difference is a gain or loss only when Holm-significant, equivalent "
+             "only when the Holm-corrected TOST passes, else inconclusive.", ""]
+    if config.get("bayes_accuracy"):
+        lines += ["Best reachable accuracy (Bayes, per world seed): " + "; ".join(
+            f"seed {w}: " + ", ".join(f"{s} {v:.3f}" for s, v in b.items())
+            for w, b in config["bayes_accuracy"].items()), ""]
+    metrics = config.get("metrics", {})
+    if metrics:
+        lines += ["Metrics:", ""] + [f"- `{name}`: {text}." for name, text in metrics.items()] + [""]
+    lines += ["## Per label set: what each arm publishes", ""]
+    for s in sets:
+        first = next(iter(results["arms"].values()))[s]
+        support = first.get("classes", [])
+        lines += [f"### {s}", "",
+                  f"Endpoint nuclei per class (summed over worlds): {support} "
+                  f"({sum(1 for c in support if c)} of {len(support)} classes present).", "",
+                  "| arm | macro F1 (endpoint) | accuracy | ambiguous accuracy (n) | exact accuracy (n) | "
+                  "outside rate in set | outside recall | ECE |", "|---|---|---|---|---|---|---|---|"]
+        for arm, row in results["arms"].items():
+            r = row[s]
+            sec = r["secondary"]
+            publish = config.get("publish", {}).get(arm, "")
+            lines.append(f"| {arm} ({publish}) | {_cell(r['macro_f1'])} | {_cell(r['accuracy'])} | "
+                         f"{_cell(sec['ambiguous_accuracy'])} ({r['ambiguous']['count']}) | "
+                         f"{_cell(sec['exact_accuracy'])} ({r['exact']['count']}) | "
+                         f"{_cell(sec['outside_rate_in_set'])} | {_cell(sec['outside_recall'])} | "
+                         f"{_cell(sec['ece'])} |")
+        lines.append("")
+    lines += ["## The declared family: paired differences in the endpoint", "",
+              "| difference | set | mean [95 % CI] | p | Holm p | TOST p | TOST Holm p | verdict |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, rows in results["differences"].items():
+        for s in sets:
+            d = rows[s]
+            lo, hi = d["ci"]
+            lines.append(f"| {name} | {s} | {d['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {d['p']:.3g} | "
+                         f"{d['p_holm']:.3g} | {d['p_tost']:.3g} | {d['p_tost_holm']:.3g} | {d['verdict']} |")
+    lines += ["", "What the family shows (each sentence generated from the row above it):", ""]
+    lines += [f"- {sentence}" for sentence in family_sentences(results)] + [""]
+    lines += ["## Stage C: pseudo labels", "",
+              "Summed over runs and epochs; precision against the truth of the training nuclei, weighted by the "
+              "passed counts (- where the trainer does not report it).", "",
+              "| arm | " + " | ".join(f"{s} offered / passed / precision" for s in sets) + " |",
+              "|---|" + "---|" * len(sets)]
+    for arm, row in results["arms"].items():
+        rows = row.get("pseudo_labels", [])
+        if not rows:
+            continue
+        cells = []
+        for s in sets:
+            offered, passed, precision = _pseudo_totals(rows, s)
+            cells.append(f"{'-' if offered is None else f'{offered:,}'} / {passed:,} / "
+                         f"{'-' if precision is None else f'{precision:.3f}'}")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     lines.append("")
+    titles = {"model": "Model prediction only (no tables)",
+              "merged": "Merged label (tables where they decide, the model elsewhere) for every arm"}
+    for view, title in titles.items():
+        lines += [f"## {title}: macro F1 (endpoint nuclei)", "", head]
+        for arm, row in results["views"][view].items():
+            lines.append(f"| {arm} | " + " | ".join(_cell(row[s]["macro_f1"]) for s in sets) + " |")
+        lines.append("")
     checks = [c for c in (results.get("oracle_check") or {}).values() if c["checked"]]
     if checks:
         lines += ["## Is the oracle the ceiling?", ""]
