@@ -335,7 +335,8 @@ def summarise(runs: Sequence[RunScores], n_groups: dict[int, int], label_sets: S
         same with intervals) and ``classes`` (support of each class in the endpoint's
         nuclei, summed over worlds), and per arm ``pseudo_labels``; ``"views"`` the two
         metrics of every view; ``"differences"``: ``{"<arm> - <ref>": {set: {"mean",
-        "ci", "p", "p_holm", "p_tost", "p_tost_holm", "verdict"}}}``; ``"family"`` and
+        "ci", "p", "p_holm", "p_tost", "p_tost_holm", "verdict", "ci_images_only"}}}`` (the
+        last: the interval of an images-only bootstrap, for comparison); ``"family"`` and
         ``"bootstrap"``: what was tested and how it was resampled.
     """
     if endpoint not in METRIC_SPECS:
@@ -408,13 +409,19 @@ def summarise(runs: Sequence[RunScores], n_groups: dict[int, int], label_sets: S
         arms_out[arm]["pseudo_labels"] = [{**entry, "world_seed": w, "train_seed": t}
                                           for (w, t), r in sorted(by_arm[arm].items()) for entry in r.pseudo_labels]
     tested = [(a, r) for a, r in family if a in by_arm and r in by_arm]
+    # the same differences under the images-only bootstrap (worlds and seeds fixed), for comparison
+    flat = hierarchical_resamples(design, draws, seed, ("group",))
+    spec = METRIC_SPECS[endpoint]
+    flat_reps = {(arm, s): resampled_mean(tallies(arm, "published", s, spec.tally), spec, flat)[2]
+                 for arm in {x for pair in tested for x in pair} for s in label_sets}
     differences: dict[str, Any] = {}
     for a, r in tested:
         differences[f"{a} - {r}"] = {}
         for s in label_sets:
             delta = replicates[a, s] - replicates[r, s]
             differences[f"{a} - {r}"][s] = {"mean": points[a, s] - points[r, s], "ci": percentile_ci(delta),
-                                            "p": bootstrap_p(delta), "p_tost": tost_p(delta, margin)}
+                                            "p": bootstrap_p(delta), "p_tost": tost_p(delta, margin),
+                                            "ci_images_only": percentile_ci(flat_reps[a, s] - flat_reps[r, s])}
     cells = [(name, s) for name in differences for s in label_sets]
     for column in ("p", "p_tost"):
         for (name, s), p in zip(cells, holm([differences[name][s][column] for name, s in cells]), strict=True):
@@ -510,6 +517,10 @@ def _pseudo_totals(rows: Sequence[dict[str, Any]], label_set: str) -> tuple[int 
             sum(p * n for p, n in weighted) / weight if weight else None)
 
 
+def _ratio(x: float, y: float) -> str:
+    return f"{x / y:.2f}" if np.isfinite(x) and np.isfinite(y) and y > 0 else "-"
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     """The study's write-up tables as markdown, every sentence generated from the numbers.
 
@@ -567,14 +578,16 @@ def render_markdown(results: dict[str, Any]) -> str:
                          f"{_cell(sec['ece'])} |")
         lines.append("")
     lines += ["## The declared family: paired differences in the endpoint", "",
-              "| difference | set | mean [95 % CI] | p | Holm p | TOST p | TOST Holm p | verdict |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| difference | set | mean [95 % CI] | images-only CI | p | Holm p | TOST p | TOST Holm p | verdict |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for name, rows in results["differences"].items():
         for s in sets:
             d = rows[s]
             lo, hi = d["ci"]
-            lines.append(f"| {name} | {s} | {d['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] | {d['p']:.3g} | "
-                         f"{d['p_holm']:.3g} | {d['p_tost']:.3g} | {d['p_tost_holm']:.3g} | {d['verdict']} |")
+            flat = d.get("ci_images_only", [float("nan")] * 2)
+            lines.append(f"| {name} | {s} | {d['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] | [{flat[0]:+.3f}, {flat[1]:+.3f}] "
+                         f"| {d['p']:.3g} | {d['p_holm']:.3g} | {d['p_tost']:.3g} | {d['p_tost_holm']:.3g} | "
+                         f"{d['verdict']} |")
     lines += ["", "What the family shows (each sentence generated from the row above it):", ""]
     lines += [f"- {sentence}" for sentence in family_sentences(results)] + [""]
     lines += ["## Stage C: pseudo labels", "",
@@ -593,6 +606,18 @@ def render_markdown(results: dict[str, Any]) -> str:
                          f"{'-' if precision is None else f'{precision:.3f}'}")
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     lines.append("")
+    if "oracle" in results["arms"] and "nucdata" in results["arms"]:
+        lines += ["## `nucdata` against the oracle (published label)", "",
+                  "| set | ambiguous accuracy: nucdata / oracle (ratio) | outside rate in set: nucdata, oracle | "
+                  "outside recall: nucdata / oracle (ratio) | ECE: nucdata, oracle |", "|---|---|---|---|---|"]
+        for s in sets:
+            n, o = results["arms"]["nucdata"][s], results["arms"]["oracle"][s]
+            lines.append(f"| {s} | {n['ambiguous']['accuracy']:.3f} / {o['ambiguous']['accuracy']:.3f} "
+                         f"({_ratio(n['ambiguous']['accuracy'], o['ambiguous']['accuracy'])}) | "
+                         f"{n['outside_rate_in_set']:.3f}, {o['outside_rate_in_set']:.3f} | "
+                         f"{n['outside_recall']:.3f} / {o['outside_recall']:.3f} "
+                         f"({_ratio(n['outside_recall'], o['outside_recall'])}) | {n['ece']:.3f}, {o['ece']:.3f} |")
+        lines.append("")
     titles = {"model": "Model prediction only (no tables)",
               "merged": "Merged label (tables where they decide, the model elsewhere) for every arm"}
     for view, title in titles.items():
