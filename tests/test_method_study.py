@@ -14,6 +14,7 @@ import torch
 from nucdata_models import TrainConfig
 from nucdata_models.config import PAPER_KEYS
 from nucdata_models.data import AMBIGUOUS, ANNOTATED, NO_LABEL, OUTSIDE_LABEL
+from nucdata_models.merge import TEST
 from nucdata_models.metrics import classification_metrics
 from nucdata_models.study import (
     ARMS,
@@ -30,6 +31,7 @@ from nucdata_models.study import (
     macro_f1_from_confusion,
     oracle_check,
     oracle_data,
+    prepare_world,
     render_arm_table,
     resample_weights,
     score_views,
@@ -255,6 +257,20 @@ def test_scoring_takes_held_out_unannotated_nuclei_and_a_perfect_model_scores_on
     # tables-only: the same model, published through the tables (exact rows decide)
     tables, _ = score_views(arm_plan("tables-only", TrainConfig(device="cpu")), _Perfect(data), world)
     assert all((tables["published"][s] == tables["merged"][s]).all() for s in data.names)
+
+
+def test_a_prepared_world_clusters_held_out_nuclei_by_the_split_s_groups():
+    world = prepare_world(3, "hard", 1.0, 16, 0.1, 0.3, ["pannuke", "nucls", "monusac"], say=lambda _m: None,
+                          bayes_samples=100)
+    cluster, n = world.clusters
+    held = (world.data.split == TEST).numpy()
+    assert n == world.n_groups > 0 and (cluster[~held] == -1).all()
+    assert cluster[held].min() == 0 and cluster[held].max() == n - 1 and np.unique(cluster[held]).size == n
+    # a group holds whole images, and NuCLS and MoNuSAC group by hospital and patient, not image
+    for image in np.unique(world.image[held]):
+        assert np.unique(cluster[held & (world.image == image)]).size == 1
+    assert world.group_keys["nucls"] == "hospital" and world.group_keys["pannuke"] == "image"
+    assert n < np.unique(world.image[held]).size
 
 
 # -- the harness ---------------------------------------------------------------------------

@@ -96,9 +96,11 @@ class PreparedWorld:
     seconds
         Time to generate and prepare it.
     group, n_groups
-        Per nucleus, its image group's id within the world (the group the split uses:
-        :attr:`.splits.GroupedSplit.image_groups`), and their number: the bootstrap's
-        cluster. ``None``: the image.
+        Per held-out nucleus (split ``TEST``), its image group's id among the world's
+        held-out groups (the group the split uses: :attr:`.splits.GroupedSplit.image_groups`;
+        -1 for every other nucleus, never scored), and the number of held-out groups: the
+        bootstrap's clusters, so every draw holds as many held-out groups as the world.
+        ``None``: the image.
     group_keys
         Per dataset, the key its images were grouped by.
     """
@@ -162,10 +164,16 @@ def prepare_world(seed: int, preset: str, scale: float, crop: int, validation: f
             offset += member.store.n_images
         nuclei = {m.name: int(m.store.n_nuclei) for m in members}
     bayes = {s: world.bayes_accuracy(s, samples=bayes_samples) for s in data.names}
+    # the bootstrap's clusters: the held-out groups only (numbered 0..H-1; -1 elsewhere, never scored)
+    group_id = np.concatenate(group_of)
+    held_out = groups.split == TEST
+    held = np.unique(group_id[held_out])
+    cluster = np.full(group_id.shape, -1, np.int64)
+    cluster[held_out] = np.searchsorted(held, group_id[held_out])
     prepared = PreparedWorld(seed, preset, data, np.concatenate(images), offset, bayes, nuclei,
                              np.bincount(groups.split, minlength=4).tolist(), time.perf_counter() - start,
-                             np.concatenate(group_of), len(ids), dict(groups.group_key))
-    say(f"world {preset} seed {seed}: {len(data):,} nuclei in {offset} images, {len(ids)} groups "
+                             cluster, int(held.size), dict(groups.group_key))
+    say(f"world {preset} seed {seed}: {len(data):,} nuclei in {offset} images, {held.size} held-out groups "
         f"(split train/validation/test/duplicate {prepared.split_counts}); prepared in {prepared.seconds:.1f} s")
     return prepared
 
