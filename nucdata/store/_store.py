@@ -109,6 +109,7 @@ class StoreWriter:
         boxes: np.ndarray | None = None,
         box_labels: np.ndarray | None = None,
         box_source_ids: np.ndarray | None = None,
+        box_centroids: np.ndarray | None = None,
         nucleus_columns: Mapping[str, np.ndarray] | None = None,
         image_columns: Mapping[str, Any] | None = None,
         properties: Mapping[str, np.ndarray] | None = None,
@@ -129,6 +130,9 @@ class StoreWriter:
             Nuclei without a mask (bounding boxes ``(x0, y0, x1, y1)``, exclusive
             ends); they follow the masked nuclei with ``has_mask`` false, ``area`` 0
             and the box centre as centroid.
+        box_centroids
+            ``(M, 2)`` x, y (pixel-centre frame) of the box-only nuclei's centres where
+            the source marks them (point annotations, CRCHisto); default the box centre.
         nucleus_columns
             Extra per-nucleus columns (masked nuclei first, then boxes); every image
             of a store must give the same keys.
@@ -165,6 +169,11 @@ class StoreWriter:
             box_labels = np.full(m, -1, np.int32) if box_labels is None else np.asarray(box_labels, np.int32)
             box_ids = np.arange(k + 1, k + m + 1, dtype=np.int64) if box_source_ids is None else np.asarray(box_source_ids, np.int64)
             box_centre = np.stack([(boxes[:, 0] + boxes[:, 2] - 1) / 2, (boxes[:, 1] + boxes[:, 3] - 1) / 2], 1)
+            if box_centroids is not None:
+                box_centre = np.asarray(box_centroids, np.float64)
+                if box_centre.shape != (m, 2) or not np.isfinite(box_centre).all():
+                    raise StoreError(f"{self.dataset}/{name}: box_centroids must be {m} finite x, y pairs, "
+                                     f"got shape {box_centre.shape}")
             centroid = np.concatenate([centroid, box_centre.astype(np.float32)])
             bbox = np.concatenate([bbox, boxes])
             area = np.concatenate([area, np.zeros(m, np.int32)])
