@@ -28,9 +28,9 @@ from nucdata.labels import (
     translate_store_labels,
 )
 
-DATASETS = ["consep", "kumar", "monusac", "monuseg", "nucls", "pannuke", "tnbc"]
+DATASETS = ["consep", "crchisto", "kumar", "monusac", "monuseg", "nucls", "pannuke", "tnbc"]
 EXHAUSTIVE = {"pannuke": True, "consep": True, "consep4": True, "nucls_main": True, "nucls_super": True,
-              "monusac": False, "nucls": False}
+              "crchisto": True, "monusac": False, "nucls": False}
 #: PanNuke's 19 tissue names as types.npy spells them (datasets.md §2.4)
 PANNUKE_TISSUES = {"Adrenal_gland", "Bile-duct", "Bladder", "Breast", "Cervix", "Colon", "Esophagus", "HeadNeck",
                    "Kidney", "Liver", "Lung", "Ovarian", "Pancreatic", "Prostate", "Skin", "Stomach", "Testis",

@@ -67,7 +67,8 @@ OUTSIDE_NAME = "outside"
 SET_PREFIX = "set:"
 MERGED_LABEL_SETS = ("pannuke", "nucls", "consep", "monusac")
 #: the label set each labelled dataset's native vocabulary is
-OWN_LABEL_SET = {"pannuke": "pannuke", "consep": "consep", "monusac": "monusac", "nucls": "nucls"}
+OWN_LABEL_SET = {"pannuke": "pannuke", "consep": "consep", "monusac": "monusac", "nucls": "nucls",
+                 "crchisto": "crchisto"}
 
 
 @dataclass(frozen=True)
