@@ -102,11 +102,25 @@ def data_sha256(path: Path, chunk: int = 1 << 24) -> str:
 
 
 def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
-    """Shape, dtype and header length of a ``.npy`` file, reading only its header."""
+    """Shape, dtype and header length of a ``.npy`` file, reading only its header.
+
+    Raises
+    ------
+    OSError
+        When the file cannot be read.
+    ValueError
+        For anything numpy's header parser refuses, whatever it raised (a damaged
+        header can make it raise ``SyntaxError``, ``tokenize.TokenError`` or ``TypeError``).
+    """
     with open(path, "rb") as fh:
-        version = np.lib.format.read_magic(fh)
-        if version == (1, 0):
-            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
-        else:
-            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        try:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        except OSError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - numpy's parser raises many types for damaged headers
+            raise ValueError(f"not a readable .npy header ({type(exc).__name__}: {exc})") from None
         return tuple(shape), dtype, fh.tell()

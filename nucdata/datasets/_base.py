@@ -9,6 +9,7 @@ It never downloads, and nothing downstream of the store knows which source wrote
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -66,6 +67,23 @@ def list_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
         p for p in folder.iterdir()
         if p.is_file() and p.suffix.lower() in suffixes and not is_junk(p.name)
     )
+
+
+_ID = re.compile(r"-?[0-9]{1,19}")
+
+
+def id_number(text: str, default: int) -> int:
+    """The id a source file gives as text, as a 64-bit integer; ``default`` when it is not one.
+
+    Only ASCII digits count (``str.isdigit`` also accepts ``'²'``, which ``int`` refuses),
+    and only values that fit in int64 (a store column): ``'12'`` -> 12, ``'-3'`` -> -3,
+    ``'1e5'``, ``'²'`` or a 25-digit id -> ``default``.
+    """
+    text = text.strip()
+    if not _ID.fullmatch(text):
+        return default
+    value = int(text)
+    return value if -(2**63) <= value < 2**63 else default
 
 
 def require_dir(folder: Path, what: str, fix: str) -> Path:

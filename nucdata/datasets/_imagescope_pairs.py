@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from nucdata._util.images import read_rgb
-from nucdata.datasets._base import ConversionReport, list_files, walk_dirs
+from nucdata.datasets._base import ConversionReport, id_number, list_files, walk_dirs
 from nucdata.datasets._imagescope import rasterize_regions, read_imagescope
 from nucdata.errors import MissingFilesError
 from nucdata.store import StoreWriter
@@ -145,7 +145,7 @@ def convert_pair(
     ids = [regions[i].region_id for i in kept]
     report.dropped["duplicate_region_ids_kept"] += len(ids) - len(set(ids))
     report.dropped["negative_roa_kept"] += sum(regions[i].negative for i in kept)
-    source_ids = np.array([int(r) if r.lstrip("-").isdigit() else -1 for r in ids], np.int64)
+    source_ids = np.array([id_number(r, -1) for r in ids], np.int64)
     return writer.add_image(
         stem, split, rgb, inst, None, source_ids,
         mpp=annotation.mpp, tissue=organ_of(stem), patient=patient_of(stem), flag=flag,

@@ -230,4 +230,4 @@ class CoNSeP(Converter):
 
 def _tile_number(path: Path) -> tuple[int, str]:
     tail = path.stem.rsplit("_", 1)[-1]
-    return (int(tail) if tail.isdigit() else 0, path.stem)
+    return (int(tail) if tail.isascii() and tail.isdigit() else 0, path.stem)

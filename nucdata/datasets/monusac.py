@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from nucdata._util.images import check_pixels, read_rgb
-from nucdata.datasets._base import ConversionReport, Converter, list_files, walk_dirs
+from nucdata.datasets._base import ConversionReport, Converter, id_number, list_files, walk_dirs
 from nucdata.datasets._imagescope import Region, rasterize_regions, read_imagescope
 from nucdata.errors import CorruptArchiveError, MissingFilesError
 from nucdata.store import StoreWriter
@@ -291,7 +291,7 @@ class MoNuSAC(Converter):
             labels.append(code)
             class_names.append(region.layer_class)
         ids = [nuclei[i].region_id for i in kept]
-        source_ids = [int(r) if r.lstrip("-").isdigit() else -1 for r in ids]
+        source_ids = [id_number(r, -1) for r in ids]
         n = writer.add_image(
             name, split, rgb, inst, np.asarray(labels, np.int32), np.asarray(source_ids, np.int64),
             mpp=annotation.mpp, patient=patient_barcode(slide),

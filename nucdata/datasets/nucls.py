@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from nucdata._util.images import read_rgb
-from nucdata.datasets._base import ConversionReport, Converter, list_files, walk_dirs
+from nucdata.datasets._base import ConversionReport, Converter, id_number, list_files, walk_dirs
 from nucdata.datasets._imagescope import Region, rasterize_regions
 from nucdata.errors import MalformedAnnotationError, MissingFilesError
 from nucdata.store import StoreWriter
@@ -86,6 +86,7 @@ FOLD_FILE = re.compile(r"^fold_(\d+)_(train|test)\.csv$", re.IGNORECASE)
 DEBUG_FOLDS = {999}
 UNASSIGNED = "unassigned"
 BOUND = re.compile(r"_(left|top|bottom|right)-(-?\d+)")
+_COORD_LIMIT = 2.0**31  # coordinates and boxes at or beyond are refused (they are cast to int64/int32)
 REQUIRED = ("raw_classification", "type", "xmin", "ymin", "xmax", "ymax", "coords_x", "coords_y")
 
 RULES = {
@@ -226,6 +227,10 @@ def read_fov_csv(path: Path) -> tuple[list[Annotation], int]:
                 values = [float(record[k]) for k in ("xmin", "ymin", "xmax", "ymax")]  # type: ignore[arg-type]
             except (TypeError, ValueError):
                 values = [float("nan")]
+            # sizes before anything is allocated or cast: a pixel index is far below 2**31
+            for name, found in (("xmin/ymin/xmax/ymax", np.asarray(values)), ("coords_x", xs), ("coords_y", ys)):
+                if (np.abs(found[np.isfinite(found)]) >= _COORD_LIMIT).any():
+                    raise _malformed(path, number, index, f"{name} holds a value beyond ±2**31, not a pixel index")
             finite = bool(xs.size) and bool(np.isfinite(xs).all() and np.isfinite(ys).all())
             if all(np.isfinite(values)):
                 box = tuple(int(round(v)) for v in values)
@@ -238,7 +243,7 @@ def read_fov_csv(path: Path) -> tuple[list[Annotation], int]:
                                  "are no finite coordinates")
             rows.append(Annotation(
                 row=number,
-                source_id=int(index) if index.lstrip("-").isdigit() else number,
+                source_id=id_number(index, number),
                 raw=raw,
                 main=_level(record, "main_classification", raw, 0),
                 super=_level(record, "super_classification", raw, 1),

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from tokenize import TokenError
 
 import numpy as np
 
@@ -102,7 +103,7 @@ def open_npy(path: Path) -> NpyFile:
         )
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError, TokenError) as exc:  # a damaged header
         # numpy raises ValueError ("mmap length is greater than file size") for a
         # truncated body and ValueError/EOFError for a damaged header.
         raise CorruptArchiveError(
@@ -356,7 +357,7 @@ class PanNuke(Converter):
                 raise MalformedAnnotationError(f"{f.path}: dtype {f.dtype} is not numeric.")
         try:
             types = np.load(files["types"], allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
+        except (ValueError, OSError, EOFError, SyntaxError, TypeError, TokenError) as exc:
             raise CorruptArchiveError(f"{files['types']}: cannot be read ({exc}); extract the fold again.") from exc
         if not isinstance(types, np.ndarray) or types.ndim != 1:
             raise MalformedAnnotationError(

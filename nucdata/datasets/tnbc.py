@@ -116,4 +116,4 @@ class TNBC(Converter):
 
 def _image_number(path: Path) -> int:
     tail = path.stem.rsplit("_", 1)[-1]
-    return int(tail) if tail.isdigit() else 0
+    return int(tail) if tail.isascii() and tail.isdigit() else 0
