@@ -2,7 +2,8 @@
 
 Packaged, versioned data: ``vocabularies/<name>.json`` (one label set each) and
 ``mappings/<dataset>.json`` (a dataset's native vocabulary and its rows into every set);
-see ``docs/label-sets.md``.
+see ``docs/label-sets.md``. :func:`translate_store_labels` is the one tissue-aware
+translation of a store's labels (the dataset, its crops and the models' bridge use it).
 """
 
 from nucdata._util.codes import MISSING, OUTSIDE
