@@ -3,7 +3,7 @@
 The layout (``docs/contributing.md``):
 
 * ``nucdata`` is layered; a module imports only from lower layers (or its own package):
-  errors < _util < {catalog, labels, store} < datasets < acquire < views < dataset <
+  errors < _util < {catalog, labels, store, formats} < datasets < acquire < views < dataset <
   collection < {exports, testing} < cli < the top-level namespace.
 * Outside a package, its private modules (``_name``) are never imported: other layers
   use the package's public surface (its ``__init__``). ``nucdata._util`` is the one
@@ -33,7 +33,7 @@ PACKAGES = ("nucdata", "nucdata_models")
 LAYERS: list[tuple[str, ...]] = [
     ("nucdata.errors",),
     ("nucdata._util",),
-    ("nucdata.catalog", "nucdata.labels", "nucdata.store"),
+    ("nucdata.catalog", "nucdata.labels", "nucdata.store", "nucdata.formats"),
     ("nucdata.datasets",),
     ("nucdata.acquire",),
     ("nucdata.views",),
@@ -43,7 +43,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("nucdata.cli",),
     ("nucdata",),
 ]
-MODEL_CORE = ("augment", "checkpoint", "config", "data", "encoders", "fill", "losses", "metrics", "model", "train")
+MODEL_CORE = ("augment", "calibration", "checkpoint", "config", "data", "encoders", "fill", "losses", "metrics", "model",
+              "train")
 #: what the models' core may import of nucdata
 CORE_MAY_IMPORT = ("nucdata.errors", "nucdata._util")
 
