@@ -28,7 +28,8 @@ from typing import Any
 
 from nucdata.errors import InvalidArgumentError
 
-__all__ = ["ENCODER_NAMES", "MAPPED_LABELS", "NOT_FIXED", "PAPER_KEYS", "PSEUDO_RULES", "RECIPES",
+__all__ = ["CANDIDATE_LIKELIHOODS", "ENCODER_NAMES", "MAPPED_LABELS", "NOT_FIXED", "PAPER_KEYS", "PSEUDO_RULES",
+           "PSEUDO_SELECTS", "RECIPES",
            "RECIPE_DIFFERENCES", "RUNTIME", "RUNTIME_KEYS", "STAGES", "STAGE_C_KEYS", "Setting", "TrainConfig",
            "setting", "settings_of", "stage_key_config"]
 
@@ -38,6 +39,10 @@ ENCODER_NAMES = ("small", "resnet18", "resnet50")
 PSEUDO_RULES = ("candidates", "unrestricted", "renormalised")
 #: Which labels from other datasets' annotations train a set (:func:`.data.training_targets`).
 MAPPED_LABELS = ("none", "exact", "candidates", "soft")
+#: How an ambiguous row's candidates share its likelihood (:func:`.losses.partial_label_loss`).
+CANDIDATE_LIKELIHOODS = ("transition", "uniform")
+#: How stage C decides which pseudo labels pass (:meth:`TrainConfig.pseudo_select`).
+PSEUDO_SELECTS = ("threshold", "quantile")
 #: The method's three stages.
 STAGES = ("A", "B", "C")
 MODULES_OF_STAGE = {"A": "base", "B": "heads", "C": "both"}
@@ -167,6 +172,26 @@ class TrainConfig:
         Drop each epoch's incomplete last batch (static shapes for ``compile``).
     score_truth
         When the data carry ``truth``, score the filled labels after every stage.
+    candidate_likelihood
+        How an ambiguous row trains (``mapped_labels="candidates"``): ``"transition"``
+        (``-log sum_c p(c|x) T[s, c]``, with ``T[s, c] = P(source row s | class c)``
+        estimated by EM from the model's own posteriors, re-estimated every epoch of
+        stages A and C; see :mod:`.losses`) or ``"uniform"`` (``-log sum_{c in C} p_c``,
+        which collapses onto catch-all classes such as CoNSeP ``other``). The paper has
+        no ambiguous rows (own labels only), so it fixes neither.
+    transition_prior
+        Dirichlet pseudo-counts per (source row, candidate class) of the transition
+        estimate: a symmetric prior on each column of ``T`` over the rows that may
+        name the class (1: the uniform Dirichlet).
+    pseudo_select
+        Stage C's pass rule: ``"threshold"`` (the paper: confidence above
+        ``threshold``) or ``"quantile"`` (before each epoch, per label set, teacher and
+        predicted class, the top ``pseudo_quantile`` of the eligible training nuclei
+        by confidence pass; the thresholds are fixed for the epoch). The confidence is
+        the teacher's softmax, or what ``CrossTrainer.pseudo_confidence`` (a
+        calibration hook) makes of it.
+    pseudo_quantile
+        The share of each predicted class that passes under ``"quantile"``, in (0, 1].
     """
 
     encoder: str = setting(
@@ -227,6 +252,15 @@ class TrainConfig:
     compile: bool = setting(False, stages=RUNTIME, key=False)
     eval_batch_size: int = setting(1024, stages=RUNTIME, key=False)
     score_truth: bool = setting(True, stages=RUNTIME, key=False)
+    # Stage B's heads train on the same candidate-set likelihood, with stage A's estimate.
+    candidate_likelihood: str = setting("uniform", stages="ABC", key=True, choices=CANDIDATE_LIKELIHOODS)
+    transition_prior: float = setting(1.0, stages="ABC", key=True)
+    pseudo_select: str = setting(
+        "threshold", stages="C", key=True, choices=PSEUDO_SELECTS, paper="threshold",
+        code="a pseudo label passes when the teacher's softmax is above 0.99 (model/utils.py:368-371)",
+        why="at 0.99 no pseudo label passed in any quick run (median top probability 0.12-0.25): stage C "
+            "never ran; the top fraction of each predicted class passes instead")
+    pseudo_quantile: float = setting(0.2, stages="C", key=True)
 
     def __post_init__(self) -> None:
         for stage in STAGES:
@@ -242,6 +276,12 @@ class TrainConfig:
         if self.batch_size < 2:
             raise InvalidArgumentError(f"TrainConfig.batch_size must be at least 2 (batch normalisation), "
                                        f"got {self.batch_size}; pass 2 or more")
+        if not 0.0 < self.pseudo_quantile <= 1.0:
+            raise InvalidArgumentError(f"TrainConfig.pseudo_quantile must lie in (0, 1], got {self.pseudo_quantile}; "
+                                       "pass a share such as 0.2")
+        if self.transition_prior < 0:
+            raise InvalidArgumentError(f"TrainConfig.transition_prior must not be negative, got "
+                                       f"{self.transition_prior}; pass pseudo-counts such as 1.0")
         if self.input_size is not None and self.input_size < 8:
             raise InvalidArgumentError(f"TrainConfig.input_size must be at least 8 pixels, got {self.input_size}; "
                                        "pass 8 or more, or None to keep the crop size")

@@ -14,7 +14,8 @@ from nucdata.errors import InvalidArgumentError
 from nucdata_models.config import MAPPED_LABELS
 
 __all__ = ["ANNOTATED", "AMBIGUOUS", "MAPPED", "NO_LABEL", "OUTSIDE_LABEL", "PROVENANCE_NAMES", "LabelSetSpec",
-           "TrainingData", "candidate_mask", "derive_provenance", "target_bits", "training_targets"]
+           "SourceRows", "TrainingData", "candidate_mask", "derive_provenance", "source_rows", "target_bits",
+           "training_targets"]
 
 # Where a nucleus's label under one set comes from (``TrainingData.provenance``).
 NO_LABEL = 0  # unlabelled, or the mapping gives no information
@@ -89,6 +90,16 @@ class TrainingData:
         Optional per set int8 ``(N,)``: :data:`ANNOTATED`, :data:`MAPPED`,
         :data:`AMBIGUOUS`, :data:`OUTSIDE_LABEL` or :data:`NO_LABEL`. Without it, every
         known label counts as annotated (see :func:`derive_provenance`).
+    source_class
+        Optional int64 ``(N,)``: the native class code each nucleus carries in its own
+        dataset's vocabulary (what its annotators wrote), -1 for none (a dataset
+        without classes, or a nucleus without a label). The mapping tables turned it
+        into the labels and candidates above; the candidate-set likelihood
+        (``TrainConfig.candidate_likelihood="transition"``) estimates, per dataset and
+        label set, how each source row spreads over its candidates (:func:`source_rows`).
+        Default: all -1 (then the rows are told apart by dataset and candidate set only).
+    source_names
+        Optional ``{dataset: {code: native class name}}`` for reports.
     """
 
     crops: torch.Tensor
@@ -101,6 +112,8 @@ class TrainingData:
     truth: dict[str, torch.Tensor] = field(default_factory=dict)
     mpp: float | None = None
     provenance: dict[str, torch.Tensor] = field(default_factory=dict)
+    source_class: torch.Tensor | None = None
+    source_names: dict[str, dict[int, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = int(self.crops.shape[0]) if self.crops.ndim else 0
@@ -138,6 +151,11 @@ class TrainingData:
         if n and (int(self.dataset_index.min()) < 0 or int(self.dataset_index.max()) >= len(self.dataset_names)):
             raise InvalidArgumentError(f"TrainingData.dataset_index must index dataset_names "
                                        f"({len(self.dataset_names)} names); give every dataset a name")
+        if self.source_class is None:
+            self.source_class = torch.full((n,), -1, dtype=torch.int64)
+        elif tuple(self.source_class.shape) != (n,) or self.source_class.dtype != torch.int64:
+            raise InvalidArgumentError(f"TrainingData.source_class must be an int64 ({n},) tensor, one native code "
+                                       "(or -1) per crop; leave it out when the codes are unknown")
 
     def __len__(self) -> int:
         return int(self.crops.shape[0])
@@ -226,6 +244,64 @@ def training_targets(labels: torch.Tensor, candidates: torch.Tensor, provenance:
                         torch.full_like(zero, every))
     bound = torch.where(bound == 0, torch.full_like(zero, every), bound)
     return targets, torch.where(free, bound, zero)
+
+
+@dataclass
+class SourceRows:
+    """The source rows of one label set: what the candidate-set likelihood estimates over.
+
+    A *source row* is a (dataset, native code, candidate set) that the mapping tables
+    turned into training targets of the set: an exact row (one class), an outside row
+    (the outside output) or an ambiguous row (several candidates). The candidate set is
+    part of the key because one native code can take two rows: PanNuke's
+    tissue-conditional rows (``Neoplastic`` is MoNuSAC ``epithelial`` in carcinoma
+    tissues, a candidate set elsewhere) have different supports and different cells
+    behind them, so each is a source of its own.
+
+    Attributes
+    ----------
+    row
+        int64 ``(N,)``: each nucleus's source row, -1 where the set's target does not
+        come from a table row (annotated, no information, or no target at all).
+    dataset, code, support
+        int64 ``(G,)``: each row's dataset index, native code (-1 unknown) and candidate
+        bitmask over the set's outputs (bit ``K`` is outside).
+    """
+
+    row: torch.Tensor
+    dataset: torch.Tensor
+    code: torch.Tensor
+    support: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.support.shape[0])
+
+
+def source_rows(targets: torch.Tensor, provenance: torch.Tensor, dataset_index: torch.Tensor,
+                source_class: torch.Tensor) -> SourceRows:
+    """The source rows of one set (:class:`SourceRows`) from its training targets.
+
+    Parameters
+    ----------
+    targets
+        The set's training target bitmasks (:func:`training_targets`).
+    provenance
+        The set's provenance codes; rows come from :data:`MAPPED`, :data:`AMBIGUOUS` and
+        :data:`OUTSIDE_LABEL` nuclei with a target.
+    dataset_index, source_class
+        :attr:`TrainingData.dataset_index` and :attr:`TrainingData.source_class`.
+    """
+    tabled = (provenance == MAPPED) | (provenance == AMBIGUOUS) | (provenance == OUTSIDE_LABEL)
+    tabled &= targets != 0
+    row = torch.full_like(targets, -1)
+    if not bool(tabled.any()):
+        empty = torch.zeros(0, dtype=torch.int64, device=targets.device)
+        return SourceRows(row, empty, empty.clone(), empty.clone())
+    keys = torch.stack([dataset_index[tabled].to(targets.device), source_class[tabled].to(targets.device),
+                        targets[tabled]], dim=1)
+    unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    row[tabled] = inverse
+    return SourceRows(row, unique[:, 0].contiguous(), unique[:, 1].contiguous(), unique[:, 2].contiguous())
 
 
 def candidate_mask(bits: torch.Tensor, size: int) -> torch.Tensor:

@@ -66,15 +66,22 @@ from nucdata_models.data import (
     LabelSetSpec,
     TrainingData,
     candidate_mask,
+    source_rows,
     training_targets,
 )
 from nucdata_models.fill import fill_labels, score_filled, scored_class
-from nucdata_models.losses import partial_label_loss, pseudo_labels, soft_label_loss
+from nucdata_models.losses import (
+    TransitionEstimate,
+    partial_label_loss,
+    pseudo_choice,
+    pseudo_labels,
+    soft_label_loss,
+)
 from nucdata_models.metrics import classification_metrics
 from nucdata_models.model import BaseModel, CorrelationHeads
 
 __all__ = ["RECIPES", "RECIPE_DIFFERENCES", "STAGES", "CrossTrainer", "Prediction", "Predictions", "Stage",
-           "TrainConfig", "TrainResult", "resolve_device"]
+           "TrainConfig", "TrainResult", "recolour", "resolve_device", "stain_swap_outside_rate"]
 
 
 
@@ -113,6 +120,27 @@ class TrainResult:
         whose label is missing but whose truth is known); empty without truth.
     reused
         Stages taken from the checkpoint directory instead of trained.
+    pseudo_labels
+        One row per stage-C epoch and label set: ``stage``, ``epoch``, ``label_set``,
+        ``offered`` (eligible (nucleus, teacher) pairs the epoch's batches held: a nucleus
+        without a target, or with an ambiguous one, counted once per teaching module),
+        ``passed`` (pseudo labels that passed the rule), ``precision`` (share of the
+        passed ones equal to ``data.truth``, among those whose truth is known; ``None``
+        without truth) and ``accuracy_before`` (on the same passed pseudo labels, the
+        share whose nucleus the model at the end of stage B, both modules, candidates
+        restricted as the rule restricts them, already put in the true class: what
+        stage C must beat); ``by_teacher`` splits ``offered``/``passed`` by teacher
+        (``heads`` teaches the base module, ``base`` the heads; ``self`` for plain
+        self-training).
+    transition
+        The candidate-set likelihood's estimate at the end of training
+        (``candidate_likelihood="transition"``): per label set, per source dataset,
+        ``{"columns": [class names..., "outside"], "rows": [{"source_class", "source",
+        "candidates", "nuclei"}], "matrix": [[T[s, c]]], "counts": [[n[s, c]]],
+        "prior": a}``; ``matrix[r][c] = P(row r | class c)`` within the dataset (each
+        column sums to 1 over the rows that may name the class, 0 off a row's
+        candidates), ``counts`` the last E-step's soft counts (training nuclei of the
+        row whose posterior went to each class). Empty with ``"uniform"``.
     """
 
     history: list[dict[str, Any]]
@@ -121,6 +149,8 @@ class TrainResult:
     device: str
     filled: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
+    pseudo_labels: list[dict[str, Any]] = field(default_factory=list)
+    transition: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy."""
@@ -156,6 +186,7 @@ class _Bank:
     targets: dict[str, torch.Tensor]  # training target bitmasks over K (+ outside) outputs
     allowed: dict[str, torch.Tensor]  # outputs a pseudo label may take; 0 = none
     train_index: torch.Tensor
+    truth: dict[str, torch.Tensor] = field(default_factory=dict)  # as output indices (outside = K), -1 unknown
 
 
 @dataclass
@@ -173,6 +204,9 @@ class Stage:
     loss: Callable[[torch.Tensor], torch.Tensor]
     grad_clip: float
     pseudo: dict[str, torch.Tensor] | None = None
+    before_epoch: Callable[[int], None] | None = None
+    teachers: tuple[str, ...] = ()
+    teacher_counts: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
 
     def train(self) -> None:
         for module in self.modules:
@@ -221,6 +255,14 @@ class CrossTrainer:
         self.meta: dict[str, Any] = {}
         self._bank: _Bank | None = None
         self.generator: torch.Generator | None = None
+        #: Per label set, the candidate-set likelihood's transition estimate (set up by :meth:`setup`).
+        self.transitions: dict[str, TransitionEstimate] = {}
+        #: Hook for calibrated pseudo-label confidence: ``(label_set, teacher, probabilities) ->
+        #: probabilities`` applied to a teacher's softmax before the pass rule (``None``: as is).
+        self.pseudo_confidence: Callable[[str, str, torch.Tensor], torch.Tensor] | None = None
+        self._sources: tuple[list[str], dict[str, dict[int, str]]] = ([], {})
+        self._pre_c: dict[str, torch.Tensor] = {}
+        self._thresholds: dict[tuple[str, str], torch.Tensor] = {}
 
     # -- set-up ------------------------------------------------------------------------
     def build(self, label_sets: list[LabelSetSpec], in_channels: int, crop_size: int,
@@ -249,7 +291,26 @@ class CrossTrainer:
                                     spec.size, self.config.mapped_labels, self.config.outside_head)
             targets[spec.name], allowed[spec.name] = t.to(dev), a.to(dev)
         train_index = torch.nonzero(data.split.to(dev) == 0).flatten()
-        self._bank = _Bank(crops, targets, allowed, train_index)
+        truth = {}
+        for spec in data.label_sets:
+            t = data.truth.get(spec.name)
+            if t is not None:
+                t = t.to(dev)
+                truth[spec.name] = torch.where(t == OUTSIDE, torch.full_like(t, spec.size),
+                                               torch.where(t >= 0, t, torch.full_like(t, -1)))
+        self._bank = _Bank(crops, targets, allowed, train_index, truth)
+        self.transitions = {}
+        if self.config.candidate_likelihood == "transition" and self.config.mapped_labels == "candidates":
+            outside = int(self.config.outside_head)
+            for spec in data.label_sets:
+                rows = source_rows(targets[spec.name], data.provenance[spec.name].to(dev), data.dataset_index.to(dev),
+                                   data.source_class.to(dev))
+                if len(rows):
+                    self.transitions[spec.name] = TransitionEstimate(rows, spec.size + outside,
+                                                                     self.config.transition_prior, train_index)
+        self._sources = (list(data.dataset_names), {k: dict(v) for k, v in data.source_names.items()})
+        self._pre_c: dict[str, torch.Tensor] = {}
+        self._thresholds: dict[tuple[str, str], torch.Tensor] = {}
         self.generator = torch.Generator(device=dev)
         self.generator.manual_seed(self.config.seed)
 
@@ -339,14 +400,28 @@ class CrossTrainer:
             used = torch.stack([(c > 0).float() for _, c in terms]).sum()
             return torch.stack([loss for loss, _ in terms]).sum() / used.clamp_min(1)
 
-        supervised_loss = soft_label_loss if self.config.mapped_labels == "soft" else partial_label_loss
+        soft = self.config.mapped_labels == "soft"
+        transitions = self.transitions
+
+        def supervised_loss(logits: torch.Tensor, s: str, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            tgt = bank.targets[s][idx]
+            if soft:
+                return soft_label_loss(logits, tgt)
+            t = transitions.get(s)
+            return partial_label_loss(logits, tgt, t.weights(idx, tgt) if t is not None else None)
+
+        def e_step(s: str, idx: torch.Tensor, probabilities: torch.Tensor) -> None:
+            if s in transitions:
+                transitions[s].accumulate(idx, probabilities)
 
         if name == "A":
             base = self._wrap(self.base)
 
             def loss_a(idx: torch.Tensor) -> torch.Tensor:
                 logits = self._forward_base(base, self.inputs(bank.crops[idx], True))
-                return mean([supervised_loss(logits[s], bank.targets[s][idx]) for s in names])
+                for s in names:
+                    e_step(s, idx, logits[s].softmax(1))
+                return mean([supervised_loss(logits[s], s, idx) for s in names])
 
             params = list(self.base.parameters())
             return Stage("A", [base], params, optimiser(params), loss_a, self.config.grad_clip)
@@ -360,49 +435,80 @@ class CrossTrainer:
                 with torch.no_grad():
                     logits = self._forward_base(base, self.inputs(bank.crops[idx], True))
                 out = heads(self._head_inputs(logits, detach=True))
-                return mean([supervised_loss(out[s], bank.targets[s][idx]) for s in names])
+                return mean([supervised_loss(out[s], s, idx) for s in names])
 
             params = list(self.heads.parameters())
             return Stage("B", [heads], params, optimiser(params), loss_b, self.config.grad_clip)
 
+        rule = self.config.pseudo_rule
+        # per set: offered, passed, passed with known truth, right, right before stage C
+        counters = {s: torch.zeros(5, dtype=torch.int64, device=self.device) for s in names}
+        by_teacher: dict[tuple[str, str], torch.Tensor] = {}
+
+        def teach(s: str, teacher: str, probabilities: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            """One teacher's pseudo labels for the batch, counted (no host synchronisation)."""
+            allowed = bank.allowed[s][idx]
+            p = probabilities.detach()
+            if self.pseudo_confidence is not None:
+                p = self.pseudo_confidence(s, teacher, p)
+            threshold = self._thresholds.get((s, teacher), self.config.threshold)
+            bits = pseudo_labels(p, allowed, threshold, rule)
+            took = bits != 0
+            row = torch.stack([(allowed != 0).sum(), took.sum()])
+            if s in bank.truth:
+                cls = torch.log2(bits.clamp_min(1).double()).round().long()
+                true = bank.truth[s][idx]
+                known = took & (true >= 0)
+                before = self._pre_c.get(s)
+                right_before = (known & (before[idx] == true)).sum() if before is not None else known.sum() * 0
+                counters[s] += torch.stack([row[0], row[1], known.sum(), (known & (cls == true)).sum(), right_before])
+            else:
+                counters[s][:2] += row
+            key = (s, teacher)
+            by_teacher[key] = by_teacher.get(key, torch.zeros(2, dtype=torch.int64, device=self.device)) + row
+            return bits
+
         if name == "C" and self.config.pseudo_teacher == "self":
             base = self._wrap(self.base)
-            threshold, rule = self.config.threshold, self.config.pseudo_rule
-            passed = {s: torch.zeros((), dtype=torch.int64, device=self.device) for s in names}
 
             def loss_self(idx: torch.Tensor) -> torch.Tensor:
                 logits = self._forward_base(base, self.inputs(bank.crops[idx], True))
                 supervised, pseudo = [], []
                 for s in names:
-                    own = pseudo_labels(logits[s].softmax(1), bank.allowed[s][idx], threshold, rule)
-                    supervised.append(supervised_loss(logits[s], bank.targets[s][idx]))
+                    probs = logits[s].softmax(1)
+                    e_step(s, idx, probs)
+                    own = teach(s, "self", probs, idx)
+                    supervised.append(supervised_loss(logits[s], s, idx))
                     pseudo.append(partial_label_loss(logits[s], own))
-                    passed[s] += pseudo[-1][1]
                 return mean(supervised) + mean(pseudo)
 
             params = list(self.base.parameters())
-            return Stage("C", [base], params, optimiser(params), loss_self, self.config.grad_clip, passed)
+            stage = Stage("C", [base], params, optimiser(params), loss_self, self.config.grad_clip, counters,
+                          teachers=("self",), teacher_counts=by_teacher)
+            stage.before_epoch = lambda epoch: self._before_c_epoch(epoch, stage, by_teacher)
+            return stage
 
         if name == "C":
             base, heads = self._wrap(self.base), self._wrap(self.heads)
-            threshold, rule = self.config.threshold, self.config.pseudo_rule
-            passed = {s: torch.zeros((), dtype=torch.int64, device=self.device) for s in names}
 
             def loss_c(idx: torch.Tensor) -> torch.Tensor:
                 logits = self._forward_base(base, self.inputs(bank.crops[idx], True))
                 out = heads(self._head_inputs(logits, detach=not self.config.correlation_grad))
                 supervised, pseudo = [], []
                 for s in names:
-                    tgt, allowed = bank.targets[s][idx], bank.allowed[s][idx]
-                    from_heads = pseudo_labels(out[s].softmax(1), allowed, threshold, rule)
-                    from_base = pseudo_labels(logits[s].softmax(1), allowed, threshold, rule)
-                    supervised += [supervised_loss(logits[s], tgt), supervised_loss(out[s], tgt)]
+                    base_p, head_p = logits[s].softmax(1), out[s].softmax(1)
+                    e_step(s, idx, (base_p + head_p) / 2)
+                    from_heads = teach(s, "heads", head_p, idx)
+                    from_base = teach(s, "base", base_p, idx)
+                    supervised += [supervised_loss(logits[s], s, idx), supervised_loss(out[s], s, idx)]
                     pseudo += [partial_label_loss(logits[s], from_heads), partial_label_loss(out[s], from_base)]
-                    passed[s] += pseudo[-2][1] + pseudo[-1][1]
                 return mean(supervised) + mean(pseudo)
 
             params = list(self.base.parameters()) + list(self.heads.parameters())
-            return Stage("C", [base, heads], params, optimiser(params), loss_c, self.config.grad_clip, passed)
+            stage = Stage("C", [base, heads], params, optimiser(params), loss_c, self.config.grad_clip, counters,
+                          teachers=("heads", "base"), teacher_counts=by_teacher)
+            stage.before_epoch = lambda epoch: self._before_c_epoch(epoch, stage, by_teacher)
+            return stage
         raise InvalidArgumentError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
 
     def _run_stage(self, name: str, say: Callable[[str], None]) -> list[dict[str, Any]]:
@@ -412,10 +518,12 @@ class CrossTrainer:
         stage = self.stage(name)
         history = []
         for epoch in range(epochs):
-            stage.train()
             if stage.pseudo is not None:
                 for v in stage.pseudo.values():
                     v.zero_()
+            if stage.before_epoch is not None:
+                stage.before_epoch(epoch)
+            stage.train()
             total = torch.zeros((), device=self.device)
             steps = seen = 0
             start = time.perf_counter()
@@ -426,20 +534,109 @@ class CrossTrainer:
                 seen += idx.numel()
             loss = float(total) / max(steps, 1)  # the epoch's one synchronisation
             seconds = time.perf_counter() - start
+            if name in ("A", "C"):  # M-step of the candidate-set likelihood's transition estimate
+                for t in self.transitions.values():
+                    t.update(self._all_reduce if self.world > 1 else None)
             row: dict[str, Any] = {"stage": name, "epoch": epoch + 1, "loss": loss, "nuclei": seen * self.world,
                                    "seconds": seconds, "nuclei_per_s": seen * self.world / max(seconds, 1e-9)}
             text = f"stage {name} epoch {epoch + 1}/{epochs}: loss {loss:.4f}, {row['nuclei_per_s']:,.0f} nuclei/s"
             if stage.pseudo is not None:
-                counts = {s: int(v) for s, v in stage.pseudo.items()}
-                if self.world > 1:
-                    t = torch.tensor(list(counts.values()), device=self.device)
-                    torch.distributed.all_reduce(t)
-                    counts = dict(zip(counts, t.tolist(), strict=True))
-                row["pseudo_labels"] = counts
-                text += "; pseudo labels " + ", ".join(f"{k} {v:,}" for k, v in counts.items())
+                row["pseudo"] = self._pseudo_row(stage)
+                row["pseudo_labels"] = {s: v["passed"] for s, v in row["pseudo"].items()}
+                text += "; pseudo labels passed/offered " + ", ".join(
+                    f"{k} {v['passed']:,}/{v['offered']:,}" for k, v in row["pseudo"].items())
             say(text)
             history.append(row)
         return history
+
+    def _all_reduce(self, t: torch.Tensor) -> None:
+        torch.distributed.all_reduce(t)
+
+    def _pseudo_row(self, stage: Stage) -> dict[str, dict[str, Any]]:
+        """Per set, the epoch's pseudo-label counts (read once, at the epoch's end)."""
+        names = list(stage.pseudo)
+        zero = torch.zeros(2, dtype=torch.int64, device=self.device)
+        counts = torch.stack([stage.pseudo[s] for s in names])
+        teachers = torch.stack([stage.teacher_counts.get((s, t), zero) for s in names for t in stage.teachers])
+        if self.world > 1:
+            torch.distributed.all_reduce(counts)
+            torch.distributed.all_reduce(teachers)
+        counts_list, teachers_list = counts.tolist(), teachers.tolist()
+        out = {}
+        for i, s in enumerate(names):
+            offered, passed, known, right, right_before = counts_list[i]
+            truth = s in self._bank.truth
+            split = {t: dict(zip(("offered", "passed"), teachers_list[i * len(stage.teachers) + j], strict=True))
+                     for j, t in enumerate(stage.teachers)}
+            out[s] = {"offered": offered, "passed": passed,
+                      "precision": right / known if truth and known else None,
+                      "accuracy_before": right_before / known if truth and known and s in self._pre_c else None,
+                      "by_teacher": split}
+        return out
+
+    @torch.no_grad()
+    def _eval_probabilities(self, rows: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per set, (base, heads) softmax of bank rows, eval mode, no augmentation."""
+        self.base.eval()
+        self.heads.eval()
+        names = self.base.names
+        parts: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {s: ([], []) for s in names}
+        b = self.config.eval_batch_size
+        for start in range(0, rows.numel(), b):
+            idx = rows[start : start + b]
+            logits = self._forward_base(self.base, self.inputs(self._bank.crops[idx], False))
+            out = self.heads(self._head_inputs(logits, True))
+            for s in names:
+                parts[s][0].append(logits[s].softmax(1))
+                parts[s][1].append(out[s].float().softmax(1))
+        return {s: (torch.cat(a), torch.cat(h)) for s, (a, h) in parts.items()}
+
+    def _before_c_epoch(self, epoch: int, stage: Stage, teacher_counts: dict) -> None:
+        """Stage C, before each epoch: the pass rule's per-class thresholds and, first, the pre-C predictions.
+
+        Before the first epoch, the model's predictions (the method's rule, both
+        modules; the base module for plain self-training), restricted as the pass rule
+        restricts a pseudo label, are kept to score ``accuracy_before``. Under
+        ``pseudo_select="quantile"``, each teacher's threshold per predicted class is the
+        ``1 - pseudo_quantile`` quantile of its confidence among the eligible training
+        nuclei (the rule's confidence, after :attr:`pseudo_confidence`), so the top
+        ``pseudo_quantile`` of each class passes.
+        """
+        teacher_counts.clear()
+        quantile = self.config.pseudo_select == "quantile"
+        first = epoch == 0 and bool(self._bank.truth)
+        if not (quantile or first):
+            return
+        bank = self._bank
+        eligible = torch.zeros_like(bank.train_index, dtype=torch.bool)
+        for s in self.base.names:
+            eligible |= bank.allowed[s][bank.train_index] != 0
+        rows = bank.train_index[eligible]
+        if rows.numel() == 0:
+            return
+        probs = self._eval_probabilities(rows)
+        for s, (base_p, head_p) in probs.items():
+            allowed = bank.allowed[s][rows]
+            if first:
+                both = base_p if stage.teachers == ("self",) else (base_p + head_p) / 2
+                _, choice, _ = pseudo_choice(both, allowed, "candidates")
+                pre = torch.full_like(bank.targets[s], -1)
+                pre[rows] = torch.where(allowed != 0, choice, torch.full_like(choice, -1))
+                self._pre_c[s] = pre
+            if not quantile:
+                continue
+            for teacher in stage.teachers:
+                p = head_p if teacher == "heads" else base_p
+                if self.pseudo_confidence is not None:
+                    p = self.pseudo_confidence(s, teacher, p)
+                confidence, choice, ok = pseudo_choice(p, allowed, self.config.pseudo_rule)
+                ok &= allowed != 0
+                thresholds = torch.ones(p.shape[1], device=p.device)  # nothing passes a class never predicted
+                for c in range(p.shape[1]):
+                    values = confidence[ok & (choice == c)]
+                    if values.numel():
+                        thresholds[c] = torch.quantile(values.float(), 1.0 - self.config.pseudo_quantile)
+                self._thresholds[s, teacher] = thresholds
 
     def fit(self, data: TrainingData, workdir: str | os.PathLike[str] | None = None,
             progress: Callable[[str], None] | None = None) -> TrainResult:
@@ -495,9 +692,62 @@ class CrossTrainer:
             if ckpt is not None and self.rank == 0:
                 self.save(ckpt, extra={"stage": name, "stage_key": key, "history": history,
                                        "metrics": result.metrics[name], "seconds": result.seconds[name],
-                                       "filled": result.filled.get(name, {})})
+                                       "filled": result.filled.get(name, {}),
+                                       "transition": self.transition_report()})
         self.metrics = result.metrics.get("C", {})
+        result.pseudo_labels = pseudo_label_rows(result.history)
+        result.transition = self.transition_report()
         return result
+
+    def transition_report(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """The transition estimates as :attr:`TrainResult.transition` describes them (JSON-ready)."""
+        datasets, source_names = self._sources
+        classes = {spec.name: list(spec.class_names) + (["outside"] if self.config.outside_head else [])
+                   for spec in self.label_sets}
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for s, t in self.transitions.items():
+            rows, columns = t.rows, classes[s]
+            matrix, counts = t.matrix.cpu().tolist(), t.counts.cpu().tolist()
+            member = rows.row[self._bank.train_index] if self._bank is not None else rows.row
+            nuclei = torch.bincount(member[member >= 0], minlength=len(t)).cpu().tolist()
+            dataset, code, support = (v.cpu().tolist() for v in (rows.dataset, rows.code, rows.support))
+            per: dict[str, dict[str, Any]] = {}
+            for g in range(len(t)):
+                name = datasets[dataset[g]] if dataset[g] < len(datasets) else str(dataset[g])
+                entry = per.setdefault(name, {"columns": columns, "rows": [], "matrix": [], "counts": [],
+                                              "prior": t.prior_strength})
+                entry["rows"].append({
+                    "source_class": code[g], "source": source_names.get(name, {}).get(code[g], str(code[g])),
+                    "candidates": [columns[c] for c in range(len(columns)) if support[g] >> c & 1],
+                    "nuclei": nuclei[g]})
+                entry["matrix"].append([round(v, 6) for v in matrix[g]])
+                entry["counts"].append([round(v, 3) for v in counts[g]])
+            out[s] = per
+        return out
+
+    def candidate_weights(self, data: TrainingData) -> dict[str, torch.Tensor]:
+        """Per set, ``(N, outputs)`` weights of each nucleus's candidates under the transition estimate.
+
+        ``T[s, :]`` of the nucleus's source row (divided by its maximum), 1 on every
+        output for a nucleus without one. The posterior of a nucleus whose own dataset
+        wrote ``s`` is ``p(c | x) T[s, c]`` normalised: multiply :meth:`predict`'s
+        probabilities by these weights to resolve an ambiguous row by it. ``data`` must
+        be the data :meth:`fit` (or :meth:`setup`) saw. Empty without estimates.
+        """
+        out = {}
+        for spec in data.label_sets:
+            t = self.transitions.get(spec.name)
+            if t is None:
+                continue
+            row = t.rows.row.cpu()
+            if row.shape[0] != len(data):
+                raise InvalidArgumentError(f"candidate_weights: the estimate covers {row.shape[0]} nuclei, the data "
+                                           f"{len(data)}; pass the data the trainer was fitted on")
+            table = t.matrix.cpu()
+            table = table / table.amax(1, keepdim=True).clamp_min(1e-30)
+            out[spec.name] = torch.where((row >= 0)[:, None], table[row.clamp_min(0)],
+                                         torch.ones(len(data), t.outputs))
+        return out
 
     def _stage_key(self, name: str, fingerprint: str) -> dict[str, Any]:
         """What a stage's result depends on: the data and the settings of stages <= it.
@@ -515,6 +765,16 @@ class CrossTrainer:
             return False
         if meta.get("stage_key") != key:
             say(f"stage {key['stage']}: {ckpt} was trained on other data or settings; retraining")
+            return False
+        saved = state.get("transition", {})
+        if set(saved) != set(self.transitions):
+            say(f"stage {key['stage']}: {ckpt} has no matching transition estimate; retraining")
+            return False
+        try:
+            for s, t in self.transitions.items():
+                t.load(saved[s])
+        except InvalidArgumentError as exc:
+            say(f"stage {key['stage']}: not reusing {ckpt} ({exc})")
             return False
         self.base.load_state_dict(state["base"])
         self.heads.load_state_dict(state["heads"])
@@ -644,6 +904,8 @@ class CrossTrainer:
         state: dict[str, Any] = {"base": _plain_state(self.base), "heads": _plain_state(self.heads)}
         if self.generator is not None:
             state["rng"] = self.generator.get_state()
+        if self.transitions:
+            state["transition"] = {s: t.state() for s, t in self.transitions.items()}
         return save_checkpoint(path, state, meta)
 
     @classmethod
@@ -672,6 +934,15 @@ class CrossTrainer:
         return trainer
 
 
+def pseudo_label_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """:attr:`TrainResult.pseudo_labels` from a fit's history (one row per stage-C epoch and set)."""
+    rows = []
+    for row in history:
+        for s, entry in row.get("pseudo", {}).items():
+            rows.append({"stage": row["stage"], "epoch": row["epoch"], "label_set": s, **entry})
+    return rows
+
+
 def _plain_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """State dict without ``torch.compile`` / DDP prefixes, on the CPU."""
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
@@ -685,7 +956,56 @@ def _fingerprint(data: TrainingData) -> str:
         h.update(data.labels[name].cpu().numpy().tobytes())
         h.update(data.candidates[name].cpu().numpy().tobytes())
     h.update(data.split.cpu().numpy().astype(np.int64).tobytes())
+    h.update(data.source_class.cpu().numpy().astype(np.int64).tobytes())
     step = max(1, len(data) // 512)
     h.update(data.crops[::step].cpu().numpy().tobytes())
     return h.hexdigest()[:24]
 
+
+
+def recolour(crops: torch.Tensor, shift) -> torch.Tensor:
+    """uint8 crops with an RGB shift added to every pixel of their colour channels (clipped to [0, 255]).
+
+    The demo world's stain model (:meth:`nucdata.testing.world.World.stain`): a dataset's
+    stain is an RGB offset added to every pixel, so adding ``stain(other) - stain(own)``
+    shows a dataset's nuclei in another dataset's stain. A mask channel is kept as is.
+    """
+    delta = torch.as_tensor(np.asarray(shift, np.float32)).reshape(1, 3, 1, 1)
+    rgb = (crops[:, :3].float() + delta).round_().clamp_(0, 255).to(torch.uint8)
+    return torch.cat([rgb, crops[:, 3:]], dim=1)
+
+
+def stain_swap_outside_rate(trainer: CrossTrainer, data: TrainingData, dataset: str, label_set: str, shift,
+                            split: int | None = None, modules: str = "both") -> float:
+    """Share of a dataset's own in-set nuclei the model predicts as outside after a stain swap.
+
+    The nuclei of ``dataset`` annotated in ``label_set`` (their own dataset's set, so
+    their true class is in it), optionally of one ``split``, are recoloured with
+    :func:`recolour` by ``shift`` (for the demo world: ``world.stain(other) -
+    world.stain(dataset)``; zeros measure the unrecoloured rate) and predicted without
+    candidates. A model that learnt "outside" from the stain of the datasets whose
+    nuclei the tables call outside sends them there (issue 20 point 2).
+
+    Returns
+    -------
+    float
+        The share predicted as outside (-2); 0 for a model without an outside output,
+        NaN when no nucleus qualifies.
+    """
+    if dataset not in data.dataset_names:
+        raise InvalidArgumentError(f"stain_swap_outside_rate: no dataset {dataset!r} in the data; pick one of "
+                                   f"{', '.join(data.dataset_names)}")
+    if label_set not in data.names:
+        raise InvalidArgumentError(f"stain_swap_outside_rate: no label set {label_set!r}; pick one of "
+                                   f"{', '.join(data.names)}")
+    rows = (data.dataset_index == data.dataset_names.index(dataset)) & (data.provenance[label_set] == ANNOTATED)
+    rows &= data.labels[label_set] >= 0
+    if split is not None:
+        rows &= data.split == split
+    index = torch.nonzero(rows).flatten()
+    if index.numel() == 0:
+        return float("nan")
+    if not trainer.config.outside_head:
+        return 0.0
+    pred = trainer.predict(recolour(data.crops[index], shift), None, modules)[label_set]
+    return float((pred.label == OUTSIDE).float().mean())

@@ -22,7 +22,7 @@ from nucdata_models.data import (
     TrainingData,
 )
 
-__all__ = ["from_crop_dataset", "label_columns", "training_data"]
+__all__ = ["from_crop_dataset", "label_columns", "source_columns", "training_data"]
 
 
 def label_columns(store, label_set: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -53,6 +53,26 @@ def label_columns(store, label_set: str) -> tuple[np.ndarray, np.ndarray, np.nda
     return labels.astype(np.int64), candidates.astype(np.int64), provenance
 
 
+def source_columns(store) -> tuple[np.ndarray, dict[int, str]]:
+    """The native class code of each of a store's nuclei and the names of its dataset's codes.
+
+    The codes are what the dataset's annotators wrote (``nuclei/label``, -1 none),
+    the source the mapping tables translate; :attr:`TrainingData.source_class` holds
+    them. Which *row* of a table a code took (PanNuke's tissue-conditional rows) is
+    told apart by the candidate set it gave (:func:`nucdata_models.data.source_rows`),
+    so the tissue is not needed here.
+    """
+    from nucdata.errors import UnknownDatasetError
+    from nucdata.labels import native_vocabulary, translate_store_labels
+
+    codes, _ = translate_store_labels(store, None)
+    try:
+        names = {int(code): str(name) for code, name, _ in native_vocabulary(store.dataset)}
+    except UnknownDatasetError:  # a dataset without a mapping file has no vocabulary to name
+        names = {}
+    return codes.astype(np.int64), names
+
+
 def training_data(members: Sequence, crops, label_sets: Sequence[str], split: torch.Tensor | None = None
                   ) -> TrainingData:
     """Build :class:`TrainingData` from whole-store datasets and their crop bank.
@@ -73,7 +93,11 @@ def training_data(members: Sequence, crops, label_sets: Sequence[str], split: to
 
     specs = [LabelSetSpec(ls.name, ls.version, tuple(ls.names)) for ls in map(label_set, label_sets)]
     columns: dict[str, list[list[np.ndarray]]] = {s.name: [[], [], []] for s in specs}
+    sources, source_names = [], {}
     for member in members:
+        codes, names = source_columns(member.store)
+        sources.append(codes)
+        source_names[member.name] = names
         for spec in specs:
             for part, column in zip(columns[spec.name], label_columns(member.store, spec.name), strict=True):
                 part.append(column)
@@ -89,6 +113,8 @@ def training_data(members: Sequence, crops, label_sets: Sequence[str], split: to
         dataset_names=[m.name for m in members],
         split=split if split is not None else torch.zeros(n, dtype=torch.int64),
         mpp=mpps.pop() if len(mpps) == 1 else None,
+        source_class=torch.from_numpy(np.concatenate(sources)) if sources else None,
+        source_names=source_names,
     )
 
 

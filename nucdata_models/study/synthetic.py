@@ -194,6 +194,7 @@ def make_synthetic_data(
     """
     from nucdata.labels import MERGED_LABEL_SETS, OWN_LABEL_SET, label_set
     from nucdata_models.merge import label_columns
+    from nucdata_models.merge.bridge import source_columns
 
     if channels not in (3, 4):
         raise InvalidArgumentError(f"channels must be 3 or 4, got {channels}")
@@ -231,10 +232,14 @@ def make_synthetic_data(
         provenance[spec.name] = torch.from_numpy(prov)
         truth[spec.name] = torch.from_numpy(the_world.truth_labels(kinds, spec.name).astype(np.int64))
     split = (rng.random(n) < val_fraction).astype(np.int64)
+    sources = {name: source_columns(DrawnNuclei(name, codes[d * per_dataset:(d + 1) * per_dataset]))
+               for d, name in enumerate(datasets)}
     return TrainingData(
         crops=torch.from_numpy(crops), label_sets=specs, labels=labels, candidates=candidates,
         dataset_index=torch.from_numpy(dataset_index), dataset_names=datasets,
         split=torch.from_numpy(split), truth=truth, provenance=provenance,
+        source_class=torch.from_numpy(np.concatenate([sources[name][0] for name in datasets]).astype(np.int64)),
+        source_names={name: sources[name][1] for name in datasets},
     )
 
 

@@ -1,0 +1,200 @@
+"""Diagnosis of the filled labels (issue 20): ambiguous rows, the outside output, stain swaps, stage C.
+
+For each world seed of a preset (the method study's quick settings by default) the
+world is prepared once (:func:`nucdata_models.study.prepare_world`, cached under
+``--cache``), then each arm is trained and scored on the held-out images (split
+``TEST``) with:
+
+* ``ambiguous``: accuracy of the published label of held-out nuclei whose row is
+  ambiguous and whose truth is known (an outside truth counts as right when outside
+  is published), and their count;
+* ``outside_rate_in_set``: share of held-out nuclei whose true class is in the set,
+  not annotated in the set by their own dataset, published as outside;
+* ``outside_recall``: share of held-out nuclei whose true class is outside the set
+  published as outside;
+* ``macro_f1`` / ``accuracy``: the study's endpoint (filled nuclei, class in set);
+* ``stain_swap``: per labelled dataset, the share of its own held-out nuclei that the
+  model predicts as outside in its own set after recolouring its crops with another
+  dataset's stain (:func:`nucdata_models.train.stain_swap_outside_rate`, the world's
+  additive RGB stain difference);
+* ``pseudo_labels``: the rows of ``TrainResult.pseudo_labels`` (stage C).
+
+Arms: ``own-only``, ``nucdata``, ``oracle`` (the study's), and ``nucdata:key=value,...``
+for the nucdata arm with some :class:`~nucdata_models.TrainConfig` fields changed
+(``nucdata:candidate_likelihood=uniform``). Tune only on world seeds 1-20.
+
+    python benchmarks/filled_labels_diagnosis.py --world-seeds 1 2 --arms own-only nucdata oracle --out /tmp/diag
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nucdata.labels import MERGED_LABEL_SETS, OWN_LABEL_SET
+from nucdata_models import TrainConfig
+from nucdata_models.data import AMBIGUOUS, ANNOTATED
+from nucdata_models.fill import fill_labels, filled_nuclei, scored_class
+from nucdata_models.merge import TEST
+from nucdata_models.metrics import classification_metrics
+from nucdata_models.study import DATA_VIEWS, arm_plan, prepare_world
+from nucdata_models.train import CrossTrainer, stain_swap_outside_rate
+
+QUICK = {"scale": 1.0, "crop": 24, "epochs": (4, 2, 2), "batch_size": 64}
+#: (dataset, the dataset whose stain it is recoloured with)
+SWAPS = (("monusac", "consep"), ("pannuke", "consep"), ("consep", "monusac"), ("nucls", "consep"))
+
+
+def _value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def plan_of(arm: str, base: TrainConfig):
+    name, _, rest = arm.partition(":")
+    plan = arm_plan(name, base)
+    if rest:
+        changes = dict(item.split("=", 1) for item in rest.split(","))
+        plan = type(plan)(plan.config.replace(**{k: _value(v) for k, v in changes.items()}), plan.modules,
+                          plan.publish, plan.data, arm)
+    return plan
+
+
+def world_data(seed: int, preset: str, cache: Path | None):
+    path = cache / f"{preset}-{seed}.pt" if cache else None
+    if path is not None and path.is_file():
+        return torch.load(path, weights_only=False)
+    world = prepare_world(seed, preset, QUICK["scale"], QUICK["crop"], 0.1, 0.3, None, MERGED_LABEL_SETS,
+                          say=lambda m: print(m, flush=True), bayes_samples=2000)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(world, path)
+    return world
+
+
+def score(plan, trainer: CrossTrainer, world, result, stains) -> dict[str, Any]:
+    data = world.data
+    preds = trainer.predict(data.crops, modules=plan.modules)
+    test = (data.split == TEST)
+    out: dict[str, Any] = {"sets": {}}
+    for spec in data.label_sets:
+        s = spec.name
+        truth, prov = data.truth[s], data.provenance[s]
+        merged = fill_labels(preds[s].probs, data.labels[s], data.candidates[s], prov, spec.size)
+        label = merged.label if plan.publish == "merged" else preds[s].label
+        amb = test & (prov == AMBIGUOUS) & (truth >= -2)
+        in_set = test & (truth >= 0) & (prov != ANNOTATED)
+        outside = test & (truth == -2)
+        sel = (filled_nuclei(truth, prov, "class_in_set") & test).numpy()
+        m = classification_metrics(truth.numpy()[sel], scored_class(label, spec.size).numpy()[sel], spec.size + 1,
+                                   None, spec.size)
+        out["sets"][s] = {
+            "ambiguous": {"accuracy": float((label[amb] == truth[amb]).float().mean()) if amb.any() else None,
+                          "count": int(amb.sum())},
+            "outside_rate_in_set": float((label[in_set] == -2).float().mean()) if in_set.any() else None,
+            "outside_recall": float((label[outside] == -2).float().mean()) if outside.any() else None,
+            "macro_f1": m["macro_f1"], "accuracy": m["accuracy"], "count": m["count"],
+        }
+    out["stain_swap"] = {}
+    if trainer.config.outside_head:
+        for own, other in SWAPS:
+            if own not in data.dataset_names or other not in stains:
+                continue
+            shift = np.asarray(stains[other]) - np.asarray(stains[own])
+            out["stain_swap"][f"{own}<-{other}"] = stain_swap_outside_rate(
+                trainer, data, own, OWN_LABEL_SET[own], shift, split=TEST, modules=plan.modules)
+            out["stain_swap"][f"{own}<-{own}"] = stain_swap_outside_rate(
+                trainer, data, own, OWN_LABEL_SET[own], np.zeros(3), split=TEST, modules=plan.modules)
+    out["pseudo_labels"] = getattr(result, "pseudo_labels", [])
+    out["transition"] = getattr(result, "transition", {})
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--world", default="hard", choices=("easy", "hard", "noisy"))
+    parser.add_argument("--world-seeds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--train-seeds", type=int, nargs="+", default=[1])
+    parser.add_argument("--arms", nargs="+", default=["own-only", "nucdata", "oracle"])
+    parser.add_argument("--epochs", type=int, nargs=3, default=list(QUICK["epochs"]))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--cache", type=Path, help="keep prepared worlds here (reused by later runs)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from nucdata_models.merge import make_world
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for ws in args.world_seeds:
+        world = world_data(ws, args.world, args.cache)
+        the_world = make_world(ws, args.world)
+        stains = {d: the_world.stain(d) for d in world.data.dataset_names}
+        for ts in args.train_seeds:
+            base = TrainConfig.recipe("nucdata", epochs=dict(zip("ABC", args.epochs, strict=True)),
+                                      batch_size=QUICK["batch_size"], device="cpu", seed=ts, score_truth=False)
+            for arm in args.arms:
+                plan = plan_of(arm, base)
+                start = time.perf_counter()
+                trainer = CrossTrainer(plan.config)
+                result = trainer.fit(DATA_VIEWS[plan.data](world.data))
+                row = {"arm": arm, "world_seed": ws, "train_seed": ts, **score(plan, trainer, world, result, stains),
+                       "seconds": round(time.perf_counter() - start, 1)}
+                runs.append(row)
+                print(f"world {ws} seed {ts} {arm} ({row['seconds']} s):", flush=True)
+                for s, v in row["sets"].items():
+                    a = v["ambiguous"]
+                    acc = "-" if a["accuracy"] is None else f"{a['accuracy']:.3f}"
+                    fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+                    print(f"  {s:8s} amb {acc} (n={a['count']}) out_in_set {fmt(v['outside_rate_in_set'])} "
+                          f"out_recall {fmt(v['outside_recall'])} macroF1 {v['macro_f1']:.3f} acc {v['accuracy']:.3f}",
+                          flush=True)
+                if row["stain_swap"]:
+                    print("  stain swap " + ", ".join(f"{k} {v:.3f}" for k, v in row["stain_swap"].items()),
+                          flush=True)
+                c_rows = [p for p in row["pseudo_labels"] if p.get("stage") == "C"]
+                if c_rows:
+                    offered = sum(p["offered"] for p in c_rows)
+                    passed = sum(p["passed"] for p in c_rows)
+                    print(f"  stage C pseudo labels: offered {offered}, passed {passed}", flush=True)
+    summary = summarise(runs)
+    (args.out / "diagnosis.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                         "runs": runs, "summary": summary}, indent=1))
+    print(json.dumps(summary, indent=1))
+    return summary
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over runs per arm and set of the diagnosis metrics."""
+    out: dict[str, Any] = {}
+    for arm in dict.fromkeys(r["arm"] for r in runs):
+        rows = [r for r in runs if r["arm"] == arm]
+        out[arm] = {}
+        for s in rows[0]["sets"]:
+            def mean(key, sub=None, s=s, rows=rows):
+                vals = [(r["sets"][s][key][sub] if sub else r["sets"][s][key]) for r in rows]
+                vals = [v for v in vals if v is not None]
+                return round(float(np.mean(vals)), 3) if vals else None
+            out[arm][s] = {"ambiguous_accuracy": mean("ambiguous", "accuracy"),
+                           "outside_rate_in_set": mean("outside_rate_in_set"),
+                           "outside_recall": mean("outside_recall"), "macro_f1": mean("macro_f1"),
+                           "accuracy": mean("accuracy")}
+        swaps = {k for r in rows for k in r["stain_swap"]}
+        if swaps:
+            out[arm]["stain_swap"] = {k: round(float(np.mean([r["stain_swap"][k] for r in rows])), 3)
+                                      for k in sorted(swaps)}
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,204 @@
+"""The candidate-set likelihood that knows how a source class spreads over its candidates (issue 20 point 1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nucdata_models import CrossTrainer, TrainConfig
+from nucdata_models.data import AMBIGUOUS, MAPPED, OUTSIDE_LABEL, source_rows
+from nucdata_models.losses import TransitionEstimate, partial_label_loss
+from nucdata_models.study.synthetic import make_synthetic_data
+
+# One source dataset (index 0) writing into a set of three classes plus outside:
+# class 0 is a catch-all ("other"), 1 and 2 are named.
+OTHER, NAMED_A, NAMED_B, OUT = 0, 1, 2, 3
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """Small generated data (40 nuclei per dataset, 16 px): a fit takes well under a second."""
+    return make_synthetic_data(per_dataset=40, size=16, seed=1)
+
+
+def _rows(codes, supports, provenance=None):
+    n = len(codes)
+    targets = torch.tensor(supports, dtype=torch.int64)
+    prov = torch.tensor(provenance or [AMBIGUOUS if bin(t).count("1") > 1 else MAPPED for t in supports],
+                        dtype=torch.int8)
+    return targets, source_rows(targets, prov, torch.zeros(n, dtype=torch.int64), torch.tensor(codes))
+
+
+def test_weights_equal_to_one_give_the_uniform_candidate_loss():
+    torch.manual_seed(0)
+    logits = torch.randn(20, 4)
+    bits = torch.randint(1, 16, (20,))
+    uniform, count = partial_label_loss(logits, bits)
+    ones, _ = partial_label_loss(logits, bits, torch.ones(20, 4))
+    assert torch.allclose(uniform, ones) and int(count) == 20
+
+
+def test_the_gradient_moves_the_model_towards_the_posterior():
+    # d/dz -log sum_c p_c w_c = p - q with q ∝ p w: the catch-all loses mass when its weight is low
+    logits = torch.zeros(1, 4, requires_grad=True)
+    bits = torch.tensor([0b0011])  # {other, named A}
+    w = torch.tensor([[0.25, 1.0, 0.0, 0.0]])
+    loss, _ = partial_label_loss(logits, bits, w)
+    loss.backward()
+    p = torch.full((4,), 0.25)
+    q = torch.tensor([0.25 * 0.25, 0.25, 0, 0]) / (0.25 * 0.25 + 0.25)
+    assert torch.allclose(logits.grad[0], p - q, atol=1e-6)
+    assert float(logits.grad[0, OTHER]) > 0 > float(logits.grad[0, NAMED_A])
+    # the uniform loss leaves the split inside the candidates alone
+    logits.grad = None
+    partial_label_loss(logits, bits)[0].backward()
+    assert float(logits.grad[0, OTHER]) == pytest.approx(float(logits.grad[0, NAMED_A]))
+
+
+def test_the_initial_estimate_is_the_tables_view_and_columns_sum_to_one():
+    # 10 nuclei written "dead" (exact: other), 10 "neoplastic" ({other, named A}), 4 "connective" ({other, B})
+    codes = [3] * 10 + [0] * 10 + [2] * 4
+    supports = [0b0001] * 10 + [0b0011] * 10 + [0b0101] * 4
+    targets, rows = _rows(codes, supports)
+    assert len(rows) == 3 and rows.code.tolist() == [0, 2, 3]
+    t = TransitionEstimate(rows, 4, prior=0.0, train_rows=torch.arange(24))
+    # n[neo] = 5 other + 5 A; n[conn] = 2 other + 2 B; n[dead] = 10 other
+    assert t.counts.tolist() == [[5, 5, 0, 0], [2, 0, 2, 0], [10, 0, 0, 0]]
+    m = t.matrix
+    assert torch.allclose(m[:, OTHER], torch.tensor([5 / 17, 2 / 17, 10 / 17]))
+    assert float(m[0, NAMED_A]) == pytest.approx(1.0) and float(m[1, NAMED_B]) == pytest.approx(1.0)
+    assert torch.allclose(m.sum(0)[:3], torch.ones(3))
+    assert float(m[:, OUT].sum()) == 0  # nothing names outside
+    # off the support the estimate is 0, whatever the counts
+    assert bool((m[candidates_off(rows)] == 0).all())
+
+
+def candidates_off(rows):
+    shifts = torch.arange(4)
+    return ((rows.support[:, None] >> shifts) & 1) == 0
+
+
+def test_em_steps_follow_the_models_posteriors_with_the_prior():
+    codes = [3] * 10 + [0] * 10
+    supports = [0b0001] * 10 + [0b0011] * 10
+    targets, rows = _rows(codes, supports)
+    t = TransitionEstimate(rows, 4, prior=1.0, train_rows=torch.arange(20))
+    # a model sure that the neoplastic nuclei are all "named A"
+    probs = torch.tensor([[1.0, 0, 0, 0]] * 10 + [[0.0, 1.0, 0, 0]] * 10)
+    t.accumulate(torch.arange(20), probs)
+    t.update()
+    assert t.counts.tolist() == [[0, 10, 0, 0], [10, 0, 0, 0]]
+    # T[neo, other] = (0 + 1) / (0 + 1 + 10 + 1); the prior keeps it off 0
+    assert float(t.matrix[0, OTHER]) == pytest.approx(1 / 12)
+    assert float(t.matrix[0, NAMED_A]) == pytest.approx(1.0)
+    # an epoch without counts keeps the estimate
+    before = t.matrix.clone()
+    t.update()
+    assert torch.equal(before, t.matrix)
+
+
+def test_a_catch_all_that_every_row_names_gets_only_its_share():
+    """The collapse of the uniform loss: predicting the catch-all satisfies every ambiguous row.
+
+    Three sources each name {other, their own class}; the truth is never "other" except
+    for an exact source. With the uniform loss a model stuck on "other" pays nothing; with
+    the transition likelihood it pays, and gradient descent leaves the catch-all.
+    """
+    codes = [9] * 30 + [0] * 30 + [1] * 30 + [2] * 30
+    supports = [0b0001] * 30 + [0b0011] * 30 + [0b0101] * 30 + [0b1001] * 30
+    targets, rows = _rows(codes, supports)
+    t = TransitionEstimate(rows, 4, prior=1.0, train_rows=torch.arange(120))
+    logits = torch.tensor([[4.0, 0.0, 0.0, 0.0]]).repeat(120, 1).requires_grad_()
+    optimiser = torch.optim.SGD([logits], lr=50.0)
+    for _ in range(100):
+        idx = torch.arange(120)
+        loss, _ = partial_label_loss(logits, targets, t.weights(idx, targets))
+        t.accumulate(idx, logits.softmax(1))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        t.update()
+    p = logits.softmax(1).detach()
+    assert float(p[30:, OTHER].max()) < 0.2  # the ambiguous rows left the catch-all
+    assert float(p[:30, OTHER].min()) > 0.9  # the exact "other" rows kept it
+    # with the uniform loss the same start stays on the catch-all
+    logits = torch.tensor([[4.0, 0.0, 0.0, 0.0]]).repeat(120, 1).requires_grad_()
+    optimiser = torch.optim.SGD([logits], lr=50.0)
+    for _ in range(100):
+        loss, _ = partial_label_loss(logits, targets)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert float(logits.detach().softmax(1)[30:, OTHER].min()) > 0.9
+
+
+class _Store:
+    """A duck-typed store (``dataset``, ``column``, ``image_columns``) with a tissue per image."""
+
+    def __init__(self, dataset, codes, image, tissue):
+        self.dataset = dataset
+        self._columns = {("nuclei", "label"): np.asarray(codes), ("nuclei", "image"): np.asarray(image),
+                         ("images", "tissue"): np.asarray(tissue)}
+
+    def column(self, table, key):
+        return self._columns[table, key]
+
+    def image_columns(self):
+        return ["tissue"]
+
+
+def test_tissue_conditional_rows_are_sources_of_their_own():
+    from nucdata_models.data import training_targets
+    from nucdata_models.merge import label_columns
+    from nucdata_models.merge.bridge import source_columns
+
+    # PanNuke Neoplastic in a carcinoma tissue (Breast) and elsewhere (Adrenal_gland), under MoNuSAC
+    store = _Store("pannuke", [0, 0, 0, 1], [0, 1, 1, 0], ["Breast", "Adrenal_gland"])
+    labels, candidates, provenance = (torch.from_numpy(c) for c in label_columns(store, "monusac"))
+    codes, names = source_columns(store)
+    assert codes.tolist() == [0, 0, 0, 1] and names[0] == "Neoplastic"
+    targets, _ = training_targets(labels, candidates, provenance, 4)
+    rows = source_rows(targets, provenance, torch.zeros(4, dtype=torch.int64), torch.from_numpy(codes))
+    breast, adrenal = int(rows.row[0]), int(rows.row[1])
+    assert breast != adrenal and int(rows.row[2]) == adrenal  # one code, two rows
+    assert rows.code[breast] == rows.code[adrenal] == 0
+    assert int(rows.support[breast]).bit_count() == 1 and int(rows.support[adrenal]).bit_count() > 1
+    assert int(provenance[3]) in (MAPPED, OUTSIDE_LABEL, AMBIGUOUS)
+
+
+def test_training_writes_the_estimate_and_the_old_loss_stays_a_switch(tiny, config_factory):
+    config = config_factory(epochs={"A": 2, "B": 1, "C": 1}, candidate_likelihood="transition")
+    trainer = CrossTrainer(config)
+    result = trainer.fit(tiny)
+    assert result.transition, "the estimate is reported"
+    for s, per in result.transition.items():
+        for dataset, entry in per.items():
+            m = np.asarray(entry["matrix"])
+            assert m.shape == (len(entry["rows"]), len(entry["columns"]))
+            named = m.sum(0) > 0
+            assert np.allclose(m.sum(0)[named], 1.0, atol=1e-4), (s, dataset)
+            for row, values in zip(entry["rows"], m, strict=True):
+                off = [c for c, name in enumerate(entry["columns"]) if name not in row["candidates"]]
+                assert np.all(values[off] == 0)
+                assert row["source"] and row["nuclei"] >= 0
+    # the ambiguous PanNuke rows under CoNSeP are rows of the estimate, named
+    rows = result.transition["consep"]["pannuke"]["rows"]
+    assert {"Neoplastic", "Connective"} <= {r["source"] for r in rows}
+    weights = trainer.candidate_weights(tiny)
+    assert weights["consep"].shape == (len(tiny), 8) and float(weights["consep"].max()) == pytest.approx(1.0)
+    # the old loss: no estimate, and the same run as before the switch existed
+    uniform = CrossTrainer(config.replace(candidate_likelihood="uniform")).fit(tiny)
+    assert uniform.transition == {}
+    assert TrainConfig().candidate_likelihood in ("transition", "uniform")
+
+
+def test_a_resumed_stage_continues_from_its_estimate(tiny, config_factory, tmp_path):
+    config = config_factory(epochs={"A": 2, "B": 0, "C": 0}, candidate_likelihood="transition")
+    first = CrossTrainer(config)
+    first.fit(tiny, workdir=tmp_path)
+    again = CrossTrainer(config)
+    result = again.fit(tiny, workdir=tmp_path)
+    assert "A" in result.reused
+    for s, t in first.transitions.items():
+        assert torch.equal(t.matrix, again.transitions[s].matrix)
