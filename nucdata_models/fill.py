@@ -13,9 +13,15 @@ source                    merged label
 ``predicted``             the model's prediction (-2 when an outside output wins)
 ========================  ===============================================================
 
-The probability beside a merged label is the model's probability of that label
-(of the outside output for -2; NaN when the label is -2 and the model has no outside
-output). The model's own, unrestricted prediction is kept beside it in every case.
+The probability beside a merged label is the model's probability of that label, after
+the calibration passed in (``temperature``: :mod:`.calibration` fits it): for an
+``ambiguous-resolved`` label it is renormalised over the row's candidates (the
+probability of the label *given* the candidate set the table says the nucleus is in);
+for ``annotated`` and ``mapped`` labels it is the model's calibrated probability of the
+label the annotation or table gives (how much the model agrees); for -2 it is that of the
+outside output (NaN when the model has none). The model's own, unrestricted prediction
+and its calibrated probability are kept beside it in every case, and
+:func:`published_fields` gives fields 2 and 3 of the published pickle.
 
 Where the truth is known (generated data), :func:`score_filled` is the one way filled
 labels are scored, on the nuclei :func:`filled_nuclei` selects.
@@ -41,8 +47,8 @@ from nucdata_models.data import (
 )
 from nucdata_models.metrics import classification_metrics
 
-__all__ = ["FILLED_SELECTIONS", "PROVENANCE", "FilledLabels", "fill_labels", "filled_nuclei", "score_filled",
-           "scored_class"]
+__all__ = ["FILLED_SELECTIONS", "PROVENANCE", "FilledLabels", "fill_labels", "filled_nuclei", "published_fields",
+           "score_filled", "scored_class", "temperature_scale"]
 
 #: The nuclei a filled-label score counts (:func:`filled_nuclei`): always those their
 #: own dataset did not annotate in the set, whose truth is known, and then:
@@ -63,19 +69,65 @@ class FilledLabels:
     label
         int64 ``(N,)``: class id, or -2 outside the set.
     probability
-        float32 ``(N,)``: the model's probability of ``label``.
+        float32 ``(N,)``: the (calibrated) probability of ``label``; renormalised over
+        the candidates for ``ambiguous-resolved`` labels.
     source
         int8 ``(N,)``: index into :data:`PROVENANCE`.
+    predicted
+        int64 ``(N,)``: the model's own, unrestricted prediction (-2 where the outside
+        output wins); ``None`` when not computed.
+    predicted_probability
+        float32 ``(N,)``: its (calibrated) probability; ``None`` when not computed.
     """
 
     label: torch.Tensor
     probability: torch.Tensor
     source: torch.Tensor
+    predicted: torch.Tensor | None = None
+    predicted_probability: torch.Tensor | None = None
+
+    def subset(self, rows: slice | torch.Tensor) -> FilledLabels:
+        """The same labels for the nuclei ``rows`` only."""
+        return FilledLabels(*(None if t is None else t[rows] for t in
+                              (self.label, self.probability, self.source, self.predicted,
+                               self.predicted_probability)))
+
+
+def temperature_scale(probs: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
+    """Temperature scaling of probabilities: ``softmax(log p / T)`` per row.
+
+    The published probabilities are the mean of two modules' softmaxes, not one softmax
+    of logits, so the temperature acts on their logarithm (the logits of the published
+    distribution, up to a constant per row) and the result is renormalised. ``T > 1``
+    softens, ``T < 1`` sharpens; the order of the classes, hence every argmax and every
+    label, is unchanged.
+
+    Parameters
+    ----------
+    probs
+        ``(N, K)`` probabilities (the outside column included where the model has one).
+    temperature
+        A positive float, or one per row ``(N,)``.
+    """
+    t = torch.as_tensor(temperature, dtype=torch.float64)
+    if t.ndim == 0 and float(t) == 1.0:
+        return probs
+    if not bool((t > 0).all()) or not bool(torch.isfinite(t).all()):
+        raise InvalidArgumentError(f"temperature must be positive and finite, got {t.flatten()[:5].tolist()}; "
+                                   "fit it with nucdata_models.calibration.fit_temperature")
+    if t.ndim == 1:
+        if t.shape[0] != probs.shape[0]:
+            raise InvalidArgumentError(f"temperature has {t.shape[0]} entries for {probs.shape[0]} rows; pass one "
+                                       "per row or one float")
+        t = t[:, None]
+    log_p = probs.double().clamp_min(1e-300).log()
+    return (log_p / t).softmax(1).to(probs.dtype)
 
 
 def fill_labels(probs: torch.Tensor, labels: torch.Tensor, candidates: torch.Tensor,
-                provenance: torch.Tensor, size: int) -> FilledLabels:
-    """Choose the merged label of every nucleus under one set.
+                provenance: torch.Tensor, size: int,
+                temperature: float | torch.Tensor | None = None) -> FilledLabels:
+    """Choose the merged label of every nucleus under one set, with its probability.
 
     Parameters
     ----------
@@ -86,16 +138,24 @@ def fill_labels(probs: torch.Tensor, labels: torch.Tensor, candidates: torch.Ten
         The set's columns of :class:`.data.TrainingData`.
     size
         The set's number of classes.
+    temperature
+        The calibration (:func:`temperature_scale`): a float or one per nucleus, as
+        :meth:`.calibration.Calibration.temperatures` gives; ``None``: the model's
+        probabilities as they are. Labels never depend on it.
     """
+    if temperature is not None:
+        probs = temperature_scale(probs, temperature)
     outputs = probs.shape[1]
     has_outside = outputs == size + 1
 
     def as_label(index: torch.Tensor) -> torch.Tensor:
         return torch.where(index == size, torch.full_like(index, OUTSIDE), index)
 
-    predicted = as_label(probs.argmax(1))
+    top, top_index = probs.max(1)
+    predicted = as_label(top_index)
     allowed = candidates if has_outside else candidates & ((1 << size) - 1)
-    restricted = probs.masked_fill(~candidate_mask(allowed, outputs), -1.0).argmax(1)
+    allowed_mask = candidate_mask(allowed, outputs)
+    restricted = probs.masked_fill(~allowed_mask, -1.0).argmax(1)
     resolved = torch.where(allowed != 0, as_label(restricted), predicted)
 
     label = predicted.clone()
@@ -104,18 +164,42 @@ def fill_labels(probs: torch.Tensor, labels: torch.Tensor, candidates: torch.Ten
         take = provenance == code
         label = torch.where(take, labels, label)
         source[take] = PROVENANCE.index(name)
-    take = provenance == AMBIGUOUS
-    label = torch.where(take, resolved, label)
-    source[take] = PROVENANCE.index("ambiguous-resolved")
+    ambiguous = provenance == AMBIGUOUS
+    label = torch.where(ambiguous, resolved, label)
+    source[ambiguous] = PROVENANCE.index("ambiguous-resolved")
     take = provenance == OUTSIDE_LABEL
     label = torch.where(take, torch.full_like(label, OUTSIDE), label)
     source[take] = PROVENANCE.index("outside")
 
     column = scored_class(label, size)
     probability = probs.gather(1, column.clamp_max(outputs - 1)[:, None])[:, 0].float()
+    # an ambiguous-resolved label: its probability given the row's candidate set
+    mass = (probs.float() * allowed_mask).sum(1)
+    share = torch.where(mass > 0, probability / mass.clamp_min(torch.finfo(torch.float32).tiny),
+                        1.0 / allowed_mask.sum(1).clamp_min(1))
+    probability = torch.where(ambiguous & (allowed != 0), share.clamp_max(1.0), probability)
     if not has_outside:
         probability = torch.where(label == OUTSIDE, torch.full_like(probability, float("nan")), probability)
-    return FilledLabels(label, probability, source)
+    return FilledLabels(label, probability, source, predicted, top.float())
+
+
+def published_fields(filled: FilledLabels) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fields 2 and 3 of the published pickle: a label and its calibrated probability.
+
+    The model's own prediction, except where the nucleus's annotation decides the
+    candidate set (``ambiguous-resolved``: the best candidate, its probability
+    renormalised over the candidates) or says outside (-2, the outside output's
+    probability). Annotated and mapped nuclei carry the model's prediction too: their
+    annotation or mapped class is field 4 (or the merged store's ``label``), never
+    field 2.
+    """
+    if filled.predicted is None or filled.predicted_probability is None:
+        raise InvalidArgumentError("published_fields: these FilledLabels carry no prediction; make them with "
+                                   "fill_labels")
+    decided = ((filled.source == PROVENANCE.index("ambiguous-resolved"))
+               | (filled.source == PROVENANCE.index("outside")))
+    return (torch.where(decided, filled.label, filled.predicted),
+            torch.where(decided, filled.probability, filled.predicted_probability))
 
 
 def scored_class(label: torch.Tensor, size: int) -> torch.Tensor:

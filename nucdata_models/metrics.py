@@ -4,7 +4,12 @@ The one home of these definitions: F1 per class, macro F1 and accuracy are compu
 from confusion matrices here (:func:`f1_from_confusion`, :func:`macro_f1_from_confusion`,
 :func:`accuracy_from_confusion`, vectorised over leading axes, so the method study's
 bootstrap uses them on thousands of resampled matrices at once), and everything else
-(:func:`classification_metrics`, the study) calls them.
+(:func:`classification_metrics`, the study) calls them. Calibration likewise: the
+top-label expected calibration error over 15 equal-width bins: one binning
+(:func:`confidence_bin`), tallies per bin that a bootstrap can add up
+(:func:`calibration_tally`), the ECE of tallies (:func:`ece_from_tally`), and from them
+:func:`expected_calibration_error` and :func:`reliability_bins` (what reliability
+diagrams draw).
 
 Weighted F1 weighs each class's F1 by its **true** count (support), as
 ``sklearn.metrics.f1_score(y_true, y_pred, average="weighted")`` does. The reference
@@ -18,9 +23,9 @@ import numpy as np
 
 from nucdata.errors import InvalidArgumentError
 
-__all__ = ["ECE_BINS", "accuracy_from_confusion", "classification_metrics", "confusion_matrix",
-           "expected_calibration_error", "f1_from_confusion", "macro_f1_from_confusion", "per_class_f1",
-           "reliability_bins"]
+__all__ = ["ECE_BINS", "accuracy_from_confusion", "calibration_tally", "classification_metrics", "confidence_bin",
+           "confusion_matrix", "ece_from_tally", "expected_calibration_error", "f1_from_confusion",
+           "macro_f1_from_confusion", "per_class_f1", "reliability_bins"]
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -92,21 +97,90 @@ def per_class_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.n
 ECE_BINS = 15
 
 
-def reliability_bins(correct: np.ndarray, confidence: np.ndarray, bins: int = ECE_BINS) -> dict[str, np.ndarray]:
-    """Counts, mean confidence and accuracy per equal-width confidence bin: a reliability diagram.
+def confidence_bin(confidence: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
+    """The equal-width bin of each confidence: int64 ``floor(c * bins)`` (1.0 in the last bin), -1 if not finite.
 
-    The one binning of calibration: :func:`expected_calibration_error` is computed from it.
-    A confidence ``c`` falls in bin ``floor(c * bins)`` (1.0 in the last bin); NaN
-    confidences are left out.
+    The one binning of calibration in nucdata_models: :func:`calibration_tally`,
+    :func:`reliability_bins` and :func:`expected_calibration_error` use it. Confidences
+    are clipped to [0, 1] first.
+    """
+    if int(bins) < 1:
+        raise InvalidArgumentError(f"confidence bins={bins}: pass at least one bin (the default is {ECE_BINS})")
+    c = np.asarray(confidence, np.float64)
+    finite = np.isfinite(c)
+    clipped_confidence = np.clip(np.where(finite, c, 0.0), 0.0, 1.0)
+    index = np.minimum((clipped_confidence * bins).astype(np.int64), bins - 1)
+    return np.where(finite, index, -1)
+
+
+def calibration_tally(correct: np.ndarray, confidence: np.ndarray, bins: int = ECE_BINS,
+                      group: np.ndarray | None = None, n_groups: int | None = None) -> np.ndarray:
+    """Per equal-width confidence bin: count, sum of confidence, number correct.
+
+    Sums of tallies are tallies, so a bootstrap can resample groups (images, seeds) and
+    add their tallies; :func:`ece_from_tally` then gives the ECE of every draw at once.
 
     Parameters
     ----------
     correct
         Boolean ``(N,)``: was the label right.
     confidence
-        ``(N,)``: the probability given to that label, clipped to [0, 1].
+        ``(N,)``: the probability given to that label; non-finite entries are left out.
     bins
-        Number of equal-width bins on [0, 1].
+        Number of equal-width bins (:func:`confidence_bin`).
+    group, n_groups
+        Optional int64 ``(N,)`` group of each entry in ``[0, n_groups)``: one tally per group.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 ``(bins, 3)``, or ``(n_groups, bins, 3)`` with ``group``.
+    """
+    correct = np.asarray(correct, bool).ravel()
+    confidence = np.asarray(confidence, np.float64).ravel()
+    if correct.shape != confidence.shape:
+        raise InvalidArgumentError(f"correct and confidence differ in shape: {correct.shape} vs {confidence.shape}; "
+                                   "pass one confidence per scored label")
+    which = confidence_bin(confidence, bins)
+    keep = which >= 0
+    groups = 1
+    if group is not None:
+        group = np.asarray(group, np.int64).ravel()
+        if group.shape != correct.shape or n_groups is None or (group.size and (group.min() < 0
+                                                                                  or group.max() >= n_groups)):
+            raise InvalidArgumentError(f"calibration_tally: group must be one id in [0, n_groups) per entry "
+                                       f"(got shape {group.shape}, n_groups={n_groups})")
+        groups = int(n_groups)
+        which = group * bins + which
+    which, c, hit = which[keep], np.clip(confidence[keep], 0.0, 1.0), correct[keep].astype(np.float64)
+    size = groups * bins
+    out = np.stack([np.bincount(which, minlength=size), np.bincount(which, weights=c, minlength=size),
+                    np.bincount(which, weights=hit, minlength=size)], -1).astype(np.float64)
+    return out.reshape(groups, bins, 3) if group is not None else out
+
+
+def ece_from_tally(tally: np.ndarray) -> np.ndarray:
+    """Top-label ECE of ``(..., bins, 3)`` tallies (:func:`calibration_tally`): ``sum_b |correct_b - conf_b| / N``.
+
+    Vectorised over leading axes; NaN where nothing is counted.
+    """
+    t = np.asarray(tally, np.float64)
+    total = t[..., 0].sum(-1)
+    gap = np.abs(t[..., 2] - t[..., 1]).sum(-1)
+    return np.divide(gap, total, out=np.full(np.shape(total), np.nan), where=total > 0)
+
+
+def reliability_bins(correct: np.ndarray, confidence: np.ndarray, bins: int = ECE_BINS) -> dict[str, np.ndarray]:
+    """Counts, mean confidence and accuracy per equal-width confidence bin: a reliability diagram.
+
+    Parameters
+    ----------
+    correct
+        Boolean ``(N,)``: was the label right.
+    confidence
+        ``(N,)``: the probability given to that label (non-finite: left out).
+    bins
+        Number of equal-width bins on [0, 1] (:func:`confidence_bin`).
 
     Returns
     -------
@@ -114,38 +188,28 @@ def reliability_bins(correct: np.ndarray, confidence: np.ndarray, bins: int = EC
         ``edges`` ``(bins + 1,)``; per bin ``count`` (int64), ``confidence`` (mean
         confidence) and ``accuracy`` (share correct), NaN for an empty bin.
     """
-    if int(bins) < 1:
-        raise InvalidArgumentError(f"reliability_bins(bins={bins}): pass at least one bin (the default is {ECE_BINS})")
-    correct = np.asarray(correct, bool).ravel()
-    confidence = np.asarray(confidence, np.float64).ravel()
-    if correct.shape != confidence.shape:
-        raise InvalidArgumentError(f"correct and confidence differ in shape: {correct.shape} vs {confidence.shape}; "
-                                   "pass one confidence per scored label")
-    keep = ~np.isnan(confidence)
-    correct, confidence = correct[keep], np.clip(confidence[keep], 0.0, 1.0)
-    which = np.minimum((confidence * bins).astype(np.int64), bins - 1)
-    count = np.bincount(which, minlength=bins)
-    hits = np.bincount(which, weights=correct.astype(np.float64), minlength=bins)
-    sure = np.bincount(which, weights=confidence, minlength=bins)
-    return {"edges": np.linspace(0.0, 1.0, bins + 1), "count": count,
-            "confidence": np.divide(sure, count, out=np.full(bins, np.nan), where=count > 0),
-            "accuracy": np.divide(hits, count, out=np.full(bins, np.nan), where=count > 0)}
+    tally = calibration_tally(correct, confidence, bins)
+    count = tally[:, 0]
+    return {"edges": np.linspace(0.0, 1.0, bins + 1), "count": count.astype(np.int64),
+            "confidence": np.divide(tally[:, 1], count, out=np.full(bins, np.nan), where=count > 0),
+            "accuracy": np.divide(tally[:, 2], count, out=np.full(bins, np.nan), where=count > 0)}
 
 
 def expected_calibration_error(correct: np.ndarray, confidence: np.ndarray, bins: int = ECE_BINS) -> float:
     """Top-label expected calibration error over 15 equal-width bins (the one definition in nucdata_models).
 
     ``sum_b (n_b / N) |accuracy_b - confidence_b|`` over the bins of
-    :func:`reliability_bins`. *Top-label*: each nucleus contributes one label, the one
-    that is published or predicted, and the probability given to it (not every class's
-    probability, as in classwise ECE).
+    :func:`confidence_bin` (:func:`ece_from_tally` of :func:`calibration_tally`).
+    *Top-label*: each nucleus contributes one label, the one that is published or
+    predicted, and the probability given to it (not every class's probability, as in
+    classwise ECE).
 
     Parameters
     ----------
     correct
         Boolean ``(N,)``: was the prediction right.
     confidence
-        ``(N,)`` the probability the model gave its prediction (NaN: left out).
+        ``(N,)`` the probability the model gave its prediction (non-finite: left out).
     bins
         Number of equal-width confidence bins on [0, 1].
 
@@ -154,13 +218,7 @@ def expected_calibration_error(correct: np.ndarray, confidence: np.ndarray, bins
     float
         NaN when nothing is scored.
     """
-    table = reliability_bins(correct, confidence, bins)
-    count = table["count"]
-    total = int(count.sum())
-    if total == 0:
-        return float("nan")
-    gap = np.abs(np.nan_to_num(table["accuracy"]) - np.nan_to_num(table["confidence"]))
-    return float((gap * count).sum() / total)
+    return float(ece_from_tally(calibration_tally(correct, confidence, bins)))
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int,

@@ -1,8 +1,9 @@
 """``build-merged``: every nucleus of every dataset labelled under every label set.
 
 The orchestration only: prepare the datasets, split them by groups (duplicates found),
-cut the crops, train (or load ``--checkpoint``), fill every label, and publish the
-output folder atomically. The output's format lives in :mod:`nucdata.store`; the
+cut the crops, train (or load ``--checkpoint``), calibrate the published probability
+(:mod:`nucdata_models.calibration`, fitted on the validation split after training and
+stored in ``model.json``), fill every label, and publish the output folder atomically. The output's format lives in :mod:`nucdata.store`; the
 report in :mod:`.report`; the demo world's scoring in :mod:`.demo_eval`.
 
 Safety: the output folder is written only when it is missing, empty, or a previous
@@ -29,8 +30,9 @@ import torch
 
 from nucdata.errors import OutputFolderError
 from nucdata.labels import MERGED_LABEL_SETS
+from nucdata_models.calibration import Calibration, calibrated_fill, calibration_scores
 from nucdata_models.data import ANNOTATED, MAPPED, OUTSIDE_LABEL
-from nucdata_models.fill import PROVENANCE, fill_labels
+from nucdata_models.fill import FilledLabels, fill_labels, published_fields
 from nucdata_models.merge.defaults import (
     ALL_DATASETS,
     DEMO_EPOCHS,
@@ -38,7 +40,7 @@ from nucdata_models.merge.defaults import (
     RECIPE_CROP_SIZE,
 )
 from nucdata_models.merge.splits import TEST, TRAIN, grouped_split
-from nucdata_models.train import CrossTrainer, Predictions, TrainConfig
+from nucdata_models.train import CrossTrainer, TrainConfig
 
 __all__ = ["BuildOptions", "OutputFolderError", "build_merged", "work_dir"]
 
@@ -211,15 +213,28 @@ def _build(options: BuildOptions, out: Path, work: Path, say: Callable[[str], No
     timings["predict"] = time.perf_counter() - start
     say(f"predicted {len(data):,} nuclei under {len(data.label_sets)} label sets in {timings['predict']:.1f} s")
 
+    start = time.perf_counter()
+    calibration = _stored_calibration(trainer, options, say)
+    filled, calibration = calibrated_fill(predictions, data, calibration)
+    uncalibrated = {s.name: fill_labels(predictions[s.name].probs, data.labels[s.name], data.candidates[s.name],
+                                        data.provenance[s.name], s.size) for s in data.label_sets}
+    calibration_report = {**calibration.to_dict(), "scores": calibration_scores(data, filled, uncalibrated, TEST)}
+    timings["calibrate"] = time.perf_counter() - start
+    for s, per_set in calibration_report["scores"].items():
+        head = per_set["groups"].get("filled" if per_set["scored_against"] == "truth" else "mapped")
+        if head:
+            say(f"calibration: {s}: held-out ECE {head['ece_uncalibrated']:.3f} -> {head['ece']:.3f} "
+                f"({head['count']} nuclei)")
+
     demo_scores = None
     if options.demo:
         from nucdata_models.merge.demo_eval import score_demo
 
-        demo_scores = score_demo(data, predictions, trainer, say)
+        demo_scores = score_demo(data, predictions, trainer, say, filled)
 
     from nucdata._util.atomic import discard, staging_dir, swap_dir
     from nucdata.store import write_marker
-    from nucdata_models.merge.report import make_report, render_report
+    from nucdata_models.merge.report import make_report, render_report, write_reliability_diagrams
 
     tmp = staging_dir(out)
     try:
@@ -227,10 +242,13 @@ def _build(options: BuildOptions, out: Path, work: Path, say: Callable[[str], No
         offsets = np.concatenate([[0], np.cumsum([m.store.n_nuclei for m in members])])
         for d, member in enumerate(members):
             rows = slice(int(offsets[d]), int(offsets[d + 1]))
-            write_dataset(tmp, member, data, predictions, rows, options, say)
+            write_dataset(tmp, member, data, filled, rows, options, say)
             fault_point("build-merged:dataset-written")
-        trainer.save(tmp / "model.pt", extra={"datasets": names, "recipe": options.recipe})
-        report = make_report(options, names, data, result, trainer, timings, demo_scores, groups)
+        trainer.save(tmp / "model.pt", extra={"datasets": names, "recipe": options.recipe,
+                                               "calibration": calibration.to_dict()})
+        calibration_report["diagrams"] = write_reliability_diagrams(tmp, calibration_report["scores"])
+        report = make_report(options, names, data, result, trainer, timings, demo_scores, groups,
+                             calibration=calibration_report)
         from nucdata._util.atomic import atomic_write_json, atomic_write_text
 
         atomic_write_json(tmp / "report.json", report)
@@ -245,9 +263,25 @@ def _build(options: BuildOptions, out: Path, work: Path, say: Callable[[str], No
     return report
 
 
-def write_dataset(folder: Path, member, data, predictions: Predictions, rows: slice, options: BuildOptions,
-                  say: Callable[[str], None]) -> None:
-    """Pickles, merged columns, the linked store and overlays of one dataset."""
+def _stored_calibration(trainer: CrossTrainer, options: BuildOptions, say: Callable[[str], None]
+                        ) -> Calibration | None:
+    """A ``--checkpoint``'s calibration (``model.json``'s ``calibration``); ``None``: fit one now."""
+    stored = (getattr(trainer, "meta", None) or {}).get("calibration") if options.checkpoint is not None else None
+    if stored is None:
+        if options.checkpoint is not None:
+            say(f"{options.checkpoint}: no calibration stored; fitting one on this run's validation split")
+        return None
+    say(f"using the calibration stored with {options.checkpoint}")
+    return Calibration.from_dict(stored, where=f"{options.checkpoint}: calibration")
+
+
+def write_dataset(folder: Path, member, data, filled: dict[str, FilledLabels], rows: slice,
+                  options: BuildOptions, say: Callable[[str], None]) -> None:
+    """Pickles, merged columns, the linked store and overlays of one dataset (``rows`` of ``data``).
+
+    ``filled`` holds, per label set, the calibrated merged labels of every nucleus
+    (:func:`nucdata_models.calibration.calibrated_fill`).
+    """
     from nucdata._util.paths import check_name
     from nucdata.dataset import NucleusDataset
     from nucdata.exports import write_overlays
@@ -271,23 +305,20 @@ def write_dataset(folder: Path, member, data, predictions: Predictions, rows: sl
     image_names = [str(n) for n in np.asarray(store.column("images", "name"))]
     for spec in data.label_sets:
         s = spec.name
-        pred = predictions[s]
-        probs = pred.probs[rows]
-        labels, cands, prov = data.labels[s][rows], data.candidates[s][rows], data.provenance[s][rows]
-        filled = fill_labels(probs, labels, cands, prov, spec.size)
+        f = filled[s].subset(rows)
+        labels, prov = data.labels[s][rows], data.provenance[s][rows]
         truthful = prov == ANNOTATED
         if options.mapped_as_truth:
             truthful |= prov == MAPPED
         annotation = torch.where(truthful, labels, torch.full_like(labels, -1))
         annotation = torch.where(prov == OUTSIDE_LABEL, torch.full_like(labels, -2), annotation)
-        # Field 2: the model's own label, except where the annotation decides the
-        # candidate set (ambiguous: the best candidate) or says outside (-2).
-        decided = (filled.source == PROVENANCE.index("ambiguous-resolved")) | (filled.source == PROVENANCE.index("outside"))
-        field_label = torch.where(decided, filled.label, pred.label[rows])
-        field_prob = torch.where(decided, filled.probability, pred.probability[rows])
-        columns = {"label": filled.label.numpy(), "probability": filled.probability.numpy(),
-                   "source": filled.source.numpy(), "predicted": pred.label[rows].numpy(),
-                   "predicted_probability": pred.probability[rows].numpy(), "annotation": annotation.numpy()}
+        # Fields 2 and 3: the model's own label and its calibrated probability, except where
+        # the annotation decides the candidate set (ambiguous: the best candidate, renormalised)
+        # or says outside (-2).
+        field_label, field_prob = published_fields(f)
+        columns = {"label": f.label.numpy(), "probability": f.probability.numpy(),
+                   "source": f.source.numpy(), "predicted": f.predicted.numpy(),
+                   "predicted_probability": f.predicted_probability.numpy(), "annotation": annotation.numpy()}
         write_merged_labels(folder, member.name, s, columns)
         write_published_pickle(folder / s / f"{member.name}.pkl", image_names, image_of, centroids,
                                field_label.numpy(), field_prob.numpy(), annotation.numpy())

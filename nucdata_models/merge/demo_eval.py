@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from nucdata_models.fill import fill_labels, score_filled
+from nucdata_models.fill import FilledLabels, fill_labels, score_filled
 from nucdata_models.merge.defaults import ALL_DATASETS
 from nucdata_models.merge.splits import TEST, TRAIN
 from nucdata_models.train import STAGES, CrossTrainer, Predictions
@@ -97,22 +97,29 @@ def baseline_config(trainer: CrossTrainer):
                           epochs={"A": sum(config.epochs[s] for s in STAGES), "B": 0, "C": 0})
 
 
-def score_demo(data, predictions: Predictions, trainer: CrossTrainer, say: Callable[[str], None]) -> dict[str, Any]:
+def score_demo(data, predictions: Predictions, trainer: CrossTrainer, say: Callable[[str], None],
+               filled: dict[str, FilledLabels] | None = None) -> dict[str, Any]:
     """Filled-label metrics of the method and of the own-dataset baseline, held out and in training.
 
     Three rows per label set and split: ``merged`` (the published merged label: mapping
     tables where they decide, the model elsewhere), ``model`` (the method's own
-    prediction, no tables) and ``baseline``.
+    prediction, no tables) and ``baseline``. ``filled``: the calibrated merged labels
+    (:func:`nucdata_models.calibration.calibrated_fill`), whose probabilities the
+    ``merged`` and ``model`` rows' ``ece`` score; without it, the model's uncalibrated
+    probabilities. The calibration of the published probability, per provenance, is
+    :func:`nucdata_models.calibration.calibration_scores` (the report's ``calibration``).
     """
     say("demo: training the baseline (each label set from its own dataset's annotations, equal steps)")
     baseline = CrossTrainer(baseline_config(trainer))
     baseline.fit(data)
     base_pred = baseline.predict(data.crops, modules="base")
-    merged = {s.name: fill_labels(predictions[s.name].probs, data.labels[s.name], data.candidates[s.name],
-                                  data.provenance[s.name], s.size) for s in data.label_sets}
+    merged = filled if filled is not None else {
+        s.name: fill_labels(predictions[s.name].probs, data.labels[s.name], data.candidates[s.name],
+                            data.provenance[s.name], s.size) for s in data.label_sets}
     rows = {
         "merged": ({k: v.label for k, v in merged.items()}, {k: v.probability for k, v in merged.items()}),
-        "model": ({k: v.label for k, v in predictions.items()}, {k: v.probability for k, v in predictions.items()}),
+        "model": ({k: v.predicted for k, v in merged.items()},
+                  {k: v.predicted_probability for k, v in merged.items()}),
         "baseline": ({k: v.label for k, v in base_pred.items()}, {k: v.probability for k, v in base_pred.items()}),
     }
     scores: dict[str, Any] = {"baseline_steps": "equal: stage A for "

@@ -1,8 +1,14 @@
-"""build-merged's report: what was trained on, how it was split, and every metric, as JSON and markdown."""
+"""build-merged's report: what was trained on, how it was split, and every metric, as JSON and markdown.
+
+Reliability diagrams of the published probability are drawn with Pillow (a dependency
+of nucdata), so every build has them, without matplotlib.
+"""
 
 from __future__ import annotations
 
+import io
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,7 +16,8 @@ import numpy as np
 from nucdata_models.data import PROVENANCE_NAMES
 from nucdata_models.train import RECIPE_DIFFERENCES
 
-__all__ = ["make_report", "render_recipe_table", "render_report"]
+__all__ = ["CALIBRATION_GROUPS", "make_report", "render_recipe_table", "render_report",
+           "write_reliability_diagrams"]
 
 
 def _fmt(x: Any) -> str:
@@ -32,8 +39,14 @@ def render_recipe_table() -> str:
     return "\n".join(lines)
 
 
-def make_report(options, names, data, result, trainer, timings, demo_scores, groups) -> dict[str, Any]:
-    """Everything worth keeping about one build, JSON-ready."""
+def make_report(options, names, data, result, trainer, timings, demo_scores, groups,
+                calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything worth keeping about one build, JSON-ready.
+
+    ``calibration``: the calibration applied (:meth:`nucdata_models.calibration.Calibration.to_dict`)
+    with its held-out ``scores`` (:func:`nucdata_models.calibration.calibration_scores`)
+    and the ``diagrams`` written (:func:`write_reliability_diagrams`).
+    """
     provenance = {s: {PROVENANCE_NAMES[c]: int((data.provenance[s] == c).sum()) for c in range(len(PROVENANCE_NAMES))}
                   for s in data.names}
     report: dict[str, Any] = {
@@ -58,9 +71,144 @@ def make_report(options, names, data, result, trainer, timings, demo_scores, gro
             stage: float(np.median([r["nuclei_per_s"] for r in result.history if r["stage"] == stage] or [0.0]))
             for stage in ("A", "B", "C")
         }
+    if calibration is not None:
+        report["calibration"] = calibration
     if demo_scores is not None:
         report["demo_truth"] = demo_scores
     return report
+
+
+#: Groups of a reliability diagram, in drawing order: every filled label, then by provenance.
+CALIBRATION_GROUPS = ("filled", "predicted", "ambiguous-resolved", "outside", "mapped", "annotated")
+_PANEL, _PLOT, _MARGIN = 250, 190, 40
+_CALIBRATED, _BEFORE, _GRID = (45, 105, 190), (230, 120, 30), (215, 215, 215)
+
+
+def _headline(per_set: dict[str, Any]) -> str | None:
+    """The group a set's one-line reading is about: filled labels (truth known), else mapped, else annotated."""
+    groups = per_set.get("groups", {})
+    for name in ("filled", "mapped", "annotated"):
+        if name in groups:
+            return name
+    return next(iter(groups), None)
+
+
+def _draw_panel(draw, x0: int, y0: int, name: str, score: dict[str, Any]) -> None:
+    left, top = x0 + _MARGIN, y0 + 30
+    bottom, right = top + _PLOT, left + _PLOT
+
+    def at(conf: float, acc: float) -> tuple[float, float]:
+        return left + conf * _PLOT, bottom - acc * _PLOT
+
+    for tick in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
+        draw.line([at(tick, 0), at(tick, 1)], fill=_GRID)
+        draw.line([at(0, tick), at(1, tick)], fill=_GRID)
+    for tick in (0.0, 0.5, 1.0):
+        draw.text((at(tick, 0)[0] - 6, bottom + 3), f"{tick:g}", fill=(0, 0, 0))
+        draw.text((left - 18, at(0, tick)[1] - 6), f"{tick:g}", fill=(0, 0, 0))
+    for b in score["bins"]:
+        if b["count"]:
+            draw.rectangle([at(b["lower"], b["accuracy"]), at(b["upper"], 0)], fill=_CALIBRATED,
+                           outline=(255, 255, 255))
+    draw.line([at(0, 0), at(1, 1)], fill=(90, 90, 90), width=1)
+    for b in score.get("bins_uncalibrated", []):
+        if b["count"]:
+            x, y = at(b["confidence"], b["accuracy"])
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=_BEFORE)
+    draw.rectangle([left, top, right, bottom], outline=(0, 0, 0))
+    before = score.get("ece_uncalibrated")
+    ece = f"ECE {before:.3f} -> {score['ece']:.3f}" if before is not None else f"ECE {score['ece']:.3f}"
+    draw.text((x0 + 6, y0 + 2), f"{name} (n={score['count']:,})", fill=(0, 0, 0))
+    draw.text((x0 + 6, y0 + 15), ece, fill=(0, 0, 0))
+    draw.text((left + _PLOT // 2 - 28, bottom + 14), "confidence", fill=(0, 0, 0))
+
+
+def write_reliability_diagrams(folder: str | Path, scores: dict[str, Any]) -> dict[str, str]:
+    """One PNG per label set under ``folder/calibration/``: a reliability diagram per group.
+
+    Bars: accuracy per equal-width bin of the calibrated probability (the published
+    one); dots: (mean confidence, accuracy) per bin before calibration; the diagonal
+    is perfect calibration.
+
+    Parameters
+    ----------
+    folder
+        The output folder.
+    scores
+        :func:`nucdata_models.calibration.calibration_scores`'s result.
+
+    Returns
+    -------
+    dict
+        Label set -> the PNG's path relative to ``folder``.
+    """
+    from PIL import Image, ImageDraw
+
+    from nucdata._util.atomic import atomic_write_bytes
+    from nucdata._util.paths import check_name
+
+    written = {}
+    for label_set, per_set in scores.items():
+        groups = [(g, per_set["groups"][g]) for g in CALIBRATION_GROUPS if g in per_set["groups"]]
+        if not groups:
+            continue
+        check_name(label_set, source=folder, element="a label set name")
+        image = Image.new("RGB", (_PANEL * len(groups), _PANEL + 44), (255, 255, 255))
+        draw = ImageDraw.Draw(image)
+        for i, (name, score) in enumerate(groups):
+            _draw_panel(draw, i * _PANEL, 0, name, score)
+        against = "the demo world's truth" if per_set["scored_against"] == "truth" else "labels known exactly"
+        legend_y = _PANEL + 8
+        draw.rectangle([8, legend_y + 2, 18, legend_y + 12], fill=_CALIBRATED)
+        draw.text((22, legend_y), "calibrated (published)", fill=(0, 0, 0))
+        draw.ellipse([170, legend_y + 3, 178, legend_y + 11], fill=_BEFORE)
+        draw.text((182, legend_y), "before calibration", fill=(0, 0, 0))
+        draw.text((8, legend_y + 16), f"{label_set}: held-out nuclei, scored against {against}; 15 equal-width bins",
+                  fill=(0, 0, 0))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        relative = f"calibration/{label_set}.png"
+        atomic_write_bytes(Path(folder) / relative, buffer.getvalue())
+        written[label_set] = relative
+    return written
+
+
+def _render_calibration(cal: dict[str, Any]) -> list[str]:
+    scores = cal.get("scores", {})
+    against = {per_set["scored_against"] for per_set in scores.values()}
+    lines = ["## Calibration of the published probability", "",
+             "Field 3 of the pickles (and the merged `probability`) is the model's probability after temperature "
+             "scaling, one temperature per (source dataset, label set), fitted on the validation split's nuclei "
+             "whose class is known exactly: cross-domain nuclei through an exact mapping row, and a dataset's own "
+             f"annotations for its own set only. A pair with fewer than {cal['minimum']} of them uses its set's "
+             "pooled (cross-domain) temperature, never sharpening a dataset without known classes. Scored on the "
+             "held-out split: top-label ECE over 15 equal-width bins, "
+             + ("against the demo world's truth (`filled`: every nucleus its own dataset did not annotate in the "
+                "set, outside included; then per provenance)." if against == {"truth"} else
+                "against what is known exactly without the truth: `annotated` nuclei against their own annotation "
+                "(under their own set), `mapped` nuclei against their exact row's class; filled labels of other "
+                "provenances cannot be scored on real data."), "",
+             "| label set | pooled T (nuclei) | pairs with their own T | pairs on the pooled T |", "|---|---|---|---|"]
+    for s in scores:
+        pooled = cal["pooled"].get(s)
+        pooled_text = f"{pooled:.3f} ({cal['fitted_on'].get(s, 0)})" if pooled is not None else             f"none ({cal['fitted_on'].get(s, 0)} nuclei)"
+        own = ", ".join(f"{k.split('->')[0]} {t:.3f}" for k, t in cal["pairs"].items() if k.endswith(f"->{s}"))
+        on_pooled = ", ".join(k.split("->")[0] + ("" if cal["uses"][k] == "pooled" else " (not sharpened)")
+                              for k in cal["pooled_pairs"] if k.endswith(f"->{s}"))
+        lines.append(f"| {s} | {pooled_text} | {own or 'none'} | {on_pooled or 'none'} |")
+    lines += ["", "| label set | nuclei | n | ECE before | ECE calibrated | reading |", "|---|---|---|---|---|---|"]
+    for s, per_set in scores.items():
+        for g in CALIBRATION_GROUPS:
+            m = per_set["groups"].get(g)
+            if m:
+                lines.append(f"| {s} | {g} | {m['count']} | {_fmt(m.get('ece_uncalibrated'))} | {_fmt(m['ece'])} | "
+                             f"{m['reading']} |")
+    lines.append("")
+    for s, path in cal.get("diagrams", {}).items():
+        head = _headline(scores[s])
+        reading = scores[s]["groups"][head]["reading"] if head else "nothing scored"
+        lines += [f"![reliability diagram, {s}]({path})", "", f"**{s}** ({head}): {reading}.", ""]
+    return lines
 
 
 def render_report(report: dict[str, Any]) -> str:
@@ -138,5 +286,7 @@ def render_report(report: dict[str, Any]) -> str:
             lines.append(f"| {s} | {m['count']} | {_fmt(m['accuracy'])} | {_fmt(o['accuracy'])} | "
                          f"{_fmt(b['accuracy'])} |")
         lines.append("")
+    if "calibration" in report:
+        lines += _render_calibration(report["calibration"])
     lines += ["## Other timings (s)", ""] + [f"- {k}: {v}" for k, v in report["timings_s"].items()]
     return "\n".join(lines) + "\n"

@@ -29,7 +29,8 @@ SETS = ["pannuke", "nucls", "consep", "monusac"]
 
 
 def _options(out, **kw):
-    return BuildOptions(out=out, datasets=DATASETS, demo=True, demo_scale=1, crop_size=24, overlays=2,
+    kw = {"overlays": 2, **kw}
+    return BuildOptions(out=out, datasets=DATASETS, demo=True, demo_scale=1, crop_size=24,
                         config={"epochs": {"A": 2, "B": 1, "C": 1}, "batch_size": 64, "device": "cpu"}, **kw)
 
 
@@ -211,3 +212,49 @@ def test_checkpoint_mismatch_is_refused(built, tmp_path):
 
     with pytest.raises(CheckpointMismatchError):
         build_merged(options, say=lambda m: None)
+
+
+def test_the_published_probability_is_calibrated_and_reported(built):
+    from nucdata.store import PROVENANCE, read_merged_labels
+    from nucdata_models.calibration import Calibration
+
+    out, report, messages = built
+    cal = report["calibration"]
+    assert cal["method"] == "temperature" and cal["split"] == "validation"
+    stored = json.loads((out / "model.json").read_text())["calibration"]
+    assert Calibration.from_dict(stored).to_dict() == {k: cal[k] for k in stored}
+    assert set(cal["uses"]) == {f"{d}->{s}" for d in DATASETS for s in SETS}
+    for s in SETS:
+        per_set = cal["scores"][s]
+        assert per_set["scored_against"] == "truth"
+        filled = per_set["groups"]["filled"]
+        assert len(filled["bins"]) == 15 and filled["count"] == sum(b["count"] for b in filled["bins"])
+        assert 0 <= filled["ece"] <= 1 and "ece_uncalibrated" in filled and filled["reading"].startswith("ECE")
+        assert (out / cal["diagrams"][s]).is_file()
+    text = (out / "report.md").read_text()
+    assert "## Calibration of the published probability" in text and "![reliability diagram, pannuke]" in text
+    assert any(m.startswith("calibration: pannuke: held-out ECE") for m in messages)
+    # field 3 belongs to field 2: the merged label's probability where the annotation decides the
+    # candidates or says outside, the prediction's elsewhere; ambiguous-resolved ones renormalised
+    for d in ("pannuke", "nucls", "tnbc"):
+        _, merged = read_merged_labels(out, d, "consep")
+        c = merged.columns
+        table = nucdata.open_merged(out).table("consep", d)
+        decided = np.isin(c["source"], [PROVENANCE.index("ambiguous-resolved"), PROVENANCE.index("outside")])
+        # (the pickle lists nuclei image by image, in store order: the merged columns' order)
+        np.testing.assert_array_equal(table.probability.values,
+                                      np.where(decided, c["probability"], c["predicted_probability"]))
+        same = (c["source"] == PROVENANCE.index("ambiguous-resolved")) & (c["label"] == c["predicted"])
+        assert (c["probability"][same] >= c["predicted_probability"][same] - 1e-6).all()
+
+
+def test_a_checkpoint_brings_its_calibration(built, tmp_path):
+    out, _, _ = built
+    messages = []
+    again = tmp_path / "again"
+    build_merged(_options(again, checkpoint=out / "model.pt", overlays=0), say=messages.append)
+    assert any("using the calibration stored with" in m for m in messages)
+    assert (json.loads((again / "model.json").read_text())["calibration"]
+            == json.loads((out / "model.json").read_text())["calibration"])
+    for s in SETS:
+        assert (again / s / "tnbc.pkl").read_bytes() == (out / s / "tnbc.pkl").read_bytes()

@@ -1,0 +1,481 @@
+"""Calibration of the published probability: temperature scaling per (source dataset, label set).
+
+The probability published beside a merged label (field 3 of the published pickle, the
+merged store's ``probability``) is the model's probability after **temperature
+scaling**: ``softmax(log p / T)`` of the probabilities the model publishes (the mean of
+its two modules' softmaxes, the outside column included; :func:`.fill.temperature_scale`),
+with one temperature ``T`` per (source dataset, label set) pair.
+
+**What it is fitted on.** Nuclei of the **validation** split whose class in the set is
+known exactly without the model:
+
+* *cross-domain* nuclei, labelled in a foreign set by an ``exact`` mapping row (provenance
+  ``MAPPED``: CoNSeP inflammatory under PanNuke is PanNuke inflammatory), and, where the
+  model has an outside output, nuclei an exact row puts outside the set (provenance
+  ``OUTSIDE_LABEL``: their target is the outside output, the probability published
+  beside their -2). These are the nuclei a merged dataset is about — a dataset's nuclei
+  under another dataset's vocabulary — and the only ones on real data whose foreign
+  class is known.
+* *own-domain* nuclei (provenance ``ANNOTATED``), but only for their own pair (CoNSeP
+  under CoNSeP): a temperature fitted on a dataset's own annotations is never applied to
+  another pair, because it does not transfer (issue 20: fitted on own-domain validation,
+  filled labels kept an ECE of 0.2-0.5).
+
+The validation split, not the training split: the model was trained on those exact
+labels (``mapped_labels`` trains on exact rows), so on training nuclei it is confidently
+right by construction and a temperature fitted there would be too sharp. Never the
+held-out split: it is where the calibration is scored.
+
+A pair with at least :data:`MIN_NUCLEI` such nuclei gets its own temperature; any other
+pair gets the set's **pooled** temperature, fitted on every cross-domain nucleus of the
+set (own-domain nuclei never enter it), with one restriction: a dataset none of whose
+nuclei has a known class in any set (an unlabelled dataset such as MoNuSeg, Kumar or
+TNBC, or a lab's own images) is never made *more* confident than the model says
+(``max(1, T_pooled)``). Its domain was never checked against a label; accuracy drops
+under dataset shift, and on the demo world the unlabelled datasets are over-confident
+where the labelled ones are under-confident, so the pooled temperature that sharpens
+the labelled datasets' nuclei would sharpen the wrong ones. A set with fewer than
+:data:`MIN_NUCLEI` cross-domain nuclei is left uncalibrated (``T = 1``).
+:attr:`Calibration.uses` records which applies to each pair.
+
+**Why one temperature per pair.** It has one parameter, so 50 nuclei fit it stably; the
+negative log-likelihood is convex in ``1 / T`` (:func:`fit_temperature` finds its
+minimum by golden-section search, deterministic and without a learning rate); and a
+temperature never reorders the classes, so calibration changes no label, only the
+probabilities beside them. Vector or matrix scaling would fit more parameters from the
+same few exact-row nuclei and could change labels.
+
+:func:`calibrated_fill` fits and applies it in one call (build-merged and the method
+study use it); :func:`calibration_scores` measures the expected calibration error
+(:func:`.metrics.expected_calibration_error`: top-label, 15 equal-width bins) of the
+published probability per label set and provenance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from nucdata.errors import InvalidArgumentError
+from nucdata_models.data import ANNOTATED, MAPPED, OUTSIDE_LABEL, TrainingData
+from nucdata_models.fill import (
+    PROVENANCE,
+    FilledLabels,
+    fill_labels,
+    filled_nuclei,
+    published_fields,
+    scored_class,
+    temperature_scale,
+)
+from nucdata_models.metrics import ECE_BINS, expected_calibration_error, reliability_bins
+
+__all__ = ["METHOD", "MIN_NUCLEI", "TEMPERATURE_BOUNDS", "USES", "VALIDATION", "Calibration", "calibrated_fill",
+           "calibration_scores", "fit_calibration", "fit_temperature", "pair_key", "reading"]
+
+#: The calibration method (the ``method`` of :meth:`Calibration.to_dict`).
+METHOD = "temperature"
+#: Nuclei with an exactly known class a (dataset, label set) pair needs for a
+#: temperature of its own; fewer, and the set's pooled temperature applies.
+MIN_NUCLEI = 50
+#: The temperatures searched: from 20x sharper to 20x softer.
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+#: ``TrainingData.split`` code of the validation split (``nucdata_models.merge.splits.VALIDATION``).
+VALIDATION = 1
+_SPLIT_NAMES = {0: "train", 1: "validation", 2: "held_out"}
+
+
+def pair_key(dataset: str, label_set: str) -> str:
+    """The key of a (source dataset, label set) pair: ``"consep->pannuke"``."""
+    return f"{dataset}->{label_set}"
+
+
+def fit_temperature(probs: torch.Tensor, target: torch.Tensor,
+                    bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
+    """The temperature that minimises the mean negative log-likelihood of ``target``.
+
+    ``NLL(b) = mean(logsumexp(b log p) - b log p[target])`` is convex in ``b = 1 / T``,
+    so a golden-section search over ``b`` finds its minimum within ``bounds``.
+
+    Parameters
+    ----------
+    probs
+        ``(N, K)`` probabilities as published (uncalibrated).
+    target
+        int64 ``(N,)``: the known class of each row, a column of ``probs``.
+    bounds
+        The smallest and largest temperature considered.
+
+    Returns
+    -------
+    float
+        ``T`` (1.0 for no rows).
+    """
+    if probs.ndim != 2 or target.shape != (probs.shape[0],):
+        raise InvalidArgumentError(f"fit_temperature: probs must be (N, K) and target (N,), got "
+                                   f"{tuple(probs.shape)} and {tuple(target.shape)}")
+    if probs.shape[0] == 0:
+        return 1.0
+    if int(target.min()) < 0 or int(target.max()) >= probs.shape[1]:
+        raise InvalidArgumentError(f"fit_temperature: targets must be columns 0..{probs.shape[1] - 1} of probs; "
+                                   "map outside (-2) to its column first (fill.scored_class)")
+    log_p = probs.double().clamp_min(1e-300).log()
+    own = log_p.gather(1, target[:, None].long())[:, 0]
+
+    def nll(b: float) -> float:
+        return float((torch.logsumexp(b * log_p, 1) - b * own).mean())
+
+    lo, hi = 1.0 / bounds[1], 1.0 / bounds[0]
+    ratio = (math.sqrt(5) - 1) / 2
+    a, d = lo, hi
+    b, c = d - ratio * (d - a), a + ratio * (d - a)
+    fb, fc = nll(b), nll(c)
+    for _ in range(80):
+        if fb <= fc:
+            d, c, fc = c, b, fb
+            b = d - ratio * (d - a)
+            fb = nll(b)
+        else:
+            a, b, fb = b, c, fc
+            c = a + ratio * (d - a)
+            fc = nll(c)
+    return round(1.0 / ((a + d) / 2), 6)
+
+
+#: What :meth:`Calibration.used` says of a pair: its own temperature, the set's pooled
+#: one, the pooled one never sharpening (a dataset without known classes), or none.
+USES = ("pair", "pooled", "pooled-unsharpened", "none")
+
+
+@dataclass
+class Calibration:
+    """Temperatures per (source dataset, label set) pair, pooled per set, and what they were fitted on.
+
+    Attributes
+    ----------
+    pairs
+        ``"dataset->label_set"`` (:func:`pair_key`) -> temperature, for pairs with at
+        least ``minimum`` nuclei of exactly known class.
+    pooled
+        Label set -> temperature fitted on all its cross-domain nuclei.
+    labelled
+        Datasets with nuclei of exactly known class (annotated or mapped through an
+        exact row) in some set; any other dataset gets ``max(1, pooled)``.
+    fitted_on
+        Pair key or label set -> nuclei available for the fit (also for pairs below
+        ``minimum``).
+    uses
+        Pair key -> one of :data:`USES`, for every pair seen when fitting.
+    minimum
+        The :data:`MIN_NUCLEI` in force.
+    split
+        The split it was fitted on (``"validation"``).
+    """
+
+    pairs: dict[str, float] = field(default_factory=dict)
+    pooled: dict[str, float] = field(default_factory=dict)
+    labelled: list[str] = field(default_factory=list)
+    fitted_on: dict[str, int] = field(default_factory=dict)
+    uses: dict[str, str] = field(default_factory=dict)
+    minimum: int = MIN_NUCLEI
+    split: str = "validation"
+
+    def used(self, dataset: str, label_set: str) -> str:
+        """Which temperature a pair gets: one of :data:`USES`."""
+        if pair_key(dataset, label_set) in self.pairs:
+            return "pair"
+        if label_set not in self.pooled:
+            return "none"
+        return "pooled" if dataset in self.labelled else "pooled-unsharpened"
+
+    def temperature(self, dataset: str, label_set: str) -> float:
+        """The temperature of a pair: its own, else the set's pooled one (never below 1 for an
+        unlabelled or unknown dataset), else 1."""
+        how = self.used(dataset, label_set)
+        if how == "pair":
+            return float(self.pairs[pair_key(dataset, label_set)])
+        if how == "none":
+            return 1.0
+        pooled = float(self.pooled[label_set])
+        return pooled if how == "pooled" else max(1.0, pooled)
+
+    @property
+    def pooled_pairs(self) -> list[str]:
+        """The pairs seen when fitting that use their set's pooled temperature (either way)."""
+        return sorted(k for k, v in self.uses.items() if v.startswith("pooled"))
+
+    def temperatures(self, label_set: str, dataset_index: torch.Tensor, dataset_names: list[str]) -> torch.Tensor:
+        """float64 ``(N,)``: the temperature of each nucleus under ``label_set`` (by its dataset)."""
+        table = torch.tensor([self.temperature(name, label_set) for name in dataset_names] or [1.0],
+                             dtype=torch.float64)
+        return table[dataset_index.long().cpu()]
+
+    def apply(self, probs: torch.Tensor, label_set: str, dataset_index: torch.Tensor,
+              dataset_names: list[str]) -> torch.Tensor:
+        """Calibrated ``(N, K)`` probabilities of ``label_set`` (:func:`.fill.temperature_scale`)."""
+        return temperature_scale(probs, self.temperatures(label_set, dataset_index, dataset_names))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON (what ``model.json`` stores under ``calibration``)."""
+        return {"method": METHOD, "split": self.split, "minimum": self.minimum,
+                "pairs": dict(sorted(self.pairs.items())), "pooled": dict(sorted(self.pooled.items())),
+                "labelled": sorted(self.labelled), "uses": dict(sorted(self.uses.items())),
+                "pooled_pairs": self.pooled_pairs, "fitted_on": dict(sorted(self.fitted_on.items()))}
+
+    @classmethod
+    def from_dict(cls, value: Mapping[str, Any], where: str = "calibration") -> Calibration:
+        """Read :meth:`to_dict`'s JSON back; ``where`` names its source in errors."""
+        fix = "refit it (nucdata build-merged without --checkpoint, or calibration.fit_calibration)"
+        if not isinstance(value, Mapping) or value.get("method") != METHOD:
+            method = value.get("method") if isinstance(value, Mapping) else type(value).__name__
+            raise InvalidArgumentError(f"{where}: calibration method {method!r} is not {METHOD!r}; {fix}")
+        temps: dict[str, dict[str, float]] = {}
+        for part in ("pairs", "pooled"):
+            table = value.get(part, {})
+            if not isinstance(table, Mapping):
+                raise InvalidArgumentError(f"{where}: {part!r} must map names to temperatures, got "
+                                           f"{type(table).__name__}; {fix}")
+            temps[part] = {}
+            for key, t in table.items():
+                if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t <= 0:
+                    raise InvalidArgumentError(f"{where}: {part}[{key!r}] = {t!r} is not a positive temperature; "
+                                               f"{fix}")
+                temps[part][str(key)] = float(t)
+        labelled = value.get("labelled", [])
+        if not isinstance(labelled, list) or not all(isinstance(n, str) for n in labelled):
+            raise InvalidArgumentError(f"{where}: 'labelled' must be a list of dataset names; {fix}")
+        return cls(temps["pairs"], temps["pooled"], list(labelled),
+                   {str(k): int(v) for k, v in value.get("fitted_on", {}).items()},
+                   {str(k): str(v) for k, v in value.get("uses", {}).items()}, int(value.get("minimum", MIN_NUCLEI)),
+                   str(value.get("split", "validation")))
+
+
+def fit_calibration(probs: Mapping[str, torch.Tensor], data: TrainingData, split: int = VALIDATION,
+                    minimum: int = MIN_NUCLEI) -> Calibration:
+    """Fit the temperatures of every (dataset, label set) pair of ``data`` (see the module docstring).
+
+    Parameters
+    ----------
+    probs
+        Per label set, ``(N, K)`` probabilities as published (``Prediction.probs``).
+    data
+        The training data: labels, provenance, split and dataset of every nucleus.
+    split
+        The split fitted on: :data:`VALIDATION` (never the held-out split).
+    minimum
+        Nuclei a pair needs for a temperature of its own (:data:`MIN_NUCLEI`).
+    """
+    if minimum < 1:
+        raise InvalidArgumentError(f"fit_calibration(minimum={minimum}): a temperature needs at least one nucleus")
+    result = Calibration(minimum=minimum, split=_SPLIT_NAMES.get(split, str(split)))
+    in_split = data.split.cpu() == split
+    index = data.dataset_index.cpu()
+    has_labels = torch.zeros(len(data.dataset_names), dtype=torch.bool)
+    for spec in data.label_sets:
+        exact = (data.labels[spec.name].cpu() >= 0) & ((data.provenance[spec.name].cpu() == ANNOTATED)
+                                                        | (data.provenance[spec.name].cpu() == MAPPED))
+        has_labels |= torch.bincount(index[exact], minlength=len(data.dataset_names)) > 0
+    result.labelled = [name for name, known in zip(data.dataset_names, has_labels.tolist(), strict=True) if known]
+    for spec in data.label_sets:
+        s = spec.name
+        if s not in probs:
+            continue
+        p = probs[s].cpu()
+        labels, prov = data.labels[s].cpu(), data.provenance[s].cpu()
+        known = in_split & (labels >= 0)
+        cross = known & (prov == MAPPED)
+        own = known & (prov == ANNOTATED)
+        target = labels
+        if p.shape[1] == spec.size + 1:  # an exact "outside" row: the outside output is the known target
+            outside = in_split & (prov == OUTSIDE_LABEL)
+            cross |= outside
+            target = torch.where(outside, torch.full_like(labels, spec.size), labels)
+        result.fitted_on[s] = int(cross.sum())
+        if result.fitted_on[s] >= minimum:
+            result.pooled[s] = fit_temperature(p[cross], target[cross])
+        for d, name in enumerate(data.dataset_names):
+            of_pair = (index == d) & (cross | own)
+            key = pair_key(name, s)
+            result.fitted_on[key] = int(of_pair.sum())
+            if result.fitted_on[key] >= minimum:
+                result.pairs[key] = fit_temperature(p[of_pair], target[of_pair])
+            result.uses[key] = result.used(name, s)
+    return result
+
+
+def calibrated_fill(predictions: Mapping[str, Any], data: TrainingData, calibration: Calibration | None = None,
+                    split: int = VALIDATION, minimum: int = MIN_NUCLEI
+                    ) -> tuple[dict[str, FilledLabels], Calibration]:
+    """The published labels of every set with calibrated probabilities: fit (unless given) and apply.
+
+    Parameters
+    ----------
+    predictions
+        Per label set, a ``Prediction`` (its ``probs`` are used) or ``(N, K)`` probabilities,
+        over every nucleus of ``data``.
+    data
+        The training data (labels, candidates, provenance, split, dataset of each nucleus).
+    calibration
+        A fitted calibration (a checkpoint's); ``None``: fit one on ``split``.
+    split, minimum
+        Passed to :func:`fit_calibration`.
+
+    Returns
+    -------
+    filled
+        Per set, :func:`.fill.fill_labels` with the calibration applied:
+        ``label``/``probability`` the merged label and its calibrated probability,
+        ``predicted``/``predicted_probability`` the model's own; :func:`.fill.published_fields`
+        gives the pickle's fields 2 and 3.
+    calibration
+        The calibration applied.
+    """
+    probs = {s: getattr(p, "probs", p) for s, p in predictions.items()}
+    if calibration is None:
+        calibration = fit_calibration(probs, data, split, minimum)
+    filled = {}
+    for spec in data.label_sets:
+        s = spec.name
+        if s in probs:
+            filled[s] = fill_labels(probs[s], data.labels[s], data.candidates[s], data.provenance[s], spec.size,
+                                    calibration.temperatures(s, data.dataset_index, data.dataset_names))
+    return filled, calibration
+
+
+def _bins_json(table: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    edges = table["edges"]
+    return [{"lower": round(float(edges[i]), 4), "upper": round(float(edges[i + 1]), 4),
+             "count": int(table["count"][i]),
+             "confidence": None if table["count"][i] == 0 else float(table["confidence"][i]),
+             "accuracy": None if table["count"][i] == 0 else float(table["accuracy"][i])}
+            for i in range(len(edges) - 1)]
+
+
+def _group_score(correct: np.ndarray, confidence: np.ndarray, before: np.ndarray | None) -> dict[str, Any]:
+    table = reliability_bins(correct, confidence, ECE_BINS)
+    out: dict[str, Any] = {"count": int(correct.size), "ece": expected_calibration_error(correct, confidence),
+                           "bins": _bins_json(table)}
+    if before is not None:
+        out["ece_uncalibrated"] = expected_calibration_error(correct, before)
+        out["bins_uncalibrated"] = _bins_json(reliability_bins(correct, before, ECE_BINS))
+    out["reading"] = reading(out["bins"], out["ece"])
+    return out
+
+
+def calibration_scores(data: TrainingData, filled: Mapping[str, FilledLabels],
+                       before: Mapping[str, FilledLabels] | None = None, split: int = 2) -> dict[str, Any]:
+    """ECE and reliability bins of the published label and probability, per label set and provenance.
+
+    The published pair is fields 2 and 3 of the pickle (:func:`.fill.published_fields`);
+    NaN probabilities (outside, without an outside output) are left out.
+
+    Where ``data.truth`` has the set (the demo world), each is scored against the truth
+    (outside, -2, counts as one more class) on the nuclei of ``split`` whose truth is
+    known: ``filled`` (every nucleus its own dataset did not annotate in the set,
+    :func:`.fill.filled_nuclei`) and one group per provenance. Where the truth is
+    unknown (real data), only what is known exactly is scored: ``annotated`` nuclei
+    against their own annotation, ``mapped`` nuclei against their exact row's class.
+
+    Parameters
+    ----------
+    data
+        The training data (and its truth, when known).
+    filled
+        Per set, the calibrated labels (:func:`calibrated_fill`).
+    before
+        The same without calibration, for ``ece_uncalibrated``; optional.
+    split
+        The split scored: the held-out one (``2``), never the one fitted on.
+
+    Returns
+    -------
+    dict
+        Per set: ``scored_against`` (``"truth"`` or ``"labels"``) and ``groups``: per
+        group ``count``, ``ece``, ``bins`` (15 of ``lower``, ``upper``, ``count``,
+        ``confidence``, ``accuracy``), ``reading`` and, with ``before``,
+        ``ece_uncalibrated`` and ``bins_uncalibrated``.
+    """
+    out: dict[str, Any] = {}
+    in_split = (data.split == split).cpu()
+    for spec in data.label_sets:
+        s = spec.name
+        if s not in filled:
+            continue
+        f = filled[s]
+        label, prob = published_fields(f)
+        prior = published_fields(before[s])[1].numpy() if before is not None and s in before else None
+        prov = data.provenance[s].cpu()
+        truth = data.truth.get(s)
+        groups: dict[str, torch.Tensor] = {}
+        if truth is not None:
+            correct = (scored_class(label, spec.size) == scored_class(truth.cpu(), spec.size)).numpy()
+            known = in_split & (truth.cpu() >= -2)
+            groups["filled"] = filled_nuclei(truth.cpu(), prov, "truth_known") & in_split
+            for code, name in enumerate(PROVENANCE):
+                groups[name] = known & (f.source == code)
+        else:
+            labels = data.labels[s].cpu()
+            correct = (label == labels).numpy()
+            groups["annotated"] = in_split & (prov == ANNOTATED) & (labels >= 0)
+            groups["mapped"] = in_split & (prov == MAPPED) & (labels >= 0)
+        scored = {}
+        confidence = prob.numpy()
+        for name, sel in groups.items():
+            sel = sel.numpy() & ~np.isnan(confidence)
+            if sel.any():
+                scored[name] = _group_score(correct[sel], confidence[sel], None if prior is None else prior[sel])
+        out[s] = {"scored_against": "truth" if truth is not None else "labels", "groups": scored}
+    return out
+
+
+def reading(bins: list[dict[str, Any]], ece: float, tolerance: float = 0.05) -> str:
+    """One line that reads a reliability diagram: which way it is off, and where.
+
+    Within ``tolerance`` of ECE it is "close to the diagonal". Otherwise the direction
+    is the sign of the mean gap (confidence - accuracy), and "where" is the highest
+    threshold above which (or the lowest below which) 60 % of that gap lies, with the
+    mean confidence and accuracy of the bins there that are off that way; a gap whose
+    sign is mixed names both sides.
+    """
+    scored = [b for b in bins if b["count"] and b["accuracy"] is not None]
+    total = sum(b["count"] for b in scored)
+    if total == 0 or ece != ece:
+        return "nothing to read: no nuclei"
+    if ece <= tolerance:
+        return f"ECE {ece:.3f}: close to the diagonal"
+    contribution = [b["count"] * (b["confidence"] - b["accuracy"]) / total for b in scored]
+    signed = sum(contribution)
+
+    def side(sign: int) -> str:
+        mass = [max(0.0, sign * c) for c in contribution]
+        whole = sum(mass)
+        word = "over-confident" if sign > 0 else "under-confident"
+        if whole <= 0:
+            return word
+        chosen = scored
+        edges = sorted({b["lower"] for b in scored}, reverse=True)
+        for t in edges:
+            if sum(m for b, m in zip(scored, mass, strict=True) if b["lower"] >= t) >= 0.6 * whole:
+                chosen, where = [b for b in scored if b["lower"] >= t], f"above {t:.2f}"
+                break
+        for t in sorted({b["upper"] for b in scored}):
+            inside = [b for b in scored if b["upper"] <= t]
+            if sum(m for b, m in zip(scored, mass, strict=True) if b["upper"] <= t) >= 0.6 * whole:
+                if len(inside) < len(chosen):
+                    chosen, where = inside, f"below {t:.2f}"
+                break
+        if chosen is scored:
+            where = "across the range"
+        chosen = [b for b in chosen if sign * (b["confidence"] - b["accuracy"]) > 0]  # the bins off that way
+        n = sum(b["count"] for b in chosen)
+        conf = sum(b["confidence"] * b["count"] for b in chosen) / n
+        acc = sum(b["accuracy"] * b["count"] for b in chosen) / n
+        return f"{word} {where} (confidence {conf:.2f}, accuracy {acc:.2f})"
+
+    if abs(signed) >= 0.5 * ece:
+        return f"ECE {ece:.3f}: " + side(1 if signed > 0 else -1)
+    return f"ECE {ece:.3f}: mixed: " + side(1) + "; " + side(-1)
