@@ -53,7 +53,7 @@ WORLD = DatasetWorld(
     real_frequencies={"tumour": 6_500, "normal_epithelium": 1_222, "lymphocyte": 4_000, "plasma_cell": 1_800,
                       "macrophage": 700, "neutrophil": 471, "fibroblast": 5_712, "endothelial": 1_200,
                       "dead": 500, "mitotic": 339},
-    stain=(-8, 4, 10), mpp=0.55, blur=0.8,
+    stain=(-10, -8, 6), mpp=0.55, blur=0.8,
     habit={"endothelial": 3},  # endothelial cells called "fibroblast"
     demo_nuclei=58,
 )
