@@ -16,11 +16,12 @@ A merged output folder (what ``nucdata build-merged`` writes) holds::
 released merged dataset: ``{image filename: [[centroid [x, y], label, probability,
 ground truth], ...]}``.
 
-- field 2 is the model's label and field 3 the model's probability of it; they always
-  belong together. Where the nucleus's own annotation maps to a *candidate set* in this
-  label set (an ambiguous mapping row), the label is the model's most probable candidate.
-  Where it maps *outside* the set, the label is -2 and the probability is that of the
-  model's outside output (NaN when the model has none, as in ``--recipe paper``).
+- field 2 is the model's label and field 3 its **calibrated** probability
+  (``nucdata_models.calibration``); they always belong together. Where the nucleus's own
+  annotation maps to a *candidate set* in this label set (an ambiguous mapping row), the
+  label is the model's most probable candidate and the probability is renormalised over
+  the candidates. Where it maps *outside* the set, the label is -2 and the probability is
+  that of the model's outside output (NaN when the model has none, as in ``--recipe paper``).
 - field 4 is the nucleus's annotation, and only where its own dataset annotated it in
   this label set's vocabulary; -2 where that annotation maps outside the set; -1
   everywhere else. Labels derived through the mapping tables are not ground truth
@@ -28,8 +29,8 @@ ground truth], ...]}``.
 
 **The merged columns** ``merged/<dataset>/<label_set>/<column>.npy``:
 ``label`` (int64, the merged label: annotation, mapped class, resolved candidate, -2
-outside, or the prediction), ``probability`` (float32, the model's probability of
-``label``), ``source`` (int8, index into :data:`PROVENANCE`), ``predicted`` and
+outside, or the prediction), ``probability`` (float32, the calibrated probability of
+``label``, as field 3), ``source`` (int8, index into :data:`PROVENANCE`), ``predicted`` and
 ``predicted_probability`` (the model's own unrestricted prediction), ``annotation``
 (field 4 of the pickle).
 """
