@@ -157,9 +157,16 @@ def test_the_docs_arm_table_is_generated_from_the_docstrings():
     assert render_arm_table() in doc, "regenerate the arm table in docs/method-study.md (render_arm_table())"
 
 
-def _other_value(value):
+def _other_value(value, name: str = ""):
+    from nucdata_models.config import SETTINGS
+
+    choices = SETTINGS[name].choices if name in SETTINGS else None
+    if choices:
+        return next(c for c in choices if c != value)
     if isinstance(value, bool):
         return not value
+    if isinstance(value, float) and 0 < value <= 1:  # shares and probabilities stay in range
+        return value / 2
     if isinstance(value, (int, float)):
         return value * 2 + 1
     if isinstance(value, dict):
@@ -172,7 +179,7 @@ def test_paper_arms_inherit_every_field_the_paper_does_not_fix():
     inherited = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in PAPER_KEYS]
     assert {"batch_size", "lr", "hidden", "seed", "device", "augment"} <= set(inherited)
     for name in inherited:
-        changed = base.replace(**{name: _other_value(getattr(base, name))})
+        changed = base.replace(**{name: _other_value(getattr(base, name), name)})
         for arm_name in ("paper-a", "paper"):
             assert getattr(arm_plan(arm_name, changed).config, name) == getattr(changed, name), (arm_name, name)
     paper = arm_plan("paper", base).config
@@ -235,7 +242,9 @@ def test_scoring_takes_held_out_unannotated_nuclei_and_a_perfect_model_scores_on
 
     world = PreparedWorld(0, "easy", data, image, int(image.max()) + 1, {}, {}, [], 0.0, group, int(group.max()) + 1)
     assert world.clusters[1] == int(group.max()) + 1
-    views, calibration = score_views(arm_plan("own-only", TrainConfig(device="cpu")), _Perfect(data), world)
+    run = score_views(arm_plan("own-only", TrainConfig(device="cpu")), _Perfect(data), world)
+    views, calibration = run.confusions, run.calibration
+    assert run.arm == "own-only" and run.temperatures["method"] == "temperature"
     for spec in data.label_sets:
         s = spec.name
         tally = views["model"][s]
@@ -255,7 +264,7 @@ def test_scoring_takes_held_out_unannotated_nuclei_and_a_perfect_model_scores_on
         assert float(METRIC_SPECS["ece"](calibration[s].sum(0))) == pytest.approx(0.0)
         assert (views["published"][s] == views["model"][s]).all()  # own-only publishes its prediction
     # tables-only: the same model, published through the tables (exact rows decide)
-    tables, _ = score_views(arm_plan("tables-only", TrainConfig(device="cpu")), _Perfect(data), world)
+    tables = score_views(arm_plan("tables-only", TrainConfig(device="cpu")), _Perfect(data), world).confusions
     assert all((tables["published"][s] == tables["merged"][s]).all() for s in data.names)
 
 

@@ -278,6 +278,15 @@ def nucdata(base: TrainConfig) -> ArmPlan:
     return ArmPlan(base)
 
 
+@arm("nucdata-uniform")
+def nucdata_uniform(base: TrainConfig) -> ArmPlan:
+    """The nucdata recipe with the old candidate-set loss: an ambiguous row trains on minus
+    the log of its candidates' summed probability (`candidate_likelihood="uniform"`), not on
+    the transition likelihood.
+    """
+    return ArmPlan(base.replace(candidate_likelihood="uniform"))
+
+
 @arm("soft")
 def soft(base: TrainConfig) -> ArmPlan:
     """The nucdata recipe, ambiguous rows as uniform soft targets."""
@@ -296,10 +305,10 @@ def oracle(base: TrainConfig) -> ArmPlan:
 
 @arm("nucdata-t{threshold}", threshold=(0.9, 0.95, 0.99))
 def nucdata_threshold(base: TrainConfig, threshold: float) -> ArmPlan:
-    """The nucdata arm with pseudo-label threshold {threshold} (0.99 is the default, so
-    `nucdata-t0.99` is the `nucdata` model, trained once).
+    """The nucdata arm with stage C's threshold rule at {threshold} (`pseudo_select="threshold"`;
+    an arm whose configuration equals `nucdata`'s is its model, trained once).
     """
-    return ArmPlan(base.replace(threshold=threshold))
+    return ArmPlan(base.replace(pseudo_select="threshold", threshold=threshold))
 
 
 # -- data views --------------------------------------------------------------------------

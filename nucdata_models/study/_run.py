@@ -8,7 +8,8 @@
 * **Scores** (:func:`score_views`): per run and label set, tallies per image group (the
   group the split uses) and provenance, of every held-out nucleus that its own dataset
   did not annotate and whose truth is known, for the published label, the model
-  prediction and the merged label; calibration bins of the published probability.
+  prediction and the merged label; calibration bins of the published probability
+  (calibrated as ``build-merged`` calibrates it, and before).
 * **Summary** (:func:`summarise`): every metric of :data:`._stats.METRIC_SPECS` (the
   endpoint :data:`._stats.ENDPOINT` first) per arm and label set, mean over worlds and
   seeds with 95 % intervals from the hierarchical bootstrap (worlds, then seeds and
@@ -38,8 +39,9 @@ import torch
 from nucdata.errors import InvalidArgumentError
 from nucdata.labels import MERGED_LABEL_SETS
 from nucdata_models.data import AMBIGUOUS, MAPPED, NO_LABEL, TrainingData
-from nucdata_models.fill import fill_labels, filled_nuclei, scored_class
+from nucdata_models.fill import fill_labels, filled_nuclei, published_fields, scored_class
 from nucdata_models.merge import ALL_DATASETS, TEST, grouped_split
+from nucdata_models.metrics import calibration_tally
 from nucdata_models.study._arms import DATA_VIEWS, FAMILY, ArmPlan, arm_plan
 from nucdata_models.study._stats import (
     ALPHA,
@@ -51,7 +53,6 @@ from nucdata_models.study._stats import (
     METRICS,
     N_PROVENANCE,
     bootstrap_p,
-    calibration_bins,
     cluster_confusions,
     hierarchical_resamples,
     holm,
@@ -68,7 +69,8 @@ __all__ = ["VIEWS", "PreparedWorld", "RunScores", "family_sentences", "oracle_ch
 #: Scored views of every arm: what it publishes, its model prediction, its merged label.
 VIEWS = ("published", "model", "merged")
 #: Metrics reported beside the endpoint for the published label (each with an interval).
-SECONDARY = ("ambiguous_accuracy", "exact_accuracy", "outside_rate_in_set", "outside_recall", "ece")
+SECONDARY = ("ambiguous_accuracy", "exact_accuracy", "outside_rate_in_set", "outside_recall", "ece",
+             "ece_uncalibrated")
 
 
 # -- runs ------------------------------------------------------------------------------
@@ -190,16 +192,18 @@ class RunScores:
         ``[view][label_set]``: per image group and provenance the confusion of the
         scored nuclei, ``(G, N_PROVENANCE, K + 1, K + 1)`` counts (rows truth, the last
         class "outside"; :func:`score_views`).
-    calibration
-        ``[label_set]``: calibration bins of the published label's probability,
-        ``(G, CALIBRATION_BINS, 3)`` (:func:`._stats.calibration_bins`).
+    calibration, calibration_raw
+        ``[label_set]``: calibration tallies of the published label and its probability,
+        ``(G, CALIBRATION_BINS, 3)`` (:func:`nucdata_models.metrics.calibration_tally`),
+        calibrated (:func:`nucdata_models.calibration.calibrated_fill`) and before.
     seconds
         Training and scoring time.
     pseudo_labels
         Per stage-C epoch and set: ``{"stage", "epoch", "label_set", "offered",
-        "passed", "precision"}`` (:attr:`.train.TrainResult.pseudo_labels`; from the
-        history's counts, ``offered`` and ``precision`` None, where the trainer has no
-        such list).
+        "passed", "precision", ...}`` (:attr:`.train.TrainResult.pseudo_labels`).
+    temperatures
+        The calibration fitted for this run (:meth:`.calibration.Calibration.to_dict`:
+        per pair its temperature, which pairs used their set's pooled one).
     """
 
     arm: str
@@ -209,10 +213,11 @@ class RunScores:
     calibration: dict[str, np.ndarray] = field(default_factory=dict)
     seconds: float = 0.0
     pseudo_labels: list[dict[str, Any]] = field(default_factory=list)
+    calibration_raw: dict[str, np.ndarray] = field(default_factory=dict)
+    temperatures: dict[str, Any] = field(default_factory=dict)
 
 
-def score_views(plan: ArmPlan, trainer: CrossTrainer,
-                world: PreparedWorld) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
+def score_views(plan: ArmPlan, trainer: CrossTrainer, world: PreparedWorld) -> RunScores:
     """Per-group tallies of the arm's published, model and merged labels on the scored nuclei.
 
     Scored: held-out nuclei (split ``TEST``) that their own dataset did not annotate in
@@ -220,37 +225,49 @@ def score_views(plan: ArmPlan, trainer: CrossTrainer,
     ``"truth_known"``: a class of the set or outside it), tallied per image group and
     provenance, so that every metric (:data:`._stats.METRIC_SPECS`) selects its own
     nuclei from the tally. The merged label always uses the real data's tables (the
-    oracle's too: its training labels are not an output).
+    oracle's too: its training labels are not an output). The probabilities are
+    calibrated as ``build-merged`` calibrates them (:func:`.calibration.calibrated_fill`:
+    fitted on the validation split, never on the held-out one); the calibration tally
+    counts the published pair: pickle fields 2 and 3 (:func:`.fill.published_fields`)
+    for an arm that publishes the merged label, the model's prediction and its
+    probability for one that publishes its model's.
 
     Returns
     -------
-    tuple
-        ``confusions[view][set]`` (``(G, N_PROVENANCE, K + 1, K + 1)``) and
-        ``calibration[set]`` (the published probability's bins, ``(G, bins, 3)``).
+    RunScores
+        ``confusions``, ``calibration``, ``calibration_raw`` and ``temperatures``
+        filled in (``arm`` the plan's, ``world_seed`` the world's, ``train_seed`` the
+        plan's seed).
     """
+    from nucdata_models.calibration import calibrated_fill
+
     data = world.data
     cluster, n_clusters = world.clusters
     predictions = trainer.predict(data.crops, modules=plan.modules)
-    out: dict[str, dict[str, np.ndarray]] = {view: {} for view in VIEWS}
-    calibration: dict[str, np.ndarray] = {}
+    filled, fit = calibrated_fill(predictions, data)
+    run = RunScores(plan.name, world.seed, plan.config.seed, {view: {} for view in VIEWS},
+                    temperatures=fit.to_dict())
     for spec in data.label_sets:
         s = spec.name
         truth = data.truth[s]
         sel = (filled_nuclei(truth, data.provenance[s], "truth_known") & (data.split == TEST)).numpy()
-        merged = fill_labels(predictions[s].probs, data.labels[s], data.candidates[s], data.provenance[s], spec.size)
-        labels = {"model": predictions[s].label, "merged": merged.label}
-        probability = {"model": predictions[s].probability, "merged": merged.probability}
+        calibrated = filled[s]
+        raw = fill_labels(predictions[s].probs, data.labels[s], data.candidates[s], data.provenance[s], spec.size)
+        labels = {"model": predictions[s].label, "merged": calibrated.label}
         labels["published"] = labels[plan.publish]
         true_class = scored_class(truth, spec.size).numpy()[sel]
         group = cluster[sel] * N_PROVENANCE + data.provenance[s].numpy().astype(np.int64)[sel]
         for view, label in labels.items():
-            out[view][s] = cluster_confusions(true_class, scored_class(label, spec.size).numpy()[sel], group,
-                                              n_clusters * N_PROVENANCE, spec.size + 1
-                                              ).reshape(n_clusters, N_PROVENANCE, spec.size + 1, spec.size + 1)
-        published = scored_class(labels["published"], spec.size).numpy()[sel]
-        calibration[s] = calibration_bins(published == true_class,
-                                          probability[plan.publish].double().numpy()[sel], cluster[sel], n_clusters)
-    return out, calibration
+            run.confusions[view][s] = cluster_confusions(
+                true_class, scored_class(label, spec.size).numpy()[sel], group, n_clusters * N_PROVENANCE,
+                spec.size + 1).reshape(n_clusters, N_PROVENANCE, spec.size + 1, spec.size + 1)
+        for name, f in (("calibration", calibrated), ("calibration_raw", raw)):
+            label, probability = (published_fields(f) if plan.publish == "merged"
+                                  else (f.predicted, f.predicted_probability))
+            right = scored_class(label, spec.size).numpy()[sel] == true_class
+            getattr(run, name)[s] = calibration_tally(right, probability.double().numpy()[sel], CALIBRATION_BINS,
+                                                      cluster[sel], n_clusters)
+    return run
 
 
 def _pseudo_labels(result: Any) -> list[dict[str, Any]]:
@@ -288,9 +305,9 @@ def run_arms(world: PreparedWorld, arms: Sequence[str], base: TrainConfig,
             train_seconds = time.perf_counter() - start
             trained[key] = (trainer, pseudo, train_seconds, arm)
         start = time.perf_counter()
-        confusions, calibration = score_views(plan, trainer, world)
-        run = RunScores(arm, world.seed, plan.config.seed, confusions, calibration,
-                        train_seconds + time.perf_counter() - start, [dict(row) for row in pseudo])
+        run = score_views(plan, trainer, world)
+        run.seconds = train_seconds + time.perf_counter() - start
+        run.pseudo_labels = [dict(row) for row in pseudo]
         f1 = {s: float(ENDPOINT(c.sum(0))) for s, c in run.confusions["published"].items()}
         passed = sum(int(r.get("passed") or 0) for r in pseudo)
         say(f"  {arm}: {run.seconds:.1f} s; held-out endpoint macro F1 "
@@ -368,8 +385,8 @@ def summarise(runs: Sequence[RunScores], n_groups: dict[int, int], label_sets: S
     resamples = hierarchical_resamples(design, draws, seed, levels)
 
     def tallies(arm: str, view: str, s: str, kind: str) -> dict[tuple[int, int], np.ndarray]:
-        if kind == "calibration":  # a run without bins (no probabilities) has no ECE
-            return {k: r.calibration.get(s, np.zeros((n_groups[k[0]], CALIBRATION_BINS, 3)))
+        if kind in ("calibration", "calibration_raw"):  # a run without bins has no ECE
+            return {k: getattr(r, kind).get(s, np.zeros((n_groups[k[0]], CALIBRATION_BINS, 3)))
                     for k, r in by_arm[arm].items()}
         return {k: r.confusions[view][s] for k, r in by_arm[arm].items()}
 

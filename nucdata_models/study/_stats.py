@@ -4,7 +4,7 @@
 held-out nuclei are tallied per image group (the group the split uses: hospital,
 patient or slide where the data carries them, else the image): a confusion matrix per
 group and provenance (:func:`cluster_confusions`, ``(G, P, K + 1, K + 1)``, the last
-class "outside") and calibration bins per group (:func:`calibration_bins`). A sum of
+class "outside") and calibration bins per group (:func:`nucdata_models.metrics.calibration_tally`). A sum of
 tallies with integer weights is the tally of a sample that holds each group that many
 times, whole; every metric (:data:`METRIC_SPECS`) is a function of such a sum.
 
@@ -34,17 +34,22 @@ import numpy as np
 
 from nucdata.errors import InvalidArgumentError
 from nucdata_models.data import AMBIGUOUS, MAPPED, NO_LABEL
-from nucdata_models.metrics import accuracy_from_confusion, macro_f1_from_confusion
+from nucdata_models.metrics import (
+    ECE_BINS,
+    accuracy_from_confusion,
+    ece_from_tally,
+    macro_f1_from_confusion,
+)
 
 __all__ = ["ALPHA", "CALIBRATION_BINS", "ENDPOINT", "EQUIVALENCE_MARGIN", "LEVELS", "METRICS", "METRIC_FUNCTIONS",
-           "METRIC_SPECS", "N_PROVENANCE", "MetricSpec", "Resamples", "bootstrap_p", "calibration_bins",
-           "cluster_confusions", "hierarchical_resamples", "holm", "percentile_ci", "resample_weights",
-           "resampled_mean", "tost_p", "verdict"]
+           "METRIC_SPECS", "N_PROVENANCE", "MetricSpec", "Resamples", "bootstrap_p", "cluster_confusions",
+           "hierarchical_resamples", "holm", "percentile_ci", "resample_weights", "resampled_mean", "tost_p",
+           "verdict"]
 
 #: Provenance codes a confusion tally is split by (:data:`nucdata_models.data.PROVENANCE_NAMES`).
 N_PROVENANCE = 5
-#: Equal-width confidence bins of the expected calibration error (top label).
-CALIBRATION_BINS = 15
+#: Equal-width confidence bins of the expected calibration error (top label; :data:`.metrics.ECE_BINS`).
+CALIBRATION_BINS = ECE_BINS
 #: Level of every test, after Holm's correction.
 ALPHA = 0.05
 #: Equivalence margin of the TOST, in macro F1 of the endpoint.
@@ -73,29 +78,6 @@ def cluster_confusions(truth: np.ndarray, guess: np.ndarray, cluster: np.ndarray
         raise InvalidArgumentError(f"cluster ids must lie in [0, {n_clusters}); pass the number of clusters")
     flat = (cluster * n_classes + truth) * n_classes + guess
     return np.bincount(flat, minlength=n_clusters * n_classes * n_classes).reshape(n_clusters, n_classes, n_classes)
-
-
-def calibration_bins(correct: np.ndarray, confidence: np.ndarray, cluster: np.ndarray, n_clusters: int,
-                     bins: int = CALIBRATION_BINS) -> np.ndarray:
-    """Per cluster and equal-width confidence bin: ``(n_clusters, bins, 3)`` = count, sum of confidence, correct.
-
-    The binning of :func:`nucdata_models.metrics.expected_calibration_error` (confidence
-    clipped to [0, 1], bin ``min(floor(c * bins), bins - 1)``); entries with a
-    non-finite confidence are left out.
-    """
-    correct = np.asarray(correct, bool)
-    confidence = np.asarray(confidence, np.float64)
-    cluster = np.asarray(cluster, np.int64)
-    if not correct.shape == confidence.shape == cluster.shape:
-        raise InvalidArgumentError(f"correct, confidence and cluster differ in shape: {correct.shape}, "
-                                   f"{confidence.shape}, {cluster.shape}; pass one of each per nucleus")
-    keep = np.isfinite(confidence)
-    correct, confidence, cluster = correct[keep], np.clip(confidence[keep], 0.0, 1.0), cluster[keep]
-    which = cluster * bins + np.minimum((confidence * bins).astype(np.int64), bins - 1)
-    size = n_clusters * bins
-    out = np.stack([np.bincount(which, minlength=size), np.bincount(which, weights=confidence, minlength=size),
-                    np.bincount(which, weights=correct.astype(np.float64), minlength=size)], -1)
-    return out.reshape(n_clusters, bins, 3).astype(np.float64)
 
 
 # -- metrics: functions of a (weighted) sum of tallies -------------------------------------
@@ -141,11 +123,6 @@ def _outside_recall(tally: np.ndarray) -> np.ndarray:
     return _share(row[..., -1], row.sum(-1))
 
 
-def _ece(bins: np.ndarray) -> np.ndarray:
-    b = np.asarray(bins, np.float64)
-    return _share(np.abs(b[..., 2] - b[..., 1]).sum(-1), b[..., 0].sum(-1))
-
-
 @dataclass(frozen=True)
 class MetricSpec:
     """One metric of the study: what it computes, on which nuclei, from which tally.
@@ -162,8 +139,9 @@ class MetricSpec:
     nuclei
         Which held-out nuclei it counts, in words.
     tally
-        ``"confusion"`` (per group and provenance, :func:`cluster_confusions`) or
-        ``"calibration"`` (:func:`calibration_bins`).
+        ``"confusion"`` (per group and provenance, :func:`cluster_confusions`),
+        ``"calibration"`` (:func:`nucdata_models.metrics.calibration_tally` of the published
+        probability) or ``"calibration_raw"`` (the same before calibration).
     compute
         ``(..., *tally) -> (...)``: its value on summed tallies (NaN where it counts no nucleus).
     """
@@ -212,8 +190,15 @@ METRIC_SPECS: dict[str, MetricSpec] = {m.name: m for m in (
     MetricSpec("outside_recall", "share published as 'outside'",
                f"{_HELD_OUT}, whose true class lies outside the set (any provenance)", "confusion", _outside_recall),
     MetricSpec("ece", f"expected calibration error of the published probability (top label, {CALIBRATION_BINS} "
-               "equal-width bins; 'outside' counted as one more class)",
-               f"{_HELD_OUT}, whose truth is known and whose published probability is finite", "calibration", _ece),
+               "equal-width bins, nucdata_models.metrics.ece_from_tally; 'outside' counted as one more class): "
+               "pickle fields 2 and 3 (nucdata_models.fill.published_fields, calibrated by "
+               "nucdata_models.calibration) for an arm that publishes the merged label, the model's prediction "
+               "and its calibrated probability for one that publishes its model's",
+               f"{_HELD_OUT}, whose truth is known and whose published probability is finite", "calibration",
+               ece_from_tally),
+    MetricSpec("ece_uncalibrated", "the same expected calibration error before calibration (temperature 1)",
+               f"{_HELD_OUT}, whose truth is known and whose probability is finite", "calibration_raw",
+               ece_from_tally),
 )}
 
 #: The metrics reported in every view (published, model, merged) with intervals; ``macro_f1`` is the endpoint.

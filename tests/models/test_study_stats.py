@@ -17,6 +17,7 @@ import pytest
 
 from nucdata_models.data import AMBIGUOUS, MAPPED, NO_LABEL, OUTSIDE_LABEL
 from nucdata_models.metrics import (
+    calibration_tally,
     classification_metrics,
     expected_calibration_error,
     macro_f1_from_confusion,
@@ -29,7 +30,6 @@ from nucdata_models.study import (
     N_PROVENANCE,
     RunScores,
     bootstrap_p,
-    calibration_bins,
     cluster_confusions,
     family_sentences,
     hierarchical_resamples,
@@ -253,15 +253,18 @@ def test_the_endpoint_text_is_the_metric_s_own():
     assert ENDPOINT is METRIC_SPECS["macro_f1"]
 
 
-def test_calibration_bins_give_the_ece_of_metrics():
+def test_the_study_s_ece_is_the_one_of_metrics_on_summed_group_tallies():
     rng = np.random.default_rng(0)
     n = 500
     confidence = rng.uniform(0, 1, n)
     correct = rng.uniform(0, 1, n) < confidence ** 2
     cluster = rng.integers(0, 9, n)
-    bins = calibration_bins(correct, confidence, cluster, 9)
+    bins = calibration_tally(correct, confidence, CALIBRATION_BINS, cluster, 9)
     assert bins.shape == (9, CALIBRATION_BINS, 3) and bins[..., 0].sum() == n
     ece = float(METRIC_SPECS["ece"](bins.sum(0)))
     assert ece == pytest.approx(expected_calibration_error(correct, confidence, CALIBRATION_BINS))
-    confidence[:5] = np.nan  # no probability (an outside label of a model without an outside output)
-    assert calibration_bins(correct, confidence, cluster, 9)[..., 0].sum() == n - 5
+    assert ece > 0.05  # over-confident by construction
+    # a resample of groups is the tally of the resampled nuclei
+    keep = np.isin(cluster, [0, 3])
+    assert float(METRIC_SPECS["ece"](bins[[0, 3]].sum(0))) == pytest.approx(
+        expected_calibration_error(correct[keep], confidence[keep]))
