@@ -10,7 +10,6 @@ ever modified or deleted.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import uuid
@@ -21,6 +20,7 @@ from pathlib import Path
 import pooch
 
 from nucdata._util.disk import disk_full, is_disk_full
+from nucdata._util.hashing import sha256_file as sha256sum
 from nucdata._util.home import manual_dir, raw_dir, writable_folder
 from nucdata._util.progress import use_bars
 from nucdata.catalog import Card, RemoteFile, get_card
@@ -49,15 +49,6 @@ class FetchedFile:
     origin: str  # "manual", "cache" or the mirror URL
     verified: bool  # False when the card has no hash to check against
     hash_source: str
-
-
-def sha256sum(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file, read in chunks so memory stays flat."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def looks_like_html(head: bytes) -> bool:

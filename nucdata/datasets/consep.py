@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from scipy.io import loadmat, whosmat
 
+from nucdata._util import mat
 from nucdata._util.images import PIXELS_ENV_VAR, pixel_limit, read_rgb
 from nucdata._util.instances import nucleus_properties, relabel_sequential
 from nucdata.datasets._base import ConversionReport, Converter, list_files, walk_dirs
@@ -27,11 +27,6 @@ CLASS_NAMES = {
     1: "other", 2: "inflammatory", 3: "healthy epithelial", 4: "dysplastic/malignant epithelial",
     5: "fibroblast", 6: "muscle", 7: "endothelial",
 }
-
-
-#: MATLAB classes a numeric variable may have (``scipy.io.whosmat``'s third field)
-_NUMERIC_CLASSES = frozenset({"double", "single", "logical", "int8", "int16", "int32", "int64",
-                              "uint8", "uint16", "uint32", "uint64"})
 
 
 def check_header(path: Path) -> None:
@@ -49,17 +44,7 @@ def check_header(path: Path) -> None:
     MalformedAnnotationError
         Naming the file, the variable, its dimensions and the limit.
     """
-    try:
-        variables = whosmat(path)
-    except NotImplementedError as exc:  # MATLAB v7.3 (HDF5) files
-        raise MalformedAnnotationError(
-            f"{path}: a MATLAB v7.3 (HDF5) file ({exc}); CoNSeP's ground truth is MATLAB v5. Use the "
-            "official archive's files.") from None
-    except Exception as exc:  # scipy raises several types for damaged headers
-        raise MalformedAnnotationError(
-            f"{path}: not a readable MATLAB file ({type(exc).__name__}: {exc}); extract or download it again."
-        ) from None
-    found = {name: (tuple(int(d) for d in shape), kind) for name, shape, kind in variables}
+    found = mat.variables(path, "CoNSeP")
     missing = [k for k in REQUIRED_KEYS if k not in found]
     if missing:
         raise MalformedAnnotationError(
@@ -69,15 +54,8 @@ def check_header(path: Path) -> None:
         )
     limit = pixel_limit()
     for key in REQUIRED_KEYS:
-        shape, kind = found[key]
-        if kind not in _NUMERIC_CLASSES:
-            what = {"char": "text", "cell": "a cell array or struct", "struct": "a cell array or struct",
-                    "sparse": "a sparse matrix"}.get(kind, f"MATLAB class {kind!r}")
-            raise MalformedAnnotationError(
-                f"{path}: {key} holds {what}, not numbers. CoNSeP ground truth stores it as a numeric "
-                "matrix; the file was re-saved by another tool or is not ground truth."
-            )
-        elements = int(np.prod(shape, dtype=object)) if shape else 1
+        shape, _ = found[key]
+        elements = mat.numeric_shape(path, key, found[key], "CoNSeP")
         rows = elements if key in ("inst_map", "type_map") else elements // 2 + 1
         if limit is not None and rows > limit:
             raise MalformedAnnotationError(
@@ -90,12 +68,7 @@ def check_header(path: Path) -> None:
 def read_label(path: Path) -> dict[str, np.ndarray]:
     """Read one CoNSeP ``.mat``; check its headers (:func:`check_header`), keys and id/type alignment."""
     check_header(path)
-    try:
-        data = loadmat(path, variable_names=list(REQUIRED_KEYS))
-    except Exception as exc:  # scipy raises several types for damaged files
-        raise MalformedAnnotationError(
-            f"{path}: not a readable MATLAB file ({exc}); extract or download it again."
-        ) from exc
+    data = mat.load_variables(path, list(REQUIRED_KEYS))
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise MalformedAnnotationError(

@@ -59,7 +59,6 @@ Rules (recorded in every manifest under ``rules``):
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -67,11 +66,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.io import loadmat, whosmat
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 from scipy.spatial import cKDTree
 
+from nucdata._util import mat
+from nucdata._util.hashing import sha256_file
 from nucdata._util.images import PIXELS_ENV_VAR, pixel_limit, read_rgb
 from nucdata.datasets._base import ConversionReport, Converter, list_files, walk_dirs
 from nucdata.errors import MalformedAnnotationError, MissingFilesError
@@ -90,9 +90,6 @@ MAX_CANDIDATES_PER_MARK = 100
 SPLIT = "all"
 TISSUE = "colon"
 _IMAGE_DIR = re.compile(r"img(\d+)", re.IGNORECASE)
-#: MATLAB classes a numeric variable may have (``scipy.io.whosmat``'s third field)
-_NUMERIC = frozenset({"double", "single", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
-                      "uint64"})
 
 RULES = {
     "centres": "every row of imgN_detection.mat is one nucleus (duplicated rows included); source_id = its 1-based row; annotations read = these rows",
@@ -105,11 +102,6 @@ RULES = {
     "splits": "no official split: every image in 'all'; the files do not say which of the 10 slides (9 patients) an image comes from",
     "mpp": "NaN: no source gives the um/px (20x objective); the card's mpp_default is a nominal value for resampling",
 }
-
-
-def _unreadable(path: Path, exc: Exception) -> MalformedAnnotationError:
-    return MalformedAnnotationError(
-        f"{path}: not a readable MATLAB file ({type(exc).__name__}: {exc}); extract or download it again.")
 
 
 def read_points(path: Path) -> np.ndarray:
@@ -128,25 +120,13 @@ def read_points(path: Path) -> np.ndarray:
         Naming the file and what is wrong with it (missing key, v7.3 file, shape, class,
         size, NaN or infinite values).
     """
-    try:
-        variables = whosmat(path)
-    except NotImplementedError as exc:  # MATLAB v7.3 (HDF5) files
-        raise MalformedAnnotationError(
-            f"{path}: a MATLAB v7.3 (HDF5) file ({exc}); CRCHisto's files are MATLAB v5. Use the official "
-            "archive's files.") from None
-    except Exception as exc:  # scipy raises several types for damaged headers
-        raise _unreadable(path, exc) from None
-    found = {name: (tuple(int(d) for d in shape), kind) for name, shape, kind in variables}
+    found = mat.variables(path, "CRCHisto")
     if KEY not in found:
         raise MalformedAnnotationError(
             f"{path}: key {KEY!r} is missing (found {sorted(found)}); every CRCHisto .mat holds its points "
             f"in {KEY!r}. Use the official archive's files.")
-    shape, kind = found[KEY]
-    if kind not in _NUMERIC:
-        raise MalformedAnnotationError(
-            f"{path}: {KEY!r} is of MATLAB class {kind!r}, not a numeric matrix of x, y; the file was re-saved "
-            "by another tool or is not CRCHisto ground truth.")
-    elements = int(np.prod(shape, dtype=object)) if shape else 1
+    shape, _ = found[KEY]
+    elements = mat.numeric_shape(path, KEY, found[KEY], "CRCHisto")
     if elements and (len(shape) != 2 or shape[1] != 2):
         raise MalformedAnnotationError(
             f"{path}: {KEY!r} is {' x '.join(map(str, shape))}; CRCHisto's points are N x 2 (x, y). The file "
@@ -157,10 +137,7 @@ def read_points(path: Path) -> np.ndarray:
             f"{path}: {KEY!r} holds {elements // 2:,} points, more than the limit of {limit:,} (one per image "
             f"pixel); nothing of it was read. If the file is genuine, set {PIXELS_ENV_VAR} to a larger number "
             "(0: no limit).")
-    try:
-        value = loadmat(path, variable_names=[KEY])[KEY]
-    except Exception as exc:  # scipy raises several types for damaged files
-        raise _unreadable(path, exc) from None
+    value = mat.load_variables(path, [KEY])[KEY]
     array = np.asarray(value)
     if array.dtype.kind not in "biuf":
         raise MalformedAnnotationError(f"{path}: {KEY!r} holds {array.dtype} values, not numbers.")
@@ -281,7 +258,7 @@ def _files(folder: Path) -> dict[str, Path]:
 
 def _same_image(a: Path, b: Path) -> str:
     """``"bytes"`` when the two files are identical, ``"pixels"`` when only their pixels are."""
-    if a.stat().st_size == b.stat().st_size and _sha256(a) == _sha256(b):
+    if a.stat().st_size == b.stat().st_size and sha256_file(a) == sha256_file(b):
         return "bytes"
     if np.array_equal(read_rgb(a), read_rgb(b)):
         return "pixels"
@@ -290,14 +267,6 @@ def _same_image(a: Path, b: Path) -> str:
         "copies of each image are the same (its Readme: 'Rename images to make images in Classification and "
         "Detection folders corresponding'); this is an earlier release or a damaged copy. Download "
         "crchistophenotypes_2016_04_28.zip again.")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 class CRCHisto(Converter):

@@ -12,7 +12,6 @@ whole verified fetch-and-convert path runs without any network.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 import shutil
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from nucdata._util.hashing import sha256_file
 from nucdata._util.home import manual_dir
 from nucdata.catalog import get_card, write_override
 
@@ -61,14 +61,6 @@ def generator(name: str) -> Callable[[Path, np.random.Generator], DemoArchives]:
     return module.generate
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
 def card_override(archives: DemoArchives, mirrors: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """Card entries (files with real hashes and sizes, expected counts) for ``archives``."""
     card = get_card(archives.dataset)
@@ -77,7 +69,7 @@ def card_override(archives: DemoArchives, mirrors: dict[str, list[str]] | None =
         path = next(p for p in archives.files if p.name == spec.name)
         files.append({
             "name": spec.name, "role": spec.role, "format": spec.format,
-            "size": path.stat().st_size, "sha256": _sha256(path),
+            "size": path.stat().st_size, "sha256": sha256_file(path),
             "hash_source": DEMO_HASH_SOURCE, "mirrors": (mirrors or {}).get(spec.name, []),
         })
     return {"files": files, "expected": archives.expected}
