@@ -185,7 +185,7 @@ def test_malformed_mat_files_are_refused_naming_the_file(tmp_path, monkeypatch):
     # the size check reads the header only: loadmat is never called for an oversized variable
     savemat(p, {"detection": np.ones((50, 2))})
     monkeypatch.setenv("NUCDATA_MAX_IMAGE_PIXELS", "10")
-    monkeypatch.setattr("nucdata.datasets.crchisto.loadmat", lambda *a, **k: pytest.fail("loadmat was called"))
+    monkeypatch.setattr("nucdata._util.mat.loadmat", lambda *a, **k: pytest.fail("loadmat was called"))
     refused(p, r"holds 50 points, more than the limit of 10 .*NUCDATA_MAX_IMAGE_PIXELS")
 
 
