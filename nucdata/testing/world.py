@@ -1,4 +1,4 @@
-"""A generated world whose truth is known: latent cell types seen through seven vocabularies.
+"""A generated world whose truth is known: latent cell types seen through every dataset's vocabulary.
 
 Every nucleus of the demo world has a latent cell type with its own appearance
 (size, elongation, stain colour, texture; :data:`TYPES`). Each dataset sees those types

@@ -82,7 +82,7 @@ def _names(value: str | None) -> list[str] | None:
               help="Write labels from exact mapping rows as ground truth (field 4) in the pickles too.")
 @click.option("--overlays", type=OverlaysType(), default="16", show_default=True,
               help="Overlay PNGs per label set and dataset, or 'all'.")
-@click.option("--demo", is_flag=True, help="Run on a generated world of all seven datasets whose truth is known.")
+@click.option("--demo", is_flag=True, help="Run on a generated world of every dataset (each in its native format) whose truth is known.")
 @click.option("--demo-scale", type=click.IntRange(1, 1000), default=DEMO_SCALE, show_default=True,
               help="With --demo: size of the world (4: ~4,800 nuclei, ~2 min on two cores; ~300: full scale).")
 @click.option("--world", type=click.Choice(["easy", "hard", "noisy"]), default="easy", show_default=True,

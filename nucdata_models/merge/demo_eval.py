@@ -1,6 +1,6 @@
 """The demo world: generating it, its truth, and a fair score of the filled labels.
 
-``build-merged --demo`` generates all seven datasets from one world whose latent cell
+``build-merged --demo`` generates every dataset of the catalog from one world whose latent cell
 types are known (:mod:`nucdata.testing.world`), so the truth of every nucleus under every
 label set is known. The filled labels are scored on nuclei their own dataset did not
 annotate in the set, separately on the **held-out** images (split ``TEST``: no stage
