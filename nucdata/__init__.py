@@ -25,6 +25,7 @@ from nucdata.errors import (
     DatasetNotFoundError,
     DeviceUnavailableError,
     DiskFullError,
+    DomainShiftWarning,
     DownloadError,
     HashMismatchError,
     HTMLInsteadOfArchiveError,
@@ -51,6 +52,8 @@ from nucdata.errors import (
     UnsafeNameError,
     UnsafePickleError,
     UnsupportedArchiveError,
+    UnsupportedFormatError,
+    UserTableError,
 )
 
 #: public name -> the module that defines it (imported on first access)
@@ -88,6 +91,7 @@ _ERRORS = [
     "UnknownLabelSetError", "UnsafePickleError",
     "ModelStateError", "DeviceUnavailableError",
     "MergedOutputError", "UnsafeNameError", "DiskFullError", "SizeLimitError", "UnsupportedArchiveError",
+    "UnsupportedFormatError", "UserTableError", "DomainShiftWarning",
 ]
 
 __getattr__, __dir__, _lazy_all = attach(__name__, _LAZY, globals())

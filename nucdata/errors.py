@@ -251,3 +251,22 @@ class UnsupportedArchiveError(CorruptArchiveError):
     """An archive nucdata cannot extract although it may be intact: encrypted members, a
     compression method Python lacks, member names the file system cannot hold, a member that is
     both a file and a folder."""
+
+
+class UnsupportedFormatError(MalformedAnnotationError):
+    """An interchange file (segmenter output, annotation, slide) in a variant nucdata does not
+    read: a Cellpose ``_seg.npy`` holding more than arrays, a snappy-compressed CellViT file, a
+    slide's codec or vendor format without its package. The message says how to export or
+    install what is read instead."""
+
+
+class UserTableError(LabelTableError):
+    """A user's own vocabulary or mapping table (``nucdata prepare --custom``) that breaks the
+    table rules or contradicts the packaged tables; the message names the file and the row."""
+
+
+class DomainShiftWarning(NucdataError, UserWarning):
+    """A warning, not an error: images a classifier is asked about lie far from its training
+    data (stain, intensity, contrast, nucleus size or µm/px); the message names the gap, the
+    input's value and the training range. Its labels are less reliable than the model card's
+    metrics; ``Classifier.recalibrate`` refits the probabilities on a few labelled nuclei."""

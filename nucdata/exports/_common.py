@@ -11,11 +11,12 @@ from nucdata._util.atomic import atomic_write_json
 from nucdata._util.geometry import box_outline, nucleus_outline
 from nucdata._util.paths import child_path
 from nucdata.errors import InvalidArgumentError
+from nucdata.formats import Nuclei
 
 if TYPE_CHECKING:  # type hints only: the dataset module is below this layer's callers
     from nucdata.dataset import NucleusDataset
 
-__all__ = ["MARKER", "image_path", "nuclei_of", "outline", "set_classes", "write_json"]
+__all__ = ["MARKER", "image_nuclei", "image_path", "nuclei_of", "outline", "set_classes", "write_json"]
 
 #: the file every fold or patch folder of a segmentation export carries (what it holds)
 MARKER = "export.json"
@@ -39,6 +40,31 @@ def nuclei_of(ds: NucleusDataset, index: int) -> tuple[np.ndarray, list[tuple[in
     rows = ds.store.nucleus_slice(index)
     inst = np.asarray(ds.store.instance_map(index))
     return inst, [(k + 1, row, int(ds.labels[row])) for k, row in enumerate(range(rows.start, rows.stop))]
+
+
+def image_nuclei(ds: NucleusDataset, index: int) -> Nuclei:
+    """Store image ``index`` as a :class:`nucdata.formats.Nuclei` record, for the format writers.
+
+    Ids are the instance values ``1..K`` (the store's nucleus order), centroids, areas and
+    boxes the store's, outlines the masks' contours (pixel-centre frame; a box for a
+    nucleus without a mask), labels ``ds.labels`` with the names and colours of
+    ``ds.classes``, µm/px the image's (``None`` when unknown).
+    """
+    inst, nuclei = nuclei_of(ds, index)
+    rows = ds.store.nucleus_slice(index)
+    mpp = float(ds.store.column("images", "mpp")[index])
+    name = str(ds.store.column("images", "name")[index])
+    classes = ds.classes
+    return Nuclei(
+        image=name, ids=np.arange(1, len(nuclei) + 1),
+        centroids=np.asarray(ds.store.column("nuclei", "centroid")[rows], np.float64),
+        polygons=[outline(ds, inst, k, row) for k, row, _ in nuclei],
+        labels=np.array([label for _, _, label in nuclei], np.int64),
+        class_names={k: n for k, (n, _c) in classes.items()},
+        class_colours={k: tuple(int(v) for v in c) for k, (_n, c) in classes.items()},
+        areas=np.asarray(ds.store.column("nuclei", "area")[rows], np.float64),
+        bboxes=np.asarray(ds.store.column("nuclei", "bbox")[rows], np.int64),
+        mpp=mpp if mpp == mpp and mpp > 0 else None, shape=inst.shape)
 
 
 def set_classes(ds: NucleusDataset) -> list[tuple[int, str, list[int]]]:
