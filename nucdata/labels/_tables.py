@@ -43,14 +43,18 @@ unknown    -1       0 (no information; also nuclei without a native label)
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from nucdata._util.atomic import atomic_write_json
 from nucdata._util.codes import MISSING, OUTSIDE
 from nucdata.errors import (
     InvalidArgumentError,
@@ -58,7 +62,18 @@ from nucdata.errors import (
     UnknownClassError,
     UnknownDatasetError,
     UnknownLabelSetError,
+    UserTableError,
 )
+from nucdata.labels._user import (
+    MAPPING_SUFFIX,
+    USER_SOURCES,
+    VOCABULARY_SUFFIX,
+    read_table_file,
+    search_folders,
+    use_user_tables,
+    user_table_paths,
+)
+from nucdata.labels._user import NAME as USER_NAME
 
 KINDS = ("exact", "ambiguous", "outside", "unknown")
 #: the reserved candidate name for "possibly none of the set's classes"
@@ -340,6 +355,7 @@ def list_label_sets() -> list[str]:
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
 
 
+@cache
 def _mapping_datasets() -> list[str]:
     folder = resources.files("nucdata.labels") / "mappings"
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json") and not p.name.startswith("_"))
@@ -365,9 +381,8 @@ def table_sources() -> dict[str, str]:
     return dict(_meta()["sources"])
 
 
-@cache
 def label_set(name: str) -> LabelSet:
-    """The packaged label set ``name``.
+    """The label set ``name``: a packaged one, or a user dataset's own vocabulary (``prepare --custom``).
 
     Raises
     ------
@@ -376,9 +391,17 @@ def label_set(name: str) -> LabelSet:
     LabelTableError
         A packaged file that breaks the rules (ids not 0..K-1, a class named "outside").
     """
-    key = name.strip().lower()
-    if key not in list_label_sets():
+    key = name.strip().lower() if isinstance(name, str) else name
+    if key in list_label_sets():
+        return _packaged_label_set(key)
+    found = find_user_vocabulary(key)
+    if found is None:
         raise UnknownLabelSetError(name, list_label_sets())
+    return found
+
+
+@cache
+def _packaged_label_set(key: str) -> LabelSet:
     data = _data("vocabularies", key)
     where = _where("vocabularies", key)
     classes = tuple(LabelClass(c["id"], c["name"], c["colour"], c["description"]) for c in data["classes"])
@@ -399,12 +422,16 @@ def native_vocabulary(dataset: str) -> list[tuple[int, str, str]]:
     """``(code, name, description)`` of each native class of ``dataset`` (empty if none)."""
     key = dataset.strip().lower()
     if key not in _mapping_datasets():
-        raise UnknownDatasetError(dataset, _mapping_datasets())
+        user = find_user_tables(key)
+        if user is None:
+            raise UnknownDatasetError(dataset, _mapping_datasets())
+        return [tuple(c) for c in user.native]  # type: ignore[misc]
     return [(c["code"], c["name"], c["description"]) for c in _data("mappings", key)["native_classes"]]
 
 
 def parse_rows(
-    where: str, target: LabelSet, names: dict[int, str], rows_data: list[dict[str, Any]]
+    where: str, target: LabelSet, names: dict[int, str], rows_data: list[dict[str, Any]],
+    *, sources: Mapping[str, str] | None = None,
 ) -> tuple[MappingRow, ...]:
     """Validate and build the rows of one table (what :func:`mapping` does with packaged data).
 
@@ -418,6 +445,9 @@ def parse_rows(
         Converter code -> source class name; every code needs exactly one unconditional row.
     rows_data
         The rows as in the JSON files.
+    sources
+        The citation keys rows may cite (default: the packaged tables' sources; a user's
+        table adds its own).
 
     Raises
     ------
@@ -425,9 +455,11 @@ def parse_rows(
         A malformed row; an ``outside`` row or "outside" candidate into an exhaustive
         set; a missing, repeated or widened row; an unknown citation key.
     """
-    sources_known = table_sources()
+    sources_known = dict(sources) if sources is not None else table_sources()
     rows: list[MappingRow] = []
     for i, r in enumerate(rows_data):
+        if not isinstance(r, dict):
+            raise LabelTableError(f"{where}: row {i} is not an object {{native, kind, classes, reason, sources}}")
         at = f"{where}: row {i} (native {r.get('native')!r})"
         native = r.get("native")
         if native not in names:
@@ -514,23 +546,36 @@ def _resolve_source(source: str | LabelSet) -> tuple[str, str]:
     )
 
 
-@cache
 def mapping(source: str | LabelSet, target: str) -> LabelMapping:
-    """The table from ``source`` into label set ``target``.
+    """The table from ``source`` into label set ``target`` (see :func:`_packaged_mapping`'s rules).
 
     ``source`` is a dataset name (its native codes, as stored), or a label set (its
     class ids, for translating predictions made in that vocabulary): a label-set name
     that is not also a dataset name (``"consep4"``, ``"nucls_main"``, ``"nucls_super"``),
     ``"set:<name>"`` for any label set (``"set:consep"`` takes CoNSeP class ids 0..6,
-    where ``"consep"`` takes CoNSeP's native codes 1..7), or a :class:`LabelSet`.
+    where ``"consep"`` takes CoNSeP's native codes 1..7), or a :class:`LabelSet`. A user
+    dataset (``nucdata prepare --custom``) maps through its own stored table, into every
+    packaged label set and its own vocabulary.
 
     Raises
     ------
     UnknownDatasetError, UnknownLabelSetError
         Unknown names, or no table from ``source`` into ``target``.
     LabelTableError
-        A packaged table that breaks the rules (see :func:`parse_rows`).
+        A table that breaks the rules (see :func:`parse_rows`).
     """
+    if isinstance(source, str):
+        key = source.strip().lower()
+        if key not in _mapping_datasets() and not key.startswith(SET_PREFIX) and key not in list_label_sets():
+            user = find_user_tables(key)
+            if user is not None:
+                return user_mapping(user, target)
+    return _packaged_mapping(source, target)
+
+
+@cache
+def _packaged_mapping(source: str | LabelSet, target: str) -> LabelMapping:
+    """The packaged table from ``source`` into ``target`` (:func:`mapping`)."""
     kind, key = _resolve_source(source)
     target_set = label_set(target)
     if kind == "label_set":
@@ -642,6 +687,7 @@ def translate_store_labels(
     UnknownDatasetError, UnknownLabelSetError, UnknownClassError
         As :func:`mapping` and :meth:`LabelMapping.translate`.
     """
+    _use_tables_beside(store)
     selected = slice(None) if nuclei is None else nuclei
     native = np.asarray(store.column("nuclei", "label"))[selected].astype(np.int64)
     if label_set is None:
@@ -652,6 +698,363 @@ def translate_store_labels(
         image = np.asarray(store.column("nuclei", "image"))[selected]
         tissue = np.asarray(store.column("images", "tissue"))[image]
     return table.translate(native, tissue)
+
+
+
+
+# -- a user's own tables (nucdata prepare --custom; the files: nucdata.labels._user) -------
+
+_loaded_user: dict[tuple[str, str], tuple[tuple[int, int], UserTables]] = {}
+
+
+@dataclass(frozen=True)
+class UserTables:
+    """A user dataset's validated tables (module docstring).
+
+    Attributes
+    ----------
+    dataset
+        The dataset's name.
+    native
+        ``(code, name, description)`` of each native class.
+    targets
+        Label set -> the table's rows, as in the JSON (every label set has one).
+    vocabulary
+        The user's own label set, or ``None``.
+    sources
+        Citation keys the rows may cite besides the packaged ones.
+    accepted
+        Checker findings accepted with a reason.
+    version
+        The table's version string.
+    folder
+        Where the files are (``None`` before they are written).
+    """
+
+    dataset: str
+    native: tuple[tuple[int, str, str], ...]
+    targets: dict[str, list[dict[str, Any]]]
+    vocabulary: Any = None  # LabelSet | None
+    sources: dict[str, str] = field(default_factory=dict)
+    accepted: dict[str, str] = field(default_factory=dict)
+    version: str = "1"
+    folder: Path | None = None
+
+    @property
+    def names(self) -> dict[int, str]:
+        """Native code -> name."""
+        return {code: name for code, name, _ in self.native}
+
+    def code_of(self, name: str) -> int | None:
+        """The native code of class ``name`` (case-insensitive), or ``None``."""
+        lowered = name.strip().lower()
+        return next((code for code, n, _ in self.native if n.lower() == lowered), None)
+
+    def to_json(self) -> dict[str, Any]:
+        """The mapping file's content."""
+        return {"dataset": self.dataset, "version": self.version,
+                "vocabulary": self.vocabulary.name if self.vocabulary is not None else None,
+                "native_classes": [{"code": c, "name": n, "description": d} for c, n, d in self.native],
+                "targets": self.targets, "sources": self.sources,
+                "accepted": [{"key": k, "reason": r} for k, r in self.accepted.items()]}
+
+
+def _user_fail(where: str, what: str, fix: str) -> UserTableError:
+    return UserTableError(f"{where}: {what}. Fix: {fix}.")
+
+
+def check_user_name(name: str, what: str = "dataset") -> str:
+    """A user dataset or label-set name: lowercase letters, digits, ``_`` and ``-``, not a packaged one."""
+
+    if not isinstance(name, str) or not USER_NAME.fullmatch(name):
+        raise UserTableError(f"{name!r} is not a valid {what} name: use 1-64 lowercase letters, digits, '_' or '-', "
+                             "starting with a letter (it becomes a file name in the data home)")
+    if name in _mapping_datasets() or name in list_label_sets():
+        raise UserTableError(f"{name!r} is the name of a packaged dataset or label set; choose another {what} name")
+    return name
+
+
+def _user_vocabulary(data: Any, where: str, sources: Mapping[str, str]) -> Any:
+    """The user's label set from its JSON, by the packaged vocabularies' rules."""
+
+    if not isinstance(data, dict):
+        raise _user_fail(where, f"a vocabulary is a JSON object, found {type(data).__name__}",
+                    "use the schema of nucdata/labels/vocabularies/*.json")
+    name = data.get("name")
+    try:
+        check_user_name(name, "label-set")
+    except UserTableError as exc:
+        raise _user_fail(where, f"'name': {exc}", "rename the vocabulary") from None
+    classes_data = data.get("classes")
+    if not isinstance(classes_data, list) or not classes_data:
+        raise _user_fail(where, "'classes' must be a non-empty list", "list the classes with id, name, colour, description")
+    classes = []
+    for i, c in enumerate(classes_data):
+        at = f"{where}: classes[{i}]"
+        if not isinstance(c, dict):
+            raise _user_fail(at, "not an object", "give id, name, colour and description")
+        cid, cname, colour = c.get("id"), c.get("name"), c.get("colour", c.get("color"))
+        if cid != i:
+            raise _user_fail(at, f"id {cid!r}: class ids must be 0..{len(classes_data) - 1} in order",
+                        "number the classes from 0 in the order listed")
+        if not isinstance(cname, str) or not cname.strip():
+            raise _user_fail(at, "'name' must be a non-empty string", "name the class")
+        if cname.lower() == OUTSIDE_NAME:
+            raise _user_fail(at, f"{OUTSIDE_NAME!r} is reserved for the outside candidate", "rename that class")
+        if not isinstance(colour, str) or not re.fullmatch(r"#[0-9a-fA-F]{6}", colour):
+            raise _user_fail(at, f"'colour' {colour!r} is not #rrggbb", "give a colour such as \"#ff0000\"")
+        classes.append(LabelClass(i, cname, colour, str(c.get("description", ""))))
+    if len({c.name.lower() for c in classes}) != len(classes):
+        raise _user_fail(where, "two classes share a name", "give every class its own name")
+    exhaustive = data.get("exhaustive")
+    if not isinstance(exhaustive, bool):
+        raise _user_fail(where, "'exhaustive' must be true or false",
+                    "say whether the classes cover every nucleus (true: no 'outside' rows into it)")
+    source = str(data.get("source", "user"))
+    if source not in sources:
+        raise _user_fail(where, f"'source' {source!r} is not a citation key ({', '.join(sources)})",
+                    "cite 'user' or add the key to the mapping's \"sources\"")
+    return LabelSet(name, str(data.get("version", "1")), str(data.get("description", "")), tuple(classes),
+                    exhaustive, source)
+
+
+def _user_native(mapping: dict | None, vocabulary: Any, found: Sequence[tuple[int, str]] | None,
+            where: str) -> tuple[tuple[int, str, str], ...]:
+    if mapping is not None and "native_classes" in mapping:
+        rows = mapping["native_classes"]
+        if not isinstance(rows, list):
+            raise _user_fail(where, "'native_classes' must be a list", "list {code, name, description} per class")
+        out = []
+        for i, c in enumerate(rows):
+            at = f"{where}: native_classes[{i}]"
+            code, name = (c.get("code"), c.get("name")) if isinstance(c, dict) else (None, None)
+            if not isinstance(code, int) or isinstance(code, bool) or not isinstance(name, str) or not name.strip():
+                raise _user_fail(at, "needs an integer 'code' and a non-empty 'name'", "give every native class both")
+            if code < 0:
+                raise _user_fail(at, f"code {code} is negative (-1 means no label)", "use codes 0 and above")
+            out.append((code, name, str(c.get("description", ""))))
+        if len({c for c, _, _ in out}) != len(out) or len({n.lower() for _, n, _ in out}) != len(out):
+            raise _user_fail(where, "two native classes share a code or a name", "give each class its own code and name")
+        return tuple(out)
+    if vocabulary is not None:
+        return tuple((c.id, c.name, c.description) for c in vocabulary)
+    return tuple((int(code), str(name), "Class as named in the annotation files.") for code, name in (found or ()))
+
+
+def build_user_tables(dataset: str, *, vocabulary: dict | None = None, mapping: dict | None = None,
+                      found: Sequence[tuple[int, str]] | None = None, vocabulary_file: str = "the vocabulary",
+                      mapping_file: str = "the mapping", folder: Path | None = None) -> UserTables:
+    """Validate a user's vocabulary and mapping and complete them (module docstring).
+
+    Parameters
+    ----------
+    dataset
+        The user dataset's name.
+    vocabulary, mapping
+        The parsed JSON files (either may be ``None``).
+    found
+        ``(code, name)`` of the classes found in the annotation files, the native
+        vocabulary when neither file gives one.
+    vocabulary_file, mapping_file
+        How the files are named in errors.
+    folder
+        Where the tables live (recorded on the result).
+
+    Raises
+    ------
+    UserTableError
+        A rule broken; the message names the file, the row and the fix.
+    """
+
+    check_user_name(dataset)
+    if mapping is not None:
+        if not isinstance(mapping, dict):
+            raise _user_fail(mapping_file, f"a mapping is a JSON object, found {type(mapping).__name__}",
+                        "use the schema of nucdata/labels/mappings/<dataset>.json")
+        if mapping.get("dataset") not in (None, dataset):
+            raise _user_fail(mapping_file, f"'dataset' is {mapping['dataset']!r}, not {dataset!r}",
+                        f"set \"dataset\": \"{dataset}\" or leave it out")
+    extra = mapping.get("sources", {}) if mapping else {}
+    if not isinstance(extra, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in extra.items()):
+        raise _user_fail(mapping_file, "'sources' must map citation keys to citations", "write {\"key\": \"citation\"}")
+    sources = {**USER_SOURCES, **{k: v for k, v in extra.items()}}
+    known = {**table_sources(), **sources}
+    vocab = _user_vocabulary(vocabulary, vocabulary_file, known) if vocabulary is not None else None
+    native = _user_native(mapping, vocab, found, mapping_file)
+    names = {code: name for code, name, _ in native}
+    given = (mapping or {}).get("targets", {})
+    if not isinstance(given, dict):
+        raise _user_fail(mapping_file, "'targets' must map label sets to lists of rows", "write {\"pannuke\": [...]}")
+    targets: dict[str, list[dict[str, Any]]] = {}
+    packaged = list_label_sets()
+    for target, rows in given.items():
+        if vocab is not None and target == vocab.name:
+            target_set = vocab
+        elif target in packaged:
+            target_set = label_set(target)
+        else:
+            raise _user_fail(f"{mapping_file}: targets.{target}", "not a label set",
+                        f"use one of {', '.join(packaged + ([vocab.name] if vocab else []))}")
+        if not isinstance(rows, list):
+            raise _user_fail(f"{mapping_file}: targets.{target}", "must be a list of rows", "one row per native class")
+        try:
+            parse_rows(f"{mapping_file} -> {target}", target_set, names, rows, sources=known)
+        except UserTableError:
+            raise
+        except LabelTableError as exc:
+            raise UserTableError(f"{exc}. Fix the row (docs/label-sets.md gives the rules), or leave the table out "
+                                 f"(every native class is then 'unknown' under {target}).") from None
+        targets[target] = [dict(r) for r in rows]
+    for target in packaged:
+        if target not in targets:
+            targets[target] = [{"native": code, "kind": "unknown", "classes": [], "sources": ["user"],
+                                "reason": f"No table into {target} was given for this user dataset: no information."}
+                               for code, _, _ in native]
+    if vocab is not None and vocab.name not in targets:
+        rows = []
+        for code, name, _ in native:
+            try:
+                cls = vocab.index(name)
+            except Exception:  # noqa: BLE001 - UnknownClassError: said below with the fix
+                raise _user_fail(mapping_file, f"native class {code} {name!r} is not a class of the vocabulary "
+                            f"{vocab.name!r} ({', '.join(vocab.names)})",
+                                 f"name the native classes as the vocabulary does, or give a targets.{vocab.name} "
+                                 "table") from None
+            rows.append({"native": code, "kind": "exact", "classes": [vocab[cls].name], "sources": ["user"],
+                         "reason": "Own label set."})
+        targets[vocab.name] = rows
+    accepted_data = (mapping or {}).get("accepted", [])
+    if not isinstance(accepted_data, list) or not all(
+            isinstance(a, dict) and isinstance(a.get("key"), str) and str(a.get("reason", "")).strip()
+            for a in accepted_data):
+        raise _user_fail(mapping_file, "'accepted' must be a list of {\"key\", \"reason\"}",
+                    "give each accepted finding its key (as the checker prints it) and a reason")
+    return UserTables(dataset, native, targets, vocab, sources, {a["key"]: str(a["reason"]) for a in accepted_data},
+                      str((mapping or {}).get("version", "1")), folder)
+
+
+def write_user_tables(tables: UserTables, folder: str | os.PathLike[str]) -> UserTables:
+    """Write a user dataset's tables into ``folder`` (atomically, each file) and register the folder."""
+    folder = Path(folder)
+    mapping_path, vocab_path = user_table_paths(tables.dataset, folder,
+                                                tables.vocabulary.name if tables.vocabulary is not None else None)
+    if vocab_path is not None:
+        v = tables.vocabulary
+        atomic_write_json(vocab_path, {"name": v.name, "version": v.version, "description": v.description,
+                                       "exhaustive": v.exhaustive, "source": v.source,
+                                       "classes": [{"id": c.id, "name": c.name, "colour": c.colour,
+                                                    "description": c.description} for c in v]})
+    atomic_write_json(mapping_path, tables.to_json())
+    use_user_tables(folder)
+    return load_user_tables(tables.dataset, folder)
+
+
+def load_user_tables(dataset: str, folder: str | os.PathLike[str]) -> UserTables:
+    """Read and validate a user dataset's stored tables from ``folder`` (cached by file stamps)."""
+    folder = Path(folder)
+    mapping_path, _ = user_table_paths(dataset, folder)
+    stat = mapping_path.stat()
+    key = (str(mapping_path), dataset)
+    data = read_table_file(mapping_path)
+    vocab_name = data.get("vocabulary") if isinstance(data, dict) else None
+    vocab_path = user_table_paths(dataset, folder, vocab_name)[1] if vocab_name else None
+    stamp = (stat.st_mtime_ns, stat.st_size + (vocab_path.stat().st_mtime_ns if vocab_path and vocab_path.is_file()
+                                               else 0))
+    cached = _loaded_user.get(key)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    vocabulary = read_table_file(vocab_path) if vocab_path is not None else None
+    tables = build_user_tables(dataset, vocabulary=vocabulary, mapping=data, vocabulary_file=str(vocab_path),
+                               mapping_file=str(mapping_path), folder=folder)
+    _loaded_user[key] = (stamp, tables)
+    return tables
+
+
+
+
+def find_user_tables(dataset: str) -> UserTables | None:
+    """The stored tables of user dataset ``dataset`` in the registered folders, or ``None``."""
+    if not isinstance(dataset, str) or not USER_NAME.fullmatch(dataset):
+        return None
+    for folder in search_folders():
+        if (folder / f"{dataset}{MAPPING_SUFFIX}").is_file():
+            return load_user_tables(dataset, folder)
+    return None
+
+
+def find_user_vocabulary(name: str) -> Any:
+    """The user label set ``name`` stored in a registered folder, or ``None``."""
+    if not isinstance(name, str) or not USER_NAME.fullmatch(name):
+        return None
+    for folder in search_folders():
+        path = folder / f"{name}{VOCABULARY_SUFFIX}"
+        if path.is_file():
+
+            return _user_vocabulary(read_table_file(path), str(path), {**table_sources(), **USER_SOURCES,
+                                                        **_declared_sources(folder)})
+    return None
+
+
+def _declared_sources(folder: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for path in sorted(folder.glob(f"*{MAPPING_SUFFIX}")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("sources"), dict):
+            out.update({str(k): str(v) for k, v in data["sources"].items()})
+    return out
+
+
+def _use_tables_beside(store: Any) -> None:
+    """A user dataset's store (``<home>/stores/<name>/<version>``): look for its tables in that home."""
+    dataset = getattr(store, "dataset", None)
+    path = getattr(store, "path", None)
+    if not isinstance(dataset, str) or path is None or dataset in _mapping_datasets():
+        return
+    folder = Path(path)
+    if folder.parent.name == dataset and folder.parent.parent.name == "stores":
+        registry = folder.parent.parent.parent / "registry"
+        if (registry / f"{dataset}.mapping.json").is_file():
+            use_user_tables(registry)
+
+
+def user_mapping(tables: UserTables, target: str) -> LabelMapping:
+    """The table from a user dataset's native codes into ``target`` (its stored rows)."""
+    target_set = label_set(target)
+    rows_data = tables.targets.get(target_set.name)
+    if rows_data is None:
+        raise UnknownLabelSetError(f"{target} (no table from {tables.dataset}; tables exist for: "
+                                   f"{', '.join(sorted(tables.targets))})", sorted(tables.targets))
+    where = f"{tables.folder / (tables.dataset + '.mapping.json') if tables.folder else tables.dataset} -> {target_set.name}"
+    rows = parse_rows(where, target_set, tables.names, rows_data, sources={**table_sources(), **tables.sources})
+    return LabelMapping(tables.dataset, target_set, rows, "dataset", tables.version)
+
+
+def check_user_tables(tables: UserTables) -> CheckReport:
+    """Check a user dataset's table against the packaged tables, as :func:`check_tables` checks ours.
+
+    The dataset's native classes become a set of their own; every direct row into a
+    packaged set B is compared with every path through a third set C (the dataset's row
+    into C, then C's table into B) and reported when the two share no class. Findings
+    the user's mapping lists under ``accepted`` pass, with their reason. (Packaged sets
+    have no tables into a user's set, so there is no reverse to compare.)
+    """
+    packaged = {n: label_set(n) for n in list_label_sets()}
+    classes = tuple(LabelClass(i, name, "#000000", desc) for i, (_code, name, desc) in enumerate(tables.native))
+    own = LabelSet(tables.dataset, tables.version, "user dataset", classes, True, "user")
+    sets = {**packaged, tables.dataset: own}
+    index = {code: i for i, (code, _, _) in enumerate(tables.native)}
+    claims: Claims = {a: {b: _claims(_packaged_mapping(SET_PREFIX + a, b), None) for b in packaged if b != a}
+                      for a in packaged}
+    claims[tables.dataset] = {}
+    for b in packaged:
+        table = user_mapping(tables, b)
+        claims[tables.dataset][b] = {index[c]: v for c, v in _claims(table, None).items()}
+    findings = [f for f in find_inconsistencies(sets, claims, asymmetries=False)
+                if f.key.startswith(f"{tables.dataset}>")]
+    return CheckReport(sorted(findings, key=lambda f: (f.kind, f.key)), dict(tables.accepted))
 
 
 # -- consistency checker --------------------------------------------------------------
