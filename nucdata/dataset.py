@@ -122,7 +122,7 @@ class NucleusDataset(torch.utils.data.Dataset):
         index = int(self.indices[i])
         rows = self.store.nucleus_slice(index)
         sample: Sample = {
-            "image": torch.from_numpy(np.ascontiguousarray(self.store.rgb(index).transpose(2, 0, 1))),
+            "image": torch.from_numpy(np.array(self.store.planes(index))),  # planar in the store: one copy
             "instance_map": torch.from_numpy(np.array(self.store.instance_map(index))),
             "centroids": torch.from_numpy(np.array(self.store.column("nuclei", "centroid")[rows])),
             "labels": torch.from_numpy(self._labels[rows].copy()),

@@ -69,6 +69,46 @@ def test_heap_layout_for_mixed_sizes(tmp_path):
     assert store.column("nuclei", "area").tolist() == [4, 0, 4, 0]
 
 
+@pytest.mark.parametrize("sizes", [[(6, 8), (6, 8)], [(5, 7), (9, 4)]], ids=["stacked", "heap"])
+def test_pixels_are_planar_on_disk_and_seen_both_ways(tmp_path, sizes):
+    rng = np.random.default_rng(4)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
+    with StoreWriter(tmp_path / "s" / "1", "x", "1") as writer:
+        for i, rgb in enumerate(images):
+            writer.add_image(f"im{i}", "all", rgb, np.zeros(rgb.shape[:2], np.int32))
+        path = writer.publish({})
+    store = Store(path)
+    raw = np.load(path / "pixels" / "rgb.npy")
+    if store.manifest["pixels"]["layout"] == "stacked":
+        assert raw.shape == (2, 3, 6, 8)  # (N, 3, H, W): channels first
+        np.testing.assert_array_equal(raw, np.stack(images).transpose(0, 3, 1, 2))
+    else:
+        np.testing.assert_array_equal(raw, np.concatenate([im.transpose(2, 0, 1).ravel() for im in images]))
+    for i, rgb in enumerate(images):
+        planes = store.planes(i)
+        assert planes.shape == (3, *rgb.shape[:2]) and planes.flags.c_contiguous
+        np.testing.assert_array_equal(planes, rgb.transpose(2, 0, 1))
+        np.testing.assert_array_equal(store.rgb(i), rgb)  # the same memory, channels last
+        assert np.shares_memory(store.rgb(i), planes)
+
+
+def test_a_store_of_the_older_layout_is_refused_with_a_rebuild_hint(tmp_path):
+    import json
+
+    from nucdata.errors import SchemaVersionError
+    from nucdata.store import SCHEMA_VERSION
+
+    assert SCHEMA_VERSION == 2  # planar pixels
+    with StoreWriter(tmp_path / "monuseg" / "1", "monuseg", "1") as writer:
+        writer.add_image("im", "all", np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4), np.int32))
+        path = writer.publish({})
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest["schema_version"] = 1  # what a store written before planar pixels says
+    (path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(SchemaVersionError, match=r"schema version 1.*nucdata prepare monuseg --force"):
+        Store(path)
+
+
 def test_failed_conversion_publishes_nothing(home, monkeypatch):
     install("tnbc", home)
     from nucdata.datasets.tnbc import TNBC

@@ -84,7 +84,7 @@ def test_type_map_agrees_with_labels_and_unlabelled_is_minus_one(store):
     for t in range(len(tiles)):
         s = tiles[t]
         inst, types, labels = s["instance_map"].numpy(), s["type_map"].numpy(), s["labels"].numpy()
-        assert s["type_map"].dtype == torch.int64
+        assert s["type_map"].dtype == torch.int16  # compact (store schema 2); .long() for a loss
         assert (types[inst == 0] == 0).all()
         for k, label in enumerate(labels, start=1):
             expected = label + 1 if label >= 0 else -1  # -1 missing and -2 outside both -> -1
@@ -153,6 +153,45 @@ def test_tiles_at_one_mpp(store):
         assert (s["nucleus_index"].numpy()[got[got > 0] - 1] == start + ids[ids > 0] - 1).all()
     # 256 px at 0.5 um/px stays 256 px; 300 x 520 at 0.25 becomes 150 x 260.
     assert {tuple(o) for o in tiles._out[0].tolist()} == {(150, 260), (256, 256), (40, 36)}
+
+
+@pytest.mark.parametrize("sampler", ["grid", "random"])
+def test_resampled_tiles_from_the_image_cache_equal_tiles_resampled_alone(store, sampler):
+    ds = NucleusDataset(store, "train", "pannuke")
+    cached = ds.tiles(size=64, mpp=0.5, sampler=sampler, length=40, stride=48)
+    alone = ds.tiles(size=64, mpp=0.5, sampler=sampler, length=40, stride=48, resample_cache_mb=0)
+    for t in range(len(cached)):
+        a, b = cached[t], alone[t]
+        for key in ("image", "instance_map", "type_map", "padding", "centroids", "labels", "nucleus_index"):
+            assert torch.equal(a[key], b[key]), (t, key)
+    assert cached.__dict__["_resampled"] and not alone.__dict__.get("_resampled")
+    with pytest.raises(nucdata.errors.InvalidArgumentError, match="resample_cache_mb"):
+        ds.tiles(size=64, mpp=0.5, resample_cache_mb=-1)
+
+
+def test_type_map_holds_large_native_codes(tmp_path):
+    """Codes beyond what one packed lookup holds take the two-lookup path: same maps."""
+    rng = np.random.default_rng(8)
+    rgb, inst = _image(rng, 96, 96, 30)
+    k = int(inst.max())
+    labels = np.where(rng.random(k) < 0.2, -1, rng.integers(20000, 30000, k))
+    with StoreWriter(tmp_path / "s", "consep", "test") as writer:
+        writer.add_image("a", "train", rgb, inst, labels)
+        writer.publish({})
+    # and a tile of 65,536 one-pixel nuclei: more than the packing holds beside such codes
+    many = np.arange(1, 256 * 256 + 1, dtype=np.int32).reshape(256, 256)
+    with StoreWriter(tmp_path / "m", "consep", "test") as writer:
+        writer.add_image("a", "train", np.zeros((256, 256, 3), np.uint8), many, np.full(many.size, 20000))
+        writer.publish({})
+    samples = [t[i] for t in (NucleusDataset(Store(tmp_path / "s"), None, None).tiles(size=64),
+                              NucleusDataset(Store(tmp_path / "m"), None, None).tiles(size=256)) for i in range(len(t))]
+    assert len(samples[-1]["labels"]) == 256 * 256
+    for s in samples:
+        types, ids = s["type_map"].numpy(), s["instance_map"].numpy()
+        assert s["type_map"].dtype == torch.int16
+        labels = s["labels"].numpy()
+        expected = np.concatenate([[0], np.where(labels >= 0, labels + 1, -1)])  # by tile id
+        assert (types == expected[ids]).all()
 
 
 def test_missing_mpp_is_a_typed_error_unless_assumed(store):

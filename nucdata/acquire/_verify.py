@@ -294,13 +294,14 @@ def _check_values(folder: Path, manifest: dict[str, Any], arrays: dict[str, np.n
     pixels = (col("pixels/rgb.npy"), col("pixels/instances.npy"))
     layout = manifest["pixels"]["layout"]
     if layout == "stacked":
+        # rgb is planar (N, 3, H, W) since store schema 2; instances are (N, H, W)
         for rel, array, channels in (("pixels/rgb.npy", pixels[0], (3,)), ("pixels/instances.npy", pixels[1], ())):
             if array is None:
                 continue
             if n_images and (len(set(height.tolist())) > 1 or len(set(width.tolist())) > 1):
                 problems.append(f"{folder / rel}: stacked layout, but the images have different sizes. {hint}")
-            elif array.shape != (n_images, *((int(height[0]), int(width[0])) if n_images else array.shape[1:3]),
-                                 *channels):
+            elif array.shape != (n_images, *channels,
+                                 *((int(height[0]), int(width[0])) if n_images else array.shape[-2:])):
                 problems.append(f"{folder / rel}: shape {array.shape} does not hold {n_images} images of "
                                 f"{int(height[0]) if n_images else '?'}x{int(width[0]) if n_images else '?'}. {hint}")
     else:

@@ -5,8 +5,9 @@ Layout of ``stores/<dataset>/<converter-version>/``::
     manifest.json              written last; a store without it does not exist
     images/<column>.npy        one row per image (dim ``image``)
     nuclei/<column>.npy        one row per nucleus, sorted by image (dim ``nucleus``)
-    pixels/rgb.npy             uint8: (N, H, W, 3) when all images share a size,
-                               else a flat heap indexed by images/pixel_offset
+    pixels/rgb.npy             uint8, planar (channels first): (N, 3, H, W) when all
+                               images share a size, else a flat heap of each image's
+                               three planes, indexed by images/pixel_offset
     pixels/instances.npy       int32 instance maps, stacked or heaped the same way;
                                0 is background, k the k-th nucleus of the image
 
@@ -41,7 +42,10 @@ from nucdata._util.progress import Counter
 from nucdata.errors import SchemaVersionError, StoreError
 from nucdata.store._layout import MANIFEST
 
-SCHEMA_VERSION = 1
+#: 2: planar pixels (``rgb.npy`` channels first, so that a window of an image is already
+#: the ``(3, h, w)`` a sample holds); stores of schema 1 (channels last) are refused
+#: with a rebuild hint
+SCHEMA_VERSION = 2
 
 
 def _string_column(values: list[str]) -> np.ndarray:
@@ -183,7 +187,7 @@ class StoreWriter:
         n = centroid.shape[0]
         index = len(self._images["name"])
         h, w = inst.shape
-        offset = self._rgb.append(rgb) // 3
+        offset = self._rgb.append(rgb.transpose(2, 0, 1)) // 3  # planar: one plane per channel
         self._inst.append(inst)
         self._shapes.add((h, w))
         for key, value in (
@@ -239,7 +243,7 @@ class StoreWriter:
         if len(self._shapes) == 1:
             (h, w), = self._shapes
             layout = "stacked"
-            self._files["pixels/rgb.npy"] = self._rgb.close((n_images, h, w, 3))
+            self._files["pixels/rgb.npy"] = self._rgb.close((n_images, 3, h, w))
             self._files["pixels/instances.npy"] = self._inst.close((n_images, h, w))
         else:
             layout = "heap"
@@ -461,7 +465,16 @@ class Store:
         return self.column("pixels", kind)
 
     def rgb(self, index: int) -> np.ndarray:
-        """``(H, W, 3)`` uint8 view of image ``index`` (no copy)."""
+        """``(H, W, 3)`` uint8 view of image ``index`` (no copy).
+
+        The store keeps the pixels planar (:meth:`planes`); this is the same memory seen
+        channels last, so it is not C-contiguous: ``np.ascontiguousarray`` it for
+        libraries that need that.
+        """
+        return self.planes(index).transpose(1, 2, 0)
+
+    def planes(self, index: int) -> np.ndarray:
+        """``(3, H, W)`` uint8 view of image ``index`` as stored (planar, C-contiguous, no copy)."""
         return self._pixel_view("rgb", index, 3)
 
     def instance_map(self, index: int) -> np.ndarray:
@@ -480,14 +493,15 @@ class Store:
 
 def image_pixels(pixels: np.ndarray, layout: str, index: int, channels: int, heights: np.ndarray,
                  widths: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Image ``index``'s view into a pixel file: ``(H, W, 3)`` for RGB, ``(H, W)`` for instances.
+    """Image ``index``'s view into a pixel file: ``(3, H, W)`` for RGB (planar, as stored), ``(H, W)`` for instances.
 
     ``layout`` is the manifest's ``pixels.layout``: ``"stacked"`` (one array of equal-sized
-    images) or a flat heap indexed by ``pixel_offset`` (in pixels).
+    images) or a flat heap indexed by ``pixel_offset`` (in pixels; an RGB image takes
+    ``3 * H * W`` values from ``3 * pixel_offset``, its three planes one after another).
     """
     if layout == "stacked":
         return pixels[index]
     h, w = int(heights[index]), int(widths[index])
     start = int(offsets[index]) * channels
     flat = pixels[start : start + h * w * channels]
-    return flat.reshape((h, w, 3) if channels == 3 else (h, w))
+    return flat.reshape((3, h, w) if channels == 3 else (h, w))

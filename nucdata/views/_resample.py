@@ -49,6 +49,28 @@ def _gaussian(scale: float) -> tuple[np.ndarray, np.ndarray]:
     return offsets, weights / weights.sum()
 
 
+@functools.lru_cache(maxsize=64)
+def _axis_table(n: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Taps of every output pixel of an axis of ``n`` native pixels: ``(n_out, T)`` indices and weights.
+
+    Keyed on the axis (its length and scale) alone, not on a window's start, so random
+    tiles of one image (and every image of one size) share it; a window takes its rows.
+    """
+    count = output_length(n, scale)
+    g = np.arange(count, dtype=np.float64)
+    centre = (g + 0.5) * scale - 0.5
+    left = np.floor(centre).astype(np.int64)
+    frac = centre - left
+    taps = _mirror(np.stack([left, left + 1], 1), n)  # (count, 2): bilinear taps
+    tap_w = np.stack([1.0 - frac, frac], 1)
+    offsets, g_w = _gaussian(float(scale))
+    index = _mirror(taps[:, :, None] + offsets[None, None, :], n).reshape(count, -1)  # filter, then sample
+    weight = (tap_w[:, :, None] * g_w[None, None, :]).reshape(count, -1).astype(np.float32)
+    index.flags.writeable = False
+    weight.flags.writeable = False
+    return index, weight
+
+
 def axis_weights(n: int, start: int, count: int, scale: float,
                  channels: int = 1) -> tuple[int, sparse.csr_matrix]:
     """Resampling of output pixels ``start .. start+count-1`` of an axis of ``n`` pixels.
@@ -62,41 +84,31 @@ def axis_weights(n: int, start: int, count: int, scale: float,
     scale
         Native pixels per output pixel.
     channels
-        Interleaved channels per pixel: the matrix acts on ``native`` flattened to
-        ``(pixels * channels, ...)`` (pixel-major) and gives ``(count * channels, ...)``,
-        every channel resampled alike (``kron(matrix, eye(channels))``).
+        Planes stacked along this axis: the matrix acts on ``channels`` blocks of the
+        native window (``(channels * pixels, ...)``, block-major) and gives
+        ``(channels * count, ...)``, every block resampled alike
+        (``kron(eye(channels), matrix)``).
 
     Returns
     -------
     lo, matrix
         ``out = matrix @ native[lo : lo + matrix.shape[1] // channels]`` along this axis;
-        ``float32`` weights, one row per output pixel (and channel) with a fixed number
+        ``float32`` weights, one row per output pixel (and plane) with a fixed number
         of entries (repeated columns add up).
     """
-    g = np.arange(start, start + count, dtype=np.float64)
-    centre = (g + 0.5) * scale - 0.5
-    left = np.floor(centre).astype(np.int64)
-    frac = centre - left
-    taps = _mirror(np.stack([left, left + 1], 1), n)  # (count, 2): bilinear taps
-    tap_w = np.stack([1.0 - frac, frac], 1)
-    offsets, g_w = _gaussian(float(scale))
-    index = _mirror(taps[:, :, None] + offsets[None, None, :], n).reshape(count, -1)  # filter, then sample
-    weight = (tap_w[:, :, None] * g_w[None, None, :]).reshape(count, -1).astype(np.float32)
+    table, table_w = _axis_table(int(n), float(scale))
+    index, weight = table[start : start + count], table_w[start : start + count]
     lo = int(index.min())
-    hi = int(index.max()) + 1
-    index -= lo
+    width = int(index.max()) + 1 - lo
+    index = index - lo
     if channels > 1:
-        index = (index[:, None, :] * channels + np.arange(channels)[None, :, None]).reshape(count * channels, -1)
-        weight = np.repeat(weight, channels, axis=0)
+        index = (index[None] + (np.arange(channels) * width)[:, None, None]).reshape(channels * count, -1)
+        weight = np.broadcast_to(weight, (channels, *weight.shape)).reshape(channels * count, -1)
     taps_per_row = index.shape[1]
     indptr = np.arange(0, index.size + 1, taps_per_row, dtype=np.int32)
     matrix = sparse.csr_matrix((weight.ravel(), index.ravel().astype(np.int32), indptr),
-                               shape=(index.shape[0], (hi - lo) * channels))
+                               shape=(index.shape[0], width * channels))
     return lo, matrix
-
-
-#: the matrices are only ever multiplied, never changed, so sharing them is safe
-_cached_axis_weights = functools.lru_cache(maxsize=256)(axis_weights)
 
 
 def nearest_indices(n: int, start: int, count: int, scale: float) -> np.ndarray:
@@ -105,24 +117,28 @@ def nearest_indices(n: int, start: int, count: int, scale: float) -> np.ndarray:
     return np.clip(np.floor((g + 0.5) * scale).astype(np.int64), 0, n - 1)
 
 
-def resample_rgb_chw(rgb: np.ndarray, y0: int, x0: int, rows: int, cols: int, scale: float) -> np.ndarray:
-    """``(3, rows, cols)`` uint8: the output window of ``rgb`` resampled by ``scale``.
+def resample_planes(planes: np.ndarray, y0: int, x0: int, rows: int, cols: int, scale: float) -> np.ndarray:
+    """``(3, rows, cols)`` uint8: the output window of planar pixels ``(3, H, W)`` resampled by ``scale``.
 
-    Two sparse products in float32 (rows first, on the pixel-interleaved window as
-    read; then columns, on its 2-D transpose, with the channels interleaved in the
-    matrix), so that only whole-row transposes of 4-byte values are needed: cheap,
-    where a transpose that moves 3-channel pixels is not.
+    Two sparse products in float32, the only dtype round trip (uint8 in, uint8 out):
+    rows first, the three planes stacked (``kron(eye(3), rows)`` on ``(3 * h, w)``), then
+    columns, on the transpose of that product.
     """
-    h, w = rgb.shape[:2]
-    ly, wy = _cached_axis_weights(h, y0, rows, scale)  # grid tiles share their rows and columns
-    lx, wx = _cached_axis_weights(w, x0, cols, scale, channels=3)
-    region = np.asarray(rgb[ly : ly + wy.shape[1], lx : lx + wx.shape[1] // 3])
-    hr, wr = region.shape[:2]
-    step = wy @ region.reshape(hr, wr * 3).astype(np.float32)  # (rows, wr * 3)
-    out = wx @ np.ascontiguousarray(step.T)  # (cols * 3, rows)
+    c, h, w = planes.shape
+    ly, wy = axis_weights(h, y0, rows, scale, channels=c)
+    lx, wx = axis_weights(w, x0, cols, scale)
+    region = planes[:, ly : ly + wy.shape[1] // c, lx : lx + wx.shape[1]]
+    hr, wr = region.shape[1:]
+    step = wy @ region.astype(np.float32).reshape(c * hr, wr)  # (3 * rows, wr)
+    out = wx @ np.ascontiguousarray(step.T)  # (cols, 3 * rows)
     out += 0.5
     np.clip(out, 0, 255, out=out)
-    return np.ascontiguousarray(out.astype(np.uint8).reshape(cols, 3, rows).transpose(1, 2, 0))
+    return out.T.astype(np.uint8, order="C").reshape(c, rows, cols)
+
+
+def resample_rgb_chw(rgb: np.ndarray, y0: int, x0: int, rows: int, cols: int, scale: float) -> np.ndarray:
+    """``(3, rows, cols)`` uint8 from channels-last ``(H, W, 3)`` pixels (see :func:`resample_planes`)."""
+    return resample_planes(np.asarray(rgb).transpose(2, 0, 1), y0, x0, rows, cols, scale)
 
 
 def nearest_window(instance_map: np.ndarray, y0: int, x0: int, rows: int, cols: int, scale: float) -> np.ndarray:
@@ -142,8 +158,9 @@ def resample_window(
     Parameters
     ----------
     rgb, instance_map
-        The native ``(H, W, 3)`` uint8 image and ``(H, W)`` int map (memory maps are
-        fine: only the rows and columns the window needs are read).
+        The native ``(H, W, 3)`` uint8 image (``Store.rgb``: a view of the planar store)
+        and ``(H, W)`` int map (memory maps are fine: only the rows and columns the
+        window needs are read).
     y0, x0, rows, cols
         The window in the output frame; it must lie inside the resampled image.
     scale
@@ -158,7 +175,7 @@ def resample_window(
     if rows <= 0 or cols <= 0:
         return np.zeros((max(rows, 0), max(cols, 0), 3), np.uint8), np.zeros((max(rows, 0), max(cols, 0)), np.int32)
     if scale == 1.0:
-        return (np.array(rgb[y0 : y0 + rows, x0 : x0 + cols]),
+        return (np.ascontiguousarray(rgb[y0 : y0 + rows, x0 : x0 + cols]),
                 np.array(instance_map[y0 : y0 + rows, x0 : x0 + cols], dtype=np.int32))
     image = np.ascontiguousarray(resample_rgb_chw(rgb, y0, x0, rows, cols, scale).transpose(1, 2, 0))
     return image, nearest_window(instance_map, y0, x0, rows, cols, scale)

@@ -20,10 +20,13 @@ pixels (corner frame). At ``scale == 1`` tile pixel ``(u, v)`` is native pixel
 Resampling (``mpp=``) follows :func:`skimage.transform.rescale` with
 ``anti_aliasing=True``: a Gaussian of sigma ``max(0, (scale - 1) / 2)`` (truncated at
 4 sigma) then bilinear interpolation, borders mirrored; both are folded into two
-sparse per-axis weight matrices, so a tile reads only its window (plus the filter's
-reach) and costs two small sparse products. Instance maps are resampled with nearest
-neighbour (the native pixel containing the output pixel's centre), so ids stay ids;
-a nucleus too small to own an output pixel is absent from that tile.
+sparse per-axis weight matrices. Instance maps are resampled with nearest neighbour
+(the native pixel containing the output pixel's centre), so ids stay ids; a nucleus
+too small to own an output pixel is absent from that tile. Each process resamples an
+image once, whole, and keeps it in a cache of ``resample_cache_mb`` (least recently
+used out first), so later tiles of it are cut like native ones; images the cache
+cannot hold are resampled per tile, reading only the window (plus the filter's reach).
+Both give the same pixels.
 
 Grid tiles start at ``0, stride, 2 * stride, ...`` along each axis until the image is
 covered; with ``stride == size`` they cover every output pixel exactly once. Tiles
@@ -35,6 +38,7 @@ wide (what exports use: no black margins, some overlap).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -47,7 +51,7 @@ from nucdata.views._resample import (
     image_scales,
     nearest_window,
     output_length,
-    resample_rgb_chw,
+    resample_planes,
 )
 
 if TYPE_CHECKING:
@@ -78,10 +82,18 @@ _DRAW_BLOCK = 256
 _DRAW_CACHE = 64
 
 
+#: dtype of a tile's ``type_map`` (class ids and -1: any label set, and native codes, fit)
+TYPE_DTYPE = np.int16
+
+#: output rows resampled at once when a whole image is resampled into the cache (bounds
+#: the float32 temporaries whatever the image's size)
+_RESAMPLE_BAND = 256
+
+
 class _ImageView(NamedTuple):
     """One image's pixels (plain array views) and nucleus range."""
 
-    rgb: np.ndarray
+    planes: np.ndarray
     instances: np.ndarray
     index: int
     start: int
@@ -106,7 +118,7 @@ class TileDataset(torch.utils.data.Dataset):
 
         image          uint8 (3, S, S); zeros where padded
         instance_map   int32 (S, S); 0 background, 1..K the nuclei of this tile
-        type_map       int64 (S, S); 0 background, c + 1 for class c of the label set,
+        type_map       int16 (S, S); 0 background, c + 1 for class c of the label set,
                        -1 inside nuclei without a label there (missing, or outside the
                        set): ready for ``ignore_index=-1``
         padding        bool (S, S); true outside the image
@@ -120,6 +132,9 @@ class TileDataset(torch.utils.data.Dataset):
         origin         float64 (2,); x, y of the tile's top-left corner, native pixels
         scale          float; native pixels per tile pixel
         image_id, dataset  str; image_index int (row in the store)
+
+    (``type_map`` is int16 since store schema 2, int64 before: ``.long()`` it for
+    ``torch.nn.functional.cross_entropy``.)
 
     Nuclei known only by a bounding box (``has_mask`` false, NuCLS) have no pixels and
     are in neither map nor list. Per-nucleus fields differ in length between tiles:
@@ -156,6 +171,11 @@ class TileDataset(torch.utils.data.Dataset):
     transforms
         ``dict -> dict`` callable applied to every tile, last (for instance
         :class:`nucdata.views.HoVerNetTargets`).
+    resample_cache_mb
+        With ``mpp``: MiB of resampled whole images each process keeps (7 bytes per
+        output pixel). An image is cached when the whole selection fits, or when it is
+        at most four tiles in area (resampling it whole costs about one tile); others
+        are resampled per tile. ``0`` resamples every tile afresh.
     """
 
     def __init__(
@@ -172,6 +192,7 @@ class TileDataset(torch.utils.data.Dataset):
         edge: str = "pad",
         assume_mpp: float | None = None,
         transforms: Callable[[Sample], Sample] | None = None,
+        resample_cache_mb: float = 256,
     ):
         if int(size) != size or size < 1:
             raise InvalidArgumentError(f"tile size must be a positive integer, got {size!r}")
@@ -192,6 +213,9 @@ class TileDataset(torch.utils.data.Dataset):
         self.size, self.stride, self.mpp = int(size), int(stride), mpp
         self.sampler, self.min_nuclei, self.seed, self.edge = sampler, int(min_nuclei), int(seed), edge
         self.transforms = transforms
+        if not (isinstance(resample_cache_mb, (int, float)) and resample_cache_mb >= 0):
+            raise InvalidArgumentError(f"resample_cache_mb must be a non-negative number, got {resample_cache_mb!r}")
+        self.resample_cache_mb = float(resample_cache_mb)
         self.epoch = 0
         label_sets = {d.label_set for d in self.members}
         self.label_set = label_sets.pop() if len(label_sets) == 1 else None
@@ -204,6 +228,8 @@ class TileDataset(torch.utils.data.Dataset):
         self._out = [np.stack([[output_length(int(h), s), output_length(int(w), s)]
                                for (h, w), s in zip(hw, sc, strict=True)]).reshape(-1, 2).astype(np.int64)
                      for hw, sc in zip(self._hw, self._scale, strict=True)]
+        # 7 bytes per output pixel: uint8 RGB and the int32 instance map
+        self._out_bytes = [7 * o[:, 0] * o[:, 1] for o in self._out]
         grid = self._grid()
         if sampler == "grid":
             self._tiles = grid
@@ -373,7 +399,7 @@ class TileDataset(torch.utils.data.Dataset):
             index = int(self._image[member][position])
             rows = store.nucleus_slice(index)
             view = cache[(member, position)] = _ImageView(
-                rgb=store.rgb(index).view(np.ndarray),  # plain views: a memmap's slicing is slow
+                planes=store.planes(index).view(np.ndarray),  # plain views: a memmap's slicing is slow
                 instances=store.instance_map(index).view(np.ndarray),
                 index=index, start=rows.start, count=rows.stop - rows.start,
                 name=str(store.column("images", "name")[index]),
@@ -404,9 +430,38 @@ class TileDataset(torch.utils.data.Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for cache in ("_view_cache", "_member_cache", "_draw_cache"):  # rebuilt in each process
+        for cache in ("_view_cache", "_member_cache", "_draw_cache", "_resampled"):  # rebuilt in each process
             state.pop(cache, None)
         return state
+
+    def _resampled_image(self, member: int, position: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The whole image resampled (planes, instance map), from this process's cache; ``None``: per tile."""
+        cache: OrderedDict = self.__dict__.setdefault("_resampled", OrderedDict())
+        key = (member, position)
+        hit = cache.get(key)
+        if hit is not None:
+            cache.move_to_end(key)
+            return hit
+        budget = self.resample_cache_mb * 2**20
+        need = int(self._out_bytes[member][position])
+        ho, wo = self._out[member][position].tolist()
+        total = sum(int(b.sum()) for b in self._out_bytes)
+        if need > budget or not (total <= budget or ho * wo <= 4 * self.size * self.size):
+            return None
+        view = self._image_view(member, position)
+        scale = float(self._scale[member][position])
+        planes = np.empty((view.planes.shape[0], ho, wo), np.uint8)
+        instances = np.empty((ho, wo), np.int32)
+        for y in range(0, ho, _RESAMPLE_BAND):  # bands: bounded temporaries, the same pixels
+            band = min(_RESAMPLE_BAND, ho - y)
+            planes[:, y : y + band] = resample_planes(view.planes, y, 0, band, wo, scale)
+            instances[y : y + band] = nearest_window(view.instances, y, 0, band, wo, scale)
+        used = sum(p.nbytes + i.nbytes for p, i in cache.values())
+        while cache and used + need > budget:
+            _, (p, i) = cache.popitem(last=False)
+            used -= p.nbytes + i.nbytes
+        cache[key] = (planes, instances)
+        return planes, instances
 
     def tile(self, member: int, position: int, ty: int, tx: int) -> Sample:
         """The tile of image ``position`` of ``member`` whose top-left output pixel is (tx, ty)."""
@@ -417,18 +472,26 @@ class TileDataset(torch.utils.data.Dataset):
         s = self.size
         rows, cols = max(0, min(s, ho - ty)), max(0, min(s, wo - tx))
         full = rows == s and cols == s
+        fresh = False  # pixels already a new array of this tile's own
         if rows == 0 or cols == 0:
             pixels, window = np.zeros((3, rows, cols), np.uint8), np.zeros((rows, cols), np.int32)
-        elif scale == 1.0:  # views of the window: nothing is read twice
-            pixels = view.rgb[ty : ty + rows, tx : tx + cols].transpose(2, 0, 1)
+        elif scale == 1.0:  # views of the window (planar store: already channels first)
+            pixels = view.planes[:, ty : ty + rows, tx : tx + cols]
             window = view.instances[ty : ty + rows, tx : tx + cols]
         else:
-            pixels = resample_rgb_chw(view.rgb, ty, tx, rows, cols, scale)
-            window = nearest_window(view.instances, ty, tx, rows, cols, scale)
+            whole = self._resampled_image(member, position)
+            if whole is not None:
+                pixels = whole[0][:, ty : ty + rows, tx : tx + cols]
+                window = whole[1][ty : ty + rows, tx : tx + cols]
+            else:
+                pixels = resample_planes(view.planes, ty, tx, rows, cols, scale)
+                window = nearest_window(view.instances, ty, tx, rows, cols, scale)
+                fresh = True
         flat = window.ravel()  # one contiguous copy of the window's ids
-        # Relabel 1..K with one lookup table. Every id of the window occurs at its start
-        # or where the id changes along the flattened rows: far fewer values to look at
-        # than the window's pixels (a bincount over all of them costs more than the rest).
+        if not flat.flags.writeable:  # a window of whole rows: ravel gave a view of the store
+            flat = flat.copy()
+        # Relabel 1..K. Every id of the window occurs at its start or where the id changes
+        # along the flattened rows: far fewer values to look at than the window's pixels.
         if flat.size:
             changes = flat[1:][flat[1:] != flat[:-1]]
             present = np.zeros(max(view.count, int(changes.max(initial=0)), int(flat[0])) + 1, bool)
@@ -438,24 +501,47 @@ class TileDataset(torch.utils.data.Dataset):
         else:
             present = np.zeros(view.count + 1, bool)
         original = np.flatnonzero(present)
-        lut = np.zeros(present.size, np.int32)
-        lut[original] = np.arange(1, original.size + 1, dtype=np.int32)
+        k = original.size
         rows_k = view.start + original - 1
         labels = nuclei.labels[rows_k]
-        type_lut = np.zeros(original.size + 1, np.int64)
-        type_lut[1:] = np.where(labels >= 0, labels + 1, -1)
+        types = np.where(labels >= 0, labels + 1, -1)
+        # One lookup gives both maps: the new id in the low bits, the type above them
+        # (arithmetic shifts keep the -1 of unlabelled nuclei).
+        shift = max(1, k.bit_length())
+        reach = int(np.abs(types).max(initial=0)) + 1
+        if reach >= 2**15:
+            raise InvalidArgumentError(
+                f"{self.members[member].name}: native class code {reach - 2} does not fit the tiles' int16 "
+                "type_map; choose a label set (label_set=...) for this dataset")
+        if reach << shift < 2**31:
+            lut = np.zeros(present.size, np.int32)
+            lut[original] = np.arange(1, k + 1, dtype=np.int64) + (types << shift)
+            # torch's index_select takes int32 indices as they are (np.take converts them
+            # to intp first): the faster lookup here
+            packed = torch.index_select(torch.from_numpy(lut), 0, torch.from_numpy(flat)).numpy()
+            type_flat = np.right_shift(packed, shift, out=np.empty(flat.size, TYPE_DTYPE), casting="unsafe")
+            inst_flat = np.bitwise_and(packed, (1 << shift) - 1, out=packed)
+        else:  # more nuclei or larger codes than the packing holds: two lookups
+            lut = np.zeros(present.size, np.int32)
+            lut[original] = np.arange(1, k + 1, dtype=np.int32)
+            inst_flat = np.take(lut, flat)
+            type_lut = np.zeros(k + 1, np.int64)
+            type_lut[1:] = types
+            type_flat = np.take(type_lut, inst_flat).astype(TYPE_DTYPE)
         if full:
-            image = np.ascontiguousarray(pixels)
-            inst = np.take(lut, flat).reshape(s, s)
+            image = pixels if fresh else np.array(pixels)
+            inst = inst_flat.reshape(s, s)
+            type_map = type_flat.reshape(s, s)
             padding = np.zeros((s, s), bool)
-        else:
+        else:  # padded: zeros outside the image, and the padding map marks them
             image = np.zeros((3, s, s), np.uint8)
             image[:, :rows, :cols] = pixels
             inst = np.zeros((s, s), np.int32)
-            inst[:rows, :cols] = np.take(lut, flat).reshape(rows, cols)
+            inst[:rows, :cols] = inst_flat.reshape(rows, cols)
+            type_map = np.zeros((s, s), TYPE_DTYPE)
+            type_map[:rows, :cols] = type_flat.reshape(rows, cols)
             padding = np.ones((s, s), bool)
             padding[:rows, :cols] = False
-        type_map = np.take(type_lut, inst)
         centroids = (nuclei.centroid[rows_k].astype(np.float64) + 0.5) / scale - 0.5 - np.array([tx, ty], np.float64)
         ox, oy = tx * scale, ty * scale
         h, w = view.instances.shape
@@ -470,7 +556,7 @@ class TileDataset(torch.utils.data.Dataset):
             "candidates": torch.from_numpy(nuclei.candidates[rows_k]),
             "cut": torch.from_numpy(cut),
             "nucleus_index": torch.from_numpy(rows_k.astype(np.int64, copy=False)),
-            "origin": torch.tensor([ox, oy], dtype=torch.float64),
+            "origin": torch.from_numpy(np.array([ox, oy], np.float64)),
             "scale": scale,
             "image_id": view.name,
             "image_index": view.index,
