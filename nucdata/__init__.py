@@ -66,6 +66,7 @@ _LAZY = {
     "tile_loader": "nucdata.views", "collate": "nucdata.views",
     # acquiring
     "fetch": "nucdata.acquire", "prepare": "nucdata.acquire", "verify": "nucdata.acquire",
+    "prepare_custom": "nucdata.acquire",
     # the catalog
     "cite": "nucdata.catalog", "get_card": "nucdata.catalog", "list_datasets": "nucdata.catalog",
     "Card": "nucdata.catalog",
@@ -100,7 +101,7 @@ __all__ = sorted([*_lazy_all, *_ERRORS, "__version__"])
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported eagerly
     from nucdata._util.home import data_home
-    from nucdata.acquire import fetch, prepare, verify
+    from nucdata.acquire import fetch, prepare, prepare_custom, verify
     from nucdata.catalog import Card, cite, get_card, list_datasets
     from nucdata.collection import DatasetCollection, load_many
     from nucdata.dataset import NucleusDataset, load

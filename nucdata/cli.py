@@ -210,8 +210,11 @@ def download(names: tuple[str, ...], all_: bool, no_hash_check: bool, root: Path
             click.echo(f"{name}: {f.path} sha256 {f.sha256} {state}")
 
 
+_file = click.Path(dir_okay=False, exists=True, path_type=Path)
+
+
 @main.command()
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option("--from", "source", type=_folder(exists=True),
               help="An already-extracted folder in the official layout (recorded as unverified).")
 @click.option("--force", is_flag=True, help="Rebuild even if a store exists.")
@@ -221,14 +224,58 @@ def download(names: tuple[str, ...], all_: bool, no_hash_check: bool, root: Path
 @click.option("--quiet", is_flag=True, help="Print only the result.")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="Processes for converters that use them (PanNuke); default: the machine's cores less one.")
+@click.option("--custom", "custom", metavar="NAME", default=None,
+              help="Make your own labelled images the dataset NAME (with --images and one of --instances, "
+                   "--geojson, --hovernet-json).")
+@click.option("--images", type=_folder(exists=True), default=None, help="--custom: the folder of images.")
+@click.option("--instances", type=_folder(exists=True), default=None,
+              help="--custom: instance label images (PNG/TIFF/.npy), matched to the images by stem.")
+@click.option("--geojson", type=_folder(exists=True), default=None,
+              help="--custom: QuPath GeoJSON files, one per image, matched by stem.")
+@click.option("--hovernet-json", "hovernet_json", type=_folder(exists=True), default=None,
+              help="--custom: HoVer-Net JSON files, one per image, matched by stem.")
+@click.option("--labels", type=_file, default=None,
+              help="--custom: a CSV image,id,label giving the nuclei's classes (else the files' own).")
+@click.option("--vocabulary", type=_file, default=None,
+              help="--custom: your label set (JSON, the schema of nucdata's vocabularies).")
+@click.option("--mapping", type=_file, default=None,
+              help="--custom: your table into nucdata's label sets (JSON, the schema of nucdata's mappings); "
+                   "without it your labels are unknown under them.")
+@click.option("--mpp", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="--custom: µm per pixel of the images (else each file's own).")
 @root_option
-def prepare(name: str, source: Path | None, force: bool, offline: bool, no_hash_check: bool,
-            no_count_check: bool, quiet: bool, jobs: int | None, root: Path | None) -> None:
-    """Convert a dataset into the store (downloading it first if needed)."""
+def prepare(name: str | None, source: Path | None, force: bool, offline: bool, no_hash_check: bool,
+            no_count_check: bool, quiet: bool, jobs: int | None, custom: str | None, images: Path | None,
+            instances: Path | None, geojson: Path | None, hovernet_json: Path | None, labels: Path | None,
+            vocabulary: Path | None, mapping: Path | None, mpp: float | None, root: Path | None) -> None:
+    """Convert a dataset into the store (downloading it first if needed), or your own (--custom)."""
     from nucdata._util.progress import set_quiet
-    from nucdata.acquire import prepare as run
 
     set_quiet(quiet)
+    given = {"--images": images, "--instances": instances, "--geojson": geojson, "--hovernet-json": hovernet_json,
+             "--labels": labels, "--vocabulary": vocabulary, "--mapping": mapping, "--mpp": mpp}
+    if custom is not None:
+        from nucdata.acquire import prepare_custom
+
+        if name is not None or source is not None:
+            raise click.UsageError("--custom NAME takes the dataset's name itself: nucdata prepare --custom NAME "
+                                   "--images DIR (--instances DIR | --geojson DIR | --hovernet-json DIR)")
+        if images is None:
+            raise click.UsageError("--custom needs --images DIR (the folder of images)")
+        if sum(v is not None for v in (instances, geojson, hovernet_json)) != 1:
+            raise click.UsageError("--custom needs exactly one of --instances DIR, --geojson DIR, --hovernet-json DIR")
+        path = prepare_custom(custom, images, instances=instances, geojson=geojson, hovernet_json=hovernet_json,
+                              labels=labels, vocabulary=vocabulary, mapping=mapping, mpp=mpp, root=root,
+                              progress=None if quiet else click.echo)
+        click.echo(str(path))
+        return
+    stray = [flag for flag, value in given.items() if value is not None]
+    if stray:
+        raise click.UsageError(f"{', '.join(stray)} go with --custom NAME (your own labelled images)")
+    if name is None:
+        raise click.UsageError("name a dataset (nucdata list), or use --custom NAME for your own images")
+    from nucdata.acquire import prepare as run
+
     path = run(name, source, root, download=not offline, check_hash=not no_hash_check,
                check_counts=not no_count_check, force=force,
                progress=None if quiet else click.echo, jobs=jobs)

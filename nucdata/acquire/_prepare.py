@@ -27,10 +27,15 @@ from nucdata._util.progress import Counter
 from nucdata._util.version import VERSION as __version__
 from nucdata.acquire._archive import extract
 from nucdata.acquire._fetch import fetch
-from nucdata.catalog import Card, get_card
+from nucdata.catalog import Card, get_card, write_custom_card
 from nucdata.datasets import ConversionReport, converter_for
-from nucdata.errors import CountMismatchError, MissingFilesError
-from nucdata.labels import table_version
+from nucdata.errors import (
+    CountMismatchError,
+    InvalidArgumentError,
+    MissingFilesError,
+    UserTableError,
+)
+from nucdata.labels import build_user_tables, check_user_tables, table_version, write_user_tables
 from nucdata.store import MANIFEST, StoreWriter, clean_stale, is_complete, store_folder
 
 
@@ -216,3 +221,135 @@ def _check_counts(card: Card, counts: dict[str, Any], report: ConversionReport) 
     if expected_classes and expected_classes != counts["classes"]:
         problems.append(f"nuclei per class: expected {expected_classes}, got {counts['classes']}")
     return problems
+
+
+# -- a user's own labelled images ------------------------------------------------------
+#: Largest vocabulary or mapping JSON read (they hold a few classes and rows each).
+MAX_TABLE_BYTES = 64 * 1024 * 1024
+
+
+def _read_table_json(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
+    import json
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise MissingFilesError(f"{path}: the {what} JSON was not found.")
+    if path.stat().st_size > MAX_TABLE_BYTES:
+        raise UserTableError(f"{path}: larger than {MAX_TABLE_BYTES:,} bytes, which no {what} is; check the path.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        raise UserTableError(f"{path}: the {what} is not UTF-8 text ({exc.reason}).") from None
+    except json.JSONDecodeError as exc:
+        raise UserTableError(f"{path}: the {what} is not valid JSON: {exc.msg} at line {exc.lineno}, column "
+                             f"{exc.colno}.") from None
+    return data
+
+
+def prepare_custom(
+    name: str,
+    images: str | os.PathLike[str],
+    *,
+    instances: str | os.PathLike[str] | None = None,
+    geojson: str | os.PathLike[str] | None = None,
+    hovernet_json: str | os.PathLike[str] | None = None,
+    labels: str | os.PathLike[str] | None = None,
+    vocabulary: str | os.PathLike[str] | None = None,
+    mapping: str | os.PathLike[str] | None = None,
+    mpp: float | None = None,
+    root: str | os.PathLike[str] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Make a user's labelled images a dataset: a card, the user's tables and a store.
+
+    ``nucdata prepare --custom NAME``. The images (PNG/JPEG/TIFF, matched to their
+    annotation files by stem) and one folder of annotations (instance label images,
+    QuPath GeoJSON or HoVer-Net JSON) are converted by the ``custom`` converter
+    (:mod:`nucdata.datasets.custom` states every rule) into a store that ``load``,
+    exports, tiles and ``build-merged --datasets ...,NAME`` use like any other. The
+    card (``registry/NAME.json``, marked custom: licence ``user``, no citation) and the
+    tables (``registry/NAME.mapping.json``, ``registry/<vocabulary>.vocabulary.json``)
+    are written into the data home; the tables are validated by the packaged tables'
+    rules and checker (:func:`nucdata.labels.build_user_tables`,
+    :func:`nucdata.labels.check_user_tables`). Without ``mapping`` the dataset's labels
+    are unknown under every packaged label set (like Kumar's); without ``vocabulary`` or
+    ``mapping`` its native classes are those the files (or the labels CSV) name.
+
+    Parameters
+    ----------
+    name
+        The dataset's name: lowercase letters, digits, ``_``/``-``, not a packaged dataset's
+        or label set's.
+    images
+        The folder of images.
+    instances, geojson, hovernet_json
+        The folder of annotations, in exactly one of the three formats.
+    labels
+        A labels CSV (``image,id,label``) giving the classes (else the files' own).
+    vocabulary
+        The user's label set (JSON, the schema of ``nucdata/labels/vocabularies/*.json``).
+    mapping
+        The user's table (JSON, the schema of ``nucdata/labels/mappings/*.json``; its
+        ``accepted`` list may accept checker findings with a reason).
+    mpp
+        µm/px of every image (else each image file's own, else unknown).
+    root
+        The data home.
+    progress
+        Called with one line of text per step.
+
+    Returns
+    -------
+    Path
+        The store's folder.
+
+    Raises
+    ------
+    UserTableError
+        A vocabulary or mapping that breaks the rules or contradicts the packaged tables
+        (the message names the file, the row and the fix).
+    MissingFilesError, MalformedAnnotationError, UnsupportedFormatError
+        Missing folders, no image matched, or an annotation file nucdata cannot read.
+    """
+    from nucdata._util.home import registry_dir
+    from nucdata.datasets.custom import class_names_in
+
+    say = progress or (lambda _msg: None)
+    given = {"instances": instances, "geojson": geojson, "hovernet-json": hovernet_json}
+    chosen = [(fmt, folder) for fmt, folder in given.items() if folder is not None]
+    if len(chosen) != 1:
+        raise InvalidArgumentError(
+            f"prepare --custom {name}: give exactly one annotations folder (--instances, --geojson or "
+            f"--hovernet-json); got {len(chosen)}.")
+    fmt, ann = chosen[0]
+    image_dir = Path(images).expanduser().resolve()
+    ann_dir = Path(ann).expanduser().resolve()
+    for folder, what in ((image_dir, "images"), (ann_dir, f"{fmt} annotations")):
+        if not folder.is_dir():
+            raise MissingFilesError(f"{folder}: the {what} folder was not found. Pass an existing folder.")
+    if mpp is not None and not (isinstance(mpp, (int, float)) and mpp > 0 and mpp == mpp):
+        raise InvalidArgumentError(f"--mpp {mpp!r}: µm per pixel is a positive number (0.25 at 40x).")
+    labels_path = str(Path(labels).expanduser().resolve()) if labels is not None else None
+    if labels_path is not None and not Path(labels_path).is_file():
+        raise MissingFilesError(f"{labels_path}: the labels CSV was not found.")
+    source = {"images": str(image_dir), "format": fmt, "annotations": str(ann_dir), "labels": labels_path}
+    vocab_data = _read_table_json(vocabulary, "vocabulary") if vocabulary is not None else None
+    mapping_data = _read_table_json(mapping, "mapping") if mapping is not None else None
+    found = None
+    if vocab_data is None and not (isinstance(mapping_data, dict) and "native_classes" in mapping_data):
+        say(f"{name}: reading the classes the annotation files name")
+        found = class_names_in(source)
+    tables = build_user_tables(name, vocabulary=vocab_data, mapping=mapping_data, found=found,
+                               vocabulary_file=str(vocabulary), mapping_file=str(mapping))
+    report = check_user_tables(tables)
+    if not report.ok:
+        raise UserTableError(
+            f"{mapping}: the mapping contradicts the packaged tables:\n"
+            + "\n".join(f"  {f.key}\n    {f.message}" for f in report.unaccepted)
+            + "\nFix the rows, or accept a finding with its reason in the mapping's \"accepted\": "
+              "[{\"key\": \"<the key above>\", \"reason\": \"...\"}].")
+    write_custom_card(name, source, mpp=float(mpp) if mpp is not None else None, root=root,
+                      notes=[f"A user dataset: {fmt} annotations of the images in {image_dir}."])
+    write_user_tables(tables, registry_dir(root))
+    say(f"{name}: card and tables written to {registry_dir(root)}")
+    return prepare(name, from_dir=image_dir, root=root, force=True, check_counts=False, progress=progress)

@@ -26,6 +26,18 @@ nucdata_models is derived from them, never written by hand):
 A file ``$NUCDATA_HOME/registry/<name>.json`` overrides the packaged card key by
 key (for example to add a mirror or to pin the hash of one's own copy); the
 override is recorded in every manifest built from it.
+
+**A user's own dataset** (``nucdata prepare --custom NAME``) has a card of its own in
+the same folder, ``registry/<NAME>.json``, marked ``"custom": true``
+(:func:`write_custom_card`; :func:`is_custom`): licence ``"user"``, no citation
+(``"citation": null``; :attr:`Card.citation` is empty), converter ``"custom"``, no files
+to fetch, and under ``"custom_source"`` where its images and annotations are, which
+annotation format they are in, the labels CSV and the µm/px given. Such a card is found
+only in its data home: it never enters :func:`list_datasets` or
+:func:`datasets_in_order` (nucdata's lists of datasets are the packaged ones), but
+:func:`get_card` returns it (:func:`list_custom_datasets` lists a home's), so ``load``,
+exports, tiles and ``build-merged --datasets ...,NAME`` take it by name. A custom card
+may not take a packaged dataset's name.
 """
 
 from __future__ import annotations
@@ -195,7 +207,10 @@ def get_card(name: str, root: str | os.PathLike[str] | None = None, *, packaged:
     """Return the card of dataset ``name``, with any local override applied.
 
     ``packaged=True`` returns the card as shipped, ignoring any override (for facts that
-    must not depend on the data home, such as the demo world's real dataset sizes).
+    must not depend on the data home, such as the demo world's real dataset sizes). A
+    user dataset's card (``prepare --custom``, module docstring) is found in the data
+    home's ``registry/`` (``root``, else ``$NUCDATA_HOME``, else the homes this process
+    has read custom cards from).
 
     Raises
     ------
@@ -205,7 +220,10 @@ def get_card(name: str, root: str | os.PathLike[str] | None = None, *, packaged:
     key = name.strip().lower()
     known = list_datasets()
     if key not in known:
-        raise UnknownDatasetError(name, known)
+        custom = None if packaged else _custom_card_file(key, root)
+        if custom is None:
+            raise UnknownDatasetError(name, known + (list_custom_datasets(root) if not packaged else []))
+        return _custom_card(key, custom)
     data = _read_json(resources.files("nucdata.catalog") / "cards" / f"{key}.json", f"card {key}")
     override_path = None if packaged else registry_dir(root) / f"{key}.json"
     overridden_by = None
@@ -252,3 +270,107 @@ def get_card(name: str, root: str | os.PathLike[str] | None = None, *, packaged:
 def write_override(name: str, data: dict[str, Any], root: str | os.PathLike[str] | None = None) -> Path:
     """Write a local card override (used by the demo and by tests)."""
     return atomic_write_json(registry_dir(root) / f"{name}.json", data)
+
+
+# -- a user's own datasets ------------------------------------------------------------
+CUSTOM_CONVERTER = "custom"
+_custom_homes: dict[str, Path] = {}
+
+
+def is_custom(card: Card) -> bool:
+    """Whether ``card`` is a user dataset's (``nucdata prepare --custom``)."""
+    return bool(card.extra.get("custom"))
+
+
+def _is_custom_file(path: Path) -> bool:
+    try:
+        return path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("custom") is True
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+def _custom_card_file(key: str, root: str | os.PathLike[str] | None) -> Path | None:
+    if not _SAFE_NAME.fullmatch(key) or ".." in key or "/" in key:
+        return None
+    candidates = [registry_dir(root) / f"{key}.json"]
+    if root is None and key in _custom_homes:
+        candidates.append(_custom_homes[key] / f"{key}.json")
+    for path in candidates:
+        if _is_custom_file(path):
+            if root is not None:
+                _custom_homes[key] = path.parent
+            return path
+    return None
+
+
+def _custom_card(key: str, path: Path) -> Card:
+    data = _read_json(path, str(path))
+    what = str(path)
+    if data.get("converter", CUSTOM_CONVERTER) != CUSTOM_CONVERTER:
+        raise InvalidCardError(f"{what}: a custom card's converter is {CUSTOM_CONVERTER!r}, not "
+                               f"{data.get('converter')!r}; write it again with nucdata prepare --custom.")
+    source = data.get("custom_source")
+    if not isinstance(source, dict):
+        raise InvalidCardError(f"{what}: a custom card needs 'custom_source' (images, annotations, format); write it "
+                               "again with nucdata prepare --custom.")
+    mpp = data.get("mpp")
+    if mpp is not None and not (isinstance(mpp, (int, float)) and not isinstance(mpp, bool) and mpp > 0):
+        raise InvalidCardError(f"{what}: mpp = {mpp!r} is not a positive number of µm per pixel.")
+    return Card(
+        name=key, title=str(data.get("title", f"{key} (user dataset)")), homepage=str(data.get("homepage", "")),
+        licence=str(data.get("licence", "user")), citation=str(data.get("citation") or ""),
+        mpp=float(mpp) if mpp is not None else None, converter=CUSTOM_CONVERTER,
+        splits=dict(data.get("splits", {"train": "every image"})), expected=dict(data.get("expected", {})),
+        files=(), manual_instructions=str(data.get("manual_instructions", "")), notes=tuple(data.get("notes", ())),
+        extra={k: v for k, v in data.items() if k not in _CARD_KEYS}, overridden_by=None,
+        order=int(data.get("order", 1000)), duplicates_of=None, published_nuclei=None)
+
+
+def list_custom_datasets(root: str | os.PathLike[str] | None = None) -> list[str]:
+    """Names of the user datasets with a card in the data home's ``registry/`` (sorted)."""
+    folder = registry_dir(root)
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[:-5] for p in folder.glob("*.json")
+                  if p.name.count(".") == 1 and p.name[:-5] not in list_datasets() and _is_custom_file(p))
+
+
+def write_custom_card(name: str, source: dict[str, Any], *, mpp: float | None = None, title: str | None = None,
+                      notes: list[str] | None = None, root: str | os.PathLike[str] | None = None) -> Path:
+    """Write the card of a user dataset (module docstring) into the data home's ``registry/``.
+
+    Parameters
+    ----------
+    name
+        The dataset's name (not a packaged dataset's).
+    source
+        Where its files are: ``images``, ``annotations``, ``format`` and any options the
+        ``custom`` converter reads.
+    mpp
+        µm/px of its images, when known.
+    title, notes
+        Shown by ``nucdata info``.
+    root
+        The data home.
+
+    Raises
+    ------
+    InvalidCardError
+        A packaged dataset's name, or a name that is not a plain file name.
+    """
+    key = name.strip().lower()
+    if key in list_datasets():
+        raise InvalidCardError(f"{name!r} is a packaged dataset; a user dataset takes a name of its own.")
+    if not _SAFE_NAME.fullmatch(key) or ".." in key or "." in key:
+        raise InvalidCardError(f"{name!r} is not a plain name (letters, digits, '_-'); choose another.")
+    data = {
+        "custom": True, "name": key, "title": title or f"{key} (user dataset)", "homepage": "",
+        "licence": "user", "citation": None, "mpp": mpp, "converter": CUSTOM_CONVERTER,
+        "splits": {"train": "every image (a user dataset has no official split)"}, "expected": {}, "files": [],
+        "manual_instructions": "A user dataset: prepare it again with nucdata prepare --custom (its files are "
+                               "read from custom_source).",
+        "notes": list(notes or []), "custom_source": source,
+    }
+    path = atomic_write_json(registry_dir(root) / f"{key}.json", data)
+    _custom_homes[key] = path.parent
+    return path

@@ -29,7 +29,7 @@ from nucdata.formats._geometry import polygon_area, polygon_centroid, rasterize,
 from nucdata.formats._limits import MAX_JSON_BYTES, MAX_NUCLEI, MAX_VERTICES
 from nucdata.formats._record import Nuclei, SetLabels
 from nucdata.formats.cellvit import cellvit_image, read_cellvit
-from nucdata.formats.centroids import read_centroids_csv, write_centroids_csv
+from nucdata.formats.centroids import read_centroids_csv, read_labels_csv, write_centroids_csv
 from nucdata.formats.hovernet import HoverNetWriter, read_hovernet_json, write_hovernet_json
 from nucdata.formats.images import Slide, image_mpp, open_slide, read_image
 from nucdata.formats.instances import (
@@ -45,6 +45,6 @@ __all__ = [
     "MAX_JSON_BYTES", "MAX_NUCLEI", "MAX_VERTICES", "HoverNetWriter", "Nuclei", "ParquetWriter", "QuPathWriter",
     "SetLabels", "Slide", "cellvit_image", "image_mpp", "instance_stem", "nuclei_from_instances", "open_slide",
     "polygon_area", "polygon_centroid", "rasterize", "read_cellvit", "read_centroids_csv", "read_hovernet_json",
-    "read_image", "read_instances", "read_parquet", "read_qupath", "ring_pixels", "write_centroids_csv",
+    "read_image", "read_instances", "read_labels_csv", "read_parquet", "read_qupath", "ring_pixels", "write_centroids_csv",
     "write_hovernet_json", "write_instances", "write_parquet", "write_qupath",
 ]

@@ -17,6 +17,9 @@ matched case-insensitively, surrounding spaces ignored, other columns ignored):
     The class: an integer code, or a class name (names get codes in sorted order); empty:
     none.
 
+:func:`read_labels_csv` reads the companion labels CSV of ``prepare --custom``
+(``image,id,label``: a class per nucleus id).
+
 :func:`read_centroids_csv` returns one :class:`~nucdata.formats.Nuclei` per image;
 :func:`write_centroids_csv` writes records in the same layout (``x``, ``y``, ``id``,
 ``image``, ``label``; the label as its class name where the record names it), atomically.
@@ -38,7 +41,7 @@ from nucdata.errors import MalformedAnnotationError, SizeLimitError
 from nucdata.formats._limits import JSON_ENV_VAR, MAX_JSON_BYTES, check_nuclei, existing_file
 from nucdata.formats._record import Nuclei
 
-__all__ = ["read_centroids_csv", "write_centroids_csv"]
+__all__ = ["read_centroids_csv", "read_labels_csv", "write_centroids_csv"]
 
 COLUMNS = ("x", "y", "id", "image", "label")
 
@@ -153,3 +156,49 @@ def write_centroids_csv(path: str | os.PathLike[str], nuclei: Nuclei | Sequence[
             writer.writerow([repr(float(r.centroids[i, 0]) + dx), repr(float(r.centroids[i, 1]) + dy),
                              int(r.ids[i]), r.image, label])
     return atomic_write_text(path, buffer.getvalue())
+
+
+def read_labels_csv(path: str | os.PathLike[str]) -> dict[tuple[str, int], str]:
+    """A labels CSV: ``(image, id) -> label`` (class name or code as text; empty: none).
+
+    Layout: a header naming ``image``, ``id`` and ``label`` (required, any order, other
+    columns ignored), then one row per labelled nucleus: its image's stem, its id (the
+    instance value, HoVer-Net key or GeoJSON ``nucdata_id`` / position), its class.
+
+    Raises
+    ------
+    MalformedAnnotationError
+        No header, an id that is not an integer, a nucleus labelled twice; names the line.
+    SizeLimitError
+        Above ``NUCDATA_MAX_JSON_BYTES`` or ``NUCDATA_MAX_NUCLEI`` rows.
+    """
+    path = existing_file(path, "labels CSV")
+    limit = env_limit(JSON_ENV_VAR, MAX_JSON_BYTES)
+    if limit is not None and path.stat().st_size > limit:
+        raise SizeLimitError(f"{path}: larger than {int(limit):,} bytes; split it or set {JSON_ENV_VAR}.")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise MalformedAnnotationError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
+    rows = csv.reader(io.StringIO(text, newline=""))
+    header = [h.strip().lower() for h in next(rows, [])]
+    if not {"image", "id", "label"} <= set(header):
+        raise MalformedAnnotationError(f"{path}: line 1 must be the header image,id,label (found {header}); add it.")
+    col = {k: header.index(k) for k in ("image", "id", "label")}
+    out: dict[tuple[str, int], str] = {}
+    for line, row in enumerate(rows, start=2):
+        if not row or all(not v.strip() for v in row):
+            continue
+        try:
+            image, text_id, label = (row[col[k]].strip() for k in ("image", "id", "label"))
+        except IndexError:
+            raise MalformedAnnotationError(f"{path}: line {line} has fewer columns than the header.") from None
+        if not (text_id.lstrip("-").isascii() and text_id.lstrip("-").isdigit() and len(text_id) < 19):
+            raise MalformedAnnotationError(f"{path}: line {line}: id {text_id!r} is not an integer.")
+        key = (image, int(text_id))
+        if key in out:
+            raise MalformedAnnotationError(f"{path}: line {line}: image {image!r} id {text_id} is labelled twice.")
+        out[key] = label
+        if len(out) % 65536 == 0:
+            check_nuclei(len(out), path, "labels")
+    return out
