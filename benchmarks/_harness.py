@@ -53,3 +53,35 @@ def measure(code: str, folder: Path, repeats: int) -> tuple[dict[str, float], di
     seconds = {m: statistics.median(v) for m, v in runs.items()}
     heap = {m: run_child(code, m, folder, trace=True)["heap_peak_mib"] for m in runs}
     return seconds, heap
+
+
+# -- in-process comparisons (tiles.py, loaders.py) ----------------------------------------
+def interleaved(measures: dict, repeats: int) -> dict[str, list[float]]:
+    """Run every ``name -> measure()`` (a rate) once per repeat, ours and theirs alternating.
+
+    The order of the rows rotates from one repeat to the next, so that neither a row's
+    place in the sequence nor drift in the machine's load favours one of them; each
+    row's median is the figure to quote.
+    """
+    names = list(measures)
+    runs: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            runs[name].append(float(measures[name]()))
+    return runs
+
+
+def print_rows(title: str, medians: dict[str, float], baseline: str | None, floor: str | None,
+               unit: str = "tiles/s", spread: dict[str, list[float]] | None = None) -> None:
+    """One table: each row's median rate, its ratio to ``baseline`` and its share of ``floor``."""
+    width = max(len(title), *map(len, medians))
+    print(f"\n{title:{width}s}  {unit:>12s}  {'x baseline':>10s}  {'of floor':>8s}  range")
+    for name, rate in medians.items():
+        ratio = f"{rate / medians[baseline]:10.2f}" if baseline else " " * 10
+        share = f"{rate / medians[floor]:8.2f}" if floor else " " * 8
+        extra = ""
+        if spread and spread.get(name):
+            extra = f"  {min(spread[name]):,.0f}-{max(spread[name]):,.0f}"
+        print(f"{name:{width}s}  {rate:12,.0f}  {ratio}  {share}{extra}")
+    if baseline:
+        print(f"(baseline: {baseline}; floor: {floor})")

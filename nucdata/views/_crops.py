@@ -490,6 +490,16 @@ class CropDataset(torch.utils.data.Dataset):
         tensor = into if into is not None else torch.empty(shape, dtype=torch.uint8)
         out = tensor.numpy()
         which = self.dataset_index[index]
+        if index.size and (len(self.banks) == 1 or bool((which == which[0]).all())):
+            # One bank: gather straight into the batch (one copy), in the batch's order; a
+            # run of consecutive rows (sequential or contiguous sampling) is one slice.
+            rows = self.nucleus_index[index]
+            crops = self.banks[int(which[0])].crops
+            if rows.size > 1 and bool((np.diff(rows) == 1).all()):
+                out[:] = crops[rows[0] : rows[-1] + 1]
+            else:
+                np.take(crops, rows, axis=0, out=out)
+            return tensor
         for d in np.unique(which):
             sel = np.flatnonzero(which == d)
             rows = self.nucleus_index[index[sel]]
