@@ -249,6 +249,7 @@ def _build(options: BuildOptions, out: Path, work: Path, say: Callable[[str], No
         calibration_report["diagrams"] = write_reliability_diagrams(tmp, calibration_report["scores"])
         report = make_report(options, names, data, result, trainer, timings, demo_scores, groups,
                              calibration=calibration_report)
+        write_shippable(tmp, trainer, members, data, crops, filled, calibration, report, options)
         from nucdata._util.atomic import atomic_write_json, atomic_write_text
 
         atomic_write_json(tmp / "report.json", report)
@@ -261,6 +262,18 @@ def _build(options: BuildOptions, out: Path, work: Path, say: Callable[[str], No
         discard(tmp)
     say(f"merged dataset written to {out}")
     return report
+
+
+def write_shippable(folder: Path, trainer: CrossTrainer, members, data, crops, filled: dict[str, FilledLabels],
+                    calibration: Calibration, report: dict[str, Any], options: BuildOptions) -> Path:
+    """The shippable classifier: ``classifier.safetensors`` and its sidecar ``classifier.json``
+    (:mod:`nucdata_models.merge.card`: weights, label sets, µm/px, calibration, input statistics,
+    model card); adds the held-out metrics to ``report``."""
+    from nucdata_models.merge.card import write_classifier
+
+    return write_classifier(folder, trainer, members, data, np.asarray(crops.image_index),
+                            {s: f.predicted for s, f in filled.items()}, calibration.to_dict(), report,
+                            options.demo)
 
 
 def _stored_calibration(trainer: CrossTrainer, options: BuildOptions, say: Callable[[str], None]
