@@ -142,8 +142,23 @@ def _read_tiff(path: Path) -> np.ndarray:
 
 
 def _read_png(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
     from nucdata._util.images import read_gray
 
+    try:
+        with Image.open(path) as im:
+            check_pixels(path, im.size[0], im.size[1])
+            colour = im.mode in ("RGB", "RGBA", "LA")
+            if colour:
+                im.load()
+                rgb = np.asarray(im.convert("RGB"))
+    except NucdataError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise CorruptArchiveError(f"{path}: cannot be read as an image ({exc}); save it again.") from None
+    if colour:
+        return rgb  # checked by _check_map: one channel repeated is accepted, colours refused
     return np.asarray(read_gray(path))
 
 
