@@ -14,6 +14,10 @@ method study. Names here load their module on first use (PEP 562).
 >>> result = trainer.fit(data, workdir="run", progress=print)               # doctest: +SKIP
 >>> predictions = trainer.predict(data.crops, data.candidates)              # doctest: +SKIP
 
+To classify a lab's own nuclei (segmented by another tool) under every label set,
+:class:`Classifier` reads the model ``build-merged`` wrote (``Classifier.from_pretrained``;
+docs/tutorials/classify.md).
+
 For a classifier of your own, :func:`partial_label_loss` is the loss over candidate
 sets and :func:`target_bits` turns nucdata's ``(label, candidates)`` into its targets
 (docs/tutorials/training.md).
@@ -40,6 +44,7 @@ _LAZY = {
     "load_checkpoint": "nucdata_models.checkpoint", "save_checkpoint": "nucdata_models.checkpoint",
     "CheckpointError": "nucdata.errors", "CheckpointMismatchError": "nucdata.errors",
     "from_crop_dataset": "nucdata_models.merge", "training_data": "nucdata_models.merge",
+    "Classifier": "nucdata_models.merge", "Classification": "nucdata_models.merge",
 }
 
 __getattr__, __dir__, __all__ = attach(__name__, _LAZY, globals())
@@ -52,6 +57,6 @@ if TYPE_CHECKING:
     from nucdata_models.encoders import build_encoder
     from nucdata_models.fill import fill_labels
     from nucdata_models.losses import partial_label_loss
-    from nucdata_models.merge import from_crop_dataset, training_data
+    from nucdata_models.merge import Classification, Classifier, from_crop_dataset, training_data
     from nucdata_models.metrics import classification_metrics
     from nucdata_models.train import CrossTrainer, Prediction, Predictions, TrainResult

@@ -7,11 +7,11 @@ batches per worker, reusable shared-memory slots allocated with public torch API
 :func:`collate` batches image samples in any ``DataLoader``.
 """
 
-from nucdata.views._crops import CropBank, CropDataset, build_bank, crop_loader, crops_of
+from nucdata.views._crops import CropBank, CropDataset, build_bank, crop_loader, crops_of, cut_image, place_windows
 from nucdata.views._loaders import collate
 from nucdata.views._overlay import outline_mask, plot_sample
 from nucdata.views._overlay import render as render_overlay
-from nucdata.views._resample import image_scales, resample_image, store_scales
+from nucdata.views._resample import axis_weights, image_scales, output_length, resample_image, store_scales
 from nucdata.views._targets import (
     BoundaryTargets,
     DistanceTargets,
@@ -25,6 +25,7 @@ from nucdata.views._tiles import TileDataset, tile_loader, tiles_of
 
 __all__ = [
     "BoundaryTargets", "CropBank", "CropDataset", "DistanceTargets", "HoVerNetTargets",
-    "TileDataset", "boundary_map", "build_bank", "collate", "compose", "crop_loader", "crops_of",
+    "TileDataset", "axis_weights", "boundary_map", "build_bank", "collate", "compose", "crop_loader", "crops_of",
+    "cut_image", "output_length", "place_windows",
     "distance_map", "hv_maps", "outline_mask", "plot_sample", "render_overlay", "image_scales", "resample_image", "store_scales", "tile_loader", "tiles_of",
 ]

@@ -1,5 +1,6 @@
 """The bridge from the models to the rest of nucdata: training data from crop banks, grouped
-splits, ``build-merged`` (its defaults, report and command line) and the demo's scoring.
+splits, ``build-merged`` (its defaults, report and command line), the demo's scoring, and
+``classify``: the shippable :class:`Classifier` and a lab's images and slides classified.
 
 Only this package and :mod:`nucdata_models.study` import nucdata beyond its errors and
 plumbing; they import nucdata lazily, inside functions, where a command needs it.
@@ -15,6 +16,8 @@ from nucdata._util.lazy import attach
 _LAZY = {
     "ALL_DATASETS": "nucdata_models.merge.defaults",
     "BuildOptions": "nucdata_models.merge.build",
+    "Classification": "nucdata_models.merge.classify",
+    "Classifier": "nucdata_models.merge.classify",
     "DEMO_EPOCHS": "nucdata_models.merge.defaults",
     "DEMO_SCALE": "nucdata_models.merge.defaults",
     "DUPLICATE": "nucdata_models.merge.splits",
@@ -25,7 +28,10 @@ _LAZY = {
     "TEST": "nucdata_models.merge.splits",
     "TRAIN": "nucdata_models.merge.splits",
     "VALIDATION": "nucdata_models.merge.splits",
+    "SetResult": "nucdata_models.merge.classify",
+    "annotation_columns": "nucdata_models.merge.classify",
     "baseline_config": "nucdata_models.merge.demo_eval",
+    "classify_paths": "nucdata_models.merge.slides",
     "build_merged": "nucdata_models.merge.build",
     "from_crop_dataset": "nucdata_models.merge.bridge",
     "grouped_split": "nucdata_models.merge.splits",
@@ -35,6 +41,7 @@ _LAZY = {
     "make_report": "nucdata_models.merge.report",
     "make_world": "nucdata_models.merge.demo_eval",
     "render_recipe_table": "nucdata_models.merge.report",
+    "render_model_card": "nucdata_models.merge.card",
     "render_report": "nucdata_models.merge.report",
     "score_demo": "nucdata_models.merge.demo_eval",
     "training_data": "nucdata_models.merge.bridge",

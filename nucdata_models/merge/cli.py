@@ -139,3 +139,150 @@ def build_merged(out: Path, overwrite: bool, recipe: str, datasets: str | None, 
             m, b = held["merged"][name], held["baseline"][name]
             click.echo(f"  {name:8s} held-out filled-label macro F1 {m['macro_f1']:.3f} "
                        f"(baseline, own annotations only: {b['macro_f1']:.3f}; n={m['count']})")
+
+
+class FormatsType(click.ParamType):
+    """Comma-separated output formats."""
+
+    name = "formats"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        from nucdata_models.merge.slides import FORMATS
+
+        names = tuple(dict.fromkeys(v.strip().lower() for v in str(value).split(",") if v.strip()))
+        bad = [n for n in names if n not in FORMATS]
+        if bad or not names:
+            self.fail(f"{value!r}: choose one or more of {', '.join(FORMATS)}, comma-separated", param, ctx)
+        return names
+
+
+_INPUT_HELP = {
+    "instances": "Instance label images (PNG/TIFF/.npy; StarDist, Cellpose, InstanSeg): a file, or a folder "
+                 "matched to --images by stem (<stem>.png, <stem>_masks.tif, <stem>_cp_masks.png...).",
+    "hovernet-json": "HoVer-Net inference JSON (<stem>.json): a file or a folder.",
+    "cellvit": "CellViT cell_detection.json / cells.json (or their GeoJSON): a file or a folder of slide folders.",
+    "geojson": "QuPath GeoJSON (detections, cells, annotations; <stem>.geojson): a file or a folder.",
+    "centroids": "A centroid CSV (x, y[, id, image, label]; pixel centres), or a folder of them.",
+}
+
+
+def _input_option(name: str):
+    return click.option(f"--{name}", name.replace("-", "_"), type=click.Path(exists=True, path_type=Path),
+                        default=None, help=_INPUT_HELP[name])
+
+
+@click.command("classify")
+@click.argument("model", type=click.Path(exists=True, path_type=Path))
+@click.option("--images", type=click.Path(exists=True, path_type=Path), required=True,
+              help="An image or whole slide (PNG, JPEG, TIFF, pyramidal TIFF/SVS), or a folder of them.")
+@_input_option("instances")
+@_input_option("hovernet-json")
+@_input_option("cellvit")
+@_input_option("geojson")
+@_input_option("centroids")
+@click.option("--mpp", type=click.FloatRange(0, min_open=True), default=None,
+              help="µm/px of the images (default: from each file's metadata; without either, classify refuses "
+                   "to guess).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Output folder: <stem>.geojson / .json / .parquet per image.")
+@click.option("--format", "formats", type=FormatsType(), default="geojson", show_default=True,
+              help="Outputs, comma-separated: geojson (QuPath), hovernet-json, parquet.")
+@click.option("--label-set", default=None,
+              help="The label set of the GeoJSON classification and HoVer-Net type (default: the model's first "
+                   "merged set); every set is in the measurements.")
+@click.option("--vocabulary", default=None,
+              help="The input's own classes are labels of this vocabulary (a dataset's name for its native codes, "
+                   "or set:<label set> for class names or ids): published through the mapping tables as "
+                   "build-merged publishes them.")
+@click.option("--tile", type=click.IntRange(64, 65536), default=2048, show_default=True,
+              help="Tile side in model pixels: slides are streamed tile by tile.")
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Processes on this machine, one image each at a time.")
+@click.option("--scheduler", default=None,
+              help="A Dask scheduler address (tcp://host:8786): one task per image on the cluster "
+                   '(pip install "nucdata[distributed]").')
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace output files classify did not write.")
+@click.option("--quiet", is_flag=True, help="Only the result.")
+def classify(model: Path, images: Path, instances: Path | None, hovernet_json: Path | None, cellvit: Path | None,
+             geojson: Path | None, centroids: Path | None, mpp: float | None, out: Path, formats: tuple[str, ...],
+             label_set: str | None, vocabulary: str | None, tile: int, workers: int, scheduler: str | None,
+             device: str, overwrite: bool, quiet: bool) -> None:
+    """Classify the nuclei a segmenter found under every label set (nucdata does not segment).
+
+    MODEL is a build-merged output folder or its classifier.safetensors. Each image is
+    paired with its nuclei by file stem; slides are read tile by tile, and a rerun resumes
+    where a killed run stopped.
+    """
+    import warnings
+
+    import torch
+
+    from nucdata.errors import DomainShiftWarning
+    from nucdata_models.merge.slides import ClassifyOptions, classify_paths
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise click.UsageError("--device cuda: torch sees no CUDA device here; use --device cpu (or auto).")
+    given = [n for n, v in (("instances", instances), ("hovernet-json", hovernet_json), ("cellvit", cellvit),
+                            ("geojson", geojson), ("centroids", centroids)) if v is not None]
+    if len(given) != 1:
+        raise click.UsageError("give the nuclei exactly one way: --instances, --hovernet-json, --cellvit, --geojson "
+                               f"or --centroids (got {', '.join('--' + g for g in given) or 'none'}).")
+    if quiet:
+        from nucdata._util.progress import set_quiet
+
+        set_quiet()
+    options = ClassifyOptions(formats=formats, label_set=label_set, mpp=mpp, vocabulary=vocabulary, tile=tile,
+                              overwrite=overwrite, device=device)
+    say = (lambda _m: None) if quiet else click.echo
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DomainShiftWarning)  # said once per image below
+        results = classify_paths(model, images, out, instances=instances, hovernet_json=hovernet_json,
+                                 cellvit=cellvit, geojson=geojson, centroids=centroids, options=options,
+                                 workers=workers, scheduler=scheduler, say=say)
+    for r in results:
+        for gap in r.get("gaps", []):
+            click.secho(f"warning: {r['image']}: far from the training data: {gap}", fg="yellow", err=True)
+    total = sum(r["nuclei"] for r in results)
+    click.echo(f"done in {time.perf_counter() - start:.0f} s: {total:,} nuclei of {len(results)} image(s) -> {out}")
+
+
+@click.command("model-card")
+@click.argument("model", type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="The classifier's whole description (classifier.json).")
+def model_card(model: Path, as_json: bool) -> None:
+    """Print the model card of a classifier: training data and their licences, metrics, intended use.
+
+    MODEL is a build-merged output folder, its classifier.safetensors or classifier.json.
+    Nothing is loaded into torch: the card is read from the JSON.
+    """
+    import json
+
+    from nucdata.errors import CheckpointError
+    from nucdata_models.merge.card import SIDECAR_NAME, WEIGHTS_NAME, render_model_card
+
+    path = model / SIDECAR_NAME if model.is_dir() else model
+    if path.suffix == ".safetensors":
+        sidecar = path.with_suffix(".json")
+        path = sidecar if sidecar.is_file() else path
+    if path.suffix == ".safetensors":  # the copy in the file's header
+        from nucdata_models.checkpoint import load_safetensors
+
+        _, meta = load_safetensors(path)
+    else:
+        if not path.is_file():
+            raise CheckpointError(f"{model}: holds no {SIDECAR_NAME}; pass a build-merged output folder (it holds "
+                                  f"{WEIGHTS_NAME} and {SIDECAR_NAME}) or the file itself")
+        from nucdata_models.checkpoint import SAFETENSORS_FORMAT
+
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{path}: not a readable classifier description ({exc})") from None
+        if not isinstance(meta, dict) or meta.get("format") != SAFETENSORS_FORMAT:
+            raise CheckpointError(f"{path}: not a nucdata classifier description (format "
+                                  f"{meta.get('format') if isinstance(meta, dict) else None!r})")
+    click.echo(json.dumps(meta, indent=2) if as_json else render_model_card(meta), nl=not as_json)
