@@ -289,3 +289,21 @@ def test_reliability_diagrams_are_pngs(tmp_path):
 
 def test_sources_named_in_scores_are_provenances():
     assert {"annotated", "mapped", "ambiguous-resolved", "outside", "predicted"} == set(PROVENANCE)
+
+
+def test_the_report_section_says_what_was_scored_against():
+    from nucdata_models.merge.report import _render_calibration
+
+    data, probs = _data()
+    filled, cal = calibrated_fill(probs, data)
+    before, _ = calibrated_fill(probs, data, Calibration())
+    for truth in (True, False):
+        if not truth:
+            data.truth = {}
+        block = {**cal.to_dict(), "scores": calibration_scores(data, filled, before, split=2),
+                 "diagrams": {"a": "calibration/a.png"}}
+        text = "\n".join(_render_calibration(block))
+        assert "![reliability diagram, a](calibration/a.png)" in text
+        assert ("against the demo world's truth" in text) is truth
+        assert ("cannot be scored on real data" in text) is not truth
+        assert "| a | 2.0" not in text and "bare (not sharpened)" in text
