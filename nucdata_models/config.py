@@ -170,6 +170,11 @@ class TrainConfig:
         CUDA speed settings (bf16 autocast and channels-last apply on CUDA only).
     drop_last
         Drop each epoch's incomplete last batch (static shapes for ``compile``).
+    eval_batch_size
+        Crops per forward pass when predicting and scoring: 128, measured on a two-core
+        CPU (``benchmarks/predict_defaults.py``: about twice the rate of 1024, quiet or
+        beside a busy process; docs/build-merged.md, CPU defaults); on a GPU a larger
+        batch may be faster.
     score_truth
         When the data carry ``truth``, score the filled labels after every stage.
     candidate_likelihood
@@ -250,7 +255,7 @@ class TrainConfig:
     bf16: bool = setting(True, stages="ABC", key=True)
     channels_last: bool = setting(True, stages="ABC", key=True)
     compile: bool = setting(False, stages=RUNTIME, key=False)
-    eval_batch_size: int = setting(1024, stages=RUNTIME, key=False)
+    eval_batch_size: int = setting(128, stages=RUNTIME, key=False)
     score_truth: bool = setting(True, stages=RUNTIME, key=False)
     # Stage B's heads train on the same candidate-set likelihood, with stage A's estimate.
     candidate_likelihood: str = setting("uniform", stages="ABC", key=True, choices=CANDIDATE_LIKELIHOODS)
