@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from nucdata_models.config import ENCODER_NAMES, RECIPES
-from nucdata_models.merge.defaults import DEMO_EPOCHS, DEMO_SCALE, EPOCHS
+from nucdata_models.merge.defaults import DEMO_EPOCHS, DEMO_SCALE, EPOCHS, cpu_threads
 
 # Rough CPU throughput of each encoder on two cores, nuclei per second per epoch (from
 # benchmarks/train_throughput.py --quick): for the warning before a long CPU run.
@@ -68,6 +68,9 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Predict with this model instead of training (loaded as weights only).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="torch CPU threads (default: 1 on two cores or fewer, as measured by "
+                   "benchmarks/predict_defaults.py; torch's own on more).")
 @click.option("--epochs", type=EpochsType(), default=None,
               help=f"Epochs per stage: N or A,B,C (default: the recipe's; nucdata {EPOCHS['A']}, "
                    f"demo {DEMO_EPOCHS['A']},{DEMO_EPOCHS['B']},{DEMO_EPOCHS['C']}; paper 50).")
@@ -93,7 +96,7 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Data home (default: $NUCDATA_HOME or the platform cache folder).")
 def build_merged(out: Path, overwrite: bool, recipe: str, datasets: str | None, label_sets: str | None,
-                 checkpoint: Path | None, device: str, epochs: dict | None, encoder: str | None,
+                 checkpoint: Path | None, device: str, threads: int | None, epochs: dict | None, encoder: str | None,
                  encoder_weights: Path | None, crop_size: int | None, batch_size: int | None,
                  threshold: float | None, mapped_as_truth: bool, overlays: int | None, demo: bool,
                  demo_scale: int, world: str, seed: int, quiet: bool, root: Path | None) -> None:
@@ -118,6 +121,8 @@ def build_merged(out: Path, overwrite: bool, recipe: str, datasets: str | None, 
     )
     resolved = options.train_config()
     on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if on_cpu and (threads or cpu_threads()):
+        torch.set_num_threads(threads or cpu_threads())
     if on_cpu and checkpoint is None and resolved.encoder != "small":
         rate = CPU_NUCLEI_PER_S.get(resolved.encoder, 15.0)
         if resolved.input_size:

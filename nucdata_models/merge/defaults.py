@@ -20,6 +20,19 @@ DEMO_EPOCHS = {"A": 6, "B": 4, "C": 4}
 DEMO_SCALE = 4
 #: Crop side in pixels per recipe (the paper cuts 64 px context crops).
 RECIPE_CROP_SIZE = {"nucdata": 32, "paper": 64}
+#: torch intra-op threads of build-merged on a CPU of at most two cores: one thread
+#: predicted 2-10x faster than two on two shared cores, quiet or beside a busy process,
+#: where two threads fight each other and every other job (benchmarks/predict_defaults.py,
+#: docs/build-merged.md "CPU defaults"). More cores: torch's own default (not measured).
+FEW_CORES_THREADS = 1
+
+
+def cpu_threads(cores: int | None = None) -> int | None:
+    """build-merged's torch thread count on the CPU: :data:`FEW_CORES_THREADS` on <= 2 cores, else ``None`` (torch's)."""
+    import os
+
+    cores = os.cpu_count() if cores is None else cores
+    return FEW_CORES_THREADS if (cores or 1) <= 2 else None
 
 
 def _merged_label_sets() -> tuple[str, ...]:
