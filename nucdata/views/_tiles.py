@@ -102,12 +102,14 @@ class _ImageView(NamedTuple):
 
 
 class _MemberView(NamedTuple):
-    """One member's per-nucleus columns (plain array views) and labels."""
+    """One member's per-nucleus columns (plain arrays) and labels, with their type codes."""
 
-    centroid: np.ndarray
+    centroid: np.ndarray  # float64 (N, 2)
     bbox: np.ndarray
     labels: np.ndarray
     candidates: np.ndarray
+    types: np.ndarray  # int64 (N,): the type map's value of each nucleus (label + 1, or -1)
+    reach: int  # 1 + the largest |type|: what the packed lookup must hold
 
 
 class TileDataset(torch.utils.data.Dataset):
@@ -228,6 +230,8 @@ class TileDataset(torch.utils.data.Dataset):
         self._out = [np.stack([[output_length(int(h), s), output_length(int(w), s)]
                                for (h, w), s in zip(hw, sc, strict=True)]).reshape(-1, 2).astype(np.int64)
                      for hw, sc in zip(self._hw, self._scale, strict=True)]
+        self._scale_list = [sc.tolist() for sc in self._scale]  # plain floats and ints for tile()
+        self._out_list = [o.tolist() for o in self._out]
         # 7 bytes per output pixel: uint8 RGB and the int32 instance map
         self._out_bytes = [7 * o[:, 0] * o[:, 1] for o in self._out]
         grid = self._grid()
@@ -412,10 +416,13 @@ class TileDataset(torch.utils.data.Dataset):
         view = cache.get(member)
         if view is None:
             ds = self.members[member]
+            labels = np.asarray(ds.labels, np.int64)
+            types = np.where(labels >= 0, labels + 1, -1)
             view = cache[member] = _MemberView(
-                centroid=ds.store.column("nuclei", "centroid").view(np.ndarray),
+                centroid=np.asarray(ds.store.column("nuclei", "centroid"), np.float64),
                 bbox=ds.store.column("nuclei", "bbox").view(np.ndarray),
-                labels=np.asarray(ds.labels, np.int64), candidates=np.asarray(ds.candidates, np.int64),
+                labels=labels, candidates=np.asarray(ds.candidates, np.int64),
+                types=types, reach=int(np.abs(types).max(initial=0)) + 1,
             )
         return view
 
@@ -467,8 +474,8 @@ class TileDataset(torch.utils.data.Dataset):
         """The tile of image ``position`` of ``member`` whose top-left output pixel is (tx, ty)."""
         view = self._image_view(member, position)
         nuclei = self._member_view(member)
-        scale = float(self._scale[member][position])
-        ho, wo = self._out[member][position].tolist()
+        scale = self._scale_list[member][position]
+        ho, wo = self._out_list[member][position]
         s = self.size
         rows, cols = max(0, min(s, ho - ty)), max(0, min(s, wo - tx))
         full = rows == s and cols == s
@@ -504,11 +511,11 @@ class TileDataset(torch.utils.data.Dataset):
         k = original.size
         rows_k = view.start + original - 1
         labels = nuclei.labels[rows_k]
-        types = np.where(labels >= 0, labels + 1, -1)
+        types = nuclei.types[rows_k]
         # One lookup gives both maps: the new id in the low bits, the type above them
         # (arithmetic shifts keep the -1 of unlabelled nuclei).
         shift = max(1, k.bit_length())
-        reach = int(np.abs(types).max(initial=0)) + 1
+        reach = nuclei.reach
         if reach >= 2**15:
             raise InvalidArgumentError(
                 f"{self.members[member].name}: native class code {reach - 2} does not fit the tiles' int16 "
@@ -542,7 +549,10 @@ class TileDataset(torch.utils.data.Dataset):
             type_map[:rows, :cols] = type_flat.reshape(rows, cols)
             padding = np.ones((s, s), bool)
             padding[:rows, :cols] = False
-        centroids = (nuclei.centroid[rows_k].astype(np.float64) + 0.5) / scale - 0.5 - np.array([tx, ty], np.float64)
+        if scale == 1.0:
+            centroids = nuclei.centroid[rows_k] - np.array([tx, ty], np.float64)
+        else:
+            centroids = (nuclei.centroid[rows_k] + 0.5) / scale - 0.5 - np.array([tx, ty], np.float64)
         ox, oy = tx * scale, ty * scale
         h, w = view.instances.shape
         cut = self._cut(nuclei.bbox[rows_k], ox, oy, s * scale, h, w)
@@ -567,8 +577,12 @@ class TileDataset(torch.utils.data.Dataset):
     def _cut(bbox: np.ndarray, ox: float, oy: float, side: float, h: int, w: int) -> np.ndarray:
         """Nuclei whose box crosses a tile border that lies inside the image."""
         right, bottom = ox + side, oy + side
-        return ((bbox[:, 0] < ox) | ((bbox[:, 2] > right) & (right < w))
-                | (bbox[:, 1] < oy) | ((bbox[:, 3] > bottom) & (bottom < h)))
+        cut = (bbox[:, 0] < ox) | (bbox[:, 1] < oy)
+        if right < w:
+            cut |= bbox[:, 2] > right
+        if bottom < h:
+            cut |= bbox[:, 3] > bottom
+        return cut
 
     def loader(self, batch_size: int = 16, shuffle: bool = False, num_workers: int = 0,
                **options: Any) -> torch.utils.data.DataLoader:
