@@ -297,3 +297,23 @@ def test_tile_loader_with_workers_matches_in_process(store):
     assert not torch.equal(moved["image"], held[0]["image"])
     with pytest.raises(nucdata.InvalidArgumentError):
         tiles.loader(batch_size=0)
+
+
+def test_tiles_benchmark_refuses_without_the_real_files_unless_synthetic(tmp_path, monkeypatch, capsys):
+    """benchmarks/tiles.py never stands in a synthetic image for MoNuSeg silently."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(root))
+    spec = importlib.util.spec_from_file_location("tiles_benchmark", root / "tiles.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "REALDATA", tmp_path / "absent")
+    monkeypatch.setattr(sys, "argv", ["tiles.py"])
+    with pytest.raises(SystemExit) as stop:
+        bench.main()
+    assert "real MoNuSeg files are not in" in str(stop.value) and "--synthetic N" in str(stop.value)
+    store, label = bench.build_store(tmp_path, 1)
+    assert label.startswith("synthetic") and "MoNuSeg" not in label and store.n_images == 1
