@@ -177,6 +177,12 @@ class TrainConfig:
         batch may be faster.
     score_truth
         When the data carry ``truth``, score the filled labels after every stage.
+    stain_jitter, scale_jitter, blur_sigma
+        Augmentation against dataset shifts (:mod:`.augment`; 0 off): HED-space stain
+        jitter of this strength (Tellez et al. 2018; 0.05 is their "HED-light"), a
+        random rescale by up to this fraction, a random Gaussian blur of sigma up to
+        this many pixels. The paper has neither (its colour jitter is RGB brightness,
+        contrast and saturation, and a blur on a tenth of the images).
     candidate_likelihood
         How an ambiguous row trains (``mapped_labels="candidates"``): ``"transition"``
         (``-log sum_c p(c|x) T[s, c]``, with ``T[s, c] = P(source row s | class c)``
@@ -249,6 +255,10 @@ class TrainConfig:
     augment: bool = setting(True, stages="ABC", key=True)
     jitter: float = setting(0.2, stages="ABC", key=True)
     blur_p: float = setting(0.1, stages="ABC", key=True)
+    stain_jitter: float = setting(
+        0.0, stages="ABC", key=True, paper=0.0)
+    scale_jitter: float = setting(0.0, stages="ABC", key=True, paper=0.0)
+    blur_sigma: float = setting(0.0, stages="ABC", key=True, paper=0.0)
     drop_last: bool = setting(True, stages="ABC", key=True)
     device: str = setting("auto", stages=RUNTIME, key=False)
     seed: int = setting(0, stages="ABC", key=True)

@@ -327,10 +327,13 @@ class CrossTrainer:
         """The crop channels this configuration feeds: RGB, plus the mask if asked and present."""
         return crops if self.config.mask_channel else crops[:, :3]
 
-    def inputs(self, crops: torch.Tensor, train: bool) -> torch.Tensor:
-        """uint8 crops (on the device) to network input, augmented when ``train``."""
+    def inputs(self, crops: torch.Tensor, train: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 crops (on the device) to network input, augmented when ``train`` (with ``generator``'s draws,
+        default the trainer's)."""
         if train and self.config.augment:
-            x = augmented_inputs(crops, self.generator, self.config.jitter, self.config.blur_p)
+            c = self.config
+            x = augmented_inputs(crops, generator or self.generator, c.jitter, c.blur_p, c.stain_jitter,
+                                 c.scale_jitter, c.blur_sigma)
         else:
             x = prepare(crops)
         size = self.config.input_size
@@ -591,42 +594,73 @@ class CrossTrainer:
                 parts[s][1].append(out[s].float().softmax(1))
         return {s: (torch.cat(a), torch.cat(h)) for s, (a, h) in parts.items()}
 
+    @torch.no_grad()
+    def _dry_probabilities(self, epoch: int, teachers: tuple[str, ...]
+                           ) -> tuple[torch.Tensor, dict[str, dict[str, torch.Tensor]]]:
+        """The teachers' softmax as training sees them: train mode, augmented, training batches.
+
+        A pass over the training rows without updates (its own random stream, batch
+        normalisation's running statistics restored afterwards), so the quantile rule's
+        thresholds come from the confidences the rule will meet in the epoch: in train
+        mode (batch statistics) the correlation heads are far more confident than in
+        eval mode (measured: 82-95 % of the eligible nuclei above the eval-mode 80th
+        percentile).
+        """
+        modules = [self.base, self.heads]
+        saved = [{k: v.clone() for k, v in m.named_buffers()} for m in modules]
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(self.config.seed * 1_000_003 + 7919 * (epoch + 1))
+        bank = self._bank
+        order = bank.train_index[torch.randperm(bank.train_index.numel(), generator=generator,
+                                                device=bank.train_index.device)]
+        b = self.config.batch_size
+        rows, parts = [], {s: {t: [] for t in teachers} for s in self.base.names}
+        for m in modules:
+            m.train()
+        for start in range(0, order.numel(), b):
+            idx = order[start : start + b]
+            if idx.numel() < 2:
+                continue
+            logits = self._forward_base(self.base, self.inputs(bank.crops[idx], True, generator))
+            out = self.heads(self._head_inputs(logits, True)) if "heads" in teachers else {}
+            rows.append(idx)
+            for s in self.base.names:
+                for t in teachers:
+                    parts[s][t].append((out[s].float() if t == "heads" else logits[s]).softmax(1))
+        for m, state in zip(modules, saved, strict=True):
+            m.load_state_dict(state, strict=False)
+        return torch.cat(rows), {s: {t: torch.cat(v) for t, v in d.items()} for s, d in parts.items()}
+
     def _before_c_epoch(self, epoch: int, stage: Stage, teacher_counts: dict) -> None:
         """Stage C, before each epoch: the pass rule's per-class thresholds and, first, the pre-C predictions.
 
         Before the first epoch, the model's predictions (the method's rule, both
-        modules; the base module for plain self-training), restricted as the pass rule
-        restricts a pseudo label, are kept to score ``accuracy_before``. Under
-        ``pseudo_select="quantile"``, each teacher's threshold per predicted class is the
-        ``1 - pseudo_quantile`` quantile of its confidence among the eligible training
-        nuclei (the rule's confidence, after :attr:`pseudo_confidence`), so the top
-        ``pseudo_quantile`` of each class passes.
+        modules, eval mode as published; the base module for plain self-training),
+        restricted as the pass rule restricts a pseudo label, are kept to score
+        ``accuracy_before``. Under ``pseudo_select="quantile"``, each teacher's
+        threshold per predicted class is the ``1 - pseudo_quantile`` quantile of its
+        confidence (the rule's, after :attr:`pseudo_confidence`) among the eligible
+        training nuclei, as training meets them (:meth:`_dry_probabilities`), so about
+        the top ``pseudo_quantile`` of each class passes.
         """
         teacher_counts.clear()
-        quantile = self.config.pseudo_select == "quantile"
-        first = epoch == 0 and bool(self._bank.truth)
-        if not (quantile or first):
-            return
         bank = self._bank
-        eligible = torch.zeros_like(bank.train_index, dtype=torch.bool)
-        for s in self.base.names:
-            eligible |= bank.allowed[s][bank.train_index] != 0
-        rows = bank.train_index[eligible]
-        if rows.numel() == 0:
-            return
-        probs = self._eval_probabilities(rows)
-        for s, (base_p, head_p) in probs.items():
-            allowed = bank.allowed[s][rows]
-            if first:
+        if epoch == 0 and bank.truth:
+            rows = bank.train_index
+            probs = self._eval_probabilities(rows)
+            for s, (base_p, head_p) in probs.items():
+                allowed = bank.allowed[s][rows]
                 both = base_p if stage.teachers == ("self",) else (base_p + head_p) / 2
                 _, choice, _ = pseudo_choice(both, allowed, "candidates")
                 pre = torch.full_like(bank.targets[s], -1)
                 pre[rows] = torch.where(allowed != 0, choice, torch.full_like(choice, -1))
                 self._pre_c[s] = pre
-            if not quantile:
-                continue
-            for teacher in stage.teachers:
-                p = head_p if teacher == "heads" else base_p
+        if self.config.pseudo_select != "quantile":
+            return
+        rows, probs = self._dry_probabilities(epoch, stage.teachers)
+        for s, by_teacher in probs.items():
+            allowed = bank.allowed[s][rows]
+            for teacher, p in by_teacher.items():
                 if self.pseudo_confidence is not None:
                     p = self.pseudo_confidence(s, teacher, p)
                 confidence, choice, ok = pseudo_choice(p, allowed, self.config.pseudo_rule)
