@@ -351,8 +351,13 @@ def _where(kind: str, name: str) -> str:
 
 def list_label_sets() -> list[str]:
     """Names of every packaged label set."""
+    return list(_packaged_set_names())
+
+
+@cache
+def _packaged_set_names() -> tuple[str, ...]:
     folder = resources.files("nucdata.labels") / "vocabularies"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+    return tuple(sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json")))
 
 
 @cache
