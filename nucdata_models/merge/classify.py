@@ -307,37 +307,21 @@ def annotation_columns(annotation: np.ndarray, vocabulary: str | Mapping[str, An
     return out
 
 
-def _read_array(path: str | os.PathLike[str], what: str) -> np.ndarray:
-    """An image or label image from a file (PNG, JPEG, TIFF, ``.npy``) — arrays only, never pickles."""
+def _read_image(path: str | os.PathLike[str]) -> tuple[np.ndarray, float | None]:
+    """An image file (PNG, JPEG, TIFF through :func:`nucdata.formats.read_image`; ``.npy`` without
+    pickle) and the µm/px its metadata states."""
     path = Path(path)
-    if not path.is_file():
-        raise InvalidArgumentError(f"{path}: no such {what} file; correct the path")
     if path.suffix.lower() == ".npy":
+        if not path.is_file():
+            raise InvalidArgumentError(f"{path}: no such image file; correct the path")
         try:
-            return np.load(path, allow_pickle=False, mmap_mode="r")  # arrays only: a pickle is refused
-        except (ValueError, OSError) as exc:
-            raise InvalidArgumentError(f"{path}: not a plain .npy array ({exc}); save the {what} with "
+            return np.load(path, allow_pickle=False), None  # arrays only: a pickle is refused
+        except ValueError as exc:
+            raise InvalidArgumentError(f"{path}: not a plain .npy array ({exc}); save the image with "
                                        "numpy.save (numbers, not objects)") from None
-    if what == "image":
-        from nucdata._util.images import read_rgb
+    from nucdata.formats import read_image
 
-        return read_rgb(path)
-    from nucdata._util.images import read_gray
-
-    return read_gray(path)
-
-
-def image_mpp_of(path: str | os.PathLike[str]) -> float | None:
-    """The µm/px an image file's metadata states, or ``None`` (:mod:`nucdata.formats` reads it)."""
-    try:
-        from nucdata.formats import image_mpp
-    except ImportError:  # nucdata.formats not installed in this tree
-        return None
-    try:
-        value = image_mpp(path)
-    except Exception:  # noqa: BLE001 - metadata that cannot be read is metadata that is not there
-        return None
-    return float(value) if value is not None and np.isfinite(value) and value > 0 else None
+    return read_image(path)
 
 
 class Classifier:
@@ -568,8 +552,10 @@ class Classifier:
     # -- inputs ----------------------------------------------------------------------------
     def nuclei_of(self, instances: np.ndarray | str | os.PathLike[str] | None = None,
                   centroids: np.ndarray | None = None, polygons: Sequence[np.ndarray] | None = None,
-                  ids: np.ndarray | None = None, bboxes: np.ndarray | None = None):
-        """The :class:`.engine.Nuclei` table and its mask source from exactly one kind of input."""
+                  ids: np.ndarray | None = None, bboxes: np.ndarray | None = None,
+                  shape: tuple[int, int] | None = None):
+        """The :class:`.engine.Nuclei` table and its mask source from exactly one kind of input
+        (``shape``: the image's ``(height, width)``, which outlines are clipped to)."""
         given = [name for name, v in (("instances", instances), ("centroids", centroids), ("polygons", polygons))
                  if v is not None]
         if len(given) != 1:
@@ -577,23 +563,26 @@ class Classifier:
                                        f"(x, y points) or polygons= (outlines); got {given or 'none'}")
         if instances is not None:
             if isinstance(instances, (str, os.PathLike)):
-                instances = _read_array(instances, "instance map")
+                from nucdata.formats import read_instances
+
+                instances = read_instances(instances)
             nuclei, seq = Nuclei.from_instances(instances)
             return nuclei, InstanceMasks(seq, np.arange(1, len(nuclei) + 1))
         if centroids is not None:
             return Nuclei.from_centroids(centroids, ids, bboxes), NoMasks()
-        nuclei = Nuclei.from_polygons(polygons, ids)
+        nuclei = Nuclei.from_polygons(polygons, ids, shape=shape)
         return nuclei, PolygonMasks(nuclei)
 
     def crops(self, image, instances=None, centroids=None, *, polygons=None, mpp: float | None = None,
               ids: np.ndarray | None = None, bboxes: np.ndarray | None = None):
         """The crops the model sees: ``(crops (N, 4, S, S) uint8, nuclei, scale, mpp)``."""
-        stated = image_mpp_of(image) if isinstance(image, (str, os.PathLike)) else None
+        stated, rgb = None, image
+        if isinstance(image, (str, os.PathLike)):
+            rgb, stated = _read_image(image)
         where = str(image) if isinstance(image, (str, os.PathLike)) else "the image"
         mpp = self.resolve_mpp(mpp, stated, where)
-        rgb = _read_array(image, "image") if isinstance(image, (str, os.PathLike)) else image
         source = ArraySource(rgb)
-        nuclei, masks = self.nuclei_of(instances, centroids, polygons, ids, bboxes)
+        nuclei, masks = self.nuclei_of(instances, centroids, polygons, ids, bboxes, (source.height, source.width))
         if isinstance(masks, InstanceMasks) and masks.map.shape != (source.height, source.width):
             raise InvalidArgumentError(f"{where}: the instance map is {masks.map.shape[1]}x{masks.map.shape[0]} px, "
                                        f"the image {source.width}x{source.height}; pass the segmenter's labels of "

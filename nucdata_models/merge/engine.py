@@ -194,13 +194,14 @@ class Nuclei:
 
     @classmethod
     def from_polygons(cls, polygons: Sequence[Sequence[np.ndarray] | np.ndarray], ids: np.ndarray | None = None,
-                      centroids: np.ndarray | None = None) -> Nuclei:
+                      centroids: np.ndarray | None = None, shape: tuple[int, int] | None = None) -> Nuclei:
         """Outlines (each a ``(m, 2)`` ring or a list of rings, x, y at pixel centres).
 
         Area, centroid and box come from the pixels the outline covers
-        (:func:`nucdata.formats.ring_pixels`: centres inside or on it), as the instance map
-        it was traced from gives them; a nucleus whose outline covers no pixel centre is a
-        point at ``centroids[i]`` (default: its vertices' mean).
+        (:func:`nucdata.formats.ring_pixels`: centres inside or on it) within the image
+        (``shape``, ``(height, width)``: an outline reaching past its edge keeps the pixels
+        inside), as the instance map it was traced from gives them; a nucleus whose outline
+        covers no pixel centre is a point at ``centroids[i]`` (default: its vertices' mean).
         """
         from nucdata.formats import ring_pixels
 
@@ -221,6 +222,9 @@ class Nuclei:
             if len(allv):
                 x0, y0 = np.floor(allv.min(0)).astype(np.int64)
                 x1, y1 = np.ceil(allv.max(0)).astype(np.int64) + 1
+                if shape is not None:
+                    x0, y0 = max(int(x0), 0), max(int(y0), 0)
+                    x1, y1 = max(min(int(x1), int(shape[1])), x0), max(min(int(y1), int(shape[0])), y0)
                 rr, cc = ring_pixels([r - (x0, y0) for r in rings], (int(y1 - y0), int(x1 - x0)))
                 rr, cc = rr + y0, cc + x0
             if len(rr):
@@ -241,14 +245,15 @@ class Nuclei:
                    ring_starts, ring_of)
 
     @classmethod
-    def from_record(cls, record) -> Nuclei:
+    def from_record(cls, record, shape: tuple[int, int] | None = None) -> Nuclei:
         """The table of a :class:`nucdata.formats.Nuclei` record (what every reader of
         :mod:`nucdata.formats` returns): outlines where it has them (masks and centroids from
-        their pixels), else its boxes or points; its labels as the annotation."""
+        their pixels within the image of ``shape``), else its boxes or points; its labels as
+        the annotation."""
         n = len(record)
         if record.polygons is not None:
             rings = [record.rings(i) for i in range(n)]
-            nuclei = cls.from_polygons(rings, record.ids, record.centroids)
+            nuclei = cls.from_polygons(rings, record.ids, record.centroids, shape)
             if record.bboxes is not None:  # a point with a box in the file: the file's box
                 points = ~nuclei.has_mask
                 nuclei.bbox[points] = record.bboxes[points]

@@ -324,7 +324,7 @@ def _read_nuclei(job: Job, source, stack: contextlib.ExitStack):
         record = formats.read_cellvit(job.nuclei, image=job.stem)
     else:
         record = next(r for r in formats.read_centroids_csv(job.nuclei) if r.image == job.image_name)
-    nuclei = Nuclei.from_record(record)
+    nuclei = Nuclei.from_record(record, (source.height, source.width))
     masks = PolygonMasks(nuclei) if nuclei.has_outlines else NoMasks()
     return nuclei, masks, record.mpp
 
@@ -405,17 +405,51 @@ def _default_label_set(classifier, wanted: str | None) -> str:
     return next((s for s in classifier.names if s in MERGED_LABEL_SETS), classifier.names[0])
 
 
-def _trace_outlines(masks, nuclei, rows: np.ndarray):
-    """Outlines of instance-map nuclei (the contour between their pixels' centres and the
-    background, pixel-centre frame), traced from the native masks of one tile."""
-    from nucdata._util.geometry import nucleus_outline
+def _outlines(masks, nuclei, rows: np.ndarray, rings: bool, contours: bool):
+    """Outlines of one tile's nuclei from the masks their crops were cut with (native pixels).
+
+    ``rings``: every ring of the mask (the contour between its pixels' centres and the
+    background, longest first: further parts and holes follow, even-odd rule), what QuPath
+    GeoJSON gets from an instance map. ``contours``: the longest ring with each vertex moved
+    onto the mask pixel it borders, the integer contour through the boundary pixels' centres
+    HoVer-Net writes (OpenCV's); both give the mask back when rasterised
+    (:func:`nucdata.formats.ring_pixels`), a HoVer-Net contour the mask's largest part only.
+    """
+    from skimage.measure import find_contours
 
     box = nuclei.bbox[rows]
     x0, y0 = (int(v) for v in box[:, :2].min(0))
     x1, y1 = (int(v) for v in box[:, 2:].max(0))
     local = masks.paint(x0, y0, x1, y1, rows)
-    shift = np.array([x0, y0, x0, y0])
-    return [[nucleus_outline(local, k + 1, box[k] - shift) + (x0, y0)] for k in range(len(rows))]
+    all_rings, all_contours = [], []
+    for k in range(len(rows)):
+        bx0, by0, bx1, by1 = (int(v) for v in box[k] - np.array([x0, y0, x0, y0]))
+        mask = local[by0:by1, bx0:bx1] == k + 1
+        found = sorted(find_contours(np.pad(mask, 1).astype(np.float32), 0.5), key=len, reverse=True)
+        # (row, col) in the padded window -> (x, y) in the image
+        traced = [np.stack([c[:, 1] + bx0 + x0 - 1, c[:, 0] + by0 + y0 - 1], 1) for c in found]
+        if rings:
+            all_rings.append(traced)
+        if contours:
+            all_contours.append([_on_pixels(traced[0], mask, bx0 + x0, by0 + y0)] if traced else [])
+    return all_rings, all_contours
+
+
+def _on_pixels(outline: np.ndarray, mask: np.ndarray, x0: int, y0: int) -> np.ndarray:
+    """A half-pixel outline moved onto the mask's boundary pixels (integer x, y, repeats dropped)."""
+    h, w = mask.shape
+    out: list[tuple[float, float]] = []
+    for x, y in outline:
+        for cx, cy in ((np.floor(x), np.floor(y)), (np.ceil(x), np.ceil(y)), (np.floor(x), np.ceil(y)),
+                       (np.ceil(x), np.floor(y))):
+            i, j = int(cy) - y0, int(cx) - x0
+            if 0 <= i < h and 0 <= j < w and mask[i, j]:
+                if not out or out[-1] != (cx, cy):
+                    out.append((cx, cy))
+                break
+    if len(out) > 1 and out[0] == out[-1]:
+        out.pop()
+    return np.array(out, np.float64).reshape(-1, 2)
 
 
 class _Parts:
@@ -514,7 +548,13 @@ def _classify(classifier, job: Job, options: ClassifyOptions, parts: _Parts, sta
     from nucdata._util.progress import Counter
     from nucdata.errors import DomainShiftWarning
     from nucdata_models.merge.card import crop_statistics
-    from nucdata_models.merge.engine import InstanceMasks, cut_tile, model_frame, plan_tiles
+    from nucdata_models.merge.engine import (
+        InstanceMasks,
+        NoMasks,
+        cut_tile,
+        model_frame,
+        plan_tiles,
+    )
 
     source, stated = _open_image(job.image, stack)
     nuclei, masks, nuclei_mpp = _read_nuclei(job, source, stack)
@@ -523,8 +563,8 @@ def _classify(classifier, job: Job, options: ClassifyOptions, parts: _Parts, sta
     cen, _, w, h = model_frame(nuclei, scale, source.width, source.height)
     tiles, _ = plan_tiles(cen, w, h, options.tile)
     whole = len(tiles) <= 1 and max(w, h) <= options.tile
-    outlines = isinstance(masks, InstanceMasks) and any(f in ("geojson", "hovernet-json")
-                                                            for f in options.formats)
+    rings = isinstance(masks, InstanceMasks) and "geojson" in options.formats
+    contours = not isinstance(masks, NoMasks) and "hovernet-json" in options.formats
     done = parts.done()
     first = parts.next_tile()
     resumed = len(done)
@@ -572,11 +612,14 @@ def _classify(classifier, job: Job, options: ClassifyOptions, parts: _Parts, sta
         pending.setdefault("rows", []).append(tile.rows)
         for s, p in probs.items():
             pending.setdefault(f"probs:{s}", []).append(p.astype(np.float32))
-        if outlines:
-            v, rs, ro = _flat_rings(_trace_outlines(masks, nuclei, tile.rows))
-            pending.setdefault("outline_vertices", []).append(v)
-            pending.setdefault("outline_counts", []).append(np.diff(ro))
-            pending.setdefault("ring_lengths", []).append(np.diff(rs))
+        if rings or contours:
+            traced, hover = _outlines(masks, nuclei, tile.rows, rings, contours)
+            for name, per in (("rings", traced), ("contours", hover)):
+                if per:
+                    v, rs, ro = _flat_rings(per)
+                    pending.setdefault(f"{name}:vertices", []).append(v)
+                    pending.setdefault(f"{name}:counts", []).append(np.diff(ro))
+                    pending.setdefault(f"{name}:lengths", []).append(np.diff(rs))
         counter.update(len(tile.rows))
         if sum(len(r) for r in pending["rows"]) >= options.part_nuclei:
             flush(tile.index + 1)
@@ -584,7 +627,7 @@ def _classify(classifier, job: Job, options: ClassifyOptions, parts: _Parts, sta
     counter.close()
     return {"image": job.stem, "nuclei": len(nuclei), "mpp": mpp, "scale": scale, "tiles": len(tiles),
             "resumed_parts": resumed, "gaps": gaps or [],
-            "_nuclei": nuclei, "_outlines": outlines}
+            "_nuclei": nuclei}
 
 
 def _flat_rings(per):
@@ -603,7 +646,6 @@ def _publish(classifier, job: Job, options: ClassifyOptions, parts: _Parts, targ
     from nucdata import formats
 
     nuclei = summary.pop("_nuclei")
-    traced = summary.pop("_outlines")
     label_set = _default_label_set(classifier, options.label_set)
     annotation = _annotation(nuclei) if options.vocabulary else None
     writers = {}
@@ -619,13 +661,33 @@ def _publish(classifier, job: Job, options: ClassifyOptions, parts: _Parts, targ
         for path in parts.done():
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
-            record = _record(classifier, job, nuclei, arrays, summary["mpp"], annotation, options, traced)
-            for writer in writers.values():
-                writer.add(record)
+            record = _record(classifier, job, nuclei, arrays, summary["mpp"], annotation, options)
+            for name, writer in writers.items():
+                if name == "hovernet-json" and "contours:vertices" in arrays:
+                    writer.add(_with_outlines(record, _unflat(arrays, "contours")))
+                else:
+                    writer.add(record)
+
+
+def _unflat(arrays: dict[str, np.ndarray], name: str) -> list[list[np.ndarray]]:
+    """Per nucleus its rings, from a part's flat ``<name>:vertices/counts/lengths``."""
+    v, counts, lengths = arrays[f"{name}:vertices"], arrays[f"{name}:counts"], arrays[f"{name}:lengths"]
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    of = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return [[v[starts[r] : starts[r + 1]] for r in range(of[i], of[i + 1])] for i in range(len(counts))]
+
+
+def _with_outlines(record, per: list[list[np.ndarray]]):
+    """``record`` with these outlines (first ring; further rings as holes or parts)."""
+    from dataclasses import replace
+
+    polygons = [p[0] if p else np.zeros((0, 2)) for p in per]
+    holes = {i: p[1:] for i, p in enumerate(per) if len(p) > 1}
+    return replace(record, polygons=polygons, holes=holes)
 
 
 def _record(classifier, job: Job, nuclei, arrays: dict[str, np.ndarray], mpp: float, annotation,
-            options: ClassifyOptions, traced: bool):
+            options: ClassifyOptions):
     """One part's nuclei as a :class:`nucdata.formats.Nuclei` with every label set."""
     from nucdata import formats
 
@@ -633,28 +695,24 @@ def _record(classifier, job: Job, nuclei, arrays: dict[str, np.ndarray], mpp: fl
     probs = {s: arrays[f"probs:{s}"] for s in classifier.names}
     sets = classifier.publish(probs, None if annotation is None else annotation[rows], options.vocabulary,
                               None, None)
-    if traced:
-        v, counts, lengths = arrays["outline_vertices"], arrays["outline_counts"], arrays["ring_lengths"]
-        ring_starts = np.concatenate([[0], np.cumsum(lengths)])
-        ring_of = np.concatenate([[0], np.cumsum(counts)])
-        polygons = [v[ring_starts[ring_of[i]] : ring_starts[ring_of[i] + 1]] for i in range(len(rows))]
-        holes = {}
+    polygons, holes = None, {}
+    if "rings:vertices" in arrays:
+        per = _unflat(arrays, "rings")
     elif nuclei.has_outlines:
         per = [nuclei.rings(int(r)) for r in rows]
+    else:
+        per = None
+    if per is not None:
         polygons = [p[0] if p else np.zeros((0, 2)) for p in per]
         holes = {i: p[1:] for i, p in enumerate(per) if len(p) > 1}
-    else:
-        polygons, holes = None, {}
     set_labels = {}
     for s, r in sets.items():
         colours = [tuple(int(r.colors[k].lstrip("#")[j : j + 2], 16) for j in (0, 2, 4))
                    for k in range(len(r.class_names))]
         set_labels[s] = formats.SetLabels(s, list(r.class_names), r.label, r.probability, colours, r.candidates,
                                           r.outside_probability.astype(np.float64))
-    area = nuclei.area[rows]
     return formats.Nuclei(image=job.stem, ids=nuclei.ids[rows], centroids=nuclei.centroid[rows], polygons=polygons,
-                          holes=holes, sets=set_labels, areas=np.where(np.isfinite(area), area, np.nan), mpp=mpp,
-                          bboxes=nuclei.bbox[rows],
+                          holes=holes, sets=set_labels, areas=nuclei.area[rows], mpp=mpp, bboxes=nuclei.bbox[rows],
                           uuids=None if nuclei.uuids is None else nuclei.uuids[rows])
 
 
