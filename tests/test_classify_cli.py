@@ -260,3 +260,25 @@ def test_model_card_prints_the_card(model):
     assert result.exit_code == 0 and "## Training data" in result.output and "inherits its terms" in result.output
     result = CliRunner().invoke(main, ["model-card", str(model / "classifier.safetensors"), "--json"])
     assert json.loads(result.output)["format"] == "nucdata-classifier"
+
+
+def test_the_tutorial_runs(model, tmp_path, monkeypatch, capsys):
+    """docs/tutorials/classify.md: its Python blocks, in order, from a segmenter's output to QuPath."""
+    import re
+    import warnings
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "tutorials" / "classify.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"^```python\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+    assert len(blocks) >= 7 and "does not segment" in text
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "merged").symlink_to(model, target_is_directory=True)
+    namespace: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a tiny demo model: its gaps and noisy fits are not the point here
+        for i, block in enumerate(blocks):
+            exec(compile(block, f"classify.md block {i + 1}", "exec"), namespace)
+    out = capsys.readouterr().out
+    assert "nuclei in" in out and "rows;" in out and "'name'" in out
+    assert (tmp_path / "classified" / "slide-1.geojson").is_file()
+    assert (tmp_path / "merged-lab" / "classifier.safetensors").is_file()
+    assert "(own images)->pannuke" in namespace["clf"].calibration.pairs

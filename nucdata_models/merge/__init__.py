@@ -17,6 +17,7 @@ _LAZY = {
     "ALL_DATASETS": "nucdata_models.merge.defaults",
     "BuildOptions": "nucdata_models.merge.build",
     "Classification": "nucdata_models.merge.classify",
+    "ClassifyOptions": "nucdata_models.merge.slides",
     "Classifier": "nucdata_models.merge.classify",
     "DEMO_EPOCHS": "nucdata_models.merge.defaults",
     "DEMO_SCALE": "nucdata_models.merge.defaults",

@@ -209,12 +209,14 @@ def _input_option(name: str):
               help="A Dask scheduler address (tcp://host:8786): one task per image on the cluster "
                    '(pip install "nucdata[distributed]").')
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(1, 1024), default=None,
+              help="torch CPU threads (default: 1 on two cores or fewer, as build-merged; else torch's).")
 @click.option("--overwrite", is_flag=True, help="Replace output files classify did not write.")
 @click.option("--quiet", is_flag=True, help="Only the result.")
 def classify(model: Path, images: Path, instances: Path | None, hovernet_json: Path | None, cellvit: Path | None,
              geojson: Path | None, centroids: Path | None, mpp: float | None, out: Path, formats: tuple[str, ...],
              label_set: str | None, vocabulary: str | None, tile: int, workers: int, scheduler: str | None,
-             device: str, overwrite: bool, quiet: bool) -> None:
+             device: str, threads: int | None, overwrite: bool, quiet: bool) -> None:
     """Classify the nuclei a segmenter found under every label set (nucdata does not segment).
 
     MODEL is a build-merged output folder or its classifier.safetensors. Each image is
@@ -230,6 +232,9 @@ def classify(model: Path, images: Path, instances: Path | None, hovernet_json: P
 
     if device == "cuda" and not torch.cuda.is_available():
         raise click.UsageError("--device cuda: torch sees no CUDA device here; use --device cpu (or auto).")
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if on_cpu and (threads or cpu_threads()):
+        torch.set_num_threads(threads or cpu_threads())
     given = [n for n, v in (("instances", instances), ("hovernet-json", hovernet_json), ("cellvit", cellvit),
                             ("geojson", geojson), ("centroids", centroids)) if v is not None]
     if len(given) != 1:

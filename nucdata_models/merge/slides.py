@@ -73,7 +73,7 @@ class ClassifyOptions:
     mpp: float | None = None
     vocabulary: str | None = None  # the input's own classes are labels of this vocabulary
     tile: int = 2048  # model pixels per tile side
-    part_nuclei: int = 20_000  # nuclei per resumable part
+    part_nuclei: int = 5_000  # nuclei per resumable part (bounds what a part holds)
     overwrite: bool = False
     device: str = "auto"
 
