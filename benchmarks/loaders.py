@@ -9,7 +9,8 @@ nucleus's mask, ``(B, 4, S, S)`` uint8) from one generated store (1000 x 1000 im
   ``store.instance_map(i)``; zeros beyond the image), compare the ids with its own, and
   stack the crops;
 * floor: a numpy gather of the batch's rows of the bank into a preallocated array
-  (``np.take(bank, rows, axis=0, out=...)``): the copy every bank reader must make; and
+  (``np.take(bank, rows, axis=0, out=..., mode="clip")``): the copy every bank reader
+  must make; and
   the same gather into a new array per batch (a loader whose batches the caller may keep
   needs new memory per batch, whose first-touch page faults cost extra);
 * ``nucdata.crop_loader`` with 0 and 2 workers, over independently shuffled nuclei and
@@ -92,7 +93,10 @@ def floor_rate(bank: np.ndarray, order: np.ndarray, batch: int, epochs: int, reu
     seen = 0
     for _ in range(epochs):
         for b in range(0, order.size - batch + 1, batch):
-            np.take(bank, order[b : b + batch], axis=0, out=out if reuse else None)
+            if reuse:  # mode="clip": numpy buffers ``out`` (a second copy) under the default mode
+                np.take(bank, order[b : b + batch], axis=0, out=out, mode="clip")
+            else:
+                np.take(bank, order[b : b + batch], axis=0)
             seen += batch
     return seen / (time.perf_counter() - start)
 

@@ -498,7 +498,9 @@ class CropDataset(torch.utils.data.Dataset):
             if rows.size > 1 and bool((np.diff(rows) == 1).all()):
                 out[:] = crops[rows[0] : rows[-1] + 1]
             else:
-                np.take(crops, rows, axis=0, out=out)
+                # mode="clip": numpy buffers ``out`` for mode="raise" (a second copy); the
+                # rows are the bank's own, in range
+                np.take(crops, rows, axis=0, out=out, mode="clip")
             return tensor
         for d in np.unique(which):
             sel = np.flatnonzero(which == d)
@@ -636,6 +638,33 @@ class ContiguousBatchSampler(torch.utils.data.Sampler[list[int]]):
             yield list(range(start, min(start + self.batch_size, self.length)))
 
 
+class ShuffledBatchSampler(torch.utils.data.Sampler[np.ndarray]):
+    """Shuffled batches of indices, each an int64 array cut from one permutation per epoch.
+
+    The same batches as ``BatchSampler(RandomSampler(...), batch_size, drop_last)`` (one
+    ``torch.randperm`` per epoch, drawn the same way), without iterating the indices one
+    by one in Python: at a few hundred thousand crops per second that iteration costs
+    about a tenth of the batch.
+    """
+
+    def __init__(self, length: int, batch_size: int, drop_last: bool = False,
+                 generator: torch.Generator | None = None):
+        self.length, self.batch_size, self.drop_last, self.generator = int(length), int(batch_size), drop_last, generator
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.length, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        generator = self.generator
+        if generator is None:  # as RandomSampler: a fresh generator seeded from torch's global one
+            generator = torch.Generator()
+            generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+        order = torch.randperm(self.length, generator=generator).numpy()
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            yield order[start : start + self.batch_size]
+
+
 def crop_loader(
     dataset: CropDataset,
     batch_size: int = 256,
@@ -669,10 +698,10 @@ def crop_loader(
     """
     if contiguous:
         sampler: torch.utils.data.Sampler = ContiguousBatchSampler(len(dataset), batch_size, shuffle, drop_last, generator)
+    elif shuffle:
+        sampler = ShuffledBatchSampler(len(dataset), batch_size, drop_last, generator)
     else:
-        base = (torch.utils.data.RandomSampler(dataset, generator=generator) if shuffle
-                else torch.utils.data.SequentialSampler(dataset))
-        sampler = torch.utils.data.BatchSampler(base, batch_size, drop_last)
+        sampler = torch.utils.data.BatchSampler(torch.utils.data.SequentialSampler(dataset), batch_size, drop_last)
     return CropLoader(batch_loader(dataset, _crop_batch, sampler, num_workers, pin_memory))
 
 

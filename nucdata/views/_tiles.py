@@ -622,9 +622,11 @@ def tile_loader(tiles: TileDataset, batch_size: int = 16, shuffle: bool = False,
         The tiles.
     batch_size, shuffle, num_workers, drop_last, generator, pin_memory
         As for :class:`torch.utils.data.DataLoader`. ``num_workers=0`` (the default)
-        makes tiles in the calling process: on a machine with few cores that is the
-        faster path for native tiles (see ``benchmarks/tiles.py``); workers pay off for
-        resampled tiles or costly transforms when cores are free.
+        makes tiles in the calling process: on two cores that was the faster path for
+        native and for resampled tiles alike (``benchmarks/tiles.py``: two workers gave
+        0.6-0.8 of its rate; resampled tiles come from each process's cache of resampled
+        images, so they cost about what native ones do). Workers pay off for costly
+        transforms when cores are free.
 
     Returns
     -------
