@@ -115,6 +115,17 @@ def test_instances_with_labels_vocabulary_and_mapping(home):
     assert np.asarray(native.store.column("images", "mpp")).tolist() == [0.25] * len(native)
 
 
+def test_a_custom_dataset_rebuilds_verifies_and_shows_its_card(home):
+    before = nucdata.load("mylab").labels.copy()
+    result = CliRunner().invoke(main, ["prepare", "mylab", "--force"])  # from the paths its card records
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(nucdata.load("mylab").labels, before)
+    result = CliRunner().invoke(main, ["verify", "mylab"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["info", "mylab"])
+    assert result.exit_code == 0 and "user" in result.output and "tumour" in result.output, result.output
+
+
 def test_load_exports_and_tiles_work_on_a_custom_dataset(home, tmp_path):
     ds = nucdata.load("mylab", label_set="pannuke")
     written = nucdata.exports.export(ds, "coco", tmp_path / "coco")

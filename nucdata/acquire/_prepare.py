@@ -27,7 +27,7 @@ from nucdata._util.progress import Counter
 from nucdata._util.version import VERSION as __version__
 from nucdata.acquire._archive import extract
 from nucdata.acquire._fetch import fetch
-from nucdata.catalog import Card, get_card, write_custom_card
+from nucdata.catalog import Card, get_card, is_custom, write_custom_card
 from nucdata.datasets import ConversionReport, converter_for
 from nucdata.errors import (
     CountMismatchError,
@@ -112,6 +112,8 @@ def prepare(
         if (final / MANIFEST).is_file() and not force and from_dir is None:
             say(f"{card.name}: already prepared at {final}")
             return final
+        if from_dir is None and is_custom(card):  # a user dataset: its images folder, as its card records
+            from_dir = card.extra["custom_source"]["images"]
         scratch: Path | None = None
         try:
             if from_dir is not None:
