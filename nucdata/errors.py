@@ -270,3 +270,10 @@ class DomainShiftWarning(NucdataError, UserWarning):
     data (stain, intensity, contrast, nucleus size or µm/px); the message names the gap, the
     input's value and the training range. Its labels are less reliable than the model card's
     metrics; ``Classifier.recalibrate`` refits the probabilities on a few labelled nuclei."""
+
+
+class PatchLabelError(NucdataError, ValueError):
+    """Patch-level class flags that cannot be read: a file name without a flag bracket in the
+    LUAD-HistoSeg (``...-[1 0 0 1].png``) or BCSS-WSSS (``...+0[1101].png``) form, a CSV row with
+    a missing column or a flag that is not 0/1, or a mapping from tissue classes to nucleus
+    classes that names an unknown class; the message names the file, the row or name, and the fix."""
