@@ -41,6 +41,7 @@ from nucdata.errors import (
     ModelStateError,
     NucdataError,
     OutputFolderError,
+    PatchLabelError,
     SchemaVersionError,
     SizeLimitError,
     SizeMismatchError,
@@ -92,7 +93,7 @@ _ERRORS = [
     "UnknownLabelSetError", "UnsafePickleError",
     "ModelStateError", "DeviceUnavailableError",
     "MergedOutputError", "UnsafeNameError", "DiskFullError", "SizeLimitError", "UnsupportedArchiveError",
-    "UnsupportedFormatError", "UserTableError", "DomainShiftWarning",
+    "UnsupportedFormatError", "UserTableError", "DomainShiftWarning", "PatchLabelError",
 ]
 
 __getattr__, __dir__, _lazy_all = attach(__name__, _LAZY, globals())
