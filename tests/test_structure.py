@@ -317,5 +317,5 @@ def test_every_export_module_is_registered_and_every_format_has_its_module():
     assert modules == registered, f"format modules {sorted(modules)} vs registered {sorted(registered)}"
     for fmt in FORMATS:
         module = exporter(fmt)
-        assert module.NAME == fmt and module.DESCRIPTION and callable(module.write)
+        assert fmt == module.NAME and module.DESCRIPTION and callable(module.write)
         assert set(inspect.signature(module.write).parameters) - {"ds", "out"} == set(module.OPTIONS), fmt

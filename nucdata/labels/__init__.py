@@ -40,6 +40,7 @@ from nucdata.labels._tables import (
     table_sources,
     table_version,
     translate,
+    translate_annotations,
     translate_store_labels,
     write_user_tables,
 )
@@ -50,7 +51,7 @@ __all__ = [
     "CheckReport", "Finding", "LabelClass", "LabelMapping", "LabelSet", "MappingRow", "StoreColumns", "UserTables",
     "build_user_tables", "check_tables", "check_user_tables", "find_inconsistencies", "find_user_tables",
     "label_set", "list_label_sets", "load_user_tables", "mapping", "native_vocabulary", "parse_rows",
-    "render_markdown", "table_sources", "table_version", "translate", "translate_store_labels",
+    "render_markdown", "table_sources", "table_version", "translate", "translate_annotations", "translate_store_labels",
     "use_user_tables", "write_user_tables",
 ]
 

@@ -638,6 +638,47 @@ def translate(
     return mapping(dataset, target).translate(native_codes, tissue)
 
 
+def translate_annotations(
+    table: LabelMapping, annotation: Sequence[object] | np.ndarray,
+    tissue: str | Sequence[str] | np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A lab's own labels (codes or class names) through one table: ``(labels, candidates)``.
+
+    The tissue-aware translation of labels that live outside a store (``nucdata
+    classify --labels``); :func:`translate_store_labels` is the one for stored labels.
+
+    Parameters
+    ----------
+    table
+        The mapping from the labels' vocabulary into one label set.
+    annotation
+        Per nucleus, a code of ``table``'s vocabulary (int; -1 for none) or a class name
+        (case-insensitive; ``""``, ``None`` or NaN for none).
+    tissue
+        The image's tissue, or one per nucleus, for tissue-conditional rows.
+
+    Raises
+    ------
+    UnknownClassError
+        A class name the vocabulary does not have (the message names the nucleus and
+        lists the vocabulary's classes).
+    """
+    names = {str(r.native_name).lower(): int(r.native) for r in table}
+    values = np.asarray(annotation, dtype=object).reshape(-1)
+    codes = np.full(values.shape, MISSING, np.int64)
+    for i, v in enumerate(values):
+        if v is None or (isinstance(v, float) and v != v) or (isinstance(v, str) and not v.strip()):
+            continue
+        if isinstance(v, str) and not v.strip().lstrip("-").isdigit():
+            key = v.strip().lower()
+            if key not in names:
+                raise UnknownClassError(v, f"{table.source} (nucleus {i})", sorted(names))
+            codes[i] = names[key]
+        else:
+            codes[i] = int(v)
+    return table.translate(codes, tissue)
+
+
 class StoreColumns(Protocol):
     """What :func:`translate_store_labels` reads of a store (:class:`nucdata.store.Store` has it)."""
 

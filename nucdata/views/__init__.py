@@ -7,11 +7,35 @@ batches per worker, reusable shared-memory slots allocated with public torch API
 :func:`collate` batches image samples in any ``DataLoader``.
 """
 
-from nucdata.views._crops import CropBank, CropDataset, build_bank, crop_loader, crops_of, cut_image, place_windows
+from nucdata.views._crops import (
+    CropBank,
+    CropDataset,
+    build_bank,
+    crop_loader,
+    crops_of,
+    cut_image,
+    place_windows,
+)
 from nucdata.views._loaders import collate
 from nucdata.views._overlay import outline_mask, plot_sample
 from nucdata.views._overlay import render as render_overlay
-from nucdata.views._resample import axis_weights, image_scales, output_length, resample_image, store_scales
+from nucdata.views._patches import (
+    PatchDataset,
+    PatchLabels,
+    derive_patch_labels,
+    parse_flag_name,
+    patch_labels_from_names,
+    read_patch_csv,
+    read_patch_labels,
+    tissue_mapping,
+)
+from nucdata.views._resample import (
+    axis_weights,
+    image_scales,
+    output_length,
+    resample_image,
+    store_scales,
+)
 from nucdata.views._targets import (
     BoundaryTargets,
     DistanceTargets,
@@ -24,6 +48,8 @@ from nucdata.views._targets import (
 from nucdata.views._tiles import TileDataset, tile_loader, tiles_of
 
 __all__ = [
+    "PatchDataset", "PatchLabels", "derive_patch_labels", "parse_flag_name", "patch_labels_from_names",
+    "read_patch_csv", "read_patch_labels", "tissue_mapping",
     "BoundaryTargets", "CropBank", "CropDataset", "DistanceTargets", "HoVerNetTargets",
     "TileDataset", "axis_weights", "boundary_map", "build_bank", "collate", "compose", "crop_loader", "crops_of",
     "cut_image", "output_length", "place_windows",

@@ -274,29 +274,13 @@ def annotation_columns(annotation: np.ndarray, vocabulary: str | Mapping[str, An
     tissue
         The image's tissue (or one per nucleus), for tissue-conditional rows.
     """
-    from nucdata.labels import OWN_LABEL_SET, mapping
+    from nucdata.labels import OWN_LABEL_SET, mapping, translate_annotations
     from nucdata_models.data import AMBIGUOUS, ANNOTATED, MAPPED, NO_LABEL, OUTSIDE_LABEL
 
-    values = np.asarray(annotation, dtype=object).reshape(-1)
     out = {}
     for s in label_sets:
         table = vocabulary[s] if isinstance(vocabulary, Mapping) else mapping(vocabulary, s)
-        names = {str(r.native_name).lower(): int(r.native) for r in table}
-        codes = np.full(values.shape, -1, np.int64)
-        for i, v in enumerate(values):
-            if v is None or (isinstance(v, float) and v != v) or (isinstance(v, str) and not v.strip()):
-                continue
-            if isinstance(v, str) and not v.strip().lstrip("-").isdigit():
-                key = v.strip().lower()
-                if key not in names:
-                    from nucdata.errors import UnknownClassError
-
-                    raise UnknownClassError(f"{v!r} (nucleus {i}) is no class of {table.source}; its classes are "
-                                            f"{', '.join(sorted(names))}")
-                codes[i] = names[key]
-            else:
-                codes[i] = int(v)
-        labels, candidates = table.translate(codes, tissue)
+        labels, candidates = translate_annotations(table, annotation, tissue)
         source = str(table.source).removeprefix("set:")
         own = s == source or OWN_LABEL_SET.get(source) == s
         prov = np.full(labels.shape, NO_LABEL, np.int8)
