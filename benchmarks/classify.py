@@ -47,7 +47,10 @@ mode, model, folder, out, device, tile = sys.argv[1:7]
 tile = int(tile)
 from nucdata._util.progress import set_quiet
 set_quiet()
+from nucdata_models.merge.defaults import cpu_threads
 from nucdata_models.merge.slides import ClassifyOptions, classify_paths, _classifier
+if (device == "cpu" or not torch.cuda.is_available()) and cpu_threads():
+    torch.set_num_threads(cpu_threads())  # as the command does on two cores or fewer
 clf = _classifier(model, device)
 result = {"mode": mode, "device": str(clf.device)}
 if mode == "classify":

@@ -191,7 +191,11 @@ def test_a_datasets_exports_read_back_give_its_nuclei(model, tmp_path, fmt):
 
 
 def _run_slide(model, folder, out, env=None):
-    code = ("import sys; from nucdata_models.merge.slides import classify_paths, ClassifyOptions; "
+    import torch
+
+    # the parent's torch threads: a CPU's float sums, hence the last digits, depend on them
+    code = (f"import sys, torch; torch.set_num_threads({torch.get_num_threads()}); "
+            "from nucdata_models.merge.slides import classify_paths, ClassifyOptions; "
             "classify_paths(sys.argv[1], sys.argv[2], sys.argv[3], instances=sys.argv[4], "
             "options=ClassifyOptions(formats=('geojson', 'hovernet-json', 'parquet'), tile=256, part_nuclei=40))")
     return subprocess.run([sys.executable, "-c", code, str(model), str(folder / "slides"), str(out),
@@ -222,6 +226,13 @@ def test_a_kill_mid_slide_and_a_rerun_give_the_uninterrupted_output(model, slide
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     np.testing.assert_allclose(np.stack([a["x"], a["y"]], 1), truth.centroids, atol=1e-9)
     assert not (killed / ".nucdata-classify" / "work" / "s1").exists()
+    # the GPU path's read-ahead (the next tile cut in a thread while the model runs) changes nothing
+    from dataclasses import replace
+
+    ahead = tmp_path / "ahead"
+    classify_paths(model, folder / "slides", ahead, instances=folder / "masks", options=replace(options, prefetch=True))
+    for name in ("s1.geojson", "s1.json"):
+        assert (ahead / name).read_bytes() == (whole / name).read_bytes(), name
 
 
 def test_a_slides_geojson_input_streams_too(model, slide, tmp_path):
@@ -242,10 +253,19 @@ def test_a_dask_local_cluster_gives_the_serial_result(model, tiles, classified, 
     folder, stems = tiles
     out, _, _ = classified
     options = ClassifyOptions(formats=("geojson", "hovernet-json", "parquet"), mpp=0.25)
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
-        results = classify_paths(model, folder / "images", tmp_path / "dask", instances=folder / "masks",
-                                 options=options, scheduler=client)
+    import torch
+
+    from nucdata_models.merge.defaults import cpu_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(cpu_threads() or before)  # the threads the command ran `classified` with
+    try:
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+                Client(cluster) as client:
+            results = classify_paths(model, folder / "images", tmp_path / "dask", instances=folder / "masks",
+                                     options=options, scheduler=client)
+    finally:
+        torch.set_num_threads(before)
     assert sorted(r["image"] for r in results) == sorted(stems)
     for stem in stems:
         for suffix in (".geojson", ".json"):

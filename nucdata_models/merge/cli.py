@@ -232,9 +232,6 @@ def classify(model: Path, images: Path, instances: Path | None, hovernet_json: P
 
     if device == "cuda" and not torch.cuda.is_available():
         raise click.UsageError("--device cuda: torch sees no CUDA device here; use --device cpu (or auto).")
-    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    if on_cpu and (threads or cpu_threads()):
-        torch.set_num_threads(threads or cpu_threads())
     given = [n for n, v in (("instances", instances), ("hovernet-json", hovernet_json), ("cellvit", cellvit),
                             ("geojson", geojson), ("centroids", centroids)) if v is not None]
     if len(given) != 1:
@@ -248,11 +245,18 @@ def classify(model: Path, images: Path, instances: Path | None, hovernet_json: P
                               overwrite=overwrite, device=device)
     say = (lambda _m: None) if quiet else click.echo
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DomainShiftWarning)  # said once per image below
-        results = classify_paths(model, images, out, instances=instances, hovernet_json=hovernet_json,
-                                 cellvit=cellvit, geojson=geojson, centroids=centroids, options=options,
-                                 workers=workers, scheduler=scheduler, say=say)
+    before = torch.get_num_threads()
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if on_cpu and (threads or cpu_threads()):
+        torch.set_num_threads(threads or cpu_threads())
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DomainShiftWarning)  # said once per image below
+            results = classify_paths(model, images, out, instances=instances, hovernet_json=hovernet_json,
+                                     cellvit=cellvit, geojson=geojson, centroids=centroids, options=options,
+                                     workers=workers, scheduler=scheduler, say=say)
+    finally:
+        torch.set_num_threads(before)
     for r in results:
         for gap in r.get("gaps", []):
             click.secho(f"warning: {r['image']}: far from the training data: {gap}", fg="yellow", err=True)

@@ -76,6 +76,7 @@ class ClassifyOptions:
     part_nuclei: int = 5_000  # nuclei per resumable part (bounds what a part holds)
     overwrite: bool = False
     device: str = "auto"
+    prefetch: bool | None = None  # read and cut the next tile while the model runs (None: on CUDA)
 
     def check(self) -> None:
         unknown = [f for f in self.formats if f not in FORMATS]
@@ -346,12 +347,13 @@ def _stat(path: Path) -> list[Any]:
 
 
 def _key(classifier, job: Job, options: ClassifyOptions) -> str:
-    """What makes an image's results: the model, the input files and the options that change them."""
+    """What makes an image's outputs: the model, the input files and the options that change them."""
     from nucdata._util.version import VERSION
 
     parts = {"model": model_identity(classifier), "image": _stat(job.image), "nuclei": _stat(job.nuclei),
              "image_name": job.image_name, "kind": job.kind, "mpp": options.mpp, "vocabulary": options.vocabulary,
-             "tile": options.tile, "part_nuclei": options.part_nuclei, "nucdata": VERSION}
+             "tile": options.tile, "part_nuclei": options.part_nuclei, "label_set": options.label_set,
+             "formats": sorted(options.formats), "nucdata": VERSION}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -595,8 +597,14 @@ def _classify(classifier, job: Job, options: ClassifyOptions, parts: _Parts, sta
         fault_point("classify:part-written")
 
     todo = [t for t in tiles if t.index >= first]
-    for n_done, tile in enumerate(todo):
+
+    def prepare(tile):  # everything that reads the files: one thread at a time
         crops = cut_tile(source, masks, nuclei, tile.rows, classifier.crop_size, scale, whole=whole)
+        outlines = _outlines(masks, nuclei, tile.rows, rings, contours) if rings or contours else ([], [])
+        return tile, crops, outlines
+
+    ahead = options.prefetch if options.prefetch is not None else classifier.device.type == "cuda"
+    for n_done, (tile, crops, (traced, hover)) in enumerate(_prefetched(prepare, todo, ahead)):
         if gaps is None:
             for k, v in crop_statistics(crops).items():
                 stats.setdefault(k, []).append(v)
@@ -612,14 +620,12 @@ def _classify(classifier, job: Job, options: ClassifyOptions, parts: _Parts, sta
         pending.setdefault("rows", []).append(tile.rows)
         for s, p in probs.items():
             pending.setdefault(f"probs:{s}", []).append(p.astype(np.float32))
-        if rings or contours:
-            traced, hover = _outlines(masks, nuclei, tile.rows, rings, contours)
-            for name, per in (("rings", traced), ("contours", hover)):
-                if per:
-                    v, rs, ro = _flat_rings(per)
-                    pending.setdefault(f"{name}:vertices", []).append(v)
-                    pending.setdefault(f"{name}:counts", []).append(np.diff(ro))
-                    pending.setdefault(f"{name}:lengths", []).append(np.diff(rs))
+        for name, per in (("rings", traced), ("contours", hover)):
+            if per:
+                v, rs, ro = _flat_rings(per)
+                pending.setdefault(f"{name}:vertices", []).append(v)
+                pending.setdefault(f"{name}:counts", []).append(np.diff(ro))
+                pending.setdefault(f"{name}:lengths", []).append(np.diff(rs))
         counter.update(len(tile.rows))
         if sum(len(r) for r in pending["rows"]) >= options.part_nuclei:
             flush(tile.index + 1)
@@ -628,6 +634,23 @@ def _classify(classifier, job: Job, options: ClassifyOptions, parts: _Parts, sta
     return {"image": job.stem, "nuclei": len(nuclei), "mpp": mpp, "scale": scale, "tiles": len(tiles),
             "resumed_parts": resumed, "gaps": gaps or [],
             "_nuclei": nuclei}
+
+
+def _prefetched(prepare: Callable[[Any], Any], items: Sequence[Any], ahead: bool):
+    """``prepare(item)`` for every item in order; with ``ahead``, the next one is prepared in a thread
+    while the caller works on this one (on a GPU: reading and cutting overlap the model). One
+    item is prepared at a time, so the files are read by one thread only; memory holds two."""
+    if not ahead:
+        yield from (prepare(item) for item in items)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nucdata-classify-read") as pool:
+        future = pool.submit(prepare, items[0]) if items else None
+        for i in range(len(items)):
+            result = future.result()
+            future = pool.submit(prepare, items[i + 1]) if i + 1 < len(items) else None
+            yield result
 
 
 def _flat_rings(per):
@@ -766,7 +789,9 @@ def classify_paths(model: str | os.PathLike[str], images: str | os.PathLike[str]
     scheduler
         A Dask scheduler address (``tcp://host:8786``) or a ``dask.distributed.Client``:
         one task per image on the cluster (``pip install "nucdata[distributed]"``); the
-        workers must see ``model``, the inputs and ``out`` at the same paths.
+        workers must see ``model``, the inputs and ``out`` at the same paths. Each task
+        runs with this process's ``torch.get_num_threads()``, so the outputs are the ones a
+        serial run gives, byte for byte (set the threads before calling to change it).
 
     Returns
     -------
@@ -821,9 +846,14 @@ def _on_dask(scheduler: Any, model: str, jobs: Sequence[Job], out: Path, options
 
         raise MissingDependencyError('"nucdata[distributed]"', "--scheduler (a Dask cluster); without it use "
                                      "--workers N on one machine") from None
+    import torch
+
+    # every task computes with this process's torch thread count: a CPU's float sums (so the
+    # outputs' last digits) depend on it, and a worker thread does not inherit it
+    threads = torch.get_num_threads()
     client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
     try:
-        futures = [client.submit(_task, model, job, str(out), options, key=f"nucdata-classify-{job.stem}-"
+        futures = [client.submit(_task, model, job, str(out), options, threads, key=f"nucdata-classify-{job.stem}-"
                                  f"{hashlib.sha256(str(job.image).encode()).hexdigest()[:8]}", pure=False)
                    for job in jobs]
         return client.gather(futures)
