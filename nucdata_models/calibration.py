@@ -26,22 +26,24 @@ labels (``mapped_labels`` trains on exact rows), so on training nuclei it is con
 right by construction and a temperature fitted there would be too sharp. Never the
 held-out split: it is where the calibration is scored.
 
-A pair with at least :data:`MIN_NUCLEI` such nuclei gets its own temperature; any other
-pair gets the set's **pooled** temperature, fitted on every cross-domain nucleus of the
-set (own-domain nuclei never enter it), with one restriction: a dataset none of whose
-nuclei has a known class in any set (an unlabelled dataset such as MoNuSeg, Kumar or
-TNBC, or a lab's own images) is never made *more* confident than the model says
-(``max(1, T_pooled)``). Its domain was never checked against a label; accuracy drops
-under dataset shift, and on the demo world the unlabelled datasets are over-confident
-where the labelled ones are under-confident, so the pooled temperature that sharpens
-the labelled datasets' nuclei would sharpen the wrong ones. A set with fewer than
-:data:`MIN_NUCLEI` cross-domain nuclei is left uncalibrated (``T = 1``).
-:attr:`Calibration.uses` records which applies to each pair.
+A pair with at least :data:`MIN_NUCLEI` such nuclei gets its own temperature, which may
+soften or sharpen. Any other pair (too few exact nuclei; an unlabelled dataset such as
+MoNuSeg, Kumar or TNBC; a lab's own images) gets the set's **pooled** temperature, fitted
+on every cross-domain nucleus of the set (own-domain nuclei never enter it), but only
+where it softens: ``max(1, T_pooled)``. A pooled temperature is borrowed from other
+pairs, and what it is fitted on is not what it is applied to: exact-row nuclei are the
+cleanly mapped, easy classes, and on the demo world they are under-confident while the
+predicted and ambiguous nuclei of other pairs are not (the unlabelled datasets are
+over-confident), so a borrowed sharpening makes the labels that matter over-confident,
+the failure that breaks a threshold. A set with fewer than :data:`MIN_NUCLEI`
+cross-domain nuclei is left uncalibrated (``T = 1``). :attr:`Calibration.uses` records
+which applies to each pair.
 
-**Why one temperature per pair.** It has one parameter, so 50 nuclei fit it stably; the
-negative log-likelihood is convex in ``1 / T`` (:func:`fit_temperature` finds its
-minimum by golden-section search, deterministic and without a learning rate); and a
-temperature never reorders the classes, so calibration changes no label, only the
+**Why one temperature per pair.** It has one parameter, so 50 nuclei fit it stably (with
+a log-normal prior centred on ``T = 1``: 50 nuclei of an easy class are often all right,
+and the likelihood alone then sends ``T`` to 0; :func:`fit_temperature` finds the most
+probable ``T`` by golden-section search, deterministic and without a learning rate); and
+a temperature never reorders the classes, so calibration changes no label, only the
 probabilities beside them. Vector or matrix scaling would fit more parameters from the
 same few exact-row nuclei and could change labels.
 
@@ -74,7 +76,7 @@ from nucdata_models.fill import (
 )
 from nucdata_models.metrics import ECE_BINS, expected_calibration_error, reliability_bins
 
-__all__ = ["METHOD", "MIN_NUCLEI", "TEMPERATURE_BOUNDS", "USES", "VALIDATION", "Calibration", "calibrated_fill",
+__all__ = ["METHOD", "MIN_NUCLEI", "PRIOR_SD", "TEMPERATURE_BOUNDS", "USES", "VALIDATION", "Calibration", "calibrated_fill",
            "calibration_scores", "fit_calibration", "fit_temperature", "pair_key", "reading"]
 
 #: The calibration method (the ``method`` of :meth:`Calibration.to_dict`).
@@ -84,6 +86,10 @@ METHOD = "temperature"
 MIN_NUCLEI = 50
 #: The temperatures searched: from 20x sharper to 20x softer.
 TEMPERATURE_BOUNDS = (0.05, 20.0)
+#: Standard deviation of ``log T`` under the prior of :func:`fit_temperature` (centred on
+#: ``T = 1``): a temperature beyond ``[0.37, 2.7]`` (two standard deviations) needs the
+#: evidence of many nuclei.
+PRIOR_SD = 0.5
 #: ``TrainingData.split`` code of the validation split (``nucdata_models.merge.splits.VALIDATION``).
 VALIDATION = 1
 _SPLIT_NAMES = {0: "train", 1: "validation", 2: "held_out"}
@@ -95,11 +101,16 @@ def pair_key(dataset: str, label_set: str) -> str:
 
 
 def fit_temperature(probs: torch.Tensor, target: torch.Tensor,
-                    bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
-    """The temperature that minimises the mean negative log-likelihood of ``target``.
+                    bounds: tuple[float, float] = TEMPERATURE_BOUNDS, prior_sd: float = PRIOR_SD) -> float:
+    """The most probable temperature given ``target``: the likelihood times a log-normal prior on ``T``.
 
-    ``NLL(b) = mean(logsumexp(b log p) - b log p[target])`` is convex in ``b = 1 / T``,
-    so a golden-section search over ``b`` finds its minimum within ``bounds``.
+    Minimises ``sum_i NLL_i(T) + (log T)^2 / (2 prior_sd^2)`` by golden-section search
+    over ``log T`` within ``bounds``. The negative log-likelihood alone is convex in
+    ``1 / T`` but has no minimum when every nucleus is classified right (it falls
+    towards ``T = 0``, probabilities of exactly 1), which a few dozen nuclei of an easy
+    class often are; the prior, centred on ``T = 1``, keeps such a fit finite and
+    moves a temperature fitted on few nuclei towards "as the model says". Its weight
+    is that of one nucleus against ``N``: with hundreds, the data decide.
 
     Parameters
     ----------
@@ -109,6 +120,9 @@ def fit_temperature(probs: torch.Tensor, target: torch.Tensor,
         int64 ``(N,)``: the known class of each row, a column of ``probs``.
     bounds
         The smallest and largest temperature considered.
+    prior_sd
+        Standard deviation of ``log T`` under the prior (:data:`PRIOR_SD`; ``inf``:
+        the maximum-likelihood temperature).
 
     Returns
     -------
@@ -118,6 +132,8 @@ def fit_temperature(probs: torch.Tensor, target: torch.Tensor,
     if probs.ndim != 2 or target.shape != (probs.shape[0],):
         raise InvalidArgumentError(f"fit_temperature: probs must be (N, K) and target (N,), got "
                                    f"{tuple(probs.shape)} and {tuple(target.shape)}")
+    if not prior_sd > 0:
+        raise InvalidArgumentError(f"fit_temperature(prior_sd={prior_sd}): pass a positive spread (inf: none)")
     if probs.shape[0] == 0:
         return 1.0
     if int(target.min()) < 0 or int(target.max()) >= probs.shape[1]:
@@ -125,30 +141,31 @@ def fit_temperature(probs: torch.Tensor, target: torch.Tensor,
                                    "map outside (-2) to its column first (fill.scored_class)")
     log_p = probs.double().clamp_min(1e-300).log()
     own = log_p.gather(1, target[:, None].long())[:, 0]
+    weight = 0.0 if math.isinf(prior_sd) else 1.0 / (2.0 * prior_sd**2)
 
-    def nll(b: float) -> float:
-        return float((torch.logsumexp(b * log_p, 1) - b * own).mean())
+    def loss(log_t: float) -> float:
+        b = math.exp(-log_t)
+        return float((torch.logsumexp(b * log_p, 1) - b * own).sum()) + weight * log_t**2
 
-    lo, hi = 1.0 / bounds[1], 1.0 / bounds[0]
+    a, d = math.log(bounds[0]), math.log(bounds[1])
     ratio = (math.sqrt(5) - 1) / 2
-    a, d = lo, hi
     b, c = d - ratio * (d - a), a + ratio * (d - a)
-    fb, fc = nll(b), nll(c)
+    fb, fc = loss(b), loss(c)
     for _ in range(80):
         if fb <= fc:
             d, c, fc = c, b, fb
             b = d - ratio * (d - a)
-            fb = nll(b)
+            fb = loss(b)
         else:
             a, b, fb = b, c, fc
             c = a + ratio * (d - a)
-            fc = nll(c)
-    return round(1.0 / ((a + d) / 2), 6)
+            fc = loss(c)
+    return round(math.exp((a + d) / 2), 6)
 
 
-#: What :meth:`Calibration.used` says of a pair: its own temperature, the set's pooled
-#: one, the pooled one never sharpening (a dataset without known classes), or none.
-USES = ("pair", "pooled", "pooled-unsharpened", "none")
+#: What :meth:`Calibration.used` says of a pair: its own temperature, the set's pooled one
+#: (softening only), or none.
+USES = ("pair", "pooled", "none")
 
 
 @dataclass
@@ -161,10 +178,8 @@ class Calibration:
         ``"dataset->label_set"`` (:func:`pair_key`) -> temperature, for pairs with at
         least ``minimum`` nuclei of exactly known class.
     pooled
-        Label set -> temperature fitted on all its cross-domain nuclei.
-    labelled
-        Datasets with nuclei of exactly known class (annotated or mapped through an
-        exact row) in some set; any other dataset gets ``max(1, pooled)``.
+        Label set -> temperature fitted on all its cross-domain nuclei (as fitted; a
+        pair that uses it gets ``max(1, T)``).
     fitted_on
         Pair key or label set -> nuclei available for the fit (also for pairs below
         ``minimum``).
@@ -178,7 +193,6 @@ class Calibration:
 
     pairs: dict[str, float] = field(default_factory=dict)
     pooled: dict[str, float] = field(default_factory=dict)
-    labelled: list[str] = field(default_factory=list)
     fitted_on: dict[str, int] = field(default_factory=dict)
     uses: dict[str, str] = field(default_factory=dict)
     minimum: int = MIN_NUCLEI
@@ -188,25 +202,23 @@ class Calibration:
         """Which temperature a pair gets: one of :data:`USES`."""
         if pair_key(dataset, label_set) in self.pairs:
             return "pair"
-        if label_set not in self.pooled:
-            return "none"
-        return "pooled" if dataset in self.labelled else "pooled-unsharpened"
+        return "pooled" if label_set in self.pooled else "none"
 
     def temperature(self, dataset: str, label_set: str) -> float:
-        """The temperature of a pair: its own, else the set's pooled one (never below 1 for an
-        unlabelled or unknown dataset), else 1."""
+        """The temperature of a pair: its own, else the set's pooled one where it softens, else 1.
+
+        Any dataset name works: one never seen when fitting (a lab's own images) gets
+        the pooled temperature, softening only.
+        """
         how = self.used(dataset, label_set)
         if how == "pair":
             return float(self.pairs[pair_key(dataset, label_set)])
-        if how == "none":
-            return 1.0
-        pooled = float(self.pooled[label_set])
-        return pooled if how == "pooled" else max(1.0, pooled)
+        return max(1.0, float(self.pooled[label_set])) if how == "pooled" else 1.0
 
     @property
     def pooled_pairs(self) -> list[str]:
-        """The pairs seen when fitting that use their set's pooled temperature (either way)."""
-        return sorted(k for k, v in self.uses.items() if v.startswith("pooled"))
+        """The pairs seen when fitting that use their set's pooled temperature."""
+        return sorted(k for k, v in self.uses.items() if v == "pooled")
 
     def temperatures(self, label_set: str, dataset_index: torch.Tensor, dataset_names: list[str]) -> torch.Tensor:
         """float64 ``(N,)``: the temperature of each nucleus under ``label_set`` (by its dataset)."""
@@ -223,7 +235,7 @@ class Calibration:
         """Plain JSON (what ``model.json`` stores under ``calibration``)."""
         return {"method": METHOD, "split": self.split, "minimum": self.minimum,
                 "pairs": dict(sorted(self.pairs.items())), "pooled": dict(sorted(self.pooled.items())),
-                "labelled": sorted(self.labelled), "uses": dict(sorted(self.uses.items())),
+                "uses": dict(sorted(self.uses.items())),
                 "pooled_pairs": self.pooled_pairs, "fitted_on": dict(sorted(self.fitted_on.items()))}
 
     @classmethod
@@ -245,10 +257,7 @@ class Calibration:
                     raise InvalidArgumentError(f"{where}: {part}[{key!r}] = {t!r} is not a positive temperature; "
                                                f"{fix}")
                 temps[part][str(key)] = float(t)
-        labelled = value.get("labelled", [])
-        if not isinstance(labelled, list) or not all(isinstance(n, str) for n in labelled):
-            raise InvalidArgumentError(f"{where}: 'labelled' must be a list of dataset names; {fix}")
-        return cls(temps["pairs"], temps["pooled"], list(labelled),
+        return cls(temps["pairs"], temps["pooled"],
                    {str(k): int(v) for k, v in value.get("fitted_on", {}).items()},
                    {str(k): str(v) for k, v in value.get("uses", {}).items()}, int(value.get("minimum", MIN_NUCLEI)),
                    str(value.get("split", "validation")))
@@ -274,12 +283,6 @@ def fit_calibration(probs: Mapping[str, torch.Tensor], data: TrainingData, split
     result = Calibration(minimum=minimum, split=_SPLIT_NAMES.get(split, str(split)))
     in_split = data.split.cpu() == split
     index = data.dataset_index.cpu()
-    has_labels = torch.zeros(len(data.dataset_names), dtype=torch.bool)
-    for spec in data.label_sets:
-        exact = (data.labels[spec.name].cpu() >= 0) & ((data.provenance[spec.name].cpu() == ANNOTATED)
-                                                        | (data.provenance[spec.name].cpu() == MAPPED))
-        has_labels |= torch.bincount(index[exact], minlength=len(data.dataset_names)) > 0
-    result.labelled = [name for name, known in zip(data.dataset_names, has_labels.tolist(), strict=True) if known]
     for spec in data.label_sets:
         s = spec.name
         if s not in probs:

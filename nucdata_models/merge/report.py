@@ -181,20 +181,20 @@ def _render_calibration(cal: dict[str, Any]) -> list[str]:
              "scaling, one temperature per (source dataset, label set), fitted on the validation split's nuclei "
              "whose class is known exactly: cross-domain nuclei through an exact mapping row, and a dataset's own "
              f"annotations for its own set only. A pair with fewer than {cal['minimum']} of them uses its set's "
-             "pooled (cross-domain) temperature, never sharpening a dataset without known classes. Scored on the "
+             "pooled (cross-domain) temperature where it softens (`max(1, T)`). Scored on the "
              "held-out split: top-label ECE over 15 equal-width bins, "
              + ("against the demo world's truth (`filled`: every nucleus its own dataset did not annotate in the "
                 "set, outside included; then per provenance)." if against == {"truth"} else
                 "against what is known exactly without the truth: `annotated` nuclei against their own annotation "
                 "(under their own set), `mapped` nuclei against their exact row's class; filled labels of other "
                 "provenances cannot be scored on real data."), "",
-             "| label set | pooled T (nuclei) | pairs with their own T | pairs on the pooled T |", "|---|---|---|---|"]
+             "| label set | pooled T fitted (nuclei) | pairs with their own T | pairs on max(1, pooled T) |",
+             "|---|---|---|---|"]
     for s in scores:
         pooled = cal["pooled"].get(s)
         pooled_text = f"{pooled:.3f} ({cal['fitted_on'].get(s, 0)})" if pooled is not None else             f"none ({cal['fitted_on'].get(s, 0)} nuclei)"
         own = ", ".join(f"{k.split('->')[0]} {t:.3f}" for k, t in cal["pairs"].items() if k.endswith(f"->{s}"))
-        on_pooled = ", ".join(k.split("->")[0] + ("" if cal["uses"][k] == "pooled" else " (not sharpened)")
-                              for k in cal["pooled_pairs"] if k.endswith(f"->{s}"))
+        on_pooled = ", ".join(k.split("->")[0] for k in cal["pooled_pairs"] if k.endswith(f"->{s}"))
         lines.append(f"| {s} | {pooled_text} | {own or 'none'} | {on_pooled or 'none'} |")
     lines += ["", "| label set | nuclei | n | ECE before | ECE calibrated | reading |", "|---|---|---|---|---|---|"]
     for s, per_set in scores.items():

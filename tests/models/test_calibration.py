@@ -63,6 +63,11 @@ def test_fit_temperature_recovers_the_temperature_that_made_the_probabilities():
         after = expected_calibration_error((index == target).numpy(), top.numpy())
         assert after < 0.03 < before
     assert fit_temperature(torch.zeros(0, 3), torch.zeros(0, dtype=torch.int64)) == 1.0
+    # every nucleus right: the likelihood alone sends T to its lower bound, the prior keeps it near 1
+    right = torch.tensor([[0.9, 0.05, 0.05]] * 60)
+    target = torch.zeros(60, dtype=torch.int64)
+    assert fit_temperature(right, target, prior_sd=math.inf) == pytest.approx(0.05, rel=1e-3)
+    assert 0.3 < fit_temperature(right, target) < 1.0
     with pytest.raises(InvalidArgumentError, match="columns"):
         fit_temperature(torch.full((2, 3), 1 / 3), torch.tensor([0, 3]))
 
@@ -145,11 +150,12 @@ def test_fitted_on_validation_exact_labels_per_pair_pooled_elsewhere():
     assert cal.pairs[pair_key("foreign", "a")] == pytest.approx(0.5, rel=0.25)
     assert cal.pooled["a"] == cal.pairs[pair_key("foreign", "a")]
     assert cal.fitted_on["a"] == int(((data.split == VALIDATION) & (data.dataset_index == 1)).sum())
-    # a dataset without known classes uses the pooled temperature, but is never sharpened by it
-    assert cal.labelled == ["own", "foreign"]
-    assert cal.uses == {"own->a": "pair", "foreign->a": "pair", "bare->a": "pooled-unsharpened"}
+    # a pair without its own uses the pooled temperature, but only where it softens (here it sharpens)
+    assert cal.uses == {"own->a": "pair", "foreign->a": "pair", "bare->a": "pooled"}
     assert cal.temperature("bare", "a") == 1.0 and cal.temperature("a lab's own", "a") == 1.0
     assert cal.pooled_pairs == ["bare->a"]
+    softer = Calibration(pooled={"a": 1.7})
+    assert softer.temperature("bare", "a") == 1.7 and softer.used("bare", "a") == "pooled"
     assert cal.temperatures("a", data.dataset_index, data.dataset_names).unique().tolist() == sorted(
         [1.0, cal.pairs["own->a"], cal.pairs["foreign->a"]])
     # only the validation split counts: other splits' probabilities change nothing
@@ -170,7 +176,7 @@ def test_a_pair_below_the_minimum_uses_the_pooled_temperature():
     cal = fit_calibration(probs, data)
     assert cal.fitted_on["own->a"] == MIN_NUCLEI - 1
     assert cal.used("own", "a") == "pooled" and cal.pooled_pairs == ["bare->a", "own->a"]
-    assert cal.temperature("own", "a") == cal.pooled["a"]
+    assert cal.pooled["a"] < 1 and cal.temperature("own", "a") == 1.0  # the pooled one sharpens: not applied
 
 
 def test_the_calibration_is_plain_json_and_reads_back():
@@ -179,9 +185,9 @@ def test_the_calibration_is_plain_json_and_reads_back():
     text = json.dumps(cal.to_dict())
     back = Calibration.from_dict(json.loads(text))
     assert back.to_dict() == cal.to_dict()
-    assert set(cal.to_dict()) >= {"method", "pairs", "pooled", "fitted_on", "uses", "pooled_pairs", "labelled"}
+    assert set(cal.to_dict()) == {"method", "split", "minimum", "pairs", "pooled", "fitted_on", "uses", "pooled_pairs"}
     for bad in ({"method": "platt"}, {"method": "temperature", "pairs": {"x->a": -1}},
-                {"method": "temperature", "pooled": {"a": "hot"}}, {"method": "temperature", "labelled": "own"}, []):
+                {"method": "temperature", "pooled": {"a": "hot"}}, {"method": "temperature", "pairs": []}, []):
         with pytest.raises(InvalidArgumentError, match="model.json"):
             Calibration.from_dict(bad, where="model.json")
 
@@ -306,4 +312,4 @@ def test_the_report_section_says_what_was_scored_against():
         assert "![reliability diagram, a](calibration/a.png)" in text
         assert ("against the demo world's truth" in text) is truth
         assert ("cannot be scored on real data" in text) is not truth
-        assert "| a | 2.0" not in text and "bare (not sharpened)" in text
+        assert "| a | 0.4" in text and "own 1.8" in text and "| bare |" in text
