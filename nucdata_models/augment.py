@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from nucdata.errors import InvalidArgumentError
 
-__all__ = ["HED_FROM_RGB", "RGB_FROM_HED", "augment", "augmented_inputs", "blur", "colour_jitter", "geometric",
+__all__ = ["HED_FROM_RGB", "JITTER_RULES", "RGB_FROM_HED", "augment", "augmented_inputs", "blur", "colour_jitter", "geometric",
            "hed_jitter", "normalise", "prepare", "random_blur", "rescale", "to_unit"]
 
 #: Ruifrok and Johnston's stain vectors (rows: haematoxylin, eosin, DAB; columns: the
@@ -79,19 +79,62 @@ def geometric(x: torch.Tensor, generator: torch.Generator | None = None) -> torc
     return torch.where(_coin(n, 0.5, dev, generator), x.flip(-2), x)
 
 
-def colour_jitter(rgb: torch.Tensor, generator: torch.Generator | None = None, strength: float = 0.2) -> torch.Tensor:
+#: Colour-jitter rules (``TrainConfig.jitter_rule``).
+JITTER_RULES = ("nucdata", "reference")
+
+
+def _grey(rgb: torch.Tensor) -> torch.Tensor:
+    return 0.299 * rgb[:, 0:1] + 0.587 * rgb[:, 1:2] + 0.114 * rgb[:, 2:3]
+
+
+def colour_jitter(rgb: torch.Tensor, generator: torch.Generator | None = None, strength: float = 0.2,
+                  rule: str = "nucdata") -> torch.Tensor:
     """Brightness, contrast and saturation with factors in [1 - strength, 1 + strength].
 
     ``rgb`` is float ``(N, 3, S, S)`` in [0, 1]; the result is clamped to [0, 1].
+
+    ``rule="nucdata"``: each factor once, in that order, contrast around the mean of
+    the RGB values, one clamp at the end. ``rule="reference"`` (the authors'
+    ``MyRandomColorJitter``, ``dataset/dataset.py:459-494``): the three in a random
+    order per sample, brightness applied twice with its factor, contrast around the
+    mean of the grey image, a clamp to [0, 1] after every operation (as torchvision's
+    ``adjust_*`` do). The reference jitters the whole image before cropping; here the
+    crop is jittered, so its contrast mean is the crop's.
     """
+    if rule not in JITTER_RULES:
+        raise InvalidArgumentError(f"colour_jitter(rule={rule!r}): pass one of {', '.join(JITTER_RULES)}")
     n = rgb.shape[0]
+    if rule == "reference":
+        return _reference_jitter(rgb, generator, strength)
     f = 1 + (torch.rand(3, n, 1, 1, 1, device=rgb.device, generator=generator) * 2 - 1) * strength
     rgb = rgb * f[0]
     mean = rgb.mean(dim=(1, 2, 3), keepdim=True)
     rgb = (rgb - mean) * f[1] + mean
-    grey = 0.299 * rgb[:, 0:1] + 0.587 * rgb[:, 1:2] + 0.114 * rgb[:, 2:3]
+    grey = _grey(rgb)
     rgb = (rgb - grey) * f[2] + grey
     return rgb.clamp(0, 1)
+
+
+def _reference_jitter(rgb: torch.Tensor, generator: torch.Generator | None, strength: float) -> torch.Tensor:
+    n, dev = rgb.shape[0], rgb.device
+    f = 1 + (torch.rand(3, n, 1, 1, 1, device=dev, generator=generator) * 2 - 1) * strength
+    order = torch.rand(n, 3, device=dev, generator=generator).argsort(dim=1)  # a random permutation per sample
+
+    def brightness(x: torch.Tensor) -> torch.Tensor:
+        return (x * f[0]).clamp(0, 1).mul(f[0]).clamp(0, 1)  # twice, as the reference
+
+    def contrast(x: torch.Tensor) -> torch.Tensor:
+        mean = _grey(x).mean(dim=(1, 2, 3), keepdim=True)
+        return ((x - mean) * f[1] + mean).clamp(0, 1)
+
+    def saturation(x: torch.Tensor) -> torch.Tensor:
+        grey = _grey(x)
+        return ((x - grey) * f[2] + grey).clamp(0, 1)
+
+    for position in range(3):
+        op = order[:, position][:, None, None, None]
+        rgb = torch.where(op == 0, brightness(rgb), torch.where(op == 1, contrast(rgb), saturation(rgb)))
+    return rgb
 
 
 def hed_jitter(rgb: torch.Tensor, generator: torch.Generator | None = None, strength: float = 0.05) -> torch.Tensor:
@@ -158,14 +201,14 @@ def blur(x: torch.Tensor, p: float = 0.1, sigma: float = 1.5, generator: torch.G
 
 
 def _colour_and_scale(x: torch.Tensor, generator: torch.Generator | None, jitter: float, blur_p: float,
-                      stain: float, scale: float, blur_sigma: float) -> torch.Tensor:
+                      stain: float, scale: float, blur_sigma: float, jitter_rule: str = "nucdata") -> torch.Tensor:
     """The steps after the geometric one, on float ``(N, C, S, S)`` in [0, 1]; a switch at 0 draws nothing."""
     if scale:
         x = rescale(x, generator, scale, mask_channels=x.shape[1] - 3)
     rgb = x[:, :3]
     if stain:
         rgb = hed_jitter(rgb, generator, stain)
-    rgb = blur(colour_jitter(rgb, generator, jitter), blur_p, generator=generator)
+    rgb = blur(colour_jitter(rgb, generator, jitter, jitter_rule), blur_p, generator=generator)
     if blur_sigma:
         rgb = random_blur(rgb, generator, blur_sigma)
     return torch.cat([rgb, x[:, 3:]], dim=1)
@@ -210,7 +253,7 @@ def prepare(crops: torch.Tensor) -> torch.Tensor:
 
 def augmented_inputs(crops: torch.Tensor, generator: torch.Generator | None = None, jitter: float = 0.2,
                      blur_p: float = 0.1, stain: float = 0.0, scale: float = 0.0,
-                     blur_sigma: float = 0.0) -> torch.Tensor:
+                     blur_sigma: float = 0.0, jitter_rule: str = "nucdata") -> torch.Tensor:
     """uint8 crops to augmented float network input in [-1, 1] (the training path).
 
     The same transforms as :func:`augment`, without rounding back to uint8: the
@@ -218,4 +261,4 @@ def augmented_inputs(crops: torch.Tensor, generator: torch.Generator | None = No
     colour steps in float32.
     """
     x = to_unit(geometric(crops, generator))
-    return normalise(_colour_and_scale(x, generator, jitter, blur_p, stain, scale, blur_sigma))
+    return normalise(_colour_and_scale(x, generator, jitter, blur_p, stain, scale, blur_sigma, jitter_rule))

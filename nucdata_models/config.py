@@ -203,6 +203,31 @@ class TrainConfig:
         calibration hook) makes of it.
     pseudo_quantile
         The share of each predicted class that passes under ``"quantile"``, in (0, 1].
+    jitter_rule
+        ``"nucdata"`` or ``"reference"`` (the authors' colour jitter; see
+        :func:`.augment.colour_jitter`).
+    supervised_weighting
+        Stage A's loss: ``"set"`` (the mean over the label sets of each set's mean,
+        as ``loss_mean`` says) or ``"nucleus"`` (the reference: every nucleus's
+        cross-entropy summed and divided by the batch size).
+    pseudo_outside
+        Without an outside output, nuclei the tables call outside a set: ``"withhold"``
+        (no pseudo label there) or ``"pseudo"`` (the reference, which has no tables:
+        every nucleus not annotated in the set is eligible).
+    drop_unclassified
+        Leave out of training the nuclei of labelled datasets that carry no class in
+        any set (NuCLS ``unlabeled``), as the reference's conversion drops them.
+    stage_nuclei
+        ``"all"`` (every training nucleus in every stage) or ``"paper"`` (stage A on
+        nuclei annotated in some set, stage B per set on the nuclei annotated in it,
+        stage C on all).
+    heads_training
+        Stage B: ``"joint"`` (one optimiser over every head, shared batches, clipped)
+        or ``"separate"`` (the reference: per set its own Adam and its own batches of
+        the nuclei with a target in it, plain mean loss, no clipping).
+    logit_clamp
+        ``"everywhere"`` (both modules' outputs clamped to +-10) or ``"stage_a_loss"``
+        (the reference: raw logits, clamped inside stage A's loss only).
     """
 
     encoder: str = setting(
@@ -254,15 +279,41 @@ class TrainConfig:
     hidden: int = setting(128, stages="ABC", key=True)
     augment: bool = setting(True, stages="ABC", key=True)
     jitter: float = setting(0.2, stages="ABC", key=True)
+    jitter_rule: str = setting(
+        "nucdata", stages="ABC", key=True, choices=("nucdata", "reference"), paper="reference",
+        code="dataset/dataset.py:459-494 MyRandomColorJitter: brightness, contrast and saturation in a random "
+             "order (l.476), brightness applied twice (l.481-482), a clamp after each op, contrast around the "
+             "grey mean; applied to the whole image before cropping (l.150-156)",
+        why="each factor once in a fixed order; the bank holds crops, so the crop is jittered (the whole-image "
+            "scope of contrast is not reproduced); ours: nucdata_models/augment.py colour_jitter")
     blur_p: float = setting(0.1, stages="ABC", key=True)
     stain_jitter: float = setting(
-        0.0, stages="ABC", key=True, paper=0.0)
-    scale_jitter: float = setting(0.0, stages="ABC", key=True, paper=0.0)
-    blur_sigma: float = setting(0.0, stages="ABC", key=True, paper=0.0)
-    drop_last: bool = setting(True, stages="ABC", key=True)
+        0.0, stages="ABC", key=True, paper=0.0,
+        code="no stain augmentation: RGB brightness, contrast and saturation jitter and a blur on a tenth of the "
+             "images only (dataset/dataset.py:150-156)",
+        why="a dataset's stain must not tell the outside output which dataset a nucleus came from (issue 20 "
+            "point 2); HED jitter of Tellez et al. 2018; ours: nucdata_models/augment.py hed_jitter")
+    scale_jitter: float = setting(
+        0.0, stages="ABC", key=True, paper=0.0, code="no rescaling (dataset/dataset.py:150-163)",
+        why="datasets differ in pixel size; ours: nucdata_models/augment.py rescale")
+    blur_sigma: float = setting(
+        0.0, stages="ABC", key=True, paper=0.0,
+        code="a fixed 3x3 Gaussian blur (sigma 1.5) on a tenth of the images only (dataset/dataset.py:153-154)",
+        why="datasets differ in focus; ours: nucdata_models/augment.py random_blur")
+    drop_last: bool = setting(
+        True, stages="ABC", key=True, paper=False,
+        code="torch DataLoader without drop_last (training/modules/sparse_training.py:50-51, "
+             "label_correlation.py:60-61, label_completion.py:65-66): the short last batch trains",
+        why="static batch shapes for torch.compile (a batch of one row is skipped in both recipes: batch "
+            "normalisation); ours: nucdata_models/train.py CrossTrainer.batches")
     device: str = setting("auto", stages=RUNTIME, key=False)
     seed: int = setting(0, stages="ABC", key=True)
-    bf16: bool = setting(True, stages="ABC", key=True)
+    bf16: bool = setting(
+        True, stages="ABC", key=True, paper=False,
+        code="float32 throughout: inputs cast with .float() and the forward pass without autocast "
+             "(training/modules/sparse_training.py:79-83, label_completion.py:118-124)",
+        why="bf16 autocast on CUDA for speed, logits cast to float32 before every loss and softmax (CPU "
+            "runs are float32 in both recipes); ours: nucdata_models/train.py CrossTrainer.autocast")
     channels_last: bool = setting(True, stages="ABC", key=True)
     compile: bool = setting(False, stages=RUNTIME, key=False)
     eval_batch_size: int = setting(128, stages=RUNTIME, key=False)
@@ -276,6 +327,47 @@ class TrainConfig:
         why="at 0.99 no pseudo label passed in any quick run (median top probability 0.12-0.25): stage C "
             "never ran; the top fraction of each predicted class passes instead")
     pseudo_quantile: float = setting(0.2, stages="C", key=True)
+    supervised_weighting: str = setting(
+        "set", stages="A", key=True, choices=("set", "nucleus"), paper="nucleus",
+        code="model/utils.py:72-94 loss_fn: per-nucleus cross-entropy over its own set (logits clamped, l.81), "
+             "summed over the batch (l.92) and divided by the batch size (l.94): a set weighs its share of "
+             "the batch",
+        why="each label set's mean weighs the same in stage A, so PanNuke (about half the nuclei) does not "
+            "drown the small sets; ours: nucdata_models/train.py CrossTrainer.stage (loss_a)")
+    pseudo_outside: str = setting(
+        "withhold", stages="C", key=True, choices=("withhold", "pseudo"), paper="pseudo",
+        code="model/utils.py:352-357: every nucleus not of dataset k (other datasets and unlabelled ones) is a "
+             "pseudo-label candidate for set k; the code has no mapping tables",
+        why="without an outside output, a nucleus the tables call outside a set has no right class there; "
+            "ours: nucdata_models/data.py training_targets")
+    drop_unclassified: bool = setting(
+        False, stages="ABC", key=True, paper=True,
+        code="dataset/preparation/NuCLS.py:52-56, 74-76: NuCLS 'unlabeled' and FOV instances (and those whose "
+             "majority class covers < 50 %) are removed at conversion",
+        why="they are real nuclei: they stay in the pool (in the paper arm they would get pseudo labels in "
+            "their own set, which the authors' code never gives); ours: nucdata_models/train.py "
+            "CrossTrainer.setup")
+    stage_nuclei: str = setting(
+        "all", stages="ABC", key=True, choices=("all", "paper"), paper="paper",
+        code="stage A on the labelled datasets only (training/modules/sparse_training.py:43-45), stage B head k "
+             "on dataset k only (label_correlation.py:48-54), stage C also on the unlabelled datasets "
+             "(label_completion.py:50-57)",
+        why="one pool for every stage (the method study's equal-steps budget is epochs over one pool); "
+            "unlabelled nuclei train nothing in A and B but share batch normalisation; ours: "
+            "nucdata_models/train.py CrossTrainer.stage_index")
+    heads_training: str = setting(
+        "joint", stages="B", key=True, choices=("joint", "separate"), paper="separate",
+        code="training/modules/label_correlation.py:80-113, 252-257: per set k its own MLP and Adam, trained "
+             "one after the other on dataset k's nuclei with plain cross-entropy (model/utils.py:181-189), no "
+             "gradient clipping",
+        why="one optimiser over every head on the shared batches, clipped like stages A and C; ours: "
+            "nucdata_models/train.py CrossTrainer.stage (loss_b)")
+    logit_clamp: str = setting(
+        "everywhere", stages="ABC", key=True, choices=("everywhere", "stage_a_loss"), paper="stage_a_loss",
+        code="model/utils.py:81: logits clamped to +-10 inside the stage-A loss only; stage B and C losses, the "
+             "0.99 test and inference read raw logits (model/model.py:52-58, model/utils.py:359-371, 407-410)",
+        why="bounded logits in every stage keep one confident set from dominating a sum of losses; ours: "
+            "nucdata_models/model.py BaseModel.forward, CorrelationHeads.forward_one")
 
     def __post_init__(self) -> None:
         for stage in STAGES:

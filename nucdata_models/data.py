@@ -191,7 +191,7 @@ def derive_provenance(labels: torch.Tensor, candidates: torch.Tensor) -> torch.T
 
 
 def training_targets(labels: torch.Tensor, candidates: torch.Tensor, provenance: torch.Tensor, size: int,
-                     mapped_labels: str = "candidates", outside_head: bool = True
+                     mapped_labels: str = "candidates", outside_head: bool = True, pseudo_outside: str = "withhold"
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """What one set trains on under a configuration: target bitmasks and pseudo-label eligibility.
 
@@ -208,6 +208,10 @@ def training_targets(labels: torch.Tensor, candidates: torch.Tensor, provenance:
     outside_head
         Whether the set's head has an outside output: without one, nuclei outside the
         set and candidate sets that include outside train nothing.
+    pseudo_outside
+        Without an outside output, whether nuclei the tables call outside the set may
+        get a pseudo label in it: ``"withhold"`` (no) or ``"pseudo"`` (yes, as the
+        reference, which knows no tables).
 
     Returns
     -------
@@ -238,7 +242,7 @@ def training_targets(labels: torch.Tensor, candidates: torch.Tensor, provenance:
     # A pseudo label goes to a nucleus without a target, or resolves an ambiguous one
     # within its candidates.
     free = (targets == 0) | (provenance == AMBIGUOUS)
-    if not outside_head:
+    if not outside_head and pseudo_outside != "pseudo":
         free &= provenance != OUTSIDE_LABEL
     bound = torch.where((provenance == AMBIGUOUS) & (mapped_labels != "none"), candidates & every,
                         torch.full_like(zero, every))

@@ -32,16 +32,20 @@ class BaseModel(nn.Module):
     outside
         Give every head one more output, "none of this set's classes" (an extension
         of the method; see ``TrainConfig.outside_head``).
+    clamp
+        Clamp the logits to +-10 (``TrainConfig.logit_clamp="everywhere"``); the
+        reference clamps them inside its stage-A loss only (``"stage_a_loss"``).
 
     Notes
     -----
-    The forward pass returns per set the logits, clamped to +-10 like the reference so
-    one confident set cannot dominate the sum of losses.
+    The forward pass returns per set the logits, clamped to +-10 like the reference's
+    stage-A loss so one confident set cannot dominate the sum of losses.
     """
 
     def __init__(self, label_sets: list[LabelSetSpec], encoder: str = "small", in_channels: int = 3,
-                 weights: str | os.PathLike[str] | None = None, outside: bool = False):
+                 weights: str | os.PathLike[str] | None = None, outside: bool = False, clamp: bool = True):
         super().__init__()
+        self.clamp = clamp
         self.names = [s.name for s in label_sets]
         self.encoder = build_encoder(encoder, in_channels, weights)
         extra = int(outside)
@@ -50,7 +54,8 @@ class BaseModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.encoder(x)
-        return {name: self.heads[name](features).clamp(-LOGIT_CLAMP, LOGIT_CLAMP) for name in self.names}
+        out = {name: self.heads[name](features) for name in self.names}
+        return {k: v.clamp(-LOGIT_CLAMP, LOGIT_CLAMP) for k, v in out.items()} if self.clamp else out
 
 
 class CorrelationHeads(nn.Module):
@@ -60,11 +65,13 @@ class CorrelationHeads(nn.Module):
     n_k)``, as in the reference. What feeds it is the caller's choice (the trainer's
     ``correlation_input``): the base module's per-set probabilities (default; bounded
     and comparable across sets) or its raw logits (the reference's choice). With
-    ``outside``, every set has one more output, in and out.
+    ``outside``, every set has one more output, in and out. ``clamp``: as
+    :class:`BaseModel`'s.
     """
 
-    def __init__(self, label_sets: list[LabelSetSpec], hidden: int = 128, outside: bool = False):
+    def __init__(self, label_sets: list[LabelSetSpec], hidden: int = 128, outside: bool = False, clamp: bool = True):
         super().__init__()
+        self.clamp = clamp
         self.names = [s.name for s in label_sets]
         if len(self.names) < 2:
             raise InvalidArgumentError(f"correlation heads need at least two label sets, got {self.names}; "
@@ -78,8 +85,10 @@ class CorrelationHeads(nn.Module):
         })
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = {}
-        for name in self.names:
-            others = torch.cat([inputs[o] for o in self.names if o != name], dim=1)
-            out[name] = self.heads[name](others).clamp(-LOGIT_CLAMP, LOGIT_CLAMP)
-        return out
+        return {name: self.forward_one(name, inputs) for name in self.names}
+
+    def forward_one(self, name: str, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Set ``name``'s head only (stage B with ``heads_training="separate"``)."""
+        others = torch.cat([inputs[o] for o in self.names if o != name], dim=1)
+        out = self.heads[name](others)
+        return out.clamp(-LOGIT_CLAMP, LOGIT_CLAMP) if self.clamp else out

@@ -78,7 +78,7 @@ from nucdata_models.losses import (
     soft_label_loss,
 )
 from nucdata_models.metrics import classification_metrics
-from nucdata_models.model import BaseModel, CorrelationHeads
+from nucdata_models.model import LOGIT_CLAMP, BaseModel, CorrelationHeads
 
 __all__ = ["RECIPES", "RECIPE_DIFFERENCES", "STAGES", "CrossTrainer", "Prediction", "Predictions", "Stage",
            "TrainConfig", "TrainResult", "recolour", "resolve_device", "stain_swap_outside_rate"]
@@ -187,6 +187,7 @@ class _Bank:
     allowed: dict[str, torch.Tensor]  # outputs a pseudo label may take; 0 = none
     train_index: torch.Tensor
     truth: dict[str, torch.Tensor] = field(default_factory=dict)  # as output indices (outside = K), -1 unknown
+    annotated: dict[str, torch.Tensor] = field(default_factory=dict)  # own dataset's annotation in the set
 
 
 @dataclass
@@ -273,8 +274,10 @@ class CrossTrainer:
         self.in_channels = int(in_channels)
         self.crop_size = int(crop_size)
         outside = self.config.outside_head
-        self.base = BaseModel(self.label_sets, self.config.encoder, self.in_channels, weights, outside).to(self.device)
-        self.heads = CorrelationHeads(self.label_sets, self.config.hidden, outside).to(self.device)
+        clamp = self.config.logit_clamp == "everywhere"
+        self.base = BaseModel(self.label_sets, self.config.encoder, self.in_channels, weights, outside,
+                              clamp).to(self.device)
+        self.heads = CorrelationHeads(self.label_sets, self.config.hidden, outside, clamp).to(self.device)
         if self._channels_last:
             self.base = self.base.to(memory_format=torch.channels_last)
 
@@ -288,9 +291,14 @@ class CrossTrainer:
         targets, allowed = {}, {}
         for spec in data.label_sets:
             t, a = training_targets(data.labels[spec.name], data.candidates[spec.name], data.provenance[spec.name],
-                                    spec.size, self.config.mapped_labels, self.config.outside_head)
+                                    spec.size, self.config.mapped_labels, self.config.outside_head,
+                                    self.config.pseudo_outside)
             targets[spec.name], allowed[spec.name] = t.to(dev), a.to(dev)
-        train_index = torch.nonzero(data.split.to(dev) == 0).flatten()
+        annotated = {spec.name: (data.provenance[spec.name] == ANNOTATED).to(dev) for spec in data.label_sets}
+        training = data.split.to(dev) == 0
+        if self.config.drop_unclassified:
+            training &= ~unclassified(data).to(dev)
+        train_index = torch.nonzero(training).flatten()
         truth = {}
         for spec in data.label_sets:
             t = data.truth.get(spec.name)
@@ -298,7 +306,7 @@ class CrossTrainer:
                 t = t.to(dev)
                 truth[spec.name] = torch.where(t == OUTSIDE, torch.full_like(t, spec.size),
                                                torch.where(t >= 0, t, torch.full_like(t, -1)))
-        self._bank = _Bank(crops, targets, allowed, train_index, truth)
+        self._bank = _Bank(crops, targets, allowed, train_index, truth, annotated)
         self.transitions = {}
         if self.config.candidate_likelihood == "transition" and self.config.mapped_labels == "candidates":
             outside = int(self.config.outside_head)
@@ -333,7 +341,7 @@ class CrossTrainer:
         if train and self.config.augment:
             c = self.config
             x = augmented_inputs(crops, generator or self.generator, c.jitter, c.blur_p, c.stain_jitter,
-                                 c.scale_jitter, c.blur_sigma)
+                                 c.scale_jitter, c.blur_sigma, c.jitter_rule)
         else:
             x = prepare(crops)
         size = self.config.input_size
@@ -420,11 +428,19 @@ class CrossTrainer:
         if name == "A":
             base = self._wrap(self.base)
 
+            clamp_here = self.config.logit_clamp == "stage_a_loss"
+            per_nucleus = self.config.supervised_weighting == "nucleus"
+
             def loss_a(idx: torch.Tensor) -> torch.Tensor:
                 logits = self._forward_base(base, self.inputs(bank.crops[idx], True))
+                if clamp_here:  # the reference clamps inside its stage-A loss only
+                    logits = {k: v.clamp(-LOGIT_CLAMP, LOGIT_CLAMP) for k, v in logits.items()}
                 for s in names:
                     e_step(s, idx, logits[s].softmax(1))
-                return mean([supervised_loss(logits[s], s, idx) for s in names])
+                terms = [supervised_loss(logits[s], s, idx) for s in names]
+                if per_nucleus:  # every nucleus's loss summed, over the batch size (the reference)
+                    return torch.stack([loss * count for loss, count in terms]).sum() / idx.numel()
+                return mean(terms)
 
             params = list(self.base.parameters())
             return Stage("A", [base], params, optimiser(params), loss_a, self.config.grad_clip)
@@ -514,10 +530,80 @@ class CrossTrainer:
             return stage
         raise InvalidArgumentError(f"unknown stage {name!r}; stages are {', '.join(STAGES)}")
 
+    def stage_index(self, name: str, label_set: str | None = None) -> torch.Tensor:
+        """The bank rows stage ``name`` trains on (``TrainConfig.stage_nuclei``).
+
+        ``"all"``: every training nucleus in every stage. ``"paper"`` (the reference):
+        stage A on the nuclei annotated in some set (the labelled datasets), stage B on
+        those annotated in ``label_set`` (a head trained on its own dataset; with joint
+        heads, those annotated in some set), stage C on every training nucleus. With
+        ``label_set`` and ``"all"``: the training nuclei with a target in that set.
+        """
+        bank = self._bank
+        index = bank.train_index
+        if self.config.stage_nuclei == "paper" and name in ("A", "B"):
+            if label_set is not None:
+                keep = bank.annotated[label_set][index]
+            else:
+                keep = torch.zeros_like(index, dtype=torch.bool)
+                for a in bank.annotated.values():
+                    keep |= a[index]
+            return index[keep]
+        if label_set is not None:
+            return index[bank.targets[label_set][index] != 0]
+        return index
+
+    def _run_heads_separately(self, say: Callable[[str], None]) -> list[dict[str, Any]]:
+        """Stage B as the reference trains it: one head after the other, each with its own Adam.
+
+        Head k trains on its own batches (:meth:`stage_index` of set k), with the plain
+        mean of its loss and no gradient clipping; the frozen base module feeds it. Its
+        batch normalisation sees set k's nuclei only.
+        """
+        epochs = self.config.epochs["B"]
+        bank, base, names = self._bank, self.base, self.base.names
+        history = []
+        soft = self.config.mapped_labels == "soft"
+        for s in names:
+            head = self.heads.heads[s]
+            optimiser = torch.optim.Adam(head.parameters(), lr=self.config.lr["B"],
+                                         weight_decay=self.config.weight_decay)
+            index = self.stage_index("B", s)
+            t = self.transitions.get(s)
+            for epoch in range(epochs):
+                head.train()
+                base.eval()
+                total = torch.zeros((), device=self.device)
+                steps = seen = 0
+                start = time.perf_counter()
+                for idx in progress(self.batches(index), desc=f"stage B {s} epoch {epoch + 1}/{epochs}",
+                                    unit="batches"):
+                    with torch.no_grad():
+                        logits = self._forward_base(base, self.inputs(bank.crops[idx], True))
+                    out = self.heads.forward_one(s, self._head_inputs(logits, detach=True)).float()
+                    tgt = bank.targets[s][idx]
+                    loss = (soft_label_loss(out, tgt) if soft else
+                            partial_label_loss(out, tgt, t.weights(idx, tgt) if t is not None else None))[0]
+                    optimiser.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimiser.step()
+                    total += loss.detach()
+                    steps += 1
+                    seen += idx.numel()
+                loss_value = float(total) / max(steps, 1)
+                seconds = time.perf_counter() - start
+                say(f"stage B {s} epoch {epoch + 1}/{epochs}: loss {loss_value:.4f}")
+                history.append({"stage": "B", "epoch": epoch + 1, "label_set": s, "loss": loss_value,
+                                "nuclei": seen * self.world, "seconds": seconds,
+                                "nuclei_per_s": seen * self.world / max(seconds, 1e-9)})
+        return history
+
     def _run_stage(self, name: str, say: Callable[[str], None]) -> list[dict[str, Any]]:
         epochs = self.config.epochs[name]
         if epochs <= 0:
             return []
+        if name == "B" and self.config.heads_training == "separate":
+            return self._run_heads_separately(say)
         stage = self.stage(name)
         history = []
         for epoch in range(epochs):
@@ -530,7 +616,7 @@ class CrossTrainer:
             total = torch.zeros((), device=self.device)
             steps = seen = 0
             start = time.perf_counter()
-            batches = self.batches(self._bank.train_index)
+            batches = self.batches(self.stage_index(name))
             for idx in progress(batches, desc=f"stage {name} epoch {epoch + 1}/{epochs}", unit="batches"):
                 total += stage.step(idx)
                 steps += 1
@@ -966,6 +1052,21 @@ class CrossTrainer:
         trainer.metrics = meta.get("metrics", {})
         trainer.meta = meta
         return trainer
+
+
+def unclassified(data: TrainingData) -> torch.Tensor:
+    """bool ``(N,)``: nuclei of a labelled dataset that carry no class in any set (``drop_unclassified``).
+
+    A dataset is labelled when some of its nuclei are annotated in some set; a nucleus
+    of it annotated in none (NuCLS ``unlabeled``) is unclassified. Nuclei of datasets
+    without classes (Kumar, MoNuSeg, TNBC) are not.
+    """
+    annotated = torch.zeros(len(data), dtype=torch.bool)
+    for prov in data.provenance.values():
+        annotated |= prov.cpu() == ANNOTATED
+    labelled = torch.zeros(len(data.dataset_names), dtype=torch.bool)
+    labelled[data.dataset_index.cpu()[annotated]] = True
+    return labelled[data.dataset_index.cpu()] & ~annotated
 
 
 def pseudo_label_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
