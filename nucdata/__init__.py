@@ -65,6 +65,7 @@ _LAZY = {
     # views
     "CropDataset": "nucdata.views", "crop_loader": "nucdata.views", "TileDataset": "nucdata.views",
     "tile_loader": "nucdata.views", "collate": "nucdata.views",
+    "PatchLabels": "nucdata.views", "derive_patch_labels": "nucdata.views",
     # acquiring
     "fetch": "nucdata.acquire", "prepare": "nucdata.acquire", "verify": "nucdata.acquire",
     "prepare_custom": "nucdata.acquire",
@@ -117,4 +118,12 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported eagerl
         translate,
     )
     from nucdata.store import PROVENANCE, MergedData, Store, open_merged
-    from nucdata.views import CropDataset, TileDataset, collate, crop_loader, tile_loader
+    from nucdata.views import (
+        CropDataset,
+        PatchLabels,
+        TileDataset,
+        collate,
+        crop_loader,
+        derive_patch_labels,
+        tile_loader,
+    )

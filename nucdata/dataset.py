@@ -231,6 +231,35 @@ class NucleusDataset(torch.utils.data.Dataset):
 
         return tiles_of([self], size, stride, mpp, sampler, min_nuclei, **options)
 
+    def patches(self, size: int = 256, mpp: float | None = None, labels: Any = None,
+                label_set: str | None = None, assume_mpp: float | None = None):
+        """Grid patches with their class-presence flags (:class:`nucdata.views.PatchDataset`).
+
+        Parameters
+        ----------
+        size
+            Patch side in pixels (at ``mpp`` when given).
+        mpp
+            Resample each image to this many microns per pixel (``None``: native).
+        labels
+            A :class:`nucdata.views.PatchLabels` table (imported, or derived before);
+            ``None`` derives the flags from this dataset's nucleus labels on the same grid
+            (:func:`nucdata.views.derive_patch_labels`).
+        label_set
+            The flags' label set when they are derived (default: this dataset's).
+        assume_mpp
+            µm/px for images that have none.
+
+        Returns
+        -------
+        nucdata.views.PatchDataset
+            Map-style dataset of patch dicts: the tile (``image``, ``instance_map``, ...),
+            every nucleus in it (``point_*``, masked or a point) and ``flags``.
+        """
+        from nucdata.views import PatchDataset
+
+        return PatchDataset(self, size, mpp, labels, label_set, assume_mpp)
+
     def plot(self, index: int, ax: Any = None) -> Any:
         """Draw image ``index`` with nucleus outlines coloured by class (needs matplotlib).
 
