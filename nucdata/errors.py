@@ -13,15 +13,26 @@ class NucdataError(Exception):
     """Base class of every error nucdata raises on purpose."""
 
 
+def _did_you_mean(name: object, known: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest known name, or nothing when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name).lower(), known, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 class UnknownDatasetError(NucdataError, KeyError):
     """A dataset name that has no registry card."""
 
     def __init__(self, name: str, known: list[str]):
         self.name = name
         self.known = sorted(known)
-        super().__init__(
-            f"unknown dataset {name!r}; known datasets: {', '.join(self.known)}"
-        )
+        names = [k for k in self.known if not k.startswith("set:")]
+        tables = [k for k in self.known if k.startswith("set:")]
+        message = f"unknown dataset {name!r}{_did_you_mean(name, self.known)}; known datasets: {', '.join(names)}"
+        if tables:
+            message += f"; or a label set's class ids: {', '.join(tables)}"
+        super().__init__(message)
 
     def __str__(self) -> str:  # KeyError would otherwise repr() the message
         return self.args[0]
@@ -34,7 +45,7 @@ class UnknownLabelSetError(NucdataError, KeyError):
         self.name = name
         self.known = sorted(known)
         super().__init__(
-            f"unknown label set {name!r}; valid label sets: {', '.join(self.known)}"
+            f"unknown label set {name!r}{_did_you_mean(name, self.known)}; valid label sets: {', '.join(self.known)}"
         )
 
     def __str__(self) -> str:
