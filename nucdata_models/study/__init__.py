@@ -5,7 +5,9 @@ private modules hold it: ``_arms`` (the arm registry: one :func:`arm`-decorated
 function per arm, its docstring the description; the data views; the declared family
 of comparisons), ``_stats`` (the metrics and the endpoint, the hierarchical bootstrap
 over worlds, seeds and image groups, intervals, p-values, equivalence tests and Holm's
-correction) and ``_run`` (worlds, runs, scoring, the summary and its markdown).
+correction), ``_run`` (worlds, runs, scoring, the summary and its markdown) and ``_real``
+(the real-data study on CRCHisto: pseudo-slide groups, derived coarse label sets, the
+real world and the multitask-transfer study; ``benchmarks/real_study.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ _MODULES = {
                                     "Resamples", "bootstrap_p", "cluster_confusions",
                                     "hierarchical_resamples", "holm", "percentile_ci", "resample_weights",
                                     "resampled_mean", "tost_p", "verdict"),
+    "nucdata_models.study._real": ("DERIVED_SETS", "FINE_SET", "STUDY_SETS", "TRANSFER_TASKS", "DerivedSet",
+                                   "RealWorld", "derived_table", "image_groups", "partition", "points_only",
+                                   "prepare_real_world", "render_transfer_markdown", "study_classifier",
+                                   "transfer_study"),
     "nucdata_models.study._run": ("VIEWS", "PreparedWorld", "RunScores", "family_sentences", "oracle_check",
                                   "prepare_world", "render_markdown", "run_arms", "score_views", "summarise"),
     # the one definition of each metric lives with the others (nucdata_models.metrics)
@@ -47,6 +53,22 @@ if TYPE_CHECKING:
         oracle_data,
         paper_recipe,
         render_arm_table,
+    )
+    from nucdata_models.study._real import (
+        DERIVED_SETS,
+        FINE_SET,
+        STUDY_SETS,
+        TRANSFER_TASKS,
+        DerivedSet,
+        RealWorld,
+        derived_table,
+        image_groups,
+        partition,
+        points_only,
+        prepare_real_world,
+        render_transfer_markdown,
+        study_classifier,
+        transfer_study,
     )
     from nucdata_models.study._run import (
         VIEWS,
