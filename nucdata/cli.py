@@ -204,6 +204,10 @@ def download(names: tuple[str, ...], all_: bool, no_hash_check: bool, root: Path
     """Download and verify datasets' archives into the raw folder."""
     from nucdata.acquire import fetch
 
+    if not names and not all_:
+        raise click.UsageError("name the datasets to download (`nucdata list` shows them), or use --all")
+    if names and all_:
+        raise click.UsageError("give dataset names or --all, not both")
     for name in list_datasets() if all_ else names:
         for f in fetch(name, root, check_hash=not no_hash_check, progress=click.echo):
             state = "verified" if f.verified else "NOT verified (no hash to check)"

@@ -56,9 +56,12 @@ def select_images(
     protocol, _, part = split.partition("/")
     if part and part in protocols.get(protocol, {}):
         return np.flatnonzero(np.isin(splits, protocols[protocol][part]))
+    import difflib
+
+    close = difflib.get_close_matches(str(split), choices, n=1)
     raise InvalidArgumentError(
-        f"{store.dataset}: unknown split {split!r}; valid splits: {', '.join(choices)} "
-        "(or None for every image)"
+        f"{store.dataset}: unknown split {split!r}{f' (did you mean {close[0]!r}?)' if close else ''}; valid splits: "
+        f"{', '.join(choices)} (leave the split out for every image: no --split, or split=None)"
     )
 
 
