@@ -85,8 +85,9 @@ def test_html_page_instead_of_archive(home, http_server):
     data = _override(home, "tnbc")
     data["files"][0]["size"] = None
     _write_override(home, "tnbc", data)
-    with pytest.raises(nucdata.HTMLInsteadOfArchiveError, match="HTML page"):
+    with pytest.raises(nucdata.HTMLInsteadOfArchiveError, match="HTML page") as info:
         nucdata.fetch("tnbc")
+    assert "`nucdata info tnbc`" in str(info.value) and "<dataset>" not in str(info.value)
     assert not (raw_dir(home) / "TNBC_NucleiSegmentation.zip").exists()
 
 

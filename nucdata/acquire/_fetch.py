@@ -57,8 +57,8 @@ def looks_like_html(head: bytes) -> bool:
     return head.startswith(b"<") and (b"<html" in head or head.startswith(b"<!doctype html"))
 
 
-def check_format(path: Path, spec: RemoteFile) -> None:
-    """Raise when a file is an HTML page, or lacks its archive format's magic bytes."""
+def check_format(path: Path, spec: RemoteFile, dataset: str | None = None) -> None:
+    """Raise when a file is an HTML page, or lacks its archive format's magic bytes (``dataset`` names the fix)."""
     with open(path, "rb") as fh:
         head = fh.read(2048)
     magic = _MAGIC.get(spec.format, ())
@@ -69,7 +69,8 @@ def check_format(path: Path, spec: RemoteFile) -> None:
         raise HTMLInsteadOfArchiveError(
             f"{path}: an HTML page was received instead of {spec.name!r} "
             "(a login, quota or virus-scan page). Download the file in a browser and put it "
-            "into the manual folder (see `nucdata info <dataset>`)."
+            "into the manual folder"
+            + (f" (`nucdata info {dataset}` names the folder and the page to download from)." if dataset else ".")
         )
     if magic:
         raise CorruptArchiveError(
@@ -78,7 +79,8 @@ def check_format(path: Path, spec: RemoteFile) -> None:
         )
 
 
-def verify(path: Path, spec: RemoteFile, fix: str, check_hash: bool = True, size_fix: str | None = None) -> str:
+def verify(path: Path, spec: RemoteFile, fix: str, check_hash: bool = True, size_fix: str | None = None,
+           dataset: str | None = None) -> str:
     """Check size, format and hash of ``path`` against ``spec``; return its SHA-256.
 
     Parameters
@@ -94,18 +96,20 @@ def verify(path: Path, spec: RemoteFile, fix: str, check_hash: bool = True, size
     size_fix
         The fix a size mismatch names (default ``fix``); it must not offer
         ``--no-hash-check``, which does not skip the size check.
+    dataset
+        The dataset the file belongs to, named in the fix of an HTML page received instead.
     """
     size = path.stat().st_size
     if spec.size is not None and size != spec.size:
         raise SizeMismatchError(path, spec.size, size, size_fix or fix)
-    check_format(path, spec)
+    check_format(path, spec, dataset)
     digest = sha256sum(path)
     if check_hash and spec.sha256 and digest != spec.sha256.lower():
         raise HashMismatchError(path, spec.sha256.lower(), digest, fix)
     return digest
 
 
-def _download_once(url: str, dest: Path, spec: RemoteFile, check_hash: bool) -> str:
+def _download_once(url: str, dest: Path, spec: RemoteFile, check_hash: bool, dataset: str | None = None) -> str:
     tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.part")
     try:
         downloader = pooch.HTTPDownloader(timeout=60, chunk_size=1 << 20, progressbar=use_bars())
@@ -117,6 +121,7 @@ def _download_once(url: str, dest: Path, spec: RemoteFile, check_hash: bool) -> 
             f"If you trust this copy, put it into the manual folder and use "
             f"`nucdata download --no-hash-check`.",
             check_hash=check_hash,
+            dataset=dataset,
             size_fix=f"The mirror {url} served a file of another size (a truncated transfer or another "
             "release); nucdata tries the next mirror. --no-hash-check does not accept a file of the wrong "
             "size: download it again.",
@@ -163,7 +168,7 @@ def fetch_file(
             f"of the wrong size); to use this copy anyway, extract it yourself and run "
             f"`nucdata prepare {card.name} --from <folder>` (recorded as unverified)."
         )
-        digest = verify(manual, spec, fix, check_hash, size_fix=size_fix)
+        digest = verify(manual, spec, fix, check_hash, size_fix=size_fix, dataset=card.name)
         say(f"{card.name}: using {manual} (manual folder, sha256 {digest[:12]}...)")
         return FetchedFile(manual, digest, "manual", verified, spec.hash_source)
     if cached.is_file():
@@ -171,7 +176,7 @@ def fetch_file(
             f"The cached {cached} no longer matches the registry. Move it away and run "
             f"`nucdata download {card.name}` again."
         )
-        digest = verify(cached, spec, fix, check_hash)
+        digest = verify(cached, spec, fix, check_hash, dataset=card.name)
         return FetchedFile(cached, digest, "cache", verified, spec.hash_source)
     if not allow_network:
         raise DownloadError(
@@ -183,7 +188,7 @@ def fetch_file(
     for url in spec.mirrors:
         say(f"{card.name}: downloading {spec.name!r} from {url}")
         try:
-            digest = _download_once(url, cached, spec, check_hash)
+            digest = _download_once(url, cached, spec, check_hash, card.name)
         except OSError as exc:
             if is_disk_full(exc):  # no mirror will fit either
                 raise disk_full(cached, f"downloading {spec.name!r}", spec.size, exc) from None
