@@ -21,6 +21,9 @@ docs/tutorials/classify.md).
 For a classifier of your own, :func:`partial_label_loss` is the loss over candidate
 sets and :func:`target_bits` turns nucdata's ``(label, candidates)`` into its targets
 (docs/tutorials/training.md).
+
+For nucleus classes from patch-level flags only (Han et al.'s multi-layer pseudo-supervision),
+:func:`train_weak` on :func:`weak_patch_data` (docs/weak-study.md).
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ _LAZY = {
     "CheckpointError": "nucdata.errors", "CheckpointMismatchError": "nucdata.errors",
     "from_crop_dataset": "nucdata_models.merge", "training_data": "nucdata_models.merge",
     "Classifier": "nucdata_models.merge", "Classification": "nucdata_models.merge",
+    "WeakConfig": "nucdata_models.weak", "WeakModel": "nucdata_models.weak", "PatchData": "nucdata_models.weak",
+    "train_weak": "nucdata_models.weak", "weak_patch_data": "nucdata_models.merge.weak_data",
 }
 
 __getattr__, __dir__, __all__ = attach(__name__, _LAZY, globals())
@@ -58,5 +63,7 @@ if TYPE_CHECKING:
     from nucdata_models.fill import fill_labels
     from nucdata_models.losses import partial_label_loss
     from nucdata_models.merge import Classification, Classifier, from_crop_dataset, training_data
+    from nucdata_models.merge.weak_data import weak_patch_data
     from nucdata_models.metrics import classification_metrics
     from nucdata_models.train import CrossTrainer, Prediction, Predictions, TrainResult
+    from nucdata_models.weak import PatchData, WeakConfig, WeakModel, train_weak

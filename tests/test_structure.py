@@ -44,7 +44,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("nucdata",),
 ]
 MODEL_CORE = ("augment", "calibration", "checkpoint", "config", "data", "encoders", "fill", "losses", "metrics", "model",
-              "stain", "train")
+              "stain", "train", "weak")
 #: what the models' core may import of nucdata
 CORE_MAY_IMPORT = ("nucdata.errors", "nucdata._util")
 
