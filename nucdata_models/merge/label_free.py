@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +126,8 @@ def images_of(source: Any, dataset: str | None = None, mpp: float | None = None,
         classify --instances`` pairs them (``<stem>.png``, ``<stem>_masks.png``, ...); a
         :class:`LabelFreeImage` or a list of them.
     dataset
-        The name to group the images under (default: the dataset's name, or ``"images"``).
+        The name to group the images under (default: the dataset's name, or ``"images"``;
+        it replaces the records' own).
     mpp
         µm/px for images that state none.
     root
@@ -138,7 +139,7 @@ def images_of(source: Any, dataset: str | None = None, mpp: float | None = None,
         An image without µm/px and no ``mpp`` given.
     """
     if isinstance(source, LabelFreeImage):
-        return [source]
+        return [replace(source, dataset=dataset) if dataset else source]
     if isinstance(source, str) and not os.path.exists(source):
         import nucdata
 
@@ -525,7 +526,7 @@ def label_free_checks(classifier, images: Any, references: Any = None, *, checks
     Returns
     -------
     dict
-        Plain JSON types: ``schema``, ``classifier`` (path, crop size, µm/px, label sets),
+        Plain JSON types (strict: an undefined rate is ``None``): ``schema``, ``classifier`` (path, crop size, µm/px, label sets),
         ``datasets`` (images, nuclei and µm/px per dataset), ``references`` (the fitted
         stains), ``skipped`` (perturbations that could not be made, with the reason) and
         ``checks``: per check its ``description``, ``perturbations`` and ``rows``, one per
@@ -619,7 +620,7 @@ def label_free_checks(classifier, images: Any, references: Any = None, *, checks
                     rows_out.append(_any_row(group, s, perturbations[check], chosen, rng))
         result_checks[check] = {"description": _DESCRIPTIONS[check], "perturbations": perturbations[check],
                                 "rows": rows_out}
-    return {
+    return _plain({
         "schema": SCHEMA,
         "classifier": {"path": None if getattr(classifier, "path", None) is None else str(classifier.path),
                        "crop_size": int(classifier.crop_size), "mpp": classifier.mpp, "label_sets": sets},
@@ -630,7 +631,20 @@ def label_free_checks(classifier, images: Any, references: Any = None, *, checks
                        for n, v in refs.items()},
         "skipped": skipped,
         "checks": result_checks,
-    }
+    })
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with numpy scalars as Python numbers and non-finite floats as ``None`` (strict JSON)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.integer, bool)):
+        return value if isinstance(value, bool) else int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value
 
 
 def _any_row(group: str, s: str, perts: list[str], chosen, rng: np.random.Generator) -> dict[str, Any]:
@@ -661,7 +675,7 @@ _DESCRIPTIONS = {
 
 
 # -- rendering -----------------------------------------------------------------------------------
-def _pct(v: float) -> str:
+def _pct(v: float | None) -> str:
     return "–" if v is None or not np.isfinite(v) else f"{100 * v:.1f}"
 
 
@@ -702,7 +716,7 @@ def render_label_free(result: Mapping[str, Any], detail: bool = False) -> str:
                       "|---|---|---|---:|---:|---|---:|---:|---:|"]
             for r in rows:
                 lo, hi = r["flip_95"]
-                ratio = "–" if not np.isfinite(r["ratio"]) else f"{r['ratio']:.2f}"
+                ratio = "–" if r["ratio"] is None or not np.isfinite(r["ratio"]) else f"{r['ratio']:.2f}"
                 lines.append(f"| {r['dataset']} | {r['label_set']} | {r['perturbation']} | {r['nuclei']} | "
                              f"{_pct(r['flip_rate'])} | {_pct(lo)}–{_pct(hi)} | {_pct(r['shuffled'])} | {ratio} | "
                              f"{r['lost']} |")
