@@ -13,7 +13,7 @@ from nucdata._util.codes import OUTSIDE
 from nucdata.errors import InvalidArgumentError
 from nucdata_models.config import MAPPED_LABELS
 
-__all__ = ["ANNOTATED", "AMBIGUOUS", "MAPPED", "NO_LABEL", "OUTSIDE_LABEL", "PROVENANCE_NAMES", "LabelSetSpec",
+__all__ = ["ANNOTATED", "AMBIGUOUS", "MAPPED", "NO_LABEL", "OUTSIDE_LABEL", "PATCH_FLAGS", "PROVENANCE_NAMES", "LabelSetSpec",
            "SourceRows", "TrainingData", "candidate_mask", "derive_provenance", "source_rows", "target_bits",
            "training_targets"]
 
@@ -23,7 +23,10 @@ ANNOTATED = 1  # its own dataset annotated it in this set's vocabulary
 MAPPED = 2  # one class of this set, through an exact mapping row
 AMBIGUOUS = 3  # a candidate set, through an ambiguous mapping row
 OUTSIDE_LABEL = 4  # the mapping says no class of this set describes it
-PROVENANCE_NAMES = ("none", "annotated", "mapped", "ambiguous", "outside")
+# Candidates narrowed by patch-level flags (build-merged --patch-labels; a flag 0 removes a class).
+# Set only after filling, for the report: training and filling see these nuclei as AMBIGUOUS.
+PATCH_FLAGS = 5
+PROVENANCE_NAMES = ("none", "annotated", "mapped", "ambiguous", "outside", "patch-flags")
 
 
 @dataclass(frozen=True)
