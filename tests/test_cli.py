@@ -26,6 +26,36 @@ def test_unknown_dataset_is_a_clean_error(home):
     assert "unknown dataset 'consepp'" in result.output and "Traceback" not in result.output
 
 
+def test_misspelt_names_get_a_did_you_mean(home):
+    for args, suggestion in ((["info", "monuseq"], "did you mean 'monuseg'?"),
+                             (["cite", "methods"], "did you mean 'method'?"),
+                             (["label-sets", "pannuk"], "did you mean 'pannuke'?"),
+                             (["donwload", "tnbc"], "Did you mean 'download'?")):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2 and suggestion in result.output, (args, result.output)
+    result = CliRunner().invoke(main, ["label-sets", "pannuke", "--mapping", "monusak"])
+    assert "did you mean 'monusac'?" in result.output
+    datasets, _, tables = result.output.partition("; or a label set's class ids: ")
+    assert "set:" not in datasets and "set:consep4" in tables  # the set: tables are not listed as datasets
+    result = CliRunner().invoke(main, ["info", "xyzzy"])
+    assert "did you mean" not in result.output  # nothing close: no guess
+
+
+def test_download_without_names_is_a_usage_error(home):
+    result = CliRunner().invoke(main, ["download"])
+    assert result.exit_code == 2 and "--all" in result.output and "nucdata list" in result.output
+    result = CliRunner().invoke(main, ["download", "tnbc", "--all"])
+    assert result.exit_code == 2 and "not both" in result.output
+
+
+def test_an_unknown_split_says_how_to_take_every_image(home):
+    install("tnbc", home)
+    assert CliRunner().invoke(main, ["prepare", "tnbc", "--quiet"]).exit_code == 0
+    result = CliRunner().invoke(main, ["stats", "tnbc", "--split", "al"])
+    assert result.exit_code == 2 and "did you mean 'all'?" in result.output
+    assert "no --split" in result.output and "None for every image" not in result.output
+
+
 def test_download_prepare_verify(home, http_server):
     url, served = http_server
     install("tnbc", home, into=served, base_url=url)
