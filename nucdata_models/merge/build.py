@@ -70,6 +70,7 @@ class BuildOptions:
     test: float = 0.15
     mapped_as_truth: bool = False
     overwrite: bool = False
+    patch_labels: Sequence[Path] = ()  # --patch-labels: patch-flag CSVs (nucdata_models.merge.flags)
 
     def train_config(self) -> TrainConfig:
         """The recipe's configuration with this build's overrides and seed."""
@@ -197,6 +198,13 @@ def _build(options: BuildOptions, out: Path, work: Path, say: Callable[[str], No
         data.truth = {s: torch.from_numpy(t)
                       for s, t in truth_labels(members, truth_by_image, data.names, world).items()}
     timings["crop banks and splits"] = time.perf_counter() - start
+    if options.patch_labels:  # flag 0: the class leaves the candidates of every nucleus in the patch
+        from nucdata_models.merge.flags import apply_patch_flags
+
+        data.patch_flags = apply_patch_flags(data, members, options.patch_labels)  # type: ignore[attr-defined]
+        for t in data.patch_flags[1]["tables"]:
+            say(f"patch flags {t['file']}: {t['narrowed']:,} nuclei of {t['dataset']} narrowed under "
+                f"{t['label_set']}; {t['conflicts_with_annotations']:,} conflicts with annotations (they win)")
     say(f"{len(data):,} nuclei from {len(names)} datasets under {', '.join(options.label_sets)}; "
         f"{int((data.split == TRAIN).sum()):,} train, {int((data.split == 1).sum()):,} validation, "
         f"{int((data.split == TEST).sum()):,} held out")
@@ -247,13 +255,24 @@ def _build(options: BuildOptions, out: Path, work: Path, say: Callable[[str], No
         trainer.save(tmp / "model.pt", extra={"datasets": names, "recipe": options.recipe,
                                                "calibration": calibration.to_dict()})
         calibration_report["diagrams"] = write_reliability_diagrams(tmp, calibration_report["scores"])
+        if getattr(data, "patch_flags", None) is not None:  # counted as their own provenance
+            from nucdata_models.merge.flags import mark_flagged
+
+            mark_flagged(data, data.patch_flags[0])
         report = make_report(options, names, data, result, trainer, timings, demo_scores, groups,
                              calibration=calibration_report)
         write_shippable(tmp, trainer, members, data, crops, filled, calibration, report, options)
         from nucdata._util.atomic import atomic_write_json, atomic_write_text
 
         atomic_write_json(tmp / "report.json", report)
-        atomic_write_text(tmp / "report.md", render_report(report))
+        flags_md = ""
+        if getattr(data, "patch_flags", None) is not None:
+            from nucdata_models.merge.flags import render_patch_flags
+
+            report["patch_flags"] = data.patch_flags[1]
+            flags_md = "\n" + render_patch_flags(report["patch_flags"])
+            atomic_write_json(tmp / "report.json", report)
+        atomic_write_text(tmp / "report.md", render_report(report) + flags_md)
         write_marker(tmp, {"datasets": names, "label_sets": list(data.names), "recipe": options.recipe})
         timings["write"] = time.perf_counter() - start
         fault_point("build-merged:staged")

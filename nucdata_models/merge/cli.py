@@ -83,6 +83,10 @@ def _names(value: str | None) -> list[str] | None:
               help="Pseudo-label threshold (default 0.99).")
 @click.option("--mapped-as-truth", is_flag=True,
               help="Write labels from exact mapping rows as ground truth (field 4) in the pickles too.")
+@click.option("--patch-labels", "patch_labels", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Patch-level flags (a CSV as nucdata.PatchLabels.to_csv writes, naming its dataset and label "
+                   "set; repeatable): a flag 0 removes that class from every nucleus of the patch.")
 @click.option("--overlays", type=OverlaysType(), default="16", show_default=True,
               help="Overlay PNGs per label set and dataset, or 'all'.")
 @click.option("--demo", is_flag=True, help="Run on a generated world of every dataset (each in its native format) whose truth is known.")
@@ -98,7 +102,8 @@ def _names(value: str | None) -> list[str] | None:
 def build_merged(out: Path, overwrite: bool, recipe: str, datasets: str | None, label_sets: str | None,
                  checkpoint: Path | None, device: str, threads: int | None, epochs: dict | None, encoder: str | None,
                  encoder_weights: Path | None, crop_size: int | None, batch_size: int | None,
-                 threshold: float | None, mapped_as_truth: bool, overlays: int | None, demo: bool,
+                 threshold: float | None, mapped_as_truth: bool, patch_labels: tuple[Path, ...],
+                 overlays: int | None, demo: bool,
                  demo_scale: int, world: str, seed: int, quiet: bool, root: Path | None) -> None:
     """Label every nucleus of every dataset under every label set, and write the merged dataset."""
     import torch
@@ -118,6 +123,7 @@ def build_merged(out: Path, overwrite: bool, recipe: str, datasets: str | None, 
         out=out, datasets=_names(datasets), label_sets=_names(label_sets) or list(MERGED_LABEL_SETS),
         checkpoint=checkpoint, recipe=recipe, config=config, crop_size=crop_size, overlays=overlays, root=root,
         demo=demo, demo_scale=demo_scale, world=world, seed=seed, mapped_as_truth=mapped_as_truth, overwrite=overwrite,
+        patch_labels=tuple(patch_labels),
     )
     resolved = options.train_config()
     on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
