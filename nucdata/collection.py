@@ -40,8 +40,10 @@ class DatasetCollection(torch.utils.data.ConcatDataset):
         return TileDataset(self.members, size, stride, mpp, sampler, min_nuclei, weights=weights, **options)
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{d.name}: {len(d)} images" for d in self.members)
-        return f"DatasetCollection({inner})"
+        inner = ", ".join(f"{d.name}: {len(d)} images, {int(d.nucleus_rows().size):,} nuclei" for d in self.members)
+        sets = sorted({str(d.label_set) for d in self.members})
+        return f"DatasetCollection({inner}; label_set={sets[0]!r})" if len(sets) == 1 else \
+            f"DatasetCollection({inner}; label sets {', '.join(sets)})"
 
 
 def load_many(

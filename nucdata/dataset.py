@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -141,9 +141,13 @@ class NucleusDataset(torch.utils.data.Dataset):
         return self.transforms(sample) if self.transforms is not None else sample
 
     def __repr__(self) -> str:
+        names = [name for name, _ in self.classes.values()]
+        shown = ", ".join(names[:8]) + (f", ... ({len(names)} classes)" if len(names) > 8 else "")
+        merged = ", merged" if self._merged is not None else ""
         return (
-            f"NucleusDataset({self.name!r}, split={self.split!r}, label_set={self.label_set!r}, "
-            f"images={len(self)}, nuclei={int(self.nuclei.sizes['nucleus'])})"
+            f"NucleusDataset({self.name!r}, split={self.split!r}, label_set={self.label_set!r}{merged}, "
+            f"images={len(self)}, nuclei={int(self.nucleus_rows().size):,}, classes=[{shown}], "
+            f"store={str(self.store.path)!r})"
         )
 
     def ignore_mask(self, i: int) -> np.ndarray:
@@ -263,14 +267,38 @@ class NucleusDataset(torch.utils.data.Dataset):
 
         return PatchDataset(self, size, mpp, labels, label_set, assume_mpp)
 
-    def plot(self, index: int, ax: Any = None) -> Any:
-        """Draw image ``index`` with nucleus outlines coloured by class (needs matplotlib).
+    def plot(self, sample_or_index: int | Mapping[str, Any], prediction: Any = None, ax: Any = None,
+             show_titles: bool = True, suptitle: str | None = None) -> Any:
+        """Draw one image with nucleus outlines coloured by class; a prediction beside it (needs matplotlib).
 
-        Raises :class:`nucdata.MissingDependencyError` without matplotlib.
+        Parameters
+        ----------
+        sample_or_index
+            The image's position in this dataset, or a sample ``ds[i]`` returned.
+        prediction
+            Optional predicted class per nucleus of that image (array or tensor ``(K,)``
+            in the sample's nucleus order, or a dict with ``labels``): drawn with dashed
+            outlines on a second panel, to the right of the dataset's labels.
+        ax
+            A matplotlib axis, or two with ``prediction``; a new figure when ``None``.
+        show_titles, suptitle
+            Panel titles (the image's name) and a figure title.
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+
+        Raises
+        ------
+        nucdata.MissingDependencyError
+            Without matplotlib (``nucdata overlay`` and :func:`nucdata.views.render_overlay`
+            draw the same with Pillow).
         """
         from nucdata.views import plot_sample
 
-        return plot_sample(self, index, ax)
+        if ax is None and hasattr(prediction, "imshow"):  # the old plot(index, ax) call
+            prediction, ax = None, prediction
+        return plot_sample(self, sample_or_index, prediction, ax, show_titles, suptitle)
 
     @property
     def classes(self) -> dict[int, tuple[str, tuple[int, int, int]]]:

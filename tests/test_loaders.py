@@ -17,6 +17,7 @@ from nucdata.cli import main
 from nucdata.errors import MissingDependencyError
 from nucdata.views import outline_mask
 from nucdata.views import render_overlay as render
+from nucdata.views._overlay import OUTSIDE, PALETTE, UNLABELLED, overlay_scale
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +84,11 @@ def test_overlay_colours_by_class(prepared, tmp_path):
     ds = nucdata.load("monusac", label_set="pannuke")
     image = np.asarray(render(ds, 0))
     h, w = ds.store.instance_map(int(ds.indices[0])).shape
-    colours = {tuple(c.rgb) for c in nucdata.label_set("pannuke")}
-    drawn = {tuple(p) for p in image[:h, :w][outline_mask(np.asarray(ds.store.instance_map(int(ds.indices[0]))))]}
-    assert drawn and drawn <= colours | {(255, 255, 255), (120, 120, 120)}
+    scale = overlay_scale(h, w)  # small images are upscaled by whole pixels
+    inst = np.repeat(np.repeat(np.asarray(ds.store.instance_map(int(ds.indices[0]))), scale, 0), scale, 1)
+    colours = set(PALETTE[: len(nucdata.label_set("pannuke"))])  # the overlay palette, in class order
+    drawn = {tuple(p) for p in image[: h * scale, : w * scale][outline_mask(inst)]}
+    assert drawn and drawn <= colours | {UNLABELLED, OUTSIDE}
     result = CliRunner().invoke(main, ["overlay", "monusac", "--label-set", "pannuke", "--out", str(tmp_path / "ov")])
     assert result.exit_code == 0, result.output
     pngs = sorted((tmp_path / "ov").glob("*.png"))

@@ -28,6 +28,6 @@ def write_overlays(ds: NucleusDataset, out: str | os.PathLike[str], limit: int |
     written = []
     for position in range(len(ds) if limit is None else min(limit, len(ds))):
         path = image_path(ds, folder, int(ds.indices[position]), ".png")
-        render_overlay(ds, position).save(path)
+        render_overlay(ds, position).save(path, compress_level=1)  # zlib level 1: about half the time of 6, 1.2x the bytes
         written.append(path)
     return written

@@ -588,6 +588,10 @@ class MergedData:
             raise MissingFilesError(f"{self.folder}: no <label_set>/<dataset>.pkl files; this is not a merged "
                                     "dataset folder.")
 
+    def __repr__(self) -> str:
+        return (f"MergedData({str(self.folder)!r}, label_sets=[{', '.join(self.label_sets)}], "
+                f"datasets=[{', '.join(self.datasets)}], pickles={len(self.files)})")
+
     @property
     def label_sets(self) -> list[str]:
         """Label sets present."""
