@@ -71,10 +71,17 @@ class BuildOptions:
     mapped_as_truth: bool = False
     overwrite: bool = False
     patch_labels: Sequence[Path] = ()  # --patch-labels: patch-flag CSVs (nucdata_models.merge.flags)
+    # --demo: train the baseline in a parallel process (None: when a CPU core would idle otherwise)
+    parallel_baseline: bool | None = None
 
     def train_config(self) -> TrainConfig:
-        """The recipe's configuration with this build's overrides and seed."""
-        overrides = {"seed": self.seed, **self.config}
+        """The recipe's configuration with this build's overrides and seed.
+
+        ``score_truth`` is off unless asked for: the build predicts every nucleus once,
+        after training, and scores that (a per-stage score of the filled labels would
+        predict every nucleus again after each stage, and the report does not show it).
+        """
+        overrides = {"seed": self.seed, "score_truth": False, **self.config}
         if self.demo and "epochs" not in self.config and self.recipe == "nucdata":
             overrides["epochs"] = dict(DEMO_EPOCHS)
         return TrainConfig.recipe(self.recipe, **overrides)
@@ -161,11 +168,11 @@ def build_merged(options: BuildOptions, say: Callable[[str], None] = print) -> d
 
 def _build(options: BuildOptions, out: Path, work: Path, say: Callable[[str], None]) -> dict[str, Any]:
     import nucdata
-    from nucdata._util.faults import fault_point
     from nucdata.views import crops_of
     from nucdata_models.merge.bridge import training_data
 
     config = options.train_config()
+    began = time.perf_counter()
     timings: dict[str, float] = {}
     root = options.root
     truth_by_image: dict[str, dict[str, list]] = {}
@@ -209,13 +216,37 @@ def _build(options: BuildOptions, out: Path, work: Path, say: Callable[[str], No
         f"{int((data.split == TRAIN).sum()):,} train, {int((data.split == 1).sum()):,} validation, "
         f"{int((data.split == TEST).sum()):,} held out")
 
-    if options.checkpoint is not None:
-        trainer = CrossTrainer.load(options.checkpoint, data.label_sets, device=config.device)
-        result = None
-        say(f"using checkpoint {options.checkpoint}")
-    else:
-        trainer = CrossTrainer(config)
-        result = trainer.fit(data, workdir=work / "stages", progress=say)
+    baseline = None
+    try:
+        if options.checkpoint is not None:
+            trainer = CrossTrainer.load(options.checkpoint, data.label_sets, device=config.device)
+            result = None
+            say(f"using checkpoint {options.checkpoint}")
+        else:
+            trainer = CrossTrainer(config)
+        if options.demo:  # the baseline needs the data and the configuration only: it trains beside the method
+            from nucdata_models.merge.demo_eval import BaselineRun
+
+            baseline = BaselineRun(data, trainer.config, work / "baseline", options.parallel_baseline).start()
+            if baseline.parallel:
+                say("demo: training the baseline (each label set from its own dataset's annotations, equal steps) "
+                    "in a parallel process")
+        if options.checkpoint is None:
+            start = time.perf_counter()
+            result = trainer.fit(data, workdir=work / "stages", progress=say)
+            timings["train (stages A, B, C and their validation)"] = time.perf_counter() - start
+        return _finish(options, out, say, began, timings, names, members, groups, crops, data, trainer, result,
+                       baseline)
+    finally:
+        if baseline is not None:
+            baseline.close()
+
+
+def _finish(options: BuildOptions, out: Path, say: Callable[[str], None], began: float, timings: dict[str, float],
+            names, members, groups, crops, data, trainer: CrossTrainer, result, baseline) -> dict[str, Any]:
+    """After training: predict every nucleus once, calibrate, score the demo, write and publish."""
+    from nucdata._util.faults import fault_point
+
     start = time.perf_counter()
     predictions = trainer.predict(data.crops)
     timings["predict"] = time.perf_counter() - start
@@ -234,12 +265,6 @@ def _build(options: BuildOptions, out: Path, work: Path, say: Callable[[str], No
             say(f"calibration: {s}: held-out ECE {head['ece_uncalibrated']:.3f} -> {head['ece']:.3f} "
                 f"({head['count']} nuclei)")
 
-    demo_scores = None
-    if options.demo:
-        from nucdata_models.merge.demo_eval import score_demo
-
-        demo_scores = score_demo(data, predictions, trainer, say, filled)
-
     from nucdata._util.atomic import discard, staging_dir, swap_dir
     from nucdata.store import write_marker
     from nucdata_models.merge.report import make_report, render_report, write_reliability_diagrams
@@ -252,6 +277,23 @@ def _build(options: BuildOptions, out: Path, work: Path, say: Callable[[str], No
             rows = slice(int(offsets[d]), int(offsets[d + 1]))
             write_dataset(tmp, member, data, filled, rows, options, say)
             fault_point("build-merged:dataset-written")
+        timings["write pickles, merged columns and overlays"] = time.perf_counter() - start
+        demo_scores = None
+        if options.demo:  # after the writing, which the baseline's parallel process overlaps
+            from nucdata_models.merge.demo_eval import score_demo
+
+            start = time.perf_counter()
+            demo_scores = score_demo(data, predictions, trainer, say, filled, baseline)
+            elapsed = time.perf_counter() - start - baseline.waited
+            if baseline.where.startswith("a parallel"):
+                timings["baseline (in a parallel process, beside the above; not added to the total)"] = \
+                    baseline.seconds
+                timings["wait for the baseline's process"] = baseline.waited
+            else:
+                timings["baseline (own annotations, equal steps)"] = baseline.seconds
+                elapsed -= baseline.seconds
+            timings["score the demo"] = elapsed
+        start = time.perf_counter()
         trainer.save(tmp / "model.pt", extra={"datasets": names, "recipe": options.recipe,
                                                "calibration": calibration.to_dict()})
         calibration_report["diagrams"] = write_reliability_diagrams(tmp, calibration_report["scores"])
@@ -261,9 +303,14 @@ def _build(options: BuildOptions, out: Path, work: Path, say: Callable[[str], No
             mark_flagged(data, data.patch_flags[0])
         report = make_report(options, names, data, result, trainer, timings, demo_scores, groups,
                              calibration=calibration_report)
+        report["output"] = str(out)
         write_shippable(tmp, trainer, members, data, crops, filled, calibration, report, options)
         from nucdata._util.atomic import atomic_write_json, atomic_write_text
 
+        timings["write the model, classifier and diagrams"] = time.perf_counter() - start
+        # the total is taken here, before the report itself is written (milliseconds)
+        timings["total"] = time.perf_counter() - began
+        report["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
         atomic_write_json(tmp / "report.json", report)
         flags_md = ""
         if getattr(data, "patch_flags", None) is not None:
@@ -274,7 +321,6 @@ def _build(options: BuildOptions, out: Path, work: Path, say: Callable[[str], No
             atomic_write_json(tmp / "report.json", report)
         atomic_write_text(tmp / "report.md", render_report(report) + flags_md)
         write_marker(tmp, {"datasets": names, "label_sets": list(data.names), "recipe": options.recipe})
-        timings["write"] = time.perf_counter() - start
         fault_point("build-merged:staged")
         swap_dir(tmp, out, label="build-merged")
     finally:

@@ -11,18 +11,22 @@ optimisation steps as the method's three stages together.
 
 from __future__ import annotations
 
+import os
+import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from nucdata_models.fill import FilledLabels, fill_labels, score_filled
 from nucdata_models.merge.defaults import ALL_DATASETS
 from nucdata_models.merge.splits import TEST, TRAIN
-from nucdata_models.train import STAGES, CrossTrainer, Predictions
+from nucdata_models.train import STAGES, CrossTrainer, Prediction, Predictions, TrainConfig
 
-__all__ = ["baseline_config", "install_demo_world", "score_demo", "truth_labels"]
+__all__ = ["BaselineRun", "baseline_config", "install_demo_world", "score_demo", "truth_labels"]
 
 SCORED_SPLITS = {"held_out": TEST, "training_pool": TRAIN}
 
@@ -86,19 +90,143 @@ def truth_labels(members, truth_by_image: dict[str, dict[str, list]], label_sets
     return {s: world.truth_labels(kinds, s) for s in label_sets}
 
 
-def baseline_config(trainer: CrossTrainer):
+def baseline_config(trainer: CrossTrainer | TrainConfig):
     """The own-dataset baseline: own annotations only, base module only, equal optimisation steps.
 
     Stage A runs for as many epochs as the method's three stages together, over the
     same training pool and batch size, so both take the same number of steps.
+    ``trainer``: the method's trainer, or its configuration.
     """
-    config = trainer.config
+    config = trainer.config if isinstance(trainer, CrossTrainer) else trainer
     return config.replace(mapped_labels="none", outside_head=False,
                           epochs={"A": sum(config.epochs[s] for s in STAGES), "B": 0, "C": 0})
 
 
+def _train_baseline(data, config: TrainConfig, workdir: Path | None) -> Predictions:
+    """Fit the own-dataset baseline on ``data`` and predict every nucleus once (its base module).
+
+    The per-stage scoring of filled labels is off (``score_truth``): :func:`score_demo`
+    scores these one predictions, so no stage predicts every nucleus again.
+    """
+    baseline = CrossTrainer(config.replace(score_truth=False))
+    baseline.fit(data, workdir=workdir)
+    return baseline.predict(data.crops, modules="base")
+
+
+def _baseline_child(conn, data, config: TrainConfig, workdir: Path | None, threads: int) -> None:
+    """The baseline in a child process: sends ``("ok", {set: (label, probability, probs)}, seconds)``
+    (numpy arrays) or ``("error", traceback text, seconds)``."""
+    start = time.perf_counter()
+    try:
+        torch.set_num_threads(threads)
+        preds = _train_baseline(data, config, workdir)
+        payload = {s: (p.label.numpy(), p.probability.numpy(), p.probs.numpy()) for s, p in preds.items()}
+        conn.send(("ok", payload, time.perf_counter() - start))
+    except BaseException:  # noqa: BLE001 - reported to the parent, which trains the baseline itself
+        conn.send(("error", traceback.format_exc(), time.perf_counter() - start))
+    finally:
+        conn.close()
+
+
+def spare_core(config: TrainConfig, cores: int | None = None) -> bool:
+    """Whether a second training process would run on CPU cores that stay idle otherwise.
+
+    On the CPU, when this process's torch threads fill at most half the cores (build-merged
+    runs one thread on two cores, :func:`.defaults.cpu_threads`); never on a GPU.
+    """
+    from nucdata_models.train import resolve_device
+
+    cores = os.cpu_count() if cores is None else cores
+    return resolve_device(config.device).type == "cpu" and 2 * torch.get_num_threads() <= (cores or 1)
+
+
+class BaselineRun:
+    """The demo's own-dataset baseline, trained beside the method.
+
+    It needs only the data and the method's configuration, not the method's model, so
+    when a CPU core would otherwise idle (:func:`spare_core`) it trains in a child process
+    (spawned, the same torch thread count) while the method trains; elsewhere it trains
+    in this process when :meth:`result` is asked. Either way it is the same training (the
+    same seed, data, configuration and thread count) and every nucleus is predicted once.
+
+    Parameters
+    ----------
+    data
+        The training data of the build.
+    config
+        The method's configuration; the baseline's is :func:`baseline_config` of it.
+    workdir
+        Where the baseline's stage checkpoints are kept for a rerun (``None``: nowhere).
+    parallel
+        ``True``: a child process; ``False``: this process; ``None``: a child process
+        when :func:`spare_core` says a core is free.
+    """
+
+    def __init__(self, data, config: TrainConfig, workdir: Path | None = None, parallel: bool | None = None):
+        self.data = data
+        self.config = baseline_config(config)
+        self.workdir = workdir
+        self.parallel = spare_core(config) if parallel is None else parallel
+        self.seconds: float | None = None
+        self.waited: float = 0.0
+        self.where = "this process, after the method"
+        self._process = None
+        self._conn = None
+
+    def start(self) -> BaselineRun:
+        """Start the child process (when parallel); returns ``self``."""
+        if self.parallel and self._process is None:
+            import multiprocessing
+
+            ctx = multiprocessing.get_context("spawn")
+            self._conn, child = ctx.Pipe(duplex=False)
+            self._process = ctx.Process(target=_baseline_child, name="nucdata-baseline", daemon=True,
+                                        args=(child, self.data, self.config, self.workdir, torch.get_num_threads()))
+            self._process.start()
+            child.close()
+        return self
+
+    def result(self, say: Callable[[str], None] = print) -> Predictions:
+        """The baseline's predictions of every nucleus (waits for the child process)."""
+        if self._process is not None:
+            start = time.perf_counter()
+            if self._process.is_alive() and not self._conn.poll():
+                say("demo: waiting for the baseline's process to finish")
+            try:
+                message = self._conn.recv()
+            except EOFError:
+                message = ("error", f"the process exited with code {self._process.exitcode} before sending", 0.0)
+            finally:
+                self.close()
+            self.waited = time.perf_counter() - start
+            status, payload, seconds = message
+            if status == "ok":
+                self.seconds = seconds
+                self.where = "a parallel process, beside the method's training"
+                return {s: Prediction(*(torch.from_numpy(a) for a in arrays)) for s, arrays in payload.items()}
+            say("demo: the baseline's parallel process failed; training it here instead:\n"
+                + str(payload).strip().splitlines()[-1])
+        say("demo: training the baseline (each label set from its own dataset's annotations, equal steps)")
+        start = time.perf_counter()
+        preds = _train_baseline(self.data, self.config, self.workdir)
+        self.seconds = time.perf_counter() - start
+        self.where = "this process, after the method"
+        return preds
+
+    def close(self) -> None:
+        """Stop the child process if it still runs (an interrupted or failed build)."""
+        process, self._process = self._process, None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if process is not None:
+            if process.is_alive():
+                process.terminate()
+            process.join(10)
+
+
 def score_demo(data, predictions: Predictions, trainer: CrossTrainer, say: Callable[[str], None],
-               filled: dict[str, FilledLabels] | None = None) -> dict[str, Any]:
+               filled: dict[str, FilledLabels] | None = None, baseline: BaselineRun | None = None) -> dict[str, Any]:
     """Filled-label metrics of the method and of the own-dataset baseline, held out and in training.
 
     Three rows per label set and split: ``merged`` (the published merged label: mapping
@@ -108,11 +236,10 @@ def score_demo(data, predictions: Predictions, trainer: CrossTrainer, say: Calla
     ``merged`` and ``model`` rows' ``ece`` score; without it, the model's uncalibrated
     probabilities. The calibration of the published probability, per provenance, is
     :func:`nucdata_models.calibration.calibration_scores` (the report's ``calibration``).
+    ``baseline``: a :class:`BaselineRun` already started (``None``: one trained here).
     """
-    say("demo: training the baseline (each label set from its own dataset's annotations, equal steps)")
-    baseline = CrossTrainer(baseline_config(trainer))
-    baseline.fit(data)
-    base_pred = baseline.predict(data.crops, modules="base")
+    run = baseline if baseline is not None else BaselineRun(data, trainer.config, parallel=False)
+    base_pred = run.result(say)
     merged = filled if filled is not None else {
         s.name: fill_labels(predictions[s.name].probs, data.labels[s.name], data.candidates[s.name],
                             data.provenance[s.name], s.size) for s in data.label_sets}
@@ -123,7 +250,8 @@ def score_demo(data, predictions: Predictions, trainer: CrossTrainer, say: Calla
         "baseline": ({k: v.label for k, v in base_pred.items()}, {k: v.probability for k, v in base_pred.items()}),
     }
     scores: dict[str, Any] = {"baseline_steps": "equal: stage A for "
-                              f"{baseline.config.epochs['A']} epochs vs A+B+C {trainer.config.epochs}"}
+                              f"{run.config.epochs['A']} epochs vs A+B+C {trainer.config.epochs}",
+                              "baseline_seconds": round(run.seconds or 0.0, 2), "baseline_ran_in": run.where}
     for where, split in SCORED_SPLITS.items():
         scores[where] = {arm: score_filled(data, labels, conf, split, "class_in_set")
                          for arm, (labels, conf) in rows.items()}

@@ -16,8 +16,35 @@ import numpy as np
 from nucdata_models.data import PROVENANCE_NAMES
 from nucdata_models.train import RECIPE_DIFFERENCES
 
-__all__ = ["CALIBRATION_GROUPS", "make_report", "render_recipe_table", "render_report",
+__all__ = ["CALIBRATION_GROUPS", "GLOSSARY", "make_report", "render_recipe_table", "render_report", "verdict",
            "write_reliability_diagrams"]
+
+#: The words of the report, explained once at its top (term -> meaning).
+GLOSSARY = {
+    "label set": "a vocabulary of nucleus classes (PanNuke's, NuCLS', CoNSeP's, MoNuSAC's); every nucleus gets "
+                 "a label under each",
+    "annotated": "the nucleus's own dataset labelled it in this set's vocabulary (ground truth)",
+    "mapped": "its own dataset labelled it in another vocabulary, and the mapping tables translate that label "
+              "to exactly one class of this set",
+    "ambiguous": "the tables give several candidate classes (e.g. MoNuSAC `epithelial` is PanNuke `neoplastic` "
+                 "or `epithelial`); the model picks among them (published as `ambiguous-resolved`)",
+    "outside": "no class of this set describes the nucleus (e.g. a fibroblast under MoNuSAC); labelled -2",
+    "none / predicted": "nothing is known (Kumar, MoNuSeg, TNBC carry no classes): the model predicts the label",
+    "stages A, B, C": "A: one shared encoder with a head per set, on known labels; B: per set, a correlation "
+                      "module predicting it from the other sets' outputs; C: cross-training with confident "
+                      "pseudo labels; the published prediction is the mean of both modules",
+    "held out": "images of groups (patient, slide, hospital) that no stage trained or validated on",
+    "baseline": "(demo) each set learnt from its own dataset's annotations only, same encoder and number of "
+                "optimisation steps",
+    "accuracy": "share of nuclei whose label is right",
+    "macro F1": "the F1 score (harmonic mean of precision and recall) of each class, averaged with equal "
+                "weight per class, so rare classes count as much as common ones",
+    "weighted F1": "per-class F1 averaged by each class's number of nuclei",
+    "ECE": "expected calibration error: over 15 equal-width bins of the published probability, the mean gap "
+           "between the probability and the share that is right (0 = a probability of 0.8 is right 80 % of "
+           "the time)",
+    "temperature (T)": "the calibration: probabilities are softmax(logits / T), T fitted on the validation split",
+}
 
 
 def _fmt(x: Any) -> str:
@@ -211,15 +238,79 @@ def _render_calibration(cal: dict[str, Any]) -> list[str]:
     return lines
 
 
+def verdict(report: dict[str, Any]) -> str:
+    """The report's first line: how the filled labels did, in one sentence.
+
+    On the demo, the held-out filled labels against the own-dataset baseline per set;
+    on real data (no truth), the method's validation macro F1 per set; with a
+    ``--checkpoint``, the held-out accuracy of the model's own prediction where known.
+    """
+    demo = report.get("demo_truth")
+    if demo:
+        held = demo["held_out"]
+        rows = [(s, held["merged"][s]["macro_f1"], held["baseline"][s]["macro_f1"]) for s in report["label_sets"]]
+        rows = [(s, m, b) for s, m, b in rows if m is not None and b is not None
+                and not (math.isnan(m) or math.isnan(b))]
+        wins = [f"{s} {m:.3f} vs {b:.3f}" for s, m, b in rows if m > b]
+        losses = [f"{s} {m:.3f} vs {b:.3f}" for s, m, b in rows if m <= b]
+        text = (f"**Verdict:** on held-out images, the filled labels' macro F1 beats the own-dataset baseline on "
+                f"{len(wins)} of {len(rows)} label sets")
+        text += f" ({', '.join(wins)})" if wins else ""
+        text += f" and does not on {', '.join(losses)}" if losses else ""
+        return text + " (demo world, one seed)."
+    validation = report.get("validation", {}).get("C")
+    if validation:
+        shown = ", ".join(f"{s} {_fmt(m['macro_f1'])} (n={m['count']:,})" for s, m in validation.items() if m["count"])
+        return (f"**Verdict:** validation macro F1 of the method's prediction on annotated nuclei: {shown or 'none'}; "
+                "filled labels cannot be scored on real data (no truth), see the calibration section.")
+    return ("**Verdict:** labels from the checkpoint given; no training here, so no validation scores "
+            "(see the calibration section for the held-out checks).")
+
+
+def _switch(value: Any) -> str:
+    """A configuration value as prose: ``A 6 / B 4 / C 4``, ``none``, plain words and numbers."""
+    if isinstance(value, dict):
+        return " / ".join(f"{k} {v}" for k, v in value.items())
+    if value is None:
+        return "none"
+    return str(value)
+
+
+def _how_to_open(report: dict[str, Any]) -> list[str]:
+    """The report's last section: a few lines of Python that open this output."""
+    dataset = report["datasets"][0]
+    label_set = report["label_sets"][0]
+    out = report.get("output", "OUT")
+    return ["## How to open this output", "",
+            f"`{out}` is this report's folder (where it was written; use its new path if it moved):", "",
+            "```python",
+            "import nucdata",
+            "",
+            f'ds = nucdata.load("{dataset}", label_set="{label_set}", merged={out!r})  # a torch Dataset',
+            "ds.nuclei[[\"label\", \"probability\", \"source\"]].to_dataframe()  # every nucleus, merged label",
+            "sample = ds[0]  # image, instance map, labels, probabilities, sources",
+            "",
+            f'merged = nucdata.open_merged({out!r})  # the published pickles',
+            f'merged.table("{label_set}", "{dataset}")  # centroid, predicted, probability, ground_truth',
+            "```", "",
+            "`source` says where each label came from (`nucdata.PROVENANCE`); the pickles are "
+            "`<label set>/<dataset>.pkl`, the trained classifier `classifier.safetensors` with "
+            "`classifier.json` (`nucdata classify`, docs/tutorials/classify.md).", ""]
+
+
 def render_report(report: dict[str, Any]) -> str:
-    """The report as markdown."""
+    """The report as markdown: a verdict line, a glossary and the total time first, how to open it last."""
     config = report["config"]
-    lines = ["# Merged dataset report", "",
-             f"Datasets: {', '.join(report['datasets'])}; {report['nuclei']:,} nuclei; label sets "
-             f"{', '.join(report['label_sets'])}; recipe `{report['recipe']}`; encoder `{config['encoder']}`, "
-             f"{report['crop_size']} px crops; device `{report['device']}`.", ""]
-    recipe_rows = [f"`{k}` = {config.get(k)!r}" for k in RECIPE_DIFFERENCES]
-    lines += ["Method switches: " + ", ".join(recipe_rows) + ".", ""]
+    total = report.get("timings_s", {}).get("total")
+    lines = ["# Merged dataset report", "", verdict(report), ""]
+    if total is not None:
+        lines += [f"Total time: {total:,.0f} s on `{report['device']}` (every phase: \"Time\" below).", ""]
+    lines += [f"Datasets: {', '.join(report['datasets'])}; {report['nuclei']:,} nuclei; label sets "
+              f"{', '.join(report['label_sets'])}; recipe `{report['recipe']}`; encoder `{config['encoder']}`, "
+              f"{report['crop_size']} px crops; device `{report['device']}`.", ""]
+    lines += ["Words used below:", ""] + [f"- **{term}**: {meaning}." for term, meaning in GLOSSARY.items()] + [""]
+    recipe_rows = [f"`{k}` {_switch(config.get(k))}" for k in RECIPE_DIFFERENCES]
+    lines += ["Method switches (docs/build-merged.md explains each): " + ", ".join(recipe_rows) + ".", ""]
     sp = report["splits"]
     lines += ["## Splits", "",
               "Grouped so that no patient, slide or hospital is in two splits; held-out images are seen by no "
@@ -288,5 +379,8 @@ def render_report(report: dict[str, Any]) -> str:
         lines.append("")
     if "calibration" in report:
         lines += _render_calibration(report["calibration"])
-    lines += ["## Other timings (s)", ""] + [f"- {k}: {v}" for k, v in report["timings_s"].items()]
+    lines += ["## Time", "", "Wall-clock seconds per phase, in order; the stages' epochs are in \"Time per stage\".",
+              "", "| phase | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:,.1f} |" for k, v in report["timings_s"].items()]
+    lines += [""] + _how_to_open(report)
     return "\n".join(lines) + "\n"
