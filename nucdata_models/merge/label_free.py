@@ -463,12 +463,9 @@ def _shuffled_any(a: np.ndarray, bs: np.ndarray) -> float:
 
 
 def _interval(flips: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> list[float]:
-    """95 % bootstrap interval (over images) of ``sum flips / sum counts``."""
-    if counts.sum() == 0:
+    """95 % bootstrap interval (over images) of ``sum flips / sum counts`` (undefined from one image)."""
+    if counts.sum() == 0 or np.count_nonzero(counts) < 2:  # one image: no spread between images to resample
         return [float("nan"), float("nan")]
-    if len(counts) == 1:
-        rate = float(flips.sum() / counts.sum())
-        return [rate, rate]
     pick = rng.integers(0, len(counts), (BOOTSTRAP, len(counts)))
     n = counts[pick].sum(1)
     rates = np.where(n > 0, flips[pick].sum(1) / np.maximum(n, 1), np.nan)
@@ -527,14 +524,16 @@ def label_free_checks(classifier, images: Any, references: Any = None, *, checks
     -------
     dict
         Plain JSON types (strict: an undefined rate is ``None``): ``schema``, ``classifier`` (path, crop size, µm/px, label sets),
-        ``datasets`` (images, nuclei and µm/px per dataset), ``references`` (the fitted
+        ``datasets`` (per dataset: images, nuclei, µm/px and where it came from, and the
+        unperturbed published labels' counts per label set and class), ``references`` (the fitted
         stains), ``skipped`` (perturbations that could not be made, with the reason) and
         ``checks``: per check its ``description``, ``perturbations`` and ``rows``, one per
         dataset (and ``"all"`` when there are several), label set and perturbation (and
         ``"any"``: the label changes under at least one of the check's perturbations),
         each with ``nuclei``, ``flips``, ``flip_rate``, ``flip_95`` (bootstrap over
-        images), ``shuffled`` (the baseline), ``ratio`` and ``lost`` (nuclei gone after
-        resampling). :func:`render_label_free` writes it as Markdown.
+        images; ``None`` from a single image), ``shuffled`` (the baseline), ``ratio``
+        and ``lost`` (nuclei gone after resampling). :func:`render_label_free` writes it
+        as Markdown.
 
     Raises
     ------
@@ -575,6 +574,10 @@ def label_free_checks(classifier, images: Any, references: Any = None, *, checks
         info["nuclei"] += len(ids)
         info["mpp"].append(float(image.mpp))
         info["mpp_source"].append(image.mpp_source)
+        counts = info.setdefault("labels", {s: {} for s in sets})
+        for s in sets:
+            for code, k in zip(*np.unique(base[s], return_counts=True), strict=True):
+                counts[s][int(code)] = counts[s].get(int(code), 0) + int(k)
         say(f"{image.dataset}/{image.name}: {len(ids)} nuclei")
         if not len(ids):
             continue
@@ -626,12 +629,22 @@ def label_free_checks(classifier, images: Any, references: Any = None, *, checks
                        "crop_size": int(classifier.crop_size), "mpp": classifier.mpp, "label_sets": sets},
         "datasets": {d: {"images": v["images"], "nuclei": v["nuclei"],
                          "mpp": sorted({round(m, 4) for m in v["mpp"]}),
-                         "mpp_source": sorted(set(v["mpp_source"]))} for d, v in datasets.items()},
+                         "mpp_source": sorted(set(v["mpp_source"])),
+                         "labels": _label_counts(classifier, v.get("labels", {}))} for d, v in datasets.items()},
         "references": {n: {"images": int(v["images"]), **{m: v[m].to_dict() for m in methods}}
                        for n, v in refs.items()},
         "skipped": skipped,
         "checks": result_checks,
     })
+
+
+def _label_counts(classifier, counts: Mapping[str, Mapping[int, int]]) -> dict[str, dict[str, int]]:
+    """Per label set, the unperturbed published labels' counts by class name (``outside`` for -2)."""
+    out = {}
+    for spec in classifier.label_sets:
+        got = counts.get(spec.name, {})
+        out[spec.name] = {("outside" if code == -2 else spec.class_names[code]): int(got[code]) for code in sorted(got)}
+    return out
 
 
 def _plain(value: Any) -> Any:
@@ -679,6 +692,11 @@ def _pct(v: float | None) -> str:
     return "–" if v is None or not np.isfinite(v) else f"{100 * v:.1f}"
 
 
+def _ci(pair) -> str:
+    lo, hi = pair
+    return "–" if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)) else f"{_pct(lo)}–{_pct(hi)}"
+
+
 def render_label_free(result: Mapping[str, Any], detail: bool = False) -> str:
     """The result of :func:`label_free_checks` as Markdown: the inputs, then a table per check.
 
@@ -701,6 +719,14 @@ def render_label_free(result: Mapping[str, Any], detail: bool = False) -> str:
     for d, v in result.get("datasets", {}).items():
         lines.append(f"| {d} | {v['images']} | {v['nuclei']} | {', '.join(f'{m:g}' for m in v['mpp'])} | "
                      f"{', '.join(v['mpp_source'])} |")
+    marginals = [(d, name, counts) for d, v in result.get("datasets", {}).items()
+                 for name, counts in (v.get("labels") or {}).items() if counts]
+    if marginals:
+        lines += ["", "Unperturbed published labels (share %):", "", "| dataset | label set | labels |", "|---|---|---|"]
+        for d, name, counts in marginals:
+            total = sum(counts.values())
+            shares = ", ".join(f"{c} {100 * k / total:.0f}" for c, k in sorted(counts.items(), key=lambda x: -x[1]))
+            lines.append(f"| {d} | {name} | {shares} |")
     refs = result.get("references") or {}
     if refs:
         lines += ["", "Reference stains: " + "; ".join(f"{n} ({v['images']} images)" for n, v in refs.items()) + "."]
@@ -715,10 +741,9 @@ def render_label_free(result: Mapping[str, Any], detail: bool = False) -> str:
             lines += ["| dataset | label set | perturbation | nuclei | flip % | 95 % | shuffled % | ratio | lost |",
                       "|---|---|---|---:|---:|---|---:|---:|---:|"]
             for r in rows:
-                lo, hi = r["flip_95"]
                 ratio = "–" if r["ratio"] is None or not np.isfinite(r["ratio"]) else f"{r['ratio']:.2f}"
                 lines.append(f"| {r['dataset']} | {r['label_set']} | {r['perturbation']} | {r['nuclei']} | "
-                             f"{_pct(r['flip_rate'])} | {_pct(lo)}–{_pct(hi)} | {_pct(r['shuffled'])} | {ratio} | "
+                             f"{_pct(r['flip_rate'])} | {_ci(r['flip_95'])} | {_pct(r['shuffled'])} | {ratio} | "
                              f"{r['lost']} |")
             continue
         perts = list(block["perturbations"])
@@ -735,8 +760,7 @@ def render_label_free(result: Mapping[str, Any], detail: bool = False) -> str:
             cells += [f"{_pct(by[p]['flip_rate'])} / {_pct(by[p]['shuffled'])}" if p in by else "–" for p in perts]
             if has_any:
                 a = by.get("any")
-                cells += [f"{_pct(a['flip_rate'])} / {_pct(a['shuffled'])}", f"{_pct(a['flip_95'][0])}–"
-                          f"{_pct(a['flip_95'][1])}"] if a else ["–", "–"]
+                cells += [f"{_pct(a['flip_rate'])} / {_pct(a['shuffled'])}", _ci(a["flip_95"])] if a else ["–", "–"]
             lines.append("| " + " | ".join(cells) + " |")
         lost = sum(r["lost"] for r in rows if r["perturbation"] != "any")
         if lost:

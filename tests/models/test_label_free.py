@@ -138,6 +138,8 @@ def test_the_shuffled_baseline_is_one_minus_the_sum_of_squared_label_frequencies
             _, counts = np.unique(labels[s], return_counts=True)
             p = counts / counts.sum()
             expected = 1.0 - float(np.sum(p * p))
+            published = result["datasets"][dataset]["labels"][s]
+            assert sorted(published.values()) == sorted(counts.tolist())
             for r in _rows(result, "dihedral", dataset=dataset):
                 if r["label_set"] == s and r["perturbation"] != "any":
                     # 1 - sum p q, and the perturbed frequencies q stay close to p when few labels flip
@@ -158,6 +160,7 @@ def test_normalising_an_image_to_its_own_stain_flips_nothing(clf, images):
     rows = result["checks"]["stain"]["rows"]
     assert {r["perturbation"] for r in rows} == {"reinhard:itself", "macenko:itself", "any"}
     assert all(r["flips"] == 0 and r["nuclei"] == int(np.unique(inst[inst > 0]).size) for r in rows), rows
+    assert all(r["flip_95"] == [None, None] for r in rows)  # one image: no interval over images
     assert result["references"]["itself"]["macenko"]["method"] == "macenko"
 
 
