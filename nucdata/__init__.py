@@ -65,6 +65,7 @@ _LAZY = {
     # views
     "CropDataset": "nucdata.views", "crop_loader": "nucdata.views", "TileDataset": "nucdata.views",
     "tile_loader": "nucdata.views", "collate": "nucdata.views",
+    "NucleusLoaders": "nucdata.views", "NucleusDataModule": "nucdata.views",
     "PatchLabels": "nucdata.views", "derive_patch_labels": "nucdata.views",
     # acquiring
     "fetch": "nucdata.acquire", "prepare": "nucdata.acquire", "verify": "nucdata.acquire",
@@ -120,6 +121,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the names as if imported eagerl
     from nucdata.store import PROVENANCE, MergedData, Store, open_merged
     from nucdata.views import (
         CropDataset,
+        NucleusDataModule,
+        NucleusLoaders,
         PatchLabels,
         TileDataset,
         collate,

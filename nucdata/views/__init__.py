@@ -8,6 +8,7 @@ batches per worker, reusable shared-memory slots allocated with public torch API
 """
 
 from nucdata.views._crops import CropBank, CropDataset, build_bank, crop_loader, crops_of, cut_image, place_windows
+from nucdata.views._lightning import NucleusDataModule, NucleusLoaders
 from nucdata.views._loaders import collate
 from nucdata.views._overlay import outline_mask, plot_sample
 from nucdata.views._overlay import render as render_overlay
@@ -37,7 +38,7 @@ __all__ = [
     "PatchDataset", "PatchLabels", "derive_patch_labels", "parse_flag_name", "patch_labels_from_names",
     "read_patch_csv", "read_patch_labels", "tissue_mapping",
     "BoundaryTargets", "CropBank", "CropDataset", "DistanceTargets", "HoVerNetTargets",
-    "TileDataset", "axis_weights", "boundary_map", "build_bank", "collate", "compose", "crop_loader", "crops_of",
+    "NucleusDataModule", "NucleusLoaders", "TileDataset", "axis_weights", "boundary_map", "build_bank", "collate", "compose", "crop_loader", "crops_of",
     "cut_image", "output_length", "place_windows",
     "distance_map", "hv_maps", "outline_mask", "plot_sample", "render_overlay", "image_scales", "resample_image", "store_scales", "tile_loader", "tiles_of",
 ]
