@@ -32,6 +32,7 @@ _LAZY = {
     "VALIDATION": "nucdata_models.merge.splits",
     "SetResult": "nucdata_models.merge.classify",
     "annotation_columns": "nucdata_models.merge.classify",
+    "BaselineRun": "nucdata_models.merge.demo_eval",
     "baseline_config": "nucdata_models.merge.demo_eval",
     "classify_paths": "nucdata_models.merge.slides",
     "build_merged": "nucdata_models.merge.build",
