@@ -47,6 +47,11 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except NucdataError as exc:
             _fail(exc)
+        except KeyboardInterrupt:
+            click.secho("\ninterrupted: nothing half-written was published, and what was finished is kept "
+                        "(downloads, build-merged's stages, classify's parts); run the same command again to "
+                        "carry on.", fg="yellow", err=True)
+            sys.exit(130)
 
 
 class _Folder(click.Path):

@@ -90,3 +90,15 @@ def test_demo_archives_are_reproducible(tmp_path):
     name = "MoNuSeg 2018 Training Data.zip"
     digests = {hashlib.sha256((tmp_path / h / "manual" / name).read_bytes()).hexdigest() for h in "ab"}
     assert len(digests) == 1
+
+
+def test_ctrl_c_says_a_rerun_carries_on(home, monkeypatch):
+    import nucdata.catalog
+
+    def interrupted(*names, root=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nucdata.catalog, "cite", interrupted)
+    result = CliRunner().invoke(main, ["cite", "tnbc"])
+    assert result.exit_code == 130 and "run the same command again" in result.output
+    assert "Traceback" not in result.output
