@@ -8,8 +8,9 @@ every label set as :class:`~nucdata_models.merge.Classifier` does (crops cut exa
 after each perturbation, and counts how often the label changes (a *flip*):
 
 * ``dihedral``: the 7 non-trivial flips and rotations of each crop (the dihedral group of
-  the square; the crop is turned with its mask channel). The model was trained with
-  flips and rotations, so these should barely flip anything.
+  the square; the crop is turned with its mask channel, as the training augmentation
+  turns it: for an even crop side the centre pixel moves by one). A model trained with
+  flips and rotations should barely flip anything.
 * ``rescale``: the whole image resampled by 0.9 and by 1.1 (bilinear with anti-aliasing
   for the RGB, nearest for the instance map), the same nuclei (matched by instance id;
   a nucleus that vanishes at 0.9x is counted as ``lost``) cut again at the image's stated
@@ -24,8 +25,10 @@ Beside each flip rate stands its **shuffled** baseline: the flip rate expected i
 perturbed labels were shuffled among the nuclei, ``1 - sum_c p_c q_c`` with ``p`` the
 unperturbed labels' class frequencies and ``q`` the perturbed ones' (``1 - sum_c p_c²``
 when the perturbation leaves the frequencies alone). It is what the label marginals alone
-give; a flip rate is read against it (``ratio``: flip rate / shuffled). The outside label
-(-2) counts as a class. Flip rates carry a 95 % interval from a bootstrap over images
+give; a flip rate is read against it (``ratio``: flip rate / shuffled). Labels are shuffled
+within a dataset (the pooled ``all`` row's baseline is the nucleus-weighted mean of the
+datasets', so that datasets with different label mixes do not inflate it). The outside
+label (-2) counts as a class. Flip rates carry a 95 % interval from a bootstrap over images
 (nuclei of one image are not independent).
 
 :func:`render_label_free` writes the result as Markdown, one table per check; the result
@@ -473,18 +476,32 @@ def _interval(flips: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -
     return [float(lo), float(hi)]
 
 
-def _row(dataset: str, label_set: str, perturbation: str, parts: list[tuple[np.ndarray, np.ndarray]],
+def _weighted(values: Sequence[float], weights: Sequence[int]) -> float:
+    """The ``weights``-weighted mean of per-stratum ``values`` (NaN without weight)."""
+    total = float(np.sum(weights))
+    if total <= 0:
+        return float("nan")
+    return float(np.sum(np.asarray(values, np.float64) * np.asarray(weights, np.float64)) / total)
+
+
+def _row(dataset: str, label_set: str, perturbation: str, parts: list[tuple[str, np.ndarray, np.ndarray]],
          rng: np.random.Generator, lost: int = 0, shuffled: float | None = None) -> dict[str, Any]:
-    a = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
-    b = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
-    flips = np.array([int((x != y).sum()) for x, y in parts], np.int64)
-    counts = np.array([len(x) for x, _ in parts], np.int64)
+    """One table row from per-image ``(dataset, unperturbed, perturbed)`` labels; the baseline
+    shuffles within each dataset (the pooled row's is the nucleus-weighted mean of theirs)."""
+    flips = np.array([int((x != y).sum()) for _, x, y in parts], np.int64)
+    counts = np.array([len(x) for _, x, _ in parts], np.int64)
     n = int(counts.sum())
     rate = float(flips.sum() / n) if n else float("nan")
-    base = _shuffled(a, b) if shuffled is None else shuffled
+    if shuffled is None:
+        strata = sorted({d for d, _, _ in parts})
+        per = [(_shuffled(np.concatenate([x for d, x, _ in parts if d == k]),
+                          np.concatenate([y for d, _, y in parts if d == k])),
+                sum(len(x) for d, x, _ in parts if d == k)) for k in strata]
+        shuffled = _weighted([v for v, _ in per], [w for _, w in per]) if per else float("nan")
     return {"dataset": dataset, "label_set": label_set, "perturbation": perturbation, "nuclei": n,
             "flips": int(flips.sum()), "flip_rate": rate, "flip_95": _interval(flips, counts, rng),
-            "shuffled": base, "ratio": rate / base if n and base > 0 else float("nan"), "lost": int(lost)}
+            "shuffled": shuffled, "ratio": rate / shuffled if n and shuffled > 0 else float("nan"),
+            "lost": int(lost)}
 
 
 # -- the checks ------------------------------------------------------------------------------------
@@ -616,7 +633,7 @@ def label_free_checks(classifier, images: Any, references: Any = None, *, checks
             for group in groups:
                 chosen = [v for v in per_image.values() if group == "all" or v[0] == group]
                 for pert in perturbations[check]:
-                    parts = [(a[r], b) for _, a, got in chosen if pert in got for r, b in [got[pert]]]
+                    parts = [(d, a[r], b) for d, a, got in chosen if pert in got for r, b in [got[pert]]]
                     gone = sum(len(a) - len(got[pert][0]) for _, a, got in chosen if pert in got)
                     rows_out.append(_row(group, s, pert, parts, rng, gone))
                 if len(perturbations[check]) > 1:
@@ -662,8 +679,8 @@ def _plain(value: Any) -> Any:
 
 def _any_row(group: str, s: str, perts: list[str], chosen, rng: np.random.Generator) -> dict[str, Any]:
     """Per image, the nuclei found under every perturbation: is the label changed by at least one?"""
-    parts, all_a, all_b = [], [], []
-    for _, a, got in chosen:
+    parts, pooled = [], {}
+    for d, a, got in chosen:
         if any(p not in got for p in perts):
             continue
         keep = np.arange(len(a))
@@ -673,10 +690,11 @@ def _any_row(group: str, s: str, perts: list[str], chosen, rng: np.random.Genera
             continue
         bs = np.stack([got[p][1][np.searchsorted(got[p][0], keep)] for p in perts])
         changed = (bs != a[keep]).any(0)
-        parts.append((np.zeros(len(keep), np.int64), changed.astype(np.int64)))
-        all_a.append(a[keep])
-        all_b.append(bs)
-    shuffled = _shuffled_any(np.concatenate(all_a), np.concatenate(all_b, 1)) if all_a else float("nan")
+        parts.append((d, np.zeros(len(keep), np.int64), changed.astype(np.int64)))
+        pooled.setdefault(d, []).append((a[keep], bs))
+    per = [(_shuffled_any(np.concatenate([x for x, _ in v]), np.concatenate([y for _, y in v], 1)),
+            sum(len(x) for x, _ in v)) for v in pooled.values()]
+    shuffled = _weighted([v for v, _ in per], [w for _, w in per]) if per else float("nan")
     return _row(group, s, "any", parts, rng, 0, shuffled)
 
 
@@ -731,8 +749,8 @@ def render_label_free(result: Mapping[str, Any], detail: bool = False) -> str:
     if refs:
         lines += ["", "Reference stains: " + "; ".join(f"{n} ({v['images']} images)" for n, v in refs.items()) + "."]
     lines += ["", "A flip: the published label differs from the unperturbed image's. Shuffled: the flip rate if "
-              "the perturbed labels were shuffled among the nuclei (1 − Σ p_c q_c, from the label frequencies "
-              "alone). `any`: the label changes under at least one of the check's perturbations. Intervals: 95 % "
+              "the perturbed labels were shuffled among the nuclei of a dataset (1 − Σ p_c q_c, from the label "
+              "frequencies alone; for `all`, the datasets' mean weighted by nuclei). `any`: the label changes under at least one of the check's perturbations. Intervals: 95 % "
               "bootstrap over images."]
     for check, block in result.get("checks", {}).items():
         lines += ["", f"### {check}", "", f"{block['description'][0].upper()}{block['description'][1:]}.", ""]

@@ -147,6 +147,19 @@ def test_the_shuffled_baseline_is_one_minus_the_sum_of_squared_label_frequencies
                     assert r["nuclei"] == len(labels[s])
 
 
+def test_the_pooled_baseline_shuffles_within_each_dataset(clf, images):
+    result = label_free_checks(clf, images, checks=("dihedral",))
+    by = {(r["dataset"], r["label_set"], r["perturbation"]): r for r in result["checks"]["dihedral"]["rows"]}
+    for s in SETS:
+        for pert in (*DIHEDRAL, "any"):
+            parts = [by[(d, s, pert)] for d in ("consep", "monuseg")]
+            pooled = by[("all", s, pert)]
+            assert pooled["nuclei"] == sum(r["nuclei"] for r in parts)
+            assert pooled["flips"] == sum(r["flips"] for r in parts)
+            expected = sum(r["shuffled"] * r["nuclei"] for r in parts) / pooled["nuclei"]
+            assert pooled["shuffled"] == pytest.approx(expected, abs=1e-12)
+
+
 def test_normalising_an_image_to_its_own_stain_flips_nothing(clf, images):
     # An H&E image rendered from known stains (Beer-Lambert), nuclei from a demo instance map.
     inst = images[0].instances
