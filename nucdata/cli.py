@@ -82,14 +82,27 @@ def main() -> None:
 @main.command("list")
 @root_option
 def list_cmd(root: Path | None) -> None:
-    """List the datasets and whether each is prepared."""
-    from nucdata.acquire import is_prepared
-
+    """List the datasets and whether each is prepared ("demo": from generated demo archives, not the real data)."""
     click.echo(f"{'dataset':10s} {'state':9s} {'licence':18s} title")
     for name in list_datasets():
         card = get_card(name, root)
-        state = "prepared" if is_prepared(name, root) else "-"
-        click.echo(f"{name:10s} {state:9s} {card.licence:18s} {card.title}")
+        click.echo(f"{name:10s} {_state(name, root):9s} {card.licence:18s} {card.title}")
+
+
+def _state(name: str, root: Path | None) -> str:
+    """``prepared``, ``demo`` (a store made from the generated demo archives) or ``-``."""
+    from nucdata.acquire import is_prepared, store_path
+    from nucdata.testing import DEMO_HASH_SOURCE
+
+    if not is_prepared(name, root):
+        return "-"
+    try:
+        manifest = json.loads((store_path(name, root) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "prepared"
+    files = manifest.get("source", {}).get("files", []) if isinstance(manifest, dict) else []
+    demo = bool(files) and all(isinstance(f, dict) and f.get("hash_source") == DEMO_HASH_SOURCE for f in files)
+    return "demo" if demo else "prepared"
 
 
 @main.command()

@@ -102,3 +102,10 @@ def test_ctrl_c_says_a_rerun_carries_on(home, monkeypatch):
     result = CliRunner().invoke(main, ["cite", "tnbc"])
     assert result.exit_code == 130 and "run the same command again" in result.output
     assert "Traceback" not in result.output
+
+
+def test_list_tells_demo_stores_from_real_ones(home):
+    install("tnbc", home)
+    assert CliRunner().invoke(main, ["prepare", "tnbc", "--quiet"]).exit_code == 0
+    rows = {line.split()[0]: line.split()[1] for line in CliRunner().invoke(main, ["list"]).output.splitlines()[1:]}
+    assert rows["tnbc"] == "demo" and rows["consep"] == "-"
