@@ -304,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             if not np.isfinite(mpp).any():
                 import nucdata
 
-                assume = nucdata.get_card(ds.name).mpp_default
+                assume = nucdata.get_card(ds.name).extra.get("mpp_default")
             print(f"{world}: {ds!r} prepared in {time.perf_counter() - start:.0f} s", flush=True)
             results["flag_statistics"][world] = flag_statistics(ds, FLAG_SIZES[world])
             results["worlds"][world] = run_world(world, ds, config, seeds, assume, lambda m: print(m, flush=True))
