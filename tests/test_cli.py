@@ -109,3 +109,13 @@ def test_list_tells_demo_stores_from_real_ones(home):
     assert CliRunner().invoke(main, ["prepare", "tnbc", "--quiet"]).exit_code == 0
     rows = {line.split()[0]: line.split()[1] for line in CliRunner().invoke(main, ["list"]).output.splitlines()[1:]}
     assert rows["tnbc"] == "demo" and rows["consep"] == "-"
+
+
+def test_the_demo_lists_what_was_dropped_without_zeros(home):
+    from nucdata.testing import run_demo
+
+    lines: list[str] = []
+    run_demo(datasets=["nucls"], echo=lines.append)
+    [line] = [x for x in lines if "dropped" in x]
+    assert "dropped: nothing; kept and counted: boxes without mask" in line, line
+    assert " 0" not in line and "_" not in line.partition("images;")[2]

@@ -50,6 +50,18 @@ def real_data(name: str, home: Path) -> list[str]:
     return found
 
 
+def _dropped_line(dropped: dict[str, int]) -> str:
+    """The conversion report's counts in words: what was dropped, then what was kept and counted; no zeros."""
+    def words(items: list[tuple[str, int]]) -> str:
+        return ", ".join(f"{key.replace('_', ' ')} {count:,}" for key, count in items)
+
+    dropped_items = [(k, int(v)) for k, v in sorted(dropped.items()) if v and "kept" not in k]
+    kept_items = [(k.replace("_kept", "").replace("kept_", ""), int(v)) for k, v in sorted(dropped.items())
+                  if v and "kept" in k]
+    line = f"dropped: {words(dropped_items) or 'nothing'}"
+    return line + (f"; kept and counted: {words(kept_items)}" if kept_items else "")
+
+
 def run_demo(
     root: str | os.PathLike[str] | None = None,
     seed: int = 0,
@@ -114,7 +126,7 @@ def run_demo(
                 f"id {sample['image_id']!r}"
             )
             manifest = ds.manifest
-            echo(f"   counts {manifest['counts']['images']} images; dropped {manifest['dropped']}")
+            echo(f"   counts {manifest['counts']['images']} images; {_dropped_line(manifest['dropped'])}")
             results[name] = {"store": str(path), "images": len(ds), "nuclei": int(ds.nuclei.sizes["nucleus"]),
                              "seconds": round(seconds, 2)}
         echo("\nsummary:")
