@@ -405,10 +405,16 @@ def _rescaled(image: LabelFreeImage, factor: float) -> LabelFreeImage:
     return LabelFreeImage(image.name, rgb, instances, image.mpp, image.dataset, centroids, image.mpp_source)
 
 
-def _normalised(image: LabelFreeImage, method: str, target) -> LabelFreeImage:
-    from nucdata_models.stain import macenko, reinhard
+def _normalised(image: LabelFreeImage, method: str, target, own: dict[Any, Any]) -> LabelFreeImage:
+    """``image`` normalised to ``target`` by ``method``; ``own`` caches the image's own fitted stains."""
+    from nucdata_models.stain import fit_macenko, fit_reinhard, macenko, reinhard
 
-    rgb = reinhard(image.rgb, target) if method == "reinhard" else macenko(image.rgb, target)
+    key = method if method == "reinhard" else (method, target.io, target.beta, target.alpha)
+    if key not in own:
+        own[key] = fit_reinhard(image.rgb) if method == "reinhard" else fit_macenko(
+            image.rgb, target.io, target.beta, target.alpha)
+    source = own[key]
+    rgb = reinhard(image.rgb, target, source) if method == "reinhard" else macenko(image.rgb, target, source)
     return LabelFreeImage(image.name, rgb, image.instances, image.mpp, image.dataset, image.centroids,
                           image.mpp_source)
 
@@ -598,6 +604,7 @@ def label_free_checks(classifier, images: Any, references: Any = None, *, checks
         say(f"{image.dataset}/{image.name}: {len(ids)} nuclei")
         if not len(ids):
             continue
+        own: dict[Any, Any] = {}  # the image's own stains, fitted once
         for check in checks:
             for s in sets:
                 found.setdefault((check, s), {})[index] = (image.dataset, base[s], {})
@@ -610,7 +617,7 @@ def label_free_checks(classifier, images: Any, references: Any = None, *, checks
                     else:
                         method, ref = pert.split(":", 1)
                         try:
-                            changed = _normalised(image, method, refs[ref][method])
+                            changed = _normalised(image, method, refs[ref][method], own)
                         except InvalidArgumentError as exc:  # e.g. an image with no stained pixels
                             skipped.append({"dataset": image.dataset, "image": image.name, "check": check,
                                             "perturbation": pert, "reason": str(exc)})
