@@ -11,8 +11,8 @@ after each perturbation, and counts how often the label changes (a *flip*):
   the square; the crop is turned with its mask channel, as the training augmentation
   turns it: for an even crop side the centre pixel moves by one). A model trained with
   flips and rotations should barely flip anything.
-* ``rescale``: the whole image resampled by 0.9 and by 1.1 (bilinear with anti-aliasing
-  for the RGB, nearest for the instance map), the same nuclei (matched by instance id;
+* ``rescale``: the whole image resampled by 0.9 and by 1.1 (bilinear for the RGB,
+  anti-aliased when shrinking; nearest for the instance map; points scaled), the same nuclei (matched by instance id;
   a nucleus that vanishes at 0.9x is counted as ``lost``) cut again at the image's stated
   µm/px, so the nuclei are 10 % smaller or larger than the model expects: an error of
   ±10 % in a scanner's stated µm/px.
@@ -37,7 +37,8 @@ shared real sample files' layouts (``monuseg/``, ``tnbc/``, ``crchisto/``).
 
 Examples
 --------
->>> from nucdata_models.merge import Classifier, label_free_checks, real_images, real_references
+>>> from nucdata_models.merge import (Classifier, label_free_checks, real_images, real_references,
+...                                    render_label_free)
 >>> clf = Classifier.from_pretrained("merged/")                                    # doctest: +SKIP
 >>> images = real_images("realdata/monuseg", "monuseg") + real_images("realdata/tnbc", "tnbc")  # doctest: +SKIP
 >>> result = label_free_checks(clf, images, references=real_references("realdata"))  # doctest: +SKIP
