@@ -1,4 +1,7 @@
-"""The documentation: every relative link resolves, the training tutorial runs, the dataset tables are the cards'."""
+"""The documentation: every relative link resolves, the dataset tables are the cards'.
+
+That every snippet runs as written is tests/test_docs_snippets.py.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,6 @@ import re
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
-from helpers import demo_home
-
-from nucdata.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -67,43 +66,6 @@ def test_no_reference_to_files_outside_the_repository():
 
 def _python_blocks(path: Path) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", path.read_text(encoding="utf-8"), re.MULTILINE | re.DOTALL)
-
-
-@pytest.fixture(scope="module")
-def tutorial_home(tmp_path_factory):
-    """A demo data home with the tutorial's datasets, and a small merged output beside it."""
-    base = tmp_path_factory.mktemp("tutorial")
-    with demo_home(base / "home", ("pannuke", "consep", "monusac", "tnbc")):
-        result = CliRunner().invoke(main, [
-            "build-merged", "--out", str(base / "merged"), "--datasets", "monusac,tnbc",
-            "--epochs", "1,0,0", "--crop-size", "16", "--batch-size", "64", "--overlays", "0",
-            "--device", "cpu", "--quiet",
-        ])
-        assert result.exit_code == 0, result.output
-    return base
-
-
-def test_training_tutorial_runs(tutorial_home, monkeypatch, capsys):
-    import torch
-
-    monkeypatch.setenv("NUCDATA_HOME", str(tutorial_home / "home"))
-    monkeypatch.chdir(tutorial_home)  # the tutorial reads merged="merged/"
-    blocks = _python_blocks(ROOT / "docs" / "tutorials" / "training.md")
-    assert len(blocks) >= 5
-    namespace: dict = {}
-    threads = torch.get_num_threads()
-    try:
-        for i, block in enumerate(blocks):
-            exec(compile(block, f"training.md block {i + 1}", "exec"), namespace)
-    finally:
-        torch.set_num_threads(threads)
-    out = capsys.readouterr().out
-    assert "epoch 4: loss" in out and "accuracy on" in out and "TNBC:" in out
-    # The loss is over candidate sets: every kept target is a non-empty bitmask within the set.
-    targets = namespace["targets"]
-    assert (targets > 0).all() and (targets < (1 << len(namespace["classes"]))).all()
-    assert namespace["pixels"].shape[0] == targets.shape[0]
-    assert namespace["predicted"].shape == (len(namespace["test_crops"]),)
 
 
 def test_the_dataset_tables_are_generated_from_the_cards():

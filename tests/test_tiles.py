@@ -253,29 +253,6 @@ def test_crops_at_an_mpp(store):
     assert half.banks[0].manifest["mpp"] == 0.5
 
 
-def test_segmentation_tutorial_runs(tmp_path, monkeypatch, capsys):
-    """Every ```python block of docs/tutorials/segmentation.md, in order, on demo data."""
-    import re
-    from pathlib import Path
-
-    from nucdata.testing import install
-
-    home = tmp_path / "home"
-    monkeypatch.setenv("NUCDATA_HOME", str(home))
-    for name in ("consep", "monusac"):
-        install(name, home)
-        nucdata.prepare(name)
-    page = Path(__file__).resolve().parents[1] / "docs" / "tutorials" / "segmentation.md"
-    blocks = re.findall(r"^```python\n(.*?)^```", page.read_text(encoding="utf-8"), re.MULTILINE | re.DOTALL)
-    assert len(blocks) >= 4
-    namespace: dict = {"__name__": "tutorial"}
-    for block in blocks:
-        exec(compile(block, str(page), "exec"), namespace)  # noqa: S102 - our own documentation
-    assert np.mean(namespace["losses"][-4:]) < np.mean(namespace["losses"][:4])
-    assert namespace["masks"].shape[1:] == (64, 64, 6)
-    assert "loss" in capsys.readouterr().out
-
-
 def test_tile_loader_with_workers_matches_in_process(store):
     """Workers stack into reused shared-memory slots; held batches stay intact, epochs reach workers."""
     ds = NucleusDataset(store, "train", "pannuke")
