@@ -33,6 +33,12 @@ class SmallCNN(nn.Module):
         self.out_features = c
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.dim() == 4:
+            # Channels-last on the CPU: oneDNN's convolutions and pooling take it without
+            # reordering. Measured on two shared cores, one thread, batch 128 of 32 px crops
+            # (benchmarks/encoder_layout.py): training steps 1.4-1.6x, inference 2-3x faster;
+            # the same weights and outputs to float rounding (~1e-6).
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.features(x)
 
 
