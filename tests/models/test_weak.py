@@ -167,3 +167,31 @@ def test_the_train_weak_command_on_a_demo_dataset(tmp_path):
     assert len(rows) == summary["nuclei"] + 1
     again = CliRunner().invoke(main, ["train-weak", "consep", "--out", str(out), "--root", str(home)])
     assert again.exit_code == 2 and "not an empty folder" in again.output
+
+
+def test_points_only_stores_get_discs_of_the_typical_radius(tmp_path):
+    import nucdata
+    from nucdata.testing import install
+    from nucdata_models.merge.weak_data import typical_radius, weak_patch_data
+
+    home = tmp_path / "home"
+    install("crchisto", home)
+    nucdata.prepare("crchisto", root=home, download=False)
+    ds = nucdata.load("crchisto", root=home, label_set="crchisto")
+    assert not np.isfinite(np.asarray(ds.store.column("images", "mpp"), np.float64)).any()
+    with pytest.raises(InvalidArgumentError, match="assume_mpp"):
+        typical_radius(ds)
+    radius, why = typical_radius(ds, 4.0, assume_mpp=0.5)
+    assert radius == pytest.approx(8.0) and "0.5" in why
+    data = weak_patch_data(ds, 64, assume_mpp=0.5, crop_size=None)
+    assert len(data) == ds.store.n_nuclei  # every point lies in exactly one grid patch
+    assert (data.nucleus_instance == 0).all() and torch.allclose(data.radius_px, torch.full((len(data),), 8.0))
+    labels = np.asarray(ds.labels)
+    for p in range(data.patches.shape[0]):  # derived flags are the classes of the patch's labelled nuclei
+        own = data.labels[data.nucleus_patch == p]
+        assert set(torch.nonzero(data.flags[p]).flatten().tolist()) == set(own[own >= 0].tolist())
+    assert (data.labels.numpy() >= 0).sum() == (labels >= 0).sum()
+    pseudo = nucleus_pseudo_labels(PatchClassifier("small", len(data.class_names)).eval(), data, WeakConfig())
+    flagged = data.flags[data.nucleus_patch].bool()
+    has = pseudo[:, 0] >= 0
+    assert has.any() and flagged[has].gather(1, pseudo[has]).all()
