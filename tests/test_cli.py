@@ -119,3 +119,16 @@ def test_the_demo_lists_what_was_dropped_without_zeros(home):
     [line] = [x for x in lines if "dropped" in x]
     assert "dropped: nothing; kept and counted: boxes without mask" in line, line
     assert " 0" not in line and "_" not in line.partition("images;")[2]
+
+
+def test_a_wrong_archive_in_manual_is_named_with_what_it_holds(home):
+    import zipfile
+
+    (home / "manual").mkdir()
+    archive = home / "manual" / "TNBC_NucleiSegmentation.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("stuff/readme.txt", "not the dataset")
+    result = CliRunner().invoke(main, ["prepare", "tnbc", "--no-hash-check", "--quiet"])
+    assert result.exit_code == 2, result.output
+    assert str(archive) in result.output and "it holds: stuff/" in result.output
+    assert str(home / "work") not in result.output and "nucdata info tnbc" in result.output

@@ -147,7 +147,12 @@ def prepare(
             with disk.mapped(final, f"building the {card.name} store"), \
                     StoreWriter(final, card.name, src.version, progress=counter) as writer:
                 options = {"jobs": jobs} if "jobs" in inspect.signature(src.convert).parameters else {}
-                report = src.convert(folder, writer, progress=say, **options)
+                try:
+                    report = src.convert(folder, writer, progress=say, **options)
+                except MissingFilesError as exc:
+                    if scratch is None:
+                        raise
+                    raise MissingFilesError(_wrong_archives(card, files, scratch, exc)) from None
                 counts = _counts(writer)
                 problems = _check_counts(card, counts, report)
                 if problems and check_counts:
@@ -180,6 +185,23 @@ def prepare(
         finally:
             if scratch is not None:
                 atomic.discard(scratch)
+
+
+def _wrong_archives(card: Card, files: list, scratch: Path, exc: Exception) -> str:
+    """The converter's complaint about an extracted archive, told with the archives and what they hold.
+
+    The converter names the extraction scratch, which is removed before the user reads
+    the message; this names the archives instead, lists their top-level entries and
+    says which files the layout needs.
+    """
+    held = sorted({p.name + ("/" if p.is_dir() else "") for part in scratch.iterdir() if part.is_dir()
+                   for p in part.iterdir()})
+    shown = ", ".join(held[:12]) + (f", ... ({len(held)} entries)" if len(held) > 12 else "") if held else "nothing"
+    names = ", ".join(str(f.path) for f in files)
+    complaint = str(exc).replace(str(scratch), "the extracted archive")
+    return (f"{card.name}: {names} does not hold the {card.title} layout; it holds: {shown}. "
+            f"The converter reports: {complaint} Replace it with the published file "
+            f"(`nucdata info {card.name}` lists the files and where to get them).")
 
 
 def _remove_legacy_scratch(work: Path, name: str, say: Callable[[str], None]) -> None:
