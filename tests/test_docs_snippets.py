@@ -98,6 +98,8 @@ MARKED = [
      "long"),
     ("docs/real-study.md", "python benchmarks/real_study.py --data DIR --out real-study-gpu --device cuda "
                            "--partition-seeds 1 2 3 4 5 --train-seeds 1 2 3 --monuseg MONUSEG --tnbc TNBC", "gpu"),
+    ("docs/weak-study.md", "python benchmarks/weak_study.py --quick --data ../shared/realdata/crchisto --out OUT",
+     "long"),
     ("docs/tutorials/classify.md", "nucdata classify merged/ --images /shared/slides --cellvit /shared/cellvit "
                                    "--out /shared/classified --scheduler tcp://scheduler:8786", "network"),
 ]
