@@ -46,7 +46,7 @@ UNLABELLED = (255, 255, 255)
 OUTSIDE = (0, 0, 0)
 RIM = (0, 0, 0)
 #: Images whose longer side is below this are upscaled by a whole factor to reach it.
-MIN_SIDE = 512
+MIN_SIDE = 384  # 384 against 512: 0.63x the time per overlay, build-merged writes 512 of them (demo)
 MAX_SCALE = 8
 #: Dash pattern of model-chosen outlines: on for DASH pixels, off for DASH, along x + y.
 DASH = 6
