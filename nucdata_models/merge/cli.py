@@ -91,7 +91,7 @@ def _names(value: str | None) -> list[str] | None:
               help="Overlay PNGs per label set and dataset, or 'all'.")
 @click.option("--demo", is_flag=True, help="Run on a generated world of every dataset (each in its native format) whose truth is known.")
 @click.option("--demo-scale", type=click.IntRange(1, 1000), default=DEMO_SCALE, show_default=True,
-              help="With --demo: size of the world (4: ~4,800 nuclei, ~2 min on two cores; ~300: full scale).")
+              help="With --demo: size of the world (4: ~4,800 nuclei, ~40-60 s on two cores; ~300: full scale).")
 @click.option("--world", type=click.Choice(["easy", "hard", "noisy"]), default="easy", show_default=True,
               help="With --demo: the world's knobs (docs/demo-world.md): look-alike cell types, real-shaped "
                    "sizes, stain/scale/blur shifts, annotator noise, mapping-table errors.")
