@@ -100,6 +100,12 @@ def check_output_folder(out: Path, overwrite: bool) -> None:
     """Refuse an output folder that holds anything nucdata did not write (unless ``overwrite``)."""
     from nucdata.store import is_merged_output
 
+    here = Path.cwd().resolve()
+    target = Path(out).resolve()
+    if str(out).strip() in ("", ".") or target == here or target in here.parents or target == Path(target.anchor):
+        raise OutputFolderError(f"--out {str(out)!r} is {target}, the current folder, one above it or the root: "
+                                "the merged output replaces its folder as a whole; name a new folder, e.g. "
+                                "--out merged/")
     if not out.exists():
         return
     if not out.is_dir():

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,6 +177,22 @@ def test_a_folder_we_did_not_write_is_refused(tmp_path):
     result = CliRunner().invoke(main, ["build-merged", "--out", str(out), "--demo", "--epochs", "1"])
     assert result.exit_code == 2 and "--overwrite" in result.output
     assert (out / "thesis.tex").read_text() == "precious"
+
+
+def test_the_current_folder_and_its_parents_are_never_an_output(tmp_path, monkeypatch):
+    from nucdata_models.merge.build import check_output_folder
+
+    work = tmp_path / "project" / "code"
+    work.mkdir(parents=True)
+    (work / "thesis.tex").write_text("precious")
+    monkeypatch.chdir(work)
+    for out in ("", ".", "..", str(work), "/"):
+        with pytest.raises(OutputFolderError, match="current folder"):
+            check_output_folder(Path(out), overwrite=True)  # --overwrite does not make it ours
+    check_output_folder(Path("merged"), overwrite=False)  # a new folder below is fine
+    result = CliRunner().invoke(main, ["build-merged", "--out", "", "--demo", "--overwrite", "--epochs", "1"])
+    assert result.exit_code != 0 and "current folder" in result.output
+    assert (work / "thesis.tex").read_text() == "precious"
 
 
 def test_cli_values_are_validated_and_cuda_is_checked(tmp_path):
