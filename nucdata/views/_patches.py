@@ -397,6 +397,9 @@ def tissue_mapping(table: Mapping[str, Any] | str | os.PathLike[str], label_set:
     rows_data = []
     for i, r in enumerate(table.get("rows") or []):
         r = dict(r) if isinstance(r, Mapping) else r
+        if isinstance(r, dict) and r.get("when"):
+            raise PatchLabelError(f"{where}: row {i} is tissue-conditional (\"when\"); a tissue mapping has one "
+                                  "unconditional row per tissue class")
         if isinstance(r, dict) and isinstance(r.get("native"), str):
             if r["native"] not in tissues:
                 raise PatchLabelError(f"{where}: row {i} names tissue class {r['native']!r}, not one of "
@@ -408,9 +411,6 @@ def tissue_mapping(table: Mapping[str, Any] | str | os.PathLike[str], label_set:
     admits = np.zeros((len(tissues), len(target)), bool)
     lower = [n.lower() for n in target.names]
     for row in rows:
-        if row.conditional:
-            raise PatchLabelError(f"{where}: row for {row.native_name!r} is tissue-conditional; a tissue "
-                                  "mapping has one unconditional row per tissue class")
         if row.kind == "unknown":
             admits[row.native] = True
         for c in row.classes:
