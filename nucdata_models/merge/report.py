@@ -30,6 +30,8 @@ GLOSSARY = {
                  "or `epithelial`); the model picks among them (published as `ambiguous-resolved`)",
     "outside": "no class of this set describes the nucleus (e.g. a fibroblast under MoNuSAC); labelled -2",
     "none / predicted": "nothing is known (Kumar, MoNuSeg, TNBC carry no classes): the model predicts the label",
+    "patch-flags": "(with `--patch-labels`) a patch-level table said which classes its patch lacks; the model "
+                   "chose among the classes left",
     "stages A, B, C": "A: one shared encoder with a head per set, on known labels; B: per set, a correlation "
                       "module predicting it from the other sets' outputs; C: cross-training with confident "
                       "pseudo labels; the published prediction is the mean of both modules",
