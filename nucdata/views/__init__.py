@@ -7,7 +7,15 @@ batches per worker, reusable shared-memory slots allocated with public torch API
 :func:`collate` batches image samples in any ``DataLoader``.
 """
 
-from nucdata.views._crops import CropBank, CropDataset, build_bank, crop_loader, crops_of, cut_image, place_windows
+from nucdata.views._crops import (
+    CropBank,
+    CropDataset,
+    build_bank,
+    crop_loader,
+    crops_of,
+    cut_image,
+    place_windows,
+)
 from nucdata.views._lightning import NucleusDataModule, NucleusLoaders
 from nucdata.views._loaders import collate
 from nucdata.views._overlay import outline_mask, plot_sample
@@ -22,7 +30,13 @@ from nucdata.views._patches import (
     read_patch_labels,
     tissue_mapping,
 )
-from nucdata.views._resample import axis_weights, image_scales, output_length, resample_image, store_scales
+from nucdata.views._resample import (
+    axis_weights,
+    image_scales,
+    output_length,
+    resample_image,
+    store_scales,
+)
 from nucdata.views._targets import (
     BoundaryTargets,
     DistanceTargets,
