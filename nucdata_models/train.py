@@ -29,6 +29,7 @@ where a fixed ``seed`` gives bit-identical runs.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import hashlib
 import os
@@ -168,12 +169,23 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def _end_process_group() -> None:
+    """At exit: wait for every rank, then tear the group we started down (a process that exits
+    with its gloo threads running aborts: "terminate called without an active exception")."""
+    if torch.distributed.is_initialized():
+        try:
+            torch.distributed.barrier()
+        finally:
+            torch.distributed.destroy_process_group()
+
+
 def _distributed() -> tuple[int, int]:
     """(rank, world size) under torchrun, initialising the process group once."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         torch.distributed.init_process_group(backend)
+        atexit.register(_end_process_group)
     rank = torch.distributed.get_rank() if world > 1 else 0
     return rank, world
 
