@@ -157,6 +157,23 @@ class TrainResult:
         """JSON-ready copy."""
         return dataclasses.asdict(self)
 
+    def __repr__(self) -> str:
+        """One short line per part: stages with their time, the last validation macro F1, stage C."""
+        stages = ", ".join(f"{k} {v:.1f} s" + (" (reused)" if k in self.reused else "")
+                           for k, v in self.seconds.items()) or "none"
+        lines = [f"TrainResult on {self.device}: stages {stages}"]
+        if self.metrics:
+            last = list(self.metrics)[-1]
+            f1 = ", ".join(f"{s} {m.get('macro_f1', float('nan')):.3f}" for s, m in self.metrics[last].items())
+            lines.append(f"  validation macro F1 after stage {last}: {f1}")
+        if self.pseudo_labels:
+            offered = sum(int(r.get("offered") or 0) for r in self.pseudo_labels)
+            passed = sum(int(r.get("passed") or 0) for r in self.pseudo_labels)
+            lines.append(f"  stage C pseudo labels: {passed:,} passed of {offered:,} offered")
+        if self.transition:
+            lines.append(f"  transition estimate for {', '.join(self.transition)}")
+        return "\n".join(lines)
+
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; anything else as given."""

@@ -109,3 +109,20 @@ def test_four_channel_crops_and_unlabelled_only_sets_train():
     result = trainer.fit(data)
     # five PanNuke classes and the outside output
     assert result.history and trainer.predict(data.crops[:5])["pannuke"].probs.shape == (5, 6)
+
+
+def test_a_train_result_reads_in_a_few_lines():
+    from nucdata_models.train import TrainResult
+
+    result = TrainResult([], {"A": {"pannuke": {"macro_f1": 0.5}}, "C": {"pannuke": {"macro_f1": 0.625}}},
+                         {"A": 1.25, "C": 2.0}, "cpu", reused=["A"],
+                         pseudo_labels=[{"offered": 10, "passed": 3}, {"offered": 5, "passed": 1}],
+                         transition={"consep": {}})
+    text = repr(result)
+    assert text.splitlines() == [
+        "TrainResult on cpu: stages A 1.2 s (reused), C 2.0 s",
+        "  validation macro F1 after stage C: pannuke 0.625",
+        "  stage C pseudo labels: 4 passed of 15 offered",
+        "  transition estimate for consep",
+    ]
+    assert repr(TrainResult([], {}, {}, "cpu")) == "TrainResult on cpu: stages none"
