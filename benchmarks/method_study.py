@@ -36,6 +36,7 @@ from nucdata_models.study import (
     FAMILY,
     METRIC_SPECS,
     arm_plan,
+    endpoint_count,
     oracle_check,
     prepare_world,
     render_markdown,
@@ -49,14 +50,6 @@ from nucdata_models.study import (
 #: keeps it at seconds.
 QUICK = {"scale": 1.0, "crop": 24, "epochs": (4, 2, 2), "batch_size": 64, "bootstrap": 2000, "threads": 1}
 FULL = {"scale": 8.0, "crop": 32, "epochs": (10, 10, 10), "batch_size": 128, "bootstrap": 2000, "threads": None}
-
-
-def endpoint_count(tally) -> int:
-    """How many nuclei the endpoint counts in a run's tally (``(G, P, K + 1, K + 1)``)."""
-    from nucdata_models.data import AMBIGUOUS, NO_LABEL
-
-    summed = tally.sum(0)
-    return int((summed[NO_LABEL] + summed[AMBIGUOUS])[:-1].sum())
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

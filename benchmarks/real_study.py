@@ -42,6 +42,7 @@ from nucdata_models.study import (
     TRANSFER_TASKS,
     arm_plan,
     derived_table,
+    endpoint_count,
     oracle_check,
     prepare_real_world,
     render_markdown,
@@ -61,14 +62,6 @@ FULL = {"crop": 32, "epochs": (10, 10, 10), "batch_size": 128, "bootstrap": 2000
         "train_seeds": [1, 2, 3], "partition_seeds": [1, 2, 3, 4, 5], "max_train": None, "max_validation": None,
         "max_unlabelled": None, "transfer_epochs": 30,
         "label_free_images": None}
-
-
-def endpoint_count(tally) -> int:
-    """How many nuclei the endpoint counts in a run's tally (``(G, P, K + 1, K + 1)``)."""
-    from nucdata_models.data import AMBIGUOUS, NO_LABEL
-
-    summed = tally.sum(0)
-    return int((summed[NO_LABEL] + summed[AMBIGUOUS])[:-1].sum())
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:

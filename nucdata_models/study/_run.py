@@ -501,6 +501,16 @@ def family_sentences(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def endpoint_count(tally: np.ndarray) -> int:
+    """How many nuclei the endpoint counts in one run's published tally (``(G, P, K + 1, K + 1)``).
+
+    The endpoint's nuclei are those of provenance ``predicted`` (no label) or
+    ``ambiguous`` whose true class lies in the set (the last true row is outside).
+    """
+    summed = tally.sum(0)
+    return int((summed[NO_LABEL] + summed[AMBIGUOUS])[:-1].sum())
+
+
 def oracle_check(summary: dict[str, Any], metric: str = "macro_f1", oracle: str = "oracle") -> dict[str, Any]:
     """Where an arm's mean lies above the oracle's 95 % interval, per view, label set and arm.
 
