@@ -108,7 +108,7 @@ def _read_seg_npy(path: Path) -> np.ndarray:
         with open(path, "rb") as fh:
             fh.seek(offset)
             payload = fh.read()
-        value = safe_pickle.loads(payload, source=str(path))
+        value = safe_pickle.loads(payload, source=str(path))  # safe: nucdata's allow-list unpickler, plain data under size budgets
     except NucdataError as exc:
         raise UnsupportedFormatError(
             f"{path}: a Cellpose _seg.npy (a pickled dict of Python objects). nucdata unpickles only plain data "
