@@ -85,13 +85,26 @@ def _same_nuclei(custom: nucdata.NucleusDataset, original: nucdata.NucleusDatase
         assert diff.max() <= 0.5
 
 
-def test_instances_with_labels_vocabulary_and_mapping(home):
+def _prepare_mylab(home) -> None:
+    """``nucdata prepare --custom mylab`` from the fixture's files (once per module's home)."""
     work = home / "user"
     result = CliRunner().invoke(main, [
         "prepare", "--custom", "mylab", "--images", str(work / "images"), "--instances", str(work / "masks"),
         "--labels", str(work / "labels.csv"), "--vocabulary", str(work / "vocabulary.json"),
         "--mapping", str(work / "mapping.json"), "--mpp", "0.25"])
     assert result.exit_code == 0, result.output
+
+
+@pytest.fixture
+def mylab(home):
+    """The custom dataset 'mylab' prepared, whichever tests run (each test stands alone)."""
+    if not (home / "registry" / "mylab.json").is_file():
+        _prepare_mylab(home)
+    return home
+
+
+def test_instances_with_labels_vocabulary_and_mapping(home):
+    _prepare_mylab(home)
     card = nucdata.get_card("mylab")
     assert is_custom(card) and card.licence == "user" and card.citation == "" and card.converter == "custom"
     assert "mylab" not in nucdata.list_datasets()  # the packaged lists stay the packaged datasets
@@ -115,7 +128,7 @@ def test_instances_with_labels_vocabulary_and_mapping(home):
     assert np.asarray(native.store.column("images", "mpp")).tolist() == [0.25] * len(native)
 
 
-def test_a_custom_dataset_rebuilds_verifies_and_shows_its_card(home):
+def test_a_custom_dataset_rebuilds_verifies_and_shows_its_card(home, mylab):
     before = nucdata.load("mylab").labels.copy()
     result = CliRunner().invoke(main, ["prepare", "mylab", "--force"])  # from the paths its card records
     assert result.exit_code == 0, result.output
@@ -126,7 +139,7 @@ def test_a_custom_dataset_rebuilds_verifies_and_shows_its_card(home):
     assert result.exit_code == 0 and "user" in result.output and "tumour" in result.output, result.output
 
 
-def test_load_exports_and_tiles_work_on_a_custom_dataset(home, tmp_path):
+def test_load_exports_and_tiles_work_on_a_custom_dataset(home, mylab, tmp_path):
     ds = nucdata.load("mylab", label_set="pannuke")
     written = nucdata.exports.export(ds, "coco", tmp_path / "coco")
     assert json.loads(written[0].read_text())["annotations"]
@@ -224,7 +237,7 @@ def test_names_and_inputs_are_checked(home, tmp_path):
     assert result.exit_code == 2 and "go with --custom" in result.output
 
 
-def test_build_merged_takes_a_custom_dataset(home, tmp_path):
+def test_build_merged_takes_a_custom_dataset(home, mylab, tmp_path):
     from nucdata_models.merge import BuildOptions, build_merged
 
     out = tmp_path / "merged"
