@@ -311,7 +311,8 @@ def fit_calibration(probs: Mapping[str, torch.Tensor], data: TrainingData, split
 
 
 def calibrated_fill(predictions: Mapping[str, Any], data: TrainingData, calibration: Calibration | None = None,
-                    split: int = VALIDATION, minimum: int = MIN_NUCLEI
+                    split: int = VALIDATION, minimum: int = MIN_NUCLEI,
+                    weights: Mapping[str, torch.Tensor] | None = None
                     ) -> tuple[dict[str, FilledLabels], Calibration]:
     """The published labels of every set with calibrated probabilities: fit (unless given) and apply.
 
@@ -326,6 +327,12 @@ def calibrated_fill(predictions: Mapping[str, Any], data: TrainingData, calibrat
         A fitted calibration (a checkpoint's); ``None``: fit one on ``split``.
     split, minimum
         Passed to :func:`fit_calibration`.
+    weights
+        Per set, the transition weights an ambiguous row is resolved by
+        (:meth:`.train.CrossTrainer.candidate_weights`; the ``weights`` of
+        :func:`.fill.fill_labels`), applied after the calibration; a set without
+        them, or ``None``: the calibrated ``p(c | x)`` alone. The calibration is
+        always fitted on the model's own probabilities.
 
     Returns
     -------
@@ -345,7 +352,8 @@ def calibrated_fill(predictions: Mapping[str, Any], data: TrainingData, calibrat
         s = spec.name
         if s in probs:
             filled[s] = fill_labels(probs[s], data.labels[s], data.candidates[s], data.provenance[s], spec.size,
-                                    calibration.temperatures(s, data.dataset_index, data.dataset_names))
+                                    calibration.temperatures(s, data.dataset_index, data.dataset_names),
+                                    (weights or {}).get(s))
     return filled, calibration
 
 

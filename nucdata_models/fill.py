@@ -9,14 +9,15 @@ source                    merged label
 ``annotated``             its own dataset's annotation in this vocabulary
 ``mapped``                the class an exact mapping row gives
 ``outside``               -2: the mapping says no class of this set describes it
-``ambiguous-resolved``    the model's most probable candidate of the ambiguous row
+``ambiguous-resolved``    the most probable candidate of the ambiguous row (``weights``)
 ``predicted``             the model's prediction (-2 when an outside output wins)
 ========================  ===============================================================
 
 The probability beside a merged label is the model's probability of that label, after
 the calibration passed in (``temperature``: :mod:`.calibration` fits it): for an
 ``ambiguous-resolved`` label it is renormalised over the row's candidates (the
-probability of the label *given* the candidate set the table says the nucleus is in);
+probability of the label *given* the candidate set the table says the nucleus is in,
+and, with ``weights``, given the source class its dataset wrote: ``p(c | x) T[s, c]``);
 for ``annotated`` and ``mapped`` labels it is the model's calibrated probability of the
 label the annotation or table gives (how much the model agrees); for -2 it is that of the
 outside output (NaN when the model has none). The model's own, unrestricted prediction
@@ -126,7 +127,8 @@ def temperature_scale(probs: torch.Tensor, temperature: float | torch.Tensor) ->
 
 def fill_labels(probs: torch.Tensor, labels: torch.Tensor, candidates: torch.Tensor,
                 provenance: torch.Tensor, size: int,
-                temperature: float | torch.Tensor | None = None) -> FilledLabels:
+                temperature: float | torch.Tensor | None = None,
+                weights: torch.Tensor | None = None) -> FilledLabels:
     """Choose the merged label of every nucleus under one set, with its probability.
 
     Parameters
@@ -142,10 +144,21 @@ def fill_labels(probs: torch.Tensor, labels: torch.Tensor, candidates: torch.Ten
         The calibration (:func:`temperature_scale`): a float or one per nucleus, as
         :meth:`.calibration.Calibration.temperatures` gives; ``None``: the model's
         probabilities as they are. Labels never depend on it.
+    weights
+        ``(N, outputs)`` non-negative: for an ambiguous row, the likelihood of the source
+        class its own dataset wrote given each output, ``T[s, c]`` up to a factor per row
+        (:meth:`.train.CrossTrainer.candidate_weights`, the transition estimate the
+        candidate likelihood was trained with). The row is then resolved by the
+        posterior given both the image and the source class, ``p(c | x) T[s, c]``
+        (calibrated ``p``) renormalised over its candidates, and that posterior is the
+        label's probability; a row whose weights leave no mass on its candidates keeps
+        ``p(c | x)``. Other provenances ignore it. ``None``: ``p(c | x)`` alone (the
+        uniform candidate likelihood's rule).
     """
     if temperature is not None:
         probs = temperature_scale(probs, temperature)
     outputs = probs.shape[1]
+    ambiguous = provenance == AMBIGUOUS
     has_outside = outputs == size + 1
 
     def as_label(index: torch.Tensor) -> torch.Tensor:
@@ -155,7 +168,15 @@ def fill_labels(probs: torch.Tensor, labels: torch.Tensor, candidates: torch.Ten
     predicted = as_label(top_index)
     allowed = candidates if has_outside else candidates & ((1 << size) - 1)
     allowed_mask = candidate_mask(allowed, outputs)
-    restricted = probs.masked_fill(~allowed_mask, -1.0).argmax(1)
+    given = probs  # what an ambiguous row is resolved by
+    if weights is not None:
+        if weights.shape != probs.shape:
+            raise InvalidArgumentError(f"fill_labels: weights have shape {tuple(weights.shape)} for probabilities "
+                                       f"{tuple(probs.shape)}; pass CrossTrainer.candidate_weights of this data")
+        weighted = probs * weights.to(probs.dtype).clamp_min(0)
+        usable = ambiguous & ((weighted * allowed_mask).sum(1) > 0)
+        given = torch.where(usable[:, None], weighted, probs)
+    restricted = given.masked_fill(~allowed_mask, -1.0).argmax(1)
     resolved = torch.where(allowed != 0, as_label(restricted), predicted)
 
     label = predicted.clone()
@@ -164,7 +185,6 @@ def fill_labels(probs: torch.Tensor, labels: torch.Tensor, candidates: torch.Ten
         take = provenance == code
         label = torch.where(take, labels, label)
         source[take] = PROVENANCE.index(name)
-    ambiguous = provenance == AMBIGUOUS
     label = torch.where(ambiguous, resolved, label)
     source[ambiguous] = PROVENANCE.index("ambiguous-resolved")
     take = provenance == OUTSIDE_LABEL
@@ -173,9 +193,10 @@ def fill_labels(probs: torch.Tensor, labels: torch.Tensor, candidates: torch.Ten
 
     column = scored_class(label, size)
     probability = probs.gather(1, column.clamp_max(outputs - 1)[:, None])[:, 0].float()
-    # an ambiguous-resolved label: its probability given the row's candidate set
-    mass = (probs.float() * allowed_mask).sum(1)
-    share = torch.where(mass > 0, probability / mass.clamp_min(torch.finfo(torch.float32).tiny),
+    # an ambiguous-resolved label: its probability given the row's candidate set (and source class)
+    chosen = given.gather(1, column.clamp_max(outputs - 1)[:, None])[:, 0].float()
+    mass = (given.float() * allowed_mask).sum(1)
+    share = torch.where(mass > 0, chosen / mass.clamp_min(torch.finfo(torch.float32).tiny),
                         1.0 / allowed_mask.sum(1).clamp_min(1))
     probability = torch.where(ambiguous & (allowed != 0), share.clamp_max(1.0), probability)
     if not has_outside:

@@ -120,7 +120,9 @@ class TrainResult:
         Stage -> set -> metrics of the filled labels against ``data.truth`` (nuclei
         whose label is missing but whose truth is known); empty without truth.
     reused
-        Stages taken from the checkpoint directory instead of trained.
+        Stages taken from the checkpoint directory instead of trained. A stage with 0
+        epochs neither trains nor is validated: it has no entry in ``metrics``,
+        ``seconds`` or ``filled``.
     pseudo_labels
         One row per stage-C epoch and label set: ``stage``, ``epoch``, ``label_set``,
         ``offered`` (eligible (nucleus, teacher) pairs the epoch's batches held: a nucleus
@@ -287,6 +289,7 @@ class CrossTrainer:
         self.generator: torch.Generator | None = None
         #: Per label set, the candidate-set likelihood's transition estimate (set up by :meth:`setup`).
         self.transitions: dict[str, TransitionEstimate] = {}
+        self._stored_transitions: dict[str, tuple[dict[str, list], torch.Tensor]] = {}  # a loaded checkpoint's
         #: Hook for calibrated pseudo-label confidence: ``(label_set, teacher, probabilities) ->
         #: probabilities`` applied to a teacher's softmax before the pass rule (``None``: as is).
         self.pseudo_confidence: Callable[[str, str, torch.Tensor], torch.Tensor] | None = None
@@ -825,6 +828,8 @@ class CrossTrainer:
                     result.filled[name] = meta["filled"]
                 result.reused.append(name)
                 continue
+            if not self.config.epochs.get(name, 0):  # nothing trains: no validation, no checkpoint
+                continue
             trained_earlier = True
             start = time.perf_counter()
             history = self._run_stage(name, say)
@@ -843,7 +848,7 @@ class CrossTrainer:
                                        "metrics": result.metrics[name], "seconds": result.seconds[name],
                                        "filled": result.filled.get(name, {}),
                                        "transition": self.transition_report()})
-        self.metrics = result.metrics.get("C", {})
+        self.metrics = result.metrics[list(result.metrics)[-1]] if result.metrics else {}  # the last stage run
         result.pseudo_labels = pseudo_label_rows(result.history)
         result.transition = self.transition_report()
         return result
@@ -884,19 +889,40 @@ class CrossTrainer:
         be the data :meth:`fit` (or :meth:`setup`) saw. Empty without estimates.
         """
         out = {}
+        stored = self._stored_transitions
         for spec in data.label_sets:
             t = self.transitions.get(spec.name)
-            if t is None:
+            if t is not None:
+                row = t.rows.row.cpu()
+                if row.shape[0] != len(data):
+                    raise InvalidArgumentError(f"candidate_weights: the estimate covers {row.shape[0]} nuclei, the "
+                                               f"data {len(data)}; pass the data the trainer was fitted on")
+                table = t.matrix.cpu()
+            elif spec.name in stored:  # a loaded checkpoint: its rows by (dataset, source class, support)
+                row, table = self._stored_rows(data, spec, *stored[spec.name])
+            else:
                 continue
-            row = t.rows.row.cpu()
-            if row.shape[0] != len(data):
-                raise InvalidArgumentError(f"candidate_weights: the estimate covers {row.shape[0]} nuclei, the data "
-                                           f"{len(data)}; pass the data the trainer was fitted on")
-            table = t.matrix.cpu()
             table = table / table.amax(1, keepdim=True).clamp_min(1e-30)
             out[spec.name] = torch.where((row >= 0)[:, None], table[row.clamp_min(0)],
-                                         torch.ones(len(data), t.outputs))
+                                         torch.ones(len(data), table.shape[1]))
         return out
+
+    def _stored_rows(self, data: TrainingData, spec: LabelSetSpec, rows: dict[str, list], matrix: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each nucleus's row of a checkpoint's transition matrix (-1: none), found by its key."""
+        targets, _ = training_targets(data.labels[spec.name], data.candidates[spec.name], data.provenance[spec.name],
+                                      spec.size, self.config.mapped_labels, self.config.outside_head,
+                                      self.config.pseudo_outside)
+        mine = source_rows(targets, data.provenance[spec.name], data.dataset_index, data.source_class)
+        saved = {(d, int(c), int(b)): g for g, (d, c, b) in enumerate(zip(rows["dataset"], rows["code"],
+                                                                          rows["support"], strict=True))}
+        names = list(data.dataset_names)
+        lookup = torch.tensor([saved.get((names[int(d)], int(c), int(b)), -1) for d, c, b in
+                               zip(mine.dataset.tolist(), mine.code.tolist(), mine.support.tolist(), strict=True)]
+                              + [-1],
+                              dtype=torch.int64)
+        row = mine.row.cpu()
+        return lookup[torch.where(row >= 0, row, torch.full_like(row, len(lookup) - 1))], matrix.cpu()
 
     def _stage_key(self, name: str, fingerprint: str) -> dict[str, Any]:
         """What a stage's result depends on: the data and the settings of stages <= it.
@@ -1055,6 +1081,11 @@ class CrossTrainer:
             state["rng"] = self.generator.get_state()
         if self.transitions:
             state["transition"] = {s: t.state() for s, t in self.transitions.items()}
+            datasets = self._sources[0]
+            meta["transition_rows"] = {  # what each row of a matrix is: candidate_weights of a loaded trainer
+                s: {"dataset": [datasets[d] for d in t.rows.dataset.cpu().tolist()],
+                    "code": t.rows.code.cpu().tolist(), "support": t.rows.support.cpu().tolist()}
+                for s, t in self.transitions.items()}
         return save_checkpoint(path, state, meta)
 
     @classmethod
@@ -1080,6 +1111,9 @@ class CrossTrainer:
         trainer.mpp = meta.get("mpp")
         trainer.metrics = meta.get("metrics", {})
         trainer.meta = meta
+        rows = meta.get("transition_rows") or {}
+        trainer._stored_transitions = {
+            s: (rows[s], state["transition"][s]["matrix"].float()) for s in rows if s in state.get("transition", {})}
         return trainer
 
 

@@ -260,9 +260,11 @@ def _finish(options: BuildOptions, out: Path, say: Callable[[str], None], began:
 
     start = time.perf_counter()
     calibration = _stored_calibration(trainer, options, say)
-    filled, calibration = calibrated_fill(predictions, data, calibration)
+    weights = trainer.candidate_weights(data)  # ambiguous rows: the posterior given the source class too
+    filled, calibration = calibrated_fill(predictions, data, calibration, weights=weights)
     uncalibrated = {s.name: fill_labels(predictions[s.name].probs, data.labels[s.name], data.candidates[s.name],
-                                        data.provenance[s.name], s.size) for s in data.label_sets}
+                                        data.provenance[s.name], s.size, weights=weights.get(s.name))
+                    for s in data.label_sets}
     calibration_report = {**calibration.to_dict(), "scores": calibration_scores(data, filled, uncalibrated, TEST)}
     timings["calibrate"] = time.perf_counter() - start
     for s, per_set in calibration_report["scores"].items():

@@ -227,7 +227,8 @@ def score_views(plan: ArmPlan, trainer: CrossTrainer, world: PreparedWorld) -> R
     nuclei from the tally. The merged label always uses the real data's tables (the
     oracle's too: its training labels are not an output). The probabilities are
     calibrated as ``build-merged`` calibrates them (:func:`.calibration.calibrated_fill`:
-    fitted on the validation split, never on the held-out one); the calibration tally
+    fitted on the validation split, never on the held-out one), and ambiguous rows are
+    resolved by the transition estimate as there (:meth:`.train.CrossTrainer.candidate_weights`); the calibration tally
     counts the published pair: pickle fields 2 and 3 (:func:`.fill.published_fields`)
     for an arm that publishes the merged label, the model's prediction and its
     probability for one that publishes its model's.
@@ -244,7 +245,8 @@ def score_views(plan: ArmPlan, trainer: CrossTrainer, world: PreparedWorld) -> R
     data = world.data
     cluster, n_clusters = world.clusters
     predictions = trainer.predict(data.crops, modules=plan.modules)
-    filled, fit = calibrated_fill(predictions, data)
+    weights = trainer.candidate_weights(data)  # as build-merged resolves ambiguous rows
+    filled, fit = calibrated_fill(predictions, data, weights=weights)
     run = RunScores(plan.name, world.seed, plan.config.seed, {view: {} for view in VIEWS},
                     temperatures=fit.to_dict())
     for spec in data.label_sets:
@@ -252,7 +254,8 @@ def score_views(plan: ArmPlan, trainer: CrossTrainer, world: PreparedWorld) -> R
         truth = data.truth[s]
         sel = (filled_nuclei(truth, data.provenance[s], "truth_known") & (data.split == TEST)).numpy()
         calibrated = filled[s]
-        raw = fill_labels(predictions[s].probs, data.labels[s], data.candidates[s], data.provenance[s], spec.size)
+        raw = fill_labels(predictions[s].probs, data.labels[s], data.candidates[s], data.provenance[s], spec.size,
+                          weights=weights.get(s))
         labels = {"model": predictions[s].label, "merged": calibrated.label}
         labels["published"] = labels[plan.publish]
         true_class = scored_class(truth, spec.size).numpy()[sel]

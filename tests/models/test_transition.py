@@ -202,3 +202,44 @@ def test_a_resumed_stage_continues_from_its_estimate(tiny, config_factory, tmp_p
     assert "A" in result.reused
     for s, t in first.transitions.items():
         assert torch.equal(t.matrix, again.transitions[s].matrix)
+
+
+def test_an_ambiguous_row_is_resolved_by_the_posterior_given_its_source_class():
+    from nucdata_models.data import ANNOTATED
+    from nucdata_models.fill import fill_labels
+
+    # three classes plus outside; rows 0-1 ambiguous over {OTHER, NAMED_A}, row 2 annotated, row 3 ambiguous
+    # with weights that leave no mass on its candidates
+    probs = torch.tensor([[0.6, 0.3, 0.05, 0.05], [0.2, 0.7, 0.05, 0.05], [0.6, 0.3, 0.05, 0.05],
+                          [0.6, 0.3, 0.05, 0.05]])
+    candidates = torch.tensor([0b0011, 0b0011, 0, 0b0011])
+    provenance = torch.tensor([AMBIGUOUS, AMBIGUOUS, ANNOTATED, AMBIGUOUS], dtype=torch.int8)
+    labels = torch.tensor([-1, -1, 2, -1])
+    # T[s, c]: the catch-all rarely writes this source class, NAMED_A usually does
+    weights = torch.tensor([[0.1, 1.0, 0.0, 0.0]] * 3 + [[0.0, 0.0, 1.0, 1.0]])
+    plain = fill_labels(probs, labels, candidates, provenance, 3)
+    given = fill_labels(probs, labels, candidates, provenance, 3, weights=weights)
+    assert plain.label.tolist()[:2] == [OTHER, NAMED_A]
+    assert given.label.tolist() == [NAMED_A, NAMED_A, 2, OTHER]  # row 3: no mass, p(c | x) alone
+    # the published probability is the posterior renormalised over the candidates
+    assert float(given.probability[0]) == pytest.approx(0.3 / (0.3 + 0.06))
+    assert float(given.probability[1]) == pytest.approx(0.7 / (0.7 + 0.02))
+    assert float(given.probability[3]) == pytest.approx(0.6 / 0.9)
+    # the annotated row and every model prediction are untouched
+    assert float(given.probability[2]) == pytest.approx(float(plain.probability[2]))
+    assert torch.equal(given.predicted, plain.predicted)
+    with pytest.raises(Exception, match="candidate_weights"):
+        fill_labels(probs, labels, candidates, provenance, 3, weights=weights[:, :3])
+
+
+def test_a_loaded_checkpoint_resolves_ambiguous_rows_as_the_trainer_that_wrote_it(tiny, config_factory, tmp_path):
+    config = config_factory(epochs={"A": 2, "B": 0, "C": 0}, candidate_likelihood="transition")
+    trainer = CrossTrainer(config)
+    trainer.fit(tiny)
+    path = trainer.save(tmp_path / "model.pt")
+    loaded = CrossTrainer.load(path, tiny.label_sets, device="cpu")
+    fitted, restored = trainer.candidate_weights(tiny), loaded.candidate_weights(tiny)
+    assert set(fitted) == set(restored) and fitted
+    for s in fitted:
+        assert torch.allclose(fitted[s], restored[s]), s
+        assert bool((fitted[s] != 1).any()), s  # the weights are not all ones: the test could fail
