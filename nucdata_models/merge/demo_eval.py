@@ -12,6 +12,7 @@ optimisation steps as the method's three stages together.
 from __future__ import annotations
 
 import os
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -113,10 +114,33 @@ def _train_baseline(data, config: TrainConfig, workdir: Path | None) -> Predicti
     return baseline.predict(data.crops, modules="base")
 
 
-def _baseline_child(conn, data, config: TrainConfig, workdir: Path | None, threads: int) -> None:
+def exit_with_parent(parent: int, every: float = 0.5) -> threading.Thread:
+    """Watch the parent process from a child: exit at once when ``parent`` is gone.
+
+    A daemon thread compares ``os.getppid()`` with ``parent`` every ``every`` seconds; a
+    parent killed without a chance to stop its child (SIGKILL, the OOM killer) leaves it
+    to init or a subreaper, and the child then exits (code 1) instead of training on for
+    nobody. POSIX; elsewhere the child still ends with the parent's normal exit
+    (``daemon=True``).
+    """
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(every)
+
+    thread = threading.Thread(target=watch, name="nucdata-exit-with-parent", daemon=True)
+    thread.start()
+    return thread
+
+
+def _baseline_child(conn, data, config: TrainConfig, workdir: Path | None, threads: int,
+                    parent: int | None = None) -> None:
     """The baseline in a child process: sends ``("ok", {set: (label, probability, probs)}, seconds)``
-    (numpy arrays) or ``("error", traceback text, seconds)``."""
+    (numpy arrays) or ``("error", traceback text, seconds)``; exits when ``parent`` dies."""
     start = time.perf_counter()
+    if parent is not None:
+        exit_with_parent(parent)
     try:
         torch.set_num_threads(threads)
         preds = _train_baseline(data, config, workdir)
@@ -181,7 +205,8 @@ class BaselineRun:
             ctx = multiprocessing.get_context("spawn")
             self._conn, child = ctx.Pipe(duplex=False)
             self._process = ctx.Process(target=_baseline_child, name="nucdata-baseline", daemon=True,
-                                        args=(child, self.data, self.config, self.workdir, torch.get_num_threads()))
+                                        args=(child, self.data, self.config, self.workdir, torch.get_num_threads(),
+                                              os.getpid()))
             self._process.start()
             child.close()
         return self

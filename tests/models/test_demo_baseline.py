@@ -4,7 +4,13 @@ every phase and the total in report.json, and report.md's verdict, glossary and 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,3 +127,48 @@ def test_report_opens_with_a_verdict_a_glossary_and_the_time_and_ends_with_how_t
     exec(compile(code, "report.md", "exec"), namespace)  # the lines run as written
     assert isinstance(namespace["ds"], nucdata.NucleusDataset) and len(namespace["ds"]) > 0
     assert namespace["merged"].label_sets == sorted(report["label_sets"])
+
+
+_PARENT = """
+import multiprocessing, os, sys, time
+from nucdata_models.merge.demo_eval import exit_with_parent
+
+def child(parent):
+    exit_with_parent(parent, every=0.1)
+    time.sleep(120)
+
+if __name__ == "__main__":
+    process = multiprocessing.get_context("spawn").Process(target=child, args=(os.getpid(),))
+    process.start()
+    print(process.pid, flush=True)
+    time.sleep(120)
+"""
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting to be reaped is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_child_exits_when_its_parent_is_killed(tmp_path):
+    # what a SIGKILLed build-merged --demo left behind: its baseline process, training on
+    script = tmp_path / "parent.py"
+    script.write_text(_PARENT, encoding="utf-8")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        time.sleep(1.0)
+        assert _running(child)  # the watch does not end a child whose parent lives
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while _running(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(child), "the child outlived its killed parent"
+    finally:
+        parent.kill()
