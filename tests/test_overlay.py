@@ -11,9 +11,9 @@ from skimage.color import rgb2lab
 import nucdata
 from nucdata.errors import InvalidArgumentError, MissingDependencyError
 from nucdata.store import PROVENANCE, MergedLabels
-from nucdata.views import build_bank
+from nucdata.views import PALETTE, build_bank
 from nucdata.views import render_overlay as render
-from nucdata.views._overlay import MIN_SIDE, OUTSIDE, PALETTE, RIM, UNLABELLED, overlay_scale
+from nucdata.views._overlay import MIN_SIDE, OUTSIDE, RIM, UNLABELLED, overlay_scale
 
 #: Stain colours of H&E slides (sRGB): eosin-pink stroma, haematoxylin-purple nuclei, pale background.
 EOSIN, HAEMATOXYLIN, PALE = (232, 170, 205), (100, 60, 150), (245, 225, 235)

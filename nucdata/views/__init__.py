@@ -18,7 +18,7 @@ from nucdata.views._crops import (
 )
 from nucdata.views._lightning import NucleusDataModule, NucleusLoaders
 from nucdata.views._loaders import collate
-from nucdata.views._overlay import outline_mask, plot_sample
+from nucdata.views._overlay import PALETTE, outline_mask, palette_colour, plot_sample
 from nucdata.views._overlay import render as render_overlay
 from nucdata.views._patches import (
     PatchDataset,
@@ -54,5 +54,5 @@ __all__ = [
     "BoundaryTargets", "CropBank", "CropDataset", "DistanceTargets", "HoVerNetTargets",
     "NucleusDataModule", "NucleusLoaders", "TileDataset", "axis_weights", "boundary_map", "build_bank", "collate", "compose", "crop_loader", "crops_of",
     "cut_image", "output_length", "place_windows",
-    "distance_map", "hv_maps", "outline_mask", "plot_sample", "render_overlay", "image_scales", "resample_image", "store_scales", "tile_loader", "tiles_of",
+    "PALETTE", "palette_colour", "distance_map", "hv_maps", "outline_mask", "plot_sample", "render_overlay", "image_scales", "resample_image", "store_scales", "tile_loader", "tiles_of",
 ]
