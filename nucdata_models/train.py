@@ -289,7 +289,8 @@ class CrossTrainer:
         self.generator: torch.Generator | None = None
         #: Per label set, the candidate-set likelihood's transition estimate (set up by :meth:`setup`).
         self.transitions: dict[str, TransitionEstimate] = {}
-        self._stored_transitions: dict[str, tuple[dict[str, list], torch.Tensor]] = {}  # a loaded checkpoint's
+        #: Per label set, a loaded checkpoint's estimate (:meth:`transition_rows`' form).
+        self.stored_transitions: dict[str, dict[str, list]] = {}
         #: Hook for calibrated pseudo-label confidence: ``(label_set, teacher, probabilities) ->
         #: probabilities`` applied to a teacher's softmax before the pass rule (``None``: as is).
         self.pseudo_confidence: Callable[[str, str, torch.Tensor], torch.Tensor] | None = None
@@ -889,7 +890,6 @@ class CrossTrainer:
         be the data :meth:`fit` (or :meth:`setup`) saw. Empty without estimates.
         """
         out = {}
-        stored = self._stored_transitions
         for spec in data.label_sets:
             t = self.transitions.get(spec.name)
             if t is not None:
@@ -898,8 +898,16 @@ class CrossTrainer:
                     raise InvalidArgumentError(f"candidate_weights: the estimate covers {row.shape[0]} nuclei, the "
                                                f"data {len(data)}; pass the data the trainer was fitted on")
                 table = t.matrix.cpu()
-            elif spec.name in stored:  # a loaded checkpoint: its rows by (dataset, source class, support)
-                row, table = self._stored_rows(data, spec, *stored[spec.name])
+            elif spec.name in self.stored_transitions:  # a loaded checkpoint: rows found by their key
+                targets, _ = training_targets(data.labels[spec.name], data.candidates[spec.name],
+                                              data.provenance[spec.name], spec.size, self.config.mapped_labels,
+                                              self.config.outside_head, self.config.pseudo_outside)
+                mine = source_rows(targets, data.provenance[spec.name], data.dataset_index, data.source_class)
+                names = list(data.dataset_names)
+                keys = [(names[d], c, b) for d, c, b in zip(mine.dataset.tolist(), mine.code.tolist(),
+                                                            mine.support.tolist(), strict=True)]
+                out[spec.name] = stored_weights(self.stored_transitions[spec.name], keys, mine.row.cpu())
+                continue
             else:
                 continue
             table = table / table.amax(1, keepdim=True).clamp_min(1e-30)
@@ -907,22 +915,21 @@ class CrossTrainer:
                                          torch.ones(len(data), table.shape[1]))
         return out
 
-    def _stored_rows(self, data: TrainingData, spec: LabelSetSpec, rows: dict[str, list], matrix: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each nucleus's row of a checkpoint's transition matrix (-1: none), found by its key."""
-        targets, _ = training_targets(data.labels[spec.name], data.candidates[spec.name], data.provenance[spec.name],
-                                      spec.size, self.config.mapped_labels, self.config.outside_head,
-                                      self.config.pseudo_outside)
-        mine = source_rows(targets, data.provenance[spec.name], data.dataset_index, data.source_class)
-        saved = {(d, int(c), int(b)): g for g, (d, c, b) in enumerate(zip(rows["dataset"], rows["code"],
-                                                                          rows["support"], strict=True))}
-        names = list(data.dataset_names)
-        lookup = torch.tensor([saved.get((names[int(d)], int(c), int(b)), -1) for d, c, b in
-                               zip(mine.dataset.tolist(), mine.code.tolist(), mine.support.tolist(), strict=True)]
-                              + [-1],
-                              dtype=torch.int64)
-        row = mine.row.cpu()
-        return lookup[torch.where(row >= 0, row, torch.full_like(row, len(lookup) - 1))], matrix.cpu()
+    def transition_rows(self) -> dict[str, dict[str, list]]:
+        """The transition estimate in a JSON-ready, data-free form (checkpoints, ``classifier.json``).
+
+        Per label set ``{"dataset": [...], "code": [...], "support": [...], "matrix": [[...]]}``:
+        row ``g`` of ``matrix`` is ``T[s, :]`` for the nuclei of dataset ``dataset[g]`` whose
+        source class is ``code[g]`` and whose candidates (training target bits) are
+        ``support[g]``; :func:`stored_weights` looks a nucleus's row up by that key.
+        """
+        if not self.transitions:
+            return dict(self.stored_transitions)
+        datasets = self._sources[0]
+        return {s: {"dataset": [datasets[d] for d in t.rows.dataset.cpu().tolist()],
+                    "code": t.rows.code.cpu().tolist(), "support": t.rows.support.cpu().tolist(),
+                    "matrix": [[float(v) for v in row] for row in t.matrix.cpu().tolist()]}
+                for s, t in self.transitions.items()}
 
     def _stage_key(self, name: str, fingerprint: str) -> dict[str, Any]:
         """What a stage's result depends on: the data and the settings of stages <= it.
@@ -1081,11 +1088,8 @@ class CrossTrainer:
             state["rng"] = self.generator.get_state()
         if self.transitions:
             state["transition"] = {s: t.state() for s, t in self.transitions.items()}
-            datasets = self._sources[0]
-            meta["transition_rows"] = {  # what each row of a matrix is: candidate_weights of a loaded trainer
-                s: {"dataset": [datasets[d] for d in t.rows.dataset.cpu().tolist()],
-                    "code": t.rows.code.cpu().tolist(), "support": t.rows.support.cpu().tolist()}
-                for s, t in self.transitions.items()}
+        if self.transitions or self.stored_transitions:
+            meta["transition_rows"] = self.transition_rows()  # candidate_weights of a loaded trainer
         return save_checkpoint(path, state, meta)
 
     @classmethod
@@ -1111,10 +1115,76 @@ class CrossTrainer:
         trainer.mpp = meta.get("mpp")
         trainer.metrics = meta.get("metrics", {})
         trainer.meta = meta
-        rows = meta.get("transition_rows") or {}
-        trainer._stored_transitions = {
-            s: (rows[s], state["transition"][s]["matrix"].float()) for s in rows if s in state.get("transition", {})}
+        trainer.stored_transitions = checked_transition_rows(meta.get("transition_rows"), trainer.label_sets,
+                                                             trainer.config.outside_head, str(path))
         return trainer
+
+
+def checked_transition_rows(rows: Any, label_sets: list[LabelSetSpec], outside_head: bool, where: str
+                            ) -> dict[str, dict[str, list]]:
+    """A stored transition estimate (:meth:`CrossTrainer.transition_rows`' form), checked; ``{}`` for none.
+
+    Raises
+    ------
+    CheckpointError
+        When it is not that form, names an unknown set, or its shapes do not fit the set.
+    """
+    from nucdata.errors import CheckpointError
+
+    if rows is None:
+        return {}
+    sizes = {spec.name: spec.size + int(outside_head) for spec in label_sets}
+    fix = "; rebuild the model with nucdata build-merged, or remove 'transition_rows' to resolve without it"
+    if not isinstance(rows, dict):
+        raise CheckpointError(f"{where}: 'transition_rows' must be an object per label set{fix}")
+    out = {}
+    for s, t in rows.items():
+        if s not in sizes or not isinstance(t, dict):
+            raise CheckpointError(f"{where}: 'transition_rows' names {s!r}, not a label set of the model{fix}")
+        try:
+            n = len(t["matrix"])
+            ok = (len(t["dataset"]) == len(t["code"]) == len(t["support"]) == n
+                  and all(isinstance(d, str) for d in t["dataset"])
+                  and all(isinstance(v, int) and not isinstance(v, bool) for v in (*t["code"], *t["support"]))
+                  and all(len(r) == sizes[s] and all(isinstance(v, (int, float)) and v >= 0 for v in r)
+                          for r in t["matrix"]))
+        except (KeyError, TypeError):
+            ok = False
+        if not ok:
+            raise CheckpointError(f"{where}: 'transition_rows' of {s!r} must hold equally long 'dataset' (names), "
+                                  f"'code' and 'support' (integers) and a 'matrix' of rows of {sizes[s]} "
+                                  f"non-negative numbers{fix}")
+        out[s] = {k: list(t[k]) for k in ("dataset", "code", "support", "matrix")}
+    return out
+
+
+def stored_weights(table: dict[str, list], keys: list[tuple[str, int, int]], row: torch.Tensor) -> torch.Tensor:
+    """Per nucleus, the weights of a stored transition estimate (:meth:`CrossTrainer.candidate_weights`).
+
+    Parameters
+    ----------
+    table
+        One set's :meth:`CrossTrainer.transition_rows`.
+    keys
+        ``(dataset, source class, support)`` of each source row of the nuclei.
+    row
+        int64 ``(N,)``: each nucleus's index into ``keys`` (-1: no source row).
+
+    Returns
+    -------
+    ``(N, outputs)``: the matching row of the matrix divided by its maximum; 1 everywhere
+    for a nucleus without a row or whose key the estimate does not hold.
+    """
+    matrix = torch.tensor(table["matrix"], dtype=torch.float32).reshape(len(table["matrix"]), -1)
+    matrix = matrix / matrix.amax(1, keepdim=True).clamp_min(1e-30)
+    index = {(d, int(c), int(b)): g for g, (d, c, b) in enumerate(zip(table["dataset"], table["code"],
+                                                                      table["support"], strict=True))}
+    lookup = torch.tensor([index.get((d, int(c), int(b)), -1) for d, c, b in keys] + [-1], dtype=torch.int64)
+    found = lookup[torch.where(row >= 0, row, torch.full_like(row, len(keys)))]
+    ones = torch.ones(row.shape[0], matrix.shape[1])
+    if matrix.shape[0] == 0:
+        return ones
+    return torch.where((found >= 0)[:, None], matrix[found.clamp_min(0)], ones)
 
 
 def unclassified(data: TrainingData) -> torch.Tensor:

@@ -237,6 +237,10 @@ class _Perfect:
             out[spec.name] = Prediction(torch.where(truth == -2, truth, column), torch.ones(len(truth)), probs)
         return out
 
+    def candidate_weights(self, data):
+        """No transition estimate (as a trainer with the uniform candidate likelihood)."""
+        return {}
+
 
 def test_scoring_takes_held_out_unannotated_nuclei_and_a_perfect_model_scores_one():
     data = make_synthetic_data(per_dataset=40, size=16, seed=4)

@@ -29,6 +29,10 @@ key                 value
 ``config``          the training configuration (:class:`nucdata_models.TrainConfig`)
 ``training``        datasets, nuclei per dataset, recipe, seed, demo or not
 ``held_out``        per set, held-out metrics with 95 % intervals (:func:`held_out_metrics`)
+``transition_rows`` the transition estimate ambiguous rows are resolved by, per set
+                    (:meth:`nucdata_models.CrossTrainer.transition_rows`; ``{}`` without one):
+                    a training dataset's labelled nuclei are published as ``build-merged``
+                    published them
 ``model_card``      training data and their licences, terms inherited, metrics, intended
                     use, limitations (:func:`render_model_card` prints it)
 ``nucdata_version``, ``torch``  the versions that wrote it
@@ -54,7 +58,7 @@ SIDECAR_NAME = "classifier.json"
 #: The keys of the sidecar (the module docstring says what each holds).
 SIDECAR_KEYS = ("format", "format_version", "weights", "encoder", "in_channels", "crop_size", "mpp", "mpp_range",
                 "mpp_by_dataset", "label_sets", "table_version", "calibration", "input_statistics", "config",
-                "training", "held_out", "model_card", "nucdata_version", "torch")
+                "training", "held_out", "transition_rows", "model_card", "nucdata_version", "torch")
 #: Per-crop statistics recorded at build time and compared at classification time.
 CARD_STATISTICS = ("mean_red", "mean_green", "mean_blue", "contrast", "od_red", "od_green", "od_blue",
                    "mask_fraction")
@@ -301,7 +305,8 @@ def classifier_meta(trainer, members: Sequence, data, image_index: np.ndarray, p
         "training": {"datasets": [m.name for m in members], "nuclei_per_dataset": nuclei,
                      "recipe": report.get("recipe"), "seed": trainer.config.seed, "demo": bool(demo),
                      "splits": report.get("splits", {}).get("nuclei", {})},
-        "held_out": held, "nucdata_version": VERSION, "torch": torch.__version__,
+        "held_out": held, "transition_rows": trainer.transition_rows(), "nucdata_version": VERSION,
+        "torch": torch.__version__,
     }
     ece = {s: {g: {"ece": v.get("ece"), "ece_uncalibrated": v.get("ece_uncalibrated"), "count": v.get("count")}
                for g, v in per_set.get("groups", {}).items()}

@@ -524,7 +524,8 @@ class Classifier:
                 candidates = torch.zeros(n, dtype=torch.int64)
                 prov = torch.full((n,), NO_LABEL, dtype=torch.int8)
             temperature = self.calibration.temperature(domain, s)
-            f = fill_labels(p, labels, candidates, prov, spec.size, temperature)
+            weights = self._transition_weights(spec, domain, annotation, vocabulary, labels, candidates, prov)
+            f = fill_labels(p, labels, candidates, prov, spec.size, temperature, weights)
             from nucdata_models.fill import temperature_scale
 
             calibrated = temperature_scale(p, temperature) if temperature != 1.0 else p
@@ -532,6 +533,31 @@ class Classifier:
                                f.source.numpy(), candidates.numpy(), f.predicted.numpy(),
                                f.predicted_probability.numpy(), calibrated.numpy().astype(np.float32))
         return out
+
+    def _transition_weights(self, spec, domain: str, annotation, vocabulary, labels: torch.Tensor,
+                            candidates: torch.Tensor, provenance: torch.Tensor) -> torch.Tensor | None:
+        """The transition weights of a training dataset's own labelled nuclei (``None`` elsewhere).
+
+        Where ``domain`` is a training dataset and the labels are its native codes, an
+        ambiguous row is resolved as ``build-merged`` resolved it: by ``p(c | x) T[s, c]``
+        with the estimate the model was trained with (``transition_rows``). A lab's labels
+        were written by annotators the estimate never saw: ``p(c | x)`` alone.
+        """
+        from nucdata_models.data import training_targets
+        from nucdata_models.train import stored_weights
+
+        table = self.trainer.stored_transitions.get(spec.name)
+        if table is None or annotation is None or vocabulary != domain or domain not in table["dataset"]:
+            return None
+        codes = np.asarray(annotation)
+        if codes.dtype.kind not in "iu":
+            return None
+        c = self.trainer.config
+        targets, _ = training_targets(labels, candidates, provenance, spec.size, c.mapped_labels, c.outside_head,
+                                      c.pseudo_outside)
+        rows = torch.arange(len(labels))
+        keys = [(domain, int(code), int(t)) for code, t in zip(codes.tolist(), targets.tolist(), strict=True)]
+        return stored_weights(table, keys, rows)
 
     # -- inputs ----------------------------------------------------------------------------
     def nuclei_of(self, instances: np.ndarray | str | os.PathLike[str] | None = None,
@@ -824,7 +850,7 @@ def _sidecar_weights(path: Path) -> str:
 def _trainer(state: dict[str, Any], meta: dict[str, Any], specs, device: str):
     """A :class:`nucdata_models.CrossTrainer` holding these weights (as ``CrossTrainer.load`` builds one)."""
     from nucdata_models.config import TrainConfig
-    from nucdata_models.train import CrossTrainer
+    from nucdata_models.train import CrossTrainer, checked_transition_rows
 
     saved = {"outside_head": False, "pseudo_rule": "renormalised", **meta["config"]}
     config = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
@@ -838,4 +864,6 @@ def _trainer(state: dict[str, Any], meta: dict[str, Any], specs, device: str):
     trainer.heads.eval()
     trainer.mpp = meta.get("mpp")
     trainer.meta = meta
+    trainer.stored_transitions = checked_transition_rows(meta.get("transition_rows"), trainer.label_sets,
+                                                         config.outside_head, "classifier.json")
     return trainer

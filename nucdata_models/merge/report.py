@@ -27,7 +27,8 @@ GLOSSARY = {
     "mapped": "its own dataset labelled it in another vocabulary, and the mapping tables translate that label "
               "to exactly one class of this set",
     "ambiguous": "the tables give several candidate classes (e.g. MoNuSAC `epithelial` is PanNuke `neoplastic` "
-                 "or `epithelial`); the model picks among them (published as `ambiguous-resolved`)",
+                 "or `epithelial`); the model picks among them, weighing its probability of each by how often "
+                 "that class is written as the nucleus's own label in its dataset (published as `ambiguous-resolved`)",
     "outside": "no class of this set describes the nucleus (e.g. a fibroblast under MoNuSAC); labelled -2",
     "none / predicted": "nothing is known (Kumar, MoNuSeg, TNBC carry no classes): the model predicts the label",
     "patch-flags": "(with `--patch-labels`) a patch-level table said which classes its patch lacks; the model "

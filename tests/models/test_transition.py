@@ -243,3 +243,29 @@ def test_a_loaded_checkpoint_resolves_ambiguous_rows_as_the_trainer_that_wrote_i
     for s in fitted:
         assert torch.allclose(fitted[s], restored[s]), s
         assert bool((fitted[s] != 1).any()), s  # the weights are not all ones: the test could fail
+
+
+def test_a_stored_estimate_is_checked_and_looked_up_by_its_key():
+    from nucdata.errors import CheckpointError
+    from nucdata_models.data import LabelSetSpec
+    from nucdata_models.train import checked_transition_rows, stored_weights
+
+    specs = [LabelSetSpec("consep", "1", ("other", "inflammatory", "epithelial"))]
+    good = {"consep": {"dataset": ["pannuke", "pannuke"], "code": [0, 1], "support": [0b1001, 0b0110],
+                       "matrix": [[0.5, 0.0, 0.0, 0.25], [0.0, 0.2, 0.4, 0.0]]}}
+    table = checked_transition_rows(good, specs, True, "model.json")["consep"]
+    keys = [("pannuke", 0, 0b1001), ("pannuke", 1, 0b0110), ("consep", 0, 0b1001)]
+    weights = stored_weights(table, keys, torch.tensor([0, 1, 2, -1]))
+    assert torch.allclose(weights, torch.tensor([[1.0, 0, 0, 0.5], [0, 0.5, 1.0, 0], [1, 1, 1, 1], [1, 1, 1, 1]]))
+    assert checked_transition_rows(None, specs, True, "x") == {}
+    bad = [
+        {"pannuke": good["consep"]},                                          # not a set of the model
+        {"consep": {**good["consep"], "matrix": [[0.5, 0.0, 0.0]] * 2}},      # rows of the wrong length
+        {"consep": {**good["consep"], "code": [0]}},                          # lengths differ
+        {"consep": {**good["consep"], "matrix": [[-1.0, 0, 0, 0]] * 2}},      # negative
+        {"consep": {**good["consep"], "dataset": [1, 2]}},                    # names must be strings
+        ["consep"],
+    ]
+    for rows in bad:
+        with pytest.raises(CheckpointError, match="transition_rows"):
+            checked_transition_rows(rows, specs, True, "model.json")
