@@ -82,11 +82,19 @@ def main() -> None:
 @main.command("list")
 @root_option
 def list_cmd(root: Path | None) -> None:
-    """List the datasets and whether each is prepared ("demo": from generated demo archives, not the real data)."""
+    """List the datasets and whether each is prepared ("demo": from generated demo archives, not the real data).
+
+    Your own datasets (``nucdata prepare --custom``) follow, marked "(yours)".
+    """
+    from nucdata.catalog import list_custom_datasets
+
     click.echo(f"{'dataset':10s} {'state':9s} {'licence':18s} title")
     for name in list_datasets():
         card = get_card(name, root)
         click.echo(f"{name:10s} {_state(name, root):9s} {card.licence:18s} {card.title}")
+    for name in list_custom_datasets(root):
+        card = get_card(name, root)
+        click.echo(f"{name:10s} {_state(name, root):9s} {card.licence:18s} {card.title} (yours)")
 
 
 def _state(name: str, root: Path | None) -> str:

@@ -139,6 +139,16 @@ def test_a_custom_dataset_rebuilds_verifies_and_shows_its_card(home, mylab):
     assert result.exit_code == 0 and "user" in result.output and "tumour" in result.output, result.output
 
 
+def test_nucdata_list_shows_a_custom_dataset_after_the_packaged_ones(home, mylab):
+    result = CliRunner().invoke(main, ["list", "--root", str(home)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    mine = [line for line in lines if line.split()[0] == "mylab"]
+    assert len(mine) == 1 and mine[0].split()[1] == "prepared" and mine[0].endswith("(yours)"), result.output
+    assert lines.index(mine[0]) == len(lines) - 1  # after every packaged dataset
+    assert sum(line.endswith("(yours)") for line in lines) == 1
+
+
 def test_load_exports_and_tiles_work_on_a_custom_dataset(home, mylab, tmp_path):
     ds = nucdata.load("mylab", label_set="pannuke")
     written = nucdata.exports.export(ds, "coco", tmp_path / "coco")
