@@ -125,6 +125,20 @@ def test_a_rerun_is_up_to_date_and_foreign_files_are_kept(model, tiles, classifi
     assert (foreign / f"{stems[0]}.geojson").read_text() == "mine"
 
 
+def test_runs_with_different_formats_into_one_folder_keep_each_others_outputs(model, tiles, tmp_path):
+    folder, stems = tiles
+    out = tmp_path / "formats"
+    args = ("--images", folder / "images", "--instances", folder / "masks", "--mpp", "0.25", "--out", out)
+    _classify(model, *args, "--format", "geojson")
+    _classify(model, *args, "--format", "parquet")
+    text = _classify(model, *args, "--format", "geojson")  # the first run's files are classify's own
+    assert text.count("up to date") == 0 and "did not write" not in text
+    for stem in stems:
+        assert (out / f"{stem}.geojson").is_file() and (out / f"{stem}.parquet").is_file()
+        record = json.loads((out / ".nucdata-classify" / "done" / f"{stem}.json").read_text())
+        assert set(record["outputs"]) == {f"{stem}.geojson", f"{stem}.parquet"}
+
+
 def test_it_refuses_to_guess_the_pixel_size_and_wants_one_input(model, tiles, tmp_path):
     folder, _ = tiles
     result = CliRunner().invoke(main, ["classify", str(model), "--images", str(folder / "images"), "--instances",

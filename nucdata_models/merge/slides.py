@@ -378,14 +378,20 @@ def _outputs(out: Path, stem: str, options: ClassifyOptions) -> dict[str, Path]:
                           fix="rename the image file") for f in options.formats}
 
 
+def _ours(record: Path) -> set[str]:
+    """The names of the outputs an image's record says classify wrote (any earlier run, any format)."""
+    with contextlib.suppress(OSError, json.JSONDecodeError, TypeError, AttributeError):
+        if record.is_file():
+            names = json.loads(record.read_text(encoding="utf-8")).get("outputs", [])
+            return {n for n in names if isinstance(n, str)}
+    return set()
+
+
 def _check_targets(out: Path, job: Job, targets: dict[str, Path], record: Path, options: ClassifyOptions) -> None:
     """Refuse to replace files classify did not write (unless ``overwrite``)."""
     if options.overwrite:
         return
-    ours = set()
-    if record.is_file():
-        with contextlib.suppress(OSError, json.JSONDecodeError, TypeError):
-            ours = set(json.loads(record.read_text(encoding="utf-8")).get("outputs", []))
+    ours = _ours(record)
     foreign = [p.name for p in targets.values() if p.exists() and p.name not in ours]
     inputs = {job.image.resolve(), job.nuclei.resolve()}
     clash = [p.name for p in targets.values() if p.exists() and p.resolve() in inputs]
@@ -534,7 +540,10 @@ def classify_image(classifier, job: Job, out: str | os.PathLike[str], options: C
         parts = _Parts(state / "work" / job.stem, key)
         with contextlib.ExitStack() as stack:
             summary = _classify(classifier, job, options, parts, stack, say)
-            summary["outputs"] = [p.name for p in targets.values()]
+            # every output of this image classify wrote, this run's formats and earlier runs' still there
+            kept = {name for name in _ours(record) if name not in {p.name for p in targets.values()}
+                    and (out / name).is_file()}
+            summary["outputs"] = [p.name for p in targets.values()] + sorted(kept)
             _publish(classifier, job, options, parts, targets, summary, stack)
         fault_point("classify:outputs-published")
         summary["key"] = key
