@@ -306,10 +306,14 @@ def prepare(name: str | None, source: Path | None, force: bool, offline: bool, n
         raise click.UsageError("name a dataset (nucdata list), or use --custom NAME for your own images")
     from nucdata.acquire import prepare as run
 
+    demo_before = _state(name, root) == "demo"
     path = run(name, source, root, download=not offline, check_hash=not no_hash_check,
                check_counts=not no_count_check, force=force,
                progress=None if quiet else click.echo, jobs=jobs)
     click.echo(str(path))
+    if demo_before and _state(name, root) == "demo":  # kept: a demo store satisfies prepare
+        click.echo(f"note: this {name} store was built from the generated demo archives (nucdata demo), not the "
+                   f"real data; to convert the real files run: nucdata prepare {name} --force", err=True)
 
 
 @main.command()

@@ -109,6 +109,9 @@ def test_list_tells_demo_stores_from_real_ones(home):
     assert CliRunner().invoke(main, ["prepare", "tnbc", "--quiet"]).exit_code == 0
     rows = {line.split()[0]: line.split()[1] for line in CliRunner().invoke(main, ["list"]).output.splitlines()[1:]}
     assert rows["tnbc"] == "demo" and rows["consep"] == "-"
+    # preparing again keeps the demo store, and says so with the command that converts the real files
+    again = CliRunner().invoke(main, ["prepare", "tnbc", "--quiet"])
+    assert again.exit_code == 0 and "demo archives" in again.output and "nucdata prepare tnbc --force" in again.output
 
 
 def test_the_demo_lists_what_was_dropped_without_zeros(home):
