@@ -169,6 +169,46 @@ def test_resampled_tiles_from_the_image_cache_equal_tiles_resampled_alone(store,
         ds.tiles(size=64, mpp=0.5, resample_cache_mb=-1)
 
 
+@pytest.mark.parametrize("sampler", ["grid", "random"])
+def test_tiles_through_an_images_run_index_equal_tiles_scanned_alone(store, sampler, monkeypatch):
+    import nucdata.views._tiles as module
+
+    ds = NucleusDataset(store, None, "pannuke")
+    kwargs = dict(size=64, sampler=sampler, length=200, stride=40)  # padded edge tiles and empty ones too
+    monkeypatch.setattr(module, "_RUNS_AFTER", 10**9)
+    scanned = ds.tiles(**kwargs)
+    want = [scanned[t] for t in range(len(scanned))]
+    assert not any(isinstance(v, module._Runs) for v in scanned.__dict__["_runs"].values())
+    monkeypatch.setattr(module, "_RUNS_AFTER", 1)
+    indexed = ds.tiles(**kwargs)
+    for t, b in enumerate(want):
+        a = indexed[t]
+        for key in ("image", "instance_map", "type_map", "padding", "centroids", "labels", "nucleus_index", "cut"):
+            assert torch.equal(a[key], b[key]), (t, key)
+    assert any(isinstance(v, module._Runs) for v in indexed.__dict__["_runs"].values())
+    # a budget too small for any index: the scan, the same tiles
+    monkeypatch.setattr(module, "_RUNS_MB", 0)
+    small = ds.tiles(**kwargs)
+    assert all(torch.equal(small[t]["instance_map"], b["instance_map"]) for t, b in enumerate(want))
+    assert not any(isinstance(v, module._Runs) for v in small.__dict__["_runs"].values())
+
+
+def test_a_run_index_finds_exactly_the_ids_of_a_window():
+    from nucdata.views._tiles import _Runs
+
+    rng = np.random.default_rng(0)
+    inst = rng.integers(0, 6, (37, 53)).astype(np.int32)
+    inst[5] = 0  # an empty row
+    runs = _Runs.of(inst)
+    for _ in range(200):
+        ty, tx = int(rng.integers(0, 37)), int(rng.integers(0, 53))
+        rows, cols = int(rng.integers(1, 38 - ty)), int(rng.integers(1, 54 - tx))
+        want = np.zeros(6, bool)
+        want[np.unique(inst[ty : ty + rows, tx : tx + cols])] = True
+        want[0] = False
+        np.testing.assert_array_equal(runs.present(ty, tx, rows, cols, 6), want)
+
+
 def test_type_map_holds_large_native_codes(tmp_path):
     """Codes beyond what one packed lookup holds take the two-lookup path: same maps."""
     rng = np.random.default_rng(8)

@@ -28,6 +28,12 @@ used out first), so later tiles of it are cut like native ones; images the cache
 cannot hold are resampled per tile, reading only the window (plus the filter's reach).
 Both give the same pixels.
 
+Which nuclei a tile holds: every id of the window, found from the ids where the window's
+flattened rows change. An image that has given :data:`_RUNS_AFTER` tiles in this process
+is indexed once instead (its instance map as runs of one id along each row; at most
+``_RUNS_MB`` MiB of these per process, least recently used out first), and later tiles
+select the runs that cross the window: the same ids, without a pass over the window.
+
 Grid tiles start at ``0, stride, 2 * stride, ...`` along each axis until the image is
 covered; with ``stride == size`` they cover every output pixel exactly once. Tiles
 that run past the image are padded (zeros in the image, 0 in the instance map, 0 in
@@ -88,6 +94,50 @@ TYPE_DTYPE = np.int16
 #: output rows resampled at once when a whole image is resampled into the cache (bounds
 #: the float32 temporaries whatever the image's size)
 _RESAMPLE_BAND = 256
+#: Tiles of one image (native scale) after which this process indexes its runs of ids.
+_RUNS_AFTER = 32
+#: MiB of run indexes each process keeps.
+_RUNS_MB = 128
+
+
+class _Runs(NamedTuple):
+    """An instance map as runs of one non-zero id along each row (for the ids a window holds)."""
+
+    ids: np.ndarray      # int32 (R,): each run's id
+    x0: np.ndarray       # int32 (R,): first column
+    x1: np.ndarray       # int32 (R,): one past the last column
+    row: np.ndarray      # int64 (H + 1,): runs of row y are row[y]:row[y + 1]
+
+    @classmethod
+    def of(cls, instances: np.ndarray) -> _Runs:
+        h, w = instances.shape
+        flat = np.ascontiguousarray(instances).ravel()
+        start = np.empty(flat.size, bool)
+        start[:1] = True
+        np.not_equal(flat[1:], flat[:-1], out=start[1:])
+        start[::w] = True  # a run never crosses a row's end
+        starts = np.flatnonzero(start)
+        ends = np.append(starts[1:], flat.size)
+        ids = flat[starts]
+        keep = ids != 0
+        starts, ends, ids = starts[keep], ends[keep], ids[keep]
+        y = starts // w
+        x0 = (starts - y * w).astype(np.int32)
+        return cls(ids.astype(np.int32), x0, (x0 + (ends - starts)).astype(np.int32),
+                   np.searchsorted(y, np.arange(h + 1)).astype(np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.ids.nbytes + self.x0.nbytes + self.x1.nbytes + self.row.nbytes
+
+    def present(self, ty: int, tx: int, rows: int, cols: int, size: int) -> np.ndarray:
+        """bool ``(size,)``: which ids have a pixel in the window (id 0 never)."""
+        a, b = self.row[ty], self.row[ty + rows]
+        x0, x1 = self.x0[a:b], self.x1[a:b]
+        hit = self.ids[a:b][np.flatnonzero((x1 > tx) & (x0 < tx + cols))]
+        present = np.zeros(max(size, int(hit.max(initial=0)) + 1), bool)
+        present[hit] = True
+        return present
 
 
 class _ImageView(NamedTuple):
@@ -437,7 +487,7 @@ class TileDataset(torch.utils.data.Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for cache in ("_view_cache", "_member_cache", "_draw_cache", "_resampled"):  # rebuilt in each process
+        for cache in ("_view_cache", "_member_cache", "_draw_cache", "_resampled", "_runs"):  # rebuilt per process
             state.pop(cache, None)
         return state
 
@@ -470,6 +520,30 @@ class TileDataset(torch.utils.data.Dataset):
         cache[key] = (planes, instances)
         return planes, instances
 
+    def _runs_of(self, member: int, position: int, view: _ImageView) -> _Runs | None:
+        """The image's run index once it has given :data:`_RUNS_AFTER` native tiles here; else ``None``."""
+        cache: OrderedDict = self.__dict__.setdefault("_runs", OrderedDict())
+        key = (member, position)
+        hit = cache.get(key)
+        if isinstance(hit, _Runs):
+            cache.move_to_end(key)
+            return hit
+        seen = (hit or 0) + 1
+        if seen < _RUNS_AFTER:
+            cache[key] = seen
+            return None
+        runs = _Runs.of(view.instances)
+        budget = _RUNS_MB * 2**20
+        if runs.nbytes > budget:
+            cache[key] = -(2**62)  # never indexed: too large for the budget
+            return None
+        used = sum(v.nbytes for v in cache.values() if isinstance(v, _Runs))
+        while used + runs.nbytes > budget:
+            old = next(k for k, v in cache.items() if isinstance(v, _Runs))
+            used -= cache.pop(old).nbytes
+        cache[key] = runs
+        return runs
+
     def tile(self, member: int, position: int, ty: int, tx: int) -> Sample:
         """The tile of image ``position`` of ``member`` whose top-left output pixel is (tx, ty)."""
         view = self._image_view(member, position)
@@ -499,7 +573,10 @@ class TileDataset(torch.utils.data.Dataset):
             flat = flat.copy()
         # Relabel 1..K. Every id of the window occurs at its start or where the id changes
         # along the flattened rows: far fewer values to look at than the window's pixels.
-        if flat.size:
+        runs = self._runs_of(member, position, view) if scale == 1.0 and flat.size else None
+        if runs is not None:  # the same ids from the image's run index
+            present = runs.present(ty, tx, rows, cols, view.count + 1)
+        elif flat.size:
             after = flat[1:]
             changes = after[np.flatnonzero(after != flat[:-1])]  # faster than a boolean mask's gather
             present = np.zeros(max(view.count, int(changes.max(initial=0)), int(flat[0])) + 1, bool)
