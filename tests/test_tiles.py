@@ -169,12 +169,13 @@ def test_resampled_tiles_from_the_image_cache_equal_tiles_resampled_alone(store,
         ds.tiles(size=64, mpp=0.5, resample_cache_mb=-1)
 
 
-@pytest.mark.parametrize("sampler", ["grid", "random"])
-def test_tiles_through_an_images_run_index_equal_tiles_scanned_alone(store, sampler, monkeypatch):
+@pytest.mark.parametrize(("sampler", "mpp"), [("grid", None), ("random", None), ("random", 0.5)])
+def test_tiles_through_an_images_run_index_equal_tiles_scanned_alone(store, sampler, mpp, monkeypatch):
     import nucdata.views._tiles as module
 
     ds = NucleusDataset(store, None, "pannuke")
-    kwargs = dict(size=64, sampler=sampler, length=200, stride=40)  # padded edge tiles and empty ones too
+    # padded edge tiles and empty ones too; at an mpp, run indexes of the cached resampled images
+    kwargs = dict(size=64, sampler=sampler, length=200, stride=40, mpp=mpp, assume_mpp=0.25)
     monkeypatch.setattr(module, "_RUNS_AFTER", 10**9)
     scanned = ds.tiles(**kwargs)
     want = [scanned[t] for t in range(len(scanned))]

@@ -30,7 +30,8 @@ Both give the same pixels.
 
 Which nuclei a tile holds: every id of the window, found from the ids where the window's
 flattened rows change. An image that has given :data:`_RUNS_AFTER` tiles in this process
-is indexed once instead (its instance map as runs of one id along each row; at most
+is indexed once instead (its instance map, native or resampled whole, as runs of one id
+along each row; at most
 ``_RUNS_MB`` MiB of these per process, least recently used out first), and later tiles
 select the runs that cross the window: the same ids, without a pass over the window.
 
@@ -520,10 +521,10 @@ class TileDataset(torch.utils.data.Dataset):
         cache[key] = (planes, instances)
         return planes, instances
 
-    def _runs_of(self, member: int, position: int, view: _ImageView) -> _Runs | None:
-        """The image's run index once it has given :data:`_RUNS_AFTER` native tiles here; else ``None``."""
+    def _runs_of(self, key: tuple, instances: np.ndarray) -> _Runs | None:
+        """The run index of ``instances`` (an image's, native or resampled whole) once ``key`` has given
+        :data:`_RUNS_AFTER` tiles here; else ``None``."""
         cache: OrderedDict = self.__dict__.setdefault("_runs", OrderedDict())
-        key = (member, position)
         hit = cache.get(key)
         if isinstance(hit, _Runs):
             cache.move_to_end(key)
@@ -532,7 +533,7 @@ class TileDataset(torch.utils.data.Dataset):
         if seen < _RUNS_AFTER:
             cache[key] = seen
             return None
-        runs = _Runs.of(view.instances)
+        runs = _Runs.of(instances)
         budget = _RUNS_MB * 2**20
         if runs.nbytes > budget:
             cache[key] = -(2**62)  # never indexed: too large for the budget
@@ -554,16 +555,19 @@ class TileDataset(torch.utils.data.Dataset):
         rows, cols = max(0, min(s, ho - ty)), max(0, min(s, wo - tx))
         full = rows == s and cols == s
         fresh = False  # pixels already a new array of this tile's own
+        indexed = None  # the whole instance map the window is cut from, and its key (for a run index)
         if rows == 0 or cols == 0:
             pixels, window = np.zeros((3, rows, cols), np.uint8), np.zeros((rows, cols), np.int32)
         elif scale == 1.0:  # views of the window (planar store: already channels first)
             pixels = view.planes[:, ty : ty + rows, tx : tx + cols]
             window = view.instances[ty : ty + rows, tx : tx + cols]
+            indexed = (member, position), view.instances
         else:
             whole = self._resampled_image(member, position)
             if whole is not None:
                 pixels = whole[0][:, ty : ty + rows, tx : tx + cols]
                 window = whole[1][ty : ty + rows, tx : tx + cols]
+                indexed = (member, position, scale), whole[1]
             else:
                 pixels = resample_planes(view.planes, ty, tx, rows, cols, scale)
                 window = nearest_window(view.instances, ty, tx, rows, cols, scale)
@@ -573,7 +577,7 @@ class TileDataset(torch.utils.data.Dataset):
             flat = flat.copy()
         # Relabel 1..K. Every id of the window occurs at its start or where the id changes
         # along the flattened rows: far fewer values to look at than the window's pixels.
-        runs = self._runs_of(member, position, view) if scale == 1.0 and flat.size else None
+        runs = self._runs_of(*indexed) if indexed is not None and flat.size else None
         if runs is not None:  # the same ids from the image's run index
             present = runs.present(ty, tx, rows, cols, view.count + 1)
         elif flat.size:
