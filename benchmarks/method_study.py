@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,15 +31,13 @@ from nucdata.labels import MERGED_LABEL_SETS
 from nucdata_models import TrainConfig
 from nucdata_models.study import (
     ARMS,
-    ENDPOINT,
-    FAMILY,
-    METRIC_SPECS,
     arm_plan,
-    endpoint_count,
     oracle_check,
     prepare_world,
     render_markdown,
     run_arms,
+    run_records,
+    study_config,
     summarise,
 )
 
@@ -111,37 +108,14 @@ def main(argv: list[str] | None = None) -> dict:
     plans = {arm: arm_plan(arm, base(args.train_seeds[0])) for arm in args.arms}
     config = {
         "world": args.world, "world_seeds": args.world_seeds, "train_seeds": args.train_seeds,
-        "arms": args.arms, "label_sets": label_sets, "quick": args.quick, "device": args.device,
-        "encoder": args.encoder, "demo_scale": args.scale, "crop_size": args.crop, "batch_size": args.batch_size,
-        "epochs_nucdata": epochs, "budget": "equal optimisation steps: every arm runs E = A+B+C epochs of the "
-        "nucdata arm over the same training pool and batch size",
-        "epochs": {arm: plan.config.epochs for arm, plan in plans.items()},
-        "publish": {arm: plan.publish for arm, plan in plans.items()},
-        "predict_modules": {arm: plan.modules for arm, plan in plans.items()},
-        "validation": args.validation, "test": args.test, "bootstrap_draws": args.bootstrap,
-        "runs_per_arm": len(args.world_seeds) * len(args.train_seeds),
-        "per_seed_order": sorted([w, t] for w in args.world_seeds for t in args.train_seeds),
-        "references": sorted({r for a, r in FAMILY if a in args.arms and r in args.arms}),
-        "family": [f"{a} - {r}" for a, r in FAMILY],
-        "endpoint": ENDPOINT.describe(),
-        "metrics": {name: spec.describe() for name, spec in METRIC_SPECS.items()},
-        "ece_probability": "the published probability, calibrated as build-merged calibrates it "
-                           "(nucdata_models.calibration.calibrated_fill: temperatures per (dataset, label set) fitted "
-                           "on the validation split); ece_uncalibrated: before calibration",
-        "group_keys": {str(w): p.group_keys for w, p in worlds.items()},
+        "quick": args.quick, "device": args.device, "encoder": args.encoder, "demo_scale": args.scale,
+        "crop_size": args.crop, "batch_size": args.batch_size, "validation": args.validation, "test": args.test,
+        "bootstrap_draws": args.bootstrap,
+        **study_config(args.arms, plans, worlds, runs, label_sets, epochs, args.world_seeds, args.train_seeds),
         "bayes_accuracy": {str(w): p.bayes_accuracy for w, p in worlds.items()},
-        "worlds": {str(w): {"nuclei": p.nuclei, "images": p.n_images, "groups": p.clusters[1],
-                            "split_counts": p.split_counts, "prepare_seconds": round(p.seconds, 1)}
-                   for w, p in worlds.items()},
-        "scored_nuclei": {str(w): {s: int(endpoint_count(next(r for r in runs if r.world_seed == w)
-                                                          .confusions["published"][s])) for s in label_sets}
-                          for w in worlds},
-        "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
     }
     results = {"config": config, **summary, "oracle_check": {m: oracle_check(summary, m) for m in ("macro_f1", "accuracy")},
-               "runs": [{"arm": r.arm, "world_seed": r.world_seed, "train_seed": r.train_seed,
-                         "seconds": round(r.seconds, 1), "pseudo_labels": r.pseudo_labels,
-                         "calibration": r.temperatures} for r in runs]}
+               "runs": run_records(runs)}
     config["seconds"] = round(time.perf_counter() - started, 1)
     (out / "results.json").write_text(json.dumps(results, indent=1, allow_nan=True))
     (out / "results.md").write_text(render_markdown(results))

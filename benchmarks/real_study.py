@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,19 +34,17 @@ from nucdata_models import TrainConfig
 from nucdata_models.study import (
     ARMS,
     DERIVED_SETS,
-    ENDPOINT,
-    FAMILY,
-    METRIC_SPECS,
     STUDY_SETS,
     TRANSFER_TASKS,
     arm_plan,
     derived_table,
-    endpoint_count,
     oracle_check,
     prepare_real_world,
     render_markdown,
     render_transfer_markdown,
     run_arms,
+    run_records,
+    study_config,
     summarise,
     transfer_study,
 )
@@ -177,46 +174,26 @@ def main(argv: list[str] | None = None) -> dict:
     config = {
         "world": "crchisto (real images, real classes)", "data": str(args.data),
         "world_seeds": args.partition_seeds, "partition_seeds": args.partition_seeds, "train_seeds": args.train_seeds,
-        "arms": args.arms, "label_sets": label_sets, "coarse": args.coarse, "quick": args.quick,
-        "device": args.device, "encoder": args.encoder, "crop_size": args.crop, "batch_size": args.batch_size,
-        "epochs_nucdata": epochs, "budget": "equal optimisation steps: every arm runs E = A+B+C epochs of the "
-        "nucdata arm over the same training pool and batch size",
-        "epochs": {arm: plan.config.epochs for arm, plan in plans.items()},
-        "publish": {arm: plan.publish for arm, plan in plans.items()},
-        "predict_modules": {arm: plan.modules for arm, plan in plans.items()},
-        "grouping": args.grouping, "groups": args.groups, "validation": args.validation, "test": args.test,
+        "coarse": args.coarse, "quick": args.quick, "device": args.device, "encoder": args.encoder,
+        "crop_size": args.crop, "batch_size": args.batch_size, "grouping": args.grouping, "groups": args.groups,
+        "validation": args.validation, "test": args.test,
         "caps": {"max_train": args.max_train, "max_validation": args.max_validation,
                  "max_unlabelled": args.max_unlabelled},
         "unlabelled": {k: str(v) for k, v in unlabelled.items()},
         "bootstrap_draws": args.bootstrap,
-        "runs_per_arm": len(args.partition_seeds) * len(args.train_seeds),
-        "per_seed_order": sorted([w, t] for w in args.partition_seeds for t in args.train_seeds),
-        "references": sorted({r for a, r in FAMILY if a in args.arms and r in args.arms}),
-        "family": [f"{a} - {r}" for a, r in FAMILY],
-        "endpoint": ENDPOINT.describe(),
-        "metrics": {name: spec.describe() for name, spec in METRIC_SPECS.items()},
+        **study_config(args.arms, plans, worlds, runs, label_sets, epochs, args.partition_seeds, args.train_seeds,
+                       world_fields=lambda p: {"design": p.design}),
         "truth": "the real CRCHisto annotation (the fine class of every classified nucleus, projected into each "
                  "derived set); nuclei without a class are never scored",
         "tables": [row for a in label_sets for b in label_sets if a != b for row in derived_table(a, b)],
         "derived_sets": {s: {"classes": list(DERIVED_SETS[s].classes), "of_fine": list(DERIVED_SETS[s].of_fine)}
                          for s in label_sets if s in DERIVED_SETS},
-        "group_keys": {str(w): p.group_keys for w, p in worlds.items()},
         "bayes_accuracy": {},
-        "worlds": {str(w): {"nuclei": p.nuclei, "images": p.n_images, "groups": p.clusters[1],
-                            "split_counts": p.split_counts, "prepare_seconds": round(p.seconds, 1),
-                            "design": p.design} for w, p in worlds.items()},
-        "scored_nuclei": {str(w): {s: int(endpoint_count(next(r for r in runs if r.world_seed == w)
-                                                          .confusions["published"][s])) for s in label_sets}
-                          for w in worlds},
         "store": first.design["store"],
-        "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
     }
     results = {"config": config, **summary,
                "oracle_check": {m: oracle_check(summary, m) for m in ("macro_f1", "accuracy")},
-               "runs": [{"arm": r.arm, "world_seed": r.world_seed, "train_seed": r.train_seed,
-                         "seconds": round(r.seconds, 1), "pseudo_labels": r.pseudo_labels,
-                         "calibration": r.temperatures} for r in runs],
-               "transfer": transfer, "label_free": label_free}
+               "runs": run_records(runs), "transfer": transfer, "label_free": label_free}
     config["seconds"] = round(time.perf_counter() - started, 1)
     (out / "results.json").write_text(json.dumps(results, indent=1, allow_nan=True))
     markdown = render_markdown(results)

@@ -29,8 +29,8 @@ _MODULES = {
                                    "prepare_real_world", "render_transfer_markdown", "study_classifier",
                                    "transfer_study"),
     "nucdata_models.study._run": ("VIEWS", "PreparedWorld", "RunScores", "endpoint_count", "family_sentences",
-                                  "oracle_check", "prepare_world", "render_markdown", "run_arms", "score_views",
-                                  "summarise"),
+                                  "oracle_check", "prepare_world", "render_markdown", "run_arms", "run_records",
+                                  "score_views", "study_config", "summarise"),
     # the one definition of each metric lives with the others (nucdata_models.metrics)
     "nucdata_models.metrics": ("accuracy_from_confusion", "macro_f1_from_confusion"),
     "nucdata_models.study.synthetic": ("make_synthetic_data",),
@@ -81,7 +81,9 @@ if TYPE_CHECKING:
         prepare_world,
         render_markdown,
         run_arms,
+        run_records,
         score_views,
+        study_config,
         summarise,
     )
     from nucdata_models.study._stats import (

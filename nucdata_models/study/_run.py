@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -502,6 +502,67 @@ def family_sentences(results: dict[str, Any]) -> list[str]:
                         f"{margin} is shown")
             out.append(f"{text} ({numbers}).")
     return out
+
+
+def study_config(arms: Sequence[str], plans: Mapping[str, Any], worlds: Mapping[int, Any], runs: Sequence[RunScores],
+                 label_sets: Sequence[str], epochs: Mapping[str, int], world_seeds: Sequence[int],
+                 train_seeds: Sequence[int], world_fields: Callable[[Any], dict[str, Any]] | None = None
+                 ) -> dict[str, Any]:
+    """What every study's ``results.json`` ``config`` holds, whatever its worlds (generated or real).
+
+    Parameters
+    ----------
+    arms, plans
+        The arms run and their :func:`._arms.arm_plan` (for epochs, what each publishes, its modules).
+    worlds
+        Per world (or partition) seed, the prepared world (:class:`PreparedWorld` or a real one).
+    runs
+        Every run's scores (for the endpoint's nuclei per world).
+    label_sets, epochs, world_seeds, train_seeds
+        As the study ran them; ``epochs`` the ``nucdata`` arm's.
+    world_fields
+        Extra per-world entries of ``worlds`` (a real world's ``design``).
+
+    The caller adds what is its own (world kind, sizes, data paths) and ``seconds``.
+    """
+    import platform
+
+    import torch
+
+    from nucdata_models.study._arms import FAMILY
+    from nucdata_models.study._stats import ENDPOINT, METRIC_SPECS
+
+    return {
+        "arms": list(arms), "label_sets": list(label_sets), "epochs_nucdata": dict(epochs),
+        "budget": "equal optimisation steps: every arm runs E = A+B+C epochs of the nucdata arm over the same "
+                  "training pool and batch size",
+        "epochs": {arm: plan.config.epochs for arm, plan in plans.items()},
+        "publish": {arm: plan.publish for arm, plan in plans.items()},
+        "predict_modules": {arm: plan.modules for arm, plan in plans.items()},
+        "runs_per_arm": len(world_seeds) * len(train_seeds),
+        "per_seed_order": sorted([w, t] for w in world_seeds for t in train_seeds),
+        "references": sorted({r for a, r in FAMILY if a in arms and r in arms}),
+        "family": [f"{a} - {r}" for a, r in FAMILY],
+        "endpoint": ENDPOINT.describe(),
+        "metrics": {name: spec.describe() for name, spec in METRIC_SPECS.items()},
+        "ece_probability": "the published probability, calibrated as build-merged calibrates it "
+                           "(nucdata_models.calibration.calibrated_fill: temperatures per (dataset, label set) fitted "
+                           "on the validation split); ece_uncalibrated: before calibration",
+        "group_keys": {str(w): p.group_keys for w, p in worlds.items()},
+        "worlds": {str(w): {"nuclei": p.nuclei, "images": p.n_images, "groups": p.clusters[1],
+                            "split_counts": p.split_counts, "prepare_seconds": round(p.seconds, 1),
+                            **(world_fields(p) if world_fields else {})} for w, p in worlds.items()},
+        "scored_nuclei": {str(w): {s: int(endpoint_count(next(r for r in runs if r.world_seed == w)
+                                                          .confusions["published"][s])) for s in label_sets}
+                          for w in worlds},
+        "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
+    }
+
+
+def run_records(runs: Sequence[RunScores]) -> list[dict[str, Any]]:
+    """``results.json``'s ``runs``: per run its arm, seeds, time, stage C's pseudo labels and calibration."""
+    return [{"arm": r.arm, "world_seed": r.world_seed, "train_seed": r.train_seed, "seconds": round(r.seconds, 1),
+             "pseudo_labels": r.pseudo_labels, "calibration": r.temperatures} for r in runs]
 
 
 def endpoint_count(tally: np.ndarray) -> int:
