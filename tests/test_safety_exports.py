@@ -215,3 +215,26 @@ def test_an_empty_out_is_refused(prepared, tmp_path, monkeypatch):
     with pytest.raises(nucdata.InvalidArgumentError, match="empty"):
         nucdata.exports.export(nucdata.load("tnbc"), "geojson", "")
     assert list(tmp_path.iterdir()) == []  # nothing went to the current folder
+
+
+def test_an_overlay_that_fails_midway_leaves_the_last_good_png(prepared, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from nucdata.exports._overlay import write_overlays
+
+    ds = nucdata.load("tnbc", root=prepared)
+    out = tmp_path / "overlays"
+    first = write_overlays(ds, out, limit=1)[0]
+    good = first.read_bytes()
+    original = Image.Image.save
+
+    def half_then_fail(self, fp, *args, **kwargs):
+        Path(fp).write_bytes(b"\x89PNG half")  # what a crash mid-write leaves
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(Image.Image, "save", half_then_fail)
+    with pytest.raises(OSError, match="disk gone"):
+        write_overlays(ds, out, limit=1)
+    monkeypatch.setattr(Image.Image, "save", original)
+    assert first.read_bytes() == good
+    assert sorted(p.name for p in out.iterdir()) == [first.name]  # no temporary file left
