@@ -191,6 +191,9 @@ def test_disk_full_while_prepare_writes_columns(tmp_path, monkeypatch):
     with pytest.raises(NucdataError, match="disk is full while building the tnbc store") as info:
         nucdata.prepare("tnbc", root=tmp_path)
     assert _kind(info.value) == "DiskFullError"
+    # the room it needs, estimated from the card (50 images of 512 x 512, 7 bytes a pixel)
+    assert "more are needed (from the card's image size and count" in str(info.value)
+    assert "about " in str(info.value)
     assert not nucdata.acquire.is_prepared("tnbc", tmp_path)
     assert [p.name for p in (tmp_path / "manual").iterdir()]  # the archive is intact
 

@@ -14,7 +14,7 @@ import contextlib
 import errno
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from nucdata.errors import DiskFullError
@@ -57,7 +57,7 @@ def size_text(n: int | None) -> str:
 
 
 def disk_full(path: str | os.PathLike[str], what: str, needed: int | None = None,
-              exc: OSError | None = None) -> DiskFullError:
+              exc: OSError | None = None, estimate: str | None = None) -> DiskFullError:
     """The error for a disk that filled while writing ``path``.
 
     Parameters
@@ -70,11 +70,19 @@ def disk_full(path: str | os.PathLike[str], what: str, needed: int | None = None
         Bytes still needed, when known (the rest of an extraction, an export's estimate).
     exc
         The original ``OSError`` (its errno says disk or quota).
+    estimate
+        Where ``needed`` is an estimate, what it is estimated from (it is then said as
+        "about", not "at least").
     """
     free = free_bytes(path)
     quota = exc is not None and exc.errno == getattr(errno, "EDQUOT", None)
     what_full = "your disk quota is used up" if quota else "the disk is full"
-    need = (f"; at least {size_text(needed)} more are needed" if needed is not None else "")
+    if needed is None:
+        need = ""
+    elif estimate:
+        need = f"; about {size_text(needed)} more are needed ({estimate})"
+    else:
+        need = f"; at least {size_text(needed)} more are needed"
     return _error(
         f"{path}: {what_full} while {what} ({size_text(free)} free on that file system{need}). "
         "Nothing already published was changed, and the downloaded archives are intact: free space "
@@ -84,13 +92,20 @@ def disk_full(path: str | os.PathLike[str], what: str, needed: int | None = None
 
 
 @contextlib.contextmanager
-def mapped(path: str | os.PathLike[str], what: str, needed: int | None = None) -> Iterator[None]:
-    """Turn a disk-full ``OSError`` raised inside the block into :func:`disk_full`'s error."""
+def mapped(path: str | os.PathLike[str], what: str,
+           needed: int | Callable[[], int | None] | None = None, estimate: str | None = None) -> Iterator[None]:
+    """Turn a disk-full ``OSError`` raised inside the block into :func:`disk_full`'s error.
+
+    ``needed``: bytes still needed, or a callable that says so when the disk fills (what
+    is left of a store being written, say); ``None`` when unknown. ``estimate``: as in
+    :func:`disk_full`.
+    """
     try:
         yield
     except OSError as exc:
         if is_disk_full(exc):
-            raise disk_full(path, what, needed, exc) from None
+            still = needed() if callable(needed) else needed
+            raise disk_full(path, what, still, exc, estimate) from None
         raise
 
 

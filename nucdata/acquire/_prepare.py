@@ -8,6 +8,7 @@ the card, and the store is published with its manifest written last.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import re
@@ -48,6 +49,35 @@ def store_path(name: str, root: str | os.PathLike[str] | None = None) -> Path:
 def is_prepared(name: str, root: str | os.PathLike[str] | None = None) -> bool:
     """Whether dataset ``name``'s store for the installed converter is published."""
     return is_complete(store_path(name, root))
+
+
+#: Bytes per pixel of a store: RGB planes (3) and the int32 instance map (4).
+_STORE_BYTES_PER_PIXEL = 7
+
+
+def store_bytes_estimate(card: Card) -> int | None:
+    """About how many bytes dataset ``card``'s store takes (its pixels), or ``None`` when unknown.
+
+    From the card's fixed ``image_size`` (``"HxW"``) and its expected image count; a card
+    whose images vary in size has no estimate.
+    """
+    size = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", str(card.extra.get("image_size") or ""))
+    images = card.expected.get("images") if isinstance(card.expected, dict) else None
+    if size is None or not isinstance(images, dict):
+        return None
+    count = sum(v for v in images.values() if isinstance(v, int))
+    return count * int(size[1]) * int(size[2]) * _STORE_BYTES_PER_PIXEL or None
+
+
+def _still_needed(estimate: int | None, writers: list) -> int | None:
+    """What is left of ``estimate`` beyond what the store's staging folder already holds."""
+    if estimate is None:
+        return None
+    used = 0
+    for writer in writers:
+        with contextlib.suppress(OSError):
+            used += sum(p.stat().st_size for p in Path(writer.tmp_dir).rglob("*") if p.is_file())
+    return max(estimate - used, 0) or None
 
 
 @renamed_keywords(source="from_dir")
@@ -144,8 +174,13 @@ def prepare(
             images = card.expected.get("images")
             total = sum(images.values()) if isinstance(images, dict) else None
             counter = Counter(total, desc=f"converting {card.name}", unit="images")
-            with disk.mapped(final, f"building the {card.name} store"), \
+            estimate = store_bytes_estimate(card)
+            written: list[StoreWriter] = []
+            with disk.mapped(final, f"building the {card.name} store",
+                             needed=lambda: _still_needed(estimate, written),
+                             estimate="from the card's image size and count, less what the store holds so far"), \
                     StoreWriter(final, card.name, src.version, progress=counter) as writer:
+                written.append(writer)
                 options = {"jobs": jobs} if "jobs" in inspect.signature(src.convert).parameters else {}
                 try:
                     report = src.convert(folder, writer, progress=say, **options)
