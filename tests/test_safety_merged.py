@@ -218,6 +218,8 @@ def test_malformed_pickle_rows_are_refused(output, edit, match):
 
 def test_a_huge_label_is_refused_even_without_the_label_set_sizes(output):
     out, _ = output
+    marker = out / ".nucdata-merged"  # an output whose marker records no class counts (as the authors' has none)
+    marker.write_text(json.dumps({k: v for k, v in json.loads(marker.read_text()).items() if k != "classes"}))
     _rewrite_pickle(out, lambda t: _first_rows(t)[0].__setitem__(1, 10**30))
     _typed(lambda: nucdata.open_merged(out)["pannuke", "tnbc"], "outside -2..61")
 
@@ -256,6 +258,20 @@ def test_marker_breaking_its_schema_is_refused(output):
     marker.write_text(json.dumps(info))
     _typed(lambda: nucdata.open_merged(out), "not a plain name")
     assert "not a plain name" in _verify(out)
+
+
+def test_open_merged_checks_label_ranges_by_the_markers_class_counts(output):
+    out, _ = output
+    marker = out / ".nucdata-merged"
+    info = json.loads(marker.read_text())
+    assert info["classes"]["pannuke"] == len(nucdata.label_set("pannuke"))
+    # a label past the set's classes but below the generic bound: refused without classes=
+    _rewrite_pickle(out, lambda table: _first_rows(table)[0].__setitem__(1, 7))  # pannuke has 5 classes
+    _typed(lambda: nucdata.open_merged(out)["pannuke", "tnbc"], "-2..4")
+    # a marker whose counts break the schema is refused before any pickle is read
+    info["classes"] = {"pannuke": 0}
+    marker.write_text(json.dumps(info))
+    _typed(lambda: nucdata.open_merged(out), "'classes' must map label sets")
 
 
 def test_a_missing_output_folder_is_one_line(tmp_path):

@@ -254,6 +254,15 @@ def check_marker(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], list[s
         info[key] = [v for v in value if name_problem(v) is None]
     if "recipe" in info and not isinstance(info["recipe"], str):
         problems.append(f"{path}: 'recipe' must be text, found {type(info['recipe']).__name__}. Fix: {_FIX}.")
+    if "classes" in info:  # per label set its number of classes (the label range check of every pickle)
+        classes = info["classes"]
+        good = isinstance(classes, dict) and all(
+            k in info["label_sets"] and isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= LABEL_BOUND
+            for k, v in classes.items())
+        if not good:
+            problems.append(f"{path}: 'classes' must map label sets of 'label_sets' to their number of classes "
+                            f"(1 to {LABEL_BOUND}), found {classes!r:.80}. Fix: {_FIX}.")
+            info["classes"] = {}
     return info, problems
 
 
@@ -571,18 +580,22 @@ class MergedData:
     folder
         The output folder.
     classes
-        Label set name -> its number of classes, for the label range check; a label set
-        not given is checked against :data:`LABEL_BOUND`.
+        Label set name -> its number of classes, for the label range check. nucdata's own
+        output records them in its marker (``classes``), used where not given here; a
+        label set known to neither (the authors' release) is checked against
+        :data:`LABEL_BOUND`.
     """
 
     def __init__(self, folder: str | os.PathLike[str], classes: Mapping[str, int] | None = None):
         self.folder = Path(folder)
-        self.classes = dict(classes or {})
+        recorded: dict[str, int] = {}
         info = check_format(self.folder, required=False)
         if info:  # nucdata's own output: its marker must follow the schema too
-            _, problems = check_marker(self.folder)
+            marker, problems = check_marker(self.folder)
             if problems:
                 raise _fail(problems)
+            recorded = dict(marker.get("classes") or {})
+        self.classes = {**recorded, **dict(classes or {})}
         self.files = {(p.parent.name, p.stem): p for p in sorted(self.folder.glob("*/*.pkl"))}
         if not self.files:
             raise MissingFilesError(f"{self.folder}: no <label_set>/<dataset>.pkl files; this is not a merged "

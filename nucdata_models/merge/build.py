@@ -328,7 +328,8 @@ def _finish(options: BuildOptions, out: Path, say: Callable[[str], None], began:
             flags_md = "\n" + render_patch_flags(report["patch_flags"])
             atomic_write_json(tmp / "report.json", report)
         atomic_write_text(tmp / "report.md", render_report(report) + flags_md)
-        write_marker(tmp, {"datasets": names, "label_sets": list(data.names), "recipe": options.recipe})
+        write_marker(tmp, {"datasets": names, "label_sets": list(data.names), "recipe": options.recipe,
+                           "classes": {spec.name: spec.size for spec in data.label_sets}})
         fault_point("build-merged:staged")
         swap_dir(tmp, out, label="build-merged")
     finally:
