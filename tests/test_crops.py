@@ -275,3 +275,24 @@ def test_worker_batches_held_past_slot_reuse_keep_their_pixels(prepared):
         assert batch["nucleus_index"].tolist() == crops.nucleus_index[start:stop].tolist()
     again = list(loader)  # persistent workers, second epoch: slots refilled
     assert all(torch.equal(a["image"], b["image"]) for a, b in zip(held, again, strict=True))
+
+
+def test_a_bank_opened_by_its_path_takes_only_the_store_it_was_cut_from(home, tmp_path):
+    import shutil
+
+    from nucdata.errors import MissingFilesError
+    from nucdata.views import CropBank
+
+    install("tnbc", home)
+    nucdata.prepare("tnbc")
+    ds = nucdata.load("tnbc")
+    bank = build_bank(ds.store, 16)
+    opened = CropBank(bank.path)  # by its path alone: the store beside it
+    assert opened.store.path == ds.store.path and opened.store_path == ds.store.path
+    # the bank copied away from its store, with the store rebuilt meanwhile: refused, with the fix
+    copy = tmp_path / "elsewhere" / "crops" / bank.path.name
+    shutil.copytree(bank.path, copy)
+    nucdata.prepare("tnbc", force=True)  # a new store: another creation time
+    with pytest.raises(MissingFilesError, match="cut from the tnbc store created") as info:
+        _ = CropBank(copy).store
+    assert "ds.crops(size=...)" in str(info.value)

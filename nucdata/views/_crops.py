@@ -201,10 +201,41 @@ class CropBank:
 
     @property
     def store(self) -> Store:
-        """The store this bank was cut from: the one given to :func:`build_bank`."""
+        """The store this bank was cut from: the one given to :func:`build_bank`.
+
+        A bank opened by its path alone finds it beside itself (``<store>/crops/<key>``) or
+        where its manifest recorded it, and only a store with the identity the bank
+        recorded (dataset, creation time, converter version, nucleus count) is taken.
+
+        Raises
+        ------
+        MissingFilesError
+            When neither place holds that store (it was rebuilt, moved or removed since).
+        """
         if self._store is None:
-            self._store = Store(self.store_path)
+            self._store = self._find_store()
         return self._store
+
+    def _find_store(self) -> Store:
+        from nucdata.errors import MissingFilesError
+
+        places = [self.path.parent.parent]
+        if "store_path" in self.manifest:
+            places.append(Path(self.manifest["store_path"]))
+        wanted = self.manifest.get("store")
+        for place in places:
+            if not is_complete(place):
+                continue
+            store = Store(place)
+            if (wanted is None or _store_identity(store) == wanted) and store.n_nuclei == len(self):
+                return store
+        what = (f"the {wanted['dataset']} store created {wanted['created']}" if isinstance(wanted, dict)
+                else "its store")
+        raise MissingFilesError(
+            f"{self.path}: this crop bank was cut from {what}, and neither "
+            f"{' nor '.join(str(p) for p in dict.fromkeys(places))} holds that store now (rebuilt, moved or "
+            "removed since). Fix: cut the bank again from the store you have: ds.crops(size=...) or "
+            "nucdata.views.build_bank(store, size).")
 
     def _array(self, name: str) -> np.ndarray:
         if name not in self._arrays:
@@ -238,13 +269,8 @@ class CropBank:
 
     @property
     def store_path(self) -> Path:
-        """The store this bank was cut from (beside it, or recorded for a bank in the cache)."""
-        if self._store is not None:
-            return self._store.path
-        beside = self.path.parent.parent  # a bank opened by its path alone: <store>/crops/<key>
-        if is_complete(beside) or "store_path" not in self.manifest:
-            return beside
-        return Path(self.manifest["store_path"])
+        """The folder of :attr:`store` (beside the bank, or recorded for a bank in the cache)."""
+        return self.store.path
 
     @property
     def size(self) -> int:
