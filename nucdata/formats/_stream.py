@@ -44,7 +44,27 @@ def dumps(value: Any) -> str:
     return json.dumps(plain(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-class StreamedFile:
+class PublishOnExit:
+    """What every streamed writer does as a context manager: publish when the block ends
+    normally (:meth:`close`), discard when it raises (``abort(exc)``)."""
+
+    def close(self) -> Path:  # pragma: no cover - every writer defines it
+        raise NotImplementedError
+
+    def abort(self, exc: BaseException | None = None) -> None:  # pragma: no cover - as close
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc is None:
+            self.close()
+        else:
+            self.abort(exc)
+
+
+class StreamedFile(PublishOnExit):
     """A text file written piece by piece and published atomically on :meth:`close`.
 
     Use as a context manager; leaving the block with an exception publishes nothing.
@@ -73,12 +93,3 @@ class StreamedFile:
             self.closed = True
             error = exc or RuntimeError("aborted")
             self._stack.__exit__(type(error), error, error.__traceback__)
-
-    def __enter__(self) -> StreamedFile:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc is None:
-            self.close()
-        else:
-            self.abort(exc)

@@ -46,7 +46,7 @@ from nucdata.errors import InvalidArgumentError, MalformedAnnotationError
 from nucdata.formats._geometry import polygon_centroid
 from nucdata.formats._limits import check_nuclei, check_vertices, read_json
 from nucdata.formats._record import Nuclei
-from nucdata.formats._stream import StreamedFile, dumps
+from nucdata.formats._stream import PublishOnExit, StreamedFile, dumps
 
 __all__ = ["HoverNetWriter", "read_hovernet_json", "write_hovernet_json"]
 
@@ -239,7 +239,7 @@ def entry(nuclei: Nuclei, i: int, classify_by: str | None = None) -> dict[str, A
     return out
 
 
-class HoverNetWriter:
+class HoverNetWriter(PublishOnExit):
     """Write one HoVer-Net JSON file record by record (a slide region by region); atomic on close.
 
     Parameters
@@ -297,14 +297,9 @@ class HoverNetWriter:
             self._file.write("}}")
         return self._file.close()
 
-    def __enter__(self) -> HoverNetWriter:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc is None:
-            self.close()
-        else:
-            self._file.abort(exc)
+    def abort(self, exc: BaseException | None = None) -> None:
+        """Discard what was written (the destination keeps what it had)."""
+        self._file.abort(exc)
 
 
 def write_hovernet_json(path: str | os.PathLike[str], nuclei: Nuclei | Sequence[Nuclei], *,

@@ -32,6 +32,7 @@ from nucdata._util.atomic import atomic_path
 from nucdata.errors import InvalidArgumentError, MissingDependencyError
 from nucdata.formats._limits import existing_file
 from nucdata.formats._record import Nuclei
+from nucdata.formats._stream import PublishOnExit
 
 __all__ = ["ParquetWriter", "read_parquet", "write_parquet"]
 
@@ -81,7 +82,7 @@ def columns(nuclei: Nuclei) -> dict[str, Any]:
     return out
 
 
-class ParquetWriter:
+class ParquetWriter(PublishOnExit):
     """Write a Parquet table record by record (one row group each); published atomically on close."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -129,15 +130,6 @@ class ParquetWriter:
             error = exc or RuntimeError("aborted")
             self._atomic.__exit__(type(error), error, error.__traceback__)
             self._atomic = None
-
-    def __enter__(self) -> ParquetWriter:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc is None:
-            self.close()
-        else:
-            self.abort(exc)
 
 
 def write_parquet(path: str | os.PathLike[str], nuclei: Nuclei | Sequence[Nuclei]) -> Path:

@@ -64,7 +64,7 @@ from nucdata.errors import InvalidArgumentError, MalformedAnnotationError
 from nucdata.formats._geometry import polygon_area, polygon_centroid
 from nucdata.formats._limits import check_nuclei, check_vertices, read_json
 from nucdata.formats._record import Nuclei, names_to_codes
-from nucdata.formats._stream import StreamedFile, dumps
+from nucdata.formats._stream import PublishOnExit, StreamedFile, dumps
 
 __all__ = ["QuPathWriter", "read_qupath", "write_qupath"]
 
@@ -356,7 +356,7 @@ def _closed(ring: np.ndarray, dx: float, dy: float, decimals: int) -> list[list[
     return pts
 
 
-class QuPathWriter:
+class QuPathWriter(PublishOnExit):
     """Write a QuPath GeoJSON ``FeatureCollection`` record by record; published atomically on close.
 
     Parameters
@@ -409,18 +409,9 @@ class QuPathWriter:
             self._file.write("]}")
         return self._file.close()
 
-    def abort(self) -> None:
-        """Discard what was written."""
-        self._file.abort()
-
-    def __enter__(self) -> QuPathWriter:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc is None:
-            self.close()
-        else:
-            self._file.abort(exc)
+    def abort(self, exc: BaseException | None = None) -> None:
+        """Discard what was written (the destination keeps what it had)."""
+        self._file.abort(exc)
 
 
 def features(nuclei: Nuclei, *, classify_by: str | None = None, id_prefix: str | None = None,
