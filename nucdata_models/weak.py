@@ -372,30 +372,46 @@ def fit_patch_classifier(data: PatchData, config: WeakConfig, progress: Callable
     train = _where(data.patch_split == 0)
     if train.numel() == 0:
         raise InvalidArgumentError("PatchData: no training patches (patch_split == 0)")
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
-    for epoch in range(config.patch_epochs):
+
+    def loss_of(rows: torch.Tensor) -> torch.Tensor:
+        x = _to_float(data.patches[rows]).to(device)
+        if config.flips:
+            (x,) = _flip(x, generator)
+        y = data.flags[rows].float().to(device)
+        logits, maps = model(x)
+        loss = F.multilabel_soft_margin_loss(logits, y)
+        if config.cam == "cam":
+            loss = loss + sum(F.multilabel_soft_margin_loss(d, y) for d in model.depth_logits(maps))
+        return loss
+
+    return _fit(model, config, train, config.patch_epochs, config.batch_size, generator, loss_of,
+                "patch classifier", progress)
+
+
+def _fit(model: nn.Module, config: WeakConfig, train: torch.Tensor, epochs: int, batch_size: int,
+         generator: torch.Generator, loss_of: Callable[[torch.Tensor], torch.Tensor], name: str,
+         progress: Callable[[str], None] | None) -> nn.Module:
+    """AdamW over shuffled batches of ``train`` (rows) for ``epochs``; ``loss_of(rows)`` is a batch's loss.
+
+    A batch of one row is skipped (BatchNorm needs two). Returns the model in eval mode.
+    """
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    for epoch in range(epochs):
         model.train()
         order = train[torch.randperm(train.numel(), generator=generator)]
         total = 0.0
-        for start in range(0, order.numel(), config.batch_size):
-            rows = order[start : start + config.batch_size]
-            if rows.numel() < 2:  # BatchNorm needs two
+        for start in range(0, order.numel(), batch_size):
+            rows = order[start : start + batch_size]
+            if rows.numel() < 2:
                 continue
-            x = _to_float(data.patches[rows]).to(device)
-            if config.flips:
-                (x,) = _flip(x, generator)
-            y = data.flags[rows].float().to(device)
-            logits, maps = model(x)
-            loss = F.multilabel_soft_margin_loss(logits, y)
-            if config.cam == "cam":
-                loss = loss + sum(F.multilabel_soft_margin_loss(d, y) for d in model.depth_logits(maps))
+            loss = loss_of(rows)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             total += float(loss.detach()) * rows.numel()
         if progress is not None:
-            progress(f"patch classifier epoch {epoch + 1}/{config.patch_epochs}: loss {total / train.numel():.4f}")
+            progress(f"{name} epoch {epoch + 1}/{epochs}: loss {total / train.numel():.4f}")
     model.eval()
     return model
 
@@ -563,31 +579,19 @@ def fit_nucleus_classifier(data: PatchData, targets: torch.Tensor, weights: tupl
     if crops is None:
         crops = nucleus_crops(data, torch.arange(len(data)), config.crop_size)
     w = torch.as_tensor(weights, dtype=torch.float32, device=device)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed + 1)
-    for epoch in range(config.nucleus_epochs):
-        model.train()
-        order = train[torch.randperm(train.numel(), generator=generator)]
-        total = 0.0
-        for start in range(0, order.numel(), config.nucleus_batch_size):
-            rows = order[start : start + config.nucleus_batch_size]
-            if rows.numel() < 2:
-                continue
-            x = _to_float(crops[rows]).to(device)
-            if config.flips:
-                (x,) = _flip(x, generator)
-            logits = model(x)
-            t = targets[rows].to(device)
-            loss = sum(w[d] * F.cross_entropy(logits, t[:, d], ignore_index=-1)
-                       for d in range(t.shape[1]) if bool((t[:, d] >= 0).any()))
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            total += float(loss.detach()) * rows.numel()
-        if progress is not None:
-            progress(f"nucleus classifier epoch {epoch + 1}/{config.nucleus_epochs}: loss {total / train.numel():.4f}")
-    model.eval()
-    return model
+
+    def loss_of(rows: torch.Tensor) -> torch.Tensor:
+        x = _to_float(crops[rows]).to(device)
+        if config.flips:
+            (x,) = _flip(x, generator)
+        logits = model(x)
+        t = targets[rows].to(device)
+        return sum(w[d] * F.cross_entropy(logits, t[:, d], ignore_index=-1)
+                   for d in range(t.shape[1]) if bool((t[:, d] >= 0).any()))
+
+    return _fit(model, config, train, config.nucleus_epochs, config.nucleus_batch_size, generator, loss_of,
+                "nucleus classifier", progress)
 
 
 def predict_nuclei(model: NucleusClassifier, data: PatchData, patch_probs: torch.Tensor | None = None,
