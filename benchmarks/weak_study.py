@@ -7,6 +7,7 @@ demo world (generated CoNSeP pixels whose nuclei look like their class) and, wit
 
     python benchmarks/weak_study.py --quick --out OUT
     python benchmarks/weak_study.py --quick --data ../shared/realdata/crchisto --out OUT
+    python benchmarks/weak_study.py --data ../shared/realdata/crchisto --out weak-gpu --device cuda  # full, a GPU
 
 Per world the images are split once (seeded) into training and test images; patch flags
 are derived from the nucleus labels on the patch grid (``nucdata.derive_patch_labels``).
@@ -125,7 +126,8 @@ def run_world(world: str, ds, config: dict, seeds, assume_mpp: float | None, say
     split = np.zeros(n_images, np.int64)
     split[test_images] = 2
     start = time.perf_counter()
-    base = WeakConfig(patch_epochs=config["epochs"][0], nucleus_epochs=config["epochs"][1])
+    base = WeakConfig(patch_epochs=config["epochs"][0], nucleus_epochs=config["epochs"][1],
+                      device=config.get("device", "cpu"))
     data = weak_patch_data(ds, spec["size"], None, None, split, point_radius_um=base.point_radius_um,
                            assume_mpp=assume_mpp, crop_size=base.crop_size)
     k = len(data.class_names)
@@ -284,9 +286,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="Default: demo, and crchisto with --data.")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1).")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = dict(QUICK if args.quick else FULL)
+    config = {**(QUICK if args.quick else FULL), "device": args.device}
     seeds = tuple(args.seeds) if args.seeds else config["seeds"]
     worlds = args.worlds or (["demo", "crchisto"] if args.data else ["demo"])
     if "crchisto" in worlds and args.data is None:
