@@ -188,8 +188,11 @@ class TrainConfig:
         (``-log sum_c p(c|x) T[s, c]``, with ``T[s, c] = P(source row s | class c)``
         estimated by EM from the model's own posteriors, re-estimated every epoch of
         stages A and C; see :mod:`.losses`) or ``"uniform"`` (``-log sum_{c in C} p_c``,
-        which collapses onto catch-all classes such as CoNSeP ``other``). The paper has
-        no ambiguous rows (own labels only), so it fixes neither.
+        which collapses onto catch-all classes such as CoNSeP ``other``). With
+        ``"transition"`` the published label of an ambiguous row is resolved by the same
+        estimate, ``p(c|x) T[s, c]`` renormalised over the candidates
+        (:meth:`.train.CrossTrainer.candidate_weights`); with ``"uniform"`` by ``p(c|x)``.
+        The paper has no ambiguous rows (own labels only), so it fixes neither.
     transition_prior
         Dirichlet pseudo-counts per (source row, candidate class) of the transition
         estimate: a symmetric prior on each column of ``T`` over the rows that may
