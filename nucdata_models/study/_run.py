@@ -510,6 +510,8 @@ def study_config(arms: Sequence[str], plans: Mapping[str, Any], worlds: Mapping[
                  ) -> dict[str, Any]:
     """What every study's ``results.json`` ``config`` holds, whatever its worlds (generated or real).
 
+    The caller adds what is its own (world kind, sizes, data paths) and ``seconds``.
+
     Parameters
     ----------
     arms, plans
@@ -522,8 +524,6 @@ def study_config(arms: Sequence[str], plans: Mapping[str, Any], worlds: Mapping[
         As the study ran them; ``epochs`` the ``nucdata`` arm's.
     world_fields
         Extra per-world entries of ``worlds`` (a real world's ``design``).
-
-    The caller adds what is its own (world kind, sizes, data paths) and ``seconds``.
     """
     import platform
 
