@@ -325,6 +325,11 @@ def test_harness_writes_the_schema_on_a_tiny_world(tmp_path):
     assert results["config"]["epochs"]["own-only"] == {"A": 2, "B": 0, "C": 0}
     text = (out / "results.md").read_text()
     assert "| nucdata (merged) |" in text and ENDPOINT.describe() in text and "Holm" in text
+    # how much of the published probability was calibrated at all: per arm, the pairs by temperature used
+    assert "## Calibration: which temperature each (dataset, label set) pair got" in text
+    row = next(line for line in text.splitlines() if line.startswith("| nucdata | 1 |"))
+    uses = results["runs"][[r["arm"] for r in results["runs"]].index("nucdata")]["calibration"]["uses"]
+    assert sum(int(c) for c in row.strip("|").split("|")[2:]) == len(uses)
     assert results["oracle_check"]["macro_f1"] == {"metric": "macro_f1", "checked": False, "violations": []}
 
 

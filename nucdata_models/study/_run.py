@@ -620,6 +620,27 @@ def _ratio(x: float, y: float) -> str:
     return f"{x / y:.2f}" if np.isfinite(x) and np.isfinite(y) and y > 0 else "-"
 
 
+def _calibration_lines(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """How much of each arm's published probability was calibrated at all (``runs[].calibration.uses``)."""
+    per_arm: dict[str, dict[str, int]] = {}
+    for run in runs:
+        uses = (run.get("calibration") or {}).get("uses") or {}
+        tally = per_arm.setdefault(run["arm"], {"runs": 0})
+        tally["runs"] += 1
+        for how in uses.values():
+            tally[how] = tally.get(how, 0) + 1
+    if not per_arm:
+        return []
+    lines = ["## Calibration: which temperature each (dataset, label set) pair got", "",
+             "Summed over runs: `pair` its own temperature (at least the minimum of exact-row validation "
+             "nuclei), `pooled` the set's (only where it softens: a pooled sharpening counts as 1), `none` "
+             "uncalibrated (too few nuclei).", "", "| arm | runs | pair | pooled | none |", "|---|---|---|---|---|"]
+    for arm, tally in per_arm.items():
+        lines.append(f"| {arm} | {tally['runs']} | {tally.get('pair', 0)} | {tally.get('pooled', 0)} | "
+                     f"{tally.get('none', 0)} |")
+    return [*lines, ""]
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     """The study's write-up tables as markdown, every sentence generated from the numbers.
 
@@ -705,6 +726,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                          f"{'-' if precision is None else f'{precision:.3f}'}")
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     lines.append("")
+    lines += _calibration_lines(results.get("runs", []))
     if "oracle" in results["arms"] and "nucdata" in results["arms"]:
         lines += ["## `nucdata` against the oracle (published label)", "",
                   "| set | ambiguous accuracy: nucdata / oracle (ratio) | outside rate in set: nucdata, oracle | "
