@@ -54,6 +54,28 @@ def _fmt(x: Any) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
 
+def _pseudo_label_precision(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per label set, stage C's pseudo labels over all epochs: offered, passed, and (where the truth
+    is known) their precision and the accuracy the model had on the same nuclei before stage C,
+    both weighted by the passed counts (:attr:`nucdata_models.train.TrainResult.pseudo_labels`)."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        entry = out.setdefault(row["label_set"], {"offered": 0, "passed": 0, "_p": 0.0, "_pn": 0, "_a": 0.0,
+                                                  "_an": 0})
+        passed = int(row.get("passed") or 0)
+        entry["offered"] += int(row.get("offered") or 0)
+        entry["passed"] += passed
+        if row.get("precision") is not None:
+            entry["_p"] += float(row["precision"]) * passed
+            entry["_pn"] += passed
+        if row.get("accuracy_before") is not None:
+            entry["_a"] += float(row["accuracy_before"]) * passed
+            entry["_an"] += passed
+    return {s: {"offered": e["offered"], "passed": e["passed"],
+                "precision": e["_p"] / e["_pn"] if e["_pn"] else None,
+                "accuracy_before": e["_a"] / e["_an"] if e["_an"] else None} for s, e in out.items()}
+
+
 def render_recipe_table() -> str:
     """The markdown table of every difference between the recipes (docs/build-merged.md holds it)."""
 
@@ -97,6 +119,7 @@ def make_report(options, names, data, result, trainer, timings, demo_scores, gro
         report["reused_stages"] = result.reused
         report["pseudo_labels"] = [{"epoch": r["epoch"], **r.get("pseudo_labels", {})} for r in result.history
                                    if r["stage"] == "C"]
+        report["pseudo_label_precision"] = _pseudo_label_precision(result.pseudo_labels)
         report["throughput_nuclei_per_s"] = {
             stage: float(np.median([r["nuclei_per_s"] for r in result.history if r["stage"] == stage] or [0.0]))
             for stage in ("A", "B", "C")
@@ -353,6 +376,16 @@ def render_report(report: dict[str, Any]) -> str:
             sets = [k for k in report["pseudo_labels"][0] if k != "epoch"]
             lines += ["| epoch | " + " | ".join(sets) + " |", "|---" * (len(sets) + 1) + "|"]
             lines += [f"| {r['epoch']} | " + " | ".join(str(r[s]) for s in sets) + " |" for r in report["pseudo_labels"]]
+        precision = report.get("pseudo_label_precision") or {}
+        if any(v.get("precision") is not None for v in precision.values()):
+            lines += ["", "How precise they were (all epochs; the truth of the demo world): "
+                      + "; ".join(f"{s} {v['passed']:,} passed of {v['offered']:,} offered, precision "
+                                  f"{v['precision']:.3f} against {v['accuracy_before']:.3f} for the model's own "
+                                  "label of the same nuclei before stage C"
+                                  for s, v in precision.items()
+                                  if v.get("precision") is not None and v.get("accuracy_before") is not None) + "."]
+        elif precision:
+            lines += ["", "Their precision is not measured: no truth is known for these nuclei."]
         lines.append("")
     if "demo_truth" in report:
         demo = report["demo_truth"]

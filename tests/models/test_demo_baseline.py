@@ -172,3 +172,16 @@ def test_a_child_exits_when_its_parent_is_killed(tmp_path):
         assert not _running(child), "the child outlived its killed parent"
     finally:
         parent.kill()
+
+
+def test_report_says_how_many_pseudo_labels_passed_and_how_precise(counted):
+    out, report, _ = counted
+    precision = json.loads((out / "report.json").read_text())["pseudo_label_precision"]
+    epochs = report["pseudo_labels"]
+    assert set(precision) == {k for k in epochs[0] if k != "epoch"}
+    for s, entry in precision.items():
+        assert entry["passed"] == sum(r[s] for r in epochs) and entry["offered"] >= entry["passed"]
+        if entry["passed"]:  # the demo world's truth is known: both are measured, on the passed nuclei
+            assert 0 <= entry["precision"] <= 1 and 0 <= entry["accuracy_before"] <= 1
+    text = (out / "report.md").read_text()
+    assert "How precise they were" in text and "before stage C" in text
