@@ -897,7 +897,7 @@ class CrossTrainer:
                 if row.shape[0] != len(data):
                     raise InvalidArgumentError(f"candidate_weights: the estimate covers {row.shape[0]} nuclei, the "
                                                f"data {len(data)}; pass the data the trainer was fitted on")
-                table = t.matrix.cpu()
+                out[spec.name] = _row_weights(t.matrix.cpu(), row)
             elif spec.name in self.stored_transitions:  # a loaded checkpoint: rows found by their key
                 targets, _ = training_targets(data.labels[spec.name], data.candidates[spec.name],
                                               data.provenance[spec.name], spec.size, self.config.mapped_labels,
@@ -907,12 +907,6 @@ class CrossTrainer:
                 keys = [(names[d], c, b) for d, c, b in zip(mine.dataset.tolist(), mine.code.tolist(),
                                                             mine.support.tolist(), strict=True)]
                 out[spec.name] = stored_weights(self.stored_transitions[spec.name], keys, mine.row.cpu())
-                continue
-            else:
-                continue
-            table = table / table.amax(1, keepdim=True).clamp_min(1e-30)
-            out[spec.name] = torch.where((row >= 0)[:, None], table[row.clamp_min(0)],
-                                         torch.ones(len(data), table.shape[1]))
         return out
 
     def transition_rows(self) -> dict[str, dict[str, list]]:
@@ -1176,15 +1170,19 @@ def stored_weights(table: dict[str, list], keys: list[tuple[str, int, int]], row
     for a nucleus without a row or whose key the estimate does not hold.
     """
     matrix = torch.tensor(table["matrix"], dtype=torch.float32).reshape(len(table["matrix"]), -1)
-    matrix = matrix / matrix.amax(1, keepdim=True).clamp_min(1e-30)
     index = {(d, int(c), int(b)): g for g, (d, c, b) in enumerate(zip(table["dataset"], table["code"],
                                                                       table["support"], strict=True))}
     lookup = torch.tensor([index.get((d, int(c), int(b)), -1) for d, c, b in keys] + [-1], dtype=torch.int64)
-    found = lookup[torch.where(row >= 0, row, torch.full_like(row, len(keys)))]
+    return _row_weights(matrix, lookup[torch.where(row >= 0, row, torch.full_like(row, len(keys)))])
+
+
+def _row_weights(matrix: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+    """``(N, outputs)``: row ``row[i]`` of ``matrix`` divided by its maximum; 1 everywhere where ``row[i] < 0``."""
     ones = torch.ones(row.shape[0], matrix.shape[1])
     if matrix.shape[0] == 0:
         return ones
-    return torch.where((found >= 0)[:, None], matrix[found.clamp_min(0)], ones)
+    matrix = matrix / matrix.amax(1, keepdim=True).clamp_min(1e-30)
+    return torch.where((row >= 0)[:, None], matrix[row.clamp_min(0)], ones)
 
 
 def unclassified(data: TrainingData) -> torch.Tensor:
@@ -1209,6 +1207,25 @@ def pseudo_label_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for s, entry in row.get("pseudo", {}).items():
             rows.append({"stage": row["stage"], "epoch": row["epoch"], "label_set": s, **entry})
     return rows
+
+
+def pseudo_label_totals(rows: list[dict[str, Any]], label_set: str) -> dict[str, Any]:
+    """One set's stage-C pseudo labels summed over epochs (and runs): rows of :attr:`TrainResult.pseudo_labels`.
+
+    ``offered`` and ``passed`` summed (``offered`` ``None`` when no row reports it);
+    ``precision`` and ``accuracy_before`` weighted by the passed counts, over the rows
+    that report a finite value (``None`` where none does).
+    """
+    mine = [r for r in rows if r.get("label_set") == label_set]
+    offered = [int(r["offered"]) for r in mine if r.get("offered") is not None]
+    out: dict[str, Any] = {"offered": sum(offered) if offered else None,
+                           "passed": sum(int(r.get("passed") or 0) for r in mine)}
+    for key in ("precision", "accuracy_before"):
+        weighted = [(float(r[key]), int(r.get("passed") or 0)) for r in mine
+                    if r.get(key) is not None and np.isfinite(r[key]) and r.get("passed")]
+        weight = sum(n for _, n in weighted)
+        out[key] = sum(v * n for v, n in weighted) / weight if weight else None
+    return out
 
 
 def _plain_state(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -31,8 +31,8 @@ Both give the same pixels.
 Which nuclei a tile holds: every id of the window, found from the ids where the window's
 flattened rows change. An image that has given :data:`_RUNS_AFTER` tiles in this process
 is indexed once instead (its instance map, native or resampled whole, as runs of one id
-along each row; at most
-``_RUNS_MB`` MiB of these per process, least recently used out first), and later tiles
+along each row; at most ``_RUNS_MB`` MiB of these per process, least recently used out
+first), and later tiles
 select the runs that cross the window: the same ids, without a pass over the window.
 
 Grid tiles start at ``0, stride, 2 * stride, ...`` along each axis until the image is
@@ -95,7 +95,7 @@ TYPE_DTYPE = np.int16
 #: output rows resampled at once when a whole image is resampled into the cache (bounds
 #: the float32 temporaries whatever the image's size)
 _RESAMPLE_BAND = 256
-#: Tiles of one image (native scale) after which this process indexes its runs of ids.
+#: Tiles of one image (native, or resampled whole) after which this process indexes its runs of ids.
 _RUNS_AFTER = 32
 #: MiB of run indexes each process keeps.
 _RUNS_MB = 128
@@ -488,7 +488,7 @@ class TileDataset(torch.utils.data.Dataset):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for cache in ("_view_cache", "_member_cache", "_draw_cache", "_resampled", "_runs"):  # rebuilt per process
+        for cache in ("_view_cache", "_member_cache", "_draw_cache", "_resampled", "_runs", "_run_counts"):  # per process
             state.pop(cache, None)
         return state
 
@@ -524,24 +524,28 @@ class TileDataset(torch.utils.data.Dataset):
     def _runs_of(self, key: tuple, instances: np.ndarray) -> _Runs | None:
         """The run index of ``instances`` (an image's, native or resampled whole) once ``key`` has given
         :data:`_RUNS_AFTER` tiles here; else ``None``."""
-        cache: OrderedDict = self.__dict__.setdefault("_runs", OrderedDict())
+        cache: OrderedDict[tuple, _Runs] = self.__dict__.setdefault("_runs", OrderedDict())
+        seen: dict[tuple, int | None] = self.__dict__.setdefault("_run_counts", {})  # None: too large, never
         hit = cache.get(key)
-        if isinstance(hit, _Runs):
+        if hit is not None:
             cache.move_to_end(key)
             return hit
-        seen = (hit or 0) + 1
-        if seen < _RUNS_AFTER:
-            cache[key] = seen
+        count = seen.get(key, 0)
+        if count is None or count + 1 < _RUNS_AFTER:
+            if count is not None:
+                seen[key] = count + 1
             return None
         runs = _Runs.of(instances)
         budget = _RUNS_MB * 2**20
         if runs.nbytes > budget:
-            cache[key] = -(2**62)  # never indexed: too large for the budget
+            seen[key] = None
             return None
-        used = sum(v.nbytes for v in cache.values() if isinstance(v, _Runs))
+        used = sum(v.nbytes for v in cache.values())
         while used + runs.nbytes > budget:
-            old = next(k for k, v in cache.items() if isinstance(v, _Runs))
-            used -= cache.pop(old).nbytes
+            old, evicted = cache.popitem(last=False)
+            seen.pop(old, None)  # counted afresh before it is indexed again
+            used -= evicted.nbytes
+        seen.pop(key, None)
         cache[key] = runs
         return runs
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from nucdata_models.data import PROVENANCE_NAMES
-from nucdata_models.train import RECIPE_DIFFERENCES
+from nucdata_models.train import RECIPE_DIFFERENCES, pseudo_label_totals
 
 __all__ = ["CALIBRATION_GROUPS", "GLOSSARY", "make_report", "render_recipe_table", "render_report", "verdict",
            "write_reliability_diagrams"]
@@ -52,28 +52,6 @@ GLOSSARY = {
 
 def _fmt(x: Any) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
-
-
-def _pseudo_label_precision(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per label set, stage C's pseudo labels over all epochs: offered, passed, and (where the truth
-    is known) their precision and the accuracy the model had on the same nuclei before stage C,
-    both weighted by the passed counts (:attr:`nucdata_models.train.TrainResult.pseudo_labels`)."""
-    out: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        entry = out.setdefault(row["label_set"], {"offered": 0, "passed": 0, "_p": 0.0, "_pn": 0, "_a": 0.0,
-                                                  "_an": 0})
-        passed = int(row.get("passed") or 0)
-        entry["offered"] += int(row.get("offered") or 0)
-        entry["passed"] += passed
-        if row.get("precision") is not None:
-            entry["_p"] += float(row["precision"]) * passed
-            entry["_pn"] += passed
-        if row.get("accuracy_before") is not None:
-            entry["_a"] += float(row["accuracy_before"]) * passed
-            entry["_an"] += passed
-    return {s: {"offered": e["offered"], "passed": e["passed"],
-                "precision": e["_p"] / e["_pn"] if e["_pn"] else None,
-                "accuracy_before": e["_a"] / e["_an"] if e["_an"] else None} for s, e in out.items()}
 
 
 def render_recipe_table() -> str:
@@ -119,7 +97,8 @@ def make_report(options, names, data, result, trainer, timings, demo_scores, gro
         report["reused_stages"] = result.reused
         report["pseudo_labels"] = [{"epoch": r["epoch"], **r.get("pseudo_labels", {})} for r in result.history
                                    if r["stage"] == "C"]
-        report["pseudo_label_precision"] = _pseudo_label_precision(result.pseudo_labels)
+        report["pseudo_label_precision"] = {s: pseudo_label_totals(result.pseudo_labels, s)
+                                            for s in dict.fromkeys(r["label_set"] for r in result.pseudo_labels)}
         report["throughput_nuclei_per_s"] = {
             stage: float(np.median([r["nuclei_per_s"] for r in result.history if r["stage"] == stage] or [0.0]))
             for stage in ("A", "B", "C")

@@ -387,11 +387,10 @@ def _ours(record: Path) -> set[str]:
     return set()
 
 
-def _check_targets(out: Path, job: Job, targets: dict[str, Path], record: Path, options: ClassifyOptions) -> None:
-    """Refuse to replace files classify did not write (unless ``overwrite``)."""
+def _check_targets(out: Path, job: Job, targets: dict[str, Path], ours: set[str], options: ClassifyOptions) -> None:
+    """Refuse to replace files classify did not write (``ours``: :func:`_ours`; unless ``overwrite``)."""
     if options.overwrite:
         return
-    ours = _ours(record)
     foreign = [p.name for p in targets.values() if p.exists() and p.name not in ours]
     inputs = {job.image.resolve(), job.nuclei.resolve()}
     clash = [p.name for p in targets.values() if p.exists() and p.resolve() in inputs]
@@ -533,7 +532,8 @@ def classify_image(classifier, job: Job, out: str | os.PathLike[str], options: C
                 done = json.loads(record.read_text(encoding="utf-8"))
                 if done.get("key") == key and set(done.get("outputs", [])) >= {p.name for p in targets.values()}:
                     return {**done, "skipped": True, "seconds": round(time.perf_counter() - start, 3)}
-        _check_targets(out, job, targets, record, options)
+        ours = _ours(record)
+        _check_targets(out, job, targets, ours, options)
         for target in targets.values():  # what a killed writer left
             for stale in out.glob(f".{target.name}.*.tmp"):
                 stale.unlink(missing_ok=True)
@@ -541,8 +541,7 @@ def classify_image(classifier, job: Job, out: str | os.PathLike[str], options: C
         with contextlib.ExitStack() as stack:
             summary = _classify(classifier, job, options, parts, stack, say)
             # every output of this image classify wrote, this run's formats and earlier runs' still there
-            kept = {name for name in _ours(record) if name not in {p.name for p in targets.values()}
-                    and (out / name).is_file()}
+            kept = {name for name in ours if name not in {p.name for p in targets.values()} and (out / name).is_file()}
             summary["outputs"] = [p.name for p in targets.values()] + sorted(kept)
             _publish(classifier, job, options, parts, targets, summary, stack)
         fault_point("classify:outputs-published")

@@ -61,7 +61,7 @@ from nucdata_models.study._stats import (
     tost_p,
     verdict,
 )
-from nucdata_models.train import CrossTrainer, TrainConfig
+from nucdata_models.train import CrossTrainer, TrainConfig, pseudo_label_totals
 
 __all__ = ["VIEWS", "PreparedWorld", "RunScores", "family_sentences", "oracle_check", "prepare_world",
            "render_markdown", "run_arms", "score_views", "summarise"]
@@ -604,18 +604,6 @@ def _cell(entry: dict[str, Any]) -> str:
     return f"{entry['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def _pseudo_totals(rows: Sequence[dict[str, Any]], label_set: str) -> tuple[int | None, int, float | None]:
-    """Offered and passed summed over runs and epochs; precision weighted by the passed counts."""
-    mine = [r for r in rows if r.get("label_set") == label_set]
-    offered = [r["offered"] for r in mine if r.get("offered") is not None]
-    passed = sum(int(r.get("passed") or 0) for r in mine)
-    weighted = [(r["precision"], int(r.get("passed") or 0)) for r in mine
-                if r.get("precision") is not None and np.isfinite(r["precision"]) and r.get("passed")]
-    weight = sum(n for _, n in weighted)
-    return (int(sum(offered)) if offered else None, passed,
-            sum(p * n for p, n in weighted) / weight if weight else None)
-
-
 def _ratio(x: float, y: float) -> str:
     return f"{x / y:.2f}" if np.isfinite(x) and np.isfinite(y) and y > 0 else "-"
 
@@ -721,7 +709,8 @@ def render_markdown(results: dict[str, Any]) -> str:
             continue
         cells = []
         for s in sets:
-            offered, passed, precision = _pseudo_totals(rows, s)
+            totals = pseudo_label_totals(rows, s)
+            offered, passed, precision = totals["offered"], totals["passed"], totals["precision"]
             cells.append(f"{'-' if offered is None else f'{offered:,}'} / {passed:,} / "
                          f"{'-' if precision is None else f'{precision:.3f}'}")
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
