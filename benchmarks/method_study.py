@@ -20,6 +20,7 @@ Writes ``OUT/results.json`` (``{"config", "arms", "differences", "views", "famil
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -72,6 +73,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test", type=float, default=0.3, help="share of groups held out and scored")
     parser.add_argument("--datasets", nargs="+", help="generate only these datasets (tests)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: quick 1, full torch's)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a TrainConfig field for every arm's base configuration (an ablation; repeatable), "
+                             "VALUE as JSON or a bare string, e.g. --set stain_jitter=0.5")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     for name, value in sizes.items():
@@ -79,7 +83,24 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, name, value)
     if min(args.epochs) < 0 or sum(args.epochs) == 0:
         parser.error("--epochs must be non-negative and not all 0")
+    try:
+        args.overrides = dict(_override(item) for item in args.overrides)
+    except ValueError as err:
+        parser.error(str(err))
     return args
+
+
+def _override(item: str) -> tuple[str, object]:
+    """``FIELD=VALUE`` of ``--set``: VALUE parsed as JSON, else kept as a string."""
+    name, sep, text = item.partition("=")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    if not sep or name not in fields:
+        raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD a TrainConfig field "
+                         f"({', '.join(sorted(fields))})")
+    try:
+        return name, json.loads(text)
+    except json.JSONDecodeError:
+        return name, text
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -94,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def base(seed: int) -> TrainConfig:
         return TrainConfig.recipe("nucdata", encoder=args.encoder, epochs=dict(epochs), batch_size=args.batch_size,
-                                  device=args.device, seed=seed, score_truth=False)
+                                  device=args.device, seed=seed, score_truth=False, **args.overrides)
 
     runs, worlds = [], {}
     for world_seed in args.world_seeds:
@@ -110,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         "world": args.world, "world_seeds": args.world_seeds, "train_seeds": args.train_seeds,
         "quick": args.quick, "device": args.device, "encoder": args.encoder, "demo_scale": args.scale,
         "crop_size": args.crop, "batch_size": args.batch_size, "validation": args.validation, "test": args.test,
-        "bootstrap_draws": args.bootstrap,
+        "bootstrap_draws": args.bootstrap, "overrides": args.overrides,
         **study_config(args.arms, plans, worlds, runs, label_sets, epochs, args.world_seeds, args.train_seeds),
         "bayes_accuracy": {str(w): p.bayes_accuracy for w, p in worlds.items()},
     }

@@ -37,7 +37,8 @@ import torch.nn.functional as F
 
 from nucdata.errors import InvalidArgumentError
 
-__all__ = ["HED_FROM_RGB", "JITTER_RULES", "RGB_FROM_HED", "augment", "augmented_inputs", "blur", "colour_jitter", "geometric",
+__all__ = ["BACKGROUND_REFERENCE", "HED_FROM_RGB", "JITTER_RULES", "RGB_FROM_HED", "augment", "augmented_inputs",
+           "background_balance", "blur", "colour_jitter", "geometric",
            "hed_jitter", "normalise", "prepare", "random_blur", "rescale", "to_unit"]
 
 #: Ruifrok and Johnston's stain vectors (rows: haematoxylin, eosin, DAB; columns: the
@@ -246,19 +247,51 @@ def augment(crops: torch.Tensor, generator: torch.Generator | None = None, jitte
     return out
 
 
-def prepare(crops: torch.Tensor) -> torch.Tensor:
-    """uint8 crops to the network's float input in [-1, 1], without augmentation."""
-    return normalise(to_unit(crops))
+#: Background intensity every crop is brought to by :func:`background_balance`.
+BACKGROUND_REFERENCE = 0.8
+
+
+def background_balance(x: torch.Tensor, ring: int | None = None, reference: float = BACKGROUND_REFERENCE
+                       ) -> torch.Tensor:
+    """Per-crop white balance: each colour channel divided by its background and multiplied by ``reference``.
+
+    ``x`` is float ``(N, C, S, S)`` in [0, 1], the first three channels RGB (a mask channel
+    is kept). The background of a crop is the per-channel median of its outer ring of
+    ``ring`` px (default ``max(1, S // 8)``): a crop is centred on its nucleus, so the
+    ring is mostly the tissue around it, and a median ignores a neighbour's edge.
+    Dividing by it is the Beer-Lambert view of a stain or scanner difference (the
+    incident light ``Io`` of Macenko et al. estimated per crop): optical densities
+    relative to the local background, which a lab's overall colour cast does not move.
+    The result is clamped to [0, 1].
+    """
+    s = x.shape[-1]
+    width = max(1, s // 8) if ring is None else int(ring)
+    if not 0 < 2 * width < s:
+        raise InvalidArgumentError(f"background_balance: a ring of {width} px does not fit a {s} px crop; "
+                                   f"pass a ring below {s // 2}")
+    rgb = x[:, :3]
+    edge = torch.ones(s, s, dtype=torch.bool, device=x.device)
+    edge[width:s - width, width:s - width] = False
+    background = rgb[:, :, edge].median(dim=2).values.clamp_min(1.0 / 255.0)
+    out = (rgb * (reference / background)[:, :, None, None]).clamp_(0.0, 1.0)
+    return torch.cat([out, x[:, 3:]], dim=1)
+
+
+def prepare(crops: torch.Tensor, balance: bool = False) -> torch.Tensor:
+    """uint8 crops to the network's float input in [-1, 1], without augmentation (``balance``: :func:`background_balance`)."""
+    x = to_unit(crops)
+    return normalise(background_balance(x) if balance else x)
 
 
 def augmented_inputs(crops: torch.Tensor, generator: torch.Generator | None = None, jitter: float = 0.2,
                      blur_p: float = 0.1, stain: float = 0.0, scale: float = 0.0,
-                     blur_sigma: float = 0.0, jitter_rule: str = "nucdata") -> torch.Tensor:
+                     blur_sigma: float = 0.0, jitter_rule: str = "nucdata", balance: bool = False) -> torch.Tensor:
     """uint8 crops to augmented float network input in [-1, 1] (the training path).
 
     The same transforms as :func:`augment`, without rounding back to uint8: the
     geometric step runs on the uint8 bytes (a quarter of the memory traffic), the
     colour steps in float32.
     """
-    x = to_unit(geometric(crops, generator))
-    return normalise(_colour_and_scale(x, generator, jitter, blur_p, stain, scale, blur_sigma, jitter_rule))
+    x = _colour_and_scale(to_unit(geometric(crops, generator)), generator, jitter, blur_p, stain, scale, blur_sigma,
+                          jitter_rule)
+    return normalise(background_balance(x) if balance else x)

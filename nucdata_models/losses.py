@@ -197,22 +197,33 @@ class TransitionEstimate:
         float ``(G, outputs)``: the soft counts of the last completed E-step.
     """
 
-    def __init__(self, rows, outputs: int, prior: float, train_rows: torch.Tensor):
+    def __init__(self, rows, outputs: int, prior: float, train_rows: torch.Tensor, table_error: float = 0.0):
         self.rows = rows
         self.outputs = int(outputs)
         self.prior_strength = float(prior)
+        self.table_error = float(table_error)
         device = rows.row.device
         g = len(rows)
         self.support = candidate_mask(rows.support, self.outputs).float() if g else torch.zeros(0, outputs,
                                                                                                   device=device)
         self.n_datasets = int(rows.dataset.max()) + 1 if g else 0
         self.prior = self.prior_strength * self.support
+        table = self.support
+        if self.table_error > 0 and g:
+            # off the table's support, but only in the columns some row of the same dataset
+            # names: a wrong table entry moves a class between a dataset's rows, it does
+            # not make a dataset write a class none of its rows maps to
+            named = torch.zeros(self.n_datasets, self.outputs, device=device).index_add_(0, rows.dataset,
+                                                                                          self.support)
+            free = (named[rows.dataset] > 0).float() * (1 - self.support)
+            self.support = self.support + free
+            self.prior = self.prior + self.table_error * free
         self._pending = torch.zeros(g, self.outputs, device=device)
         # the table's view: each training nucleus of a row spread uniformly over its candidates
         member = rows.row[train_rows]
         member = member[member >= 0]
         per_row = torch.zeros(g, device=device).index_add_(0, member, torch.ones_like(member, dtype=torch.float32))
-        self.counts = per_row[:, None] * self.support / self.support.sum(1, keepdim=True).clamp_min(1)
+        self.counts = per_row[:, None] * table / table.sum(1, keepdim=True).clamp_min(1)
         self.matrix = self._normalise(self.counts)
 
     def __len__(self) -> int:
@@ -224,6 +235,14 @@ class TransitionEstimate:
         mass = counts + self.prior
         totals = torch.zeros(self.n_datasets, self.outputs, device=mass.device).index_add_(0, self.rows.dataset, mass)
         return mass / totals[self.rows.dataset].clamp_min(1e-12)
+
+    def loss_targets(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The target bits the likelihood sums over: the table's, or with ``table_error`` every class of the row's support."""
+        if not len(self) or self.table_error <= 0:
+            return targets
+        row = self.rows.row[idx]
+        bits = (self.support[row.clamp_min(0)].long() << torch.arange(self.outputs, device=row.device)).sum(1)
+        return torch.where(row >= 0, bits.to(targets.dtype), targets)
 
     def weights(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """``(B, outputs)`` candidate weights of bank rows ``idx`` for :func:`partial_label_loss`.

@@ -348,7 +348,8 @@ class CrossTrainer:
                                    data.source_class.to(dev))
                 if len(rows):
                     self.transitions[spec.name] = TransitionEstimate(rows, spec.size + outside,
-                                                                     self.config.transition_prior, train_index)
+                                                                     self.config.transition_prior, train_index,
+                                                                     self.config.table_error)
         self._sources = (list(data.dataset_names), {k: dict(v) for k, v in data.source_names.items()})
         self._pre_c: dict[str, torch.Tensor] = {}
         self._thresholds: dict[tuple[str, str], torch.Tensor] = {}
@@ -374,9 +375,9 @@ class CrossTrainer:
         if train and self.config.augment:
             c = self.config
             x = augmented_inputs(crops, generator or self.generator, c.jitter, c.blur_p, c.stain_jitter,
-                                 c.scale_jitter, c.blur_sigma, c.jitter_rule)
+                                 c.scale_jitter, c.blur_sigma, c.jitter_rule, c.background_balance)
         else:
-            x = prepare(crops)
+            x = prepare(crops, self.config.background_balance)
         size = self.config.input_size
         if size is not None and size != x.shape[-1]:
             x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
@@ -452,7 +453,9 @@ class CrossTrainer:
             if soft:
                 return soft_label_loss(logits, tgt)
             t = transitions.get(s)
-            return partial_label_loss(logits, tgt, t.weights(idx, tgt) if t is not None else None)
+            if t is None:
+                return partial_label_loss(logits, tgt)
+            return partial_label_loss(logits, t.loss_targets(idx, tgt), t.weights(idx, tgt))
 
         def e_step(s: str, idx: torch.Tensor, probabilities: torch.Tensor) -> None:
             if s in transitions:
@@ -615,8 +618,8 @@ class CrossTrainer:
                         logits = self._forward_base(base, self.inputs(bank.crops[idx], True))
                     out = self.heads.forward_one(s, self._head_inputs(logits, detach=True)).float()
                     tgt = bank.targets[s][idx]
-                    loss = (soft_label_loss(out, tgt) if soft else
-                            partial_label_loss(out, tgt, t.weights(idx, tgt) if t is not None else None))[0]
+                    loss = (soft_label_loss(out, tgt) if soft else partial_label_loss(out, tgt) if t is None else
+                            partial_label_loss(out, t.loss_targets(idx, tgt), t.weights(idx, tgt)))[0]
                     optimiser.zero_grad(set_to_none=True)
                     loss.backward()
                     optimiser.step()

@@ -101,3 +101,36 @@ def test_recolour_adds_the_stain_difference_and_keeps_the_mask():
     assert torch.equal(out[:, 3], crops[:, 3])
     assert torch.equal(out[:, 1], torch.zeros_like(out[:, 1]))
     assert torch.equal(out[:, 0], (crops[:, 0].int() + 10).clamp(0, 255).to(torch.uint8))
+
+
+def test_background_balance_removes_a_colour_cast_and_keeps_the_mask():
+    from nucdata_models.augment import BACKGROUND_REFERENCE, background_balance
+
+    torch.manual_seed(0)
+    x = torch.rand(4, 4, 24, 24) * 0.5
+    x[:, :3, :3, :] = 0.7  # a background ring
+    x[:, :3, -3:, :] = 0.7
+    x[:, :3, :, :3] = 0.7
+    x[:, :3, :, -3:] = 0.7
+    cast = torch.tensor([1.2, 0.9, 0.8]).reshape(1, 3, 1, 1)
+    tinted = torch.cat([x[:, :3] * cast, x[:, 3:]], dim=1)
+    a, b = background_balance(x), background_balance(tinted)
+    assert torch.allclose(a, b, atol=1e-5)  # a lab's multiplicative cast is gone
+    assert torch.allclose(a[:, :3, 0, 0], torch.full((4, 3), BACKGROUND_REFERENCE))
+    assert torch.equal(a[:, 3:], x[:, 3:])
+    with pytest.raises(Exception, match="ring"):
+        background_balance(x, ring=12)
+
+
+def test_background_balance_is_applied_in_training_and_prediction_alike():
+    from nucdata_models import CrossTrainer, TrainConfig
+
+    crops = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+    on = CrossTrainer(TrainConfig(device="cpu"))
+    off = CrossTrainer(TrainConfig(device="cpu", background_balance=False))
+    assert TrainConfig().background_balance and not TrainConfig.recipe("paper").background_balance
+    assert not torch.equal(on.inputs(crops, False), off.inputs(crops, False))
+    brighter = (crops.float() * 0.9).round().to(torch.uint8)
+    # a 10 % darker lab moves the balanced input far less than the raw one
+    assert (on.inputs(brighter, False) - on.inputs(crops, False)).abs().mean() < \
+        0.5 * (off.inputs(brighter, False) - off.inputs(crops, False)).abs().mean()

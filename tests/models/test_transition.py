@@ -269,3 +269,53 @@ def test_a_stored_estimate_is_checked_and_looked_up_by_its_key():
     for rows in bad:
         with pytest.raises(CheckpointError, match="transition_rows"):
             checked_transition_rows(rows, specs, True, "model.json")
+
+
+def test_table_error_widens_the_support_only_within_the_columns_a_dataset_names():
+    # "dead" names other exactly, "neoplastic" {other, A}; no row names B or outside
+    codes = [3] * 10 + [0] * 10
+    supports = [0b0001] * 10 + [0b0011] * 10
+    targets, rows = _rows(codes, supports)
+    hard = TransitionEstimate(rows, 4, prior=1.0, train_rows=torch.arange(20))
+    soft = TransitionEstimate(rows, 4, prior=1.0, train_rows=torch.arange(20), table_error=0.5)
+    # the table's view is the starting point either way
+    assert torch.equal(hard.counts, soft.counts)
+    # "dead" may now hold A (a column its dataset names), never B or outside
+    dead = rows.code.tolist().index(3)
+    assert float(hard.matrix[dead, NAMED_A]) == 0 < float(soft.matrix[dead, NAMED_A])
+    assert float(soft.matrix[:, NAMED_B].sum()) == 0 and float(soft.matrix[:, OUT].sum()) == 0
+    assert torch.allclose(soft.matrix.sum(0)[:2], torch.ones(2))
+    # the likelihood sums over the wider support; without table_error the bits are the table's
+    idx = torch.arange(20)
+    assert torch.equal(hard.loss_targets(idx, targets), targets)
+    assert soft.loss_targets(idx, targets).tolist() == [0b0011] * 20
+
+
+def test_table_error_lets_em_learn_a_wrong_table_entry():
+    # 20 nuclei written "dead" (the table: other, exactly) that a model trained on their own
+    # dataset's annotations recognises as class A: EM moves "dead"'s mass onto A, and the loss
+    # stops pushing them to "other"
+    codes = [3] * 20 + [0] * 20
+    supports = [0b0001] * 20 + [0b0011] * 20
+    targets, rows = _rows(codes, supports)
+    t = TransitionEstimate(rows, 4, prior=1.0, train_rows=torch.arange(40), table_error=0.5)
+    probs = torch.tensor([[0.1, 0.9, 0, 0]] * 40)
+    dead = rows.code.tolist().index(3)
+    for _ in range(5):
+        t.accumulate(torch.arange(40), probs)
+        t.update()
+    assert float(t.matrix[dead, NAMED_A]) > 0.3
+    logits = torch.log(probs[:1].clamp_min(1e-6)).requires_grad_()
+    idx = torch.tensor([0])
+    loss, _ = partial_label_loss(logits, t.loss_targets(idx, targets[:1]), t.weights(idx, targets[:1]))
+    loss.backward()
+    assert float(logits.grad[0, NAMED_A]) < 0.05  # no longer pushed hard away from A
+    with pytest.raises(Exception, match="table_error"):
+        TrainConfig(table_error=-1)
+
+
+def test_a_fit_with_table_error_trains(tiny):
+    trainer = CrossTrainer(TrainConfig(epochs={"A": 1, "B": 1, "C": 1}, batch_size=32, device="cpu",
+                                       table_error=1.0, score_truth=False))
+    result = trainer.fit(tiny)
+    assert all(np.isfinite(row["loss"]) for row in result.history)
