@@ -28,7 +28,7 @@ from typing import Any
 
 from nucdata.errors import InvalidArgumentError
 
-__all__ = ["CANDIDATE_LIKELIHOODS", "ENCODER_NAMES", "MAPPED_LABELS", "NOT_FIXED", "PAPER_KEYS", "PSEUDO_RULES",
+__all__ = ["CANDIDATE_LIKELIHOODS", "ENCODER_NAMES", "MAPPED_LABELS", "NOT_FIXED", "PAPER_KEYS", "PSEUDO_RULES", "SAVED_BEFORE",
            "PSEUDO_SELECTS", "RECIPES",
            "RECIPE_DIFFERENCES", "RUNTIME", "RUNTIME_KEYS", "STAGES", "STAGE_C_KEYS", "Setting", "TrainConfig",
            "setting", "settings_of", "stage_key_config"]
@@ -113,6 +113,11 @@ def setting(default: Any = MISSING, *, default_factory: Any = MISSING, stages: s
     """
     meta = Setting(stages, key, per_stage, paper, code, why, tuple(choices))
     return dataclasses.field(default=default, default_factory=default_factory, metadata={"setting": meta})
+
+
+#: What a stored configuration without these fields did (:meth:`TrainConfig.from_saved`):
+#: checkpoints written before each switch existed.
+SAVED_BEFORE: dict[str, Any] = {"outside_head": False, "pseudo_rule": "renormalised", "background_balance": False}
 
 
 @dataclass
@@ -431,6 +436,18 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some fields changed."""
         return dataclasses.replace(self, **{k: (dict(v) if isinstance(v, dict) else v) for k, v in changes.items()})
+
+    @classmethod
+    def from_saved(cls, stored: Any) -> TrainConfig:
+        """The configuration a checkpoint or classifier sidecar stored (its ``config``), read back.
+
+        A field the stored mapping lacks was written before the field existed and takes
+        the value that behaviour had then (:data:`SAVED_BEFORE`: no outside output,
+        renormalised pseudo labels, unbalanced crops), not today's default, so an old
+        model is fed what it was trained on; keys this version does not know are ignored.
+        """
+        saved = {**SAVED_BEFORE, **dict(stored)}
+        return cls(**{k: v for k, v in saved.items() if k in cls.__dataclass_fields__})
 
     @classmethod
     def recipe(cls, name: str, **overrides: Any) -> TrainConfig:

@@ -1101,9 +1101,8 @@ class CrossTrainer:
         """
         state, meta = load_checkpoint(path, label_sets)
         # Checkpoints written before these switches existed had no outside output and
-        # renormalised pseudo labels.
-        saved = {"outside_head": False, "pseudo_rule": "renormalised", **meta["config"]}
-        config = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
+        # renormalised pseudo labels, and fed the network unbalanced crops.
+        config = TrainConfig.from_saved(meta["config"])
         config.device = device
         trainer = cls(config)
         trainer.build(list(label_sets), meta["in_channels"], meta["crop_size"])

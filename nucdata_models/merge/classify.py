@@ -852,8 +852,7 @@ def _trainer(state: dict[str, Any], meta: dict[str, Any], specs, device: str):
     from nucdata_models.config import TrainConfig
     from nucdata_models.train import CrossTrainer, checked_transition_rows
 
-    saved = {"outside_head": False, "pseudo_rule": "renormalised", **meta["config"]}
-    config = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
+    config = TrainConfig.from_saved(meta["config"])
     config.device = device
     config.weights = None
     trainer = CrossTrainer(config)

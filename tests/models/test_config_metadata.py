@@ -111,3 +111,13 @@ def test_recipe_differences_derive_from_the_paper_values():
     assert all(meta[k].paper is NOT_FIXED for k in meta if k not in PAPER_KEYS)
     paper = TrainConfig.recipe("paper")
     assert all(getattr(paper, k) == meta[k].paper for k in PAPER_KEYS)
+
+
+def test_a_stored_configuration_without_a_newer_field_keeps_the_old_behaviour():
+    from nucdata_models.config import SAVED_BEFORE
+
+    old = TrainConfig.from_saved({"epochs": {"A": 1, "B": 0, "C": 0}, "not_a_field": 1})
+    assert all(getattr(old, k) == v for k, v in SAVED_BEFORE.items())
+    assert not old.background_balance  # a model trained on unbalanced crops is fed unbalanced crops
+    new = TrainConfig.from_saved(dataclasses.asdict(TrainConfig()))
+    assert new.background_balance and new.outside_head
