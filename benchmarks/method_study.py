@@ -20,7 +20,6 @@ Writes ``OUT/results.json`` (``{"config", "arms", "differences", "views", "famil
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -28,11 +27,13 @@ from pathlib import Path
 
 import torch
 
+from nucdata.errors import InvalidArgumentError
 from nucdata.labels import MERGED_LABEL_SETS
 from nucdata_models import TrainConfig
 from nucdata_models.study import (
     ARMS,
     arm_plan,
+    config_overrides,
     oracle_check,
     prepare_world,
     render_markdown,
@@ -84,23 +85,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     if min(args.epochs) < 0 or sum(args.epochs) == 0:
         parser.error("--epochs must be non-negative and not all 0")
     try:
-        args.overrides = dict(_override(item) for item in args.overrides)
-    except ValueError as err:
+        args.overrides = config_overrides(args.overrides)
+    except InvalidArgumentError as err:
         parser.error(str(err))
     return args
-
-
-def _override(item: str) -> tuple[str, object]:
-    """``FIELD=VALUE`` of ``--set``: VALUE parsed as JSON, else kept as a string."""
-    name, sep, text = item.partition("=")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    if not sep or name not in fields:
-        raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD a TrainConfig field "
-                         f"({', '.join(sorted(fields))})")
-    try:
-        return name, json.loads(text)
-    except json.JSONDecodeError:
-        return name, text
 
 
 def main(argv: list[str] | None = None) -> dict:

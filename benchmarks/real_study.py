@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from nucdata.errors import InvalidArgumentError
 from nucdata_models import TrainConfig
 from nucdata_models.study import (
     ARMS,
@@ -37,6 +38,7 @@ from nucdata_models.study import (
     STUDY_SETS,
     TRANSFER_TASKS,
     arm_plan,
+    config_overrides,
     derived_table,
     oracle_check,
     prepare_real_world,
@@ -97,6 +99,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="images of each real unlabelled dataset in the label-free checks (quick 3; full: all)")
     parser.add_argument("--no-label-free", action="store_true", help="skip the label-free checks")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: quick 1, full torch's)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a TrainConfig field for every arm's base configuration (an ablation; repeatable), "
+                             "VALUE as JSON or a bare string, e.g. --set background_balance=false")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     for name, value in sizes.items():
@@ -104,6 +109,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, name, value)
     if min(args.epochs) < 0 or sum(args.epochs) == 0:
         parser.error("--epochs must be non-negative and not all 0")
+    try:
+        args.overrides = config_overrides(args.overrides)
+    except InvalidArgumentError as err:
+        parser.error(str(err))
     return args
 
 
@@ -146,7 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def base(seed: int) -> TrainConfig:
         return TrainConfig.recipe("nucdata", encoder=args.encoder, epochs=dict(epochs), batch_size=args.batch_size,
-                                  device=args.device, seed=seed, score_truth=False)
+                                  device=args.device, seed=seed, score_truth=False, **args.overrides)
 
     runs, worlds = [], {}
     for partition_seed in args.partition_seeds:
@@ -180,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
         "caps": {"max_train": args.max_train, "max_validation": args.max_validation,
                  "max_unlabelled": args.max_unlabelled},
         "unlabelled": {k: str(v) for k, v in unlabelled.items()},
-        "bootstrap_draws": args.bootstrap,
+        "bootstrap_draws": args.bootstrap, "overrides": args.overrides,
         **study_config(args.arms, plans, worlds, runs, label_sets, epochs, args.partition_seeds, args.train_seeds,
                        world_fields=lambda p: {"design": p.design}),
         "truth": "the real CRCHisto annotation (the fine class of every classified nucleus, projected into each "

@@ -504,6 +504,34 @@ def family_sentences(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def config_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``FIELD=VALUE`` strings (a study script's ``--set``) as ``TrainConfig`` overrides.
+
+    VALUE is parsed as JSON (``0.5``, ``true``, ``{"A": 2}``), else kept as a string.
+
+    Raises
+    ------
+    InvalidArgumentError
+        An item without ``=`` or whose FIELD is not a ``TrainConfig`` field (the
+        message lists the fields).
+    """
+    import dataclasses
+    import json
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        if not sep or name not in fields:
+            raise InvalidArgumentError(f"--set {item!r}: expected FIELD=VALUE with FIELD a TrainConfig field "
+                                       f"({', '.join(sorted(fields))})")
+        try:
+            out[name] = json.loads(text)
+        except json.JSONDecodeError:
+            out[name] = text
+    return out
+
+
 def study_config(arms: Sequence[str], plans: Mapping[str, Any], worlds: Mapping[int, Any], runs: Sequence[RunScores],
                  label_sets: Sequence[str], epochs: Mapping[str, int], world_seeds: Sequence[int],
                  train_seeds: Sequence[int], world_fields: Callable[[Any], dict[str, Any]] | None = None

@@ -268,3 +268,19 @@ def test_the_study_s_ece_is_the_one_of_metrics_on_summed_group_tallies():
     keep = np.isin(cluster, [0, 3])
     assert float(METRIC_SPECS["ece"](bins[[0, 3]].sum(0))) == pytest.approx(
         expected_calibration_error(correct[keep], confidence[keep]))
+
+
+def test_config_overrides_parse_json_values_and_refuse_unknown_fields():
+    from nucdata.errors import InvalidArgumentError
+    from nucdata_models import TrainConfig
+    from nucdata_models.study import config_overrides
+
+    got = config_overrides(["stain_jitter=0.5", "background_balance=false", "epochs={\"A\": 1, \"B\": 0, \"C\": 0}",
+                            "encoder=small"])
+    assert got == {"stain_jitter": 0.5, "background_balance": False, "epochs": {"A": 1, "B": 0, "C": 0},
+                   "encoder": "small"}
+    assert not TrainConfig(**got).background_balance
+    with pytest.raises(InvalidArgumentError, match="TrainConfig field"):
+        config_overrides(["not_a_field=1"])
+    with pytest.raises(InvalidArgumentError, match="FIELD=VALUE"):
+        config_overrides(["stain_jitter"])
