@@ -126,9 +126,9 @@ def test_background_balance_is_applied_in_training_and_prediction_alike():
     from nucdata_models import CrossTrainer, TrainConfig
 
     crops = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
-    on = CrossTrainer(TrainConfig(device="cpu"))
-    off = CrossTrainer(TrainConfig(device="cpu", background_balance=False))
-    assert TrainConfig().background_balance and not TrainConfig.recipe("paper").background_balance
+    on = CrossTrainer(TrainConfig(device="cpu", background_balance=True))
+    off = CrossTrainer(TrainConfig(device="cpu"))
+    assert not TrainConfig().background_balance and not TrainConfig.recipe("paper").background_balance
     assert not torch.equal(on.inputs(crops, False), off.inputs(crops, False))
     brighter = (crops.float() * 0.9).round().to(torch.uint8)
     # a 10 % darker lab moves the balanced input far less than the raw one

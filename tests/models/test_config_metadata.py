@@ -119,5 +119,5 @@ def test_a_stored_configuration_without_a_newer_field_keeps_the_old_behaviour():
     old = TrainConfig.from_saved({"epochs": {"A": 1, "B": 0, "C": 0}, "not_a_field": 1})
     assert all(getattr(old, k) == v for k, v in SAVED_BEFORE.items())
     assert not old.background_balance  # a model trained on unbalanced crops is fed unbalanced crops
-    new = TrainConfig.from_saved(dataclasses.asdict(TrainConfig()))
+    new = TrainConfig.from_saved(dataclasses.asdict(TrainConfig(background_balance=True)))
     assert new.background_balance and new.outside_head
