@@ -28,9 +28,9 @@ from typing import Any
 
 from nucdata.errors import InvalidArgumentError
 
-__all__ = ["CANDIDATE_LIKELIHOODS", "ENCODER_NAMES", "MAPPED_LABELS", "NOT_FIXED", "PAPER_KEYS", "PSEUDO_RULES", "SAVED_BEFORE",
+__all__ = ["CANDIDATE_LIKELIHOODS", "ENCODER_NAMES", "MAPPED_LABELS", "NOT_FIXED", "PAPER_KEYS", "PSEUDO_RULES",
            "PSEUDO_SELECTS", "RECIPES",
-           "RECIPE_DIFFERENCES", "RUNTIME", "RUNTIME_KEYS", "STAGES", "STAGE_C_KEYS", "Setting", "TrainConfig",
+           "RECIPE_DIFFERENCES", "RUNTIME", "RUNTIME_KEYS", "SAVED_BEFORE", "STAGES", "STAGE_C_KEYS", "Setting", "TrainConfig",
            "setting", "settings_of", "stage_key_config"]
 
 #: The encoders :func:`nucdata_models.build_encoder` builds (``encoders.ENCODERS`` keys).

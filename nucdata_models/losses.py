@@ -218,6 +218,8 @@ class TransitionEstimate:
             free = (named[rows.dataset] > 0).float() * (1 - self.support)
             self.support = self.support + free
             self.prior = self.prior + self.table_error * free
+        # each row's support as target bits (what the likelihood sums over with table_error)
+        self._row_bits = (self.support.long() << torch.arange(self.outputs, device=device)).sum(1)
         self._pending = torch.zeros(g, self.outputs, device=device)
         # the table's view: each training nucleus of a row spread uniformly over its candidates
         member = rows.row[train_rows]
@@ -241,8 +243,12 @@ class TransitionEstimate:
         if not len(self) or self.table_error <= 0:
             return targets
         row = self.rows.row[idx]
-        bits = (self.support[row.clamp_min(0)].long() << torch.arange(self.outputs, device=row.device)).sum(1)
-        return torch.where(row >= 0, bits.to(targets.dtype), targets)
+        return torch.where(row >= 0, self._row_bits[row.clamp_min(0)].to(targets.dtype), targets)
+
+    def loss(self, logits: torch.Tensor, idx: torch.Tensor, targets: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:func:`partial_label_loss` of bank rows ``idx`` under this estimate: ``-log sum_c p_c T[s, c]``."""
+        return partial_label_loss(logits, self.loss_targets(idx, targets), self.weights(idx, targets))
 
     def weights(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """``(B, outputs)`` candidate weights of bank rows ``idx`` for :func:`partial_label_loss`.

@@ -453,9 +453,7 @@ class CrossTrainer:
             if soft:
                 return soft_label_loss(logits, tgt)
             t = transitions.get(s)
-            if t is None:
-                return partial_label_loss(logits, tgt)
-            return partial_label_loss(logits, t.loss_targets(idx, tgt), t.weights(idx, tgt))
+            return partial_label_loss(logits, tgt) if t is None else t.loss(logits, idx, tgt)
 
         def e_step(s: str, idx: torch.Tensor, probabilities: torch.Tensor) -> None:
             if s in transitions:
@@ -618,8 +616,10 @@ class CrossTrainer:
                         logits = self._forward_base(base, self.inputs(bank.crops[idx], True))
                     out = self.heads.forward_one(s, self._head_inputs(logits, detach=True)).float()
                     tgt = bank.targets[s][idx]
-                    loss = (soft_label_loss(out, tgt) if soft else partial_label_loss(out, tgt) if t is None else
-                            partial_label_loss(out, t.loss_targets(idx, tgt), t.weights(idx, tgt)))[0]
+                    if soft:
+                        loss = soft_label_loss(out, tgt)[0]
+                    else:
+                        loss = (partial_label_loss(out, tgt) if t is None else t.loss(out, idx, tgt))[0]
                     optimiser.zero_grad(set_to_none=True)
                     loss.backward()
                     optimiser.step()
@@ -1100,9 +1100,7 @@ class CrossTrainer:
             :func:`.checkpoint.load_checkpoint`).
         """
         state, meta = load_checkpoint(path, label_sets)
-        # Checkpoints written before these switches existed had no outside output and
-        # renormalised pseudo labels, and fed the network unbalanced crops.
-        config = TrainConfig.from_saved(meta["config"])
+        config = TrainConfig.from_saved(meta["config"])  # older checkpoints: SAVED_BEFORE
         config.device = device
         trainer = cls(config)
         trainer.build(list(label_sets), meta["in_channels"], meta["crop_size"])

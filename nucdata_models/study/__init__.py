@@ -28,8 +28,8 @@ _MODULES = {
                                    "RealWorld", "derived_table", "image_groups", "partition", "points_only",
                                    "prepare_real_world", "render_transfer_markdown", "study_classifier",
                                    "transfer_study"),
-    "nucdata_models.study._run": ("VIEWS", "PreparedWorld", "RunScores", "config_overrides", "endpoint_count", "family_sentences",
-                                  "oracle_check", "prepare_world", "render_markdown", "run_arms", "run_records",
+    "nucdata_models.study._run": ("VIEWS", "PreparedWorld", "RunScores", "config_overrides", "endpoint_count",
+                                  "family_sentences", "oracle_check", "prepare_world", "render_markdown", "run_arms", "run_records",
                                   "score_views", "study_config", "summarise"),
     # the one definition of each metric lives with the others (nucdata_models.metrics)
     "nucdata_models.metrics": ("accuracy_from_confusion", "macro_f1_from_confusion"),

@@ -26,10 +26,11 @@ can separate the tables' contribution from the method's.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -515,16 +516,13 @@ def config_overrides(items: Sequence[str]) -> dict[str, Any]:
         An item without ``=`` or whose FIELD is not a ``TrainConfig`` field (the
         message lists the fields).
     """
-    import dataclasses
-    import json
-
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    known = {f.name for f in fields(TrainConfig)}
     out: dict[str, Any] = {}
     for item in items:
         name, sep, text = item.partition("=")
-        if not sep or name not in fields:
+        if not sep or name not in known:
             raise InvalidArgumentError(f"--set {item!r}: expected FIELD=VALUE with FIELD a TrainConfig field "
-                                       f"({', '.join(sorted(fields))})")
+                                       f"({', '.join(sorted(known))})")
         try:
             out[name] = json.loads(text)
         except json.JSONDecodeError:
