@@ -17,7 +17,18 @@ world is prepared once (:func:`nucdata_models.study.prepare_world`, cached under
   model predicts as outside in its own set after recolouring its crops with another
   dataset's stain (:func:`nucdata_models.train.stain_swap_outside_rate`, the world's
   additive RGB stain difference);
-* ``pseudo_labels``: the rows of ``TrainResult.pseudo_labels`` (stage C).
+* ``pseudo_labels``: the rows of ``TrainResult.pseudo_labels`` (stage C);
+* ``calibration`` (arms that publish the merged label): the ECE of the published
+  probability as ``build-merged`` calibrates it (:func:`nucdata_models.calibration.calibrated_fill`,
+  pickle fields 2 and 3) on held-out nuclei not annotated in the set whose truth is known,
+  the mean confidence and accuracy per provenance, and ``ceiling``: the lowest ECE that
+  any single temperature for the set reaches on those same nuclei (a grid of
+  :data:`CEILING_GRID` temperatures chosen on the scored nuclei themselves, which no
+  method has), with that temperature, and ``pair_ceiling``: the same with one temperature
+  per (dataset, set) pair, each the best for its pair's own scored nuclei (the family
+  :mod:`nucdata_models.calibration` fits, with perfect fits). A ceiling above a target
+  means no calibration of that family can meet it: the groups within are off in
+  different directions.
 
 Arms: ``own-only``, ``nucdata``, ``oracle`` (the study's), and ``nucdata:key=value,...``
 for the nucdata arm with some :class:`~nucdata_models.TrainConfig` fields changed
@@ -41,14 +52,23 @@ import torch
 
 from nucdata.labels import MERGED_LABEL_SETS, OWN_LABEL_SET
 from nucdata_models import TrainConfig
+from nucdata_models.calibration import calibrated_fill
 from nucdata_models.data import AMBIGUOUS, ANNOTATED
-from nucdata_models.fill import fill_labels, filled_nuclei, scored_class
+from nucdata_models.fill import (
+    PROVENANCE,
+    fill_labels,
+    filled_nuclei,
+    published_fields,
+    scored_class,
+)
 from nucdata_models.merge import TEST
-from nucdata_models.metrics import classification_metrics
+from nucdata_models.metrics import classification_metrics, expected_calibration_error
 from nucdata_models.study import DATA_VIEWS, arm_plan, prepare_world
 from nucdata_models.train import CrossTrainer, stain_swap_outside_rate
 
 QUICK = {"scale": 1.0, "crop": 24, "epochs": (4, 2, 2), "batch_size": 64}
+#: Temperatures tried for the calibration ceiling: 0.2 to 5, evenly in log T.
+CEILING_GRID = np.exp(np.linspace(np.log(0.2), np.log(5.0), 61))
 #: (dataset, the dataset whose stain it is recoloured with)
 SWAPS = (("monusac", "consep"), ("pannuke", "consep"), ("consep", "monusac"), ("nucls", "consep"))
 
@@ -115,8 +135,57 @@ def score(plan, trainer: CrossTrainer, world, result, stains) -> dict[str, Any]:
                 trainer, data, own, OWN_LABEL_SET[own], shift, split=TEST, modules=plan.modules)
             out["stain_swap"][f"{own}<-{own}"] = stain_swap_outside_rate(
                 trainer, data, own, OWN_LABEL_SET[own], np.zeros(3), split=TEST, modules=plan.modules)
+    if plan.publish == "merged":
+        out["calibration"] = calibration_diagnosis(preds, trainer, data)
     out["pseudo_labels"] = getattr(result, "pseudo_labels", [])
     out["transition"] = getattr(result, "transition", {})
+    return out
+
+
+def calibration_diagnosis(preds, trainer: CrossTrainer, data) -> dict[str, Any]:
+    """Per set: ECE as published, confidence and accuracy per provenance, and the one-temperature ceiling."""
+    weights = trainer.candidate_weights(data)
+    filled, _ = calibrated_fill(preds, data, weights=weights)
+    scored = data.split == TEST
+    out: dict[str, Any] = {}
+    for spec in data.label_sets:
+        s = spec.name
+        truth, prov = data.truth[s], data.provenance[s]
+        sel = filled_nuclei(truth, prov, "truth_known") & scored
+
+        def published(f, sel=sel, truth=truth, size=spec.size):
+            label, prob = published_fields(f)
+            keep = (sel & torch.isfinite(prob)).numpy()
+            right = (scored_class(label, size) == scored_class(truth, size)).numpy()[keep]
+            return right, prob.double().numpy()[keep], keep
+
+        right, conf, keep = published(filled[s])
+        if not keep.any():
+            continue
+        source = filled[s].source.numpy()[keep]
+        groups = {name: {"count": int((source == code).sum()), "confidence": round(float(conf[source == code].mean()), 3),
+                         "accuracy": round(float(right[source == code].mean()), 3)}
+                  for code, name in enumerate(PROVENANCE) if (source == code).any()}
+        index = data.dataset_index.numpy()[keep]
+        pair_ece = np.full((len(CEILING_GRID), len(data.dataset_names)), np.inf)
+        best = (np.inf, 1.0)
+        for i, t in enumerate(CEILING_GRID):
+            f = fill_labels(preds[s].probs, data.labels[s], data.candidates[s], prov, spec.size, float(t),
+                            weights.get(s))
+            r, c, _ = published(f)
+            best = min(best, (expected_calibration_error(r, c), round(float(t), 3)))
+            for d in np.unique(index):
+                pair_ece[i, d] = expected_calibration_error(r[index == d], c[index == d])
+        # one temperature per (dataset, set) pair, each the best for that pair's own scored nuclei
+        per_pair = torch.tensor(CEILING_GRID[pair_ece.argmin(0)], dtype=torch.float64)
+        f = fill_labels(preds[s].probs, data.labels[s], data.candidates[s], prov, spec.size,
+                        per_pair[data.dataset_index], weights.get(s))
+        r, c, _ = published(f)
+        out[s] = {"ece": expected_calibration_error(right, conf), "count": int(keep.sum()), "groups": groups,
+                  "ceiling": {"ece": best[0], "temperature": best[1]},
+                  "pair_ceiling": {"ece": expected_calibration_error(r, c),
+                                   "temperatures": {data.dataset_names[d]: round(float(per_pair[d]), 3)
+                                                    for d in np.unique(index)}}}
     return out
 
 
@@ -159,6 +228,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     print(f"  {s:8s} amb {acc} (n={a['count']}) out_in_set {fmt(v['outside_rate_in_set'])} "
                           f"out_recall {fmt(v['outside_recall'])} macroF1 {v['macro_f1']:.3f} acc {v['accuracy']:.3f}",
                           flush=True)
+                for s, v in row.get("calibration", {}).items():
+                    print(f"  {s:8s} ECE {v['ece']:.3f} (n={v['count']}), one-temperature ceiling "
+                          f"{v['ceiling']['ece']:.3f} at T {v['ceiling']['temperature']}, one per pair "
+                          f"{v['pair_ceiling']['ece']:.3f}; "
+                          + ", ".join(f"{g} {m['confidence']:.2f}/{m['accuracy']:.2f} (n={m['count']})"
+                                      for g, m in v["groups"].items()), flush=True)
                 if row["stain_swap"]:
                     print("  stain swap " + ", ".join(f"{k} {v:.3f}" for k, v in row["stain_swap"].items()),
                           flush=True)
@@ -189,6 +264,11 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
                            "outside_rate_in_set": mean("outside_rate_in_set"),
                            "outside_recall": mean("outside_recall"), "macro_f1": mean("macro_f1"),
                            "accuracy": mean("accuracy")}
+            cal = [r["calibration"][s] for r in rows if s in r.get("calibration", {})]
+            if cal:
+                out[arm][s]["ece"] = round(float(np.mean([c["ece"] for c in cal])), 3)
+                out[arm][s]["ece_ceiling"] = round(float(np.mean([c["ceiling"]["ece"] for c in cal])), 3)
+                out[arm][s]["ece_pair_ceiling"] = round(float(np.mean([c["pair_ceiling"]["ece"] for c in cal])), 3)
         swaps = {k for r in rows for k in r["stain_swap"]}
         if swaps:
             out[arm]["stain_swap"] = {k: round(float(np.mean([r["stain_swap"][k] for r in rows])), 3)

@@ -35,17 +35,22 @@ pairs, and what it is fitted on is not what it is applied to: exact-row nuclei a
 cleanly mapped, easy classes, and on the demo world they are under-confident while the
 predicted and ambiguous nuclei of other pairs are not (the unlabelled datasets are
 over-confident), so a borrowed sharpening makes the labels that matter over-confident,
-the failure that breaks a threshold. A set with fewer than :data:`MIN_NUCLEI`
-cross-domain nuclei is left uncalibrated (``T = 1``). :attr:`Calibration.uses` records
-which applies to each pair.
+the failure that breaks a threshold (letting it sharpen for the labelled datasets whose
+exact-row nuclei are in the pooled fit, with a minimum of 20, lowered ECE on the tuning
+worlds and raised it on the acceptance worlds: docs/method-study.md). A set with fewer
+than :data:`MIN_NUCLEI` cross-domain nuclei is left uncalibrated (``T = 1``).
+:attr:`Calibration.uses` records which applies to each pair.
 
 **Why one temperature per pair.** It has one parameter, so 50 nuclei fit it stably (with
 a log-normal prior centred on ``T = 1``: 50 nuclei of an easy class are often all right,
 and the likelihood alone then sends ``T`` to 0; :func:`fit_temperature` finds the most
 probable ``T`` by golden-section search, deterministic and without a learning rate); and
-a temperature never reorders the classes, so calibration changes no label, only the
-probabilities beside them. Vector or matrix scaling would fit more parameters from the
-same few exact-row nuclei and could change labels.
+a temperature never reorders a nucleus's classes, so calibration changes no predicted
+label, only the probabilities beside them. It can change how an ambiguous row is resolved
+when the row is resolved by ``p(c | x) T[s, c]`` (the transition weights): that product is
+Bayes' rule only for a calibrated ``p(c | x)``, and the temperature sets how much the image
+counts against the source class. Vector or matrix scaling would fit more parameters from
+the same few exact-row nuclei and could reorder the classes.
 
 :func:`calibrated_fill` fits and applies it in one call (build-merged and the method
 study use it); :func:`calibration_scores` measures the expected calibration error

@@ -96,21 +96,25 @@ def test_the_published_probability_belongs_to_the_published_label():
     f = fill_labels(probs, labels, cands, prov, 3)
     assert f.label.tolist() == [1, 2, 1, 0, -2, 0]
     # annotated and mapped: the model's probability of that class; ambiguous-resolved: renormalised
-    # over its candidates; outside: the outside output
-    assert f.probability.tolist() == pytest.approx([0.2, 0.2, 0.5, 0.5 / 0.6, 0.1, 0.5])
+    # over its candidates; an exact outside row: renormalised over its one candidate, the outside output
+    assert f.probability.tolist() == pytest.approx([0.2, 0.2, 0.5, 0.5 / 0.6, 1.0, 0.5])
     assert f.predicted.tolist() == [0] * 6 and f.predicted_probability.tolist() == pytest.approx([0.5] * 6)
     label, prob = published_fields(f)
     # the pickle: the model's own label except where the annotation decides the candidates or says outside
     assert label.tolist() == [0, 0, 1, 0, -2, 0]
-    assert prob.tolist() == pytest.approx([0.5, 0.5, 0.5, 0.5 / 0.6, 0.1, 0.5])
+    assert prob.tolist() == pytest.approx([0.5, 0.5, 0.5, 0.5 / 0.6, 1.0, 0.5])
     # calibrated: the same labels, every probability from the scaled distribution
     t = 2.0
     g = fill_labels(probs, labels, cands, prov, 3, temperature=t)
     q = temperature_scale(probs, t)[0]
     assert torch.equal(g.label, f.label) and torch.equal(g.source, f.source)
     q = q.tolist()
-    assert g.probability.tolist() == pytest.approx([q[1], q[2], q[1] / (q[1] + q[2]), q[0] / (q[0] + q[3]), q[3],
+    assert g.probability.tolist() == pytest.approx([q[1], q[2], q[1] / (q[1] + q[2]), q[0] / (q[0] + q[3]), 1.0,
                                                     q[0]], rel=1e-5)
+    # a predicted -2 keeps the outside output's calibrated probability
+    won = fill_labels(torch.tensor([[0.1, 0.1, 0.2, 0.6]]), torch.tensor([-1]), torch.tensor([0]),
+                      torch.tensor([NO_LABEL], dtype=torch.int8), 3)
+    assert won.label.tolist() == [-2] and won.probability.tolist() == pytest.approx([0.6])
     # without an outside output: NaN beside -2, as before
     assert math.isnan(float(fill_labels(probs[:, :3] / 0.9, labels, cands, prov, 3, temperature=t).probability[4]))
 

@@ -101,7 +101,9 @@ def test_filled_labels_say_where_they_came_from():
     assert filled.label.tolist() == [1, 2, 0, 0, -2, 0, 2]
     assert [PROVENANCE[i] for i in filled.source.tolist()] == [
         "annotated", "mapped", "ambiguous-resolved", "ambiguous-resolved", "outside", "predicted", "ambiguous-resolved"]
-    assert filled.probability[0] == pytest.approx(0.1) and filled.probability[4] == pytest.approx(0.1)
+    # annotated: the model's probability of the annotated class; an exact outside row: 1, renormalised over its
+    # one candidate (the table decides it, not the outside output's 0.1)
+    assert filled.probability[0] == pytest.approx(0.1) and filled.probability[4] == pytest.approx(1.0)
     # the outside output wins on an unlabelled nucleus: predicted outside
     out = fill_labels(torch.tensor([[0.1, 0.1, 0.1, 0.7]]), torch.tensor([-1]), torch.tensor([0]),
                       torch.tensor([NO_LABEL], dtype=torch.int8), 3)
