@@ -87,7 +87,8 @@ class SetResult:
     label
         int64 ``(N,)``: the published label (class id; -2 outside the set).
     probability
-        float32 ``(N,)``: its calibrated probability (NaN for -2 without an outside output).
+        float32 ``(N,)``: its calibrated probability (1 for a -2 the annotation's exact outside row
+        decides; NaN for -2 without an outside output).
     source
         int8 ``(N,)``: where the label came from, an index into :data:`nucdata.PROVENANCE`
         (``predicted`` for every nucleus without annotations).
