@@ -27,13 +27,11 @@ from pathlib import Path
 
 import torch
 
-from nucdata.errors import InvalidArgumentError
 from nucdata.labels import MERGED_LABEL_SETS
 from nucdata_models import TrainConfig
 from nucdata_models.study import (
     ARMS,
     arm_plan,
-    config_overrides,
     oracle_check,
     prepare_world,
     render_markdown,
@@ -42,6 +40,9 @@ from nucdata_models.study import (
     study_config,
     summarise,
 )
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _study_cli import add_training_arguments, resolve  # noqa: E402
 
 #: ``--quick``: CPU-sized (two cores, minutes). The full study's defaults are below it.
 #: One torch thread in the quick study: on a shared two-core machine, two threads per
@@ -62,33 +63,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--quick", action="store_true", help=f"CPU-sized: {QUICK}")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--encoder", default="small", choices=("small", "resnet18", "resnet50"))
     parser.add_argument("--scale", type=float, help="demo scale (default: quick 1, full 8)")
     parser.add_argument("--crop", type=int, help="crop side in px (default: quick 24, full 32)")
-    parser.add_argument("--epochs", type=int, nargs=3, metavar=("A", "B", "C"),
-                        help="the nucdata arm's epochs per stage (default: quick 4 2 2, full 10 10 10)")
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--bootstrap", type=int, help="hierarchical bootstrap draws (default 2000)")
     parser.add_argument("--validation", type=float, default=0.1)
     parser.add_argument("--test", type=float, default=0.3, help="share of groups held out and scored")
     parser.add_argument("--datasets", nargs="+", help="generate only these datasets (tests)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: quick 1, full torch's)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="a TrainConfig field for every arm's base configuration (an ablation; repeatable), "
-                             "VALUE as JSON or a bare string, e.g. --set stain_jitter=0.5")
-    args = parser.parse_args(argv)
-    sizes = QUICK if args.quick else FULL
-    for name, value in sizes.items():
-        if getattr(args, name) is None and value is not None:
-            setattr(args, name, value)
-    if min(args.epochs) < 0 or sum(args.epochs) == 0:
-        parser.error("--epochs must be non-negative and not all 0")
-    try:
-        args.overrides = config_overrides(args.overrides)
-    except InvalidArgumentError as err:
-        parser.error(str(err))
-    return args
+    add_training_arguments(parser, "stain_jitter=0.5")
+    return resolve(parser, parser.parse_args(argv), QUICK, FULL)
 
 
 def main(argv: list[str] | None = None) -> dict:

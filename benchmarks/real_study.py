@@ -30,7 +30,6 @@ from pathlib import Path
 
 import torch
 
-from nucdata.errors import InvalidArgumentError
 from nucdata_models import TrainConfig
 from nucdata_models.study import (
     ARMS,
@@ -38,7 +37,6 @@ from nucdata_models.study import (
     STUDY_SETS,
     TRANSFER_TASKS,
     arm_plan,
-    config_overrides,
     derived_table,
     oracle_check,
     prepare_real_world,
@@ -50,6 +48,9 @@ from nucdata_models.study import (
     summarise,
     transfer_study,
 )
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _study_cli import add_training_arguments, resolve  # noqa: E402
 
 #: ``--quick``: CPU-sized (one torch thread; two train seeds; the training pool capped).
 QUICK = {"crop": 24, "epochs": (4, 2, 2), "batch_size": 64, "bootstrap": 2000, "threads": 1,
@@ -82,13 +83,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grouping", choices=("stain", "image"), default="stain")
     parser.add_argument("--test", type=float, default=0.4, help="share of images in held-out groups")
     parser.add_argument("--validation", type=float, default=0.1, help="share of training-group images validating")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--encoder", default="small", choices=("small", "resnet18", "resnet50"))
     parser.add_argument("--crop", type=int, help="crop side in px at CRCHisto's resolution (quick 24, full 32)")
-    parser.add_argument("--epochs", type=int, nargs=3, metavar=("A", "B", "C"),
-                        help="the nucdata arm's epochs per stage (default: quick 4 2 2, full 10 10 10)")
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--bootstrap", type=int, help="hierarchical bootstrap draws (default 2000)")
     parser.add_argument("--max-train", type=int, help="cap on training nuclei (quick 1500; full: all)")
     parser.add_argument("--max-validation", type=int, help="cap on validation nuclei (quick 400; full: all)")
     parser.add_argument("--max-unlabelled", type=int, help="cap per unlabelled dataset (quick 300; full: all)")
@@ -98,22 +93,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--label-free-images", type=int,
                         help="images of each real unlabelled dataset in the label-free checks (quick 3; full: all)")
     parser.add_argument("--no-label-free", action="store_true", help="skip the label-free checks")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: quick 1, full torch's)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="a TrainConfig field for every arm's base configuration (an ablation; repeatable), "
-                             "VALUE as JSON or a bare string, e.g. --set background_balance=false")
-    args = parser.parse_args(argv)
-    sizes = QUICK if args.quick else FULL
-    for name, value in sizes.items():
-        if getattr(args, name) is None and value is not None:
-            setattr(args, name, value)
-    if min(args.epochs) < 0 or sum(args.epochs) == 0:
-        parser.error("--epochs must be non-negative and not all 0")
-    try:
-        args.overrides = config_overrides(args.overrides)
-    except InvalidArgumentError as err:
-        parser.error(str(err))
-    return args
+    add_training_arguments(parser, "background_balance=false")
+    return resolve(parser, parser.parse_args(argv), QUICK, FULL)
 
 
 def label_free_section(world, base: TrainConfig, args: argparse.Namespace, say) -> tuple[dict | None, str]:
