@@ -175,7 +175,7 @@ def read_svs(path: Path) -> np.ndarray:
     except Exception as exc:  # tifffile raises many types for missing codecs or bad files
         raise CorruptArchiveError(
             f"{path}: this .svs cannot be decoded (Pillow: {pillow_error.__cause__ or pillow_error}; "
-            f"tifffile: {exc}). Install 'imagecodecs' (pip install imagecodecs) so tifffile can "
+            f"tifffile: {exc}). Install 'imagecodecs' (pip install \"nucdata[codecs]\") so tifffile can "
             "decode it, or save its image as a .tif of the same name beside it."
         ) from exc
     if array.ndim == 2:

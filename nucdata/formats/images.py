@@ -281,7 +281,7 @@ class Slide:
                     if "imagecodecs" in text or "JPEG" in text.upper() or "not supported" in text:
                         raise UnsupportedFormatError(
                             f"{self.path}: its tiles are compressed with a codec that needs the imagecodecs "
-                            f"package ({text}); pip install imagecodecs, or install nucdata[openslide].") from None
+                            f"package ({text}); pip install \"nucdata[codecs]\" (imagecodecs), or install nucdata[openslide].") from None
                     raise CorruptArchiveError(f"{self.path}: tile {index} cannot be decoded ({text}).") from None
                 except Exception as exc:  # noqa: BLE001 - tifffile raises many types for damaged data
                     raise CorruptArchiveError(f"{self.path}: tile {index} cannot be decoded "
