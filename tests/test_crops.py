@@ -179,7 +179,9 @@ def test_bank_is_reused_and_invalidated(home):
     ds = nucdata.load("tnbc")
     bank = build_bank(ds.store, 16)
     assert bank.manifest["store"] == {"dataset": "tnbc", "created": ds.store.manifest["created"],
-                                      "converter_version": ds.store.manifest["converter_version"]}
+                                      "converter_version": ds.store.manifest["converter_version"],
+                                      "content": bank.manifest["store"]["content"]}
+    assert len(bank.manifest["store"]["content"]) == 64
     assert bank.path.parent == ds.store.path / "crops" and bank.store_path == ds.store.path
     assert not list(bank.path.parent.glob(".*tmp-*"))
     mtime = (bank.path / "crops.npy").stat().st_mtime_ns
@@ -193,6 +195,11 @@ def test_bank_is_reused_and_invalidated(home):
     manifest["store"]["created"] = "1970-01-01T00:00:00+00:00"
     (bank.path / "manifest.json").write_text(json.dumps(manifest))
     assert build_bank(ds.store, 16).manifest["store"]["created"] == ds.store.manifest["created"]
+    # A store with other content but the same creation second (two builds within a second) is another store.
+    manifest = json.loads((bank.path / "manifest.json").read_text())
+    manifest["store"]["content"] = "0" * 64
+    (bank.path / "manifest.json").write_text(json.dumps(manifest))
+    assert build_bank(ds.store, 16).manifest["store"]["content"] != "0" * 64
     # A rebuilt store takes its banks with it.
     nucdata.prepare("tnbc", force=True)
     ds = nucdata.load("tnbc")

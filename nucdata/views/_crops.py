@@ -63,8 +63,17 @@ def _bank_key(size: int, context: float | None, scales: np.ndarray | None = None
 
 
 def _store_identity(store: Store) -> dict[str, Any]:
+    """What a bank records of its store: dataset, creation time, converter version and content.
+
+    ``content`` is the SHA-256 of the manifest's per-file data hashes (every column and the
+    pixels): the creation time has one-second resolution, so two builds within a second
+    with different content would otherwise share an identity, and a bank cut from the
+    first would be taken for the second.
+    """
     m = store.manifest
-    return {"dataset": m["dataset"], "created": m["created"], "converter_version": m["converter_version"]}
+    content = hashlib.sha256(json.dumps(m.get("files", {}), sort_keys=True).encode()).hexdigest()
+    return {"dataset": m["dataset"], "created": m["created"], "converter_version": m["converter_version"],
+            "content": content}
 
 
 def _resize(array: np.ndarray, size: int, nearest: bool) -> np.ndarray:
@@ -205,7 +214,8 @@ class CropBank:
 
         A bank opened by its path alone finds it beside itself (``<store>/crops/<key>``) or
         where its manifest recorded it, and only a store with the identity the bank
-        recorded (dataset, creation time, converter version, nucleus count) is taken.
+        recorded (dataset, creation time, converter version, content hash, nucleus count)
+        is taken.
 
         Raises
         ------
