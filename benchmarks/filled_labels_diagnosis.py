@@ -167,6 +167,7 @@ def calibration_diagnosis(preds, trainer: CrossTrainer, data) -> dict[str, Any]:
                          "accuracy": round(float(right[source == code].mean()), 3)}
                   for code, name in enumerate(PROVENANCE) if (source == code).any()}
         index = data.dataset_index.numpy()[keep]
+        of_pair = {int(d): index == d for d in np.unique(index)}  # scored nuclei of each dataset
         pair_ece = np.full((len(CEILING_GRID), len(data.dataset_names)), np.inf)
         best = (np.inf, 1.0)
         for i, t in enumerate(CEILING_GRID):
@@ -174,8 +175,8 @@ def calibration_diagnosis(preds, trainer: CrossTrainer, data) -> dict[str, Any]:
                             weights.get(s))
             r, c, _ = published(f)
             best = min(best, (expected_calibration_error(r, c), round(float(t), 3)))
-            for d in np.unique(index):
-                pair_ece[i, d] = expected_calibration_error(r[index == d], c[index == d])
+            for d, mask in of_pair.items():
+                pair_ece[i, d] = expected_calibration_error(r[mask], c[mask])
         # one temperature per (dataset, set) pair, each the best for that pair's own scored nuclei
         per_pair = torch.tensor(CEILING_GRID[pair_ece.argmin(0)], dtype=torch.float64)
         f = fill_labels(preds[s].probs, data.labels[s], data.candidates[s], prov, spec.size,
@@ -185,7 +186,7 @@ def calibration_diagnosis(preds, trainer: CrossTrainer, data) -> dict[str, Any]:
                   "ceiling": {"ece": best[0], "temperature": best[1]},
                   "pair_ceiling": {"ece": expected_calibration_error(r, c),
                                    "temperatures": {data.dataset_names[d]: round(float(per_pair[d]), 3)
-                                                    for d in np.unique(index)}}}
+                                                    for d in of_pair}}}
     return out
 
 

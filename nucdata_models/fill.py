@@ -26,9 +26,9 @@ over its one candidate, the outside output, and so is 1 (NaN when the model has 
 outside output). The outside output's own probability is no estimate of it: the model is
 trained towards outside only on other datasets' images, and at the quick budget it gave
 on average 0.27 (easy demo worlds 1-4) and 0.53 (hard 1-2) to such labels, right 100 %
-and 93 % of the time. The model's own, unrestricted prediction
-and its calibrated probability are kept beside it in every case, and
-:func:`published_fields` gives fields 2 and 3 of the published pickle.
+and 93 % of the time. The model's own, unrestricted prediction and its calibrated
+probability are kept beside it in every case, and :func:`published_fields` gives fields
+2 and 3 of the published pickle.
 
 Where the truth is known (generated data), :func:`score_filled` is the one way filled
 labels are scored, on the nuclei :func:`filled_nuclei` selects.
@@ -219,9 +219,9 @@ def published_fields(filled: FilledLabels) -> tuple[torch.Tensor, torch.Tensor]:
     The model's own prediction, except where the nucleus's annotation decides the
     candidate set (``ambiguous-resolved``: the best candidate, its probability
     renormalised over the candidates) or says outside (-2 with probability 1, renormalised
-    over its one candidate; NaN without an outside output). Annotated and mapped nuclei carry the model's prediction too: their
-    annotation or mapped class is field 4 (or the merged store's ``label``), never
-    field 2.
+    over its one candidate; NaN without an outside output). Annotated and mapped nuclei
+    carry the model's prediction too: their annotation or mapped class is field 4 (or the
+    merged store's ``label``), never field 2.
     """
     if filled.predicted is None or filled.predicted_probability is None:
         raise InvalidArgumentError("published_fields: these FilledLabels carry no prediction; make them with "
