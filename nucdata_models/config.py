@@ -219,6 +219,11 @@ class TrainConfig:
         0.421 to 0.330, the oracle 0.471 to 0.411 on ``crchisto``; see
         ``docs/method-study.md``): a real crop's ring is cytoplasm and stroma whose eosin
         tells classes apart, not a blank background.
+    source_balance
+        How the nuclei of one set's supervised loss weigh: ``"nucleus"`` (each the same,
+        so a large dataset's table-derived targets outweigh a small dataset's own
+        annotations) or ``"dataset"`` (each source dataset the same total weight,
+        :func:`.train.source_balance_weights`).
     pseudo_select
         Stage C's pass rule: ``"threshold"`` (the paper: confidence above
         ``threshold``) or ``"quantile"`` (before each epoch, per label set, teacher and
@@ -350,6 +355,7 @@ class TrainConfig:
     transition_prior: float = setting(1.0, stages="ABC", key=True)
     table_error: float = setting(0.0, stages="ABC", key=True)
     background_balance: bool = setting(False, stages="ABC", key=True, paper=False)
+    source_balance: str = setting("nucleus", stages="ABC", key=True, choices=("nucleus", "dataset"))
     pseudo_select: str = setting(
         "quantile", stages="C", key=True, choices=PSEUDO_SELECTS, paper="threshold",
         code="a pseudo label passes when the teacher's softmax is above 0.99 (model/utils.py:368-371)",

@@ -52,8 +52,8 @@ __all__ = ["PSEUDO_RULES", "TransitionEstimate", "partial_label_loss", "pseudo_c
            "soft_label_loss"]
 
 
-def partial_label_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+def partial_label_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None,
+                       sample_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean of ``-log sum_{c in C} w_c p_c`` over the nuclei with a target (``w = 1``: ``-log P(C)``).
 
     Parameters
@@ -72,6 +72,9 @@ def partial_label_loss(logits: torch.Tensor, targets: torch.Tensor, weights: tor
         likelihood ``sum_c p_c T[s, c]``. Only their ratios within a row matter to the
         gradient; a row's weights are divided by their maximum over its candidates, so
         the loss is 0 when the model is certain of the best-weighted candidate.
+    sample_weight
+        Optional ``(N,)`` non-negative weight of each nucleus: the loss is then the
+        weighted mean over the nuclei with a target (``TrainConfig.source_balance``).
 
     Returns
     -------
@@ -93,6 +96,9 @@ def partial_label_loss(logits: torch.Tensor, targets: torch.Tensor, weights: tor
         log_p = log_p + torch.where(w > 0, w.clamp_min(1e-30).log(), torch.zeros_like(w))
     nll = -torch.logsumexp(log_p.masked_fill(~mask, float("-inf")), dim=1)
     nll = torch.where(known, nll, torch.zeros_like(nll))
+    if sample_weight is not None:
+        w = torch.where(known, sample_weight.float(), torch.zeros_like(nll))
+        return (nll * w).sum() / w.sum().clamp_min(1e-12), count
     return nll.sum() / count.clamp_min(1), count
 
 
@@ -245,10 +251,10 @@ class TransitionEstimate:
         row = self.rows.row[idx]
         return torch.where(row >= 0, self._row_bits[row.clamp_min(0)].to(targets.dtype), targets)
 
-    def loss(self, logits: torch.Tensor, idx: torch.Tensor, targets: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss(self, logits: torch.Tensor, idx: torch.Tensor, targets: torch.Tensor,
+             sample_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """:func:`partial_label_loss` of bank rows ``idx`` under this estimate: ``-log sum_c p_c T[s, c]``."""
-        return partial_label_loss(logits, self.loss_targets(idx, targets), self.weights(idx, targets))
+        return partial_label_loss(logits, self.loss_targets(idx, targets), self.weights(idx, targets), sample_weight)
 
     def weights(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """``(B, outputs)`` candidate weights of bank rows ``idx`` for :func:`partial_label_loss`.

@@ -219,6 +219,7 @@ class _Bank:
     train_index: torch.Tensor
     truth: dict[str, torch.Tensor] = field(default_factory=dict)  # as output indices (outside = K), -1 unknown
     annotated: dict[str, torch.Tensor] = field(default_factory=dict)  # own dataset's annotation in the set
+    balance: dict[str, torch.Tensor] = field(default_factory=dict)  # per-nucleus loss weight (source_balance)
 
 
 @dataclass
@@ -339,7 +340,12 @@ class CrossTrainer:
                 t = t.to(dev)
                 truth[spec.name] = torch.where(t == OUTSIDE, torch.full_like(t, spec.size),
                                                torch.where(t >= 0, t, torch.full_like(t, -1)))
-        self._bank = _Bank(crops, targets, allowed, train_index, truth, annotated)
+        balance = {}
+        if self.config.source_balance == "dataset":
+            for spec in data.label_sets:
+                balance[spec.name] = source_balance_weights(targets[spec.name], data.dataset_index.to(dev),
+                                                            train_index)
+        self._bank = _Bank(crops, targets, allowed, train_index, truth, annotated, balance)
         self.transitions = {}
         if self.config.candidate_likelihood == "transition" and self.config.mapped_labels == "candidates":
             outside = int(self.config.outside_head)
@@ -453,7 +459,8 @@ class CrossTrainer:
             if soft:
                 return soft_label_loss(logits, tgt)
             t = transitions.get(s)
-            return partial_label_loss(logits, tgt) if t is None else t.loss(logits, idx, tgt)
+            w = bank.balance[s][idx] if s in bank.balance else None
+            return partial_label_loss(logits, tgt, None, w) if t is None else t.loss(logits, idx, tgt, w)
 
         def e_step(s: str, idx: torch.Tensor, probabilities: torch.Tensor) -> None:
             if s in transitions:
@@ -619,7 +626,9 @@ class CrossTrainer:
                     if soft:
                         loss = soft_label_loss(out, tgt)[0]
                     else:
-                        loss = (partial_label_loss(out, tgt) if t is None else t.loss(out, idx, tgt))[0]
+                        w = bank.balance[s][idx] if s in bank.balance else None
+                        loss = (partial_label_loss(out, tgt, None, w) if t is None
+                                else t.loss(out, idx, tgt, w))[0]
                     optimiser.zero_grad(set_to_none=True)
                     loss.backward()
                     optimiser.step()
@@ -1183,6 +1192,27 @@ def _row_weights(matrix: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
         return ones
     matrix = matrix / matrix.amax(1, keepdim=True).clamp_min(1e-30)
     return torch.where((row >= 0)[:, None], matrix[row.clamp_min(0)], ones)
+
+
+def source_balance_weights(targets: torch.Tensor, dataset_index: torch.Tensor, train_index: torch.Tensor
+                           ) -> torch.Tensor:
+    """Per-nucleus loss weights that give each source dataset the same total weight in one set's loss.
+
+    Among the training nuclei (``train_index``) with a target in the set (``targets != 0``),
+    a nucleus of dataset ``d`` weighs ``N / (D * n_d)``: ``n_d`` of them come from ``d``,
+    ``N`` in all, from ``D`` datasets; so the weights average 1 and each dataset's sum to
+    ``N / D`` (``TrainConfig.source_balance="dataset"``). Other nuclei weigh 0.
+    """
+    member = torch.zeros_like(targets, dtype=torch.bool)
+    member[train_index] = True
+    member &= targets != 0
+    size = int(dataset_index.max()) + 1 if dataset_index.numel() else 0
+    counts = torch.zeros(size, device=targets.device).index_add_(0, dataset_index[member],
+                                                                 torch.ones(int(member.sum()), device=targets.device))
+    present = counts > 0
+    per_dataset = torch.where(present, counts.sum() / (present.sum().clamp_min(1) * counts.clamp_min(1)),
+                              torch.zeros_like(counts))
+    return torch.where(member, per_dataset[dataset_index], torch.zeros(targets.shape, device=targets.device))
 
 
 def unclassified(data: TrainingData) -> torch.Tensor:

@@ -94,3 +94,33 @@ def test_pseudo_labels_threshold_and_rules():
         b = pseudo_labels(p, c, 0.0, rule)
         assert bool(((b & c) == b).all())
     assert bool((pseudo_labels(p, c, 0.0, "renormalised") != 0).all())
+
+
+def test_sample_weights_give_a_weighted_mean_over_nuclei_with_a_target():
+    torch.manual_seed(1)
+    logits = torch.randn(6, 3)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    bits = torch.where(torch.arange(6) < 5, 1 << labels, torch.zeros_like(labels))  # the last has no target
+    w = torch.tensor([1.0, 1.0, 1.0, 3.0, 0.0, 9.0])
+    loss, count = partial_label_loss(logits, bits, sample_weight=w)
+    each = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    assert int(count) == 5
+    assert torch.allclose(loss, (each[:5] * w[:5]).sum() / w[:5].sum())
+    # equal weights are the plain mean
+    assert torch.allclose(partial_label_loss(logits, bits, sample_weight=torch.full((6,), 2.0))[0],
+                          partial_label_loss(logits, bits)[0])
+
+
+def test_source_balance_weights_give_every_dataset_the_same_share():
+    from nucdata_models.train import source_balance_weights
+
+    dataset = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 2, 2, 2])
+    targets = torch.tensor([1, 1, 2, 1, 1, 0, 4, 4, 1, 1, 1])  # nucleus 5 has no target in the set
+    train = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])  # nucleus 10 is held out
+    w = source_balance_weights(targets, dataset, train)
+    member = torch.zeros(11, dtype=torch.bool)
+    member[train] = True
+    member &= targets != 0
+    assert float(w[~member].abs().sum()) == 0.0
+    sums = [float(w[dataset == d].sum()) for d in range(3)]
+    assert sums == [sums[0]] * 3 and abs(float(w[member].mean()) - 1.0) < 1e-6
