@@ -341,10 +341,11 @@ class CrossTrainer:
                 truth[spec.name] = torch.where(t == OUTSIDE, torch.full_like(t, spec.size),
                                                torch.where(t >= 0, t, torch.full_like(t, -1)))
         balance = {}
-        if self.config.source_balance == "dataset":
+        if self.config.source_balance != "nucleus":
             for spec in data.label_sets:
+                own = annotated[spec.name] if self.config.source_balance == "foreign" else None
                 balance[spec.name] = source_balance_weights(targets[spec.name], data.dataset_index.to(dev),
-                                                            train_index)
+                                                            train_index, own)
         self._bank = _Bank(crops, targets, allowed, train_index, truth, annotated, balance)
         self.transitions = {}
         if self.config.candidate_likelihood == "transition" and self.config.mapped_labels == "candidates":
@@ -1194,18 +1195,25 @@ def _row_weights(matrix: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
     return torch.where((row >= 0)[:, None], matrix[row.clamp_min(0)], ones)
 
 
-def source_balance_weights(targets: torch.Tensor, dataset_index: torch.Tensor, train_index: torch.Tensor
-                           ) -> torch.Tensor:
+def source_balance_weights(targets: torch.Tensor, dataset_index: torch.Tensor, train_index: torch.Tensor,
+                           own: torch.Tensor | None = None) -> torch.Tensor:
     """Per-nucleus loss weights that give each source dataset the same total weight in one set's loss.
 
     Among the training nuclei (``train_index``) with a target in the set (``targets != 0``),
     a nucleus of dataset ``d`` weighs ``N / (D * n_d)``: ``n_d`` of them come from ``d``,
     ``N`` in all, from ``D`` datasets; so the weights average 1 and each dataset's sum to
     ``N / D`` (``TrainConfig.source_balance="dataset"``). Other nuclei weigh 0.
+
+    With ``own`` (a boolean mask: the set's own dataset's annotations), those nuclei
+    weigh 1 and only the others, the targets the tables give other datasets' nuclei,
+    are balanced among their datasets (``source_balance="foreign"``).
     """
     member = torch.zeros_like(targets, dtype=torch.bool)
     member[train_index] = True
     member &= targets != 0
+    if own is not None:
+        foreign = source_balance_weights(targets, dataset_index, train_index[~own[train_index]])
+        return torch.where(member & own, torch.ones(targets.shape, device=targets.device), foreign)
     size = int(dataset_index.max()) + 1 if dataset_index.numel() else 0
     counts = torch.zeros(size, device=targets.device).index_add_(0, dataset_index[member],
                                                                  torch.ones(int(member.sum()), device=targets.device))

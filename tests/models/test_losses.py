@@ -124,3 +124,16 @@ def test_source_balance_weights_give_every_dataset_the_same_share():
     assert float(w[~member].abs().sum()) == 0.0
     sums = [float(w[dataset == d].sum()) for d in range(3)]
     assert sums == [sums[0]] * 3 and abs(float(w[member].mean()) - 1.0) < 1e-6
+
+
+def test_foreign_balance_keeps_own_annotations_at_full_weight():
+    from nucdata_models.train import source_balance_weights
+
+    dataset = torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 2])
+    targets = torch.tensor([1, 2, 1, 1, 1, 1, 4, 2, 2])
+    own = dataset == 0  # the set's own dataset annotated these
+    train = torch.arange(9)
+    w = source_balance_weights(targets, dataset, train, own)
+    assert w[own].tolist() == [1.0, 1.0, 1.0]
+    # the foreign datasets share the weight of their 6 nuclei equally: 3 each
+    assert abs(float(w[dataset == 1].sum()) - 3.0) < 1e-6 and abs(float(w[dataset == 2].sum()) - 3.0) < 1e-6
