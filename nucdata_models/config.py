@@ -118,7 +118,7 @@ def setting(default: Any = MISSING, *, default_factory: Any = MISSING, stages: s
 #: What a stored configuration without these fields did (:meth:`TrainConfig.from_saved`):
 #: checkpoints written before each switch existed.
 SAVED_BEFORE: dict[str, Any] = {"outside_head": False, "pseudo_rule": "renormalised", "background_balance": False,
-                                "source_balance": "nucleus"}
+                                "source_balance": "nucleus", "table_error_prior": "count"}
 
 
 @dataclass
@@ -211,6 +211,11 @@ class TrainConfig:
         0 the likelihood of every tabled nucleus sums over that wider support, so EM can
         learn, e.g., that a dataset's ``dead`` row holds lymphocytes. Off by default: on
         hard world seeds 1-6 it changed no endpoint beyond its seed spread.
+    table_error_prior
+        How ``table_error`` sizes the off-support prior: ``"count"`` (that many
+        pseudo-counts per cell, whatever the column's size) or ``"share"`` (that share of
+        each column's table-view mass, split over the cells off the support). Neither
+        is a default (docs/method-study.md, "Ablation: source balance and table errors").
     background_balance
         Divide each crop's colour channels by their background (the median of the
         crop's outer ring; :func:`.augment.background_balance`) before the network, in
@@ -363,6 +368,7 @@ class TrainConfig:
     candidate_likelihood: str = setting("transition", stages="ABC", key=True, choices=CANDIDATE_LIKELIHOODS)
     transition_prior: float = setting(1.0, stages="ABC", key=True)
     table_error: float = setting(0.0, stages="ABC", key=True)
+    table_error_prior: str = setting("count", stages="ABC", key=True, choices=("count", "share"))
     background_balance: bool = setting(False, stages="ABC", key=True, paper=False)
     source_balance: str = setting("nucleus", stages="ABC", key=True, choices=("nucleus", "dataset", "foreign"), paper="nucleus")
     pseudo_select: str = setting(

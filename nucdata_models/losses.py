@@ -203,7 +203,8 @@ class TransitionEstimate:
         float ``(G, outputs)``: the soft counts of the last completed E-step.
     """
 
-    def __init__(self, rows, outputs: int, prior: float, train_rows: torch.Tensor, table_error: float = 0.0):
+    def __init__(self, rows, outputs: int, prior: float, train_rows: torch.Tensor, table_error: float = 0.0,
+                 table_error_prior: str = "count"):
         self.rows = rows
         self.outputs = int(outputs)
         self.prior_strength = float(prior)
@@ -223,7 +224,9 @@ class TransitionEstimate:
                                                                                           self.support)
             free = (named[rows.dataset] > 0).float() * (1 - self.support)
             self.support = self.support + free
-            self.prior = self.prior + self.table_error * free
+            self._free = free
+            if table_error_prior == "count":
+                self.prior = self.prior + self.table_error * free
         # each row's support as target bits (what the likelihood sums over with table_error)
         self._row_bits = (self.support.long() << torch.arange(self.outputs, device=device)).sum(1)
         self._pending = torch.zeros(g, self.outputs, device=device)
@@ -232,6 +235,13 @@ class TransitionEstimate:
         member = member[member >= 0]
         per_row = torch.zeros(g, device=device).index_add_(0, member, torch.ones_like(member, dtype=torch.float32))
         self.counts = per_row[:, None] * table / table.sum(1, keepdim=True).clamp_min(1)
+        if self.table_error > 0 and g and table_error_prior == "share":
+            # off the support, ``table_error`` times the column's table-view mass in all,
+            # shared by the free rows: a share of the column, not a count that swamps a rare class
+            column = torch.zeros(self.n_datasets, self.outputs, device=device).index_add_(0, rows.dataset, self.counts)
+            n_free = torch.zeros(self.n_datasets, self.outputs, device=device).index_add_(0, rows.dataset, self._free)
+            share = self.table_error * column / n_free.clamp_min(1)
+            self.prior = self.prior + share[rows.dataset] * self._free
         self.matrix = self._normalise(self.counts)
 
     def __len__(self) -> int:

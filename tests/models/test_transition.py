@@ -319,3 +319,18 @@ def test_a_fit_with_table_error_trains(tiny):
                                        table_error=1.0, score_truth=False))
     result = trainer.fit(tiny)
     assert all(np.isfinite(row["loss"]) for row in result.history)
+
+
+def test_a_share_prior_puts_that_share_of_each_column_off_the_support():
+    # A is named only by "neoplastic" (5 nuclei over {other, A}); "dead" (40 nuclei) names other.
+    # A count prior of 1 per cell is a fifth of A's column; a share prior of 0.1 is a tenth of it.
+    codes = [3] * 40 + [0] * 10
+    supports = [0b0001] * 40 + [0b0011] * 10
+    _, rows = _rows(codes, supports)
+    count = TransitionEstimate(rows, 4, prior=0.0, train_rows=torch.arange(50), table_error=1.0)
+    share = TransitionEstimate(rows, 4, prior=0.0, train_rows=torch.arange(50), table_error=0.1,
+                               table_error_prior="share")
+    dead = rows.code.tolist().index(3)
+    assert abs(float(count.matrix[dead, NAMED_A]) - 1 / 6) < 1e-6  # 1 / (5 + 1)
+    assert abs(float(share.matrix[dead, NAMED_A]) - 0.5 / 5.5) < 1e-6  # 0.1 * 5 off the support, of 5.5
+    assert torch.allclose(share.matrix.sum(0)[:2], torch.ones(2))
