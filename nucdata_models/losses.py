@@ -204,11 +204,12 @@ class TransitionEstimate:
     """
 
     def __init__(self, rows, outputs: int, prior: float, train_rows: torch.Tensor, table_error: float = 0.0,
-                 table_error_prior: str = "count"):
+                 table_error_prior: str = "count", table_error_loss: str = "widened"):
         self.rows = rows
         self.outputs = int(outputs)
         self.prior_strength = float(prior)
         self.table_error = float(table_error)
+        self.widened_loss = table_error_loss == "widened"
         device = rows.row.device
         g = len(rows)
         self.support = candidate_mask(rows.support, self.outputs).float() if g else torch.zeros(0, outputs,
@@ -255,8 +256,12 @@ class TransitionEstimate:
         return mass / totals[self.rows.dataset].clamp_min(1e-12)
 
     def loss_targets(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The target bits the likelihood sums over: the table's, or with ``table_error`` every class of the row's support."""
-        if not len(self) or self.table_error <= 0:
+        """The target bits the likelihood sums over: the table's, or with ``table_error`` every class of the row's support.
+
+        With ``table_error_loss="table"`` the table's, even with ``table_error``: only the
+        estimate goes off the support.
+        """
+        if not len(self) or self.table_error <= 0 or not self.widened_loss:
             return targets
         row = self.rows.row[idx]
         return torch.where(row >= 0, self._row_bits[row.clamp_min(0)].to(targets.dtype), targets)

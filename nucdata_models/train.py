@@ -357,7 +357,8 @@ class CrossTrainer:
                     self.transitions[spec.name] = TransitionEstimate(rows, spec.size + outside,
                                                                      self.config.transition_prior, train_index,
                                                                      self.config.table_error,
-                                                                     self.config.table_error_prior)
+                                                                     self.config.table_error_prior,
+                                                                     self.config.table_error_loss)
         self._sources = (list(data.dataset_names), {k: dict(v) for k, v in data.source_names.items()})
         self._pre_c: dict[str, torch.Tensor] = {}
         self._thresholds: dict[tuple[str, str], torch.Tensor] = {}

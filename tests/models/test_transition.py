@@ -334,3 +334,16 @@ def test_a_share_prior_puts_that_share_of_each_column_off_the_support():
     assert abs(float(count.matrix[dead, NAMED_A]) - 1 / 6) < 1e-6  # 1 / (5 + 1)
     assert abs(float(share.matrix[dead, NAMED_A]) - 0.5 / 5.5) < 1e-6  # 0.1 * 5 off the support, of 5.5
     assert torch.allclose(share.matrix.sum(0)[:2], torch.ones(2))
+
+
+def test_a_table_loss_keeps_the_tables_bits_while_the_estimate_widens():
+    codes = [3] * 10 + [0] * 10
+    supports = [0b0001] * 10 + [0b0011] * 10
+    targets, rows = _rows(codes, supports)
+    widened = TransitionEstimate(rows, 4, prior=1.0, train_rows=torch.arange(20), table_error=0.5)
+    table = TransitionEstimate(rows, 4, prior=1.0, train_rows=torch.arange(20), table_error=0.5,
+                               table_error_loss="table")
+    idx = torch.arange(20)
+    assert torch.equal(table.matrix, widened.matrix)  # the same estimate, off the support too
+    assert torch.equal(table.loss_targets(idx, targets), targets)
+    assert widened.loss_targets(idx, targets).tolist() == [0b0011] * 20
