@@ -454,16 +454,8 @@ class CrossTrainer:
             used = torch.stack([(c > 0).float() for _, c in terms]).sum()
             return torch.stack([loss for loss, _ in terms]).sum() / used.clamp_min(1)
 
-        soft = self.config.mapped_labels == "soft"
         transitions = self.transitions
-
-        def supervised_loss(logits: torch.Tensor, s: str, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            tgt = bank.targets[s][idx]
-            if soft:
-                return soft_label_loss(logits, tgt)
-            t = transitions.get(s)
-            w = bank.balance[s][idx] if s in bank.balance else None
-            return partial_label_loss(logits, tgt, None, w) if t is None else t.loss(logits, idx, tgt, w)
+        supervised_loss = self._supervised_loss
 
         def e_step(s: str, idx: torch.Tensor, probabilities: torch.Tensor) -> None:
             if s in transitions:
@@ -607,13 +599,11 @@ class CrossTrainer:
         epochs = self.config.epochs["B"]
         bank, base, names = self._bank, self.base, self.base.names
         history = []
-        soft = self.config.mapped_labels == "soft"
         for s in names:
             head = self.heads.heads[s]
             optimiser = torch.optim.Adam(head.parameters(), lr=self.config.lr["B"],
                                          weight_decay=self.config.weight_decay)
             index = self.stage_index("B", s)
-            t = self.transitions.get(s)
             for epoch in range(epochs):
                 head.train()
                 base.eval()
@@ -625,13 +615,7 @@ class CrossTrainer:
                     with torch.no_grad():
                         logits = self._forward_base(base, self.inputs(bank.crops[idx], True))
                     out = self.heads.forward_one(s, self._head_inputs(logits, detach=True)).float()
-                    tgt = bank.targets[s][idx]
-                    if soft:
-                        loss = soft_label_loss(out, tgt)[0]
-                    else:
-                        w = bank.balance[s][idx] if s in bank.balance else None
-                        loss = (partial_label_loss(out, tgt, None, w) if t is None
-                                else t.loss(out, idx, tgt, w))[0]
+                    loss = self._supervised_loss(out, s, idx)[0]
                     optimiser.zero_grad(set_to_none=True)
                     loss.backward()
                     optimiser.step()
@@ -645,6 +629,18 @@ class CrossTrainer:
                                 "nuclei": seen * self.world, "seconds": seconds,
                                 "nuclei_per_s": seen * self.world / max(seconds, 1e-9)})
         return history
+
+    def _supervised_loss(self, logits: torch.Tensor, s: str, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Set ``s``'s supervised loss of bank rows ``idx`` (every stage): soft targets, the
+        candidate-set likelihood under the transition estimate, or plain partial labels,
+        each nucleus weighted by ``source_balance``."""
+        bank = self._bank
+        tgt = bank.targets[s][idx]
+        if self.config.mapped_labels == "soft":
+            return soft_label_loss(logits, tgt)
+        t = self.transitions.get(s)
+        w = bank.balance[s][idx] if s in bank.balance else None
+        return partial_label_loss(logits, tgt, None, w) if t is None else t.loss(logits, idx, tgt, w)
 
     def _run_stage(self, name: str, say: Callable[[str], None]) -> list[dict[str, Any]]:
         epochs = self.config.epochs[name]
