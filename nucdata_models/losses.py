@@ -217,17 +217,13 @@ class TransitionEstimate:
         self.n_datasets = int(rows.dataset.max()) + 1 if g else 0
         self.prior = self.prior_strength * self.support
         table = self.support
+        free = None
         if self.table_error > 0 and g:
             # off the table's support, but only in the columns some row of the same dataset
             # names: a wrong table entry moves a class between a dataset's rows, it does
             # not make a dataset write a class none of its rows maps to
-            named = torch.zeros(self.n_datasets, self.outputs, device=device).index_add_(0, rows.dataset,
-                                                                                          self.support)
-            free = (named[rows.dataset] > 0).float() * (1 - self.support)
+            free = (self._per_dataset(self.support)[rows.dataset] > 0).float() * (1 - self.support)
             self.support = self.support + free
-            self._free = free
-            if table_error_prior == "count":
-                self.prior = self.prior + self.table_error * free
         # each row's support as target bits (what the likelihood sums over with table_error)
         self._row_bits = (self.support.long() << torch.arange(self.outputs, device=device)).sum(1)
         self._pending = torch.zeros(g, self.outputs, device=device)
@@ -236,24 +232,29 @@ class TransitionEstimate:
         member = member[member >= 0]
         per_row = torch.zeros(g, device=device).index_add_(0, member, torch.ones_like(member, dtype=torch.float32))
         self.counts = per_row[:, None] * table / table.sum(1, keepdim=True).clamp_min(1)
-        if self.table_error > 0 and g and table_error_prior == "share":
-            # off the support, ``table_error`` times the column's table-view mass in all,
-            # shared by the free rows: a share of the column, not a count that swamps a rare class
-            column = torch.zeros(self.n_datasets, self.outputs, device=device).index_add_(0, rows.dataset, self.counts)
-            n_free = torch.zeros(self.n_datasets, self.outputs, device=device).index_add_(0, rows.dataset, self._free)
-            share = self.table_error * column / n_free.clamp_min(1)
-            self.prior = self.prior + share[rows.dataset] * self._free
+        if free is not None:
+            # off the support: ``table_error`` pseudo-counts per cell ("count"), or ``table_error``
+            # times the column's table-view mass, shared by the free rows ("share"), so a rare
+            # class's column is not swamped
+            off = torch.full_like(free, self.table_error)
+            if table_error_prior == "share":
+                off = (self.table_error * self._per_dataset(self.counts)
+                       / self._per_dataset(free).clamp_min(1))[rows.dataset]
+            self.prior = self.prior + off * free
         self.matrix = self._normalise(self.counts)
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _per_dataset(self, x: torch.Tensor) -> torch.Tensor:
+        """``(datasets, outputs)``: the sum of ``(G, outputs)`` row values over each dataset's rows."""
+        return torch.zeros(self.n_datasets, self.outputs, device=x.device).index_add_(0, self.rows.dataset, x)
+
     def _normalise(self, counts: torch.Tensor) -> torch.Tensor:
         if not len(self):
             return counts
         mass = counts + self.prior
-        totals = torch.zeros(self.n_datasets, self.outputs, device=mass.device).index_add_(0, self.rows.dataset, mass)
-        return mass / totals[self.rows.dataset].clamp_min(1e-12)
+        return mass / self._per_dataset(mass)[self.rows.dataset].clamp_min(1e-12)
 
     def loss_targets(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The target bits the likelihood sums over: the table's, or with ``table_error`` every class of the row's support.
