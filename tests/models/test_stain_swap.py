@@ -62,7 +62,8 @@ def test_the_default_stain_jitter_is_on():
 @pytest.mark.xfail(strict=True, reason=(
     "not yet met (issue 20): on hard worlds 41 and 42 MoNuSAC's recoloured in-set nuclei go to outside "
     "45 % and 54 % of the time, and 29 % unrecoloured: both worlds' tables send a PanNuke type MoNuSAC "
-    "annotates in-set to outside (mapping_error: world 41 writes lymphocytes 'Dead', world 42 tumour 'Dead' and macrophages 'Connective'), so the largest dataset "
+    "annotates in-set to outside (mapping_error: world 41 writes lymphocytes 'Dead', world 42 tumour 'Dead' and "
+    "macrophages 'Connective'), so the largest dataset "
     "teaches 'outside' for an in-set type (on the tuning worlds with such errors, 11/14/19, nucdata 0.35 against "
     "the oracle's 0.11). background_balance (off by default: it hurt on real CRCHisto) gives "
     "41 % and 43 %; with table_error=1.0 as well, 10 % and 34 %; source_balance='dataset' with table_error=1.0 "

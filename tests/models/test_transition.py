@@ -30,6 +30,13 @@ def _rows(codes, supports, provenance=None):
     return targets, source_rows(targets, prov, torch.zeros(n, dtype=torch.int64), torch.tensor(codes))
 
 
+def _dead_and_neoplastic(dead: int, neoplastic: int):
+    """``dead`` nuclei written "dead" (the table: other, exactly) and ``neoplastic`` written
+    "neoplastic" ({other, A}); no row names B or outside. Returns targets, rows and "dead"'s row."""
+    targets, rows = _rows([3] * dead + [0] * neoplastic, [0b0001] * dead + [0b0011] * neoplastic)
+    return targets, rows, rows.code.tolist().index(3)
+
+
 def test_weights_equal_to_one_give_the_uniform_candidate_loss():
     torch.manual_seed(0)
     logits = torch.randn(20, 4)
@@ -273,15 +280,12 @@ def test_a_stored_estimate_is_checked_and_looked_up_by_its_key():
 
 def test_table_error_widens_the_support_only_within_the_columns_a_dataset_names():
     # "dead" names other exactly, "neoplastic" {other, A}; no row names B or outside
-    codes = [3] * 10 + [0] * 10
-    supports = [0b0001] * 10 + [0b0011] * 10
-    targets, rows = _rows(codes, supports)
+    targets, rows, dead = _dead_and_neoplastic(10, 10)
     hard = TransitionEstimate(rows, 4, prior=1.0, train_rows=torch.arange(20))
     soft = TransitionEstimate(rows, 4, prior=1.0, train_rows=torch.arange(20), table_error=0.5)
     # the table's view is the starting point either way
     assert torch.equal(hard.counts, soft.counts)
     # "dead" may now hold A (a column its dataset names), never B or outside
-    dead = rows.code.tolist().index(3)
     assert float(hard.matrix[dead, NAMED_A]) == 0 < float(soft.matrix[dead, NAMED_A])
     assert float(soft.matrix[:, NAMED_B].sum()) == 0 and float(soft.matrix[:, OUT].sum()) == 0
     assert torch.allclose(soft.matrix.sum(0)[:2], torch.ones(2))
@@ -295,12 +299,9 @@ def test_table_error_lets_em_learn_a_wrong_table_entry():
     # 20 nuclei written "dead" (the table: other, exactly) that a model trained on their own
     # dataset's annotations recognises as class A: EM moves "dead"'s mass onto A, and the loss
     # stops pushing them to "other"
-    codes = [3] * 20 + [0] * 20
-    supports = [0b0001] * 20 + [0b0011] * 20
-    targets, rows = _rows(codes, supports)
+    targets, rows, dead = _dead_and_neoplastic(20, 20)
     t = TransitionEstimate(rows, 4, prior=1.0, train_rows=torch.arange(40), table_error=0.5)
     probs = torch.tensor([[0.1, 0.9, 0, 0]] * 40)
-    dead = rows.code.tolist().index(3)
     for _ in range(5):
         t.accumulate(torch.arange(40), probs)
         t.update()
@@ -324,22 +325,17 @@ def test_a_fit_with_table_error_trains(tiny):
 def test_a_share_prior_puts_that_share_of_each_column_off_the_support():
     # A is named only by "neoplastic" (5 nuclei over {other, A}); "dead" (40 nuclei) names other.
     # A count prior of 1 per cell is a fifth of A's column; a share prior of 0.1 is a tenth of it.
-    codes = [3] * 40 + [0] * 10
-    supports = [0b0001] * 40 + [0b0011] * 10
-    _, rows = _rows(codes, supports)
+    _, rows, dead = _dead_and_neoplastic(40, 10)
     count = TransitionEstimate(rows, 4, prior=0.0, train_rows=torch.arange(50), table_error=1.0)
     share = TransitionEstimate(rows, 4, prior=0.0, train_rows=torch.arange(50), table_error=0.1,
                                table_error_prior="share")
-    dead = rows.code.tolist().index(3)
     assert abs(float(count.matrix[dead, NAMED_A]) - 1 / 6) < 1e-6  # 1 / (5 + 1)
     assert abs(float(share.matrix[dead, NAMED_A]) - 0.5 / 5.5) < 1e-6  # 0.1 * 5 off the support, of 5.5
     assert torch.allclose(share.matrix.sum(0)[:2], torch.ones(2))
 
 
 def test_a_table_loss_keeps_the_tables_bits_while_the_estimate_widens():
-    codes = [3] * 10 + [0] * 10
-    supports = [0b0001] * 10 + [0b0011] * 10
-    targets, rows = _rows(codes, supports)
+    targets, rows, _ = _dead_and_neoplastic(10, 10)
     widened = TransitionEstimate(rows, 4, prior=1.0, train_rows=torch.arange(20), table_error=0.5)
     table = TransitionEstimate(rows, 4, prior=1.0, train_rows=torch.arange(20), table_error=0.5,
                                table_error_loss="table")
