@@ -176,6 +176,10 @@ def test_the_script_writes_the_method_studys_schema_with_every_arm(tmp_path, crc
     assert written["family"]["tests"] == len(FAMILY) * 3
     assert written["oracle_check"]["macro_f1"]["checked"]
     assert {r["arm"] for r in written["runs"]} == set(ARMS)
+    # the candidate-set likelihood's transition estimate is kept per run, per set and source dataset
+    estimate = next(r for r in written["runs"] if r["arm"] == "nucdata")["transition"]
+    assert estimate and all(len(t["matrix"]) == len(t["rows"]) == len(t["counts"]) and t["columns"]
+                            for per_source in estimate.values() for t in per_source.values())
     transfer = written["transfer"]
     assert {"random", "fine", "1 task", "2 tasks", "3 tasks"} <= set(transfer["encoders"])
     assert {"3 tasks - random", "3 tasks - fine", "3 tasks - 2 tasks"} <= set(transfer["differences"])

@@ -205,6 +205,10 @@ class RunScores:
     temperatures
         The calibration fitted for this run (:meth:`.calibration.Calibration.to_dict`:
         per pair its temperature, which pairs used their set's pooled one).
+    transition
+        The candidate-set likelihood's transition estimate at the end of training
+        (:attr:`.train.TrainResult.transition`: per label set and source dataset its rows,
+        matrix, counts and prior); empty for an arm without it.
     """
 
     arm: str
@@ -216,6 +220,7 @@ class RunScores:
     pseudo_labels: list[dict[str, Any]] = field(default_factory=list)
     calibration_raw: dict[str, np.ndarray] = field(default_factory=dict)
     temperatures: dict[str, Any] = field(default_factory=dict)
+    transition: dict[str, Any] = field(default_factory=dict)
 
 
 def score_views(plan: ArmPlan, trainer: CrossTrainer, world: PreparedWorld) -> RunScores:
@@ -294,24 +299,26 @@ def run_arms(world: PreparedWorld, arms: Sequence[str], base: TrainConfig,
     Arms whose plans train the same model (:meth:`.ArmPlan.key`) share it, and each is
     scored on what it publishes.
     """
-    trained: dict[str, tuple[CrossTrainer, list[dict[str, Any]], float, str]] = {}
+    trained: dict[str, tuple[CrossTrainer, Any, float, str]] = {}
     runs = []
     for arm in arms:
         plan = arm_plan(arm, base)
         key = plan.key()
         if key in trained:
-            trainer, pseudo, train_seconds, first = trained[key]
+            trainer, result, train_seconds, first = trained[key]
             say(f"  {arm}: same training as {first}; its model is reused")
         else:
             start = time.perf_counter()
             trainer = CrossTrainer(plan.config)
-            pseudo = _pseudo_labels(trainer.fit(DATA_VIEWS[plan.data](world.data)))
+            result = trainer.fit(DATA_VIEWS[plan.data](world.data))
             train_seconds = time.perf_counter() - start
-            trained[key] = (trainer, pseudo, train_seconds, arm)
+            trained[key] = (trainer, result, train_seconds, arm)
+        pseudo = _pseudo_labels(result)
         start = time.perf_counter()
         run = score_views(plan, trainer, world)
         run.seconds = train_seconds + time.perf_counter() - start
         run.pseudo_labels = [dict(row) for row in pseudo]
+        run.transition = dict(getattr(result, "transition", None) or {})
         f1 = {s: float(ENDPOINT(c.sum(0))) for s, c in run.confusions["published"].items()}
         passed = sum(int(r.get("passed") or 0) for r in pseudo)
         say(f"  {arm}: {run.seconds:.1f} s; held-out endpoint macro F1 "
@@ -586,9 +593,10 @@ def study_config(arms: Sequence[str], plans: Mapping[str, Any], worlds: Mapping[
 
 
 def run_records(runs: Sequence[RunScores]) -> list[dict[str, Any]]:
-    """``results.json``'s ``runs``: per run its arm, seeds, time, stage C's pseudo labels and calibration."""
+    """``results.json``'s ``runs``: per run its arm, seeds, time, stage C's pseudo labels, calibration and transition estimate."""
     return [{"arm": r.arm, "world_seed": r.world_seed, "train_seed": r.train_seed, "seconds": round(r.seconds, 1),
-             "pseudo_labels": r.pseudo_labels, "calibration": r.temperatures} for r in runs]
+             "pseudo_labels": r.pseudo_labels, "calibration": r.temperatures, "transition": r.transition}
+            for r in runs]
 
 
 def endpoint_count(tally: np.ndarray) -> int:
