@@ -119,7 +119,7 @@ def setting(default: Any = MISSING, *, default_factory: Any = MISSING, stages: s
 #: checkpoints written before each switch existed.
 SAVED_BEFORE: dict[str, Any] = {"outside_head": False, "pseudo_rule": "renormalised", "background_balance": False,
                                 "source_balance": "nucleus", "table_error_prior": "count",
-                                "table_error_loss": "widened"}
+                                "table_error_loss": "widened", "table_error_rows": "all"}
 
 
 @dataclass
@@ -223,6 +223,13 @@ class TrainConfig:
         support; only the estimate goes off it). An ablation: with ``"table"`` both
         ``table_error``'s lower stain-swap rate on the demo world and its loss on real
         ``crc-epithelial`` disappear, so both come from the widened likelihood.
+    table_error_rows
+        With ``table_error``: which rows go off the support. ``"all"``, or
+        ``"outside"``: only rows whose table entry is outside and nothing else (with
+        ``outside_head``), the rows that teach the outside output from other datasets'
+        images and where a wrong entry hides an in-set type; a set without such rows
+        (no outside output) keeps the table's support. An ablation (docs/method-study.md,
+        "Ablation: source balance and table errors").
     background_balance
         Divide each crop's colour channels by their background (the median of the
         crop's outer ring; :func:`.augment.background_balance`) before the network, in
@@ -377,6 +384,7 @@ class TrainConfig:
     table_error: float = setting(0.0, stages="ABC", key=True)
     table_error_prior: str = setting("count", stages="ABC", key=True, choices=("count", "share"))
     table_error_loss: str = setting("widened", stages="ABC", key=True, choices=("widened", "table"))
+    table_error_rows: str = setting("all", stages="ABC", key=True, choices=("all", "outside"))
     background_balance: bool = setting(False, stages="ABC", key=True, paper=False)
     source_balance: str = setting("nucleus", stages="ABC", key=True, choices=("nucleus", "dataset", "foreign"), paper="nucleus")
     pseudo_select: str = setting(

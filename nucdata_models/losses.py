@@ -193,6 +193,13 @@ class TransitionEstimate:
         (``TrainConfig.transition_prior``; 1 is the uniform Dirichlet).
     train_rows
         Bank rows (a 1-d index) whose nuclei count: the training split.
+    table_error, table_error_prior, table_error_loss, table_error_rows
+        The :class:`~nucdata_models.config.TrainConfig` fields of those names: the
+        off-support prior, its size, whether the likelihood widens with it, and which
+        rows go off the support (``"all"``, or ``"outside"``: only rows whose table says
+        outside and nothing else, the last output, which needs ``outside_output``).
+    outside_output
+        Whether the set's last output is the outside class.
 
     Attributes
     ----------
@@ -204,7 +211,8 @@ class TransitionEstimate:
     """
 
     def __init__(self, rows, outputs: int, prior: float, train_rows: torch.Tensor, table_error: float = 0.0,
-                 table_error_prior: str = "count", table_error_loss: str = "widened"):
+                 table_error_prior: str = "count", table_error_loss: str = "widened", table_error_rows: str = "all",
+                 outside_output: bool = False):
         self.rows = rows
         self.outputs = int(outputs)
         self.prior_strength = float(prior)
@@ -223,6 +231,13 @@ class TransitionEstimate:
             # names: a wrong table entry moves a class between a dataset's rows, it does
             # not make a dataset write a class none of its rows maps to
             free = (self._per_dataset(self.support)[rows.dataset] > 0).float() * (1 - self.support)
+            if table_error_rows == "outside":
+                # only a row the table sends to outside alone: the row that teaches the outside
+                # output from other datasets' images, where a wrong entry hides an in-set type
+                only_outside = torch.zeros(self.outputs, device=device)
+                if outside_output:
+                    only_outside[-1] = 1
+                free = free * (self.support == only_outside).all(1, keepdim=True).float()
             self.support = self.support + free
         # each row's support as target bits (what the likelihood sums over with table_error)
         self._row_bits = (self.support.long() << torch.arange(self.outputs, device=device)).sum(1)

@@ -343,3 +343,32 @@ def test_a_table_loss_keeps_the_tables_bits_while_the_estimate_widens():
     assert torch.equal(table.matrix, widened.matrix)  # the same estimate, off the support too
     assert torch.equal(table.loss_targets(idx, targets), targets)
     assert widened.loss_targets(idx, targets).tolist() == [0b0011] * 20
+
+
+def test_outside_rows_only_widens_the_rows_the_table_sends_to_outside_alone():
+    # "connective" (code 2) is tabled to outside alone, "epithelial" (4) to A, "inflammatory" (1)
+    # to {B, outside}; the dataset names A, B and outside, never the catch-all
+    codes, supports = [2] * 6 + [4] * 6 + [1] * 6, [0b1000] * 6 + [0b0010] * 6 + [0b1100] * 6
+    provenance = [OUTSIDE_LABEL] * 6 + [MAPPED] * 6 + [AMBIGUOUS] * 6
+    targets, rows = _rows(codes, supports, provenance)
+    row = {c: rows.code.tolist().index(c) for c in (1, 2, 4)}
+    idx = torch.arange(18)
+
+    def estimate(**kw):
+        return TransitionEstimate(rows, 4, prior=1.0, train_rows=idx, table_error=0.5, **kw)
+
+    every, outside, headless = (estimate(), estimate(table_error_rows="outside", outside_output=True),
+                                estimate(table_error_rows="outside"))
+    # "all": every row may hold the dataset's other named columns
+    assert float(every.matrix[row[4], NAMED_B]) > 0 and float(every.matrix[row[2], NAMED_A]) > 0
+    # "outside": only the outside-alone row goes off its support, into the named columns
+    assert float(outside.matrix[row[2], NAMED_A]) > 0 and float(outside.matrix[row[2], NAMED_B]) > 0
+    assert float(outside.matrix[row[2], OTHER]) == 0
+    assert float(outside.matrix[row[4], NAMED_B]) == 0 == float(outside.matrix[row[1], NAMED_A])
+    bits = outside.loss_targets(idx, targets).tolist()
+    assert bits == [0b1110] * 6 + [0b0010] * 6 + [0b1100] * 6
+    # without an outside output no row is outside alone: the table's support stays
+    assert headless.loss_targets(idx, targets).tolist() == targets.tolist()
+    assert torch.allclose(outside.matrix.sum(0)[1:], torch.ones(3))
+    with pytest.raises(Exception, match="table_error_rows"):
+        TrainConfig(table_error_rows="some")
