@@ -185,9 +185,14 @@ def test_training_writes_the_estimate_and_the_old_loss_stays_a_switch(tiny, conf
             assert m.shape == (len(entry["rows"]), len(entry["columns"]))
             named = m.sum(0) > 0
             assert np.allclose(m.sum(0)[named], 1.0, atol=1e-4), (s, dataset)
+            # the columns some row of this dataset names: where a wrong entry may move mass
+            named_here = {name for row in entry["rows"] for name in row["candidates"]}
             for row, values in zip(entry["rows"], m, strict=True):
                 off = [c for c, name in enumerate(entry["columns"]) if name not in row["candidates"]]
-                assert np.all(values[off] == 0)
+                if row["candidates"] == ["outside"]:  # table_error (default) widens only these rows
+                    assert all(values[c] == 0 for c in off if entry["columns"][c] not in named_here)
+                else:
+                    assert np.all(values[off] == 0)
                 assert row["source"] and row["nuclei"] >= 0
     # the ambiguous PanNuke rows under CoNSeP are rows of the estimate, named
     rows = result.transition["consep"]["pannuke"]["rows"]
