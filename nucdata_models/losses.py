@@ -234,10 +234,9 @@ class TransitionEstimate:
             if table_error_rows == "outside":
                 # only a row the table sends to outside alone: the row that teaches the outside
                 # output from other datasets' images, where a wrong entry hides an in-set type
-                only_outside = torch.zeros(self.outputs, device=device)
-                if outside_output:
-                    only_outside[-1] = 1
-                free = free * (self.support == only_outside).all(1, keepdim=True).float()
+                alone = rows.support == (1 << (self.outputs - 1)) if outside_output else torch.zeros_like(
+                    rows.support, dtype=torch.bool)
+                free = free * alone[:, None].float()
             self.support = self.support + free
         # each row's support as target bits (what the likelihood sums over with table_error)
         self._row_bits = (self.support.long() << torch.arange(self.outputs, device=device)).sum(1)
