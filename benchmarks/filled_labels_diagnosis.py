@@ -28,7 +28,10 @@ world is prepared once (:func:`nucdata_models.study.prepare_world`, cached under
   per (dataset, set) pair, each the best for its pair's own scored nuclei (the family
   :mod:`nucdata_models.calibration` fits, with perfect fits). A ceiling above a target
   means no calibration of that family can meet it: the groups within are off in
-  different directions.
+  different directions. ``ece_floor``: the ECE that perfectly calibrated probabilities
+  would show by chance on the same nuclei at the same confidences
+  (:func:`nucdata_models.metrics.ece_floor_from_tally`, the binned estimator's upward
+  bias); a target below it cannot be shown at that count, by any calibration.
 
 Arms: ``own-only``, ``nucdata``, ``oracle`` (the study's), and ``nucdata:key=value,...``
 for the nucdata arm with some :class:`~nucdata_models.TrainConfig` fields changed
@@ -62,7 +65,12 @@ from nucdata_models.fill import (
     scored_class,
 )
 from nucdata_models.merge import TEST
-from nucdata_models.metrics import classification_metrics, expected_calibration_error
+from nucdata_models.metrics import (
+    calibration_tally,
+    classification_metrics,
+    ece_floor_from_tally,
+    expected_calibration_error,
+)
 from nucdata_models.study import DATA_VIEWS, arm_plan, prepare_world
 from nucdata_models.train import CrossTrainer, stain_swap_outside_rate
 
@@ -183,6 +191,7 @@ def calibration_diagnosis(preds, trainer: CrossTrainer, data) -> dict[str, Any]:
                         per_pair[data.dataset_index], weights.get(s))
         r, c, _ = published(f)
         out[s] = {"ece": expected_calibration_error(right, conf), "count": int(keep.sum()), "groups": groups,
+                  "ece_floor": float(ece_floor_from_tally(calibration_tally(right, conf))),
                   "ceiling": {"ece": best[0], "temperature": best[1]},
                   "pair_ceiling": {"ece": expected_calibration_error(r, c),
                                    "temperatures": {data.dataset_names[d]: round(float(per_pair[d]), 3)
@@ -230,7 +239,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           f"out_recall {fmt(v['outside_recall'])} macroF1 {v['macro_f1']:.3f} acc {v['accuracy']:.3f}",
                           flush=True)
                 for s, v in row.get("calibration", {}).items():
-                    print(f"  {s:8s} ECE {v['ece']:.3f} (n={v['count']}), one-temperature ceiling "
+                    print(f"  {s:8s} ECE {v['ece']:.3f} (n={v['count']}, chance floor {v['ece_floor']:.3f}), "
+                          "one-temperature ceiling "
                           f"{v['ceiling']['ece']:.3f} at T {v['ceiling']['temperature']}, one per pair "
                           f"{v['pair_ceiling']['ece']:.3f}; "
                           + ", ".join(f"{g} {m['confidence']:.2f}/{m['accuracy']:.2f} (n={m['count']})"
@@ -268,6 +278,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             cal = [r["calibration"][s] for r in rows if s in r.get("calibration", {})]
             if cal:
                 out[arm][s]["ece"] = round(float(np.mean([c["ece"] for c in cal])), 3)
+                out[arm][s]["ece_floor"] = round(float(np.mean([c["ece_floor"] for c in cal])), 3)
                 out[arm][s]["ece_ceiling"] = round(float(np.mean([c["ceiling"]["ece"] for c in cal])), 3)
                 out[arm][s]["ece_pair_ceiling"] = round(float(np.mean([c["pair_ceiling"]["ece"] for c in cal])), 3)
         swaps = {k for r in rows for k in r["stain_swap"]}

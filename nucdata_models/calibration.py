@@ -79,7 +79,13 @@ from nucdata_models.fill import (
     scored_class,
     temperature_scale,
 )
-from nucdata_models.metrics import ECE_BINS, expected_calibration_error, reliability_bins
+from nucdata_models.metrics import (
+    ECE_BINS,
+    calibration_tally,
+    ece_floor_from_tally,
+    expected_calibration_error,
+    reliability_bins,
+)
 
 __all__ = ["METHOD", "MIN_NUCLEI", "PRIOR_SD", "TEMPERATURE_BOUNDS", "USES", "VALIDATION", "Calibration", "calibrated_fill",
            "calibration_scores", "fit_calibration", "fit_temperature", "pair_key", "reading"]
@@ -374,11 +380,12 @@ def _bins_json(table: dict[str, np.ndarray]) -> list[dict[str, Any]]:
 def _group_score(correct: np.ndarray, confidence: np.ndarray, before: np.ndarray | None) -> dict[str, Any]:
     table = reliability_bins(correct, confidence, ECE_BINS)
     out: dict[str, Any] = {"count": int(correct.size), "ece": expected_calibration_error(correct, confidence),
+                           "ece_floor": float(ece_floor_from_tally(calibration_tally(correct, confidence, ECE_BINS))),
                            "bins": _bins_json(table)}
     if before is not None:
         out["ece_uncalibrated"] = expected_calibration_error(correct, before)
         out["bins_uncalibrated"] = _bins_json(reliability_bins(correct, before, ECE_BINS))
-    out["reading"] = reading(out["bins"], out["ece"])
+    out["reading"] = reading(out["bins"], out["ece"], floor=out["ece_floor"])
     return out
 
 
@@ -411,7 +418,8 @@ def calibration_scores(data: TrainingData, filled: Mapping[str, FilledLabels],
     -------
     dict
         Per set: ``scored_against`` (``"truth"`` or ``"labels"``) and ``groups``: per
-        group ``count``, ``ece``, ``bins`` (15 of ``lower``, ``upper``, ``count``,
+        group ``count``, ``ece``, ``ece_floor`` (the ECE calibrated probabilities would show
+        by chance on these nuclei, :func:`.metrics.ece_floor_from_tally`), ``bins`` (15 of ``lower``, ``upper``, ``count``,
         ``confidence``, ``accuracy``), ``reading`` and, with ``before``,
         ``ece_uncalibrated`` and ``bins_uncalibrated``.
     """
@@ -448,10 +456,13 @@ def calibration_scores(data: TrainingData, filled: Mapping[str, FilledLabels],
     return out
 
 
-def reading(bins: list[dict[str, Any]], ece: float, tolerance: float = 0.05) -> str:
+def reading(bins: list[dict[str, Any]], ece: float, tolerance: float = 0.05, floor: float | None = None) -> str:
     """One line that reads a reliability diagram: which way it is off, and where.
 
-    Within ``tolerance`` of ECE it is "close to the diagonal". Otherwise the direction
+    Within ``tolerance`` of ECE it is "close to the diagonal". With ``floor`` (the ECE
+    calibrated probabilities would show by chance on these nuclei,
+    :func:`.metrics.ece_floor_from_tally`) the line ends with it, so an ECE is read
+    against what its count can show; the verdict itself stays on ``tolerance``. Otherwise the direction
     is the sign of the mean gap (confidence - accuracy), and "where" is the highest
     threshold above which (or the lowest below which) 60 % of that gap lies, with the
     mean confidence and accuracy of the bins there that are off that way; a gap whose
@@ -461,8 +472,9 @@ def reading(bins: list[dict[str, Any]], ece: float, tolerance: float = 0.05) -> 
     total = sum(b["count"] for b in scored)
     if total == 0 or ece != ece:
         return "nothing to read: no nuclei"
+    chance = "" if floor is None or floor != floor else f" (chance alone at n={total:,}: {floor:.3f})"
     if ece <= tolerance:
-        return f"ECE {ece:.3f}: close to the diagonal"
+        return f"ECE {ece:.3f}: close to the diagonal" + chance
     contribution = [b["count"] * (b["confidence"] - b["accuracy"]) / total for b in scored]
     signed = sum(contribution)
 
@@ -493,5 +505,5 @@ def reading(bins: list[dict[str, Any]], ece: float, tolerance: float = 0.05) -> 
         return f"{word} {where} (confidence {conf:.2f}, accuracy {acc:.2f})"
 
     if abs(signed) >= 0.5 * ece:
-        return f"ECE {ece:.3f}: " + side(1 if signed > 0 else -1)
-    return f"ECE {ece:.3f}: mixed: " + side(1) + "; " + side(-1)
+        return f"ECE {ece:.3f}: " + side(1 if signed > 0 else -1) + chance
+    return f"ECE {ece:.3f}: mixed: " + side(1) + "; " + side(-1) + chance

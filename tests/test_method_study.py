@@ -310,8 +310,9 @@ def test_harness_writes_the_schema_on_a_tiny_world(tmp_path):
                 assert set(entry[metric]) == {"mean", "ci", "per_seed"} and len(entry[metric]["ci"]) == 2
                 assert len(entry[metric]["per_seed"]) == 1
             assert set(entry["ambiguous"]) == {"accuracy", "count"} and isinstance(entry["ambiguous"]["count"], int)
-            for name in ("ece", "outside_rate_in_set", "outside_recall"):
+            for name in ("ece", "ece_floor", "outside_rate_in_set", "outside_recall"):
                 assert isinstance(entry[name], float), (arm, s, name)
+            assert 0 < entry["ece_floor"] < 1  # what calibrated probabilities would score by chance
         assert isinstance(results["arms"][arm]["pseudo_labels"], list)
     assert all({"stage", "epoch", "label_set", "offered", "passed", "precision"} <= set(row)
                for row in results["arms"]["nucdata"]["pseudo_labels"])

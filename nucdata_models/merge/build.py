@@ -271,7 +271,7 @@ def _finish(options: BuildOptions, out: Path, say: Callable[[str], None], began:
         head = per_set["groups"].get("filled" if per_set["scored_against"] == "truth" else "mapped")
         if head:
             say(f"calibration: {s}: held-out ECE {head['ece_uncalibrated']:.3f} -> {head['ece']:.3f} "
-                f"({head['count']} nuclei)")
+                f"({head['count']} nuclei; calibrated probabilities would score {head['ece_floor']:.3f} by chance)")
 
     from nucdata._util.atomic import discard, staging_dir, swap_dir
     from nucdata.store import write_marker

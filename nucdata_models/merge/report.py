@@ -219,7 +219,10 @@ def _render_calibration(cal: dict[str, Any]) -> list[str]:
                 "set, outside included; then per provenance)." if against == {"truth"} else
                 "against what is known exactly without the truth: `annotated` nuclei against their own annotation "
                 "(under their own set), `mapped` nuclei against their exact row's class; filled labels of other "
-                "provenances cannot be scored on real data."), "",
+                "provenances cannot be scored on real data.")
+             + " The chance floor is the ECE that perfectly calibrated probabilities would show on the same "
+             "nuclei by chance (the binned estimator's upward bias at that count): an ECE near it is within "
+             "sampling noise.", "",
              "| label set | pooled T fitted (nuclei) | pairs with their own T | pairs on max(1, pooled T) |",
              "|---|---|---|---|"]
     for s in scores:
@@ -228,13 +231,14 @@ def _render_calibration(cal: dict[str, Any]) -> list[str]:
         own = ", ".join(f"{k.split('->')[0]} {t:.3f}" for k, t in cal["pairs"].items() if k.endswith(f"->{s}"))
         on_pooled = ", ".join(k.split("->")[0] for k in cal["pooled_pairs"] if k.endswith(f"->{s}"))
         lines.append(f"| {s} | {pooled_text} | {own or 'none'} | {on_pooled or 'none'} |")
-    lines += ["", "| label set | nuclei | n | ECE before | ECE calibrated | reading |", "|---|---|---|---|---|---|"]
+    lines += ["", "| label set | nuclei | n | ECE before | ECE calibrated | chance floor | reading |",
+              "|---|---|---|---|---|---|---|"]
     for s, per_set in scores.items():
         for g in CALIBRATION_GROUPS:
             m = per_set["groups"].get(g)
             if m:
                 lines.append(f"| {s} | {g} | {m['count']} | {_fmt(m.get('ece_uncalibrated'))} | {_fmt(m['ece'])} | "
-                             f"{m['reading']} |")
+                             f"{_fmt(m.get('ece_floor'))} | {m['reading']} |")
     lines.append("")
     for s, path in cal.get("diagrams", {}).items():
         head = _headline(scores[s])

@@ -71,7 +71,7 @@ __all__ = ["VIEWS", "PreparedWorld", "RunScores", "family_sentences", "oracle_ch
 VIEWS = ("published", "model", "merged")
 #: Metrics reported beside the endpoint for the published label (each with an interval).
 SECONDARY = ("ambiguous_accuracy", "exact_accuracy", "outside_rate_in_set", "outside_recall", "ece",
-             "ece_uncalibrated")
+             "ece_uncalibrated", "ece_floor")
 
 
 # -- runs ------------------------------------------------------------------------------
@@ -434,6 +434,7 @@ def summarise(runs: Sequence[RunScores], n_groups: dict[int, int], label_sets: S
             endpoint_rows = [cm[[NO_LABEL, AMBIGUOUS]].sum(0)[:-1].sum(1) for cm in first.values()]
             row.update({
                 "ece": secondary["ece"]["mean"],
+                "ece_floor": secondary["ece_floor"]["mean"],
                 "ambiguous": {"accuracy": secondary["ambiguous_accuracy"]["mean"], "count": counts["ambiguous"]},
                 "exact": {"accuracy": secondary["exact_accuracy"]["mean"], "count": counts["exact"]},
                 "outside_rate_in_set": secondary["outside_rate_in_set"]["mean"],
@@ -708,7 +709,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                   f"Endpoint nuclei per class (summed over worlds): {support} "
                   f"({sum(1 for c in support if c)} of {len(support)} classes present).", "",
                   "| arm | macro F1 (endpoint) | accuracy | ambiguous accuracy (n) | exact accuracy (n) | "
-                  "outside rate in set | outside recall | ECE |", "|---|---|---|---|---|---|---|---|"]
+                  "outside rate in set | outside recall | ECE | ECE floor |", "|---|---|---|---|---|---|---|---|---|"]
         for arm, row in results["arms"].items():
             r = row[s]
             sec = r["secondary"]
@@ -717,7 +718,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                          f"{_cell(sec['ambiguous_accuracy'])} ({r['ambiguous']['count']}) | "
                          f"{_cell(sec['exact_accuracy'])} ({r['exact']['count']}) | "
                          f"{_cell(sec['outside_rate_in_set'])} | {_cell(sec['outside_recall'])} | "
-                         f"{_cell(sec['ece'])} |")
+                         f"{_cell(sec['ece'])} | {_cell(sec['ece_floor'])} |")
         lines.append("")
     lines += ["## The declared family: paired differences in the endpoint", "",
               "| difference | set | mean [95 % CI] | images-only CI | p | Holm p | TOST p | TOST Holm p | verdict |",

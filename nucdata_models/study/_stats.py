@@ -37,6 +37,7 @@ from nucdata_models.data import AMBIGUOUS, MAPPED, NO_LABEL
 from nucdata_models.metrics import (
     ECE_BINS,
     accuracy_from_confusion,
+    ece_floor_from_tally,
     ece_from_tally,
     macro_f1_from_confusion,
 )
@@ -199,6 +200,12 @@ METRIC_SPECS: dict[str, MetricSpec] = {m.name: m for m in (
     MetricSpec("ece_uncalibrated", "the same expected calibration error before calibration (temperature 1)",
                f"{_HELD_OUT}, whose truth is known and whose probability is finite", "calibration_raw",
                ece_from_tally),
+    MetricSpec("ece_floor", "the expected calibration error that perfectly calibrated probabilities would show "
+               "by chance on the same nuclei at the same confidences (per bin the binomial mean absolute "
+               "deviation, nucdata_models.metrics.ece_floor_from_tally): the binned ECE's upward bias; an ECE "
+               "at or below it is within sampling noise of calibrated",
+               f"the nuclei of 'ece' ({_HELD_OUT}, whose truth is known and whose published probability is "
+               "finite)", "calibration", ece_floor_from_tally),
 )}
 
 #: The metrics reported in every view (published, model, merged) with intervals; ``macro_f1`` is the endpoint.

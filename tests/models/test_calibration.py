@@ -37,6 +37,7 @@ from nucdata_models.metrics import (
     ECE_BINS,
     calibration_tally,
     confidence_bin,
+    ece_floor_from_tally,
     ece_from_tally,
     expected_calibration_error,
     reliability_bins,
@@ -208,6 +209,8 @@ def test_calibration_lowers_the_held_out_error_and_is_scored_per_provenance():
     for name in ("annotated", "mapped"):
         assert groups[name]["ece"] < groups[name]["ece_uncalibrated"]
     assert len(groups["filled"]["bins"]) == ECE_BINS and "reading" in groups["filled"]
+    for g in groups.values():  # each group says what calibrated probabilities would score on it by chance
+        assert 0 < g["ece_floor"] < 1 and f"chance alone at n={g['count']:,}" in g["reading"]
     # without the truth (real data): only what is known exactly
     data.truth = {}
     unknown = calibration_scores(data, filled, before, split=2)["a"]
@@ -266,6 +269,35 @@ def test_tallies_add_up_to_the_ece():
     assert confidence_bin(np.array([np.nan, -1.0, 0.0, 1.0, 2.0])).tolist() == [-1, 0, 0, 14, 14]
 
 
+def test_the_chance_floor_is_the_ece_of_calibrated_probabilities():
+    """ece_floor_from_tally: per bin the exact binomial mean absolute deviation (de Moivre's form against
+    the full sum), and on average what calibrated probabilities score by chance."""
+    from scipy.stats import binom
+
+    for n, p in [(1, 0.3), (7, 0.5), (40, 0.37), (41, 0.6), (300, 0.91)]:
+        k = np.arange(n + 1)
+        exact = float((binom.pmf(k, n, p) * np.abs(k - n * p)).sum()) / n
+        assert float(ece_floor_from_tally(np.array([[n, n * p, 0.0]]))) == pytest.approx(exact, rel=1e-9)
+    rng = np.random.default_rng(3)
+    for n in (60, 250, 1000):
+        conf = rng.uniform(0.25, 0.85, n)
+        floor = float(ece_floor_from_tally(calibration_tally(np.ones(n, bool), conf)))
+        chance = np.mean([expected_calibration_error(rng.random(n) < conf, conf) for _ in range(400)])
+        assert chance == pytest.approx(floor, rel=0.06)  # a shade high: Poisson-binomial within a bin
+    # it shrinks with the count, is 0 where the confidence is certain, NaN where nothing is counted,
+    # and is vectorised over leading axes like ece_from_tally
+    small, large = (float(ece_floor_from_tally(calibration_tally(np.ones(n, bool), np.full(n, 0.7)))) for n in (50, 5000))
+    assert large < small / 5
+    assert float(ece_floor_from_tally(np.array([[10, 10.0, 10.0]]))) == 0.0
+    assert np.isnan(ece_floor_from_tally(np.zeros((ECE_BINS, 3))))
+    conf = rng.random(300)
+    group = rng.integers(0, 4, 300)
+    tallies = calibration_tally(conf > 0.5, conf, group=group, n_groups=4)
+    np.testing.assert_allclose(ece_floor_from_tally(tallies),
+                               [float(ece_floor_from_tally(calibration_tally(conf[group == g] > 0.5, conf[group == g])))
+                                for g in range(4)])
+
+
 def test_the_reading_says_which_way_and_where():
     def bins(pairs):
         edges = np.linspace(0, 1, 16)
@@ -281,6 +313,11 @@ def test_the_reading_says_which_way_and_where():
     under = reading(bins({4: (80, 0.3, 0.8), 14: (20, 0.97, 0.97)}), 0.4)
     assert "under-confident below 0.33" in under
     assert reading(bins({}), float("nan")).startswith("nothing to read")
+    # with the chance floor, the line says what calibrated probabilities would score at that count
+    assert reading(bins({14: (100, 0.97, 0.96)}), 0.01, floor=0.012) == (
+        "ECE 0.010: close to the diagonal (chance alone at n=100: 0.012)")
+    assert reading(bins({14: (80, 0.97, 0.6), 3: (20, 0.22, 0.2)}), 0.3, floor=0.04).endswith(
+        "(chance alone at n=100: 0.040)")
 
 
 def test_reliability_diagrams_are_pngs(tmp_path):
