@@ -234,6 +234,10 @@ class TrainConfig:
         keeps the table's support. The default is ``"outside"``: chosen by a rule declared
         before its runs (docs/method-study.md, "Ablation: source balance and table
         errors"); real CRCHisto's derived sets have no exact-outside row.
+    table_error_min_nuclei
+        With ``table_error``: the training nuclei a row needs before it may go off its
+        table's support; a smaller row keeps the table's support (0: every row chosen
+        by ``table_error_rows``).
     background_balance
         Divide each crop's colour channels by their background (the median of the
         crop's outer ring; :func:`.augment.background_balance`) before the network, in
@@ -389,6 +393,7 @@ class TrainConfig:
     table_error_prior: str = setting("count", stages="ABC", key=True, choices=("count", "share"))
     table_error_loss: str = setting("widened", stages="ABC", key=True, choices=("widened", "table"))
     table_error_rows: str = setting("outside", stages="ABC", key=True, choices=("all", "outside"))
+    table_error_min_nuclei: int = setting(0, stages="ABC", key=True)
     background_balance: bool = setting(False, stages="ABC", key=True, paper=False)
     source_balance: str = setting("nucleus", stages="ABC", key=True, choices=("nucleus", "dataset", "foreign"), paper="nucleus")
     pseudo_select: str = setting(
@@ -463,6 +468,9 @@ class TrainConfig:
         if self.table_error < 0:
             raise InvalidArgumentError(f"TrainConfig.table_error must not be negative, got {self.table_error}; "
                                        "pass 0 (the table's support) or pseudo-counts such as 1.0")
+        if self.table_error_min_nuclei < 0:
+            raise InvalidArgumentError(f"TrainConfig.table_error_min_nuclei must not be negative, got "
+                                       f"{self.table_error_min_nuclei}; pass 0 (every row) or a count such as 50")
         if self.input_size is not None and self.input_size < 8:
             raise InvalidArgumentError(f"TrainConfig.input_size must be at least 8 pixels, got {self.input_size}; "
                                        "pass 8 or more, or None to keep the crop size")

@@ -193,11 +193,12 @@ class TransitionEstimate:
         (``TrainConfig.transition_prior``; 1 is the uniform Dirichlet).
     train_rows
         Bank rows (a 1-d index) whose nuclei count: the training split.
-    table_error, table_error_prior, table_error_loss, table_error_rows
+    table_error, table_error_prior, table_error_loss, table_error_rows, table_error_min_nuclei
         The :class:`~nucdata_models.config.TrainConfig` fields of those names: the
-        off-support prior, its size, whether the likelihood widens with it, and which
+        off-support prior, its size, whether the likelihood widens with it, which
         rows go off the support (``"all"``, or ``"outside"``: only rows whose table says
-        outside and nothing else, the last output, which needs ``outside_output``).
+        outside and nothing else, the last output, which needs ``outside_output``), and
+        how many training nuclei a row needs to go off it (fewer: the table's support).
     outside_output
         Whether the set's last output is the outside class.
 
@@ -212,7 +213,7 @@ class TransitionEstimate:
 
     def __init__(self, rows, outputs: int, prior: float, train_rows: torch.Tensor, table_error: float = 0.0,
                  table_error_prior: str = "count", table_error_loss: str = "widened", table_error_rows: str = "all",
-                 outside_output: bool = False):
+                 outside_output: bool = False, table_error_min_nuclei: int = 0):
         self.rows = rows
         self.outputs = int(outputs)
         self.prior_strength = float(prior)
@@ -225,6 +226,10 @@ class TransitionEstimate:
         self.n_datasets = int(rows.dataset.max()) + 1 if g else 0
         self.prior = self.prior_strength * self.support
         table = self.support
+        # the training nuclei of each row
+        member = rows.row[train_rows]
+        member = member[member >= 0]
+        per_row = torch.zeros(g, device=device).index_add_(0, member, torch.ones_like(member, dtype=torch.float32))
         free = None
         if self.table_error > 0 and g:
             # off the table's support, but only in the columns some row of the same dataset
@@ -237,14 +242,15 @@ class TransitionEstimate:
                 alone = rows.support == (1 << (self.outputs - 1)) if outside_output else torch.zeros_like(
                     rows.support, dtype=torch.bool)
                 free = free * alone[:, None].float()
+            if table_error_min_nuclei > 0:
+                # a row of few nuclei has too little evidence to outweigh its table entry: off-support
+                # cells there are the prior's, and EM drifts into them (the easy world's 10-nucleus rows)
+                free = free * (per_row >= table_error_min_nuclei)[:, None].float()
             self.support = self.support + free
         # each row's support as target bits (what the likelihood sums over with table_error)
         self._row_bits = (self.support.long() << torch.arange(self.outputs, device=device)).sum(1)
         self._pending = torch.zeros(g, self.outputs, device=device)
         # the table's view: each training nucleus of a row spread uniformly over its candidates
-        member = rows.row[train_rows]
-        member = member[member >= 0]
-        per_row = torch.zeros(g, device=device).index_add_(0, member, torch.ones_like(member, dtype=torch.float32))
         self.counts = per_row[:, None] * table / table.sum(1, keepdim=True).clamp_min(1)
         if free is not None:
             # off the support: ``table_error`` pseudo-counts per cell ("count"), or ``table_error``

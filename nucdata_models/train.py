@@ -359,7 +359,8 @@ class CrossTrainer:
                                                                      self.config.table_error,
                                                                      self.config.table_error_prior,
                                                                      self.config.table_error_loss,
-                                                                     self.config.table_error_rows, bool(outside))
+                                                                     self.config.table_error_rows, bool(outside),
+                                                                     self.config.table_error_min_nuclei)
         self._sources = (list(data.dataset_names), {k: dict(v) for k, v in data.source_names.items()})
         self._pre_c: dict[str, torch.Tensor] = {}
         self._thresholds: dict[tuple[str, str], torch.Tensor] = {}
