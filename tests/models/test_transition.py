@@ -377,3 +377,25 @@ def test_outside_rows_only_widens_the_rows_the_table_sends_to_outside_alone():
     assert torch.allclose(outside.matrix.sum(0)[1:], torch.ones(3))
     with pytest.raises(Exception, match="table_error_rows"):
         TrainConfig(table_error_rows="some")
+
+
+def test_a_row_below_the_minimum_keeps_the_tables_support():
+    # "dead" (code 3, 40 nuclei) is tabled to the catch-all, "neoplastic" (code 0, 10 nuclei) to A;
+    # table_error lets each hold the other's column, but with a minimum of 20 training nuclei
+    # only "dead" may go off its support
+    targets, rows = _rows([3] * 40 + [0] * 10, [0b0001] * 40 + [0b0010] * 10)
+    dead, neoplastic = rows.code.tolist().index(3), rows.code.tolist().index(0)
+    idx = torch.arange(50)
+    every = TransitionEstimate(rows, 4, prior=1.0, train_rows=idx, table_error=0.5)
+    gated = TransitionEstimate(rows, 4, prior=1.0, train_rows=idx, table_error=0.5, table_error_min_nuclei=20)
+    assert every.loss_targets(idx, targets).tolist() == [0b0011] * 50  # both rows widened
+    assert gated.loss_targets(idx, targets).tolist() == [0b0011] * 40 + [0b0010] * 10
+    assert float(every.matrix[neoplastic, OTHER]) > 0 and float(gated.matrix[neoplastic, OTHER]) == 0
+    assert float(gated.matrix[dead, NAMED_A]) > 0
+    assert torch.allclose(gated.matrix.sum(0)[:2], torch.ones(2))
+    # counted over the training rows only: with 10 of dead's nuclei in training it keeps its table too
+    few = TransitionEstimate(rows, 4, prior=1.0, train_rows=torch.arange(30, 50), table_error=0.5,
+                             table_error_min_nuclei=20)
+    assert torch.equal(few.loss_targets(idx, targets), targets)
+    with pytest.raises(Exception, match="table_error_min_nuclei"):
+        TrainConfig(table_error_min_nuclei=-1)
