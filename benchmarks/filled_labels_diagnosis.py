@@ -18,6 +18,10 @@ world is prepared once (:func:`nucdata_models.study.prepare_world`, cached under
   dataset's stain (:func:`nucdata_models.train.stain_swap_outside_rate`, the world's
   additive RGB stain difference);
 * ``pseudo_labels``: the rows of ``TrainResult.pseudo_labels`` (stage C);
+* ``prior``: the endpoint (macro F1 of the published label) as trained and after moving
+  the model's class prior to the set's own annotated one or to a uniform one
+  (:func:`prior_diagnosis`): how much of a difference between arms is the class prior
+  their training data gave the head;
 * ``calibration`` (arms that publish the merged label): the ECE of the published
   probability as ``build-merged`` calibrates it (:func:`nucdata_models.calibration.calibrated_fill`,
   pickle fields 2 and 3) on held-out nuclei not annotated in the set whose truth is known,
@@ -56,7 +60,7 @@ import torch
 from nucdata.labels import MERGED_LABEL_SETS, OWN_LABEL_SET
 from nucdata_models import TrainConfig
 from nucdata_models.calibration import calibrated_fill
-from nucdata_models.data import AMBIGUOUS, ANNOTATED
+from nucdata_models.data import AMBIGUOUS, ANNOTATED, NO_LABEL
 from nucdata_models.fill import (
     PROVENANCE,
     fill_labels,
@@ -64,7 +68,7 @@ from nucdata_models.fill import (
     published_fields,
     scored_class,
 )
-from nucdata_models.merge import TEST
+from nucdata_models.merge import TEST, TRAIN
 from nucdata_models.metrics import (
     calibration_tally,
     classification_metrics,
@@ -143,10 +147,59 @@ def score(plan, trainer: CrossTrainer, world, result, stains) -> dict[str, Any]:
                 trainer, data, own, OWN_LABEL_SET[own], shift, split=TEST, modules=plan.modules)
             out["stain_swap"][f"{own}<-{own}"] = stain_swap_outside_rate(
                 trainer, data, own, OWN_LABEL_SET[own], np.zeros(3), split=TEST, modules=plan.modules)
+    out["prior"] = prior_diagnosis(plan, preds, trainer, data)
     if plan.publish == "merged":
         out["calibration"] = calibration_diagnosis(preds, trainer, data)
     out["pseudo_labels"] = getattr(result, "pseudo_labels", [])
     out["transition"] = getattr(result, "transition", {})
+    return out
+
+
+#: The class priors :func:`prior_diagnosis` publishes under, besides the model's own.
+PRIORS = ("own", "uniform")
+
+
+def prior_diagnosis(plan, preds, trainer: CrossTrainer, data) -> dict[str, Any]:
+    """Per set: the endpoint as published, and as published after moving the model's class prior.
+
+    The model's prior ``pi_train`` is its mean in-set posterior over the training nuclei
+    that have any target in the set (its own annotations, exact, ambiguous or outside
+    rows); its posterior is moved to a prior ``pi`` by ``p(c | x) pi(c) / pi_train(c)``
+    (Saerens et al. 2002), the outside column unchanged, then published as the arm
+    publishes (ambiguous rows resolved with the transition weights where the arm has
+    them). ``own``: the class frequencies of the set's own annotated training nuclei
+    (add-one), the prior an own-only model learns; ``uniform``: every class alike, which
+    macro F1 rewards whatever the truth (a reading of the endpoint, not a method).
+    ``prior_distance``: total variation between ``pi_train`` and the own prior.
+    """
+    weights = trainer.candidate_weights(data) if plan.publish == "merged" else {}
+    test, train = data.split == TEST, data.split == TRAIN
+    out: dict[str, Any] = {}
+    for spec in data.label_sets:
+        s, k = spec.name, spec.size
+        truth, prov = data.truth[s], data.provenance[s]
+        probs = preds[s].probs.double()
+        targeted = train & (prov != NO_LABEL)
+        own = train & (prov == ANNOTATED) & (data.labels[s] >= 0)
+        if not targeted.any() or not own.any():
+            continue
+        model_prior = probs[targeted][:, :k].mean(0)
+        model_prior = model_prior / model_prior.sum()
+        own_prior = torch.bincount(data.labels[s][own], minlength=k).double() + 1
+        own_prior = own_prior / own_prior.sum()
+        sel = (filled_nuclei(truth, prov, "class_in_set") & test).numpy()
+        row: dict[str, Any] = {"prior_distance": round(float((model_prior - own_prior).abs().sum() / 2), 3)}
+        for name, target in (("as_trained", None), ("own", own_prior), ("uniform", torch.full((k,), 1.0 / k,
+                                                                                               dtype=torch.float64))):
+            p = probs.clone()
+            if target is not None:
+                p[:, :k] = p[:, :k] * (target / model_prior.clamp_min(1e-12))
+                p = p / p.sum(1, keepdim=True)
+            merged = fill_labels(p.float(), data.labels[s], data.candidates[s], prov, k, weights=weights.get(s))
+            label = merged.label if plan.publish == "merged" else p.argmax(1)
+            m = classification_metrics(truth.numpy()[sel], scored_class(label, k).numpy()[sel], k + 1, None, k)
+            row[name] = round(float(m["macro_f1"]), 4)
+        out[s] = row
     return out
 
 
@@ -245,6 +298,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           f"{v['pair_ceiling']['ece']:.3f}; "
                           + ", ".join(f"{g} {m['confidence']:.2f}/{m['accuracy']:.2f} (n={m['count']})"
                                       for g, m in v["groups"].items()), flush=True)
+                if row.get("prior"):
+                    print("  prior (macro F1 as trained / own prior / uniform; distance) " + ", ".join(
+                        f"{s} {v['as_trained']:.3f}/{v['own']:.3f}/{v['uniform']:.3f} ({v['prior_distance']:.2f})"
+                        for s, v in row["prior"].items()), flush=True)
                 if row["stain_swap"]:
                     print("  stain swap " + ", ".join(f"{k} {v:.3f}" for k, v in row["stain_swap"].items()),
                           flush=True)
@@ -275,6 +332,10 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
                            "outside_rate_in_set": mean("outside_rate_in_set"),
                            "outside_recall": mean("outside_recall"), "macro_f1": mean("macro_f1"),
                            "accuracy": mean("accuracy")}
+            prior = [r["prior"][s] for r in rows if s in r.get("prior", {})]
+            if prior:
+                out[arm][s]["prior"] = {name: round(float(np.mean([p[name] for p in prior])), 3)
+                                        for name in ("as_trained", *PRIORS, "prior_distance")}
             cal = [r["calibration"][s] for r in rows if s in r.get("calibration", {})]
             if cal:
                 out[arm][s]["ece"] = round(float(np.mean([c["ece"] for c in cal])), 3)
