@@ -12,7 +12,9 @@ world is prepared once (:func:`nucdata_models.study.prepare_world`, cached under
   not annotated in the set by their own dataset, published as outside;
 * ``outside_recall``: share of held-out nuclei whose true class is outside the set
   published as outside;
-* ``macro_f1`` / ``accuracy``: the study's endpoint (filled nuclei, class in set);
+* ``macro_f1`` / ``accuracy``: the study's endpoint (filled nuclei, class in set), with
+  ``per_class_recall`` and ``published_per_class`` (how many endpoint nuclei are
+  published as each class, outside last);
 * ``stain_swap``: per labelled dataset, the share of its own held-out nuclei that the
   model predicts as outside in its own set after recolouring its crops with another
   dataset's stain (:func:`nucdata_models.train.stain_swap_outside_rate`, the world's
@@ -136,6 +138,9 @@ def score(plan, trainer: CrossTrainer, world, result, stains) -> dict[str, Any]:
             "outside_rate_in_set": float((label[in_set] == -2).float().mean()) if in_set.any() else None,
             "outside_recall": float((label[outside] == -2).float().mean()) if outside.any() else None,
             "macro_f1": m["macro_f1"], "accuracy": m["accuracy"], "count": m["count"],
+            # the endpoint per class: recall, and how many of its nuclei name each class (outside last)
+            "per_class_recall": [round(float(x), 3) for x in m["per_class_recall"][:spec.size]],
+            "published_per_class": [int(x) for x in np.asarray(m["confusion"]).sum(0)],
         }
     out["stain_swap"] = {}
     if trainer.config.outside_head:
@@ -156,7 +161,25 @@ def score(plan, trainer: CrossTrainer, world, result, stains) -> dict[str, Any]:
 
 
 #: The class priors :func:`prior_diagnosis` publishes under, besides the model's own.
-PRIORS = ("own", "uniform")
+PRIORS = ("own", "uniform", "em")
+#: EM iterations and the fewest nuclei for the ``em`` prior of :func:`target_prior`.
+EM_STEPS, EM_MIN_NUCLEI = 200, 20
+
+
+def target_prior(probs: torch.Tensor, train_prior: torch.Tensor, steps: int = EM_STEPS) -> torch.Tensor:
+    """The class prior of unlabelled nuclei by EM on a model's posteriors (Saerens et al. 2002).
+
+    ``probs`` ``(N, K)`` are posteriors under ``train_prior`` ``(K,)``; each step moves them
+    to the current prior estimate (``p pi / train_prior``, renormalised) and takes the
+    mean as the next. No truth is used.
+    """
+    prior = train_prior.clone()
+    ratio_base = probs / train_prior.clamp_min(1e-12)
+    for _ in range(steps):
+        q = ratio_base * prior
+        q = q / q.sum(1, keepdim=True).clamp_min(1e-300)
+        prior = q.mean(0)
+    return prior
 
 
 def prior_diagnosis(plan, preds, trainer: CrossTrainer, data) -> dict[str, Any]:
@@ -169,8 +192,12 @@ def prior_diagnosis(plan, preds, trainer: CrossTrainer, data) -> dict[str, Any]:
     publishes (ambiguous rows resolved with the transition weights where the arm has
     them). ``own``: the class frequencies of the set's own annotated training nuclei
     (add-one), the prior an own-only model learns; ``uniform``: every class alike, which
-    macro F1 rewards whatever the truth (a reading of the endpoint, not a method).
-    ``prior_distance``: total variation between ``pi_train`` and the own prior.
+    macro F1 rewards whatever the truth (a reading of the endpoint, not a method);
+    ``em``: per dataset, the prior of its nuclei without any label information in the set
+    (provenance ``none``), estimated by EM on their posteriors (:func:`target_prior`, the
+    outside column included, from the model's training prior over every output), applied
+    to those nuclei only. ``prior_distance``: total variation between ``pi_train`` and the
+    own prior.
     """
     weights = trainer.candidate_weights(data) if plan.publish == "merged" else {}
     test, train = data.split == TEST, data.split == TRAIN
@@ -189,12 +216,20 @@ def prior_diagnosis(plan, preds, trainer: CrossTrainer, data) -> dict[str, Any]:
         own_prior = own_prior / own_prior.sum()
         sel = (filled_nuclei(truth, prov, "class_in_set") & test).numpy()
         row: dict[str, Any] = {"prior_distance": round(float((model_prior - own_prior).abs().sum() / 2), 3)}
+        full_prior = probs[targeted].mean(0)  # every output, outside included
         for name, target in (("as_trained", None), ("own", own_prior), ("uniform", torch.full((k,), 1.0 / k,
-                                                                                               dtype=torch.float64))):
+                                                                                               dtype=torch.float64)),
+                             ("em", None)):
             p = probs.clone()
             if target is not None:
                 p[:, :k] = p[:, :k] * (target / model_prior.clamp_min(1e-12))
                 p = p / p.sum(1, keepdim=True)
+            if name == "em":
+                for dataset in range(len(data.dataset_names)):
+                    free = (data.dataset_index == dataset) & (prov == NO_LABEL)
+                    if int(free.sum()) >= EM_MIN_NUCLEI:
+                        moved = probs[free] * (target_prior(probs[free], full_prior) / full_prior.clamp_min(1e-12))
+                        p[free] = moved / moved.sum(1, keepdim=True)
             merged = fill_labels(p.float(), data.labels[s], data.candidates[s], prov, k, weights=weights.get(s))
             label = merged.label if plan.publish == "merged" else p.argmax(1)
             m = classification_metrics(truth.numpy()[sel], scored_class(label, k).numpy()[sel], k + 1, None, k)
@@ -299,8 +334,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           + ", ".join(f"{g} {m['confidence']:.2f}/{m['accuracy']:.2f} (n={m['count']})"
                                       for g, m in v["groups"].items()), flush=True)
                 if row.get("prior"):
-                    print("  prior (macro F1 as trained / own prior / uniform; distance) " + ", ".join(
-                        f"{s} {v['as_trained']:.3f}/{v['own']:.3f}/{v['uniform']:.3f} ({v['prior_distance']:.2f})"
+                    print("  prior (macro F1 as trained / own prior / uniform / em; distance) " + ", ".join(
+                        f"{s} {v['as_trained']:.3f}/{v['own']:.3f}/{v['uniform']:.3f}/{v['em']:.3f} "
+                        f"({v['prior_distance']:.2f})"
                         for s, v in row["prior"].items()), flush=True)
                 if row["stain_swap"]:
                     print("  stain swap " + ", ".join(f"{k} {v:.3f}" for k, v in row["stain_swap"].items()),
