@@ -42,14 +42,16 @@ makes a catch-all column absorb the mass of the rows that name it exactly.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from nucdata.errors import InvalidArgumentError
 from nucdata_models.config import PSEUDO_RULES
 from nucdata_models.data import candidate_mask
 
-__all__ = ["PSEUDO_RULES", "TransitionEstimate", "partial_label_loss", "pseudo_choice", "pseudo_labels",
-           "soft_label_loss"]
+__all__ = ["PSEUDO_RULES", "TableError", "TransitionEstimate", "partial_label_loss", "pseudo_choice",
+           "pseudo_labels", "soft_label_loss"]
 
 
 def partial_label_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None,
@@ -178,6 +180,42 @@ def pseudo_labels(probabilities: torch.Tensor, allowed: torch.Tensor, threshold:
     return torch.where(take, torch.ones_like(choice) << choice, torch.zeros_like(choice))
 
 
+@dataclass(frozen=True)
+class TableError:
+    """How far a :class:`TransitionEstimate` may go off the tables' support: ``TrainConfig.table_error*``.
+
+    Attributes
+    ----------
+    pseudo_counts
+        ``table_error``: Dirichlet pseudo-counts per cell off the support (0: the
+        table's support stays hard, and nothing below applies).
+    prior
+        ``table_error_prior``: ``"count"`` (that many per cell) or ``"share"`` (that
+        share of each column's table-view mass, split over the cells off the support).
+    loss
+        ``table_error_loss``: ``"widened"`` (the likelihood sums over the wider
+        support) or ``"table"`` (only the estimate goes off it).
+    rows
+        ``table_error_rows``: ``"all"``, or ``"outside"`` (only rows whose table says
+        outside and nothing else; needs the set's outside output).
+    min_nuclei
+        ``table_error_min_nuclei``: the training nuclei a row needs to go off its
+        support.
+    """
+
+    pseudo_counts: float = 0.0
+    prior: str = "count"
+    loss: str = "widened"
+    rows: str = "all"
+    min_nuclei: int = 0
+
+    @classmethod
+    def from_config(cls, config) -> TableError:
+        """The :class:`~nucdata_models.config.TrainConfig` fields of this name (``table_error*``)."""
+        return cls(float(config.table_error), config.table_error_prior, config.table_error_loss,
+                   config.table_error_rows, int(config.table_error_min_nuclei))
+
+
 class TransitionEstimate:
     """EM estimate of ``T[s, c] = P(source row s | class c)`` for one label set (see the module docstring).
 
@@ -193,12 +231,9 @@ class TransitionEstimate:
         (``TrainConfig.transition_prior``; 1 is the uniform Dirichlet).
     train_rows
         Bank rows (a 1-d index) whose nuclei count: the training split.
-    table_error, table_error_prior, table_error_loss, table_error_rows, table_error_min_nuclei
-        The :class:`~nucdata_models.config.TrainConfig` fields of those names: the
-        off-support prior, its size, whether the likelihood widens with it, which
-        rows go off the support (``"all"``, or ``"outside"``: only rows whose table says
-        outside and nothing else, the last output, which needs ``outside_output``), and
-        how many training nuclei a row needs to go off it (fewer: the table's support).
+    table_error
+        How far the estimate may go off the table's support (:class:`TableError`;
+        ``None``: not at all).
     outside_output
         Whether the set's last output is the outside class.
 
@@ -211,14 +246,14 @@ class TransitionEstimate:
         float ``(G, outputs)``: the soft counts of the last completed E-step.
     """
 
-    def __init__(self, rows, outputs: int, prior: float, train_rows: torch.Tensor, table_error: float = 0.0,
-                 table_error_prior: str = "count", table_error_loss: str = "widened", table_error_rows: str = "all",
-                 outside_output: bool = False, table_error_min_nuclei: int = 0):
+    def __init__(self, rows, outputs: int, prior: float, train_rows: torch.Tensor,
+                 table_error: TableError | None = None, outside_output: bool = False):
+        spec = table_error or TableError()
         self.rows = rows
         self.outputs = int(outputs)
         self.prior_strength = float(prior)
-        self.table_error = float(table_error)
-        self.widened_loss = table_error_loss == "widened"
+        self.table_error = float(spec.pseudo_counts)
+        self.widened_loss = spec.loss == "widened"
         device = rows.row.device
         g = len(rows)
         self.support = candidate_mask(rows.support, self.outputs).float() if g else torch.zeros(0, outputs,
@@ -236,16 +271,16 @@ class TransitionEstimate:
             # names: a wrong table entry moves a class between a dataset's rows, it does
             # not make a dataset write a class none of its rows maps to
             free = (self._per_dataset(self.support)[rows.dataset] > 0).float() * (1 - self.support)
-            if table_error_rows == "outside":
+            if spec.rows == "outside":
                 # only a row the table sends to outside alone: the row that teaches the outside
                 # output from other datasets' images, where a wrong entry hides an in-set type
                 alone = rows.support == (1 << (self.outputs - 1)) if outside_output else torch.zeros_like(
                     rows.support, dtype=torch.bool)
                 free = free * alone[:, None].float()
-            if table_error_min_nuclei > 0:
+            if spec.min_nuclei > 0:
                 # a row of few nuclei has too little evidence to outweigh its table entry: off-support
                 # cells there are the prior's, and EM drifts into them (the easy world's 10-nucleus rows)
-                free = free * (per_row >= table_error_min_nuclei)[:, None].float()
+                free = free * (per_row >= spec.min_nuclei)[:, None].float()
             self.support = self.support + free
         # each row's support as target bits (what the likelihood sums over with table_error)
         self._row_bits = (self.support.long() << torch.arange(self.outputs, device=device)).sum(1)
@@ -257,7 +292,7 @@ class TransitionEstimate:
             # times the column's table-view mass, shared by the free rows ("share"), so a rare
             # class's column is not swamped
             off = torch.full_like(free, self.table_error)
-            if table_error_prior == "share":
+            if spec.prior == "share":
                 off = (self.table_error * self._per_dataset(self.counts)
                        / self._per_dataset(free).clamp_min(1))[rows.dataset]
             self.prior = self.prior + off * free

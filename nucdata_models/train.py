@@ -72,6 +72,7 @@ from nucdata_models.data import (
 )
 from nucdata_models.fill import fill_labels, score_filled, scored_class
 from nucdata_models.losses import (
+    TableError,
     TransitionEstimate,
     partial_label_loss,
     pseudo_choice,
@@ -356,11 +357,8 @@ class CrossTrainer:
                 if len(rows):
                     self.transitions[spec.name] = TransitionEstimate(rows, spec.size + outside,
                                                                      self.config.transition_prior, train_index,
-                                                                     self.config.table_error,
-                                                                     self.config.table_error_prior,
-                                                                     self.config.table_error_loss,
-                                                                     self.config.table_error_rows, bool(outside),
-                                                                     self.config.table_error_min_nuclei)
+                                                                     TableError.from_config(self.config),
+                                                                     bool(outside))
         self._sources = (list(data.dataset_names), {k: dict(v) for k, v in data.source_names.items()})
         self._pre_c: dict[str, torch.Tensor] = {}
         self._thresholds: dict[tuple[str, str], torch.Tensor] = {}
