@@ -50,7 +50,7 @@ from nucdata.errors import InvalidArgumentError
 from nucdata_models.config import PSEUDO_RULES
 from nucdata_models.data import candidate_mask
 
-__all__ = ["PSEUDO_RULES", "TableError", "TransitionEstimate", "partial_label_loss", "pseudo_choice",
+__all__ = ["PSEUDO_RULES", "TableErrorSettings", "TransitionEstimate", "partial_label_loss", "pseudo_choice",
            "pseudo_labels", "soft_label_loss"]
 
 
@@ -181,7 +181,7 @@ def pseudo_labels(probabilities: torch.Tensor, allowed: torch.Tensor, threshold:
 
 
 @dataclass(frozen=True)
-class TableError:
+class TableErrorSettings:
     """How far a :class:`TransitionEstimate` may go off the tables' support: ``TrainConfig.table_error*``.
 
     Attributes
@@ -210,7 +210,7 @@ class TableError:
     min_nuclei: int = 0
 
     @classmethod
-    def from_config(cls, config) -> TableError:
+    def from_config(cls, config) -> TableErrorSettings:
         """The :class:`~nucdata_models.config.TrainConfig` fields of this name (``table_error*``)."""
         return cls(float(config.table_error), config.table_error_prior, config.table_error_loss,
                    config.table_error_rows, int(config.table_error_min_nuclei))
@@ -232,7 +232,7 @@ class TransitionEstimate:
     train_rows
         Bank rows (a 1-d index) whose nuclei count: the training split.
     table_error
-        How far the estimate may go off the table's support (:class:`TableError`;
+        How far the estimate may go off the table's support (:class:`TableErrorSettings`;
         ``None``: not at all).
     outside_output
         Whether the set's last output is the outside class.
@@ -247,8 +247,8 @@ class TransitionEstimate:
     """
 
     def __init__(self, rows, outputs: int, prior: float, train_rows: torch.Tensor,
-                 table_error: TableError | None = None, outside_output: bool = False):
-        spec = table_error or TableError()
+                 table_error: TableErrorSettings | None = None, outside_output: bool = False):
+        spec = table_error or TableErrorSettings()
         self.rows = rows
         self.outputs = int(outputs)
         self.prior_strength = float(prior)

@@ -72,7 +72,7 @@ from nucdata_models.data import (
 )
 from nucdata_models.fill import fill_labels, score_filled, scored_class
 from nucdata_models.losses import (
-    TableError,
+    TableErrorSettings,
     TransitionEstimate,
     partial_label_loss,
     pseudo_choice,
@@ -357,7 +357,7 @@ class CrossTrainer:
                 if len(rows):
                     self.transitions[spec.name] = TransitionEstimate(rows, spec.size + outside,
                                                                      self.config.transition_prior, train_index,
-                                                                     TableError.from_config(self.config),
+                                                                     TableErrorSettings.from_config(self.config),
                                                                      bool(outside))
         self._sources = (list(data.dataset_names), {k: dict(v) for k, v in data.source_names.items()})
         self._pre_c: dict[str, torch.Tensor] = {}

@@ -8,7 +8,7 @@ import torch
 
 from nucdata_models import CrossTrainer, TrainConfig
 from nucdata_models.data import AMBIGUOUS, MAPPED, OUTSIDE_LABEL, source_rows
-from nucdata_models.losses import TableError, TransitionEstimate, partial_label_loss
+from nucdata_models.losses import TableErrorSettings, TransitionEstimate, partial_label_loss
 from nucdata_models.study.synthetic import make_synthetic_data
 
 # One source dataset (index 0) writing into a set of three classes plus outside:
@@ -287,7 +287,7 @@ def test_table_error_widens_the_support_only_within_the_columns_a_dataset_names(
     # "dead" names other exactly, "neoplastic" {other, A}; no row names B or outside
     targets, rows, dead = _dead_and_neoplastic(10, 10)
     hard = TransitionEstimate(rows, 4, prior=1.0, train_rows=torch.arange(20))
-    soft = TransitionEstimate(rows, 4, prior=1.0, train_rows=torch.arange(20), table_error=TableError(0.5))
+    soft = TransitionEstimate(rows, 4, prior=1.0, train_rows=torch.arange(20), table_error=TableErrorSettings(0.5))
     # the table's view is the starting point either way
     assert torch.equal(hard.counts, soft.counts)
     # "dead" may now hold A (a column its dataset names), never B or outside
@@ -305,7 +305,7 @@ def test_table_error_lets_em_learn_a_wrong_table_entry():
     # dataset's annotations recognises as class A: EM moves "dead"'s mass onto A, and the loss
     # stops pushing them to "other"
     targets, rows, dead = _dead_and_neoplastic(20, 20)
-    t = TransitionEstimate(rows, 4, prior=1.0, train_rows=torch.arange(40), table_error=TableError(0.5))
+    t = TransitionEstimate(rows, 4, prior=1.0, train_rows=torch.arange(40), table_error=TableErrorSettings(0.5))
     probs = torch.tensor([[0.1, 0.9, 0, 0]] * 40)
     for _ in range(5):
         t.accumulate(torch.arange(40), probs)
@@ -331,8 +331,8 @@ def test_a_share_prior_puts_that_share_of_each_column_off_the_support():
     # A is named only by "neoplastic" (5 nuclei over {other, A}); "dead" (40 nuclei) names other.
     # A count prior of 1 per cell is a fifth of A's column; a share prior of 0.1 is a tenth of it.
     _, rows, dead = _dead_and_neoplastic(40, 10)
-    count = TransitionEstimate(rows, 4, prior=0.0, train_rows=torch.arange(50), table_error=TableError(1.0))
-    share = TransitionEstimate(rows, 4, prior=0.0, train_rows=torch.arange(50), table_error=TableError(0.1, prior="share"))
+    count = TransitionEstimate(rows, 4, prior=0.0, train_rows=torch.arange(50), table_error=TableErrorSettings(1.0))
+    share = TransitionEstimate(rows, 4, prior=0.0, train_rows=torch.arange(50), table_error=TableErrorSettings(0.1, prior="share"))
     assert abs(float(count.matrix[dead, NAMED_A]) - 1 / 6) < 1e-6  # 1 / (5 + 1)
     assert abs(float(share.matrix[dead, NAMED_A]) - 0.5 / 5.5) < 1e-6  # 0.1 * 5 off the support, of 5.5
     assert torch.allclose(share.matrix.sum(0)[:2], torch.ones(2))
@@ -340,8 +340,8 @@ def test_a_share_prior_puts_that_share_of_each_column_off_the_support():
 
 def test_a_table_loss_keeps_the_tables_bits_while_the_estimate_widens():
     targets, rows, _ = _dead_and_neoplastic(10, 10)
-    widened = TransitionEstimate(rows, 4, prior=1.0, train_rows=torch.arange(20), table_error=TableError(0.5))
-    table = TransitionEstimate(rows, 4, prior=1.0, train_rows=torch.arange(20), table_error=TableError(0.5, loss="table"))
+    widened = TransitionEstimate(rows, 4, prior=1.0, train_rows=torch.arange(20), table_error=TableErrorSettings(0.5))
+    table = TransitionEstimate(rows, 4, prior=1.0, train_rows=torch.arange(20), table_error=TableErrorSettings(0.5, loss="table"))
     idx = torch.arange(20)
     assert torch.equal(table.matrix, widened.matrix)  # the same estimate, off the support too
     assert torch.equal(table.loss_targets(idx, targets), targets)
@@ -358,7 +358,7 @@ def test_outside_rows_only_widens_the_rows_the_table_sends_to_outside_alone():
     idx = torch.arange(18)
 
     def estimate(rows_rule="all", **kw):
-        return TransitionEstimate(rows, 4, prior=1.0, train_rows=idx, table_error=TableError(0.5, rows=rows_rule), **kw)
+        return TransitionEstimate(rows, 4, prior=1.0, train_rows=idx, table_error=TableErrorSettings(0.5, rows=rows_rule), **kw)
 
     every, outside, headless = (estimate(), estimate("outside", outside_output=True), estimate("outside"))
     # "all": every row may hold the dataset's other named columns
@@ -383,15 +383,15 @@ def test_a_row_below_the_minimum_keeps_the_tables_support():
     targets, rows = _rows([3] * 40 + [0] * 10, [0b0001] * 40 + [0b0010] * 10)
     dead, neoplastic = rows.code.tolist().index(3), rows.code.tolist().index(0)
     idx = torch.arange(50)
-    every = TransitionEstimate(rows, 4, prior=1.0, train_rows=idx, table_error=TableError(0.5))
-    gated = TransitionEstimate(rows, 4, prior=1.0, train_rows=idx, table_error=TableError(0.5, min_nuclei=20))
+    every = TransitionEstimate(rows, 4, prior=1.0, train_rows=idx, table_error=TableErrorSettings(0.5))
+    gated = TransitionEstimate(rows, 4, prior=1.0, train_rows=idx, table_error=TableErrorSettings(0.5, min_nuclei=20))
     assert every.loss_targets(idx, targets).tolist() == [0b0011] * 50  # both rows widened
     assert gated.loss_targets(idx, targets).tolist() == [0b0011] * 40 + [0b0010] * 10
     assert float(every.matrix[neoplastic, OTHER]) > 0 and float(gated.matrix[neoplastic, OTHER]) == 0
     assert float(gated.matrix[dead, NAMED_A]) > 0
     assert torch.allclose(gated.matrix.sum(0)[:2], torch.ones(2))
     # counted over the training rows only: with 10 of dead's nuclei in training it keeps its table too
-    few = TransitionEstimate(rows, 4, prior=1.0, train_rows=torch.arange(30, 50), table_error=TableError(0.5, min_nuclei=20))
+    few = TransitionEstimate(rows, 4, prior=1.0, train_rows=torch.arange(30, 50), table_error=TableErrorSettings(0.5, min_nuclei=20))
     assert torch.equal(few.loss_targets(idx, targets), targets)
     with pytest.raises(Exception, match="table_error_min_nuclei"):
         TrainConfig(table_error_min_nuclei=-1)
