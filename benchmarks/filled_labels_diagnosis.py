@@ -75,6 +75,7 @@ from nucdata_models.metrics import (
     calibration_tally,
     classification_metrics,
     ece_floor_from_tally,
+    ece_from_tally,
     expected_calibration_error,
 )
 from nucdata_models.study import DATA_VIEWS, arm_plan, prepare_world
@@ -210,13 +211,12 @@ def prior_diagnosis(plan, preds, trainer: CrossTrainer, data) -> dict[str, Any]:
         own = train & (prov == ANNOTATED) & (data.labels[s] >= 0)
         if not targeted.any() or not own.any():
             continue
-        model_prior = probs[targeted][:, :k].mean(0)
-        model_prior = model_prior / model_prior.sum()
+        full_prior = probs[targeted].mean(0)  # every output, outside included
+        model_prior = full_prior[:k] / full_prior[:k].sum()
         own_prior = torch.bincount(data.labels[s][own], minlength=k).double() + 1
         own_prior = own_prior / own_prior.sum()
         sel = (filled_nuclei(truth, prov, "class_in_set") & test).numpy()
         row: dict[str, Any] = {"prior_distance": round(float((model_prior - own_prior).abs().sum() / 2), 3)}
-        full_prior = probs[targeted].mean(0)  # every output, outside included
         for name, target in (("as_trained", None), ("own", own_prior), ("uniform", torch.full((k,), 1.0 / k,
                                                                                                dtype=torch.float64)),
                              ("em", None)):
@@ -278,8 +278,9 @@ def calibration_diagnosis(preds, trainer: CrossTrainer, data) -> dict[str, Any]:
         f = fill_labels(preds[s].probs, data.labels[s], data.candidates[s], prov, spec.size,
                         per_pair[data.dataset_index], weights.get(s))
         r, c, _ = published(f)
-        out[s] = {"ece": expected_calibration_error(right, conf), "count": int(keep.sum()), "groups": groups,
-                  "ece_floor": float(ece_floor_from_tally(calibration_tally(right, conf))),
+        tally = calibration_tally(right, conf)
+        out[s] = {"ece": float(ece_from_tally(tally)), "count": int(keep.sum()), "groups": groups,
+                  "ece_floor": float(ece_floor_from_tally(tally)),
                   "ceiling": {"ece": best[0], "temperature": best[1]},
                   "pair_ceiling": {"ece": expected_calibration_error(r, c),
                                    "temperatures": {data.dataset_names[d]: round(float(per_pair[d]), 3)

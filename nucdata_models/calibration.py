@@ -83,6 +83,7 @@ from nucdata_models.metrics import (
     ECE_BINS,
     calibration_tally,
     ece_floor_from_tally,
+    ece_from_tally,
     expected_calibration_error,
     reliability_bins,
 )
@@ -379,9 +380,9 @@ def _bins_json(table: dict[str, np.ndarray]) -> list[dict[str, Any]]:
 
 def _group_score(correct: np.ndarray, confidence: np.ndarray, before: np.ndarray | None) -> dict[str, Any]:
     table = reliability_bins(correct, confidence, ECE_BINS)
-    out: dict[str, Any] = {"count": int(correct.size), "ece": expected_calibration_error(correct, confidence),
-                           "ece_floor": float(ece_floor_from_tally(calibration_tally(correct, confidence, ECE_BINS))),
-                           "bins": _bins_json(table)}
+    tally = calibration_tally(correct, confidence, ECE_BINS)  # one tally for the ECE and its chance floor
+    out: dict[str, Any] = {"count": int(correct.size), "ece": float(ece_from_tally(tally)),
+                           "ece_floor": float(ece_floor_from_tally(tally)), "bins": _bins_json(table)}
     if before is not None:
         out["ece_uncalibrated"] = expected_calibration_error(correct, before)
         out["bins_uncalibrated"] = _bins_json(reliability_bins(correct, before, ECE_BINS))
