@@ -2,7 +2,7 @@
 
 For each world seed of a preset (the method study's quick settings by default) the
 world is prepared once (:func:`nucdata_models.study.prepare_world`, cached under
-``--cache``), then each arm is trained and scored on the held-out images (split
+``--cache``; ``--full``: the study's full sizes), then each arm is trained and scored on the held-out images (split
 ``TEST``) with:
 
 * ``ambiguous``: accuracy of the published label of held-out nuclei whose row is
@@ -32,7 +32,11 @@ world is prepared once (:func:`nucdata_models.study.prepare_world`, cached under
   :data:`CEILING_GRID` temperatures chosen on the scored nuclei themselves, which no
   method has), with that temperature, and ``pair_ceiling``: the same with one temperature
   per (dataset, set) pair, each the best for its pair's own scored nuclei (the family
-  :mod:`nucdata_models.calibration` fits, with perfect fits). A ceiling above a target
+  :mod:`nucdata_models.calibration` fits, with perfect fits); ``group_ceiling``: one
+  temperature per provenance of the published label (predicted, mapped,
+  ambiguous-resolved, ...), and ``pair_group_ceiling``: one per (dataset, provenance); each
+  with its temperatures. Chosen on few nuclei, a key's best temperature also fits their
+  noise, so a fine family's ceiling can fall below ``ece_floor``. A ceiling above a target
   means no calibration of that family can meet it: the groups within are off in
   different directions. ``ece_floor``: the ECE that perfectly calibrated probabilities
   would show by chance on the same nuclei at the same confidences
@@ -81,7 +85,9 @@ from nucdata_models.metrics import (
 from nucdata_models.study import DATA_VIEWS, arm_plan, prepare_world
 from nucdata_models.train import CrossTrainer, stain_swap_outside_rate
 
-QUICK = {"scale": 1.0, "crop": 24, "epochs": (4, 2, 2), "batch_size": 64}
+sys.path.insert(0, str(Path(__file__).parent))
+from method_study import FULL, QUICK  # noqa: E402  (the study's sizes: one home)
+
 #: Temperatures tried for the calibration ceiling: 0.2 to 5, evenly in log T.
 CEILING_GRID = np.exp(np.linspace(np.log(0.2), np.log(5.0), 61))
 #: (dataset, the dataset whose stain it is recoloured with)
@@ -105,11 +111,12 @@ def plan_of(arm: str, base: TrainConfig):
     return plan
 
 
-def world_data(seed: int, preset: str, cache: Path | None):
-    path = cache / f"{preset}-{seed}.pt" if cache else None
+def world_data(seed: int, preset: str, cache: Path | None, sizes=QUICK):
+    tag = "" if sizes is QUICK else f"-s{sizes['scale']:g}-c{sizes['crop']}"
+    path = cache / f"{preset}-{seed}{tag}.pt" if cache else None
     if path is not None and path.is_file():
         return torch.load(path, weights_only=False)
-    world = prepare_world(seed, preset, QUICK["scale"], QUICK["crop"], 0.1, 0.3, None, MERGED_LABEL_SETS,
+    world = prepare_world(seed, preset, sizes["scale"], sizes["crop"], 0.1, 0.3, None, MERGED_LABEL_SETS,
                           say=lambda m: print(m, flush=True), bayes_samples=2000)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -238,6 +245,13 @@ def prior_diagnosis(plan, preds, trainer: CrossTrainer, data) -> dict[str, Any]:
     return out
 
 
+def _key_name(family: str, key: int, names) -> str:
+    n = len(names)
+    return {"ceiling": lambda: "all", "pair_ceiling": lambda: names[key],
+            "group_ceiling": lambda: PROVENANCE[key],
+            "pair_group_ceiling": lambda: f"{names[key % n]}/{PROVENANCE[key // n]}"}[family]()
+
+
 def calibration_diagnosis(preds, trainer: CrossTrainer, data) -> dict[str, Any]:
     """Per set: ECE as published, confidence and accuracy per provenance, and the one-temperature ceiling."""
     weights = trainer.candidate_weights(data)
@@ -262,29 +276,36 @@ def calibration_diagnosis(preds, trainer: CrossTrainer, data) -> dict[str, Any]:
         groups = {name: {"count": int((source == code).sum()), "confidence": round(float(conf[source == code].mean()), 3),
                          "accuracy": round(float(right[source == code].mean()), 3)}
                   for code, name in enumerate(PROVENANCE) if (source == code).any()}
-        index = data.dataset_index.numpy()[keep]
-        of_pair = {int(d): index == d for d in np.unique(index)}  # scored nuclei of each dataset
-        pair_ece = np.full((len(CEILING_GRID), len(data.dataset_names)), np.inf)
-        best = (np.inf, 1.0)
-        for i, t in enumerate(CEILING_GRID):
+        # ceilings: per key (the set; its (dataset, set) pairs; its provenance groups; both), each
+        # key's temperature the best of CEILING_GRID for that key's own scored nuclei
+        n_data = len(data.dataset_names)
+        families = {"ceiling": np.zeros(len(keep), dtype=np.int64),
+                    "pair_ceiling": data.dataset_index.numpy(),
+                    "group_ceiling": filled[s].source.numpy().astype(np.int64),
+                    "pair_group_ceiling": filled[s].source.numpy().astype(np.int64) * n_data
+                    + data.dataset_index.numpy()}
+        grid = []
+        for t in CEILING_GRID:
             f = fill_labels(preds[s].probs, data.labels[s], data.candidates[s], prov, spec.size, float(t),
                             weights.get(s))
-            r, c, _ = published(f)
-            best = min(best, (expected_calibration_error(r, c), round(float(t), 3)))
-            for d, mask in of_pair.items():
-                pair_ece[i, d] = expected_calibration_error(r[mask], c[mask])
-        # one temperature per (dataset, set) pair, each the best for that pair's own scored nuclei
-        per_pair = torch.tensor(CEILING_GRID[pair_ece.argmin(0)], dtype=torch.float64)
-        f = fill_labels(preds[s].probs, data.labels[s], data.candidates[s], prov, spec.size,
-                        per_pair[data.dataset_index], weights.get(s))
-        r, c, _ = published(f)
+            grid.append(published(f)[:2])
         tally = calibration_tally(right, conf)
         out[s] = {"ece": float(ece_from_tally(tally)), "count": int(keep.sum()), "groups": groups,
-                  "ece_floor": float(ece_floor_from_tally(tally)),
-                  "ceiling": {"ece": best[0], "temperature": best[1]},
-                  "pair_ceiling": {"ece": expected_calibration_error(r, c),
-                                   "temperatures": {data.dataset_names[d]: round(float(per_pair[d]), 3)
-                                                    for d in of_pair}}}
+                  "ece_floor": float(ece_floor_from_tally(tally))}
+        for family, key in families.items():
+            kept_key = key[keep]
+            best_t = {}
+            for k in np.unique(kept_key):
+                mask = kept_key == k
+                eces = [expected_calibration_error(r[mask], c[mask]) for r, c in grid]
+                best_t[int(k)] = float(CEILING_GRID[int(np.argmin(eces))])
+            per_nucleus = torch.tensor([best_t.get(int(k), 1.0) for k in key], dtype=torch.float64)
+            f = fill_labels(preds[s].probs, data.labels[s], data.candidates[s], prov, spec.size, per_nucleus,
+                            weights.get(s))
+            r, c, _ = published(f)
+            out[s][family] = {"ece": expected_calibration_error(r, c),
+                              "temperatures": {_key_name(family, k, data.dataset_names): round(t, 3)
+                                               for k, t in best_t.items()}}
     return out
 
 
@@ -294,23 +315,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--world-seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--train-seeds", type=int, nargs="+", default=[1])
     parser.add_argument("--arms", nargs="+", default=["own-only", "nucdata", "oracle"])
-    parser.add_argument("--epochs", type=int, nargs=3, default=list(QUICK["epochs"]))
+    parser.add_argument("--full", action="store_true",
+                        help=f"the method study's full sizes {FULL} instead of its quick ones {QUICK}")
+    parser.add_argument("--epochs", type=int, nargs=3, help="per stage (default: the sizes' epochs)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cache", type=Path, help="keep prepared worlds here (reused by later runs)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    sizes = FULL if args.full else QUICK
+    args.epochs = args.epochs or list(sizes["epochs"])
     torch.set_num_threads(args.threads)
     from nucdata_models.merge import make_world
 
     args.out.mkdir(parents=True, exist_ok=True)
     runs = []
     for ws in args.world_seeds:
-        world = world_data(ws, args.world, args.cache)
+        world = world_data(ws, args.world, args.cache, sizes)
         the_world = make_world(ws, args.world)
         stains = {d: the_world.stain(d) for d in world.data.dataset_names}
         for ts in args.train_seeds:
             base = TrainConfig.recipe("nucdata", epochs=dict(zip("ABC", args.epochs, strict=True)),
-                                      batch_size=QUICK["batch_size"], device="cpu", seed=ts, score_truth=False)
+                                      batch_size=sizes["batch_size"], device="cpu", seed=ts, score_truth=False)
             for arm in args.arms:
                 plan = plan_of(arm, base)
                 start = time.perf_counter()
@@ -330,8 +355,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 for s, v in row.get("calibration", {}).items():
                     print(f"  {s:8s} ECE {v['ece']:.3f} (n={v['count']}, chance floor {v['ece_floor']:.3f}), "
                           "one-temperature ceiling "
-                          f"{v['ceiling']['ece']:.3f} at T {v['ceiling']['temperature']}, one per pair "
-                          f"{v['pair_ceiling']['ece']:.3f}; "
+                          f"{v['ceiling']['ece']:.3f} at T {v['ceiling']['temperatures']['all']}, one per pair "
+                          f"{v['pair_ceiling']['ece']:.3f}, per provenance {v['group_ceiling']['ece']:.3f}, "
+                          f"per pair and provenance {v['pair_group_ceiling']['ece']:.3f}; "
                           + ", ".join(f"{g} {m['confidence']:.2f}/{m['accuracy']:.2f} (n={m['count']})"
                                       for g, m in v["groups"].items()), flush=True)
                 if row.get("prior"):
@@ -378,7 +404,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 out[arm][s]["ece"] = round(float(np.mean([c["ece"] for c in cal])), 3)
                 out[arm][s]["ece_floor"] = round(float(np.mean([c["ece_floor"] for c in cal])), 3)
                 out[arm][s]["ece_ceiling"] = round(float(np.mean([c["ceiling"]["ece"] for c in cal])), 3)
-                out[arm][s]["ece_pair_ceiling"] = round(float(np.mean([c["pair_ceiling"]["ece"] for c in cal])), 3)
+                for family in ("pair_ceiling", "group_ceiling", "pair_group_ceiling"):
+                    out[arm][s][f"ece_{family}"] = round(float(np.mean([c[family]["ece"] for c in cal])), 3)
         swaps = {k for r in rows for k in r["stain_swap"]}
         if swaps:
             out[arm]["stain_swap"] = {k: round(float(np.mean([r["stain_swap"][k] for r in rows])), 3)
