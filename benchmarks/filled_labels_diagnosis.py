@@ -224,19 +224,27 @@ def prior_diagnosis(plan, preds, trainer: CrossTrainer, data) -> dict[str, Any]:
         own_prior = own_prior / own_prior.sum()
         sel = (filled_nuclei(truth, prov, "class_in_set") & test).numpy()
         row: dict[str, Any] = {"prior_distance": round(float((model_prior - own_prior).abs().sum() / 2), 3)}
-        for name, target in (("as_trained", None), ("own", own_prior), ("uniform", torch.full((k,), 1.0 / k,
-                                                                                               dtype=torch.float64)),
-                             ("em", None)):
-            p = probs.clone()
-            if target is not None:
+
+        def to_prior(target, k=k, model_prior=model_prior):
+            def move(p):
+                p = p.clone()
                 p[:, :k] = p[:, :k] * (target / model_prior.clamp_min(1e-12))
-                p = p / p.sum(1, keepdim=True)
-            if name == "em":
-                for dataset in range(len(data.dataset_names)):
-                    free = (data.dataset_index == dataset) & (prov == NO_LABEL)
-                    if int(free.sum()) >= EM_MIN_NUCLEI:
-                        moved = probs[free] * (target_prior(probs[free], full_prior) / full_prior.clamp_min(1e-12))
-                        p[free] = moved / moved.sum(1, keepdim=True)
+                return p / p.sum(1, keepdim=True)
+            return move
+
+        def to_em_prior(p, prov=prov, full_prior=full_prior):
+            p = p.clone()
+            for dataset in range(len(data.dataset_names)):
+                free = (data.dataset_index == dataset) & (prov == NO_LABEL)
+                if int(free.sum()) >= EM_MIN_NUCLEI:
+                    moved = p[free] * (target_prior(p[free], full_prior) / full_prior.clamp_min(1e-12))
+                    p[free] = moved / moved.sum(1, keepdim=True)
+            return p
+
+        variants = {"as_trained": lambda p: p, "own": to_prior(own_prior),
+                    "uniform": to_prior(torch.full((k,), 1.0 / k, dtype=torch.float64)), "em": to_em_prior}
+        for name, to_variant in variants.items():
+            p = to_variant(probs)
             merged = fill_labels(p.float(), data.labels[s], data.candidates[s], prov, k, weights=weights.get(s))
             label = merged.label if plan.publish == "merged" else p.argmax(1)
             m = classification_metrics(truth.numpy()[sel], scored_class(label, k).numpy()[sel], k + 1, None, k)

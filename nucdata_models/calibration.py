@@ -86,6 +86,7 @@ from nucdata_models.metrics import (
     ece_from_tally,
     expected_calibration_error,
     reliability_bins,
+    reliability_from_tally,
 )
 
 __all__ = ["METHOD", "MIN_NUCLEI", "PRIOR_SD", "TEMPERATURE_BOUNDS", "USES", "VALIDATION", "Calibration", "calibrated_fill",
@@ -379,8 +380,8 @@ def _bins_json(table: dict[str, np.ndarray]) -> list[dict[str, Any]]:
 
 
 def _group_score(correct: np.ndarray, confidence: np.ndarray, before: np.ndarray | None) -> dict[str, Any]:
-    table = reliability_bins(correct, confidence, ECE_BINS)
-    tally = calibration_tally(correct, confidence, ECE_BINS)  # one tally for the ECE and its chance floor
+    tally = calibration_tally(correct, confidence, ECE_BINS)  # one tally: the diagram, the ECE, its floor
+    table = reliability_from_tally(tally)
     out: dict[str, Any] = {"count": int(correct.size), "ece": float(ece_from_tally(tally)),
                            "ece_floor": float(ece_floor_from_tally(tally)), "bins": _bins_json(table)}
     if before is not None:

@@ -29,7 +29,7 @@ from nucdata.errors import InvalidArgumentError
 
 __all__ = ["ECE_BINS", "accuracy_from_confusion", "calibration_tally", "classification_metrics", "confidence_bin",
            "confusion_matrix", "ece_floor_from_tally", "ece_from_tally", "expected_calibration_error", "f1_from_confusion",
-           "macro_f1_from_confusion", "per_class_f1", "reliability_bins"]
+           "macro_f1_from_confusion", "per_class_f1", "reliability_bins", "reliability_from_tally"]
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -227,7 +227,14 @@ def reliability_bins(correct: np.ndarray, confidence: np.ndarray, bins: int = EC
         ``edges`` ``(bins + 1,)``; per bin ``count`` (int64), ``confidence`` (mean
         confidence) and ``accuracy`` (share correct), NaN for an empty bin.
     """
-    tally = calibration_tally(correct, confidence, bins)
+    return reliability_from_tally(calibration_tally(correct, confidence, bins))
+
+
+def reliability_from_tally(tally: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`reliability_bins` of a ``(bins, 3)`` tally (:func:`calibration_tally`), so one
+    tally can give the diagram, the ECE and its chance floor."""
+    tally = np.asarray(tally, np.float64)
+    bins = tally.shape[0]
     count = tally[:, 0]
     return {"edges": np.linspace(0.0, 1.0, bins + 1), "count": count.astype(np.int64),
             "confidence": np.divide(tally[:, 1], count, out=np.full(bins, np.nan), where=count > 0),
