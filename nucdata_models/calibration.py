@@ -69,7 +69,7 @@ import numpy as np
 import torch
 
 from nucdata.errors import InvalidArgumentError
-from nucdata_models.data import ANNOTATED, MAPPED, OUTSIDE_LABEL, TrainingData
+from nucdata_models.data import ANNOTATED, MAPPED, NO_LABEL, OUTSIDE_LABEL, TrainingData
 from nucdata_models.fill import (
     PROVENANCE,
     FilledLabels,
@@ -176,9 +176,10 @@ def fit_temperature(probs: torch.Tensor, target: torch.Tensor,
     return round(math.exp((a + d) / 2), 6)
 
 
-#: What :meth:`Calibration.used` says of a pair: its own temperature, the set's pooled one
-#: (softening only), or none.
-USES = ("pair", "pooled", "none")
+#: What :meth:`Calibration.used` says of a pair: its own temperature, the set's
+#: held-out-dataset one (a pair with no label information in the set), the set's pooled
+#: one (softening only), or none.
+USES = ("pair", "unseen", "pooled", "none")
 
 
 @dataclass
@@ -202,6 +203,13 @@ class Calibration:
         The :data:`MIN_NUCLEI` in force.
     split
         The split it was fitted on (``"validation"``).
+    unseen
+        Label set -> the held-out-dataset temperature (:func:`fit_calibration`'s
+        ``unseen``): fitted on predictions of models that never saw the scored dataset's
+        labels, for pairs whose dataset has no label information in the set. Empty
+        when not fitted.
+    unseen_fitted_on
+        Label set -> nuclei the held-out-dataset fit had (also below ``minimum``).
     """
 
     pairs: dict[str, float] = field(default_factory=dict)
@@ -210,22 +218,36 @@ class Calibration:
     uses: dict[str, str] = field(default_factory=dict)
     minimum: int = MIN_NUCLEI
     split: str = "validation"
+    unseen: dict[str, float] = field(default_factory=dict)
+    unseen_fitted_on: dict[str, int] = field(default_factory=dict)
 
     def used(self, dataset: str, label_set: str) -> str:
-        """Which temperature a pair gets: one of :data:`USES`."""
-        if pair_key(dataset, label_set) in self.pairs:
+        """Which temperature a pair gets: one of :data:`USES`.
+
+        A pair seen when fitting keeps what the fit decided; a dataset never seen (a
+        lab's own images) has no label information in any set, so it gets the set's
+        held-out-dataset temperature where there is one.
+        """
+        key = pair_key(dataset, label_set)
+        if key in self.pairs:
             return "pair"
+        if label_set in self.unseen and self.uses.get(key, "unseen") == "unseen":
+            return "unseen"
         return "pooled" if label_set in self.pooled else "none"
 
     def temperature(self, dataset: str, label_set: str) -> float:
-        """The temperature of a pair: its own, else the set's pooled one where it softens, else 1.
+        """The temperature of a pair: its own, else the held-out-dataset one (a pair without
+        label information), else the set's pooled one where it softens, else 1.
 
         Any dataset name works: one never seen when fitting (a lab's own images) gets
-        the pooled temperature, softening only.
+        the held-out-dataset temperature, or without one the pooled temperature,
+        softening only.
         """
         how = self.used(dataset, label_set)
         if how == "pair":
             return float(self.pairs[pair_key(dataset, label_set)])
+        if how == "unseen":
+            return float(self.unseen[label_set])
         return max(1.0, float(self.pooled[label_set])) if how == "pooled" else 1.0
 
     @property
@@ -248,8 +270,9 @@ class Calibration:
         """Plain JSON (what ``model.json`` stores under ``calibration``)."""
         return {"method": METHOD, "split": self.split, "minimum": self.minimum,
                 "pairs": dict(sorted(self.pairs.items())), "pooled": dict(sorted(self.pooled.items())),
-                "uses": dict(sorted(self.uses.items())),
-                "pooled_pairs": self.pooled_pairs, "fitted_on": dict(sorted(self.fitted_on.items()))}
+                "unseen": dict(sorted(self.unseen.items())), "uses": dict(sorted(self.uses.items())),
+                "pooled_pairs": self.pooled_pairs, "fitted_on": dict(sorted(self.fitted_on.items())),
+                "unseen_fitted_on": dict(sorted(self.unseen_fitted_on.items()))}
 
     @classmethod
     def from_dict(cls, value: Mapping[str, Any], where: str = "calibration") -> Calibration:
@@ -259,7 +282,7 @@ class Calibration:
             method = value.get("method") if isinstance(value, Mapping) else type(value).__name__
             raise InvalidArgumentError(f"{where}: calibration method {method!r} is not {METHOD!r}; {fix}")
         temps: dict[str, dict[str, float]] = {}
-        for part in ("pairs", "pooled"):
+        for part in ("pairs", "pooled", "unseen"):  # a calibration written before "unseen" has none
             table = value.get(part, {})
             if not isinstance(table, Mapping):
                 raise InvalidArgumentError(f"{where}: {part!r} must map names to temperatures, got "
@@ -273,11 +296,32 @@ class Calibration:
         return cls(temps["pairs"], temps["pooled"],
                    {str(k): int(v) for k, v in value.get("fitted_on", {}).items()},
                    {str(k): str(v) for k, v in value.get("uses", {}).items()}, int(value.get("minimum", MIN_NUCLEI)),
-                   str(value.get("split", "validation")))
+                   str(value.get("split", "validation")), temps["unseen"],
+                   {str(k): int(v) for k, v in value.get("unseen_fitted_on", {}).items()})
+
+
+def _known_targets(p: torch.Tensor, data: TrainingData, spec, in_split: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Nuclei of ``in_split`` whose class in ``spec`` is known exactly, and their target column.
+
+    ``cross``: through an exact row (and, with an outside output, an exact outside row,
+    whose target is the outside column); ``own``: the dataset's own annotation.
+    """
+    labels, prov = data.labels[spec.name].cpu(), data.provenance[spec.name].cpu()
+    known = in_split & (labels >= 0)
+    cross = known & (prov == MAPPED)
+    own = known & (prov == ANNOTATED)
+    target = labels
+    if p.shape[1] == spec.size + 1:  # an exact "outside" row: the outside output is the known target
+        outside = in_split & (prov == OUTSIDE_LABEL)
+        cross = cross | outside
+        target = torch.where(outside, torch.full_like(labels, spec.size), labels)
+    return cross, own, target
 
 
 def fit_calibration(probs: Mapping[str, torch.Tensor], data: TrainingData, split: int = VALIDATION,
-                    minimum: int = MIN_NUCLEI) -> Calibration:
+                    minimum: int = MIN_NUCLEI, unseen: Mapping[str, Mapping[str, torch.Tensor]] | None = None
+                    ) -> Calibration:
     """Fit the temperatures of every (dataset, label set) pair of ``data`` (see the module docstring).
 
     Parameters
@@ -290,42 +334,65 @@ def fit_calibration(probs: Mapping[str, torch.Tensor], data: TrainingData, split
         The split fitted on: :data:`VALIDATION` (never the held-out split).
     minimum
         Nuclei a pair needs for a temperature of its own (:data:`MIN_NUCLEI`).
+    unseen
+        Optional held-out-dataset predictions: labelled dataset name -> per set ``(N, K)``
+        probabilities over every nucleus of ``data``, from a model trained on
+        ``data.without_dataset(name)`` (:func:`.train.held_out_dataset_probs`). Per set,
+        one temperature is fitted on the ``split`` nuclei of those datasets whose class
+        is known exactly (own annotations, exact and exact-outside rows), each under the
+        model that never saw its labels, and applied to the pairs whose dataset has no
+        label information in the set (every nucleus :data:`NO_LABEL`): an unlabelled
+        dataset, or a lab's own images. It may sharpen as well as soften: it is fitted on
+        data like the data it is applied to. ``None``: such pairs take the pooled
+        temperature (softening only).
     """
     if minimum < 1:
         raise InvalidArgumentError(f"fit_calibration(minimum={minimum}): a temperature needs at least one nucleus")
     result = Calibration(minimum=minimum, split=_SPLIT_NAMES.get(split, str(split)))
     in_split = data.split.cpu() == split
     index = data.dataset_index.cpu()
+    for name in unseen or {}:
+        if name not in data.dataset_names:
+            raise InvalidArgumentError(f"fit_calibration: held-out predictions for {name!r}, which is not a dataset "
+                                       f"of the data ({', '.join(data.dataset_names)})")
     for spec in data.label_sets:
         s = spec.name
         if s not in probs:
             continue
         p = probs[s].cpu()
-        labels, prov = data.labels[s].cpu(), data.provenance[s].cpu()
-        known = in_split & (labels >= 0)
-        cross = known & (prov == MAPPED)
-        own = known & (prov == ANNOTATED)
-        target = labels
-        if p.shape[1] == spec.size + 1:  # an exact "outside" row: the outside output is the known target
-            outside = in_split & (prov == OUTSIDE_LABEL)
-            cross |= outside
-            target = torch.where(outside, torch.full_like(labels, spec.size), labels)
+        cross, own, target = _known_targets(p, data, spec, in_split)
         result.fitted_on[s] = int(cross.sum())
         if result.fitted_on[s] >= minimum:
             result.pooled[s] = fit_temperature(p[cross], target[cross])
+        if unseen:
+            rows, columns = [], []
+            for name, held in unseen.items():
+                q = held[s].cpu()
+                h_cross, h_own, h_target = _known_targets(q, data, spec, in_split)
+                mine = (index == data.dataset_names.index(name)) & (h_cross | h_own)
+                rows.append(q[mine])
+                columns.append(h_target[mine])
+            result.unseen_fitted_on[s] = int(sum(c.numel() for c in columns))
+            if result.unseen_fitted_on[s] >= minimum:
+                result.unseen[s] = fit_temperature(torch.cat(rows), torch.cat(columns))
+        prov = data.provenance[s].cpu()
         for d, name in enumerate(data.dataset_names):
             of_pair = (index == d) & (cross | own)
             key = pair_key(name, s)
             result.fitted_on[key] = int(of_pair.sum())
             if result.fitted_on[key] >= minimum:
                 result.pairs[key] = fit_temperature(p[of_pair], target[of_pair])
-            result.uses[key] = result.used(name, s)
+            if key not in result.pairs and s in result.unseen and bool((prov[index == d] == NO_LABEL).all()):
+                result.uses[key] = "unseen"
+            else:
+                result.uses[key] = "pair" if key in result.pairs else ("pooled" if s in result.pooled else "none")
     return result
 
 
 def calibrated_fill(predictions: Mapping[str, Any], data: TrainingData, calibration: Calibration | None = None,
                     split: int = VALIDATION, minimum: int = MIN_NUCLEI,
-                    weights: Mapping[str, torch.Tensor] | None = None
+                    weights: Mapping[str, torch.Tensor] | None = None,
+                    unseen: Mapping[str, Mapping[str, torch.Tensor]] | None = None
                     ) -> tuple[dict[str, FilledLabels], Calibration]:
     """The published labels of every set with calibrated probabilities: fit (unless given) and apply.
 
@@ -338,8 +405,8 @@ def calibrated_fill(predictions: Mapping[str, Any], data: TrainingData, calibrat
         The training data (labels, candidates, provenance, split, dataset of each nucleus).
     calibration
         A fitted calibration (a checkpoint's); ``None``: fit one on ``split``.
-    split, minimum
-        Passed to :func:`fit_calibration`.
+    split, minimum, unseen
+        Passed to :func:`fit_calibration` (``unseen``: held-out-dataset predictions).
     weights
         Per set, the transition weights an ambiguous row is resolved by
         (:meth:`.train.CrossTrainer.candidate_weights`; the ``weights`` of
@@ -359,7 +426,7 @@ def calibrated_fill(predictions: Mapping[str, Any], data: TrainingData, calibrat
     """
     probs = {s: getattr(p, "probs", p) for s, p in predictions.items()}
     if calibration is None:
-        calibration = fit_calibration(probs, data, split, minimum)
+        calibration = fit_calibration(probs, data, split, minimum, unseen)
     filled = {}
     for spec in data.label_sets:
         s = spec.name

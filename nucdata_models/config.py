@@ -49,6 +49,8 @@ MODULES_OF_STAGE = {"A": "base", "B": "heads", "C": "both"}
 RECIPES = ("nucdata", "paper")
 #: ``Setting.stages`` of a field that no stage's training reads (device, compilation, scoring).
 RUNTIME = "runtime"
+#: :attr:`TrainConfig.unseen_calibration`'s choices.
+UNSEEN_CALIBRATIONS = ("pooled", "held-out-dataset")
 
 
 class _NotFixed:
@@ -184,6 +186,15 @@ class TrainConfig:
         batch may be faster.
     score_truth
         When the data carry ``truth``, score the filled labels after every stage.
+    unseen_calibration
+        The temperature of a (dataset, label set) pair whose dataset has no label
+        information in the set (an unlabelled dataset, a lab's own images):
+        ``"pooled"`` (the set's pooled cross-domain temperature, softening only) or
+        ``"held-out-dataset"`` (fitted on each labelled dataset's validation nuclei as
+        predicted by a model trained without that dataset's labels,
+        :func:`.train.held_out_dataset_probs`; one more training per labelled dataset).
+        Read by ``build-merged`` and the method study when they calibrate, not by
+        training.
     stain_jitter, scale_jitter, blur_sigma
         Augmentation against dataset shifts (:mod:`.augment`; 0 off): HED-space stain
         jitter of this strength (Tellez et al. 2018; 0.05 is their "HED-light"), a
@@ -386,6 +397,7 @@ class TrainConfig:
     compile: bool = setting(False, stages=RUNTIME, key=False)
     eval_batch_size: int = setting(128, stages=RUNTIME, key=False)
     score_truth: bool = setting(True, stages=RUNTIME, key=False)
+    unseen_calibration: str = setting("pooled", stages=RUNTIME, key=False, choices=UNSEEN_CALIBRATIONS)
     # Stage B's heads train on the same candidate-set likelihood, with stage A's estimate.
     candidate_likelihood: str = setting("transition", stages="ABC", key=True, choices=CANDIDATE_LIKELIHOODS)
     transition_prior: float = setting(1.0, stages="ABC", key=True)

@@ -5,6 +5,7 @@ Plain tensors only; nothing here knows about nucdata's store (see :mod:`.bridge`
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -15,7 +16,7 @@ from nucdata_models.config import MAPPED_LABELS
 
 __all__ = ["ANNOTATED", "AMBIGUOUS", "MAPPED", "NO_LABEL", "OUTSIDE_LABEL", "PATCH_FLAGS", "PROVENANCE_NAMES", "LabelSetSpec",
            "SourceRows", "TrainingData", "candidate_mask", "derive_provenance", "source_rows", "target_bits",
-           "training_targets"]
+           "training_targets", "without_dataset"]
 
 # Where a nucleus's label under one set comes from (``TrainingData.provenance``).
 NO_LABEL = 0  # unlabelled, or the mapping gives no information
@@ -171,6 +172,27 @@ class TrainingData:
     def targets(self, name: str) -> torch.Tensor:
         """The training target bitmask of set ``name`` (see :func:`target_bits`)."""
         return target_bits(self.labels[name], self.candidates[name])
+
+
+def without_dataset(data: TrainingData, dataset: str) -> TrainingData:
+    """The data with every label of one dataset removed: its nuclei as an unlabelled dataset's.
+
+    In every set, the nuclei of ``dataset`` get no label, no candidates, provenance
+    :data:`NO_LABEL` and no native class; crops, splits and truth are unchanged. A model
+    trained on it has seen that dataset's images but none of its annotations, so its
+    predictions there are like a model's on an unlabelled dataset's nuclei, with the
+    annotations to score them (the held-out-dataset calibration,
+    :func:`.calibration.fit_calibration`'s ``unseen``).
+    """
+    if dataset not in data.dataset_names:
+        raise InvalidArgumentError(f"without_dataset: no dataset {dataset!r} in the data; pick one of "
+                                   f"{', '.join(data.dataset_names)}")
+    mine = data.dataset_index == data.dataset_names.index(dataset)
+    labels = {s: torch.where(mine, torch.full_like(t, -1), t) for s, t in data.labels.items()}
+    candidates = {s: torch.where(mine, torch.zeros_like(t), t) for s, t in data.candidates.items()}
+    provenance = {s: torch.where(mine, torch.full_like(t, NO_LABEL), t) for s, t in data.provenance.items()}
+    source = torch.where(mine, torch.full_like(data.source_class, -1), data.source_class)
+    return dataclasses.replace(data, labels=labels, candidates=candidates, provenance=provenance, source_class=source)
 
 
 def target_bits(labels: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:

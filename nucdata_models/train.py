@@ -69,6 +69,7 @@ from nucdata_models.data import (
     candidate_mask,
     source_rows,
     training_targets,
+    without_dataset,
 )
 from nucdata_models.fill import fill_labels, score_filled, scored_class
 from nucdata_models.losses import (
@@ -83,7 +84,8 @@ from nucdata_models.metrics import classification_metrics
 from nucdata_models.model import LOGIT_CLAMP, BaseModel, CorrelationHeads
 
 __all__ = ["RECIPES", "RECIPE_DIFFERENCES", "STAGES", "CrossTrainer", "Prediction", "Predictions", "Stage",
-           "TrainConfig", "TrainResult", "recolour", "resolve_device", "stain_swap_outside_rate"]
+           "TrainConfig", "TrainResult", "held_out_dataset_probs", "labelled_datasets", "recolour", "resolve_device",
+           "stain_swap_outside_rate"]
 
 
 
@@ -1294,6 +1296,43 @@ def recolour(crops: torch.Tensor, shift) -> torch.Tensor:
     delta = torch.as_tensor(np.asarray(shift, np.float32)).reshape(1, 3, 1, 1)
     rgb = (crops[:, :3].float() + delta).round_().clamp_(0, 255).to(torch.uint8)
     return torch.cat([rgb, crops[:, 3:]], dim=1)
+
+
+def labelled_datasets(data: TrainingData) -> list[str]:
+    """The datasets that annotate some nucleus in some set of ``data`` (in ``dataset_names`` order)."""
+    annotated = torch.zeros(len(data.dataset_names), dtype=torch.bool)
+    for s in data.names:
+        rows = (data.provenance[s] == ANNOTATED) & (data.labels[s] >= 0)
+        annotated[data.dataset_index[rows].unique()] = True
+    return [name for i, name in enumerate(data.dataset_names) if annotated[i]]
+
+
+def held_out_dataset_probs(config: TrainConfig, data: TrainingData, modules: str = "both",
+                           progress: Callable[[str], None] | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """Per labelled dataset, the probabilities of a model trained without that dataset's labels.
+
+    For each dataset of :func:`labelled_datasets`, a :class:`CrossTrainer` with ``config``
+    is fitted on :func:`.data.without_dataset` (the dataset's images stay, its
+    annotations and table rows go) and predicts every nucleus. On that dataset's nuclei
+    the model is in the position of a model on an unlabelled dataset or a lab's own
+    images, and the dataset's labels say how right it is: the held-out-dataset
+    calibration (:func:`.calibration.fit_calibration`'s ``unseen``). It costs one training
+    per labelled dataset.
+
+    Returns
+    -------
+    dict
+        Dataset name -> per set ``(N, K)`` probabilities (``Prediction.probs``) on the CPU.
+    """
+    say = progress or (lambda _m: None)
+    out = {}
+    for name in labelled_datasets(data):
+        start = time.perf_counter()
+        trainer = CrossTrainer(config)
+        trainer.fit(without_dataset(data, name))
+        out[name] = {s: p.probs for s, p in trainer.predict(data.crops, modules=modules).items()}
+        say(f"held-out-dataset calibration: trained without {name}'s labels in {time.perf_counter() - start:.1f} s")
+    return out
 
 
 def stain_swap_outside_rate(trainer: CrossTrainer, data: TrainingData, dataset: str, label_set: str, shift,

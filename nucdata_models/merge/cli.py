@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from nucdata_models.config import ENCODER_NAMES, RECIPES
+from nucdata_models.config import ENCODER_NAMES, RECIPES, UNSEEN_CALIBRATIONS
 from nucdata_models.merge.defaults import DEMO_EPOCHS, DEMO_SCALE, EPOCHS, cpu_threads
 
 # Rough CPU throughput of each encoder on two cores, nuclei per second per epoch (from
@@ -81,6 +81,10 @@ def _names(value: str | None) -> list[str] | None:
 @click.option("--batch-size", type=click.IntRange(2, 65536), default=None, help="Default 128.")
 @click.option("--threshold", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Pseudo-label threshold (default 0.99).")
+@click.option("--unseen-calibration", type=click.Choice(list(UNSEEN_CALIBRATIONS)), default=None,
+              help="Calibration of the datasets without labels in a set: 'pooled' (the set's cross-domain "
+                   "temperature, softening only; the default) or 'held-out-dataset' (fitted on models trained "
+                   "without each labelled dataset's labels: one more training per labelled dataset).")
 @click.option("--mapped-as-truth", is_flag=True,
               help="Write labels from exact mapping rows as ground truth (field 4) in the pickles too.")
 @click.option("--patch-labels", "patch_labels", multiple=True,
@@ -102,7 +106,8 @@ def _names(value: str | None) -> list[str] | None:
 def build_merged(out: Path, overwrite: bool, recipe: str, datasets: str | None, label_sets: str | None,
                  checkpoint: Path | None, device: str, threads: int | None, epochs: dict | None, encoder: str | None,
                  encoder_weights: Path | None, crop_size: int | None, batch_size: int | None,
-                 threshold: float | None, mapped_as_truth: bool, patch_labels: tuple[Path, ...],
+                 threshold: float | None, unseen_calibration: str | None, mapped_as_truth: bool,
+                 patch_labels: tuple[Path, ...],
                  overlays: int | None, demo: bool,
                  demo_scale: int, world: str, seed: int, quiet: bool, root: Path | None) -> None:
     """Label every nucleus of every dataset under every label set, and write the merged dataset."""
@@ -116,7 +121,8 @@ def build_merged(out: Path, overwrite: bool, recipe: str, datasets: str | None, 
         raise click.UsageError("--device cuda: torch sees no CUDA device here; use --device cpu (or auto).")
     config = {"device": device}
     for key, value in (("epochs", epochs), ("encoder", encoder), ("batch_size", batch_size),
-                       ("threshold", threshold), ("weights", str(encoder_weights) if encoder_weights else None)):
+                       ("threshold", threshold), ("weights", str(encoder_weights) if encoder_weights else None),
+                       ("unseen_calibration", unseen_calibration)):
         if value is not None:
             config[key] = value
     options = BuildOptions(

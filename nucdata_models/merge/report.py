@@ -213,7 +213,10 @@ def _render_calibration(cal: dict[str, Any]) -> list[str]:
              "scaling, one temperature per (source dataset, label set), fitted on the validation split's nuclei "
              "whose class is known exactly: cross-domain nuclei through an exact mapping row, and a dataset's own "
              f"annotations for its own set only. A pair with fewer than {cal['minimum']} of them uses its set's "
-             "pooled (cross-domain) temperature where it softens (`max(1, T)`). Scored on the "
+             "pooled (cross-domain) temperature where it softens (`max(1, T)`), or, for a dataset with no label "
+             "information in the set when the held-out-dataset temperature was fitted "
+             "(`--unseen-calibration held-out-dataset`), that one: fitted on each labelled dataset's nuclei as "
+             "predicted by a model trained without its labels. Scored on the "
              "held-out split: top-label ECE over 15 equal-width bins, "
              + ("against the demo world's truth (`filled`: every nucleus its own dataset did not annotate in the "
                 "set, outside included; then per provenance)." if against == {"truth"} else
@@ -223,14 +226,22 @@ def _render_calibration(cal: dict[str, Any]) -> list[str]:
              + " The chance floor is the ECE that perfectly calibrated probabilities would show on the same "
              "nuclei by chance (the binned estimator's upward bias at that count): an ECE near it is within "
              "sampling noise.", "",
-             "| label set | pooled T fitted (nuclei) | pairs with their own T | pairs on max(1, pooled T) |",
-             "|---|---|---|---|"]
+             "| label set | pooled T fitted (nuclei) | pairs with their own T | pairs on max(1, pooled T) | "
+             "held-out-dataset T (nuclei) | pairs on it |",
+             "|---|---|---|---|---|---|"]
+    unseen, unseen_on = cal.get("unseen", {}), cal.get("unseen_fitted_on", {})
     for s in scores:
         pooled = cal["pooled"].get(s)
-        pooled_text = f"{pooled:.3f} ({cal['fitted_on'].get(s, 0)})" if pooled is not None else             f"none ({cal['fitted_on'].get(s, 0)} nuclei)"
+        pooled_text = f"{pooled:.3f} ({cal['fitted_on'].get(s, 0)})" if pooled is not None else \
+            f"none ({cal['fitted_on'].get(s, 0)} nuclei)"
         own = ", ".join(f"{k.split('->')[0]} {t:.3f}" for k, t in cal["pairs"].items() if k.endswith(f"->{s}"))
         on_pooled = ", ".join(k.split("->")[0] for k in cal["pooled_pairs"] if k.endswith(f"->{s}"))
-        lines.append(f"| {s} | {pooled_text} | {own or 'none'} | {on_pooled or 'none'} |")
+        held = (f"{unseen[s]:.3f} ({unseen_on.get(s, 0)})" if s in unseen else
+                f"none ({unseen_on[s]} nuclei)" if s in unseen_on else "not fitted")
+        on_held = ", ".join(k.split("->")[0] for k, how in cal.get("uses", {}).items()
+                            if how == "unseen" and k.endswith(f"->{s}"))
+        lines.append(f"| {s} | {pooled_text} | {own or 'none'} | {on_pooled or 'none'} | {held} | "
+                     f"{on_held or 'none'} |")
     lines += ["", "| label set | nuclei | n | ECE before | ECE calibrated | chance floor | reading |",
               "|---|---|---|---|---|---|---|"]
     for s, per_set in scores.items():

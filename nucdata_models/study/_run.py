@@ -62,7 +62,12 @@ from nucdata_models.study._stats import (
     tost_p,
     verdict,
 )
-from nucdata_models.train import CrossTrainer, TrainConfig, pseudo_label_totals
+from nucdata_models.train import (
+    CrossTrainer,
+    TrainConfig,
+    held_out_dataset_probs,
+    pseudo_label_totals,
+)
 
 __all__ = ["VIEWS", "PreparedWorld", "RunScores", "family_sentences", "oracle_check", "prepare_world",
            "render_markdown", "run_arms", "score_views", "summarise"]
@@ -252,7 +257,9 @@ def score_views(plan: ArmPlan, trainer: CrossTrainer, world: PreparedWorld) -> R
     cluster, n_clusters = world.clusters
     predictions = trainer.predict(data.crops, modules=plan.modules)
     weights = trainer.candidate_weights(data)  # as build-merged resolves ambiguous rows
-    filled, fit = calibrated_fill(predictions, data, weights=weights)
+    unseen = (held_out_dataset_probs(plan.config, DATA_VIEWS[plan.data](data), plan.modules)
+              if plan.config.unseen_calibration == "held-out-dataset" else None)
+    filled, fit = calibrated_fill(predictions, data, weights=weights, unseen=unseen)
     run = RunScores(plan.name, world.seed, plan.config.seed, {view: {} for view in VIEWS},
                     temperatures=fit.to_dict())
     for spec in data.label_sets:
@@ -656,11 +663,13 @@ def _calibration_lines(runs: Sequence[Mapping[str, Any]]) -> list[str]:
         return []
     lines = ["## Calibration: which temperature each (dataset, label set) pair got", "",
              "Summed over runs: `pair` its own temperature (at least the minimum of exact-row validation "
-             "nuclei), `pooled` the set's (only where it softens: a pooled sharpening counts as 1), `none` "
-             "uncalibrated (too few nuclei).", "", "| arm | runs | pair | pooled | none |", "|---|---|---|---|---|"]
+             "nuclei), `unseen` the set's held-out-dataset temperature (a pair with no label information, "
+             "with `unseen_calibration=\"held-out-dataset\"`), `pooled` the set's (only where it softens: a pooled "
+             "sharpening counts as 1), `none` uncalibrated (too few nuclei).", "",
+             "| arm | runs | pair | unseen | pooled | none |", "|---|---|---|---|---|---|"]
     for arm, tally in per_arm.items():
-        lines.append(f"| {arm} | {tally['runs']} | {tally.get('pair', 0)} | {tally.get('pooled', 0)} | "
-                     f"{tally.get('none', 0)} |")
+        lines.append(f"| {arm} | {tally['runs']} | {tally.get('pair', 0)} | {tally.get('unseen', 0)} | "
+                     f"{tally.get('pooled', 0)} | {tally.get('none', 0)} |")
     return [*lines, ""]
 
 

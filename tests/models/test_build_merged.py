@@ -275,3 +275,28 @@ def test_a_checkpoint_brings_its_calibration(built, tmp_path):
             == json.loads((out / "model.json").read_text())["calibration"])
     for s in SETS:
         assert (again / s / "tnbc.pkl").read_bytes() == (out / s / "tnbc.pkl").read_bytes()
+
+
+def test_the_held_out_dataset_calibration_trains_one_model_per_labelled_dataset(tmp_path):
+    out = tmp_path / "held-out"
+    messages = []
+    options = _options(out, overlays=0)
+    options.config["unseen_calibration"] = "held-out-dataset"
+    report = build_merged(options, say=messages.append)
+    trained = [m for m in messages if m.startswith("held-out-dataset calibration: trained without")]
+    assert [m.split()[4] for m in trained] == ["pannuke's", "monusac's", "nucls's"]  # the labelled ones
+    cal = report["calibration"]
+    assert set(cal["unseen_fitted_on"]) == set(SETS) and all(n > 0 for n in cal["unseen_fitted_on"].values())
+    for s in SETS:
+        for d in ("monuseg", "kumar", "tnbc"):  # no label information in any set
+            assert cal["uses"][f"{d}->{s}"] == ("unseen" if s in cal["unseen"] else
+                                               "pooled" if s in cal["pooled"] else "none")
+    # the tiny demo has fewer than MIN_NUCLEI such nuclei per set: no temperature, and the report says so
+    text = (out / "report.md").read_text()
+    assert "held-out-dataset T (nuclei)" in text
+    for s, n in cal["unseen_fitted_on"].items():
+        assert (s in cal["unseen"]) == (n >= cal["minimum"])
+        if s not in cal["unseen"]:
+            assert f"none ({n} nuclei)" in text
+    stored = json.loads((out / "model.json").read_text())
+    assert stored["calibration"]["unseen"] == cal["unseen"]

@@ -190,7 +190,11 @@ def test_the_calibration_is_plain_json_and_reads_back():
     text = json.dumps(cal.to_dict())
     back = Calibration.from_dict(json.loads(text))
     assert back.to_dict() == cal.to_dict()
-    assert set(cal.to_dict()) == {"method", "split", "minimum", "pairs", "pooled", "fitted_on", "uses", "pooled_pairs"}
+    assert set(cal.to_dict()) == {"method", "split", "minimum", "pairs", "pooled", "fitted_on", "uses", "pooled_pairs",
+                                  "unseen", "unseen_fitted_on"}
+    # a calibration written before the held-out-dataset fit reads back with none
+    old = {k: v for k, v in cal.to_dict().items() if not k.startswith("unseen")}
+    assert Calibration.from_dict(old).unseen == {} and Calibration.from_dict(old).uses == cal.uses
     for bad in ({"method": "platt"}, {"method": "temperature", "pairs": {"x->a": -1}},
                 {"method": "temperature", "pooled": {"a": "hot"}}, {"method": "temperature", "pairs": []}, []):
         with pytest.raises(InvalidArgumentError, match="model.json"):
@@ -354,3 +358,63 @@ def test_the_report_section_says_what_was_scored_against():
         assert ("against the demo world's truth" in text) is truth
         assert ("cannot be scored on real data" in text) is not truth
         assert "| a | 0.4" in text and "own 1.8" in text and "| bare |" in text
+
+
+def test_without_dataset_removes_every_label_of_that_dataset_and_nothing_else():
+    from nucdata_models.data import without_dataset
+
+    data, _ = _data(per=50)
+    data.candidates["a"] = torch.where(data.labels["a"] >= 0, 1 << data.labels["a"].clamp_min(0),
+                                       torch.zeros_like(data.labels["a"]))
+    data.source_class = torch.where(data.labels["a"] >= 0, data.labels["a"] + 10, torch.full_like(data.labels["a"], -1))
+    bare = without_dataset(data, "own")
+    mine = data.dataset_index == 0
+    assert (bare.labels["a"][mine] == -1).all() and (bare.candidates["a"][mine] == 0).all()
+    assert (bare.provenance["a"][mine] == NO_LABEL).all() and (bare.source_class[mine] == -1).all()
+    # the other datasets, the crops, splits and truth are untouched; the input is not modified
+    for a, b in ((bare.labels["a"], data.labels["a"]), (bare.candidates["a"], data.candidates["a"]),
+                 (bare.provenance["a"], data.provenance["a"]), (bare.source_class, data.source_class)):
+        assert torch.equal(a[~mine], b[~mine])
+    assert (data.provenance["a"][mine] == ANNOTATED).all()
+    assert torch.equal(bare.truth["a"], data.truth["a"]) and torch.equal(bare.split, data.split)
+    with pytest.raises(InvalidArgumentError, match="pick one of own, foreign, bare"):
+        without_dataset(data, "kumar")
+
+
+def test_the_held_out_dataset_temperature_calibrates_the_unlabelled_pairs():
+    """'bare' (no labels) is under-confident by T = 0.5, as 'own' and 'foreign' are under models that never saw
+    their labels; the pooled temperature (foreign's exact rows, 0.5, a sharpening) cannot apply there, the
+    held-out-dataset one can."""
+    data, probs = _data()
+    unseen = {}
+    for d, name in ((0, "own"), (1, "foreign")):
+        # the logits that drew this dataset's truth (_data's generator), published at T = 0.5 by the model
+        # trained without its labels; other datasets' rows are not used
+        z = torch.randn(400, 4, generator=torch.Generator().manual_seed(d), dtype=torch.float64) * 2
+        held = torch.full((len(data), 4), 0.25)
+        held[data.dataset_index == d] = (z * 0.5).softmax(1).float()
+        unseen[name] = {"a": held}
+    cal = fit_calibration(probs, data, unseen=unseen)
+    plain = fit_calibration(probs, data)
+    assert cal.uses["bare->a"] == "unseen" and plain.uses["bare->a"] == "pooled"
+    assert cal.uses["own->a"] == plain.uses["own->a"] == "pair" and cal.pairs == plain.pairs
+    assert cal.unseen_fitted_on["a"] == int(((data.split == VALIDATION) & (data.dataset_index < 2)).sum())
+    assert cal.unseen["a"] < 0.8 and cal.temperature("bare", "a") == cal.unseen["a"]
+    assert plain.temperature("bare", "a") == 1.0  # the pooled sharpening is refused
+    # a lab's own images (a dataset never seen) take it too; a set without it falls back to the pooled rule
+    assert cal.used("a lab's own", "a") == "unseen" and cal.used("a lab's own", "b") == "none"
+    bare = (data.dataset_index == 2) & (data.split == 2)
+    with_unseen, _ = calibrated_fill(probs, data, cal)
+    without, _ = calibrated_fill(probs, data, plain)
+
+    def ece(f):
+        label, prob = published_fields(f["a"])
+        right = (label == data.truth["a"]).numpy()[bare.numpy()]
+        return expected_calibration_error(right, prob.numpy()[bare.numpy()])
+
+    assert ece(with_unseen) < ece(without) - 0.05
+    # too few held-out nuclei: no temperature, the pooled rule as before
+    few = fit_calibration(probs, data, minimum=10_000, unseen=unseen)
+    assert few.unseen == {} and few.unseen_fitted_on["a"] > 0 and few.uses["bare->a"] == "none"
+    with pytest.raises(InvalidArgumentError, match="not a dataset of the data"):
+        fit_calibration(probs, data, unseen={"kumar": unseen["own"]})

@@ -58,7 +58,8 @@ def test_inconsistent_metadata_is_refused(meta, message):
 
 def test_the_derived_key_lists_are_the_ones_the_trainer_used_by_hand():
     # the hand lists of train.py before the metadata (commit 2c5f5eb): behaviour unchanged
-    assert set(RUNTIME_KEYS) == {"device", "compile", "eval_batch_size", "score_truth"}
+    # ... plus the calibration that build-merged and the study read after training
+    assert set(RUNTIME_KEYS) == {"device", "compile", "eval_batch_size", "score_truth", "unseen_calibration"}
     # ... plus the stage-C fields added since (issue 20: the pass rule)
     assert set(STAGE_C_KEYS) == {"threshold", "pseudo_rule", "pseudo_teacher", "correlation_grad",
                                  "pseudo_select", "pseudo_quantile", "pseudo_outside"}
@@ -67,7 +68,7 @@ def test_the_derived_key_lists_are_the_ones_the_trainer_used_by_hand():
 def _hand_stage_key(config: TrainConfig, stage: str) -> dict:
     """The stage key's settings as train.py computed them before the metadata."""
     upto = STAGES[: STAGES.index(stage) + 1]
-    ignored = ("device", "compile", "eval_batch_size", "score_truth") + (
+    ignored = ("device", "compile", "eval_batch_size", "score_truth", "unseen_calibration") + (
         ("threshold", "pseudo_rule", "pseudo_teacher", "correlation_grad", "pseudo_select", "pseudo_quantile",
          "pseudo_outside") if stage != "C" else ()) + (("heads_training",) if stage == "A" else ())
     out = {k: v for k, v in config.to_dict().items() if k not in ignored}
