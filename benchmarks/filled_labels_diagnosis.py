@@ -83,7 +83,7 @@ from nucdata_models.metrics import (
     expected_calibration_error,
 )
 from nucdata_models.study import DATA_VIEWS, arm_plan, prepare_world
-from nucdata_models.train import CrossTrainer, stain_swap_outside_rate
+from nucdata_models.train import CrossTrainer, held_out_dataset_probs, stain_swap_outside_rate
 
 sys.path.insert(0, str(Path(__file__).parent))
 from method_study import FULL, QUICK  # noqa: E402  (the study's sizes: one home)
@@ -162,7 +162,7 @@ def score(plan, trainer: CrossTrainer, world, result, stains) -> dict[str, Any]:
                 trainer, data, own, OWN_LABEL_SET[own], np.zeros(3), split=TEST, modules=plan.modules)
     out["prior"] = prior_diagnosis(plan, preds, trainer, data)
     if plan.publish == "merged":
-        out["calibration"] = calibration_diagnosis(preds, trainer, data)
+        out["calibration"] = calibration_diagnosis(preds, trainer, data, plan)
     out["pseudo_labels"] = getattr(result, "pseudo_labels", [])
     out["transition"] = getattr(result, "transition", {})
     return out
@@ -260,10 +260,20 @@ def _key_name(family: str, key: int, names) -> str:
             "pair_group_ceiling": lambda: f"{names[key % n]}/{PROVENANCE[key // n]}"}[family]()
 
 
-def calibration_diagnosis(preds, trainer: CrossTrainer, data) -> dict[str, Any]:
-    """Per set: ECE as published, confidence and accuracy per provenance, and the one-temperature ceiling."""
+def calibration_diagnosis(preds, trainer: CrossTrainer, data, plan) -> dict[str, Any]:
+    """Per set: ECE as published, confidence and accuracy per provenance, and the one-temperature ceiling.
+
+    With ``unseen_calibration="held-out-dataset"`` the published probability is calibrated
+    so (one more training per labelled dataset), and ``ece_pooled`` is the same model's
+    ECE under the default rule: a paired comparison.
+    """
     weights = trainer.candidate_weights(data)
     filled, _ = calibrated_fill(preds, data, weights=weights)
+    pooled = None
+    if plan.config.unseen_calibration == "held-out-dataset":
+        pooled = filled
+        held = held_out_dataset_probs(plan.config, DATA_VIEWS[plan.data](data), plan.modules)
+        filled, _ = calibrated_fill(preds, data, weights=weights, unseen=held)
     scored = data.split == TEST
     out: dict[str, Any] = {}
     for spec in data.label_sets:
@@ -300,6 +310,8 @@ def calibration_diagnosis(preds, trainer: CrossTrainer, data) -> dict[str, Any]:
         tally = calibration_tally(right, conf)
         out[s] = {"ece": float(ece_from_tally(tally)), "count": int(keep.sum()), "groups": groups,
                   "ece_floor": float(ece_floor_from_tally(tally))}
+        if pooled is not None:
+            out[s]["ece_pooled"] = expected_calibration_error(*published(pooled[s])[:2])
         for family, key in families.items():
             kept_key = key[keep]
             best_t = {}
@@ -361,7 +373,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           f"out_recall {fmt(v['outside_recall'])} macroF1 {v['macro_f1']:.3f} acc {v['accuracy']:.3f}",
                           flush=True)
                 for s, v in row.get("calibration", {}).items():
-                    print(f"  {s:8s} ECE {v['ece']:.3f} (n={v['count']}, chance floor {v['ece_floor']:.3f}), "
+                    pooled = f" (default rule {v['ece_pooled']:.3f})" if "ece_pooled" in v else ""
+                    print(f"  {s:8s} ECE {v['ece']:.3f}{pooled} (n={v['count']}, chance floor {v['ece_floor']:.3f}), "
                           "one-temperature ceiling "
                           f"{v['ceiling']['ece']:.3f} at T {v['ceiling']['temperatures']['all']}, one per pair "
                           f"{v['pair_ceiling']['ece']:.3f}, per provenance {v['group_ceiling']['ece']:.3f}, "
@@ -411,6 +424,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             if cal:
                 out[arm][s]["ece"] = round(float(np.mean([c["ece"] for c in cal])), 3)
                 out[arm][s]["ece_floor"] = round(float(np.mean([c["ece_floor"] for c in cal])), 3)
+                if all("ece_pooled" in c for c in cal):
+                    out[arm][s]["ece_pooled"] = round(float(np.mean([c["ece_pooled"] for c in cal])), 3)
                 out[arm][s]["ece_ceiling"] = round(float(np.mean([c["ceiling"]["ece"] for c in cal])), 3)
                 for family in ("pair_ceiling", "group_ceiling", "pair_group_ceiling"):
                     out[arm][s][f"ece_{family}"] = round(float(np.mean([c[family]["ece"] for c in cal])), 3)
