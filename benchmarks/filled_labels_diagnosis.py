@@ -83,7 +83,7 @@ from nucdata_models.metrics import (
     expected_calibration_error,
 )
 from nucdata_models.study import DATA_VIEWS, arm_plan, prepare_world
-from nucdata_models.train import CrossTrainer, held_out_dataset_probs, stain_swap_outside_rate
+from nucdata_models.train import CrossTrainer, stain_swap_outside_rate, unseen_probs
 
 sys.path.insert(0, str(Path(__file__).parent))
 from method_study import FULL, QUICK  # noqa: E402  (the study's sizes: one home)
@@ -270,9 +270,9 @@ def calibration_diagnosis(preds, trainer: CrossTrainer, data, plan) -> dict[str,
     weights = trainer.candidate_weights(data)
     filled, _ = calibrated_fill(preds, data, weights=weights)
     pooled = None
-    if plan.config.unseen_calibration == "held-out-dataset":
+    held = unseen_probs(plan.config, DATA_VIEWS[plan.data](data), plan.modules)
+    if held is not None:
         pooled = filled
-        held = held_out_dataset_probs(plan.config, DATA_VIEWS[plan.data](data), plan.modules)
         filled, _ = calibrated_fill(preds, data, weights=weights, unseen=held)
     scored = data.split == TEST
     out: dict[str, Any] = {}

@@ -221,17 +221,20 @@ class Calibration:
     unseen: dict[str, float] = field(default_factory=dict)
     unseen_fitted_on: dict[str, int] = field(default_factory=dict)
 
-    def used(self, dataset: str, label_set: str) -> str:
+    def used(self, dataset: str, label_set: str, informed: bool | None = None) -> str:
         """Which temperature a pair gets: one of :data:`USES`.
 
-        A pair seen when fitting keeps what the fit decided; a dataset never seen (a
-        lab's own images) has no label information in any set, so it gets the set's
-        held-out-dataset temperature where there is one.
+        The held-out-dataset temperature is for pairs whose dataset has no label
+        information in the set. ``informed`` says whether it has (the fit knows);
+        ``None``: a pair seen when fitting keeps what the fit decided, and a dataset
+        never seen (a lab's own images) has none.
         """
         key = pair_key(dataset, label_set)
         if key in self.pairs:
             return "pair"
-        if label_set in self.unseen and self.uses.get(key, "unseen") == "unseen":
+        if informed is None:
+            informed = self.uses.get(key, "unseen") != "unseen"
+        if label_set in self.unseen and not informed:
             return "unseen"
         return "pooled" if label_set in self.pooled else "none"
 
@@ -368,10 +371,13 @@ def fit_calibration(probs: Mapping[str, torch.Tensor], data: TrainingData, split
             rows, columns = [], []
             for name, held in unseen.items():
                 q = held[s].cpu()
-                h_cross, h_own, h_target = _known_targets(q, data, spec, in_split)
-                mine = (index == data.dataset_names.index(name)) & (h_cross | h_own)
+                if q.shape != p.shape:
+                    raise InvalidArgumentError(f"fit_calibration: the held-out predictions for {name!r} under {s} are "
+                                               f"{tuple(q.shape)}, the model's {tuple(p.shape)}; predict every "
+                                               "nucleus with a model of the same configuration")
+                mine = (index == data.dataset_names.index(name)) & (cross | own)
                 rows.append(q[mine])
-                columns.append(h_target[mine])
+                columns.append(target[mine])
             result.unseen_fitted_on[s] = int(sum(c.numel() for c in columns))
             if result.unseen_fitted_on[s] >= minimum:
                 result.unseen[s] = fit_temperature(torch.cat(rows), torch.cat(columns))
@@ -382,10 +388,7 @@ def fit_calibration(probs: Mapping[str, torch.Tensor], data: TrainingData, split
             result.fitted_on[key] = int(of_pair.sum())
             if result.fitted_on[key] >= minimum:
                 result.pairs[key] = fit_temperature(p[of_pair], target[of_pair])
-            if key not in result.pairs and s in result.unseen and bool((prov[index == d] == NO_LABEL).all()):
-                result.uses[key] = "unseen"
-            else:
-                result.uses[key] = "pair" if key in result.pairs else ("pooled" if s in result.pooled else "none")
+            result.uses[key] = result.used(name, s, informed=not bool((prov[index == d] == NO_LABEL).all()))
     return result
 
 

@@ -85,7 +85,7 @@ from nucdata_models.model import LOGIT_CLAMP, BaseModel, CorrelationHeads
 
 __all__ = ["RECIPES", "RECIPE_DIFFERENCES", "STAGES", "CrossTrainer", "Prediction", "Predictions", "Stage",
            "TrainConfig", "TrainResult", "held_out_dataset_probs", "labelled_datasets", "recolour", "resolve_device",
-           "stain_swap_outside_rate"]
+           "stain_swap_outside_rate", "unseen_probs"]
 
 
 
@@ -1230,12 +1230,18 @@ def unclassified(data: TrainingData) -> torch.Tensor:
     of it annotated in none (NuCLS ``unlabeled``) is unclassified. Nuclei of datasets
     without classes (Kumar, MoNuSeg, TNBC) are not.
     """
+    annotated, labelled = _annotated(data)
+    return labelled[data.dataset_index.cpu()] & ~annotated
+
+
+def _annotated(data: TrainingData) -> tuple[torch.Tensor, torch.Tensor]:
+    """bool ``(N,)``: nuclei annotated in some set; bool ``(datasets,)``: datasets with such a nucleus."""
     annotated = torch.zeros(len(data), dtype=torch.bool)
     for prov in data.provenance.values():
         annotated |= prov.cpu() == ANNOTATED
     labelled = torch.zeros(len(data.dataset_names), dtype=torch.bool)
     labelled[data.dataset_index.cpu()[annotated]] = True
-    return labelled[data.dataset_index.cpu()] & ~annotated
+    return annotated, labelled
 
 
 def pseudo_label_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -1300,11 +1306,8 @@ def recolour(crops: torch.Tensor, shift) -> torch.Tensor:
 
 def labelled_datasets(data: TrainingData) -> list[str]:
     """The datasets that annotate some nucleus in some set of ``data`` (in ``dataset_names`` order)."""
-    annotated = torch.zeros(len(data.dataset_names), dtype=torch.bool)
-    for s in data.names:
-        rows = (data.provenance[s] == ANNOTATED) & (data.labels[s] >= 0)
-        annotated[data.dataset_index[rows].unique()] = True
-    return [name for i, name in enumerate(data.dataset_names) if annotated[i]]
+    labelled = _annotated(data)[1]
+    return [name for i, name in enumerate(data.dataset_names) if labelled[i]]
 
 
 def held_out_dataset_probs(config: TrainConfig, data: TrainingData, modules: str = "both",
@@ -1325,6 +1328,7 @@ def held_out_dataset_probs(config: TrainConfig, data: TrainingData, modules: str
         Dataset name -> per set ``(N, K)`` probabilities (``Prediction.probs``) on the CPU.
     """
     say = progress or (lambda _m: None)
+    say("held-out-dataset calibration: one more training per labelled dataset")
     out = {}
     for name in labelled_datasets(data):
         start = time.perf_counter()
@@ -1333,6 +1337,17 @@ def held_out_dataset_probs(config: TrainConfig, data: TrainingData, modules: str
         out[name] = {s: p.probs for s, p in trainer.predict(data.crops, modules=modules).items()}
         say(f"held-out-dataset calibration: trained without {name}'s labels in {time.perf_counter() - start:.1f} s")
     return out
+
+
+def unseen_probs(config: TrainConfig, data: TrainingData, modules: str = "both",
+                 progress: Callable[[str], None] | None = None) -> dict[str, dict[str, torch.Tensor]] | None:
+    """What ``config.unseen_calibration`` asks the calibration to be given (``fit_calibration``'s ``unseen``).
+
+    ``"held-out-dataset"``: :func:`held_out_dataset_probs`; ``"pooled"``: ``None``.
+    """
+    if config.unseen_calibration != "held-out-dataset":
+        return None
+    return held_out_dataset_probs(config, data, modules, progress)
 
 
 def stain_swap_outside_rate(trainer: CrossTrainer, data: TrainingData, dataset: str, label_set: str, shift,

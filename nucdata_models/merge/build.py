@@ -40,7 +40,7 @@ from nucdata_models.merge.defaults import (
     RECIPE_CROP_SIZE,
 )
 from nucdata_models.merge.splits import TEST, TRAIN, grouped_split
-from nucdata_models.train import CrossTrainer, TrainConfig, held_out_dataset_probs
+from nucdata_models.train import CrossTrainer, TrainConfig, unseen_probs
 
 __all__ = ["BuildOptions", "OutputFolderError", "build_merged", "work_dir"]
 
@@ -261,10 +261,7 @@ def _finish(options: BuildOptions, out: Path, say: Callable[[str], None], began:
     start = time.perf_counter()
     calibration = _stored_calibration(trainer, options, say)
     weights = trainer.candidate_weights(data)  # ambiguous rows: the posterior given the source class too
-    unseen = None
-    if calibration is None and trainer.config.unseen_calibration == "held-out-dataset":
-        say("held-out-dataset calibration: one more training per labelled dataset")
-        unseen = held_out_dataset_probs(trainer.config, data, progress=say)
+    unseen = unseen_probs(trainer.config, data, progress=say) if calibration is None else None
     filled, calibration = calibrated_fill(predictions, data, calibration, weights=weights, unseen=unseen)
     uncalibrated = {s.name: fill_labels(predictions[s.name].probs, data.labels[s.name], data.candidates[s.name],
                                         data.provenance[s.name], s.size, weights=weights.get(s.name))

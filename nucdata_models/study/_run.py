@@ -62,12 +62,7 @@ from nucdata_models.study._stats import (
     tost_p,
     verdict,
 )
-from nucdata_models.train import (
-    CrossTrainer,
-    TrainConfig,
-    held_out_dataset_probs,
-    pseudo_label_totals,
-)
+from nucdata_models.train import CrossTrainer, TrainConfig, pseudo_label_totals, unseen_probs
 
 __all__ = ["VIEWS", "PreparedWorld", "RunScores", "family_sentences", "oracle_check", "prepare_world",
            "render_markdown", "run_arms", "score_views", "summarise"]
@@ -257,8 +252,7 @@ def score_views(plan: ArmPlan, trainer: CrossTrainer, world: PreparedWorld) -> R
     cluster, n_clusters = world.clusters
     predictions = trainer.predict(data.crops, modules=plan.modules)
     weights = trainer.candidate_weights(data)  # as build-merged resolves ambiguous rows
-    unseen = (held_out_dataset_probs(plan.config, DATA_VIEWS[plan.data](data), plan.modules)
-              if plan.config.unseen_calibration == "held-out-dataset" else None)
+    unseen = unseen_probs(plan.config, DATA_VIEWS[plan.data](data), plan.modules)
     filled, fit = calibrated_fill(predictions, data, weights=weights, unseen=unseen)
     run = RunScores(plan.name, world.seed, plan.config.seed, {view: {} for view in VIEWS},
                     temperatures=fit.to_dict())

@@ -418,3 +418,5 @@ def test_the_held_out_dataset_temperature_calibrates_the_unlabelled_pairs():
     assert few.unseen == {} and few.unseen_fitted_on["a"] > 0 and few.uses["bare->a"] == "none"
     with pytest.raises(InvalidArgumentError, match="not a dataset of the data"):
         fit_calibration(probs, data, unseen={"kumar": unseen["own"]})
+    with pytest.raises(InvalidArgumentError, match="a model of the same configuration"):
+        fit_calibration(probs, data, unseen={"own": {"a": unseen["own"]["a"][:, :3]}})
