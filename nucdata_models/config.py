@@ -28,8 +28,8 @@ from typing import Any
 
 from nucdata.errors import InvalidArgumentError
 
-__all__ = ["CANDIDATE_LIKELIHOODS", "ENCODER_NAMES", "MAPPED_LABELS", "NOT_FIXED", "PAPER_KEYS", "PSEUDO_RULES",
-           "PSEUDO_SELECTS", "RECIPES",
+__all__ = ["CANDIDATE_LIKELIHOODS", "ENCODER_NAMES", "MAPPED_LABELS", "NOT_FIXED", "PAPER_KEYS", "PSEUDO_POSTERIORS",
+           "PSEUDO_RULES", "PSEUDO_SELECTS", "RECIPES",
            "RECIPE_DIFFERENCES", "RUNTIME", "RUNTIME_KEYS", "SAVED_BEFORE", "STAGES", "STAGE_C_KEYS", "Setting", "TrainConfig",
            "setting", "settings_of", "stage_key_config"]
 
@@ -43,6 +43,8 @@ MAPPED_LABELS = ("none", "exact", "candidates", "soft")
 CANDIDATE_LIKELIHOODS = ("transition", "uniform")
 #: How stage C decides which pseudo labels pass (:meth:`TrainConfig.pseudo_select`).
 PSEUDO_SELECTS = ("threshold", "quantile")
+#: What a stage-C teacher's pseudo label is chosen from (:attr:`TrainConfig.pseudo_posterior`).
+PSEUDO_POSTERIORS = ("model", "source")
 #: The method's three stages.
 STAGES = ("A", "B", "C")
 MODULES_OF_STAGE = {"A": "base", "B": "heads", "C": "both"}
@@ -280,6 +282,16 @@ class TrainConfig:
         calibration hook) makes of it.
     pseudo_quantile
         The share of each predicted class that passes under ``"quantile"``, in (0, 1].
+    pseudo_posterior
+        What a stage-C teacher's pseudo label and its confidence are read from:
+        ``"model"`` (the teacher's softmax, restricted to the nucleus's candidates) or
+        ``"source"`` (with ``candidate_likelihood="transition"``, the source-class
+        posterior ``p(c | x) T[s, c]`` of a nucleus with a source row, the rule the
+        published label of an ambiguous row follows; other nuclei keep the softmax).
+        Under ``"model"`` a catch-all candidate (CoNSeP ``other``) is chosen whenever the
+        image favours it, whatever the source class says; at the study's full budget
+        that drift lowered the model's CoNSeP accuracy during stage C
+        (docs/method-study.md, "Stage C's drift").
     jitter_rule
         ``"nucdata"`` or ``"reference"`` (the authors' colour jitter; see
         :func:`.augment.colour_jitter`).
@@ -415,6 +427,7 @@ class TrainConfig:
             "never ran; the top fraction of each predicted class passes instead; ours: "
             "nucdata_models/train.py CrossTrainer._before_c_epoch")
     pseudo_quantile: float = setting(0.2, stages="C", key=True)
+    pseudo_posterior: str = setting("model", stages="C", key=True, choices=PSEUDO_POSTERIORS, paper="model")
     supervised_weighting: str = setting(
         "set", stages="A", key=True, choices=("set", "nucleus"), paper="nucleus",
         code="model/utils.py:72-94 loss_fn: per-nucleus cross-entropy over its own set (logits clamped, l.81), "

@@ -339,13 +339,25 @@ class TransitionEstimate:
         table = self.matrix[row.clamp_min(0)]
         return torch.where((row >= 0)[:, None], table, plain)
 
+    def posterior(self, idx: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
+        """The source-class posterior ``p(c | x) T[s, c]`` (renormalised) of bank rows ``idx``.
+
+        A nucleus without a source row keeps ``probabilities`` (``(B, outputs)``, detached).
+        """
+        p = probabilities.detach().float()
+        if not len(self):
+            return p
+        row = self.rows.row[idx]
+        q = p * self.matrix[row.clamp_min(0)]
+        q = q / q.sum(1, keepdim=True).clamp_min(1e-30)
+        return torch.where((row >= 0)[:, None], q, p)
+
     def accumulate(self, idx: torch.Tensor, probabilities: torch.Tensor) -> None:
         """E-step on a batch: add the posteriors of bank rows ``idx`` (``(B, outputs)`` probabilities)."""
         if not len(self):
             return
         row = self.rows.row[idx]
-        p = probabilities.detach().float() * self.matrix[row.clamp_min(0)]
-        q = p / p.sum(1, keepdim=True).clamp_min(1e-30)
+        q = self.posterior(idx, probabilities)
         q = torch.where((row >= 0)[:, None], q, torch.zeros_like(q))
         self._pending.index_add_(0, row.clamp_min(0), q)
 

@@ -505,9 +505,7 @@ class CrossTrainer:
         def teach(s: str, teacher: str, probabilities: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
             """One teacher's pseudo labels for the batch, counted (no host synchronisation)."""
             allowed = bank.allowed[s][idx]
-            p = probabilities.detach()
-            if self.pseudo_confidence is not None:
-                p = self.pseudo_confidence(s, teacher, p)
+            p = self._teacher_probabilities(s, teacher, probabilities.detach(), idx)
             threshold = self._thresholds.get((s, teacher), self.config.threshold)
             bits = pseudo_labels(p, allowed, threshold, rule)
             took = bits != 0
@@ -763,13 +761,26 @@ class CrossTrainer:
             m.load_state_dict(state, strict=False)
         return torch.cat(rows), {s: {t: torch.cat(v) for t, v in d.items()} for s, d in parts.items()}
 
+    def _teacher_probabilities(self, s: str, teacher: str | None, p: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """What stage C chooses a pseudo label from: a teacher's softmax ``p`` of bank rows ``idx`` in set ``s``.
+
+        After :attr:`pseudo_confidence` (a calibration hook, per teacher; ``teacher=None``
+        skips it) and, with ``pseudo_posterior="source"``, the source-class posterior of
+        the nuclei with a source row (:meth:`.losses.TransitionEstimate.posterior`).
+        """
+        if teacher is not None and self.pseudo_confidence is not None:
+            p = self.pseudo_confidence(s, teacher, p)
+        if self.config.pseudo_posterior == "source" and s in self.transitions:
+            p = self.transitions[s].posterior(idx, p)
+        return p
+
     def _before_c_epoch(self, epoch: int, stage: Stage, teacher_counts: dict) -> None:
         """Stage C, before each epoch: the pass rule's per-class thresholds and, first, the pre-C predictions.
 
         Before the first epoch, the model's predictions (the method's rule, both
         modules, eval mode as published; the base module for plain self-training),
-        restricted as the pass rule restricts a pseudo label, are kept to score
-        ``accuracy_before``. Under ``pseudo_select="quantile"``, each teacher's
+        restricted as the pass rule restricts a pseudo label (and read from what it
+        reads, :meth:`_teacher_probabilities`), are kept to score ``accuracy_before``. Under ``pseudo_select="quantile"``, each teacher's
         threshold per predicted class is the ``1 - pseudo_quantile`` quantile of its
         confidence (the rule's, after :attr:`pseudo_confidence`) among the eligible
         training nuclei, as training meets them (:meth:`_dry_probabilities`), so about
@@ -783,7 +794,7 @@ class CrossTrainer:
             for s, (base_p, head_p) in probs.items():
                 allowed = bank.allowed[s][rows]
                 both = base_p if stage.teachers == ("self",) else (base_p + head_p) / 2
-                _, choice, _ = pseudo_choice(both, allowed, "candidates")
+                _, choice, _ = pseudo_choice(self._teacher_probabilities(s, None, both, rows), allowed, "candidates")
                 pre = torch.full_like(bank.targets[s], -1)
                 pre[rows] = torch.where(allowed != 0, choice, torch.full_like(choice, -1))
                 self._pre_c[s] = pre
@@ -793,8 +804,7 @@ class CrossTrainer:
         for s, by_teacher in probs.items():
             allowed = bank.allowed[s][rows]
             for teacher, p in by_teacher.items():
-                if self.pseudo_confidence is not None:
-                    p = self.pseudo_confidence(s, teacher, p)
+                p = self._teacher_probabilities(s, teacher, p, rows)
                 confidence, choice, ok = pseudo_choice(p, allowed, self.config.pseudo_rule)
                 ok &= allowed != 0
                 thresholds = torch.ones(p.shape[1], device=p.device)  # nothing passes a class never predicted

@@ -60,9 +60,9 @@ def test_the_derived_key_lists_are_the_ones_the_trainer_used_by_hand():
     # the hand lists of train.py before the metadata (commit 2c5f5eb): behaviour unchanged
     # ... plus the calibration that build-merged and the study read after training
     assert set(RUNTIME_KEYS) == {"device", "compile", "eval_batch_size", "score_truth", "unseen_calibration"}
-    # ... plus the stage-C fields added since (issue 20: the pass rule)
+    # ... plus the stage-C fields added since (issue 20: the pass rule, and what it reads)
     assert set(STAGE_C_KEYS) == {"threshold", "pseudo_rule", "pseudo_teacher", "correlation_grad",
-                                 "pseudo_select", "pseudo_quantile", "pseudo_outside"}
+                                 "pseudo_select", "pseudo_quantile", "pseudo_outside", "pseudo_posterior"}
 
 
 def _hand_stage_key(config: TrainConfig, stage: str) -> dict:
@@ -70,7 +70,7 @@ def _hand_stage_key(config: TrainConfig, stage: str) -> dict:
     upto = STAGES[: STAGES.index(stage) + 1]
     ignored = ("device", "compile", "eval_batch_size", "score_truth", "unseen_calibration") + (
         ("threshold", "pseudo_rule", "pseudo_teacher", "correlation_grad", "pseudo_select", "pseudo_quantile",
-         "pseudo_outside") if stage != "C" else ()) + (("heads_training",) if stage == "A" else ())
+         "pseudo_outside", "pseudo_posterior") if stage != "C" else ()) + (("heads_training",) if stage == "A" else ())
     out = {k: v for k, v in config.to_dict().items() if k not in ignored}
     out["epochs"] = {s: config.epochs[s] for s in upto}
     out["lr"] = {s: config.lr[s] for s in upto}
@@ -90,7 +90,8 @@ def test_a_stage_key_changes_only_with_what_the_stage_reads():
         f = TrainConfig.__dataclass_fields__[name]
         other = {"threshold": 0.5, "pseudo_rule": "unrestricted", "pseudo_teacher": "self",
                  "correlation_grad": not f.default, "pseudo_select": "quantile" if f.default == "threshold" else "threshold",
-                 "pseudo_quantile": 0.5, "pseudo_outside": "pseudo"}[name]
+                 "pseudo_quantile": 0.5, "pseudo_outside": "pseudo",
+                 "pseudo_posterior": "source" if f.default == "model" else "model"}[name]
         changed = base.replace(**{name: other})
         assert stage_key_config(changed, "B") == stage_key_config(base, "B")
         assert stage_key_config(changed, "C") != stage_key_config(base, "C")

@@ -87,3 +87,27 @@ def test_the_quantile_is_checked(config_factory, bad):
 
     with pytest.raises(InvalidArgumentError, match="pseudo_quantile"):
         config_factory(pseudo_quantile=bad)
+
+
+def test_the_source_posterior_is_what_stage_c_chooses_from(tiny, config_factory):
+    """``pseudo_posterior="source"``: pseudo labels, their confidence and ``accuracy_before`` read p(c | x) T[s, c]."""
+    config = config_factory(epochs={"A": 1, "B": 1, "C": 1}, pseudo_select="quantile", pseudo_posterior="source")
+    trainer = CrossTrainer(config)
+    rows = trainer.fit(tiny).pseudo_labels
+    assert rows and sum(r["passed"] for r in rows) > 0
+    idx = trainer._bank.train_index
+    weighed = 0
+    for s, estimate in trainer.transitions.items():
+        p = torch.full((idx.numel(), estimate.outputs), 1.0 / estimate.outputs)
+        q = trainer._teacher_probabilities(s, None, p, idx)
+        assert torch.equal(q, estimate.posterior(idx, p))
+        has_row = estimate.rows.row[idx] >= 0
+        assert torch.equal(q[~has_row], p[~has_row])
+        weighed += int((q[has_row] != p[has_row]).any(1).sum())
+    assert weighed  # some nucleus's choice is weighed by its source row: the test could fail
+    # the default reads the teacher's softmax itself
+    plain = CrossTrainer(config_factory(epochs={"A": 1, "B": 1, "C": 1}, pseudo_select="quantile"))
+    plain.fit(tiny)
+    s = next(iter(plain.transitions))
+    p = torch.rand(idx.numel(), plain.transitions[s].outputs)
+    assert torch.equal(plain._teacher_probabilities(s, None, p, idx), p)

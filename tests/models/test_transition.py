@@ -395,3 +395,25 @@ def test_a_row_below_the_minimum_keeps_the_tables_support():
     assert torch.equal(few.loss_targets(idx, targets), targets)
     with pytest.raises(Exception, match="table_error_min_nuclei"):
         TrainConfig(table_error_min_nuclei=-1)
+
+
+def test_the_source_posterior_weighs_a_nucleus_by_its_rows_transition():
+    """``posterior``: p(c | x) T[s, c] renormalised where a nucleus has a source row, p(c | x) elsewhere."""
+    from nucdata_models.data import ANNOTATED
+
+    codes = [3] * 10 + [0] * 10 + [0]
+    supports = [0b0001] * 10 + [0b0011] * 10 + [0b0100]
+    targets, rows = _rows(codes, supports, [MAPPED] * 10 + [AMBIGUOUS] * 10 + [ANNOTATED])
+    assert int(rows.row[20]) == -1  # the annotated nucleus has no source row
+    t = TransitionEstimate(rows, 4, prior=1.0, train_rows=torch.arange(20))
+    t.accumulate(torch.arange(20), torch.tensor([[1.0, 0, 0, 0]] * 10 + [[0.0, 1.0, 0, 0]] * 10))
+    t.update()  # T[neoplastic, other] = 1 / 12, T[neoplastic, A] = 1 (as above)
+    p = torch.tensor([[0.6, 0.3, 0.05, 0.05]] * 3)
+    q = t.posterior(torch.tensor([0, 10, 20]), p)
+    # "dead" writes the catch-all alone: all of its mass is there
+    assert q[0].tolist() == pytest.approx([1.0, 0.0, 0.0, 0.0])
+    # "neoplastic": the image favours the catch-all, the source class says A
+    assert q[1].tolist() == pytest.approx([0.05 / 0.35, 0.3 / 0.35, 0.0, 0.0])
+    assert int(q[1].argmax()) == NAMED_A
+    assert torch.equal(q[2], p[2])  # no source row: the model's own probabilities
+    assert torch.equal(p, torch.tensor([[0.6, 0.3, 0.05, 0.05]] * 3))  # the input is not changed
