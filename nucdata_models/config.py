@@ -290,7 +290,9 @@ class TrainConfig:
         published label of an ambiguous row follows; other nuclei keep the softmax).
         Under ``"model"`` a catch-all candidate (CoNSeP ``other``) is chosen whenever the
         image favours it, whatever the source class says; at the study's full budget
-        that drift lowered the model's CoNSeP accuracy during stage C
+        that drift lowered the model's CoNSeP accuracy during stage C, and ``"source"``
+        removed most of it on four hard worlds; it is not the default because the demo's
+        stage-C criterion failed with it on two sets, by its declared rule
         (docs/method-study.md, "Stage C's drift").
     jitter_rule
         ``"nucdata"`` or ``"reference"`` (the authors' colour jitter; see
