@@ -780,11 +780,12 @@ class CrossTrainer:
         Before the first epoch, the model's predictions (the method's rule, both
         modules, eval mode as published; the base module for plain self-training),
         restricted as the pass rule restricts a pseudo label (and read from what it
-        reads, :meth:`_teacher_probabilities`), are kept to score ``accuracy_before``. Under ``pseudo_select="quantile"``, each teacher's
-        threshold per predicted class is the ``1 - pseudo_quantile`` quantile of its
-        confidence (the rule's, after :attr:`pseudo_confidence`) among the eligible
-        training nuclei, as training meets them (:meth:`_dry_probabilities`), so about
-        the top ``pseudo_quantile`` of each class passes.
+        reads, :meth:`_teacher_probabilities`), are kept to score ``accuracy_before``.
+        Under ``pseudo_select="quantile"``, each teacher's threshold per predicted class
+        is the ``1 - pseudo_quantile`` quantile of its confidence (the rule's, after
+        :meth:`_teacher_probabilities`) among the eligible training nuclei, as training
+        meets them (:meth:`_dry_probabilities`), so about the top ``pseudo_quantile`` of
+        each class passes.
         """
         teacher_counts.clear()
         bank = self._bank
